@@ -1,0 +1,66 @@
+"""Tokenized examples and the batches made of them.
+
+Inputs are tokenized once without padding; each batch is padded only to its own longest example
+(``DataCollatorWithPadding``), and training batches group examples of similar length
+(``LengthGroupedSampler``, as Trainer's ``group_by_length``). On short texts this is most of the speed: padding
+Rotten Tomatoes snippets (mean 27 tokens) to 128 wastes about four fifths of the compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+
+@dataclass
+class Encoded:
+    features: list[dict]
+    lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def encode(df: pd.DataFrame, tokenizer, max_length: int, label_ids: list[int] | None = None) -> Encoded:
+    pairs = list(df["text_pair"]) if "text_pair" in df.columns else None
+    enc = tokenizer(list(df["text"]), pairs, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = []
+    for i in range(len(df)):
+        feature = {k: enc[k][i] for k in keys}
+        if label_ids is not None:
+            feature["labels"] = label_ids[i]
+        features.append(feature)
+    return Encoded(features, [len(f["input_ids"]) for f in features])
+
+
+def collator(tokenizer, on_gpu: bool):
+    from transformers import DataCollatorWithPadding
+
+    # Multiples of 8 let fp16/bf16 matmuls use tensor cores; on CPU they would only add padding.
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None, return_tensors="pt")
+
+
+def train_order(encoded: Encoded, batch_size: int, group_by_length: bool, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if group_by_length:
+        sampler = LengthGroupedSampler(batch_size, lengths=encoded.lengths, generator=generator)
+    else:
+        sampler = RandomSampler(range(len(encoded)), generator=generator)
+    return list(sampler)
+
+
+def train_loader(encoded: Encoded, order: list[int], batch_size: int, collate) -> DataLoader:
+    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate)
+
+
+def eval_loader(encoded: Encoded, batch_size: int, collate) -> tuple[DataLoader, list[int]]:
+    """Batches of similar length (sorted, longest first); returns the order to put outputs back."""
+    order = sorted(range(len(encoded)), key=lambda i: -encoded.lengths[i])
+    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate), order

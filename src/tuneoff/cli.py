@@ -1,0 +1,169 @@
+"""Command line (Typer). No logic lives here: each command parses, calls one function, and prints."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneoff.errors import TuneoffError
+
+app = typer.Typer(
+    help="Fine-tune text classifiers with full, partial, head-only, LoRA, LoRA+ and LoRA-FA, and compare what each costs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES = typer.Argument(None, help="Dotted overrides key=value, e.g. method.r=8 train.epochs=2 data.max_train_samples=2000.")
+
+
+def user_errors(fn):
+    """Bad input -> one paragraph on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TuneoffError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _metrics_table(title: str, metrics: dict, resources: dict | None = None) -> Table:
+    table = Table(title=title, show_header=False)
+    for key in ("accuracy", "macro_f1", "weighted_f1", "loss", "n"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key in ("trainable_params", "trainable_pct", "train_seconds", "train_samples_per_s", "train_tokens_per_s",
+                "peak_rss_mb", "cuda_max_allocated_mb", "checkpoint_bytes"):
+        if resources and resources.get(key) is not None:
+            value = resources[key]
+            table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
+    return table
+
+
+@app.command()
+@user_errors
+def train(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (model:, data:, method:, train:)."),
+    model: Optional[str] = typer.Option(None, help="Model: built-in short name (minilm, mpnet, ...), hub id, or local dir."),
+    data: Optional[str] = typer.Option(None, help="Dataset: built-in name (see `tuneoff datasets`), CSV/JSONL/Parquet path, or hub id."),
+    method: Optional[str] = typer.Option(None, help="Method: full, partial, head, lora, lora_plus, lora_fa (see `tuneoff methods`)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
+    from tuneoff.config import load_config
+
+    cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
+    _quiet_libraries()
+    from tuneoff.train import train as run_training
+
+    result = run_training(cfg, progress=progress)
+    console.print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
+    console.print(f"run saved to [bold]{result.run_dir}[/]")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
+    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own)."),
+    split: str = typer.Option("test", help="Split: train, validation or test."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
+) -> None:
+    """Evaluate a saved run on a dataset split; writes eval-<dataset>-<split>.json into the run directory."""
+    _quiet_libraries()
+    from tuneoff.evaluate import evaluate_run
+
+    metrics, out = evaluate_run(run_dir, data, split, overrides or [])
+    console.print(_metrics_table(f"{metrics['dataset']} / {split}", metrics))
+    console.print(f"written to [bold]{out}[/]")
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
+    file: Path = typer.Argument(..., help="CSV/JSONL/Parquet file with a text column (labels not needed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write predictions (CSV)."),
+    text_column: str = typer.Option("text", help="Column holding the text."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Column holding the second text (pair tasks)."),
+    id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
+) -> None:
+    """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
+    _quiet_libraries()
+    from tuneoff.evaluate import predict_file
+
+    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column)
+    console.print(f"{n} predictions written to [bold]{out}[/]")
+
+
+@app.command()
+def methods() -> None:
+    """List fine-tuning methods and their parameters."""
+    from tuneoff.methods import all_methods
+
+    for name, method in all_methods().items():
+        table = Table(title=f"{name} — {method.summary} (default lr {method.default_lr:g})", title_justify="left")
+        table.add_column("parameter")
+        table.add_column("default")
+        table.add_column("meaning")
+        for field, info in method.Params.model_fields.items():
+            if field != "name":
+                table.add_row(f"method.{field}", repr(info.default), info.description or "")
+        console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List built-in datasets: where each comes from, licence, classes and size."""
+    from tuneoff.data import BUILTIN_DATASETS
+
+    table = Table(title="built-in datasets (offline ones need no network)")
+    for col in ("name", "offline", "what", "source", "licence", "classes", "size"):
+        table.add_column(col, overflow="fold")
+    for name, spec in BUILTIN_DATASETS.items():
+        table.add_row(name, "yes" if spec.offline else "hub", spec.description, spec.source, spec.licence, spec.classes, spec.size)
+    console.print(table)
+    console.print("Also: any CSV/JSONL/Parquet path (data.text_column, data.label_column, data.text_pair_column) or hub id.")
+
+
+@app.command()
+def models() -> None:
+    """List built-in model short names."""
+    from tuneoff.models import BUILTIN_MODELS
+
+    table = Table(title="built-in models")
+    for col in ("name", "offline", "what"):
+        table.add_column(col)
+    for name, spec in BUILTIN_MODELS.items():
+        table.add_row(name, "yes" if spec.offline else "hub", spec.description)
+    console.print(table)
+    console.print("Also: any Hugging Face hub id or local model directory.")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,193 @@
+"""Run configuration: pydantic models, YAML files and dotted ``key=value`` overrides.
+
+Every section forbids unknown keys, so a typo (``train.learning_rate``) is an error naming the field rather
+than a silently ignored setting. The resolved config is written next to every run (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from tuneoff.errors import TuneoffError
+from tuneoff.methods import MethodParams, method_params_from_dict
+
+
+DEFAULT_METHOD = "lora"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("minilm", description="Built-in short name (`tuneoff models`), Hugging Face hub id, or local dir.")
+    revision: str | None = Field(None, description="Hub revision (commit/tag); required with trust_remote_code.")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub. Off unless pinned by revision.")
+    num_hidden_layers: int | None = Field(
+        None, ge=1, description="Keep only the first N encoder layers (real weights, faster; for quick runs/tests)."
+    )
+    attn_implementation: Literal["sdpa", "eager"] | None = Field(
+        None, description="Attention kernel; None lets transformers choose (SDPA where the model supports it)."
+    )
+
+    @model_validator(mode="after")
+    def _remote_code_needs_pin(self) -> ModelConfig:
+        if self.trust_remote_code and not self.revision:
+            raise ValueError("trust_remote_code=true needs model.revision pinned to a commit hash")
+        return self
+
+
+class DataConfig(Section):
+    name: str = Field(
+        "rotten_tomatoes", description="Built-in dataset (`tuneoff datasets`), hub id, or path to a CSV/JSONL/Parquet file."
+    )
+    validation_file: str | None = Field(None, description="Local file for the validation split (optional).")
+    test_file: str | None = Field(None, description="Local file for the test split (optional).")
+    hub_config: str | None = Field(None, description="Hub dataset configuration name.")
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks (e.g. NLI).")
+    label_column: str = "label"
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Carved from train when the source has none.")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Carved from train when the source has no test split.")
+    split_seed: int = Field(0, description="Seed of the deterministic stratified split (independent of train.seed).")
+    max_train_samples: int | None = Field(None, ge=2)
+    max_eval_samples: int | None = Field(None, ge=1, description="Caps validation and test each.")
+    max_length: int = Field(128, ge=8, le=8192, description="Truncation length in tokens; batches pad dynamically.")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(16, ge=1, description="Per-step micro-batch size.")
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps; effective batch = batch_size x grad_accum.")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate; None takes the method's default.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decay, never applied to biases and LayerNorm weights.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio.")
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+    )
+    eval_every: int | None = Field(None, ge=1, description="Also evaluate every N optimizer steps (always per epoch).")
+    metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement.")
+    seed: int = 42
+    group_by_length: bool = Field(True, description="Length-grouped batches: less padding, same examples.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class RunConfig(Section):
+    name: str | None = Field(None, description="Run name; default <model>-<data>-<method>-<timestamp>.")
+    output_dir: str = Field("runs", description="Directory that holds run directories.")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: SerializeAsAny[MethodParams] = Field(default_factory=lambda: method_params_from_dict({"name": DEFAULT_METHOD}))
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_from_registry(cls, value: Any) -> MethodParams:
+        if isinstance(value, MethodParams):
+            return value
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise ValueError("method must be a mapping with a `name` key")
+        return method_params_from_dict({"name": DEFAULT_METHOD, **value})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``"a.b"``, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise TuneoffError(f"Override `{dotted}`: `{key}` is a value, not a section.")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; values are YAML (``[1,2]``, ``true``, ``1e-4``, ``null``)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise TuneoffError(f"Override `{item}` is not of the form key=value (e.g. method.r=8, train.lr=1e-4).")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise TuneoffError(f"Override `{item}`: the value is not valid YAML ({exc.problem}).") from exc
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TuneoffError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TuneoffError(f"Config file {path} is not valid UTF-8 YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TuneoffError(f"Config file {path} must hold a mapping (model:, data:, method:, train:), not a list or value.")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `tuneoff methods` lists method parameters)"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(
+    base: dict | None = None, overrides: list[str] | tuple[str, ...] = (), source: str = "command line",
+    names: dict[str, str | None] | None = None,
+) -> RunConfig:
+    """Merge a config mapping, section names (``--model``/``--data``/``--method``) and dotted overrides; validate.
+
+    Choosing a different method starts that method's parameters afresh, so the parameters of a method named in
+    a YAML file never leak into another method chosen on the command line.
+    """
+    tree: dict = dict(base or {})
+    pairs = [(f"{section}.name", value) for section, value in (names or {}).items() if value is not None]
+    pairs += parse_overrides(list(overrides))
+    pairs.sort(key=lambda kv: kv[0] not in ("method", "method.name"))  # choose the method before its parameters
+    for key, value in pairs:
+        if key in ("method", "method.name"):
+            current = tree.get("method")
+            current = current if isinstance(current, dict) else {"name": current}
+            tree["method"] = current if current.get("name") == value else {}
+            key = "method.name"
+        set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise TuneoffError(format_validation_error(exc, source)) from exc
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), names: dict[str, str | None] | None = None
+) -> RunConfig:
+    base = read_yaml(path) if path else {}
+    source = f"{path} + command line" if path else "command line"
+    return build_config(base, overrides, source, names)

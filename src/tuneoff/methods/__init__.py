@@ -1,0 +1,115 @@
+"""Fine-tuning methods: a registry. Adding a method is adding one module to this package.
+
+A method owns two decisions and nothing else: which parameters train (``prepare``) and how the optimizer
+treats them (``optimizer``). The training loop is the same for every method. LoRA+ and LoRA-FA therefore
+differ from LoRA only in ``optimizer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tuneoff.models import Architecture
+
+
+class MethodParams(BaseModel):
+    """Parameters of one method; subclasses add theirs. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    name: str
+    max_trainable_params: int | None = Field(
+        None, ge=1, description="Budget: fail before training if the method would train more parameters than this."
+    )
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+    default_lr: ClassVar[float]
+
+    def prepare(self, model: nn.Module, params: MethodParams, arch: Architecture) -> nn.Module:
+        """Return the model to train, with exactly the parameters this method trains left trainable."""
+        raise NotImplementedError
+
+    def optimizer(
+        self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool
+    ) -> torch.optim.Optimizer:
+        """AdamW with decoupled weight decay, but none on biases and LayerNorm weights (BERT's recipe)."""
+        return torch.optim.AdamW(decay_groups(model, lr, weight_decay), lr=lr, fused=fused or None)
+
+
+def decay_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into decayed and not decayed (1-D: biases, LayerNorm) groups."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
+    return groups
+
+
+def freeze_except(model: nn.Module, prefixes: list[str]) -> nn.Module:
+    """Train only parameters under the given module paths (``classifier``, ``bert.encoder.layer.5``)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(name == p or name.startswith(p + ".") for p in prefixes))
+    return model
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def all_methods() -> dict[str, Method]:
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def method_params_from_dict(value: dict) -> MethodParams:
+    """Validate a ``method:`` mapping against the parameters of the method it names."""
+    name = value.get("name")
+    if not name:
+        raise ValueError(f"method needs a `name`; choose one of: {', '.join(sorted(_REGISTRY))}")
+    params_cls = get_method(str(name)).Params
+    try:
+        return params_cls.model_validate(value)
+    except ValidationError as exc:
+        # Re-raise as a plain ValueError listing the fields, so the outer model reports them under `method`.
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: "
+            + ("unknown parameter for this method" if err["type"] == "extra_forbidden" else err["msg"])
+            for err in exc.errors()
+        )
+        allowed = ", ".join(f for f in params_cls.model_fields if f != "name")
+        raise ValueError(f"{details} (parameters of {name}: {allowed or 'none'})") from None
+
+
+_load_all()

@@ -1,0 +1,108 @@
+"""What a run costs: parameters, time, throughput, peak memory and size on disk.
+
+Memory meters measure from a clean baseline and return None where a reading does not exist (no CUDA on a CPU
+machine, no /proc outside Linux) instead of raising. CUDA peaks come from ``max_memory_allocated`` /
+``max_memory_reserved`` after ``reset_peak_memory_stats``; the CPU peak is the process's high-water RSS
+(``VmHWM``), reset through ``/proc/self/clear_refs`` so an earlier step of the same process does not count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+MB = 1024 * 1024
+
+
+def param_counts(model: torch.nn.Module) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class MemoryMeter:
+    """Peak memory between ``start()`` and ``read()``."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda" and torch.cuda.is_available()
+
+    def start(self) -> MemoryMeter:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:  # "5" resets the peak resident set size (Linux >= 4.0, proc(5) clear_refs)
+            Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
+            self.rss_reset = True
+        except OSError:
+            self.rss_reset = False
+        return self
+
+    def read(self) -> dict:
+        out = {"cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None, "peak_rss_mb": None}
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
+            out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / MB
+        hwm = _status_kb("VmHWM")
+        if hwm is not None:
+            out["peak_rss_mb"] = hwm / 1024
+            out["peak_rss_since_start"] = self.rss_reset
+        return out
+
+
+class Throughput:
+    """Training throughput counting real tokens only (padding excluded) and wall time."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.sync = device is not None and device.type == "cuda"
+        self.samples = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def resume(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._t0 is not None:
+            if self.sync:  # CUDA runs asynchronously: wait for the queued work before reading the clock
+                torch.cuda.synchronize()
+            self.seconds += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def add(self, batch: dict) -> None:
+        self.samples += int(batch["input_ids"].shape[0])
+        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+
+    def read(self) -> dict:
+        secs = max(self.seconds, 1e-9)
+        return {
+            "train_seconds": self.seconds,
+            "train_samples": self.samples,
+            "train_tokens": self.tokens,
+            "train_samples_per_s": self.samples / secs,
+            "train_tokens_per_s": self.tokens / secs,
+        }
+
+
+def dir_size(path: str | Path) -> int:
+    """Bytes of the files under ``path``; symbolic links count as links (the base weights are not copied)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            total += os.lstat(os.path.join(root, name)).st_size
+    return total

@@ -1,0 +1,157 @@
+"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
+
+Layout of ``runs/<run-id>/``::
+
+    config.yaml        resolved config (what ran, with every default filled in)
+    run.json           status, versions, device, timing, label names
+    metrics.json       validation (best checkpoint) and test metrics
+    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
+    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
+    resources.json     parameters, time, throughput, peak memory, checkpoint size
+    model/             the model (see ``save_model``)
+
+A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
+so ``runs/`` never holds a half-written run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tuneoff.errors import TuneoffError
+
+MODEL_DIR = "model"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def safe_name(name: str) -> str:
+    """A name usable as one path component: no separators, no ``..``, no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip(".-")
+    if not cleaned:
+        raise TuneoffError(f"Name {name!r} has no usable characters; use letters, digits, '.', '_', '-'.")
+    return cleaned[:120]
+
+
+def new_run_id(name: str | None, model: str, data: str, method: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = name or f"{Path(model).name}-{Path(data).stem}-{method}"
+    return safe_name(f"{base}-{stamp}")
+
+
+class RunDirectory:
+    """Builds a run in ``<output_dir>/.<run_id>.tmp`` and publishes it as ``<output_dir>/<run_id>``."""
+
+    def __init__(self, output_dir: str | Path, run_id: str):
+        self.root = Path(output_dir)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TuneoffError(f"Cannot create the output directory {self.root}: {exc.strerror}. Choose output_dir=...") from exc
+        if not os.access(self.root, os.W_OK):
+            raise TuneoffError(f"Output directory {self.root} is not writable. Choose another with output_dir=<dir>.")
+        self.run_id = run_id
+        self.final = self.root / run_id
+        if self.final.exists():
+            raise TuneoffError(f"Run directory {self.final} already exists; choose another name=.")
+        self.path = self.root / f".{run_id}.tmp"
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir()
+
+    def publish(self) -> Path:
+        os.replace(self.path, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _base_weight_files(source: str, revision: str | None) -> list[Path]:
+    """The safetensors file(s) of the base model a PEFT adapter was trained on."""
+    base = Path(source)
+    if not base.is_dir():
+        from huggingface_hub import snapshot_download
+
+        base = Path(snapshot_download(source, revision=revision, allow_patterns=["*.safetensors", "*.safetensors.index.json"]))
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        return [index] + [base / s for s in shards]
+    if (base / "model.safetensors").is_file():
+        return [base / "model.safetensors"]
+    raise TuneoffError(f"Base model {source} has no safetensors weights; tuneoff loads and links safetensors only.")
+
+
+def save_model(model, tokenizer, out: Path, base_source: str, revision: str | None = None) -> None:
+    """Save so that ``AutoModelForSequenceClassification.from_pretrained(out)`` and ``pipeline(model=out)`` work.
+
+    Full/partial/head: ``save_pretrained`` (config.json with id2label, model.safetensors). Adapter methods: the
+    PEFT adapter (adapter_config.json, adapter_model.safetensors, with the head modules in ``modules_to_save``),
+    plus config.json with id2label/label2id, plus a symbolic link to the base model's safetensors. transformers
+    (>= 5, PR #43781) treats a local dir holding config.json as "base model with an embedded adapter" and loads
+    the base weights from that dir, so the link is what makes the dir loadable while the checkpoint stays small.
+    """
+    from peft import PeftModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out, safe_serialization=True)
+        base = model.get_base_model()
+        base.config.architectures = [type(base).__name__]
+        base.config.save_pretrained(out)
+        for src in _base_weight_files(base_source, revision):
+            (out / src.name).symlink_to(src.resolve())
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def load_saved_model(run_dir: Path, device: str = "cpu"):
+    """Model and tokenizer of a finished run (adapter or full), in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(run_dir) / MODEL_DIR
+    if not (model_dir / "config.json").is_file():
+        raise TuneoffError(f"{run_dir} is not a finished tuneoff run: {model_dir}/config.json is missing.")
+    broken = [p.name for p in model_dir.iterdir() if p.is_symlink() and not p.exists()]
+    if broken:
+        raise TuneoffError(
+            f"{model_dir}: the link(s) {broken} to the base model's weights are broken (the base model moved or was "
+            "uninstalled). Reinstall the base model or recreate the links."
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise TuneoffError(f"Cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from exc
+    return model.to(device).eval(), tokenizer
