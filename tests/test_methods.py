@@ -1,0 +1,123 @@
+"""Methods: exact trainable-parameter counts, optimizer groups, heads that must be saved, budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneoff.config import build_config
+from tuneoff.errors import TuneoffError
+from tuneoff.methods import all_methods, get_method
+from tuneoff.models import load_classifier
+from tuneoff.train import check_budget
+from tuneoff.resources import param_counts
+
+# Hand count for the tiny BERT of conftest (H=32, L=2, I=64, V=29 words, P=64, 2 token types, C=2 labels):
+H, L, I, V, P, C = 32, 2, 64, 29, 64, 2
+EMBEDDINGS = V * H + P * H + 2 * H + 2 * H                                     # word, position, type, LayerNorm
+LAYER = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H          # q,k,v,o + LN + FFN + LN
+POOLER = H * H + H
+CLASSIFIER = H * C + C                                                          # 66
+TOTAL = EMBEDDINGS + L * LAYER + POOLER + CLASSIFIER
+
+
+def prepared(model_dir, method, **params):
+    cfg = build_config({}, [f"method.{k}={v}" for k, v in params.items()], names={"method": method})
+    model, arch = load_classifier(model_dir, ["neg", "pos"])
+    m = get_method(method)
+    model = m.prepare(model, cfg.method, arch)
+    return model, m, cfg.method, arch
+
+
+def test_hand_count_matches_the_model(tiny_bert):
+    model, *_ = prepared(tiny_bert, "full")
+    assert param_counts(model) == {"trainable_params": TOTAL, "total_params": TOTAL, "trainable_pct": 100.0}
+    assert TOTAL == 21314
+
+
+@pytest.mark.parametrize(
+    "method, params, expected",
+    [
+        ("full", {}, TOTAL),
+        ("head", {}, CLASSIFIER),
+        ("partial", {"k": 1}, LAYER + CLASSIFIER),
+        ("partial", {"k": 2}, 2 * LAYER + CLASSIFIER),
+        # LoRA on query and value: each adds A (r x H) and B (H x r).
+        ("lora", {"r": 4}, L * 2 * (4 * H + H * 4) + CLASSIFIER),
+        ("lora", {"r": 8}, L * 2 * (8 * H + H * 8) + CLASSIFIER),
+        ("lora", {"r": 8, "layers_to_transform": [1]}, 1 * 2 * (8 * H + H * 8) + CLASSIFIER),
+        ("lora", {"r": 4, "target_modules": ["query", "key", "value"]}, L * 3 * (8 * H) + CLASSIFIER),
+        ("lora_plus", {"r": 8}, L * 2 * (8 * H + H * 8) + CLASSIFIER),
+        # LoRA-FA freezes A: only B (H x r) trains.
+        ("lora_fa", {"r": 8}, L * 2 * (H * 8) + CLASSIFIER),
+        # DoRA adds a magnitude vector of size H per adapted matrix.
+        ("lora", {"r": 4, "use_dora": True}, L * 2 * (4 * H + H * 4 + H) + CLASSIFIER),
+    ],
+)
+def test_exact_trainable_parameters(tiny_bert, method, params, expected):
+    model, *_ = prepared(tiny_bert, method, **params)
+    assert param_counts(model)["trainable_params"] == expected
+
+
+def test_partial_trains_exactly_the_top_layers_and_head(tiny_bert):
+    model, *_ = prepared(tiny_bert, "partial", k=1)
+    trainable = {n.split(".weight")[0].split(".bias")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.startswith(("bert.encoder.layer.1.", "classifier")) for n in trainable)
+
+
+def test_partial_k_larger_than_model_is_a_clear_error(tiny_bert):
+    with pytest.raises(TuneoffError, match="only 2 encoder layers"):
+        prepared(tiny_bert, "partial", k=3)
+
+
+def test_loraplus_learning_rates_per_group(tiny_bert):
+    model, method, params, _ = prepared(tiny_bert, "lora_plus", r=4, loraplus_lr_ratio=16)
+    opt = method.optimizer(model, params, lr=1e-4, weight_decay=0.01, fused=False)
+    lr_of = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            lr_of[id(p)] = group["lr"]
+    names = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(lr_of) == {id(p) for p in names.values()}, "every trainable parameter is optimised exactly once"
+    for name, p in names.items():
+        expected = 1.6e-3 if "lora_B" in name else 1e-4
+        assert lr_of[id(p)] == pytest.approx(expected), name
+    assert any("classifier" in n and n.endswith("bias") for n in names)  # peft would have raised this one
+
+
+def test_lorafa_freezes_a_and_uses_peft_optimizer(tiny_bert):
+    model, method, params, _ = prepared(tiny_bert, "lora_fa", r=4)
+    opt = method.optimizer(model, params, lr=1e-3, weight_decay=0.0, fused=False)
+    assert type(opt).__name__ == "LoraFAOptimizer"
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_A" in n)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_default_optimizer_does_not_decay_biases_or_layernorm(tiny_bert):
+    model, method, params, _ = prepared(tiny_bert, "partial", k=1)
+    opt = method.optimizer(model, params, lr=1e-4, weight_decay=0.05, fused=False)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert decay[id(p)] == (0.0 if ("bias" in name or "LayerNorm" in name) else 0.05), name
+
+
+def test_distilbert_pre_classifier_is_trained_and_saved_with_lora(tiny_distilbert):
+    model, _, _, arch = prepared(tiny_distilbert, "lora")
+    assert arch.head_modules[:2] == ["pre_classifier", "classifier"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("pre_classifier.modules_to_save" in n for n in trainable)
+    assert arch.lora_targets == ["q_lin", "v_lin"]
+
+
+def test_budget_exceeded_fails_fast(tiny_bert):
+    model, *_ = prepared(tiny_bert, "full")
+    with pytest.raises(TuneoffError, match="over the budget method.max_trainable_params=1,000"):
+        check_budget(param_counts(model), 1000, "full")
+    check_budget(param_counts(model), TOTAL, "full")  # exactly at the budget is allowed
+
+
+def test_registry_lists_every_method():
+    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa"}
+    with pytest.raises(ValueError, match="unknown method 'qlora'"):
+        get_method("qlora")
