@@ -19,8 +19,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def console() -> Console:
+    return Console()  # made per call so the terminal width (COLUMNS) is read when printing
 
 OVERRIDES = typer.Argument(None, help="Dotted overrides key=value, e.g. method.r=8 train.epochs=2 data.max_train_samples=2000.")
 
@@ -33,7 +35,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TuneoffError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -82,8 +84,8 @@ def train(
     from tuneoff.train import train as run_training
 
     result = run_training(cfg, progress=progress)
-    console.print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
-    console.print(f"run saved to [bold]{result.run_dir}[/]")
+    console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
+    console().print(f"run saved to [bold]{result.run_dir}[/]")
 
 
 @app.command()
@@ -99,8 +101,8 @@ def evaluate(
     from tuneoff.evaluate import evaluate_run
 
     metrics, out = evaluate_run(run_dir, data, split, overrides or [])
-    console.print(_metrics_table(f"{metrics['dataset']} / {split}", metrics))
-    console.print(f"written to [bold]{out}[/]")
+    console().print(_metrics_table(f"{metrics['dataset']} / {split}", metrics))
+    console().print(f"written to [bold]{out}[/]")
 
 
 @app.command()
@@ -118,7 +120,7 @@ def predict(
     from tuneoff.evaluate import predict_file
 
     n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column)
-    console.print(f"{n} predictions written to [bold]{out}[/]")
+    console().print(f"{n} predictions written to [bold]{out}[/]")
 
 
 @app.command()
@@ -134,7 +136,7 @@ def methods() -> None:
         for field, info in method.Params.model_fields.items():
             if field != "name":
                 table.add_row(f"method.{field}", repr(info.default), info.description or "")
-        console.print(table)
+        console().print(table)
 
 
 @app.command()
@@ -147,8 +149,8 @@ def datasets() -> None:
         table.add_column(col, overflow="fold")
     for name, spec in BUILTIN_DATASETS.items():
         table.add_row(name, "yes" if spec.offline else "hub", spec.description, spec.source, spec.licence, spec.classes, spec.size)
-    console.print(table)
-    console.print("Also: any CSV/JSONL/Parquet path (data.text_column, data.label_column, data.text_pair_column) or hub id.")
+    console().print(table)
+    console().print("Also: any CSV/JSONL/Parquet path (data.text_column, data.label_column, data.text_pair_column) or hub id.")
 
 
 @app.command()
@@ -161,8 +163,8 @@ def models() -> None:
         table.add_column(col)
     for name, spec in BUILTIN_MODELS.items():
         table.add_row(name, "yes" if spec.offline else "hub", spec.description)
-    console.print(table)
-    console.print("Also: any Hugging Face hub id or local model directory.")
+    console().print(table)
+    console().print("Also: any Hugging Face hub id or local model directory.")
 
 
 def main() -> None:  # pragma: no cover

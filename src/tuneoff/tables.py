@@ -89,14 +89,14 @@ def text_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
         v = v if isinstance(v, str) else str(v)
         return v if v.strip() else None
 
-    values = df[column].map(as_text)
+    values = [as_text(v) for v in df[column].tolist()]  # a list: pandas would turn None back into NaN
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
         raise TuneoffError(
             f"{where}: column {column!r} is empty or missing in {len(bad)} row(s): {_rows(bad)} "
             "(1-based, header not counted). Fill or remove those rows."
         )
-    return values.astype(str)
+    return pd.Series(values, index=df.index, dtype=object)
 
 
 def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
@@ -112,14 +112,14 @@ def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
         s = str(v).strip()
         return s or None
 
-    labels = df[column].map(as_label)
+    labels = [as_label(v) for v in df[column].tolist()]
     bad = [i for i, v in enumerate(labels) if v is None]
     if bad:
         raise TuneoffError(
             f"{where}: label column {column!r} is missing in {len(bad)} row(s): {_rows(bad)}. "
             "Every training/evaluation row needs a label; remove the rows or fill them in."
         )
-    return labels
+    return pd.Series(labels, index=df.index, dtype=object)
 
 
 def _rows(indices: list[int]) -> str:

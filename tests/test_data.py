@@ -1,0 +1,134 @@
+"""Datasets: the offline built-ins read the packaged files; local files and hub data validated row by row."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tuneoff.batches import encode, eval_loader, train_loader, train_order, collator
+from tuneoff.config import DataConfig
+from tuneoff.data import load_corpus
+from tuneoff.errors import TuneoffError
+
+
+def test_rotten_tomatoes_offline_drops_plot_rows_and_splits_deterministically():
+    corpus = load_corpus(DataConfig(name="rotten_tomatoes"))
+    sizes = {s: len(df) for s, df in corpus.splits.items()}
+    assert sum(sizes.values()) == 7403 + 5405  # fresh + rotten; the 1,097 plot rows are gone
+    assert corpus.label_names == ["fresh", "rotten"]
+    assert abs(sizes["test"] - 0.1 * sum(sizes.values())) <= 1
+    again = load_corpus(DataConfig(name="rotten_tomatoes"))
+    assert list(again.splits["test"]["id"]) == list(corpus.splits["test"]["id"])
+    assert not set(corpus.splits["train"]["id"]) & set(corpus.splits["test"]["id"])
+
+
+@pytest.mark.parametrize("name, train, test, classes", [("reuters_r8", 5485, 2189, 8), ("20newsgroups", 11293, 7528, 20)])
+def test_orange_datasets_keep_their_official_test_split(name, train, test, classes):
+    corpus = load_corpus(DataConfig(name=name))
+    assert len(corpus.splits["test"]) == test
+    assert len(corpus.splits["train"]) + len(corpus.splits["validation"]) == train
+    assert len(corpus.label_names) == classes
+
+
+def test_bbc_news_has_five_topics():
+    corpus = load_corpus(DataConfig(name="bbc_news"))
+    assert sum(len(df) for df in corpus.splits.values()) == 2225
+    assert len(corpus.label_names) == 5 and "business" in corpus.label_names
+
+
+def test_max_samples_are_stratified_caps():
+    corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=100, max_eval_samples=50))
+    assert len(corpus.splits["train"]) == 100 and len(corpus.splits["test"]) == 50
+    assert set(corpus.splits["train"]["label"]) == {"fresh", "rotten"}
+
+
+def write(tmp_path, name, text, mode="w"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+BAD = [
+    ("missing.csv", "review,label\ngood,1\nbad,0\n", {}, r"no column 'text' \(data.text_column\).*'review', 'label'"),
+    ("empty.csv", "text,label\ngood,1\n,0\n  ,1\nfine,0\n", {}, r"empty or missing in 2 row\(s\): 2, 3"),
+    ("nolabel.csv", "text,label\ngood,1\nbad,\n", {}, r"label column 'label' is missing in 1 row\(s\): 2"),
+    ("one.csv", "text,label\ngood,1\nbad,1\nok,1\nfine,1\n", {}, r"only one class \('1'\)"),
+    ("latin1.csv", "text,label\ncaf\xe9,1\nbad,0\n".encode("latin-1"), {}, r"not UTF-8 text"),
+    ("ragged.csv", 'text,label\n"good,1\nbad,0,extra,more\n', {}, r"cannot be read as CSV|no column"),
+    ("broken.jsonl", '{"text": "good", "label": 1}\n{"text": bad}\n', {}, r"line 2 is not valid JSON"),
+    ("notobj.jsonl", '{"text": "good", "label": 1}\n[1, 2]\n', {}, r"line 2 is not a JSON object"),
+    ("headonly.csv", "text,label\n", {}, r"header but no rows"),
+]
+
+
+@pytest.mark.parametrize("name, content, extra, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_local_files_name_the_problem(tmp_path, name, content, extra, message):
+    path = write(tmp_path, name, content)
+    with pytest.raises(TuneoffError, match=message) as info:
+        load_corpus(DataConfig(name=path, **extra))
+    assert path in str(info.value) or "only one class" in str(info.value)
+
+
+def test_label_in_test_never_seen_in_training(tmp_path):
+    train = write(tmp_path, "train.csv", "text,label\n" + "".join(f"t{i},{'a' if i % 2 else 'b'}\n" for i in range(20)))
+    test = write(tmp_path, "test.csv", "text,label\nx,a\ny,c\n")
+    with pytest.raises(TuneoffError, match=r"test split has label\(s\) \['c'\] that never occur in the training split"):
+        load_corpus(DataConfig(name=train, test_file=test))
+
+
+def test_unknown_dataset_lists_builtins():
+    with pytest.raises(TuneoffError, match="Unknown dataset 'rotten'.*rotten_tomatoes.*bbc_news"):
+        load_corpus(DataConfig(name="rotten"))
+
+
+def test_local_files_with_pairs_and_mixed_label_types(tmp_path):
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "y": (i % 3) * 1.0 if i % 2 else str(i % 3)} for i in range(30)]
+    path = tmp_path / "nli.jsonl"
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    corpus = load_corpus(DataConfig(name=str(path), text_column="premise", text_pair_column="hypothesis", label_column="y"))
+    assert corpus.label_names == ["0", "1", "2"]  # 1.0 and "1" are the same label
+    assert corpus.has_pairs and set(corpus.splits["test"].columns) == {"id", "text", "text_pair", "label"}
+
+
+def test_hub_loader_maps_classlabels_and_drops_snli_minus_one(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])})
+    def split(n, unlabeled=0):
+        # SNLI marks examples without annotator agreement with -1; they must be dropped.
+        labels = [-1] * unlabeled + [i % 3 for i in range(n - unlabeled)]
+        return datasets.Dataset.from_dict({"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)],
+                                           "label": labels}, features=features)
+    dsd = datasets.DatasetDict(train=split(30), validation=split(9), test=split(9, unlabeled=1))
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config=None: calls.append(hub_id) or dsd)
+    corpus = load_corpus(DataConfig(name="snli"))
+    assert calls == ["stanfordnlp/snli"]
+    assert corpus.label_names == ["contradiction", "entailment", "neutral"]
+    assert len(corpus.splits["test"]) == 8 and len(corpus.splits["validation"]) == 9
+    assert corpus.has_pairs
+
+
+def test_length_grouped_order_is_a_permutation_and_deterministic(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    df = pd.DataFrame({"id": range(100), "text": [" ".join(["good"] * (1 + i % 13)) for i in range(100)]})
+    enc = encode(df, tok, max_length=16, label_ids=[0] * 100)
+    order = train_order(enc, 8, True, seed=3, epoch=0)
+    assert sorted(order) == list(range(100))
+    assert order == train_order(enc, 8, True, seed=3, epoch=0)
+    assert order != train_order(enc, 8, True, seed=3, epoch=1)
+    batches = list(train_loader(enc, order, 8, collator(tok, on_gpu=False)))
+    padded = sum(b["input_ids"].numel() for b in batches)
+    random_order = train_order(enc, 8, False, seed=3, epoch=0)
+    padded_random = sum(b["input_ids"].numel() for b in train_loader(enc, random_order, 8, collator(tok, on_gpu=False)))
+    assert padded < padded_random, "grouping by length pads less"
+    real = sum(enc.lengths)
+    assert all(b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max()) for b in batches), "dynamic padding"
+    assert padded >= real
+    loader, eval_order = eval_loader(enc, 16, collator(tok, on_gpu=False))
+    assert sorted(eval_order) == list(range(100))
