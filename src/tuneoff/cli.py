@@ -167,5 +167,96 @@ def models() -> None:
     console().print("Also: any Hugging Face hub id or local model directory.")
 
 
+RESULTS = typer.Option("results", "--results", "-r", help="Results root: holds tuneoff.sqlite and one directory per study.")
+
+
+@app.command("run")
+@user_errors
+def run_study(
+    study: Optional[str] = typer.Argument(None, help="Study YAML file (default: the built-in default study)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Study overrides, e.g. seeds=[1,2,3] base.train.epochs=2."),
+    results: Path = RESULTS,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study; finished runs are not redone."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Run grids larger than the study's max_runs."),
+    progress: bool = typer.Option(False, help="Show each run's step progress bar."),
+) -> None:
+    """Run a study: every variant x grid point x seed, stored in the results database, then the report."""
+    from tuneoff.study import load_spec
+
+    if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
+        overrides, study = [study, *(overrides or [])], None
+    spec = load_spec(study, overrides or [])
+    _quiet_libraries()
+    from tuneoff.report import build
+    from tuneoff.study import execute
+
+    directory = execute(spec, results, resume=resume, yes=yes, say=console().print, progress=progress)
+    report = build(spec.name, results)
+    console().print(f"study results in [bold]{directory}[/], report: [bold]{report}[/]")
+
+
+@app.command()
+@user_errors
+def report(study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default.")) -> None:
+    """(Re)build a study's report from stored results; nothing is trained."""
+    _quiet_libraries()
+    from tuneoff.report import build
+
+    spec = study_dir / "study.yaml"
+    if not spec.is_file():
+        raise TuneoffError(f"{study_dir} is not a study results directory (no study.yaml). Give results/<study>.")
+    from tuneoff.study import load_spec
+
+    path = build(load_spec(spec).name, study_dir.parent)
+    console().print(f"report: [bold]{path}[/]")
+
+
+runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+@user_errors
+def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
+              status: Optional[str] = typer.Option(None, help="done, failed, running or pending.")) -> None:
+    """List runs: study, run id, status, test accuracy, trainable params, train time."""
+    import json
+
+    from tuneoff.store import Store
+
+    store = Store(results)
+    table = Table(title=f"runs in {results}")
+    for col in ("study", "run", "status", "accuracy", "trainable", "train s"):
+        table.add_column(col)
+    for row in store.runs(study, status):
+        m = json.loads(row["metrics"]) if row["metrics"] else {}
+        r = json.loads(row["resources"]) if row["resources"] else {}
+        table.add_row(row["study"], row["run_id"], row["status"], f"{m['test']['accuracy']:.4f}" if m else "",
+                      f"{r['trainable_params']:,}" if r else "", f"{r['train_seconds']:.0f}" if r else "")
+    console().print(table)
+
+
+@runs_app.command("show")
+@user_errors
+def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), results: Path = RESULTS) -> None:
+    """Everything stored about one run."""
+    import json
+
+    from tuneoff.store import Store
+
+    rows = Store(results).run(run_id)
+    if not rows:
+        raise TuneoffError(f"No run {run_id!r} in {results}. `tuneoff runs list` shows the runs.")
+    if len(rows) > 1:
+        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({', '.join(r['run_id'] for r in rows[:5])}...); be more specific.")
+    row = dict(rows[0])
+    for key in ("metrics", "resources", "versions", "params"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    if row.get("metrics"):
+        row["metrics"]["test"].pop("confusion_matrix", None)
+    console().print_json(json.dumps(row, default=str))
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -76,7 +76,7 @@ def is_better(value: float, best: float | None, metric: str) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def train(cfg: RunConfig, progress: bool = True) -> RunResult:
+def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -117,7 +117,7 @@ def train(cfg: RunConfig, progress: bool = True) -> RunResult:
     model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    run = RunDirectory(cfg.output_dir, new_run_id(cfg.name, cfg.model.name, corpus.name, method.name))
+    run = RunDirectory(cfg.output_dir, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name))
     try:
         def evaluate(split: str):
             logits = predict_logits(model, encoded[split], tc.eval_batch_size, collate, device, accelerator.autocast)

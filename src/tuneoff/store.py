@@ -1,0 +1,135 @@
+"""The results store: an SQLite index (stdlib ``sqlite3``) of studies and their runs, next to the run directories.
+
+One database per results root (``results/tuneoff.sqlite``); each study's run directories live under
+``results/<study>/runs/``. Every write is one transaction, so a study killed at any moment leaves the index
+consistent: a run is ``done`` only once its directory is complete and its metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tuneoff.errors import TuneoffError
+
+DB_NAME = "tuneoff.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    name TEXT PRIMARY KEY,
+    spec_yaml TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    study_dir TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    study TEXT NOT NULL REFERENCES studies(name),
+    run_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    params TEXT NOT NULL,          -- JSON: the grid values of this run
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    config_yaml TEXT NOT NULL,
+    metrics TEXT,                  -- JSON: metrics.json
+    resources TEXT,                -- JSON: resources.json
+    versions TEXT,                 -- JSON: tuneoff, torch, transformers, peft, ...
+    git_commit TEXT,
+    device TEXT,
+    run_dir TEXT,
+    error TEXT,
+    started TEXT,
+    finished TEXT,
+    PRIMARY KEY (study, run_id)
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.root / DB_NAME, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TuneoffError(f"Cannot open the results store in {self.root}: {exc}. Choose another --results dir.") from exc
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- studies ----------------------------------------------------------------------------------------------
+    def study(self, name: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM studies WHERE name = ?", (name,)).fetchone()
+
+    def add_study(self, name: str, spec_yaml: str, spec_hash: str, study_dir: Path) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?, ?)", (name, spec_yaml, spec_hash, str(study_dir), now()))
+
+    def studies(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM studies ORDER BY created").fetchall()
+
+    # --- runs -------------------------------------------------------------------------------------------------
+    def plan_run(self, study: str, run_id: str, variant: str, params: dict, seed: int, config_yaml: str) -> None:
+        """Register a planned run; an existing row (done, failed, ...) is left as it is."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (study, run_id, variant, params, seed, status, config_yaml) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                (study, run_id, variant, json.dumps(params, sort_keys=True), seed, config_yaml),
+            )
+
+    def mark_running(self, study: str, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='running', started=?, error=NULL WHERE study=? AND run_id=?", (now(), study, run_id))
+
+    def mark_done(self, study: str, run_id: str, run_dir: Path, metrics: dict, resources: dict, run_info: dict) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status='done', metrics=?, resources=?, versions=?, git_commit=?, device=?, run_dir=?, "
+                "finished=?, error=NULL WHERE study=? AND run_id=?",
+                (json.dumps(metrics), json.dumps(resources), json.dumps(run_info.get("versions")), git_commit(),
+                 run_info.get("device"), str(run_dir), now(), study, run_id),
+            )
+
+    def mark_failed(self, study: str, run_id: str, error: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE study=? AND run_id=?", (error, now(), study, run_id))
+
+    def runs(self, study: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if study:
+            sql, args = sql + " AND study = ?", args + [study]
+        if status:
+            sql, args = sql + " AND status = ?", args + [status]
+        return self.db.execute(sql + " ORDER BY study, rowid", args).fetchall()
+
+    def run(self, run_id: str) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ?", (run_id, run_id + "%")).fetchall()
