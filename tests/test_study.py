@@ -1,0 +1,169 @@
+"""Studies: expansion, the results store, resume after SIGKILL, bad study input, and the report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tuneoff.cli import app
+from tuneoff.errors import TuneoffError
+from tuneoff.study import execute, expand, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def tiny_study(tmp_path, model_dir, data, name="tiny", epochs=4, **extra) -> Path:
+    spec = {
+        "name": name,
+        "base": {"model": {"name": model_dir}, "data": {"name": data, "max_length": 16},
+                 "train": {"epochs": epochs, "batch_size": 16, "eval_every": 5}},
+        "variants": {"partial_top1": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+                     "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}},
+        "seeds": [1, 2],
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")) + [REPO / "src/tuneoff/studies/default.yaml"],
+                         ids=lambda p: p.name)
+def test_every_example_study_validates(path):
+    runs = expand(load_spec(path))
+    assert runs and len({r.run_id for r in runs}) == len(runs)
+
+
+def test_expansion_variants_grid_seeds():
+    spec = load_spec(REPO / "studies/lora_rank_sweep.yaml")
+    runs = expand(spec)
+    assert len(runs) == (5 + 1) * 2
+    r16 = [r for r in runs if r.run_id == "lora-r16-s2"][0]
+    assert (r16.config.method.name, r16.config.method.r, r16.config.train.seed, r16.config.train.lr) == ("lora", 16, 2, 1e-3)
+    plus = [r for r in runs if r.variant == "lora_plus_ratio2"][0]
+    assert plus.config.method.loraplus_lr_ratio == 2
+    snli = expand(load_spec(REPO / "studies/lora_vs_partial_snli.yaml"))
+    assert {(r.variant, r.config.model.name) for r in snli} == {
+        (v, m) for v in ("lora_r8_qv", "partial_top2") for m in ("bert-base", "distilbert")}
+    assert all(r.config.method.name == "partial" and not hasattr(r.config.method, "r") for r in snli if r.variant == "partial_top2")
+    default = expand(load_spec(None, ["seeds=[7]"]))
+    assert {r.config.method.name for r in default} == {"head", "partial", "lora", "lora_plus", "full"}
+    assert {r.seed for r in default} == {7}
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"name": "x", "grids": {}}, "grids: unknown key"),
+    ({"name": "x", "grid": {"method.r": []}}, "grid.method.r: must be a non-empty list"),
+    ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
+    ({"name": "x", "seeds": []}, "seeds"),
+])
+def test_bad_study_files(tmp_path, body, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body))
+    with pytest.raises(TuneoffError, match=message):
+        expand(load_spec(path))
+
+
+def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_path):
+    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv)
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["run", str(spec_path), "--results", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(results / "tuneoff.sqlite")
+    rows = db.execute("SELECT run_id, status, versions, device, run_dir FROM runs ORDER BY run_id").fetchall()
+    assert [r[:2] for r in rows] == [(f"{v}-s{s}", "done") for v in ("lora", "partial_top1") for s in (1, 2)]
+    assert all('"peft"' in r[2] and r[3].startswith("cpu") and Path(r[4]).is_dir() for r in rows)
+    report = results / "tiny" / "report"
+    assert {"report.html", "summary.md", "summary.csv", "comparisons.csv", "per_class.csv"} <= {p.name for p in report.iterdir()}
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 7  # quality, curves, cost, Pareto, confusion, reliability, errors and "http" not in html.split("<body>")[1].split("Study spec")[0]
+    assert "significant" in (report / "summary.md").read_text()
+    summary = pd.read_csv(report / "summary.csv")
+    assert set(summary.condition) == {"lora", "partial_top1"} and (summary.seeds == 2).all()
+
+    # Rebuilding the report trains nothing and gives the same tables.
+    before = (report / "summary.csv").read_text()
+    assert runner.invoke(app, ["report", str(results / "tiny")]).exit_code == 0
+    assert (report / "summary.csv").read_text() == before
+    out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
+    assert "lora-s1" in out and "done" in out
+    out = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results)]).output
+    assert '"seed": 2' in out and '"trainable_params"' in out
+
+    # Running it again without --resume refuses and loses nothing; a changed spec under the same name refuses too.
+    again = runner.invoke(app, ["run", str(spec_path), "--results", str(results)])
+    assert again.exit_code == 2 and "--resume" in again.output
+    changed = runner.invoke(app, ["run", str(spec_path), "seeds=[3]", "--results", str(results), "--resume"])
+    assert changed.exit_code == 2 and "different study" in changed.output
+    assert len(db.execute("SELECT * FROM runs WHERE status='done'").fetchall()) == 4
+
+
+def test_max_runs_needs_yes(tiny_bert, toy_csv, tmp_path):
+    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
+    result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "would launch 4 runs, more than max_runs=3" in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_without_finished_runs(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a study results directory" in result.output
+
+
+def test_failed_run_is_recorded_and_study_goes_on(tiny_bert, toy_csv, tmp_path):
+    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv)
+    spec = load_spec(spec_path, ["variants.partial_top1.method.k=5"])  # the model has 2 layers: this run fails
+    execute(spec, tmp_path / "r", say=lambda *_: None)
+    db = sqlite3.connect(tmp_path / "r" / "tuneoff.sqlite")
+    status = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
+    assert status == {"partial_top1-s1": "failed", "partial_top1-s2": "failed", "lora-s1": "done", "lora-s2": "done"}
+    assert "only 2 encoder layers" in db.execute("SELECT error FROM runs WHERE status='failed'").fetchone()[0]
+
+
+def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, tmp_path):
+    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, epochs=25)
+    # The reference: the same study, uninterrupted.
+    execute(load_spec(spec_path), tmp_path / "ref", say=lambda *_: None)
+
+    results = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(results)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db_path = results / "tuneoff.sqlite"
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline and proc.poll() is None:
+        if db_path.exists():
+            try:
+                done = sqlite3.connect(db_path).execute("SELECT run_id, finished FROM runs WHERE status='done'").fetchall()
+            except sqlite3.OperationalError:
+                done = []
+            if done:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(done) < 4, "killed mid-study"
+
+    result = runner.invoke(app, ["run", str(spec_path), "--results", str(results), "--resume"])
+    assert result.exit_code == 0, result.output
+    db = sqlite3.connect(db_path)
+    finished = dict(db.execute("SELECT run_id, finished FROM runs").fetchall())
+    assert all(finished[run_id] == ts for run_id, ts in done), "finished runs were not redone"
+    assert set(db.execute("SELECT status FROM runs").fetchall()) == {("done",)}
+    for run_id in finished:
+        got = pd.read_csv(results / "tiny" / "runs" / run_id / "predictions.csv")
+        want = pd.read_csv(tmp_path / "ref" / "tiny" / "runs" / run_id / "predictions.csv")
+        pd.testing.assert_frame_equal(got, want)
+    assert not [p for p in (results / "tiny" / "runs").iterdir() if p.name.startswith(".")], "no torn run left"
