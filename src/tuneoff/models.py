@@ -7,6 +7,7 @@ Hugging Face hub id or a local directory, loaded the usual way.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as metadata
 import os
 import shutil
@@ -101,6 +102,10 @@ def resolve_model(name: str) -> str:
         raise TuneoffError(
             f"Model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing directory."
         )
+    close = difflib.get_close_matches(name, list(BUILTIN_MODELS) + [s.resolve() for s in BUILTIN_MODELS.values() if not s.offline], n=1, cutoff=0.8)
+    if close and close[0] != name:
+        # A near-miss of a known name is a typo, not a hub id: say so at once instead of retrying the network.
+        raise TuneoffError(f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}.")
     return name  # a hub id
 
 
