@@ -87,7 +87,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     report = results / "tiny" / "report"
     assert {"report.html", "summary.md", "summary.csv", "comparisons.csv", "per_class.csv"} <= {p.name for p in report.iterdir()}
     html = (report / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 7  # quality, curves, cost, Pareto, confusion, reliability, errors and "http" not in html.split("<body>")[1].split("Study spec")[0]
+    assert html.count("data:image/png;base64,") == 9  # quality, curves, cost, Pareto, confusion, reliability, errors, data x2 and "http" not in html.split("<body>")[1].split("Study spec")[0]
     assert "significant" in (report / "summary.md").read_text()
     summary = pd.read_csv(report / "summary.csv")
     assert set(summary.condition) == {"lora", "partial_top1"} and (summary.seeds == 2).all()

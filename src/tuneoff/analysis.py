@@ -76,10 +76,11 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
         except OSError as exc:
             raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}).") from exc
         metrics, resources = json.loads(row["metrics"]), json.loads(row["resources"])
-        method = yaml.safe_load(row["config_yaml"])["method"]["name"]
+        config = yaml.safe_load(row["config_yaml"])
+        method = config["method"]["name"]
         cond = conditions.setdefault(name, Condition(name, row["variant"], params, method))
         cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": metrics, "resources": resources,
-                          "predictions": predictions, "history": history, "device": row["device"]})
+                          "predictions": predictions, "history": history, "device": row["device"], "config": config})
     return list(conditions.values())
 
 

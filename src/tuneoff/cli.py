@@ -124,6 +124,53 @@ def predict(
 
 
 @app.command()
+@user_errors
+def inspect(
+    data: str = typer.Argument(..., help="Built-in dataset name, CSV/JSONL/Parquet file, or hub id."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.text_column=review."),
+    model: str = typer.Option("minilm", help="Model whose tokenizer counts the tokens."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: inspect/<dataset>)."),
+) -> None:
+    """Inspect a dataset: labels, lengths in characters and tokens, duplicates, leakage, and a max_length to use."""
+    _quiet_libraries()
+    from tuneoff.inspection import inspect_to_dir
+
+    report, out_dir = inspect_to_dir(data, overrides or [], model, out)
+    c = console()
+    from tuneoff.inspection import summary_rows
+
+    table = Table(title=f"{report['dataset']} — tokens counted with {model}'s tokenizer", collapse_padding=True)
+    rows = summary_rows(report)
+    for col in rows.columns:
+        table.add_column(col)
+    for r in rows.itertuples(index=False):
+        table.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in r])
+    c.print(table)
+    labels = Table(title="labels (count / share)")
+    labels.add_column("label")
+    for split in report["splits"]:
+        labels.add_column(split)
+    for name in report["label_names"]:
+        labels.add_row(name, *[f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
+                               for s in report["splits"].values()])
+    c.print(labels)
+    trunc = Table(title="share of training examples truncated at each max_length")
+    for n in report["splits"]["train"]["truncated_share"]:
+        trunc.add_column(str(n))
+    trunc.add_row(*[f"{v:.1%}" for v in report["splits"]["train"]["truncated_share"].values()])
+    c.print(trunc)
+    for split, s in report["splits"].items():
+        if s["imbalanced"]:
+            c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest).")
+    leaks = {k: v for k, v in report["leakage"].items() if v}
+    if leaks:
+        c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")
+    c.print(f"recommended max_length: [bold]{report['recommended_max_length']}[/] (truncates "
+            f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
+    c.print(f"written to [bold]{out_dir}[/] (inspect.json, histogram.png, boxplot.png)")
+
+
+@app.command()
 def methods() -> None:
     """List fine-tuning methods and their parameters."""
     from tuneoff.methods import all_methods

@@ -56,7 +56,17 @@ class DataConfig(Section):
     split_seed: int = Field(0, description="Seed of the deterministic stratified split (independent of train.seed).")
     max_train_samples: int | None = Field(None, ge=2)
     max_eval_samples: int | None = Field(None, ge=1, description="Caps validation and test each.")
-    max_length: int = Field(128, ge=8, le=8192, description="Truncation length in tokens; batches pad dynamically.")
+    max_length: int | Literal["auto"] = Field(
+        128, description="Truncation length in tokens (batches pad dynamically); auto = cover the training set's p99 "
+        "(`tuneoff inspect` shows it)."
+    )
+
+    @field_validator("max_length")
+    @classmethod
+    def _length_range(cls, value):
+        if value != "auto" and not 8 <= value <= 8192:
+            raise ValueError("must be between 8 and 8192, or auto")
+        return value
 
 
 class TrainConfig(Section):

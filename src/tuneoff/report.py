@@ -124,6 +124,7 @@ def build(study: str, results: str | Path) -> Path:
     ]
     if failed:
         sections.append(("Failed runs", _table_html(pd.DataFrame([{"run": f["run_id"], "error": f["error"][-400:]} for f in failed]))))
+    sections.append(("Data", data_sections(conditions)))
     sections.append(("Study spec", f"<pre>{html.escape(spec_yaml)}</pre>"))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f"<h2>{html.escape(t)}</h2>{content}" for t, content in sections)
@@ -133,6 +134,35 @@ def build(study: str, results: str | Path) -> Path:
             f"{body}</body></html>")
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def data_sections(conditions) -> str:
+    """`tuneoff inspect` for each dataset of the study, with the tokenizer of the model it was trained with."""
+    from tuneoff.config import RunConfig
+    from tuneoff.data import load_corpus
+    from tuneoff.inspection import inspect_corpus, model_max_length, plot_lengths, summary_rows
+    from tuneoff.models import load_tokenizer, resolve_model
+
+    seen, parts = set(), []
+    for c in conditions:
+        cfg = RunConfig.model_validate(c.runs[0]["config"])
+        key = (cfg.data.model_dump_json(exclude={"max_length"}), cfg.model.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        source = resolve_model(cfg.model.name)
+        tokenizer = load_tokenizer(source, cfg.model.revision)
+        from transformers import AutoConfig
+
+        report = inspect_corpus(load_corpus(cfg.data), tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer))
+        histogram, boxplot = plot_lengths(report)
+        leaks = {k: v for k, v in report["leakage"].items() if v}
+        parts.append(
+            f"<h3>{html.escape(report['dataset'])} (tokens of {html.escape(cfg.model.name)})</h3>"
+            + _table_html(summary_rows(report)) + _img(histogram) + _img(boxplot)
+            + f"<p>Recommended max_length {report['recommended_max_length']} (truncates {report['recommended_truncates']:.1%} "
+            f"of training examples); this study used {cfg.data.max_length}. Texts shared across splits: {leaks or 'none'}.</p>")
+    return "".join(parts)
 
 
 def _img(b64: str) -> str:

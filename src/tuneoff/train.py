@@ -105,6 +105,11 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
     optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
     counts = param_counts(model)  # LoRA-FA's optimizer freezes A: count what really trains
 
+    if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
+        from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
+
+        auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), model_max_length(model.config, tokenizer))
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
     encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
     collate = collator(tokenizer, on_gpu=device.type == "cuda")
     micro_batches = math.ceil(len(encoded["train"]) / tc.batch_size)

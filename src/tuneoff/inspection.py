@@ -1,0 +1,143 @@
+"""Know your data: per-split counts, label balance, text lengths in characters and in the model's tokens,
+duplicates and train/validation/test leakage, near-empty texts, and the ``max_length`` that follows.
+
+The recommended ``max_length`` covers the 99th percentile of training-set token lengths (rounded up to a
+multiple of 8), unless that exceeds what the model can take; ``data.max_length: auto`` uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from tuneoff.data import SPLITS, Corpus
+
+CANDIDATES = (32, 64, 128, 256, 384, 512)
+IMBALANCE_RATIO = 3.0  # flag when the largest class is this many times the smallest
+NEAR_EMPTY_CHARS = 3
+
+
+def token_lengths(df: pd.DataFrame, tokenizer) -> np.ndarray:
+    """Token count of each example as the model sees it (pairs joined with their special tokens), untruncated."""
+    pairs = list(df["text_pair"]) if "text_pair" in df.columns else None
+    enc = tokenizer(list(df["text"]), pairs, truncation=False, verbose=False)
+    return np.array([len(ids) for ids in enc["input_ids"]])
+
+
+def _stats(values: np.ndarray) -> dict:
+    return {"min": int(values.min()), "median": float(np.median(values)), "p95": float(np.percentile(values, 95)),
+            "p99": float(np.percentile(values, 99)), "max": int(values.max()), "mean": float(values.mean())}
+
+
+def _norm(texts: pd.Series) -> pd.Series:
+    return texts.str.lower().str.split().str.join(" ")
+
+
+def recommend_max_length(lengths: np.ndarray, model_max: int) -> int:
+    p99 = float(np.percentile(lengths, 99))
+    return int(min(model_max, max(8, math.ceil(p99 / 8) * 8)))
+
+
+def inspect_corpus(corpus: Corpus, tokenizer, model_max: int = 512) -> dict:
+    report: dict = {"dataset": corpus.name, "label_names": corpus.label_names, "notes": corpus.notes, "splits": {}}
+    lengths: dict[str, np.ndarray] = {}
+    keys = {}
+    for split in SPLITS:
+        df = corpus.splits[split]
+        text = df["text"] + ((" [SEP] " + df["text_pair"]) if "text_pair" in df.columns else "")
+        keys[split] = set(_norm(text))
+        tok = token_lengths(df, tokenizer)
+        lengths[split] = tok
+        counts = df["label"].value_counts()
+        shares = (counts / len(df)).round(4)
+        dup = int(_norm(text).duplicated().sum())
+        report["splits"][split] = {
+            "rows": len(df),
+            "labels": {k: {"count": int(counts[k]), "share": float(shares[k])} for k in counts.index},
+            "imbalanced": bool(counts.max() / max(counts.min(), 1) >= IMBALANCE_RATIO),
+            "chars": _stats(text.str.len().values),
+            "tokens": _stats(tok),
+            "duplicates": dup,
+            "near_empty": int((df["text"].str.strip().str.len() < NEAR_EMPTY_CHARS).sum()),
+            "truncated_share": {n: float((tok > n).mean()) for n in CANDIDATES},
+        }
+    report["leakage"] = {f"{a}&{b}": len(keys[a] & keys[b]) for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))}
+    if corpus.splits["test"] is corpus.splits["validation"]:
+        report["leakage"]["validation&test"] = 0  # the same split reused, not leakage
+    rec = recommend_max_length(lengths["train"], model_max)
+    report["recommended_max_length"] = rec
+    report["recommended_truncates"] = float((lengths["train"] > rec).mean())
+    report["_lengths"] = lengths
+    return report
+
+
+def plot_lengths(report: dict) -> tuple[str, str]:
+    """Histogram and box plot of token lengths per split, each as base64 PNG."""
+    from tuneoff import plots
+
+    plt = plots.plt
+    lengths = report["_lengths"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for split, values in lengths.items():
+        ax.hist(values, bins=50, alpha=0.5, label=split)
+    ax.axvline(report["recommended_max_length"], color="k", ls="--", label=f"recommended max_length {report['recommended_max_length']}")
+    ax.set(title=f"{report['dataset']}: tokens per example", xlabel="tokens", ylabel="examples")
+    ax.legend(fontsize=7)
+    histogram = plots._png(fig)
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    ax.boxplot(list(lengths.values()), vert=False, showfliers=True, flierprops={"markersize": 2})
+    ax.set_yticks(range(1, len(lengths) + 1), list(lengths))
+    ax.set(title=f"{report['dataset']}: token length per split", xlabel="tokens")
+    return histogram, plots._png(fig)
+
+
+def model_max_length(model_config, tokenizer) -> int:
+    """Longest input the model takes: position embeddings (RoBERTa/MPNet reserve two) and the tokenizer's limit."""
+    positions = getattr(model_config, "max_position_embeddings", 512) or 512
+    if getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta", "mpnet", "camembert"):
+        positions -= 2
+    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else positions
+    return int(min(positions, limit))
+
+
+def summary_rows(report: dict) -> pd.DataFrame:
+    rows = []
+    for split, s in report["splits"].items():
+        rows.append({"split": split, "rows": s["rows"], "classes": len(s["labels"]), "imbal.": s["imbalanced"],
+                     "tok min": s["tokens"]["min"], "med": s["tokens"]["median"], "p95": s["tokens"]["p95"],
+                     "p99": s["tokens"]["p99"], "max": s["tokens"]["max"], "chars med": s["chars"]["median"],
+                     "dup": s["duplicates"], "empty": s["near_empty"]})
+    return pd.DataFrame(rows)
+
+
+def inspect_to_dir(data: str, overrides: list[str], model: str, out=None):
+    """Load a dataset and a tokenizer, inspect, and write inspect.json + histogram.png + boxplot.png."""
+    import base64
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from tuneoff.config import build_config
+    from tuneoff.data import load_corpus
+    from tuneoff.errors import TuneoffError
+    from tuneoff.models import load_tokenizer, resolve_model
+    from tuneoff.rundir import atomic_write_text, safe_name
+
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise TuneoffError(f"inspect takes only data.* overrides, not {bad}.")
+    cfg = build_config({}, overrides, names={"data": data, "model": model})
+    corpus = load_corpus(cfg.data)
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source)
+    report = inspect_corpus(corpus, tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer))
+    out_dir = Path(out) if out else Path("inspect") / safe_name(corpus.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    histogram, boxplot = plot_lengths(report)
+    (out_dir / "histogram.png").write_bytes(base64.b64decode(histogram))
+    (out_dir / "boxplot.png").write_bytes(base64.b64decode(boxplot))
+    atomic_write_text(out_dir / "inspect.json", json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
+    return report, out_dir
