@@ -23,6 +23,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.features)
 
+    def __add__(self, other: Encoded) -> Encoded:
+        return Encoded(self.features + other.features, self.lengths + other.lengths)
+
 
 def encode(df: pd.DataFrame, tokenizer, max_length: int, label_ids: list[int] | None = None) -> Encoded:
     pairs = list(df["text_pair"]) if "text_pair" in df.columns else None

@@ -41,6 +41,20 @@ class ModelConfig(Section):
         return self
 
 
+class AugmentConfig(Section):
+    copies: int = Field(0, ge=0, description="Augmented copies of each training example per epoch (0 = off); originals are kept.")
+    sentence_shuffle_p: float = Field(0.0, ge=0, le=1, description="Probability that a copy's sentences are shuffled.")
+    synonym_fraction: float = Field(0.0, ge=0, le=1, description="Share of a copy's content words replaced by WordNet synonyms.")
+    synonym_max: int | None = Field(None, ge=1, description="At most this many replacements per text.")
+    seed: int = Field(0, description="Augmentation seed (with the epoch number).")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> AugmentConfig:
+        if self.copies and not (self.sentence_shuffle_p or self.synonym_fraction):
+            raise ValueError("copies > 0 but no augmentation is on: set sentence_shuffle_p and/or synonym_fraction")
+        return self
+
+
 class DataConfig(Section):
     name: str = Field(
         "rotten_tomatoes", description="Built-in dataset (`tuneoff datasets`), hub id, or path to a CSV/JSONL/Parquet file."
@@ -56,6 +70,7 @@ class DataConfig(Section):
     split_seed: int = Field(0, description="Seed of the deterministic stratified split (independent of train.seed).")
     max_train_samples: int | None = Field(None, ge=2)
     max_eval_samples: int | None = Field(None, ge=1, description="Caps validation and test each.")
+    augment: AugmentConfig = AugmentConfig()
     max_length: int | Literal["auto"] = Field(
         128, description="Truncation length in tokens (batches pad dynamically); auto = cover the training set's p99 "
         "(`tuneoff inspect` shows it)."

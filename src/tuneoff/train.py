@@ -112,7 +112,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
     encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
     collate = collator(tokenizer, on_gpu=device.type == "cuda")
-    micro_batches = math.ceil(len(encoded["train"]) / tc.batch_size)
+    augment = cfg.data.augment
+    if augment.synonym_fraction and augment.copies:
+        from tuneoff.augment import wordnet
+
+        wordnet()  # a missing WordNet is a clear error now, not after the first epoch
+    micro_batches = math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size)
     steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -135,9 +140,17 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
         step, stop, running_loss, running_n = 0, False, 0.0, 0
         bar = tqdm(total=total_steps, desc=f"{method.name}", unit="step", disable=not progress, dynamic_ncols=True)
         model.train()
+        augmentation = []
         for epoch in range(epochs):
-            order = train_order(encoded["train"], tc.batch_size, tc.group_by_length, tc.seed, epoch)
-            loader = train_loader(encoded["train"], order, tc.batch_size, collate)
+            train_set = encoded["train"]
+            if augment.copies:  # fresh copies every epoch; the originals stay, evaluation data is never touched
+                from tuneoff.augment import augmented_copies
+
+                copies, stats = augmented_copies(corpus.splits["train"], augment, epoch)
+                train_set = train_set + encode(copies, tokenizer, cfg.data.max_length, corpus.label_ids("train") * augment.copies)
+                augmentation.append(stats)
+            order = train_order(train_set, tc.batch_size, tc.group_by_length, tc.seed, epoch)
+            loader = train_loader(train_set, order, tc.batch_size, collate)
             speed.resume()
             for i, batch in enumerate(loader):
                 # Gradient accumulation: the loss of each micro-batch is divided by the size of its group (the
@@ -225,7 +238,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
             "model_source": source, "dataset": corpus.name, "label_names": corpus.label_names,
             "data_notes": corpus.notes, "lr": lr, "total_steps": total_steps, "device": device_name(device),
             "mixed_precision": accelerator.mixed_precision, "versions": versions(),
-            "sizes": {s: len(df) for s, df in corpus.splits.items()},
+            "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": augmentation,
         })
         final = run.publish()
     except BaseException:
