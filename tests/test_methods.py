@@ -9,7 +9,7 @@ from tuneoff.config import build_config
 from tuneoff.errors import TuneoffError
 from tuneoff.methods import all_methods, get_method
 from tuneoff.models import load_classifier
-from tuneoff.train import check_budget
+from tuneoff.methods import check_budget
 from tuneoff.resources import param_counts
 
 # Hand count for the tiny BERT of conftest (H=32, L=2, I=64, V=29 words, P=64, 2 token types, C=2 labels):
@@ -113,8 +113,8 @@ def test_distilbert_pre_classifier_is_trained_and_saved_with_lora(tiny_distilber
 def test_budget_exceeded_fails_fast(tiny_bert):
     model, *_ = prepared(tiny_bert, "full")
     with pytest.raises(TuneoffError, match="over the budget method.max_trainable_params=1,000"):
-        check_budget(param_counts(model), 1000, "full")
-    check_budget(param_counts(model), TOTAL, "full")  # exactly at the budget is allowed
+        check_budget(param_counts(model)["trainable_params"], 1000, "full")
+    check_budget(param_counts(model)["trainable_params"], TOTAL, "full")  # exactly at the budget is allowed
 
 
 def test_registry_lists_every_method():

@@ -59,11 +59,17 @@ def train_order(encoded: Encoded, batch_size: int, group_by_length: bool, seed: 
     return list(sampler)
 
 
+def _own_generator() -> torch.Generator:
+    # Creating a DataLoader iterator draws a base seed from the *global* torch RNG unless the loader has its own
+    # generator; that draw would shift dropout masks after a resume, which creates its loader mid-epoch.
+    return torch.Generator().manual_seed(0)
+
+
 def train_loader(encoded: Encoded, order: list[int], batch_size: int, collate) -> DataLoader:
-    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate)
+    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate, generator=_own_generator())
 
 
 def eval_loader(encoded: Encoded, batch_size: int, collate) -> tuple[DataLoader, list[int]]:
     """Batches of similar length (sorted, longest first); returns the order to put outputs back."""
     order = sorted(range(len(encoded)), key=lambda i: -encoded.lengths[i])
-    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate), order
+    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate, generator=_own_generator()), order

@@ -75,15 +75,16 @@ def train(
     data: Optional[str] = typer.Option(None, help="Dataset: built-in name (see `tuneoff datasets`), CSV/JSONL/Parquet path, or hub id."),
     method: Optional[str] = typer.Option(None, help="Method: full, partial, head, lora, lora_plus, lora_fa (see `tuneoff methods`)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run of this same config from its newest checkpoint."),
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
     from tuneoff.config import load_config
 
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
     _quiet_libraries()
-    from tuneoff.train import train as run_training
+    from tuneoff.train import train_with_oom_retry
 
-    result = run_training(cfg, progress=progress)
+    result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=console().print)
     console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
     console().print(f"run saved to [bold]{result.run_dir}[/]")
 

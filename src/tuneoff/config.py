@@ -105,6 +105,11 @@ class TrainConfig(Section):
     patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement.")
     seed: int = 42
     group_by_length: bool = Field(True, description="Length-grouped batches: less padding, same examples.")
+    checkpoints: bool = Field(True, description="Write resumable checkpoints (each epoch end and every checkpoint_every steps).")
+    checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints.")
+    min_batch_size: int = Field(1, ge=1, description="Floor for the out-of-memory retry (batch halves, accumulation doubles).")
+    deterministic: bool = Field(False, description="Deterministic GPU kernels (slower); CPU runs are deterministic anyway.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

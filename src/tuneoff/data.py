@@ -199,6 +199,7 @@ def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
     where = df.attrs.get("source", where)
     out = pd.DataFrame({"id": df["id"].astype(str).values})
+    out.attrs["source"] = where
     out["text"] = text_column(df, "text", where).values
     if "text_pair" in df.columns:
         out["text_pair"] = text_column(df, "text_pair", where).values
@@ -206,8 +207,16 @@ def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return out
 
 
+MIN_ROWS = 4
+
+
 def _split(df: pd.DataFrame, seed: int, **size) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deterministic stratified split (falls back to unstratified when a class is too small to stratify)."""
+    if len(df) < MIN_ROWS:
+        raise TuneoffError(
+            f"{df.attrs.get('source', 'The dataset')}: only {len(df)} usable row(s); splitting off validation/test "
+            f"needs at least {MIN_ROWS}. Add rows, or give data.validation_file and data.test_file."
+        )
     try:
         a, b = train_test_split(df, random_state=seed, stratify=df["label"], **size)
     except ValueError:

@@ -9,6 +9,7 @@ machine, no /proc outside Linux) instead of raising. CUDA peaks come from ``max_
 from __future__ import annotations
 
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -67,11 +68,11 @@ class MemoryMeter:
 class Throughput:
     """Training throughput counting real tokens only (padding excluded) and wall time."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, samples: int = 0, tokens: int = 0, seconds: float = 0.0) -> None:
         self.sync = device is not None and device.type == "cuda"
-        self.samples = 0
-        self.tokens = 0
-        self.seconds = 0.0
+        self.samples = samples
+        self.tokens = tokens
+        self.seconds = seconds
         self._t0: float | None = None
 
     def resume(self) -> None:
@@ -106,3 +107,20 @@ def dir_size(path: str | Path) -> int:
         for name in files:
             total += os.lstat(os.path.join(root, name)).st_size
     return total
+
+
+def versions() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    from tuneoff import __version__
+
+    return {"tuneoff": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -70,30 +70,55 @@ def new_run_id(name: str | None, model: str, data: str, method: str) -> str:
 
 
 class RunDirectory:
-    """Builds a run in ``<output_dir>/.<run_id>.tmp`` and publishes it as ``<output_dir>/<run_id>``."""
+    """Builds a run in ``<output_dir>/.<run_id>.tmp`` and publishes it as ``<output_dir>/<run_id>``.
 
-    def __init__(self, output_dir: str | Path, run_id: str):
-        self.root = Path(output_dir)
+    The working directory also holds the run's checkpoints; it survives a crash (so ``--resume`` can continue) and
+    a failure (with ``failed.json`` saying why), and is renamed into place, without checkpoints, when complete.
+    """
+
+    def __init__(self, root: Path, run_id: str):
+        self.root, self.run_id = root, run_id
+        self.final = root / run_id
+        self.path = root / f".{run_id}.tmp"
+
+    @classmethod
+    def open(cls, output_dir: str | Path, run_id: str, config_yaml: str, resume: bool, find: bool = False) -> RunDirectory:
+        """``resume``: reuse ``.<run_id>.tmp`` (its checkpoints); with ``find``, the unfinished run whose config is this one."""
+        root = Path(output_dir)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TuneoffError(f"Cannot create the output directory {self.root}: {exc.strerror}. Choose output_dir=...") from exc
-        if not os.access(self.root, os.W_OK):
-            raise TuneoffError(f"Output directory {self.root} is not writable. Choose another with output_dir=<dir>.")
-        self.run_id = run_id
-        self.final = self.root / run_id
-        if self.final.exists():
-            raise TuneoffError(f"Run directory {self.final} already exists; choose another name=.")
-        self.path = self.root / f".{run_id}.tmp"
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir()
+            raise TuneoffError(f"Cannot create the output directory {root}: {exc.strerror}. Choose output_dir=...") from exc
+        if not os.access(root, os.W_OK):
+            raise TuneoffError(f"Output directory {root} is not writable. Choose another with output_dir=<dir>.")
+        if resume and find:
+            for tmp in sorted(root.glob(".*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True):
+                if (tmp / "config.yaml").is_file() and (tmp / "config.yaml").read_text(encoding="utf-8") == config_yaml:
+                    run_id = tmp.name[1:-len(".tmp")]
+                    break
+        run = cls(root, run_id)
+        if run.final.exists():
+            raise TuneoffError(f"Run directory {run.final} already exists; choose another name=.")
+        if not resume:
+            shutil.rmtree(run.path, ignore_errors=True)
+        run.path.mkdir(exist_ok=True)
+        (run.path / "failed.json").unlink(missing_ok=True)
+        atomic_write_text(run.path / "config.yaml", config_yaml)
+        return run
 
     def publish(self) -> Path:
+        shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
         os.replace(self.path, self.final)
         return self.final
 
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    def fail(self, reason: str) -> None:
+        """Keep the working directory (its last good checkpoint) and say why the run stopped."""
+        write_json(self.path / "failed.json", {"status": "failed", "error": reason})
+
+    def abandon(self) -> None:
+        """Interrupted: keep the working directory if it holds a checkpoint to resume from, else remove it."""
+        if not (self.path / "checkpoints").is_dir():
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _base_weight_files(source: str, revision: str | None) -> list[Path]:

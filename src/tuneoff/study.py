@@ -176,7 +176,7 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
 def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False, say=print,
             progress: bool = False) -> Path:
     """Run every unfinished run of the study in order; a failed run is recorded and the study goes on."""
-    from tuneoff.train import train
+    from tuneoff.train import train_with_oom_retry
 
     store, runs, directory = prepare(spec, results, resume, yes)
     done = {r["run_id"] for r in store.runs(spec.name, "done")}
@@ -196,7 +196,8 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         t0 = time.perf_counter()
         config = run.config.model_copy(update={"output_dir": str(directory / "runs")})
         try:
-            result = train(config, progress=progress, run_id=run.run_id)
+            # resume=True: a run interrupted mid-way continues from its last checkpoint.
+            result = train_with_oom_retry(config, progress=progress, run_id=run.run_id, resume=True, say=say)
         except TuneoffError as exc:
             store.mark_failed(spec.name, run.run_id, str(exc))
             say(f"    failed: {exc}")

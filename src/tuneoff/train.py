@@ -1,15 +1,17 @@
 """The one training loop, for every method, on Hugging Face Accelerate.
 
-Reads top to bottom: data -> model -> method -> optimizer and schedule -> steps with periodic evaluation and
-best-checkpoint tracking -> restore best -> test metrics, predictions, resources -> saved run. Nothing in here
-knows which method it is training; methods decide only which parameters train and how the optimizer treats them.
+Reads top to bottom: data -> model -> method -> optimizer and schedule -> steps with periodic evaluation,
+best-checkpoint tracking and resumable checkpoints -> restore best -> test metrics, predictions, resources ->
+saved run. Nothing in here knows which method it is training; methods decide only which parameters train and
+how the optimizer treats them.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tuneoff import __version__
+from tuneoff import checkpoint
 from tuneoff.batches import collator, encode, train_loader, train_order
 from tuneoff.config import RunConfig
 from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
-from tuneoff.methods import get_method
+from tuneoff.methods import check_budget, get_method
 from tuneoff.models import load_classifier, load_tokenizer, resolve_model
-from tuneoff.resources import MemoryMeter, Throughput, dir_size, param_counts
+from tuneoff.resources import MemoryMeter, Throughput, device_name, dir_size, param_counts, versions
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, new_run_id, save_model, write_json
 
 
@@ -46,43 +48,21 @@ def mixed_precision(setting: str, device: torch.device) -> str:
     return "no"
 
 
-def versions() -> dict:
-    import accelerate
-    import peft
-    import transformers
-
-    return {"tuneoff": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def non_finite(what: str, step: int, lr: float) -> TuneoffError:
+    return TuneoffError(
+        f"The training {what} became non-finite (NaN/inf) by optimizer step {step}. Lower train.lr (now {lr:g}), "
+        "use train.mixed_precision=bf16 or no instead of fp16, or set train.max_grad_norm (gradient clipping). "
+        "The last good checkpoint is kept in the run's working directory."
+    )
 
 
-def check_budget(counts: dict, budget: int | None, method: str) -> None:
-    if budget is not None and counts["trainable_params"] > budget:
-        raise TuneoffError(
-            f"Method {method} would train {counts['trainable_params']:,} parameters, over the budget "
-            f"method.max_trainable_params={budget:,}. Lower method.r, adapt fewer modules "
-            "(method.target_modules / method.layers_to_transform), or raise the budget."
-        )
-
-
-def is_better(value: float, best: float | None, metric: str) -> bool:
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best
-
-
-def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> RunResult:
+def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     tc = cfg.train
-    set_seed(tc.seed)
+    set_seed(tc.seed, deterministic=tc.deterministic)
     cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
     if tc.device == "cuda" and not torch.cuda.is_available():
         raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
@@ -97,19 +77,18 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
         source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
         num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
     )
-    method = get_method(cfg.method.name)
-    model = method.prepare(model, cfg.method, arch)
-    counts = param_counts(model)
-    check_budget(counts, cfg.method.max_trainable_params, method.name)
-    lr = tc.lr or method.default_lr
-    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
-    counts = param_counts(model)  # LoRA-FA's optimizer freezes A: count what really trains
-
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
         from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
 
         auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), model_max_length(model.config, tokenizer))
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
+    method = get_method(cfg.method.name)
+    model = method.prepare(model, cfg.method, arch)
+    check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
+    lr = tc.lr or method.default_lr
+    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
+    counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
+
     encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
     collate = collator(tokenizer, on_gpu=device.type == "cuda")
     augment = cfg.data.augment
@@ -125,38 +104,47 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
     scheduler = get_scheduler(tc.scheduler if tc.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=warmup, num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable = list(named.values())
 
-    run = RunDirectory(cfg.output_dir, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name))
+    run = RunDirectory.open(cfg.output_dir, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
+                            cfg.to_yaml(), resume, find=run_id is None)
+    state, best_state = checkpoint.LoopState(), None
+    latest = checkpoint.latest(run.path) if resume else None
+    if latest is not None:
+        state, best_state = checkpoint.load(latest, named, optimizer, scheduler, accelerator.scaler)
+
+    def evaluate(split: str):
+        logits = predict_logits(model, encoded[split], tc.eval_batch_size, collate, device, accelerator.autocast)
+        return logits, compute_metrics(corpus.label_ids(split), logits, corpus.label_names)
+
     try:
-        def evaluate(split: str):
-            logits = predict_logits(model, encoded[split], tc.eval_batch_size, collate, device, accelerator.autocast)
-            return logits, compute_metrics(corpus.label_ids(split), logits, corpus.label_names)
-
-        history, best, best_state, best_step, stale = [], None, None, 0, 0
         meter = MemoryMeter(device).start()
-        speed = Throughput(device)
-        eval_seconds = 0.0
-        step, stop, running_loss, running_n = 0, False, 0.0, 0
-        bar = tqdm(total=total_steps, desc=f"{method.name}", unit="step", disable=not progress, dynamic_ncols=True)
+        speed = Throughput(device, state.samples, state.tokens, state.train_seconds)
+        bar = tqdm(total=total_steps, initial=state.step, desc=method.name, unit="step", disable=not progress, dynamic_ncols=True)
+        running_loss = torch.full((), state.running_loss, device=device)
+        grad_ok = torch.ones((), dtype=torch.bool, device=device)
         model.train()
-        augmentation = []
-        for epoch in range(epochs):
+        while state.epoch < epochs and state.step < total_steps and not state.stopped_early:
             train_set = encoded["train"]
             if augment.copies:  # fresh copies every epoch; the originals stay, evaluation data is never touched
                 from tuneoff.augment import augmented_copies
 
-                copies, stats = augmented_copies(corpus.splits["train"], augment, epoch)
+                copies, stats = augmented_copies(corpus.splits["train"], augment, state.epoch)
                 train_set = train_set + encode(copies, tokenizer, cfg.data.max_length, corpus.label_ids("train") * augment.copies)
-                augmentation.append(stats)
-            order = train_order(train_set, tc.batch_size, tc.group_by_length, tc.seed, epoch)
-            loader = train_loader(train_set, order, tc.batch_size, collate)
+                if len(state.augmentation) <= state.epoch:
+                    state.augmentation.append(stats)
+            # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
+            order = train_order(train_set, tc.batch_size, tc.group_by_length, tc.seed, state.epoch)
+            loader = train_loader(train_set, order[state.batch * tc.batch_size:], tc.batch_size, collate)
             speed.resume()
-            for i, batch in enumerate(loader):
-                # Gradient accumulation: the loss of each micro-batch is divided by the size of its group (the
-                # last group of an epoch may be short), so every optimizer step sees a mean gradient.
+            for i, batch in enumerate(loader, start=state.batch):
+                # Gradient accumulation: each micro-batch's loss is divided by the size of its group (an epoch's
+                # last group may be short), so every optimizer step sees a mean gradient.
                 group_start = i - i % tc.grad_accum
                 group_size = min(tc.grad_accum, micro_batches - group_start)
+                indices = order[i * tc.batch_size:(i + 1) * tc.batch_size]
+                state.order_digest = hashlib.sha256(f"{state.order_digest}:{indices}".encode()).hexdigest()[:16]
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
                 with accelerator.autocast():
@@ -164,54 +152,64 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
                 accelerator.backward(loss / group_size)
                 running_loss += loss.detach()
-                running_n += 1
+                state.running_n += 1
                 speed.add(batch)
-                if i + 1 < group_start + group_size:
+                state.batch = i + 1
+                if state.batch < group_start + group_size:
                     continue
+                checkpoint.crash_point("step", state.step + 1)
                 if tc.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, tc.max_grad_norm)
+                    grad_ok &= torch.isfinite(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
+                state.step += 1
                 bar.update(1)
-                should_eval = i + 1 == micro_batches or step == total_steps or bool(tc.eval_every and step % tc.eval_every == 0)
-                if step % 10 == 0 or should_eval:
-                    speed.pause()
-                    mean_loss = float(running_loss) / max(running_n, 1)
-                    if not math.isfinite(mean_loss):
-                        raise TuneoffError(
-                            f"The training loss became {mean_loss} by step {step}. Lower train.lr (now {lr:g}), "
-                            "use train.mixed_precision=bf16 or no instead of fp16, or keep train.max_grad_norm set."
-                        )
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{speed.read()['train_samples_per_s']:.1f}")
-                    speed.resume()
+                epoch_end = state.batch == micro_batches
+                should_eval = epoch_end or state.step == total_steps or bool(tc.eval_every and state.step % tc.eval_every == 0)
+                should_save = tc.checkpoints and (epoch_end or bool(tc.checkpoint_every and state.step % tc.checkpoint_every == 0))
+                if state.step % 10 == 0 or should_eval or should_save:  # a host sync, so not every step
+                    state.running_loss = float(running_loss)
+                    if not math.isfinite(state.running_loss):
+                        raise non_finite("loss", state.step, lr)
+                    if not bool(grad_ok):
+                        raise non_finite("gradient norm", state.step, lr)
+                    bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
+                                    samples_s=f"{speed.read()['train_samples_per_s']:.1f}")
                 if should_eval:
                     speed.pause()
                     t0 = time.perf_counter()
                     _, val = evaluate("validation")
-                    eval_seconds += time.perf_counter() - t0
-                    history.append({"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                    "train_loss": float(running_loss) / max(running_n, 1),
-                                    "lr": scheduler.get_last_lr()[0], "val_loss": val["loss"],
-                                    "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
-                    running_loss, running_n = 0.0, 0
-                    if is_better(val[tc.metric_for_best], best, tc.metric_for_best):
-                        best, best_step, stale = val[tc.metric_for_best], step, 0
+                    checkpoint.crash_point("eval", state.step)
+                    state.eval_seconds += time.perf_counter() - t0
+                    state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                                          "train_loss": state.running_loss / max(state.running_n, 1),
+                                          "lr": scheduler.get_last_lr()[0], "val_loss": val["loss"],
+                                          "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+                    running_loss.zero_()
+                    state.running_loss, state.running_n = 0.0, 0
+                    value = val[tc.metric_for_best]
+                    if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
+                        state.best, state.best_step, state.stale = value, state.step, 0
                         best_state = [p.detach().to("cpu", copy=True) for p in trainable]
                     else:
-                        stale += 1
-                        stop = tc.patience is not None and stale >= tc.patience
+                        state.stale += 1
+                        state.stopped_early = tc.patience is not None and state.stale >= tc.patience
                     model.train()
                     speed.resume()
-                if stop or step >= total_steps:
+                if epoch_end:
+                    state.epoch, state.batch = state.epoch + 1, 0
+                if should_save:
+                    speed.pause()
+                    state.samples, state.tokens, state.train_seconds = speed.samples, speed.tokens, speed.seconds
+                    checkpoint.save(run.path, named, best_state, optimizer, scheduler, accelerator.scaler, state, tc.keep_checkpoints)
+                    speed.resume()
+                if state.stopped_early or state.step >= total_steps:
                     break
             speed.pause()
-            if stop or step >= total_steps:
-                break
         bar.close()
-        resources = {**counts, **speed.read(), **meter.read(), "optimizer_steps": step, "eval_seconds": eval_seconds,
-                     "effective_batch_size": tc.batch_size * tc.grad_accum}
+        resources = {**counts, **speed.read(), **meter.read(), "optimizer_steps": state.step, "eval_seconds": state.eval_seconds,
+                     "effective_batch_size": tc.batch_size * tc.grad_accum, "resumed_from_step": latest.name if latest else None}
 
         # The best checkpoint: frozen weights never change, so restoring the trainable ones restores the model.
         with torch.no_grad():
@@ -226,10 +224,10 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
         model_dir = run.path / MODEL_DIR
         save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision)
         resources["checkpoint_bytes"] = dir_size(model_dir)
-        metrics = {"best_step": best_step, "metric_for_best": tc.metric_for_best, "stopped_early": stop,
+        metrics = {"best_step": state.best_step, "metric_for_best": tc.metric_for_best, "stopped_early": state.stopped_early,
                    "validation": val_metrics, "test": test_metrics}
         atomic_write_text(run.path / "config.yaml", cfg.to_yaml())
-        atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
         write_json(run.path / "metrics.json", metrics)
         write_json(run.path / "resources.json", resources)
@@ -238,10 +236,44 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None) -> R
             "model_source": source, "dataset": corpus.name, "label_names": corpus.label_names,
             "data_notes": corpus.notes, "lr": lr, "total_steps": total_steps, "device": device_name(device),
             "mixed_precision": accelerator.mixed_precision, "versions": versions(),
-            "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": augmentation,
+            "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": state.augmentation,
+            "batch_order_digest": state.order_digest,
         })
         final = run.publish()
+    except TuneoffError as exc:
+        run.fail(str(exc))
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            run.abandon()
+            raise
+        message = (f"No space left on the device while writing the run in {run.path}: {exc}. Free some space and run "
+                   "again with --resume; the run was not published and its last checkpoint is kept.")
+        run.fail(message)
+        raise TuneoffError(message) from exc
     except BaseException:
-        run.discard()
+        run.abandon()
         raise
     return RunResult(final, metrics, resources)
+
+
+def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
+                         say=print) -> RunResult:
+    """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
+    unchanged), down to ``train.min_batch_size``."""
+    while True:
+        try:
+            return train(cfg, progress, run_id, resume)
+        except torch.cuda.OutOfMemoryError:
+            tc = cfg.train
+            if tc.batch_size // 2 < tc.min_batch_size:
+                raise TuneoffError(
+                    f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
+                    "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size."
+                ) from None
+            smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
+            say(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
+                f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
+            cfg = cfg.model_copy(update={"train": smaller})
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

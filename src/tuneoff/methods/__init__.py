@@ -66,6 +66,18 @@ def freeze_except(model: nn.Module, prefixes: list[str]) -> nn.Module:
     return model
 
 
+def check_budget(trainable_params: int, budget: int | None, method: str) -> None:
+    """Fail before training when a configuration trains more parameters than ``max_trainable_params``."""
+    from tuneoff.errors import TuneoffError
+
+    if budget is not None and trainable_params > budget:
+        raise TuneoffError(
+            f"Method {method} would train {trainable_params:,} parameters, over the budget "
+            f"method.max_trainable_params={budget:,}. Lower method.r, adapt fewer modules "
+            "(method.target_modules / method.layers_to_transform), or raise the budget."
+        )
+
+
 _REGISTRY: dict[str, Method] = {}
 
 

@@ -1,0 +1,156 @@
+"""Checkpoints inside a run, so a killed run resumes to the same result.
+
+A checkpoint is a directory ``checkpoints/step-000120/`` in the run's working directory holding:
+
+- ``trainable.safetensors``  the trainable weights (frozen ones never change, so these restore the model)
+- ``best.safetensors``       the trainable weights of the best evaluation so far
+- ``optimizer.pt``           optimizer, scheduler and grad-scaler state (loaded with ``weights_only=True``)
+- ``rng.pt``                 torch (and CUDA) RNG states
+- ``state.json``             loop position (epoch, micro-batch, step), history, best metric, counters, and the
+                              python / numpy RNG states as plain lists
+
+It is written into ``.tmp-step-000120``, every file fsynced, then renamed: a kill during the write leaves a
+``.tmp-*`` directory that is ignored and removed, never a torn checkpoint. The last ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class LoopState:
+    """Everything the training loop carries from step to step, apart from tensors."""
+
+    epoch: int = 0
+    batch: int = 0           # micro-batches of this epoch already consumed
+    step: int = 0            # optimizer steps done
+    best: float | None = None
+    best_step: int = 0
+    stale: int = 0
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+    running_loss: float = 0.0
+    running_n: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    augmentation: list = field(default_factory=list)
+    order_digest: str = ""   # hash chain of the example indices consumed, to prove the batch order
+
+
+def crash_point(name: str, step: int) -> None:
+    """Fault injection for the crash tests: ``TUNEOFF_CRASH_AT=checkpoint:6`` kills the process (SIGKILL) there."""
+    if os.environ.get("TUNEOFF_CRASH_AT") == f"{name}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _rng_state() -> tuple[dict, dict]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    plain = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return plain, tensors
+
+
+def _set_rng_state(plain: dict, tensors: dict) -> None:
+    py = plain["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = plain["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+
+
+def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[torch.Tensor] | None, optimizer,
+         scheduler, scaler, state: LoopState, keep: int) -> Path:
+    root = run_path / CHECKPOINTS
+    root.mkdir(exist_ok=True)
+    name = f"step-{state.step:07d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    names = list(named_trainable)
+    save_file({n: t.detach().cpu().contiguous() for n, t in named_trainable.items()}, tmp / "trainable.safetensors")
+    if best is not None:
+        save_file({n: t.contiguous() for n, t in zip(names, best)}, tmp / "best.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+    crash_point("checkpoint", state.step)
+    plain, tensors = _rng_state()
+    torch.save(tensors, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"loop": asdict(state), "rng": plain}))
+    for f in tmp.iterdir():
+        _fsync_file(f)
+    _fsync_dir(tmp)
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(run_path: Path) -> Path | None:
+    """The newest complete checkpoint; torn ``.tmp-*`` directories are removed."""
+    root = run_path / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    for torn in root.glob(".tmp-*"):
+        shutil.rmtree(torn, ignore_errors=True)
+    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load(path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler) -> tuple[LoopState, list | None]:
+    """Restore weights, optimizer, scheduler, scaler and RNG states; returns the loop state and best weights."""
+    weights = load_file(path / "trainable.safetensors")
+    missing = set(named_trainable) ^ set(weights)
+    if missing:
+        raise RuntimeError(f"checkpoint {path} does not match the model's trainable parameters: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, param in named_trainable.items():
+            param.copy_(weights[name].to(param.device))
+    best = None
+    if (path / "best.safetensors").is_file():
+        stored = load_file(path / "best.safetensors")
+        best = [stored[n] for n in named_trainable]
+    opt = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    if scaler is not None and opt["scaler"] is not None:
+        scaler.load_state_dict(opt["scaler"])
+    data = json.loads((path / "state.json").read_text())
+    _set_rng_state(data["rng"], torch.load(path / "rng.pt", weights_only=True))
+    return LoopState(**data["loop"]), best

@@ -1,0 +1,187 @@
+"""Reliability: resume after SIGKILL equals an uninterrupted run, numerical faults, OOM retry, bad environments,
+and nothing unsafe is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_overrides
+from tuneoff import checkpoint
+from tuneoff.config import build_config
+from tuneoff.errors import TuneoffError
+from tuneoff.train import train, train_with_oom_retry
+
+REPO = Path(__file__).resolve().parents[1]
+# LoRA with dropout (so the RNG state matters), checkpoints every 2 steps, evaluation every 4; 15 steps in all.
+RESUMABLE = {"train.epochs": 3, "train.checkpoint_every": 2, "train.eval_every": 4, "train.lr": 1e-2,
+             "method.dropout": 0.2, "train.batch_size": 40}
+
+
+def cli_train(model, data, out, crash_at=None, resume=False):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env.pop("TUNEOFF_CRASH_AT", None)
+    if crash_at:
+        env["TUNEOFF_CRASH_AT"] = crash_at
+    args = [sys.executable, "-m", "tuneoff", "train", "--no-progress", *tiny_overrides(model, data, out, **RESUMABLE)]
+    return subprocess.run(args + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
+
+
+def finished_run(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert, toy_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = cli_train(tiny_bert, toy_csv, out)
+    assert proc.returncode == 0, proc.stderr
+    return finished_run(out)
+
+
+@pytest.mark.parametrize("crash_at", ["step:5", "checkpoint:6", "eval:8", "step:14"])
+def test_sigkill_then_resume_equals_uninterrupted(crash_at, reference, tiny_bert, toy_csv, tmp_path):
+    killed = cli_train(tiny_bert, toy_csv, tmp_path, crash_at=crash_at)
+    assert killed.returncode == -signal.SIGKILL
+    (work,) = list(tmp_path.iterdir())
+    assert work.name.startswith(".") and (work / "checkpoints").is_dir(), "only the working directory exists"
+    if crash_at.startswith("checkpoint"):
+        assert list((work / "checkpoints").glob(".tmp-*")), "a torn checkpoint was left by the kill"
+
+    resumed = cli_train(tiny_bert, toy_csv, tmp_path, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    run = finished_run(tmp_path)
+    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+    info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
+    assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
+    assert (run / "history.jsonl").read_text().count("\n") == (reference / "history.jsonl").read_text().count("\n")
+    for a, b in zip((run / "history.jsonl").read_text().splitlines(), (reference / "history.jsonl").read_text().splitlines()):
+        assert json.loads(a)["val_accuracy"] == json.loads(b)["val_accuracy"]
+    assert json.loads((run / "resources.json").read_text())["resumed_from_step"].startswith("step-")
+    assert not (run / "checkpoints").exists() and not list(tmp_path.glob(".*")), "published without checkpoints"
+
+
+def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):
+    ck = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        (ck / f"step-{step:07d}").mkdir(parents=True)
+        (ck / f"step-{step:07d}" / "state.json").write_text("{}")
+    (ck / ".tmp-step-0000008").mkdir()
+    (ck / "step-0000010").mkdir()  # no state.json: incomplete
+    assert checkpoint.latest(tmp_path).name == "step-0000006"
+    assert not (ck / ".tmp-step-0000008").exists()
+
+
+def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoint(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    import tuneoff.train as train_module
+
+    real = train_module.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 7 else loss
+
+    # Only the training loop's loss is poisoned (from the 8th micro-batch on); evaluation is untouched.
+    monkeypatch.setattr(train_module, "F", SimpleNamespace(cross_entropy=poisoned))
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.checkpoint_every": 1}))
+    with pytest.raises(TuneoffError, match=r"non-finite \(NaN/inf\) by optimizer step 8\. Lower train.lr"):
+        train(cfg, progress=False)
+    (work,) = list(tmp_path.iterdir())
+    assert json.loads((work / "failed.json").read_text())["status"] == "failed"
+    last = checkpoint.latest(work)
+    assert last.name == "step-0000007"
+    weights = load_file(last / "trainable.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values()), "the kept checkpoint is a good one"
+
+
+def test_oom_retry_halves_batch_and_doubles_accumulation(monkeypatch):
+    import tuneoff.train as train_module
+
+    seen = []
+
+    def fake_train(cfg, progress, run_id, resume):
+        seen.append((cfg.train.batch_size, cfg.train.grad_accum))
+        if cfg.train.batch_size > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return "ok"
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    cfg = build_config({}, ["train.batch_size=16", "train.grad_accum=1"])
+    assert train_with_oom_retry(cfg, say=lambda *_: None) == "ok"
+    assert seen == [(16, 1), (8, 2), (4, 4)]
+    seen.clear()
+    with pytest.raises(TuneoffError, match="Out of GPU memory even at batch size 8"):
+        train_with_oom_retry(build_config({}, ["train.batch_size=16", "train.min_batch_size=5"]), say=lambda *_: None)
+
+
+def test_output_dir_that_cannot_exist(tiny_bert, toy_csv, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, blocker / "runs"))
+    with pytest.raises(TuneoffError, match="Cannot create the output directory"):
+        train(cfg, progress=False)
+
+
+def test_disk_full_is_a_clear_error_and_nothing_is_published(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    import errno
+
+    import tuneoff.train as train_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module, "save_model", full)
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1}))
+    with pytest.raises(TuneoffError, match="No space left on the device.*--resume"):
+        train(cfg, progress=False)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_model_dir_missing_files(tmp_path, toy_csv):
+    from tuneoff.models import load_classifier, resolve_model
+
+    with pytest.raises(TuneoffError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+                                                      "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 30}))
+    with pytest.raises(TuneoffError, match="Could not load the model"):
+        load_classifier(resolve_model(str(tmp_path)), ["a", "b"])
+
+
+def test_checkpoint_optimizer_state_is_never_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    ck = tmp_path / "step-0000001"
+    ck.mkdir()
+    with open(ck / "optimizer.pt", "wb") as fh:
+        pickle.dump({"optimizer": Evil()}, fh)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(ck / "optimizer.pt", weights_only=True)  # exactly how checkpoint.load reads it
+    assert "weights_only=True" in Path(checkpoint.__file__).read_text()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_names_cannot_escape_the_output_dir(tiny_bert, toy_csv, tmp_path):
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs", **{"train.epochs": 1, "name": "../../evil"}))
+    result = train(cfg, progress=False)
+    assert result.run_dir.parent == tmp_path / "runs" and ".." not in result.run_dir.name
+    weights = {p.suffix for p in (result.run_dir / "model").iterdir()}
+    assert ".bin" not in weights and ".pt" not in weights and ".safetensors" in weights
