@@ -118,6 +118,30 @@ def test_budget_exceeded_fails_fast(tiny_bert):
 
 
 def test_registry_lists_every_method():
-    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa"}
+    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa", "lora_lean"}
     with pytest.raises(ValueError, match="unknown method 'qlora'"):
         get_method("qlora")
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_fa", "lora_lean"])
+def test_merged_lora_gives_the_same_logits(tiny_bert, method):
+    from tuneoff.train import merged_for_inference
+
+    model, *_ = prepared(tiny_bert, method)
+    with torch.no_grad():  # a trained-looking adapter: B is zero at init, which would make the test vacuous
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.eval()
+    x = torch.randint(5, 29, (3, 9))
+    before = model(input_ids=x).logits
+    merged = merged_for_inference(model)
+    assert not any("lora" in n for n, _ in merged.named_parameters()), "no adapter layers left"
+    torch.testing.assert_close(merged(input_ids=x).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_lora_adapts_only_the_top_layers(tiny_bert):
+    model, *_ = prepared(tiny_bert, "lora_lean", top_layers=1)
+    lora = [n for n, _ in model.named_parameters() if "lora_" in n]
+    assert lora and all(".layer.1." in n for n in lora)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_A" in n)

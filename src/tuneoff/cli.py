@@ -172,6 +172,46 @@ def inspect(
 
 
 @app.command()
+@user_errors
+def plan(
+    config: Optional[str] = typer.Argument(None, help="A run config YAML or a study YAML (default: the built-in default study)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides (run config keys, or study keys for a study)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the config's train.batch_size)."),
+    seq_len: Optional[int] = typer.Option(None, help="Sequence length (default: the config's data.max_length)."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast, as on a GPU)."),
+) -> None:
+    """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
+    _quiet_libraries()
+    from tuneoff.config import read_yaml
+    from tuneoff.planner import plan_configs
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise TuneoffError(f"--precision {precision!r}: choose fp32, bf16 or fp16.")
+    tree = read_yaml(config) if config else None
+    if tree is None or "variants" in tree or "base" in tree:
+        from tuneoff.study import expand, load_spec
+
+        runs = expand(load_spec(config, overrides or []))
+        first_seed = {}
+        for r in runs:
+            first_seed.setdefault(" ".join([r.variant, *map(str, r.params.values())]), r.config)
+        configs = list(first_seed.items())
+    else:
+        from tuneoff.config import load_config
+
+        cfg = load_config(config, overrides or [])
+        configs = [(cfg.method.name, cfg)]
+    plans = plan_configs(configs, batch_size, seq_len, precision)
+    table = Table(title=f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, {precision}")
+    for col in ("run", "trainable", "weights MB", "grads MB", "optimizer MB", "activations MB", "peak MB", "GFLOP/step"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for p in plans:
+        table.add_row(p.name, f"{p.trainable_params:,}", f"{p.weights_mb:,.1f}", f"{p.gradients_mb:,.1f}", f"{p.optimizer_mb:,.1f}",
+                      f"{p.activations_mb:,.1f}", f"{p.total_mb:,.1f}", f"{p.gflops_per_step:,.1f}")
+    console().print(table)
+
+
+@app.command()
 def methods() -> None:
     """List fine-tuning methods and their parameters."""
     from tuneoff.methods import all_methods

@@ -109,6 +109,8 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints.")
     min_batch_size: int = Field(1, ge=1, description="Floor for the out-of-memory retry (batch halves, accumulation doubles).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (non-reentrant): less memory, ~30% more compute.")
+    compile: bool = Field(False, description="torch.compile the model (GPU; pays off on long runs).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (slower); CPU runs are deterministic anyway.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

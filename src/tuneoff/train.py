@@ -56,6 +56,16 @@ def non_finite(what: str, step: int, lr: float) -> TuneoffError:
     )
 
 
+def merged_for_inference(model):
+    """A PEFT model with its adapters merged into the base weights (``merge_and_unload``); others unchanged.
+
+    Merged and unmerged logits differ only by float rounding (peft #1904); inference then costs what the full
+    model costs, with no extra LoRA matmuls."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
 def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -85,6 +95,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method, arch)
     check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
+    if tc.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and is not slower (peft #1142)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lr = tc.lr or method.default_lr
     optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
     counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
@@ -105,6 +117,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                               num_warmup_steps=warmup, num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    forward = torch.compile(model) if tc.compile else model  # compiled forward, same parameters
     trainable = list(named.values())
 
     run = RunDirectory.open(cfg.output_dir, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
@@ -148,7 +161,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
                 with accelerator.autocast():
-                    logits = model(**batch).logits
+                    logits = forward(**batch).logits
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
                 accelerator.backward(loss / group_size)
                 running_loss += loss.detach()
@@ -215,15 +228,16 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         with torch.no_grad():
             for param, saved in zip(trainable, best_state):
                 param.copy_(saved.to(param.device))
+        model_dir = run.path / MODEL_DIR
+        save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision)
+        resources["checkpoint_bytes"] = dir_size(model_dir)
+        # Saved as an adapter; predicted with LoRA merged into the weights, as fast as the full model.
+        model = merged_for_inference(accelerator.unwrap_model(model))
         _, val_metrics = evaluate("validation")
         t0 = time.perf_counter()
         test_logits, test_metrics = evaluate("test")
         resources["test_eval_seconds"] = time.perf_counter() - t0
         resources["test_samples_per_s"] = len(encoded["test"]) / max(resources["test_eval_seconds"], 1e-9)
-
-        model_dir = run.path / MODEL_DIR
-        save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision)
-        resources["checkpoint_bytes"] = dir_size(model_dir)
         metrics = {"best_step": state.best_step, "metric_for_best": tc.metric_for_best, "stopped_early": state.stopped_early,
                    "validation": val_metrics, "test": test_metrics}
         atomic_write_text(run.path / "config.yaml", cfg.to_yaml())
