@@ -1,0 +1,41 @@
+"""GPU-only decisions, tested on the CPU: precision choice, tensor-core padding, meters that return None."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from tuneoff.batches import collator, encode
+from tuneoff.resources import MemoryMeter, Throughput
+from tuneoff.train import mixed_precision
+
+
+def test_mixed_precision_choice(monkeypatch):
+    assert mixed_precision("auto", torch.device("cpu")) == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert mixed_precision("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert mixed_precision("auto", torch.device("cuda")) == "fp16"
+    assert mixed_precision("fp16", torch.device("cpu")) == "fp16"
+
+
+def test_gpu_batches_pad_to_multiples_of_8(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    enc = encode(pd.DataFrame({"text": ["good film", "the plot was very good and nice"]}), tok, 32, [0, 1])
+    gpu = collator(tok, on_gpu=True)(enc.features)
+    cpu = collator(tok, on_gpu=False)(enc.features)
+    assert gpu["input_ids"].shape[1] == 16 and cpu["input_ids"].shape[1] == 9
+
+
+def test_meters_on_cpu_return_none_for_cuda_and_count_real_tokens():
+    reading = MemoryMeter(torch.device("cpu")).start().read()
+    assert reading["cuda_max_allocated_mb"] is None and reading["cuda_max_reserved_mb"] is None
+    assert reading["peak_rss_mb"] is None or reading["peak_rss_mb"] > 0
+    speed = Throughput(torch.device("cpu"))
+    speed.resume()
+    speed.add({"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])})
+    speed.pause()
+    r = speed.read()
+    assert r["train_samples"] == 2 and r["train_tokens"] == 8  # padding excluded
