@@ -122,6 +122,7 @@ def build(study: str, results: str | Path) -> Path:
          + "<h3>Mean predicted probability minus true share, per class</h3>"
          + _table_html(pd.DataFrame({n: e["probability_gap"] for n, e in errors.items()}).reset_index(names="class"))),
     ]
+    sections.append(("Plan vs measured", plan_section(ordered, table)))
     if failed:
         sections.append(("Failed runs", _table_html(pd.DataFrame([{"run": f["run_id"], "error": f["error"][-400:]} for f in failed]))))
     sections.append(("Data", data_sections(conditions)))
@@ -134,6 +135,27 @@ def build(study: str, results: str | Path) -> Path:
             f"{body}</body></html>")
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def plan_section(conditions, table: pd.DataFrame) -> str:
+    """The planner's prediction for each condition next to what its runs measured."""
+    from tuneoff.config import RunConfig
+    from tuneoff.planner import plan_run
+
+    rows = []
+    for c in conditions:
+        cfg = RunConfig.model_validate(c.runs[0]["config"])
+        length = cfg.data.max_length if isinstance(cfg.data.max_length, int) else 128
+        p = plan_run(cfg, c.name, cfg.train.batch_size, length, "fp32", num_labels=len(c.label_names))
+        measured = table.set_index("condition").loc[c.name]
+        rows.append({"condition": c.name, "planned weights MB": p.weights_mb, "gradients MB": p.gradients_mb,
+                     "optimizer MB": p.optimizer_mb, "activations MB": p.activations_mb, "planned peak MB": p.total_mb,
+                     "GFLOP/step": p.gflops_per_step, "measured peak MB": measured["peak_memory_mb"],
+                     "measured samples/s": measured["train_samples_per_s"]})
+    return ("<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), fp32, "
+            "counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
+            "(which also holds the Python runtime, libraries and data, and runs used dynamic padding).</p>"
+            + _table_html(pd.DataFrame(rows)))
 
 
 def data_sections(conditions) -> str:

@@ -7,8 +7,8 @@ approximate full-rank training. Note: its AdamW applies weight decay to every tr
 
 from __future__ import annotations
 
-from tuneoff.methods import Method, register
-from tuneoff.methods.lora import LoraParams, lora_model
+from tuneoff.methods import register
+from tuneoff.methods.lora import Lora, LoraParams
 
 
 class LoraFAParams(LoraParams):
@@ -16,14 +16,14 @@ class LoraFAParams(LoraParams):
 
 
 @register
-class LoraFA(Method):
+class LoraFA(Lora):
     name = "lora_fa"
     summary = "LoRA-FA: LoRA with A frozen, B trained with a corrected gradient."
     Params = LoraFAParams
     default_lr = 5e-4
 
     def prepare(self, model, params, arch):
-        model = lora_model(model, params, arch)
+        model = super().prepare(model, params, arch)
         for name, param in model.named_parameters():
             if "lora_A" in name:
                 param.requires_grad_(False)

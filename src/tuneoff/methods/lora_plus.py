@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from tuneoff.methods import Method, register
-from tuneoff.methods.lora import LoraParams, lora_model
+from tuneoff.methods import register
+from tuneoff.methods.lora import Lora, LoraParams
 
 
 class LoraPlusParams(LoraParams):
@@ -21,14 +21,11 @@ class LoraPlusParams(LoraParams):
 
 
 @register
-class LoraPlus(Method):
+class LoraPlus(Lora):
     name = "lora_plus"
     summary = "LoRA+ : LoRA with lr(B) = loraplus_lr_ratio x lr(A)."
     Params = LoraPlusParams
     default_lr = 2e-4
-
-    def prepare(self, model, params, arch):
-        return lora_model(model, params, arch)
 
     def optimizer(self, model, params, lr, weight_decay, fused):
         from peft.optimizers import create_loraplus_optimizer
