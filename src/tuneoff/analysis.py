@@ -48,12 +48,16 @@ class Condition:
         """The seeds' most common prediction per example (ties: the first seed's), with mean probabilities."""
         first = self.runs[0]["predictions"].copy()
         if len(self.runs) > 1:
-            votes = pd.concat([r["predictions"]["pred_label"].reset_index(drop=True) for r in self.runs], axis=1)
-            first["pred_label"] = [Counter(row).most_common(1)[0][0] if Counter(row).most_common(1)[0][1] > 1 else row.iloc[0]
-                                   for _, row in votes.iterrows()]
+            votes = zip(*(r["predictions"]["pred_label"].tolist() for r in self.runs))
+            first["pred_label"] = [_majority(v) for v in votes]
             for col in [c for c in first.columns if c.startswith("prob_")]:
                 first[col] = np.mean([r["predictions"][col].values for r in self.runs], axis=0)
         return first
+
+
+def _majority(votes: tuple[str, ...]) -> str:
+    label, count = Counter(votes).most_common(1)[0]
+    return label if count > 1 else votes[0]
 
 
 def condition_name(variant: str, params: dict) -> str:

@@ -258,6 +258,14 @@ def models() -> None:
 RESULTS = typer.Option("results", "--results", "-r", help="Results root: holds tuneoff.sqlite and one directory per study.")
 
 
+def _open_store(results: Path):
+    from tuneoff.store import DB_NAME, Store
+
+    if not (results / DB_NAME).is_file():
+        raise TuneoffError(f"No results store in {results} ({DB_NAME} missing): run a study first (tuneoff run), or pass --results.")
+    return Store(results)
+
+
 @app.command("run")
 @user_errors
 def run_study(
@@ -310,9 +318,7 @@ def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None,
     """List runs: study, run id, status, test accuracy, trainable params, train time."""
     import json
 
-    from tuneoff.store import Store
-
-    store = Store(results)
+    store = _open_store(results)
     table = Table(title=f"runs in {results}")
     for col in ("study", "run", "status", "accuracy", "trainable", "train s"):
         table.add_column(col)
@@ -330,9 +336,7 @@ def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix
     """Everything stored about one run."""
     import json
 
-    from tuneoff.store import Store
-
-    rows = Store(results).run(run_id)
+    rows = _open_store(results).run(run_id)
     if not rows:
         raise TuneoffError(f"No run {run_id!r} in {results}. `tuneoff runs list` shows the runs.")
     if len(rows) > 1:
