@@ -205,3 +205,12 @@ def load_classifier(
     except (OSError, ValueError) as exc:
         raise TuneoffError(_load_failure(source, "model", exc)) from exc
     return model, describe(model, info.get("missing_keys", []))
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing: works when the layer inputs need no gradient (LoRA, frozen lower
+    layers) and was not slower than reentrant (peft #1142)."""
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError as exc:
+        raise TuneoffError(f"train.gradient_checkpointing=true: {exc} Turn it off for this model.") from exc

@@ -50,7 +50,7 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
     from torch.utils.flop_counter import FlopCounterMode
 
     from tuneoff.methods import get_method
-    from tuneoff.models import load_classifier, resolve_model
+    from tuneoff.models import enable_gradient_checkpointing, load_classifier, resolve_model
 
     torch.manual_seed(0)
     source = resolve_model(cfg.model.name)
@@ -59,7 +59,7 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
     method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method, arch)
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     optimizer = method.optimizer(model, cfg.method, cfg.train.lr or method.default_lr, cfg.train.weight_decay, fused=False)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -27,7 +27,7 @@ from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.methods import check_budget, get_method
-from tuneoff.models import load_classifier, load_tokenizer, resolve_model
+from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
 from tuneoff.resources import MemoryMeter, Throughput, device_name, dir_size, param_counts, versions
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, new_run_id, save_model, write_json
 
@@ -95,8 +95,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method, arch)
     check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
-    if tc.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and is not slower (peft #1142)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     lr = tc.lr or method.default_lr
     optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
     counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
