@@ -73,6 +73,7 @@ class Throughput:
         self.samples = samples
         self.tokens = tokens
         self.seconds = seconds
+        self._pending_tokens = 0
         self._t0: float | None = None
 
     def resume(self) -> None:
@@ -84,10 +85,14 @@ class Throughput:
                 torch.cuda.synchronize()
             self.seconds += time.perf_counter() - self._t0
             self._t0 = None
+        self.tokens += int(self._pending_tokens)
+        self._pending_tokens = 0
 
     def add(self, batch: dict) -> None:
         self.samples += int(batch["input_ids"].shape[0])
-        self.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        # Summed on the device and read at pause(): an int() per batch would wait for the GPU every step.
+        real = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+        self._pending_tokens = self._pending_tokens + real
 
     def read(self) -> dict:
         secs = max(self.seconds, 1e-9)
