@@ -35,7 +35,7 @@ def headline(table: pd.DataFrame, comps: pd.DataFrame) -> list[str]:
             sign = 1 if r.a == best.condition else -1
             diff, lo, hi = sign * r.accuracy_diff, min(sign * r.ci_low, sign * r.ci_high), max(sign * r.ci_low, sign * r.ci_high)
             verdict = ("a **significant** difference" if r.significant else "**not a significant** difference")
-            lines.append(f"Against the runner-up, {runner.condition}: +{100 * diff:.1f} points (95% CI {100 * lo:+.1f} to "
+            lines.append(f"Against the runner-up, {runner.condition}: {100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to "
                          f"{100 * hi:+.1f}), {verdict} at the 5% level (paired bootstrap over {r.n} test examples; McNemar "
                          f"p < 0.05 in {r.mcnemar_significant_seeds} of {r.paired_seeds} seed(s)).")
         tied = [best.condition] + [
