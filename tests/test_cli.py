@@ -70,7 +70,8 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     assert bad.exit_code == 2 and "no column 'text'" in bad.output and not (tmp_path / "q.csv").exists()
 
     other = tmp_path / "other.csv"
-    pd.DataFrame({"text": ["good", "bad", "x"], "label": ["pos", "neg", "meh"]}).to_csv(other, index=False)
+    pd.DataFrame({"text": ["good", "bad", "x", "nice", "dull", "fine", "sad", "y"],
+                  "label": ["pos", "neg", "meh", "pos", "neg", "pos", "neg", "pos"]}).to_csv(other, index=False)
     bad = invoke("evaluate", run_dir, "--data", other)
     assert bad.exit_code == 2 and "'meh'" in bad.output and "model's labels" in " ".join(bad.output.split())
 
