@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 import pytest
 
-from tuneoff.batches import encode, eval_loader, train_loader, train_order, collator
+from tuneoff.batches import Encoded, encode, eval_loader, micro_batches, train_loader, train_order, collator
 from tuneoff.config import DataConfig
 from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
@@ -122,13 +123,31 @@ def test_length_grouped_order_is_a_permutation_and_deterministic(tiny_bert):
     assert sorted(order) == list(range(100))
     assert order == train_order(enc, 8, True, seed=3, epoch=0)
     assert order != train_order(enc, 8, True, seed=3, epoch=1)
-    batches = list(train_loader(enc, order, 8, collator(tok, on_gpu=False)))
+    batches = list(train_loader(enc, micro_batches(order, 8), collator(tok, on_gpu=False)))
     padded = sum(b["input_ids"].numel() for b in batches)
     random_order = train_order(enc, 8, False, seed=3, epoch=0)
-    padded_random = sum(b["input_ids"].numel() for b in train_loader(enc, random_order, 8, collator(tok, on_gpu=False)))
+    padded_random = sum(b["input_ids"].numel() for b in train_loader(enc, micro_batches(random_order, 8), collator(tok, on_gpu=False)))
     assert padded < padded_random, "grouping by length pads less"
     real = sum(enc.lengths)
     assert all(b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max()) for b in batches), "dynamic padding"
     assert padded >= real
     loader, eval_order = eval_loader(enc, 16, collator(tok, on_gpu=False))
     assert sorted(eval_order) == list(range(100))
+
+
+@pytest.mark.parametrize("n, world", [(100, 1), (100, 2), (101, 2), (7, 3), (97, 4)])
+def test_sharding_covers_every_example(n, world):
+    """Training micro-batches: every example in some process's batch, processes step equally often; evaluation
+    shards: equal length, together every example, the only repeats being the padding of short shards."""
+    order = list(torch.randperm(n, generator=torch.Generator().manual_seed(n)))
+    per_rank = [micro_batches(order, 8, r, world) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert set(seen) == set(order) and len(seen) - n < 8 * world
+    if n % (8 * world) == 0:
+        assert sorted(seen) == sorted(order), "no wrap-around when the rounds divide evenly"
+    enc = Encoded([{"input_ids": [1] * (1 + i % 5)} for i in range(n)], [1 + i % 5 for i in range(n)])
+    shards = [eval_loader(enc, 4, None, r, world)[1] for r in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    firsts = [i for s in shards for i in dict.fromkeys(s)]
+    assert sorted(firsts) == list(range(n))

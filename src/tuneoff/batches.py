@@ -8,6 +8,7 @@ Rotten Tomatoes snippets (mean 27 tokens) to 128 wastes about four fifths of the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -65,11 +66,31 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def train_loader(encoded: Encoded, order: list[int], batch_size: int, collate) -> DataLoader:
-    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate, generator=_own_generator())
+def micro_batches(order: list[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's micro-batches of an epoch's order, one per round of ``world`` processes.
+
+    The order is cut into micro-batches of ``batch_size`` (consecutive, so length grouping survives) and dealt
+    round-robin: process ``rank`` takes micro-batches rank, rank + world, ... Like ``DistributedSampler``, the
+    last round wraps around to the start when the count does not divide, so every process steps equally often.
+    """
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rounds = math.ceil(len(chunks) / world)
+    return [chunks[(r * world + rank) % len(chunks)] for r in range(rounds)]
 
 
-def eval_loader(encoded: Encoded, batch_size: int, collate) -> tuple[DataLoader, list[int]]:
-    """Batches of similar length (sorted, longest first); returns the order to put outputs back."""
+def train_loader(encoded: Encoded, batches: list[list[int]], collate) -> DataLoader:
+    return DataLoader(encoded.features, batch_sampler=batches, collate_fn=collate, generator=_own_generator())
+
+
+def eval_loader(encoded: Encoded, batch_size: int, collate, rank: int = 0, world: int = 1) -> tuple[DataLoader, list[int]]:
+    """Batches of similar length (sorted, longest first); returns the example indices in loader order.
+
+    With several processes each takes every ``world``-th example of the sorted order (similar lengths on every
+    process), and the shorter shards repeat their last example so that all processes run the same number of
+    batches (a wrapped FSDP/DDP forward is a collective). The gatherer drops the repeats.
+    """
     order = sorted(range(len(encoded)), key=lambda i: -encoded.lengths[i])
-    return DataLoader(encoded.features, batch_size=batch_size, sampler=order, collate_fn=collate, generator=_own_generator()), order
+    shard = order[rank::world]
+    shard += shard[-1:] * (math.ceil(len(order) / world) - len(shard))
+    loader = DataLoader(encoded.features, batch_size=batch_size, sampler=shard, collate_fn=collate, generator=_own_generator())
+    return loader, shard

@@ -5,7 +5,7 @@ A checkpoint is a directory ``checkpoints/step-000120/`` in the run's working di
 - ``trainable.safetensors``  the trainable weights (frozen ones never change, so these restore the model)
 - ``best.safetensors``       the trainable weights of the best evaluation so far
 - ``optimizer.pt``           optimizer, scheduler and grad-scaler state (loaded with ``weights_only=True``)
-- ``rng.pt``                 torch (and CUDA) RNG states
+- ``rng.pt``, ``rng-<rank>.pt``  torch (and CUDA) RNG states of each process
 - ``state.json``             loop position (epoch, micro-batch, step), history, best metric, counters, and the
                               python / numpy RNG states as plain lists
 
@@ -92,33 +92,44 @@ def _set_rng_state(plain: dict, tensors: dict) -> None:
         torch.cuda.set_rng_state_all(list(tensors["cuda"]))
 
 
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
+
+
 def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[torch.Tensor] | None, optimizer,
-         scheduler, scaler, state: LoopState, keep: int) -> Path:
+         scheduler, scaler, state: LoopState, keep: int, rank: int = 0, barrier=lambda: None) -> Path:
+    """Process 0 writes the checkpoint; every process adds its own RNG state (dropout masks differ per process).
+    ``barrier`` is the processes' rendezvous (a no-op for one process)."""
     root = run_path / CHECKPOINTS
-    root.mkdir(exist_ok=True)
     name = f"step-{state.step:07d}"
     tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    names = list(named_trainable)
-    save_file({n: t.detach().cpu().contiguous() for n, t in named_trainable.items()}, tmp / "trainable.safetensors")
-    if best is not None:
-        save_file({n: t.contiguous() for n, t in zip(names, best)}, tmp / "best.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
-    crash_point("checkpoint", state.step)
-    plain, tensors = _rng_state()
-    torch.save(tensors, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"loop": asdict(state), "rng": plain}))
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    _fsync_dir(tmp)
     final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if rank == 0:
+        root.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        names = list(named_trainable)
+        save_file({n: t.detach().cpu().contiguous() for n, t in named_trainable.items()}, tmp / "trainable.safetensors")
+        if best is not None:
+            save_file({n: t.contiguous() for n, t in zip(names, best)}, tmp / "best.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+        crash_point("checkpoint", state.step)
+    barrier()
+    plain, tensors = _rng_state()
+    torch.save(tensors, tmp / rng_file(rank))
+    barrier()
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps({"loop": asdict(state), "rng": plain}))
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        for old in sorted(p for p in root.iterdir() if p.name.startswith("step-"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
@@ -133,8 +144,11 @@ def latest(run_path: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler) -> tuple[LoopState, list | None]:
-    """Restore weights, optimizer, scheduler, scaler and RNG states; returns the loop state and best weights."""
+def load(path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler,
+         rank: int = 0) -> tuple[LoopState, list | None]:
+    """Restore weights, optimizer, scheduler, scaler and RNG states; returns the loop state and best weights.
+
+    A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's."""
     weights = load_file(path / "trainable.safetensors")
     missing = set(named_trainable) ^ set(weights)
     if missing:
@@ -152,5 +166,6 @@ def load(path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, 
     if scaler is not None and opt["scaler"] is not None:
         scaler.load_state_dict(opt["scaler"])
     data = json.loads((path / "state.json").read_text())
-    _set_rng_state(data["rng"], torch.load(path / "rng.pt", weights_only=True))
+    rng = path / rng_file(rank) if (path / rng_file(rank)).is_file() else path / rng_file(0)
+    _set_rng_state(data["rng"], torch.load(rng, weights_only=True))
     return LoopState(**data["loop"]), best

@@ -76,17 +76,25 @@ def train(
     method: Optional[str] = typer.Option(None, help="Method: full, partial, head, lora, lora_plus, lora_fa (see `tuneoff methods`)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run of this same config from its newest checkpoint."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (one per GPU; CPU processes without one), started with `accelerate launch`."),
+    accelerate_config: Optional[Path] = typer.Option(None, help="An `accelerate config` file (e.g. FSDP) for --num-processes."),
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
+    import sys
+
     from tuneoff.config import load_config
+    from tuneoff.launcher import is_main_process, launched, relaunch
 
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
+    if num_processes > 1 and not launched():
+        raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
     _quiet_libraries()
     from tuneoff.train import train_with_oom_retry
 
     result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=console().print)
-    console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
-    console().print(f"run saved to [bold]{result.run_dir}[/]")
+    if is_main_process():
+        console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
+        console().print(f"run saved to [bold]{result.run_dir}[/]")
 
 
 @app.command()

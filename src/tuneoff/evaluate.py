@@ -13,9 +13,14 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from tuneoff.batches import Encoded, eval_loader
 
 
-def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, autocast=contextlib.nullcontext) -> np.ndarray:
-    """Logits (float32, original example order) under ``inference_mode`` with length-sorted batches."""
-    loader, order = eval_loader(encoded, batch_size, collate)
+def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, autocast=contextlib.nullcontext,
+                   rank: int = 0, world: int = 1) -> np.ndarray:
+    """Logits (float32, original example order) under ``inference_mode`` with length-sorted batches.
+
+    With ``world`` processes each predicts its shard and every process gets all logits back (Accelerate's
+    ``gather_object``), each example exactly once: metrics are computed identically everywhere, so decisions taken
+    on them (best checkpoint, early stopping, pruning) agree across processes."""
+    loader, indices = eval_loader(encoded, batch_size, collate, rank, world)
     was_training = model.training
     model.eval()
     chunks = []
@@ -25,9 +30,19 @@ def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, au
             with autocast():
                 chunks.append(model(**batch).logits.float().cpu())
     model.train(was_training)
-    sorted_logits = torch.cat(chunks).numpy()
-    logits = np.empty_like(sorted_logits)
-    logits[order] = sorted_logits
+    parts = [(indices, torch.cat(chunks).numpy())]
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object(parts)
+    logits = np.full((len(encoded), parts[0][1].shape[1]), np.nan, dtype=np.float32)
+    filled = np.zeros(len(encoded), dtype=bool)
+    for part_indices, part_logits in parts:
+        for i, row in zip(part_indices, part_logits):
+            if not filled[i]:  # a shard's padding repeats an example another row already holds
+                logits[i], filled[i] = row, True
+    if not filled.all():
+        raise RuntimeError(f"evaluation lost {int((~filled).sum())} of {len(encoded)} examples across {world} processes")
     return logits
 
 

@@ -137,7 +137,7 @@ def _base_weight_files(source: str, revision: str | None) -> list[Path]:
     raise TuneoffError(f"Base model {source} has no safetensors weights; tuneoff loads and links safetensors only.")
 
 
-def save_model(model, tokenizer, out: Path, base_source: str, revision: str | None = None) -> None:
+def save_model(model, tokenizer, out: Path, base_source: str, revision: str | None = None, state_dict=None) -> None:
     """Save so that ``AutoModelForSequenceClassification.from_pretrained(out)`` and ``pipeline(model=out)`` work.
 
     Full/partial/head: ``save_pretrained`` (config.json with id2label, model.safetensors). Adapter methods: the
@@ -150,14 +150,14 @@ def save_model(model, tokenizer, out: Path, base_source: str, revision: str | No
 
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         base = model.get_base_model()
         base.config.architectures = [type(base).__name__]
         base.config.save_pretrained(out)
         for src in _base_weight_files(base_source, revision):
             (out / src.name).symlink_to(src.resolve())
     else:
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
 
 

@@ -8,6 +8,7 @@ how the optimizer treats them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tuneoff import checkpoint
 from tuneoff.batches import collator, encode, train_loader, train_order
+from tuneoff.batches import micro_batches as micro_batches_of
 from tuneoff.config import RunConfig
 from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
@@ -78,6 +80,9 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
     device = accelerator.device
+    # Several processes (``accelerate launch``): data-parallel, each takes its share of every round of micro-batches
+    # and of every evaluation, results are gathered to all, and only process 0 writes.
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
 
     # Data, model and method: everything that can fail on bad input fails here, before any output exists.
     corpus = load_corpus(cfg.data)
@@ -108,7 +113,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         from tuneoff.augment import wordnet
 
         wordnet()  # a missing WordNet is a clear error now, not after the first epoch
-    micro_batches = math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size)
+    micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)  # per process
     steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -116,25 +121,31 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     scheduler = get_scheduler(tc.scheduler if tc.scheduler != "constant" else "constant_with_warmup", optimizer,
                               num_warmup_steps=warmup, num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # Names from the unwrapped model, so checkpoints read the same with one process or several (no "module.").
+    named = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     forward = torch.compile(model) if tc.compile else model  # compiled forward, same parameters
     trainable = list(named.values())
+    # DDP replicas evaluate unwrapped (no collectives in their forward); FSDP shards must run the wrapped forward.
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    eval_model = model if fsdp else accelerator.unwrap_model(model)
 
-    run = RunDirectory.open(cfg.output_dir, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
-                            cfg.to_yaml(), resume, find=run_id is None)
+    run = open_run_directory(cfg, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
+                             resume, run_id is None, accelerator)
     state, best_state = checkpoint.LoopState(), None
     latest = checkpoint.latest(run.path) if resume else None
     if latest is not None:
-        state, best_state = checkpoint.load(latest, named, optimizer, scheduler, accelerator.scaler)
+        state, best_state = checkpoint.load(latest, named, optimizer, scheduler, accelerator.scaler, rank)
 
-    def evaluate(split: str):
-        logits = predict_logits(model, encoded[split], tc.eval_batch_size, collate, device, accelerator.autocast)
+    def evaluate(split: str, net=None):
+        logits = predict_logits(net or eval_model, encoded[split], tc.eval_batch_size, collate, device,
+                                accelerator.autocast, rank, world)
         return logits, compute_metrics(corpus.label_ids(split), logits, corpus.label_names)
 
     try:
         meter = MemoryMeter(device).start()
         speed = Throughput(device, state.samples, state.tokens, state.train_seconds)
-        bar = tqdm(total=total_steps, initial=state.step, desc=method.name, unit="step", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=total_steps, initial=state.step, desc=method.name, unit="step", disable=not (progress and main),
+                   dynamic_ncols=True)
         running_loss = torch.full((), state.running_loss, device=device)
         grad_ok = torch.ones((), dtype=torch.bool, device=device)
         model.train()
@@ -148,22 +159,26 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 if len(state.augmentation) <= state.epoch:
                     state.augmentation.append(stats)
             # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
-            order = train_order(train_set, tc.batch_size, tc.group_by_length, tc.seed, state.epoch)
-            loader = train_loader(train_set, order[state.batch * tc.batch_size:], tc.batch_size, collate)
+            # Grouped by the global batch: N processes at batch b see the examples one process at batch N*b sees.
+            order = train_order(train_set, tc.batch_size * world, tc.group_by_length, tc.seed, state.epoch)
+            rounds = [micro_batches_of(order, tc.batch_size, r, world) for r in range(world)]
+            loader = train_loader(train_set, rounds[rank][state.batch:], collate)
             speed.resume()
             for i, batch in enumerate(loader, start=state.batch):
                 # Gradient accumulation: each micro-batch's loss is divided by the size of its group (an epoch's
                 # last group may be short), so every optimizer step sees a mean gradient.
                 group_start = i - i % tc.grad_accum
                 group_size = min(tc.grad_accum, micro_batches - group_start)
-                indices = order[i * tc.batch_size:(i + 1) * tc.batch_size]
+                indices = [x for r in range(world) for x in rounds[r][i]]  # this round, all processes
                 state.order_digest = hashlib.sha256(f"{state.order_digest}:{indices}".encode()).hexdigest()[:16]
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
-                with accelerator.autocast():
-                    logits = forward(**batch).logits
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
-                accelerator.backward(loss / group_size)
+                # Between optimizer steps DDP need not all-reduce gradients: only the group's last backward syncs.
+                with accelerator.no_sync(model) if i + 1 < group_start + group_size else contextlib.nullcontext():
+                    with accelerator.autocast():
+                        logits = forward(**batch).logits
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                    accelerator.backward(loss / group_size)
                 running_loss += loss.detach()
                 state.running_n += 1
                 speed.add(batch)
@@ -182,9 +197,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 should_eval = epoch_end or state.step == total_steps or bool(tc.eval_every and state.step % tc.eval_every == 0)
                 should_save = tc.checkpoints and (epoch_end or bool(tc.checkpoint_every and state.step % tc.checkpoint_every == 0))
                 if state.step % 10 == 0 or should_eval or should_save:  # a host sync, so not every step
-                    state.running_loss = float(running_loss)
+                    # Averaged over processes, so every process takes the same decision and none waits forever.
+                    state.running_loss = float(accelerator.reduce(running_loss.clone(), "mean")) if world > 1 else float(running_loss)
                     if not math.isfinite(state.running_loss):
                         raise non_finite("loss", state.step, lr)
+                    if world > 1:
+                        grad_ok = accelerator.reduce(grad_ok.to(torch.int32), "sum") == world
                     if not bool(grad_ok):
                         raise non_finite("gradient norm", state.step, lr)
                     bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
@@ -215,31 +233,39 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 if should_save:
                     speed.pause()
                     state.samples, state.tokens, state.train_seconds = speed.samples, speed.tokens, speed.seconds
-                    checkpoint.save(run.path, named, best_state, optimizer, scheduler, accelerator.scaler, state, tc.keep_checkpoints)
+                    checkpoint.save(run.path, named, best_state, optimizer, scheduler, accelerator.scaler, state,
+                                    tc.keep_checkpoints, rank, accelerator.wait_for_everyone)
                     speed.resume()
                 if state.stopped_early or state.step >= total_steps:
                     break
             speed.pause()
         bar.close()
-        resources = {**counts, **speed.read(), **meter.read(), "optimizer_steps": state.step, "eval_seconds": state.eval_seconds,
-                     "effective_batch_size": tc.batch_size * tc.grad_accum, "resumed_from_step": latest.name if latest else None}
+        resources = {**counts, **all_processes(speed, meter, accelerator), "optimizer_steps": state.step,
+                     "eval_seconds": state.eval_seconds, "processes": world, "per_device_batch_size": tc.batch_size,
+                     "effective_batch_size": tc.batch_size * tc.grad_accum * world,
+                     "resumed_from_step": latest.name if latest else None}
 
         # The best checkpoint: frozen weights never change, so restoring the trainable ones restores the model.
         with torch.no_grad():
             for param, saved in zip(trainable, best_state):
                 param.copy_(saved.to(param.device))
         model_dir = run.path / MODEL_DIR
-        save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision)
-        resources["checkpoint_bytes"] = dir_size(model_dir)
+        state_dict = accelerator.get_state_dict(model) if fsdp else None  # a collective: every process takes part
+        if main:
+            save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision, state_dict)
+            resources["checkpoint_bytes"] = dir_size(model_dir)
         # Saved as an adapter; predicted with LoRA merged into the weights, as fast as the full model.
-        model = merged_for_inference(accelerator.unwrap_model(model))
-        _, val_metrics = evaluate("validation")
+        final_model = model if fsdp else merged_for_inference(accelerator.unwrap_model(model))
+        _, val_metrics = evaluate("validation", final_model)
         t0 = time.perf_counter()
-        test_logits, test_metrics = evaluate("test")
+        test_logits, test_metrics = evaluate("test", final_model)
         resources["test_eval_seconds"] = time.perf_counter() - t0
         resources["test_samples_per_s"] = len(encoded["test"]) / max(resources["test_eval_seconds"], 1e-9)
         metrics = {"best_step": state.best_step, "metric_for_best": tc.metric_for_best, "stopped_early": state.stopped_early,
                    "validation": val_metrics, "test": test_metrics}
+        if not main:  # process 0 writes the run; the others wait until it is published
+            accelerator.wait_for_everyone()
+            return RunResult(run.final, metrics, resources)
         atomic_write_text(run.path / "config.yaml", cfg.to_yaml())
         atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
@@ -254,21 +280,62 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
             "batch_order_digest": state.order_digest,
         })
         final = run.publish()
+        accelerator.wait_for_everyone()
     except TuneoffError as exc:
-        run.fail(str(exc))
+        if main:
+            run.fail(str(exc))
         raise
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            run.abandon()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not main:
+            if main:
+                run.abandon()
             raise
         message = (f"No space left on the device while writing the run in {run.path}: {exc}. Free some space and run "
                    "again with --resume; the run was not published and its last checkpoint is kept.")
         run.fail(message)
         raise TuneoffError(message) from exc
     except BaseException:
-        run.abandon()
+        if main:
+            run.abandon()
         raise
     return RunResult(final, metrics, resources)
+
+
+def open_run_directory(cfg: RunConfig, run_id: str, resume: bool, find: bool, accelerator) -> RunDirectory:
+    """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
+    from accelerate.utils import broadcast_object_list
+
+    message = [None, None]
+    if accelerator.is_main_process:
+        try:
+            run = RunDirectory.open(cfg.output_dir, run_id, cfg.to_yaml(), resume, find)
+            message = [run.run_id, None]
+        except TuneoffError as exc:
+            message = [None, str(exc)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[1] is not None:
+        raise TuneoffError(message[1])
+    return run if accelerator.is_main_process else RunDirectory(Path(cfg.output_dir), message[0])
+
+
+def all_processes(speed: Throughput, meter: MemoryMeter, accelerator) -> dict:
+    """Throughput of all processes together (samples and tokens summed, the slowest process's time) and the
+    largest peak memory of any one process (what each device must hold)."""
+    own = {**speed.read(), **meter.read()}
+    if accelerator.num_processes == 1:
+        return own
+    from accelerate.utils import gather_object
+
+    parts = gather_object([own])
+    seconds = max(p["train_seconds"] for p in parts)
+    samples, tokens = sum(p["train_samples"] for p in parts), sum(p["train_tokens"] for p in parts)
+    out = {**own, "train_seconds": seconds, "train_samples": samples, "train_tokens": tokens,
+           "train_samples_per_s": samples / max(seconds, 1e-9), "train_tokens_per_s": tokens / max(seconds, 1e-9)}
+    for key in ("cuda_max_allocated_mb", "cuda_max_reserved_mb", "peak_rss_mb"):
+        values = [p[key] for p in parts if p.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
 
 
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,

@@ -1,0 +1,70 @@
+"""Starting one run on several processes: ``tuneoff train --num-processes N`` re-runs itself under
+``accelerate launch`` (data-parallel; one process per GPU, or N CPU processes on gloo where there is no GPU).
+
+Everything distributed happens inside the one training loop through Accelerate; this module only builds the
+launch command and tells a process whether it is the one that prints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from tuneoff.errors import TuneoffError
+
+
+def launched() -> bool:
+    """True inside a process started by ``accelerate launch`` / ``torchrun`` (they set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(num_processes: int, args: list[str], accelerate_config: str | None = None) -> list[str]:
+    """The ``accelerate launch`` command running ``tuneoff <args>`` on ``num_processes`` processes.
+
+    ``--multi_gpu`` selects Accelerate's torchrun launcher; on a machine without CUDA the processes fall back to
+    the CPU and the gloo backend (Accelerate's MULTI_CPU), which is how the tests run it. An Accelerate config file
+    (e.g. one written by ``accelerate config`` for FSDP) replaces the defaults."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    else:
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    return cmd + ["-m", "tuneoff", *args]
+
+
+def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
+    """Run this command again under ``accelerate launch``; returns its exit code."""
+    if num_processes < 1:
+        raise TuneoffError(f"--num-processes {num_processes}: must be at least 1.")
+    import torch
+
+    if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
+        raise TuneoffError(f"--num-processes {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. "
+                           "Use one process per GPU.")
+    args = _without_option(argv, "--num-processes")
+    return subprocess.call(launch_command(num_processes, args, accelerate_config))
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out

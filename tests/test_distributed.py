@@ -1,0 +1,116 @@
+"""One run on two CPU processes (Accelerate, gloo): the same training and predictions as one process, one set of
+files written by process 0, and a killed two-process run resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from conftest import TINY, VOCAB, make_tokenizer, toy_frame
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory):
+    """Tiny BERT without dropout: each process draws its own dropout masks, so only without dropout can two
+    processes at batch 8 reproduce one process at batch 16 exactly."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)).save_pretrained(path)
+    make_tokenizer(path).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def split_files(tmp_path_factory):
+    """96 training rows (6 global batches of 16), and odd-sized evaluation splits so that the shards need padding."""
+    root = tmp_path_factory.mktemp("splits")
+    for name, n, seed in (("train", 96, 1), ("dev", 29, 2), ("test", 31, 3)):
+        toy_frame(n, seed).to_csv(root / f"{name}.csv", index=False)
+    return root
+
+
+def run_tuneoff(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress", *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def overrides(model, files, out, name, batch, **extra):
+    base = {"model.name": model, "data.name": files / "train.csv", "data.validation_file": files / "dev.csv",
+            "data.test_file": files / "test.csv", "data.max_length": 16, "output_dir": out, "name": name,
+            "method.name": "lora", "method.dropout": 0.0, "train.epochs": 3, "train.batch_size": batch,
+            "train.lr": 2e-2, "train.seed": 0, "train.eval_every": 6, **extra}
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def the_run(out: Path) -> Path:
+    """The one entry in an output directory, asserted to be a finished run (no temporary leftovers)."""
+    entries = list(out.iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith("."), entries
+    return entries[0]
+
+
+def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tmp_path):
+    one = run_tuneoff(overrides(no_dropout_bert, split_files, tmp_path / "one", "r", 16))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_tuneoff(["--num-processes", "2", *overrides(no_dropout_bert, split_files, tmp_path / "two", "r", 8)])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run saved to") == 1, "only process 0 prints"
+
+    a, b = the_run(tmp_path / "one"), the_run(tmp_path / "two")
+    resources = json.loads((b / "resources.json").read_text())
+    assert (resources["processes"], resources["per_device_batch_size"], resources["effective_batch_size"]) == (2, 8, 16)
+    assert resources["train_samples"] == 3 * 96, "samples summed over both processes"
+    run = json.loads((b / "run.json").read_text())
+    assert run["batch_order_digest"] == json.loads((a / "run.json").read_text())["batch_order_digest"], "same global batches"
+
+    # Evaluation gathered from both processes: every test example exactly once, in order.
+    pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
+    assert len(pb) == 31 and list(pb["id"]) == list(pa["id"])
+    assert list(pb["pred_label"]) == list(pa["pred_label"])
+    np.testing.assert_allclose(pb.filter(like="prob_").to_numpy(), pa.filter(like="prob_").to_numpy(), atol=1e-4)
+    history_a = [json.loads(x) for x in (a / "history.jsonl").read_text().splitlines()]
+    history_b = [json.loads(x) for x in (b / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history_b] == [h["step"] for h in history_a]
+    np.testing.assert_allclose([h["train_loss"] for h in history_b], [h["train_loss"] for h in history_a], rtol=1e-4)
+
+    # The saved adapter reloaded in one process predicts what the two processes gathered.
+    from tuneoff.evaluate import evaluate_run
+
+    metrics, _ = evaluate_run(b, None, "test", [])
+    assert metrics["accuracy"] == pytest.approx(json.loads((b / "metrics.json").read_text())["test"]["accuracy"])
+    assert metrics["n"] == 31
+
+
+def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_files, tmp_path):
+    """Dropout on: each process restores its own RNG stream from the checkpoint."""
+    args = ["--num-processes", "2", *overrides(tiny_bert, split_files, tmp_path / "ref", "r", 8, **{"method.dropout": 0.1,
+            "train.checkpoint_every": 4})]
+    ref = run_tuneoff(args)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    crash_args = [a.replace(str(tmp_path / "ref"), str(tmp_path / "crash")) for a in args]
+    killed = run_tuneoff(crash_args, {"TUNEOFF_CRASH_AT": "step:10"})
+    assert killed.returncode != 0
+    [unfinished] = (tmp_path / "crash").iterdir()
+    assert unfinished.name.startswith(".r-") and (unfinished / "checkpoints" / "step-0000008" / "rng-1.pt").is_file()
+    resumed = run_tuneoff([*crash_args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref_dir, res_dir = the_run(tmp_path / "ref"), the_run(tmp_path / "crash")
+    assert json.loads((res_dir / "resources.json").read_text())["resumed_from_step"] == "step-0000008"
+    w_ref = load_file(ref_dir / "model" / "adapter_model.safetensors")
+    w_res = load_file(res_dir / "model" / "adapter_model.safetensors")
+    assert w_ref.keys() == w_res.keys()
+    for k in w_ref:
+        np.testing.assert_allclose(w_res[k].numpy(), w_ref[k].numpy(), atol=1e-6, err_msg=k)
+    assert (json.loads((res_dir / "run.json").read_text())["batch_order_digest"]
+            == json.loads((ref_dir / "run.json").read_text())["batch_order_digest"])
