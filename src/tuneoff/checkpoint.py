@@ -53,9 +53,18 @@ class LoopState:
 
 
 def crash_point(name: str, step: int) -> None:
-    """Fault injection for the crash tests: ``TUNEOFF_CRASH_AT=checkpoint:6`` kills the process (SIGKILL) there."""
-    if os.environ.get("TUNEOFF_CRASH_AT") == f"{name}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Fault injection for the crash tests: ``TUNEOFF_CRASH_AT=checkpoint:6`` kills the process (SIGKILL) there.
+    With ``TUNEOFF_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a retried
+    run gets past the point."""
+    if os.environ.get("TUNEOFF_CRASH_AT") != f"{name}:{step}":
+        return
+    once = os.environ.get("TUNEOFF_CRASH_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:

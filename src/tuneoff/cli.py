@@ -283,18 +283,25 @@ def run_study(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study; finished runs are not redone."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Run grids larger than the study's max_runs."),
     progress: bool = typer.Option(False, help="Show each run's step progress bar."),
+    executor: str = typer.Option("local", help="local: runs one after another here. ray: each run a Ray task (pip install 'tuneoff[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://host:10001, or none to start a local one."),
+    cpus_per_run: float = typer.Option(1, help="Ray: CPUs each run asks for."),
+    gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default 1 if the cluster has GPUs, else 0)."),
+    max_retries: int = typer.Option(3, help="Ray: retries of a run whose worker died (it resumes from its checkpoint)."),
 ) -> None:
-    """Run a study: every variant x grid point x seed, stored in the results database, then the report."""
+    """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
     from tuneoff.study import load_spec
 
     if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
         overrides, study = [study, *(overrides or [])], None
     spec = load_spec(study, overrides or [])
     _quiet_libraries()
+    from tuneoff.executors import make_executor
     from tuneoff.report import build
     from tuneoff.study import execute
 
-    directory = execute(spec, results, resume=resume, yes=yes, say=console().print, progress=progress)
+    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, console().print)
+    directory = execute(spec, results, resume=resume, yes=yes, say=console().print, progress=progress, executor=runner)
     report = build(spec.name, results)
     console().print(f"study results in [bold]{directory}[/], report: [bold]{report}[/]")
 

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS runs (
     variant TEXT NOT NULL,
     params TEXT NOT NULL,          -- JSON: the grid values of this run
     seed INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'pruned')),
     config_yaml TEXT NOT NULL,
     metrics TEXT,                  -- JSON: metrics.json
     resources TEXT,                -- JSON: resources.json
@@ -71,6 +71,18 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Stores written before 'pruned' existed: rebuild the runs table with the wider CHECK (SQLite cannot alter one)."""
+        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name='runs'").fetchone()[0]
+        if "'pruned'" in sql:
+            return
+        with self.transaction() as db:
+            db.execute("ALTER TABLE runs RENAME TO runs_before_pruned")
+            db.execute("CREATE TABLE runs" + SCHEMA.split("CREATE TABLE IF NOT EXISTS runs", 1)[1].strip().rstrip(";"))
+            db.execute("INSERT INTO runs SELECT * FROM runs_before_pruned")
+            db.execute("DROP TABLE runs_before_pruned")
 
     @contextmanager
     def transaction(self):
@@ -118,6 +130,10 @@ class Store:
                 (json.dumps(metrics), json.dumps(resources), json.dumps(run_info.get("versions")), git_commit(),
                  run_info.get("device"), str(run_dir), now(), study, run_id),
             )
+
+    def mark_pruned(self, study: str, run_id: str, reason: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='pruned', error=?, finished=? WHERE study=? AND run_id=?", (reason, now(), study, run_id))
 
     def mark_failed(self, study: str, run_id: str, error: str) -> None:
         with self.transaction() as db:

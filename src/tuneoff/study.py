@@ -20,17 +20,17 @@ import copy
 import hashlib
 import itertools
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneoff.config import RunConfig, build_config, format_validation_error, parse_overrides, read_yaml, set_dotted
 from tuneoff.errors import TuneoffError
-from tuneoff.rundir import read_json, safe_name
+from tuneoff.search import SearchSpec
+from tuneoff.rundir import safe_name
 from tuneoff.store import Store
 
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "default.yaml"
@@ -45,6 +45,14 @@ class StudySpec(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> values, for every variant.")
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     max_runs: int = Field(64, ge=1, description="Refuse larger grids unless --yes.")
+    search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
+
+    @model_validator(mode="after")
+    def _search_or_grid(self) -> StudySpec:
+        if self.search is not None and (self.grid or any("grid" in v for v in self.variants.values())):
+            raise ValueError("search: a study has either a grid or a search; give the grid's values to the search as "
+                             "`choices` in search.space")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -146,6 +154,11 @@ def study_dir(results: str | Path, name: str) -> Path:
 def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tuple[Store, list[PlannedRun], Path]:
     """Check the study against the store, register its runs, and return what to run."""
     runs = expand(spec)
+    if spec.search is not None:  # trials are registered as the search asks for them
+        runs = []
+        if len(spec.variants or {"base": {}}) * spec.search.trials > spec.max_runs and not yes:
+            raise TuneoffError(f"Study {spec.name!r} would launch {len(spec.variants or {'base': {}}) * spec.search.trials} "
+                               f"trials, more than max_runs={spec.max_runs}. Pass --yes, or raise max_runs in the study file.")
     if len(runs) > spec.max_runs and not yes:
         raise TuneoffError(
             f"Study {spec.name!r} would launch {len(runs)} runs, more than max_runs={spec.max_runs}. "
@@ -174,41 +187,73 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
 
 
 def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False, say=print,
-            progress: bool = False) -> Path:
-    """Run every unfinished run of the study in order; a failed run is recorded and the study goes on."""
-    from tuneoff.train import train_with_oom_retry
+            progress: bool = False, executor=None) -> Path:
+    """Run every unfinished run of the study on ``executor`` (default: here, in order); a failed run is recorded and
+    the study goes on. Only this process writes the results store."""
+    from tuneoff.executors import Job, LocalExecutor
 
+    executor = executor or LocalExecutor(progress, say)
     store, runs, directory = prepare(spec, results, resume, yes)
-    done = {r["run_id"] for r in store.runs(spec.name, "done")}
-    todo = [r for r in runs if r.run_id not in done]
-    say(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run")
-    durations: list[float] = []
-    for i, run in enumerate(todo, start=1):
-        run_path = directory / "runs" / run.run_id
-        if (run_path / "run.json").is_file():  # finished before a crash, not yet indexed: index it
-            store.mark_done(spec.name, run.run_id, run_path, read_json(run_path / "metrics.json"),
-                            read_json(run_path / "resources.json"), read_json(run_path / "run.json"))
-            say(f"[{i}/{len(todo)}] {run.run_id}: found complete on disk, indexed")
-            continue
-        eta = f", ETA {sum(durations) / len(durations) * (len(todo) - i + 1) / 60:.1f} min" if durations else ""
-        say(f"[{i}/{len(todo)}] {run.run_id} ({run.config.method.name}){eta}")
-        store.mark_running(spec.name, run.run_id)
-        t0 = time.perf_counter()
-        config = run.config.model_copy(update={"output_dir": str(directory / "runs")})
-        try:
-            # resume=True: a run interrupted mid-way continues from its last checkpoint.
-            result = train_with_oom_retry(config, progress=progress, run_id=run.run_id, resume=True, say=say)
-        except TuneoffError as exc:
-            store.mark_failed(spec.name, run.run_id, str(exc))
-            say(f"    failed: {exc}")
-            continue
-        except Exception as exc:  # a bug or a library error: recorded with its traceback, the study goes on
-            store.mark_failed(spec.name, run.run_id, "".join(traceback.format_exception(exc)))
-            say(f"    failed: {type(exc).__name__}: {exc}")
-            continue
-        durations.append(time.perf_counter() - t0)
-        store.mark_done(spec.name, run.run_id, result.run_dir, result.metrics, result.resources,
-                        read_json(result.run_dir / "run.json"))
-        say(f"    done in {durations[-1]:.0f}s: test accuracy {result.metrics['test']['accuracy']:.4f}")
-    store.close()
+    try:
+        if spec.search is not None:
+            from tuneoff.search import run_search
+
+            run_search(spec, store, directory, Path(results), executor, say)
+            return directory
+        done = {r["run_id"] for r in store.runs(spec.name, "done")}
+        todo = [r for r in runs if r.run_id not in done]
+        say(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
+        jobs = (Job(run.run_id, run.config.model_copy(update={"output_dir": str(directory / "runs")})) for run in todo)
+
+        def start(job) -> None:
+            store.mark_running(spec.name, job.run_id)
+            if executor.name == "local":
+                say(f"    start {job.run_id}")
+
+        drive(executor, jobs, len(todo), lambda job, outcome: record(store, spec.name, outcome, say), say, start)
+    finally:
+        executor.close()
+        store.close()
     return directory
+
+
+def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None) -> None:
+    """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives."""
+    started, finished, durations = time.perf_counter(), 0, []
+    jobs = iter(jobs)
+    exhausted = False
+    while True:
+        while not exhausted and executor.pending < executor.slots:
+            job = next(jobs, None)
+            if job is None:
+                exhausted = True
+                break
+            if before_submit is not None:
+                before_submit(job)
+            executor.submit(job)
+        if executor.pending == 0:
+            return
+        job, outcome = executor.next_done()
+        finished += 1
+        durations.append(outcome.seconds)
+        wall = time.perf_counter() - started
+        eta = f", ETA {wall / finished * (total - finished) / 60:.1f} min" if total > finished else ""
+        where = f" on {outcome.host}" if executor.name != "local" else ""
+        say(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
+        on_outcome(job, outcome)
+
+
+def describe(outcome) -> str:
+    if outcome.status == "done":
+        found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
+        return f"{found}test accuracy {outcome.metrics['test']['accuracy']:.4f}"
+    return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"
+
+
+def record(store: Store, study: str, outcome, say=print) -> None:
+    if outcome.status == "done":
+        store.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
+    elif outcome.status == "pruned":
+        store.mark_pruned(study, outcome.run_id, outcome.error or "")
+    else:
+        store.mark_failed(study, outcome.run_id, outcome.error or "")

@@ -13,9 +13,11 @@ import errno
 import hashlib
 import json
 import math
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +70,10 @@ def merged_for_inference(model):
     return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
-def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False) -> RunResult:
+def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
+          on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
+    """Train one run. ``on_evaluate(step, validation_metrics)`` is called after each evaluation (a search's pruner
+    uses it; an exception it raises stops the run, keeping its last checkpoint)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -219,6 +224,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
                     running_loss.zero_()
                     state.running_loss, state.running_n = 0.0, 0
+                    if on_evaluate is not None:
+                        on_evaluate(state.step, val)
                     value = val[tc.metric_for_best]
                     if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
                         state.best, state.best_step, state.stale = value, state.step, 0
@@ -276,8 +283,9 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
             "model_source": source, "dataset": corpus.name, "label_names": corpus.label_names,
             "data_notes": corpus.notes, "lr": lr, "total_steps": total_steps, "device": device_name(device),
             "mixed_precision": accelerator.mixed_precision, "versions": versions(),
+            "distributed": {"type": accelerator.distributed_type.name, "processes": world},
             "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": state.augmentation,
-            "batch_order_digest": state.order_digest,
+            "batch_order_digest": state.order_digest, "host": socket.gethostname(),
         })
         final = run.publish()
         accelerator.wait_for_everyone()
@@ -339,12 +347,12 @@ def all_processes(speed: Throughput, meter: MemoryMeter, accelerator) -> dict:
 
 
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
-                         say=print) -> RunResult:
+                         say=print, on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
     """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
     unchanged), down to ``train.min_batch_size``."""
     while True:
         try:
-            return train(cfg, progress, run_id, resume)
+            return train(cfg, progress, run_id, resume, on_evaluate)
         except torch.cuda.OutOfMemoryError:
             tc = cfg.train
             if tc.batch_size // 2 < tc.min_batch_size:

@@ -1,0 +1,182 @@
+"""Where a study's runs execute: in this process, one after another (the default), or as tasks on a Ray cluster.
+
+Both executors run the same function, :func:`run_job`, and hand back the same :class:`Outcome`; the study (and the
+hyper-parameter search) submit jobs and record outcomes without knowing which executor ran them.
+
+Storage contract (Ray): each run writes its run directory under the study's results directory, which must be on
+storage every node can reach (NFS, a shared volume) — that is what lets a retried run resume from the checkpoint its
+dead predecessor left. The run's records (metrics, resources, run.json) travel back to the driver in the task's
+result, and only the driver writes the SQLite index, once per run, so a retried task can never record a run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tuneoff.config import RunConfig
+from tuneoff.errors import TuneoffError
+
+
+@dataclass
+class Job:
+    """One run of a study: its id and resolved config (``output_dir`` is the study's runs directory)."""
+
+    run_id: str
+    config: RunConfig
+    trial: dict | None = None  # hyper-parameter search: where to report intermediate values (see search.py)
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # done | failed | pruned
+    run_dir: str | None = None
+    metrics: dict | None = None
+    resources: dict | None = None
+    run_info: dict | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    host: str = field(default_factory=socket.gethostname)
+    found_on_disk: bool = False
+
+
+def _read_finished(run_id: str, run_dir: Path, seconds: float = 0.0, found: bool = False) -> Outcome:
+    from tuneoff.rundir import read_json
+
+    return Outcome(run_id, "done", str(run_dir), read_json(run_dir / "metrics.json"), read_json(run_dir / "resources.json"),
+                   read_json(run_dir / "run.json"), seconds=seconds, found_on_disk=found)
+
+
+def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None) -> Outcome:
+    """Train one run (resuming its checkpoint if an earlier attempt left one) and describe how it ended.
+
+    Bad input and library errors come back as a ``failed`` outcome (retrying would fail again); only a dead
+    process (a crash, a preempted node) makes Ray retry the task, which then resumes from the last checkpoint."""
+    from tuneoff.train import train_with_oom_retry
+
+    run_dir = Path(job.config.output_dir) / job.run_id
+    if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
+        return _read_finished(job.run_id, run_dir, found=True)
+    t0 = time.perf_counter()
+    on_evaluate = None
+    if job.trial is not None:
+        from tuneoff.search import pruning_callback
+
+        on_evaluate = pruning_callback(job.trial)
+    try:
+        result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True, say=say,
+                                      on_evaluate=on_evaluate)
+    except TuneoffError as exc:
+        return Outcome(job.run_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a pruned trial, a bug or a library error: recorded, the study goes on
+        if type(exc).__name__ == "TrialPruned":  # its checkpoint will never be resumed
+            shutil.rmtree(run_dir.parent / f".{job.run_id}.tmp", ignore_errors=True)
+            return Outcome(job.run_id, "pruned", error=str(exc), seconds=time.perf_counter() - t0)
+        return Outcome(job.run_id, "failed", error="".join(traceback.format_exception(exc)), seconds=time.perf_counter() - t0)
+    return _read_finished(job.run_id, result.run_dir, time.perf_counter() - t0)
+
+
+class LocalExecutor:
+    """Runs jobs in this process, one at a time, in submission order."""
+
+    name = "local"
+    slots = 1
+
+    def __init__(self, progress: bool = False, say: Callable = print):
+        self.progress, self.say = progress, say
+        self.queue: deque[Job] = deque()
+
+    def submit(self, job: Job) -> None:
+        self.queue.append(job)
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def next_done(self) -> tuple[Job, Outcome]:
+        job = self.queue.popleft()
+        return job, run_job(job, self.progress, self.say)
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Each job is a Ray task asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs; Ray places it on a node
+    that has them. A task whose worker dies is retried up to ``max_retries`` times (it resumes from its
+    checkpoint); after that the run is recorded as failed and the study goes on."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
+                 max_retries: int = 3, say: Callable = print):
+        try:
+            import ray
+        except ImportError:
+            raise TuneoffError("--executor ray needs Ray: pip install 'tuneoff[ray]'.") from None
+        self.ray, self.say = ray, say
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
+                                   "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
+        cluster = ray.cluster_resources()
+        if gpus_per_run is None:  # one GPU per run where the cluster has GPUs, else CPU-only runs
+            gpus_per_run = 1 if cluster.get("GPU", 0) >= 1 else 0
+        if cpus_per_run > cluster.get("CPU", 0) or gpus_per_run > cluster.get("GPU", 0):
+            raise TuneoffError(f"Each run asks for {cpus_per_run} CPUs and {gpus_per_run} GPUs, but the Ray cluster has "
+                               f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs in all: no run could "
+                               "ever be placed. Lower --cpus-per-run / --gpus-per-run.")
+        self.slots = max(1, int(min(cluster.get("CPU", 1) // max(cpus_per_run, 1e-9),
+                                    cluster.get("GPU", 0) // gpus_per_run if gpus_per_run else float("inf"))))
+        self.task = ray.remote(_remote_run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
+                                                        max_retries=max_retries, retry_exceptions=False)
+        self.max_retries = max_retries
+        self.inflight: dict = {}
+        say(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each run asks for {cpus_per_run:g} "
+            f"CPUs and {gpus_per_run:g} GPUs, {self.slots} at a time; up to {max_retries} retries")
+
+    def submit(self, job: Job) -> None:
+        self.inflight[self.task.remote(job)] = job
+
+    @property
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    def next_done(self) -> tuple[Job, Outcome]:
+        [ref], _ = self.ray.wait(list(self.inflight), num_returns=1)
+        job = self.inflight.pop(ref)
+        try:
+            return job, self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # the worker died on every attempt
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return job, Outcome(job.run_id, "failed", error=f"Ray task failed after {self.max_retries} retries: {first}")
+
+    def close(self) -> None:
+        for ref in self.inflight:
+            self.ray.cancel(ref, force=True)
+        self.inflight.clear()
+
+
+def _remote_run_job(job: Job) -> Outcome:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run_job(job)
+
+
+def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
+                  max_retries: int = 3, progress: bool = False, say: Callable = print):
+    if name == "local":
+        return LocalExecutor(progress, say)
+    if name == "ray":
+        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, say)
+    raise TuneoffError(f"--executor {name!r}: choose local or ray.")

@@ -1,0 +1,114 @@
+"""Studies on a Ray cluster started by the test (loopback, 2 CPUs): the same results as the local executor, a
+worker killed mid-run is retried and resumes, a study killed locally resumes on Ray, and a search runs on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_study import tiny_study
+from tuneoff.executors import RayExecutor
+from tuneoff.store import Store
+from tuneoff.study import execute, expand, load_spec
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def marker(tmp_path_factory):
+    """Workers inherit the crash settings from the driver's environment at ray.init; the marker file decides."""
+    return tmp_path_factory.mktemp("crash") / "crashed-once"
+
+
+@pytest.fixture(scope="module")
+def cluster(marker):
+    saved = {k: os.environ.get(k) for k in ("TUNEOFF_CRASH_AT", "TUNEOFF_CRASH_ONCE", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(TUNEOFF_CRASH_AT="step:7", TUNEOFF_CRASH_ONCE=str(marker), RAY_USAGE_STATS_ENABLED="0")
+    marker.touch()  # armed only by the test that removes it
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024, log_to_driver=False)
+    yield
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def finished(results: Path, study: str) -> dict:
+    store = Store(results)
+    rows = store.runs(study)
+    store.close()
+    return {r["run_id"]: r for r in rows}
+
+
+def study_file(tmp_path, tiny_bert, toy_csv, name):
+    path = tiny_study(tmp_path, tiny_bert, toy_csv, name=name, epochs=2)
+    spec = yaml.safe_load(path.read_text())
+    spec["base"]["train"]["checkpoint_every"] = 3
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_ray_gives_the_local_results(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    spec = load_spec(study_file(tmp_path, tiny_bert, toy_csv, "same"))
+    execute(spec, tmp_path / "local", say=lambda *_: None)
+    execute(spec, tmp_path / "ray", say=lambda *_: None, executor=RayExecutor(cpus_per_run=1, say=lambda *_: None))
+    local, remote = finished(tmp_path / "local", "same"), finished(tmp_path / "ray", "same")
+    assert len(local) == len(remote) == 4 and {r["status"] for r in remote.values()} == {"done"}
+    for run_id, row in local.items():
+        a, b = json.loads(row["metrics"]), json.loads(remote[run_id]["metrics"])
+        assert b["test"]["accuracy"] == a["test"]["accuracy"], run_id
+        assert b["validation"]["loss"] == pytest.approx(a["validation"]["loss"], abs=1e-4), run_id
+        assert Path(remote[run_id]["run_dir"]).parent == tmp_path / "ray" / "same" / "runs"
+    assert not marker.exists() or marker.stat().st_size == 0
+
+
+def test_killed_worker_is_retried_and_recorded_once(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    marker.unlink()  # the first run to reach step 7 is SIGKILLed, once
+    lines = []
+    spec = load_spec(study_file(tmp_path, tiny_bert, toy_csv, "retry"))
+    execute(spec, tmp_path / "r", say=lines.append, executor=RayExecutor(cpus_per_run=1, max_retries=2, say=lines.append))
+    assert marker.exists(), "a worker was killed"
+    rows = finished(tmp_path / "r", "retry")
+    assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"done"}, lines
+    resumed = [r for r in rows.values() if json.loads(r["resources"])["resumed_from_step"] == "step-0000006"]
+    assert len(resumed) == 1, "the killed run resumed from its step-6 checkpoint on a new worker"
+    runs_dir = tmp_path / "r" / "retry" / "runs"
+    assert sorted(p.name for p in runs_dir.iterdir()) == sorted(rows), "one directory per run, no leftovers"
+    assert sum(l.startswith("[") and "test accuracy" in l for l in lines) == 4, "each run reported once"
+
+
+def test_study_killed_locally_resumes_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    marker.touch()
+    path = study_file(tmp_path, tiny_bert, toy_csv, "moved")
+    env = {k: v for k, v in os.environ.items() if k != "TUNEOFF_CRASH_ONCE"}
+    killed = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    lines = []
+    execute(load_spec(path), tmp_path / "res", resume=True, say=lines.append, executor=RayExecutor(say=lines.append))
+    rows = finished(tmp_path / "res", "moved")
+    assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 4
+    first = rows[expand(load_spec(path))[0].run_id]  # the run the local study was killed in
+    assert json.loads(first["resources"])["resumed_from_step"] == "step-0000006", "continued the local run's checkpoint"
+
+
+def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    marker.touch()
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "rs", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
+                               "method": {"name": "lora"}, "train": {"epochs": 1, "batch_size": 16}},
+        "search": {"trials": 3, "space": {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}}, "pruning": False}}))
+    execute(load_spec(path), tmp_path / "res", say=lambda *_: None, executor=RayExecutor(say=lambda *_: None))
+    rows = finished(tmp_path / "res", "rs")
+    assert sorted(rows) == ["base-trial000", "base-trial001", "base-trial002"]
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert (tmp_path / "res" / "optuna.journal").is_file()
