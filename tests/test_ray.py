@@ -112,3 +112,12 @@ def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     assert sorted(rows) == ["base-trial000", "base-trial001", "base-trial002"]
     assert {r["status"] for r in rows.values()} == {"done"}
     assert (tmp_path / "res" / "optuna.journal").is_file()
+
+
+def test_a_run_no_node_can_place_is_refused(cluster):
+    from tuneoff.errors import TuneoffError
+
+    with pytest.raises(TuneoffError, match="no run could ever be placed"):
+        RayExecutor(cpus_per_run=64, say=lambda *_: None)
+    with pytest.raises(TuneoffError, match="no run could ever be placed"):
+        RayExecutor(gpus_per_run=1, say=lambda *_: None)

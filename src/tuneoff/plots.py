@@ -168,3 +168,26 @@ def plot_errors(errors: dict[str, dict], overlap: pd.DataFrame, labels: list[str
         for j in range(len(names)):
             axes[2].text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
     return _png(fig)
+
+
+def plot_search(frame: pd.DataFrame, metric: str, maximize: bool) -> str:
+    """Each variant's trials in the order they were asked: the objective (pruned and infeasible trials marked) and
+    the best feasible value so far."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    colors = _colors(sorted(frame.variant.unique()))
+    for variant, group in frame.sort_values("trial").groupby("variant"):
+        done = group[(group.status == "done") & group[metric].notna()]
+        feasible = done[done.feasible.astype(bool)] if "feasible" in done else done
+        ax.scatter(feasible.trial, feasible[metric], color=colors[variant], label=variant, zorder=3)
+        if len(done) > len(feasible):
+            infeasible = done.drop(feasible.index)
+            ax.scatter(infeasible.trial, infeasible[metric], color=colors[variant], marker="x", label=f"{variant} (over a constraint)")
+        best = (feasible[metric].cummax() if maximize else feasible[metric].cummin())
+        ax.step(feasible.trial, best, where="post", color=colors[variant], alpha=0.6)
+        pruned = group[group.status == "pruned"]
+        if len(pruned):
+            ax.scatter(pruned.trial, [ax.get_ylim()[0]] * len(pruned), color=colors[variant], marker="v", alpha=0.5,
+                       label=f"{variant} (pruned)")
+    ax.set(title=f"search: {metric} per trial (line: best so far)", xlabel="trial", ylabel=metric)
+    ax.legend(fontsize=8)
+    return _png(fig)

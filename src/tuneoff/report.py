@@ -75,6 +75,13 @@ def build(study: str, results: str | Path) -> Path:
     conditions = analysis.load_conditions(store, study)
     failed = store.runs(study, "failed")
     spec_yaml = store.study(study)["spec_yaml"]
+    search, trials = _search_of(spec_yaml), None
+    if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
+        from tuneoff.search import best_run_ids, trials_frame
+
+        trials = trials_frame(store.runs(study), search)
+        best = best_run_ids(trials, search)
+        conditions = [c for c in conditions if any(r["run_id"] in best for r in c.runs)] or conditions
     store.close()
 
     table = analysis.summary(conditions)
@@ -122,6 +129,8 @@ def build(study: str, results: str | Path) -> Path:
          + "<h3>Mean predicted probability minus true share, per class</h3>"
          + _table_html(pd.DataFrame({n: e["probability_gap"] for n, e in errors.items()}).reset_index(names="class"))),
     ]
+    if trials is not None:
+        sections.append(("Search", search_section(trials, search)))
     sections.append(("Plan vs measured", plan_section(ordered, table)))
     if failed:
         sections.append(("Failed runs", _table_html(pd.DataFrame([{"run": f["run_id"], "error": f["error"][-400:]} for f in failed]))))
@@ -135,6 +144,25 @@ def build(study: str, results: str | Path) -> Path:
             f"{body}</body></html>")
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def _search_of(spec_yaml: str):
+    import yaml
+
+    from tuneoff.search import SearchSpec
+
+    section = (yaml.safe_load(spec_yaml) or {}).get("search")
+    return SearchSpec.model_validate(section) if section else None
+
+
+def search_section(trials: pd.DataFrame, search) -> str:
+    counts = trials.status.value_counts().to_dict()
+    limits = ", ".join(f"{k} &le; {v:g}" for k, v in search.constraints.items())
+    return (f"<p>Optuna TPE, {search.trials} trials per variant, {'maximizing' if search.maximize else 'minimizing'} "
+            f"<code>{html.escape(search.metric)}</code>{' subject to ' + limits if limits else ''}; "
+            f"{', '.join(f'{n} {s}' for s, n in counts.items())}. The comparisons above use each variant's best "
+            "feasible trial (one seed: run the winners again on more seeds before trusting small differences).</p>"
+            + _img(plots.plot_search(trials, search.metric, search.maximize)) + _table_html(trials))
 
 
 def plan_section(conditions, table: pd.DataFrame) -> str:

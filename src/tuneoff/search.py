@@ -143,7 +143,10 @@ def check_space(spec, base_configs: dict) -> None:
 
 def run_search(spec, store, directory: Path, results: Path, executor, say=print) -> None:
     """Each variant's search, trials asked lazily (TPE learns from the finished ones) and run on ``executor``."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise TuneoffError(f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'.") from None
 
     from tuneoff.config import build_config
     from tuneoff.executors import Job
