@@ -115,7 +115,7 @@ def test_oom_retry_halves_batch_and_doubles_accumulation(monkeypatch):
 
     seen = []
 
-    def fake_train(cfg, progress, run_id, resume):
+    def fake_train(cfg, progress, run_id, resume, on_evaluate=None):
         seen.append((cfg.train.batch_size, cfg.train.grad_accum))
         if cfg.train.batch_size > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")

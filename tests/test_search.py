@@ -34,6 +34,8 @@ def search_study(tmp_path, model, data, name="s", **search):
     ({"space": {"train.lr": {"low": 1e-2, "high": 1e-4}}}, "low. < .high"),
     ({"space": {"train.lr": {"low": 0, "high": 1e-2, "log": True}}}, "low. > 0"),
     ({"constraints": {"peak_rss_mb": 10}}, "resources.<field>"),
+    ({"space": {}}, "nothing to search"),
+    ({"space": {"train.lr": {"choices": [1e-3], "low": 1e-4}}}, "either a non-empty"),
 ])
 def test_bad_search_sections(tmp_path, search, message):
     with pytest.raises(TuneoffError, match=message):
@@ -120,3 +122,28 @@ def test_search_killed_mid_trial_resumes_that_trial(tiny_bert, toy_csv, tmp_path
     first = store.runs("s")[0]
     store.close()
     assert json.loads(first["resources"])["resumed_from_step"] == "step-0000003"
+
+
+def test_variants_search_their_own_fields(tiny_bert, toy_csv, tmp_path):
+    """LoRA searches its rank, partial its number of layers; the shared space (lr) applies to both."""
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "v", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
+                              "train": {"epochs": 1, "batch_size": 32}},
+        "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2, 4]}}},
+                     "partial": {"method": {"name": "partial"}, "space": {"method.k": {"low": 1, "high": 2}}}},
+        "search": {"trials": 2, "pruning": False, "space": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}}}}))
+    execute(load_spec(path), tmp_path / "res", say=lambda *_: None)
+    store = Store(tmp_path / "res")
+    params = {r["run_id"]: json.loads(r["params"]) for r in store.runs("v", "done")}
+    store.close()
+    assert sorted(params) == ["lora-trial000", "lora-trial001", "partial-trial000", "partial-trial001"]
+    assert all(set(p) == {"trial", "train.lr", "method.r"} and p["method.r"] in (2, 4) for k, p in params.items() if k.startswith("lora"))
+    assert all(set(p) == {"trial", "train.lr", "method.k"} and p["method.k"] in (1, 2) for k, p in params.items() if k.startswith("partial"))
+
+
+def test_a_variant_space_without_a_search_is_an_error(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2]}}}}}))
+    with pytest.raises(TuneoffError, match="needs a search: section"):
+        load_spec(path)

@@ -66,7 +66,7 @@ class SearchSpec(BaseModel):
     metric: str = Field("validation.accuracy", description="validation.<metric> or resources.<field> to optimise.")
     direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize losses, times and memory.")
     trials: int = Field(..., ge=1, description="Trials per variant.")
-    space: dict[str, Dimension] = Field(..., min_length=1)
+    space: dict[str, Dimension] = Field(default_factory=dict, description="Dimensions for every variant.")
     constraints: dict[str, float] = Field(default_factory=dict, description="resources.<field>: upper limit.")
     pruning: bool = True
     prune_after_steps: int = Field(0, ge=0, description="No pruning before this optimizer step.")
@@ -129,12 +129,12 @@ def pruning_callback(trial_ref: dict):
     return on_evaluate
 
 
-def check_space(spec, base_configs: dict) -> None:
+def check_space(spaces: dict, base_configs: dict) -> None:
     """Every searched field must exist in the run config and accept its range: checked before any trial runs."""
     from tuneoff.config import build_config
 
     for variant, cfg in base_configs.items():
-        for key, dim in spec.search.space.items():
+        for key, dim in spaces[variant].items():
             try:
                 build_config(cfg.model_dump(mode="json"), [f"{key}={dim.example()}"], source=f"search.space.{key} (variant {variant!r})")
             except TuneoffError as exc:
@@ -155,7 +155,10 @@ def run_search(spec, store, directory: Path, results: Path, executor, say=print)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
     bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
-    check_space(spec, bases)
+    # search.space applies to every variant; a variant's own `space:` adds (or overrides) dimensions for it alone
+    spaces = {v: {**search.space, **{k: Dimension.model_validate(d) for k, d in (spec.variants.get(v, {}).get("space") or {}).items()}}
+              for v in bases}
+    check_space(spaces, bases)
     storage = _storage(results)
     leaf = search.metric.split(".", 1)[1]
 
@@ -170,7 +173,7 @@ def run_search(spec, store, directory: Path, results: Path, executor, say=print)
                                                direction="maximize" if search.maximize else "minimize", load_if_exists=True)
 
     def trial_job(variant: str, trial) -> Job:
-        params = {key: dim.suggest(trial, key) for key, dim in search.space.items()}
+        params = {key: dim.suggest(trial, key) for key, dim in spaces[variant].items()}
         run_id = f"{variant}-trial{trial.number:03d}"
         config = build_config(bases[variant].model_dump(mode="json"), [f"{k}={v}" for k, v in params.items()],
                               source=f"search trial {run_id}")

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuneoff.config import RunConfig, build_config, format_validation_error, parse_overrides, read_yaml, set_dotted
 from tuneoff.errors import TuneoffError
-from tuneoff.search import SearchSpec
+from tuneoff.search import Dimension, SearchSpec
 from tuneoff.rundir import safe_name
 from tuneoff.store import Store
 
@@ -52,6 +52,17 @@ class StudySpec(BaseModel):
         if self.search is not None and (self.grid or any("grid" in v for v in self.variants.values())):
             raise ValueError("search: a study has either a grid or a search; give the grid's values to the search as "
                              "`choices` in search.space")
+        for name, body in (self.variants or {"base": {}}).items():
+            if self.search is not None and not self.search.space and not body.get("space"):
+                raise ValueError(f"search.space is empty and variant {name!r} has no space of its own: nothing to search")
+            if "space" in body:
+                if self.search is None:
+                    raise ValueError(f"variants.{name}.space: a variant's search space needs a search: section")
+                for key, dim in (body["space"] or {}).items():
+                    try:
+                        Dimension.model_validate(dim)
+                    except ValidationError as exc:
+                        raise ValueError(f"variants.{name}.space.{key}: {exc.errors()[0]['msg']}") from None
         return self
 
     def to_yaml(self) -> str:
@@ -127,6 +138,7 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
     for variant, body in variants.items():
         body = dict(body)
         variant_grid = body.pop("grid", {}) or {}
+        body.pop("space", None)  # a variant's own search dimensions (search.py)
         for point in _grid_points({**spec.grid, **variant_grid}) if (spec.grid or variant_grid) else [{}]:
             tree = _merge(base, _nested(body))
             for key, value in point.items():

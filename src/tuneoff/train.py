@@ -355,6 +355,14 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
             return train(cfg, progress, run_id, resume, on_evaluate)
         except torch.cuda.OutOfMemoryError:
             tc = cfg.train
+            from tuneoff.launcher import launched
+
+            if launched():  # the other processes are inside a collective: a lone retry would deadlock them
+                raise TuneoffError(
+                    f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
+                    f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
+                    "and --resume, or shard the model with FSDP (--accelerate-config)."
+                ) from None
             if tc.batch_size // 2 < tc.min_batch_size:
                 raise TuneoffError(
                     f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
