@@ -121,3 +121,5 @@ def test_a_run_no_node_can_place_is_refused(cluster):
         RayExecutor(cpus_per_run=64, say=lambda *_: None)
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
         RayExecutor(gpus_per_run=1, say=lambda *_: None)
+    with pytest.raises(TuneoffError, match="--num-processes"):
+        RayExecutor(gpus_per_run=2, say=lambda *_: None)

@@ -130,6 +130,9 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
                                    "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
+        if gpus_per_run is not None and gpus_per_run > 1:
+            raise TuneoffError(f"--gpus-per-run {gpus_per_run:g}: a study run is one process on one GPU. Run one model on "
+                               "several GPUs with `tuneoff train --num-processes N`; a study spreads its runs over GPUs.")
         cluster = ray.cluster_resources()
         if gpus_per_run is None:  # one GPU per run where the cluster has GPUs, else CPU-only runs
             gpus_per_run = 1 if cluster.get("GPU", 0) >= 1 else 0
