@@ -56,3 +56,11 @@ def test_bad_yaml_file(tmp_path):
         load_config(path)
     with pytest.raises(TuneoffError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_bare_no_is_the_mixed_precision_setting_not_false(tmp_path):
+    """YAML 1.1 reads `no` as false; `train.mixed_precision=no` must still mean fp32."""
+    assert build_config({}, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(path, []).train.mixed_precision == "no"

@@ -11,7 +11,15 @@ from tuneoff.train import mixed_precision
 
 
 def test_mixed_precision_choice(monkeypatch):
-    assert mixed_precision("auto", torch.device("cpu")) == "no"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert mixed_precision("auto", torch.device("cpu")) == "no", "emulated bf16 would be slower than fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert mixed_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert mixed_precision("auto", torch.device("cpu")) == "bf16"
+    assert mixed_precision("no", torch.device("cpu")) == "no"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert mixed_precision("auto", torch.device("cuda")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)

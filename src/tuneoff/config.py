@@ -98,9 +98,15 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+        "auto", description="auto = bf16 on GPUs that support it, fp16 on older GPUs; on CPU bf16 where it is native "
+        "(AVX512-BF16/AMX), else fp32."
     )
     eval_every: int | None = Field(None, ge=1, description="Also evaluate every N optimizer steps (always per epoch).")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement.")
     seed: int = 42
