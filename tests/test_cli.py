@@ -79,3 +79,11 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
 def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path):
     result = invoke("evaluate", tmp_path)
     assert result.exit_code == 2 and "not a tuneoff run directory" in result.output
+
+
+def test_error_text_is_printed_as_is_not_as_markup(tmp_path):
+    """Paths and messages may hold brackets ("[/x]" would be a rich closing tag, "[ray]" would vanish)."""
+    missing = tmp_path / "[/x]" / "data[ray].csv"
+    result = runner.invoke(app, ["train", "--data", str(missing)])
+    assert result.exit_code == 2
+    assert "data[ray].csv" in " ".join(result.output.split())

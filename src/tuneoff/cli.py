@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuneoff.errors import TuneoffError
@@ -24,6 +25,11 @@ app = typer.Typer(
 def console() -> Console:
     return Console()  # made per call so the terminal width (COLUMNS) is read when printing
 
+
+def say(message: str) -> None:
+    """Progress lines hold run ids, paths and error text: printed as they are, never read as rich markup."""
+    console().print(message, markup=False, highlight=False, soft_wrap=True)
+
 OVERRIDES = typer.Argument(None, help="Dotted overrides key=value, e.g. method.r=8 train.epochs=2 data.max_train_samples=2000.")
 
 
@@ -35,7 +41,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TuneoffError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -91,10 +97,10 @@ def train(
     _quiet_libraries()
     from tuneoff.train import train_with_oom_retry
 
-    result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=console().print)
+    result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
     if is_main_process():
         console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
-        console().print(f"run saved to [bold]{result.run_dir}[/]")
+        console().print(f"run saved to [bold]{escape(str(result.run_dir))}[/]")
 
 
 @app.command()
@@ -111,7 +117,7 @@ def evaluate(
 
     metrics, out = evaluate_run(run_dir, data, split, overrides or [])
     console().print(_metrics_table(f"{metrics['dataset']} / {split}", metrics))
-    console().print(f"written to [bold]{out}[/]")
+    console().print(f"written to [bold]{escape(str(out))}[/]")
 
 
 @app.command()
@@ -129,7 +135,7 @@ def predict(
     from tuneoff.evaluate import predict_file
 
     n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column)
-    console().print(f"{n} predictions written to [bold]{out}[/]")
+    console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
 
 
 @app.command()
@@ -174,9 +180,9 @@ def inspect(
     leaks = {k: v for k, v in report["leakage"].items() if v}
     if leaks:
         c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")
-    c.print(f"recommended max_length: [bold]{report['recommended_max_length']}[/] (truncates "
+    c.print(f"recommended max_length: [bold]{escape(str(report['recommended_max_length']))}[/] (truncates "
             f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
-    c.print(f"written to [bold]{out_dir}[/] (inspect.json, histogram.png, boxplot.png)")
+    c.print(f"written to [bold]{escape(str(out_dir))}[/] (inspect.json, histogram.png, boxplot.png)")
 
 
 @app.command()
@@ -283,7 +289,7 @@ def run_study(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study; finished runs are not redone."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Run grids larger than the study's max_runs."),
     progress: bool = typer.Option(False, help="Show each run's step progress bar."),
-    executor: str = typer.Option("local", help="local: runs one after another here. ray: each run a Ray task (pip install 'tuneoff[ray]')."),
+    executor: str = typer.Option("local", help="local: runs one after another here. ray: each run a Ray task (pip install 'tuneoff\\[ray]')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://host:10001, or none to start a local one."),
     cpus_per_run: float = typer.Option(1, help="Ray: CPUs each run asks for."),
     gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default 1 if the cluster has GPUs, else 0)."),
@@ -300,10 +306,10 @@ def run_study(
     from tuneoff.report import build
     from tuneoff.study import execute
 
-    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, console().print)
-    directory = execute(spec, results, resume=resume, yes=yes, say=console().print, progress=progress, executor=runner)
+    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say)
+    directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
     report = build(spec.name, results)
-    console().print(f"study results in [bold]{directory}[/], report: [bold]{report}[/]")
+    console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
 
 
 @app.command()
@@ -319,7 +325,7 @@ def report(study_dir: Path = typer.Argument(..., help="A study's results directo
     from tuneoff.study import load_spec
 
     path = build(load_spec(spec).name, study_dir.parent)
-    console().print(f"report: [bold]{path}[/]")
+    console().print(f"report: [bold]{escape(str(path))}[/]")
 
 
 runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
@@ -329,7 +335,7 @@ app.add_typer(runs_app, name="runs")
 @runs_app.command("list")
 @user_errors
 def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
-              status: Optional[str] = typer.Option(None, help="done, failed, running or pending.")) -> None:
+              status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
     """List runs: study, run id, status, test accuracy, trainable params, train time."""
     import json
 
