@@ -65,7 +65,7 @@ def one(contender: str, method: str, args) -> dict:
         cfg = build_config({"method": METHODS[method]}, [
             "model.name=minilm", "data.name=rotten_tomatoes", f"data.max_train_samples={args.steps * args.batch_size}",
             f"data.max_eval_samples={args.eval_samples}", "data.max_length=128", f"train.batch_size={args.batch_size}",
-            f"train.max_steps={args.steps}", f"train.lr={LR[method]}", "train.seed=0", "train.checkpoints=false",
+            f"train.max_steps={args.steps}", f"train.lr={LR[method]}", f"train.seed={args.seed}", "train.checkpoints=false",
             f"output_dir={args.workdir}/runs"])
         result = train(cfg, progress=False)
         seconds = result.resources["train_seconds"]
@@ -92,7 +92,7 @@ def one(contender: str, method: str, args) -> dict:
         targs = TrainingArguments(
             output_dir=f"{args.workdir}/trainer", per_device_train_batch_size=args.batch_size, max_steps=args.steps,
             learning_rate=LR[method], warmup_steps=0.06,  # a float is a ratio in transformers 5
-            weight_decay=0.01, lr_scheduler_type="linear", seed=0,
+            weight_decay=0.01, lr_scheduler_type="linear", seed=args.seed,
             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
             dataloader_num_workers=0, disable_tqdm=True,
             **({"train_sampling_strategy": "group_by_length"} if contender.startswith("trainer_tuned") else {}),
@@ -113,6 +113,12 @@ def one(contender: str, method: str, args) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def ratio(medians: dict, other: str) -> float | None:
+    if "tuneoff" not in medians or other not in medians:
+        return None
+    return medians["tuneoff"]["samples_per_s"] / medians[other]["samples_per_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=160)
@@ -122,6 +128,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--methods", default="lora,partial")
     parser.add_argument("--workdir", default="/tmp/tuneoff-bench")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every contender")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--tag", default="", help="suffix of the results files")
     parser.add_argument("--one", nargs=2, metavar=("CONTENDER", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -129,10 +138,11 @@ def main() -> None:
         return
 
     command = "python bench/bench_cpu.py " + " ".join(sys.argv[1:])
+    contenders = args.contenders.split(",")
     rows = []
     for method in args.methods.split(","):
         for repeat in range(args.repeats):
-            for contender in CONTENDERS:  # interleaved: A B C A B C ...
+            for contender in contenders:  # interleaved: A B C A B C ...
                 proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", contender, method],
                                       capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                 line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -145,12 +155,12 @@ def main() -> None:
     summary = []
     for method in args.methods.split(","):
         med = {c: {k: statistics.median(r[k] for r in rows if r["method"] == method and r["contender"] == c)
-                   for k in ("samples_per_s", "tokens_per_s", "accuracy", "peak_rss_mb")} for c in CONTENDERS}
-        for c in CONTENDERS:
+                   for k in ("samples_per_s", "tokens_per_s", "accuracy", "peak_rss_mb")} for c in contenders}
+        for c in contenders:
             precision = next(r["precision"] for r in rows if r["method"] == method and r["contender"] == c)
             summary.append({"method": method, "contender": c, "precision": precision, **med[c],
-                            "speedup_vs_trainer_report": med["tuneoff"]["samples_per_s"] / med["trainer_report"]["samples_per_s"] if c == "tuneoff" else None,
-                            "speedup_vs_trainer_tuned": med["tuneoff"]["samples_per_s"] / med["trainer_tuned"]["samples_per_s"] if c == "tuneoff" else None})
+                            "speedup_vs_trainer_report": ratio(med, "trainer_report") if c == "tuneoff" else None,
+                            "speedup_vs_trainer_tuned": ratio(med, "trainer_tuned") if c == "tuneoff" else None})
     import peft
     import torch
     import transformers
@@ -161,16 +171,16 @@ def main() -> None:
            "settings": vars(args), "summary": summary, "runs": rows}
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    stem = results / f"cpu-{datetime.now(timezone.utc):%Y%m%d}"
+    stem = results / f"cpu-{datetime.now(timezone.utc):%Y%m%d}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
     lines = [f"# CPU benchmark ({out['date']})", "", f"`{command}` — {out['device']}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}, peft {peft.__version__}; median of {args.repeats}, interleaved; "
-             f"MiniLM-L6, Rotten Tomatoes, {args.steps} steps x batch {args.batch_size}.", "",
+             f"MiniLM-L6, Rotten Tomatoes, {args.steps} steps x batch {args.batch_size}, seed {args.seed}.", "",
              "| method | contender | precision | samples/s | tokens/s | val accuracy | peak RSS MB | tuneoff speed-up |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        speed = (f"{s['speedup_vs_trainer_report']:.2f}x vs report, {s['speedup_vs_trainer_tuned']:.2f}x vs tuned"
-                 if s["contender"] == "tuneoff" else "")
+        speed = ", ".join(f"{s[key]:.2f}x vs {name}" for key, name in (("speedup_vs_trainer_report", "report"),
+                                                                       ("speedup_vs_trainer_tuned", "tuned")) if s[key])
         lines.append(f"| {s['method']} | {s['contender']} | {s['precision']} | {s['samples_per_s']:.1f} | {s['tokens_per_s']:.0f} | "
                      f"{s['accuracy']:.3f} | {s['peak_rss_mb']:.0f} | {speed} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
