@@ -57,6 +57,20 @@ def tiny_distilbert(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def no_dropout_bert(tmp_path_factory):
+    """Tiny BERT without dropout, for comparisons that dropout masks would blur (several processes draw their own
+    masks; compiled kernels draw from another RNG stream)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)).save_pretrained(path)
+    make_tokenizer(path).save_pretrained(path)
+    return str(path)
+
+
 def toy_frame(n: int, seed: int) -> pd.DataFrame:
     """Separable sentiment: each text holds 1-2 words of its class among filler words."""
     rng = random.Random(seed)

@@ -14,21 +14,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
-from conftest import TINY, VOCAB, make_tokenizer, toy_frame
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory):
-    """Tiny BERT without dropout: each process draws its own dropout masks, so only without dropout can two
-    processes at batch 8 reproduce one process at batch 16 exactly."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)).save_pretrained(path)
-    make_tokenizer(path).save_pretrained(path)
-    return str(path)
+from conftest import toy_frame
 
 
 @pytest.fixture(scope="module")

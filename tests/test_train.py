@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -96,3 +97,16 @@ def test_max_steps_and_grad_accum(tiny_bert, toy_csv, tmp_path):
     assert result.resources["optimizer_steps"] == 5
     assert result.resources["train_samples"] == 5 * 2 * 16
     assert result.resources["effective_batch_size"] == 32
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile (inductor) needs a C compiler")
+def test_compiled_training_matches_eager(no_dropout_bert, toy_csv, tmp_path):
+    """train.compile=true compiles the training forward only (same parameters); in fp32 on the CPU it must train to
+    the same weights as eager mode, up to float reassociation by the fused kernels."""
+    settings = {"train.epochs": 2, "train.lr": 1e-2, "train.mixed_precision": "no", "method.dropout": 0.0}
+    eager = run(no_dropout_bert, toy_csv, tmp_path / "eager", "lora", **settings)
+    compiled = run(no_dropout_bert, toy_csv, tmp_path / "compiled", "lora", **settings, **{"train.compile": True})
+    a = pd.read_csv(eager.run_dir / "predictions.csv")[["prob_neg", "prob_pos"]].to_numpy()
+    b = pd.read_csv(compiled.run_dir / "predictions.csv")[["prob_neg", "prob_pos"]].to_numpy()
+    np.testing.assert_allclose(b, a, atol=1e-3)
+    assert compiled.metrics["test"]["accuracy"] == eager.metrics["test"]["accuracy"]
