@@ -1,0 +1,25 @@
+"""The GPU benchmark's code, run on the CPU with a tiny BERT (--smoke): a GPU session should spend its time
+measuring, not debugging the script. Speed claims live in bench/results/, never in tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--smoke", "--seq", "16", "--steps", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"full", "partial_top2", "head", "lora", "lora_fa", "lora_lean"}
+    at8 = {r["method"]: r for r in result["rows"] if r["batch"] == 8}
+    assert all(r["planned_mb"] > 0 and r["tflops"] > 0 for r in at8.values())
+    assert at8["head"]["planned_mb"] < at8["lora"]["planned_mb"] < at8["full"]["planned_mb"]
+    assert "| lora | 8 |" in out.with_suffix(".md").read_text()
