@@ -110,3 +110,10 @@ def test_compiled_training_matches_eager(no_dropout_bert, toy_csv, tmp_path):
     b = pd.read_csv(compiled.run_dir / "predictions.csv")[["prob_neg", "prob_pos"]].to_numpy()
     np.testing.assert_allclose(b, a, atol=1e-3)
     assert compiled.metrics["test"]["accuracy"] == eager.metrics["test"]["accuracy"]
+
+
+def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_csv, tmp_path):
+    """A study trains its runs in one process; Accelerate's process-wide state must not pin the first run's precision."""
+    bf16 = run(tiny_bert, toy_csv, tmp_path / "a", "lora", **{"train.mixed_precision": "bf16", "train.epochs": 1})
+    fp32 = run(tiny_bert, toy_csv, tmp_path / "b", "lora", **{"train.mixed_precision": "no", "train.epochs": 1})
+    assert [json.loads((r.run_dir / "run.json").read_text())["mixed_precision"] for r in (bf16, fp32)] == ["bf16", "no"]

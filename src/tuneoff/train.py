@@ -85,6 +85,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     """Train one run. ``on_evaluate(step, validation_metrics)`` is called after each evaluation (a search's pruner
     uses it; an exception it raises stops the run, keeping its last checkpoint)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -93,6 +94,10 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
     if tc.device == "cuda" and not torch.cuda.is_available():
         raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
+    # Accelerate keeps one process-wide state and refuses a second precision; a study trains many runs, each with its
+    # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
     device = accelerator.device
     # Several processes (``accelerate launch``): data-parallel, each takes its share of every round of micro-batches
