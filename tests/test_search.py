@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
@@ -78,6 +79,10 @@ def test_search_respects_a_cost_constraint_and_reports_the_best(tiny_bert, toy_c
     report = build("s", tmp_path / "res").read_text()
     assert "<h2>Search</h2>" in report and "trainable_params &le; 700" in report
     summary = (tmp_path / "res" / "s" / "report" / "summary.md").read_text()
+    trials = pd.read_csv(tmp_path / "res" / "s" / "report" / "search_trials.csv")
+    assert list(trials.trial) == [0, 1, 2, 3] and set(trials["method.r"]) <= {2, 16}
+    assert list(trials.feasible) == [r == 2 for r in trials["method.r"]]
+    assert "## Search" in summary
     if feasible:
         best = max(feasible, key=lambda t: t.value)
         assert f"base r=2 trial={best.number}" in summary, "the comparison uses the best feasible trial"

@@ -61,7 +61,10 @@ def _majority(votes: tuple[str, ...]) -> str:
 
 
 def condition_name(variant: str, params: dict) -> str:
-    return " ".join([variant] + [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items()])
+    def show(v):  # a searched learning rate 0.0002288113668475521 reads as 0.0002288
+        return f"{v:.4g}" if isinstance(v, float) else v
+
+    return " ".join([variant] + [f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in params.items()])
 
 
 def load_conditions(store: Store, study: str) -> list[Condition]:

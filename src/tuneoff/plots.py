@@ -177,7 +177,7 @@ def plot_search(frame: pd.DataFrame, metric: str, maximize: bool) -> str:
     colors = _colors(sorted(frame.variant.unique()))
     for variant, group in frame.sort_values("trial").groupby("variant"):
         done = group[(group.status == "done") & group[metric].notna()]
-        feasible = done[done.feasible.astype(bool)] if "feasible" in done else done
+        feasible = done[done.feasible.fillna(False).astype(bool)] if "feasible" in done else done
         ax.scatter(feasible.trial, feasible[metric], color=colors[variant], label=variant, zorder=3)
         if len(done) > len(feasible):
             infeasible = done.drop(feasible.index)

@@ -106,6 +106,10 @@ def build(study: str, results: str | Path) -> Path:
                   "ece", "trainable_params", "trainable_pct", "checkpoint_mb", "peak_memory_mb", "train_seconds", "train_samples_per_s"]]
     md = [f"# Study {study}", "", *lines, "", show.to_markdown(index=False, floatfmt=".4g"), "",
           "## Pairwise comparisons", "", comps.drop(columns=["mcnemar_p"]).to_markdown(index=False, floatfmt=".4g") if len(comps) else "(one condition)"]
+    if trials is not None:
+        trials.to_csv(out / "search_trials.csv", index=False)
+        md += ["", "## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
+               "comparison above uses each variant's best feasible trial.", "", trials.to_markdown(index=False, floatfmt=".4g")]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
     device = conditions[0].runs[0]["device"]

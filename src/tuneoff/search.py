@@ -166,8 +166,8 @@ def run_search(spec, store, directory: Path, results: Path, executor, say=print)
         return frozen.user_attrs.get("constraint_excess", [0.0] * len(search.constraints))
 
     studies = {}
-    for variant in bases:
-        sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(10, max(2, search.trials // 3)),
+    for index, variant in enumerate(bases):  # a seed per variant: the same seed would draw the same first trials
+        sampler = optuna.samplers.TPESampler(seed=search.seed * 1000 + index, n_startup_trials=min(10, max(2, search.trials // 3)),
                                              constraints_func=constraints if search.constraints else None)
         studies[variant] = optuna.create_study(study_name=f"{spec.name}:{variant}", storage=storage, sampler=sampler,
                                                direction="maximize" if search.maximize else "minimize", load_if_exists=True)
@@ -268,10 +268,10 @@ def trials_frame(rows, search: SearchSpec):
         resources = json.loads(row["resources"]) if row["resources"] else {}
         entry = {"variant": row["variant"], "trial": params.pop("trial", None), "run_id": row["run_id"], "status": row["status"],
                  **params, search.metric: lookup(search.metric, metrics, resources) if metrics else None}
-        for key, limit in search.constraints.items():
+        for key, limit in search.constraints.items():  # feasibility is unknown (None) for runs that did not finish
             value = lookup(key, metrics, resources) if metrics else None
             entry[key] = value
-            entry["feasible"] = entry.get("feasible", True) and value is not None and value <= limit
+            entry["feasible"] = None if not metrics else entry.get("feasible", True) and value is not None and value <= limit
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -280,7 +280,7 @@ def best_run_ids(frame, search: SearchSpec) -> set[str]:
     """Per variant, the run of the best feasible finished trial."""
     done = frame[(frame.status == "done") & frame[search.metric].notna()]
     if "feasible" in done:
-        done = done[done.feasible.astype(bool)]
+        done = done[done.feasible.fillna(False).astype(bool)]
     if done.empty:
         return set()
     pick = done.groupby("variant")[search.metric].idxmax() if search.maximize else done.groupby("variant")[search.metric].idxmin()
