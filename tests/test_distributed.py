@@ -102,3 +102,14 @@ def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_fil
         np.testing.assert_allclose(w_res[k].numpy(), w_ref[k].numpy(), atol=1e-6, err_msg=k)
     assert (json.loads((res_dir / "run.json").read_text())["batch_order_digest"]
             == json.loads((ref_dir / "run.json").read_text())["batch_order_digest"])
+
+
+def test_readings_of_processes_combine_into_one_run():
+    from tuneoff.resources import combine_processes
+
+    a = {"train_seconds": 10.0, "train_samples": 80, "train_tokens": 800, "peak_rss_mb": 900.0, "cuda_max_allocated_mb": None}
+    b = {"train_seconds": 12.0, "train_samples": 72, "train_tokens": 700, "peak_rss_mb": 950.0, "cuda_max_allocated_mb": None}
+    out = combine_processes([a, b])
+    assert (out["train_samples"], out["train_tokens"], out["train_seconds"]) == (152, 1500, 12.0)
+    assert out["train_samples_per_s"] == pytest.approx(152 / 12) and out["train_tokens_per_s"] == pytest.approx(125)
+    assert out["peak_rss_mb"] == 950.0 and out["cuda_max_allocated_mb"] is None

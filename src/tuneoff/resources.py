@@ -105,6 +105,19 @@ class Throughput:
         }
 
 
+def combine_processes(parts: list[dict]) -> dict:
+    """The readings of several data-parallel processes as one run: samples and tokens summed over the slowest
+    process's time, and the largest peak memory of any one process (what each device must hold)."""
+    seconds = max(p["train_seconds"] for p in parts)
+    samples, tokens = sum(p["train_samples"] for p in parts), sum(p["train_tokens"] for p in parts)
+    out = {**parts[0], "train_seconds": seconds, "train_samples": samples, "train_tokens": tokens,
+           "train_samples_per_s": samples / max(seconds, 1e-9), "train_tokens_per_s": tokens / max(seconds, 1e-9)}
+    for key in ("cuda_max_allocated_mb", "cuda_max_reserved_mb", "peak_rss_mb"):
+        values = [p[key] for p in parts if p.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
+
+
 def dir_size(path: str | Path) -> int:
     """Bytes of the files under ``path``; symbolic links count as links (the base weights are not copied)."""
     total = 0

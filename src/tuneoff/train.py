@@ -32,7 +32,7 @@ from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.methods import check_budget, get_method
 from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
-from tuneoff.resources import MemoryMeter, Throughput, device_name, dir_size, param_counts, versions
+from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, new_run_id, save_model, write_json
 
 
@@ -261,7 +261,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                     break
             speed.pause()
         bar.close()
-        resources = {**counts, **all_processes(speed, meter, accelerator), "optimizer_steps": state.step,
+        own = {**speed.read(), **meter.read()}
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            own = combine_processes(gather_object([own]))
+        resources = {**counts, **own, "optimizer_steps": state.step,
                      "eval_seconds": state.eval_seconds, "processes": world, "per_device_batch_size": tc.batch_size,
                      "effective_batch_size": tc.batch_size * tc.grad_accum * world,
                      "resumed_from_step": latest.name if latest else None}
@@ -342,25 +347,6 @@ def open_run_directory(cfg: RunConfig, run_id: str, resume: bool, find: bool, ac
     if message[1] is not None:
         raise TuneoffError(message[1])
     return run if accelerator.is_main_process else RunDirectory(Path(cfg.output_dir), message[0])
-
-
-def all_processes(speed: Throughput, meter: MemoryMeter, accelerator) -> dict:
-    """Throughput of all processes together (samples and tokens summed, the slowest process's time) and the
-    largest peak memory of any one process (what each device must hold)."""
-    own = {**speed.read(), **meter.read()}
-    if accelerator.num_processes == 1:
-        return own
-    from accelerate.utils import gather_object
-
-    parts = gather_object([own])
-    seconds = max(p["train_seconds"] for p in parts)
-    samples, tokens = sum(p["train_samples"] for p in parts), sum(p["train_tokens"] for p in parts)
-    out = {**own, "train_seconds": seconds, "train_samples": samples, "train_tokens": tokens,
-           "train_samples_per_s": samples / max(seconds, 1e-9), "train_tokens_per_s": tokens / max(seconds, 1e-9)}
-    for key in ("cuda_max_allocated_mb", "cuda_max_reserved_mb", "peak_rss_mb"):
-        values = [p[key] for p in parts if p.get(key) is not None]
-        out[key] = max(values) if values else None
-    return out
 
 
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
