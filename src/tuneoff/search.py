@@ -116,12 +116,15 @@ def pruning_callback(trial_ref: dict):
     study = optuna.load_study(study_name=trial_ref["study"], storage=_storage(trial_ref["results"]),
                               pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=trial_ref["warmup"]))
     trial = optuna.trial.Trial(study, trial_ref["trial_id"])
+    # A trial resumed from its checkpoint evaluates again at steps it already reported before it was cut off.
+    reported = set(next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_ref["trial_id"]).intermediate_values)
 
     def on_evaluate(step: int, validation: dict) -> None:
         value = validation.get(trial_ref["metric"])
         if value is None:
             return
-        trial.report(float(value), step)
+        if step not in reported:
+            trial.report(float(value), step)
         if trial_ref["pruning"] and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: validation {trial_ref['metric']} {value:.4f} below the "
                                      "median of earlier trials at that step")
