@@ -123,3 +123,18 @@ def test_a_run_no_node_can_place_is_refused(cluster):
         RayExecutor(gpus_per_run=1, say=lambda *_: None)
     with pytest.raises(TuneoffError, match="--num-processes"):
         RayExecutor(gpus_per_run=2, say=lambda *_: None)
+
+
+def test_cli_runs_a_study_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    """As a user runs it: `tuneoff run study.yaml --executor ray` with a relative --results directory (made absolute,
+    since workers may run elsewhere), then the report."""
+    marker.touch()
+    path = study_file(tmp_path, tiny_bert, toy_csv, "cli")
+    proc = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--executor", "ray", "--results", "res"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on ray" in proc.stdout and proc.stdout.count("test accuracy") == 4
+    rows = finished(tmp_path / "res", "cli")
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert all(Path(r["run_dir"]).is_absolute() for r in rows.values())
+    assert (tmp_path / "res" / "cli" / "report" / "report.html").is_file()

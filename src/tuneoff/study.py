@@ -177,7 +177,8 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
             "Pass --yes to run them all, or raise max_runs in the study file."
         )
     store = Store(results)
-    directory = study_dir(results, spec.name)
+    # Absolute: runs may execute on other machines (Ray) whose working directory is not this one.
+    directory = study_dir(Path(results).resolve(), spec.name)
     known = store.study(spec.name)
     if known is not None:
         if known["spec_hash"] != spec.digest():
