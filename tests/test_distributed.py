@@ -113,3 +113,19 @@ def test_readings_of_processes_combine_into_one_run():
     assert (out["train_samples"], out["train_tokens"], out["train_seconds"]) == (152, 1500, 12.0)
     assert out["train_samples_per_s"] == pytest.approx(152 / 12) and out["train_tokens_per_s"] == pytest.approx(125)
     assert out["peak_rss_mb"] == 950.0 and out["cuda_max_allocated_mb"] is None
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU machine Accelerate does run FSDP")
+@pytest.mark.parametrize("version", [1, 2])
+def test_fsdp_config_on_cpu_is_refused_not_silently_unsharded(tiny_bert, split_files, tmp_path, version):
+    """On CPU Accelerate fails deep inside on an FSDP 1 config and silently drops an FSDP 2 config (every process
+    would hold the whole model)."""
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: {version}\n"
+                      "  fsdp_state_dict_type: FULL_STATE_DICT\nmixed_precision: 'no'\nnum_machines: 1\n"
+                      "num_processes: 2\nuse_cpu: true\nmain_process_port: 0\n")
+    done = run_tuneoff(["--num-processes", "2", "--accelerate-config", str(config),
+                        *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8)])
+    assert done.returncode != 0
+    assert "asks for FSDP" in done.stdout + done.stderr and "would not shard the model" in done.stdout + done.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"

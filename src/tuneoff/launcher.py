@@ -24,6 +24,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def check_sharding(on_cpu: bool) -> None:
+    """Refuse an FSDP launch on CPU before Accelerate sees it.
+
+    Accelerate runs FSDP only on GPU-like devices: on a CPU machine an FSDP version 1 config fails deep inside
+    Accelerate, and a version 2 config is silently replaced by plain data-parallel training, every process holding
+    the whole model, which is not what someone who asked for sharding wants."""
+    if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise TuneoffError("The Accelerate config asks for FSDP, but Accelerate shards models with FSDP only on GPUs; "
+                           "on this CPU it would not shard the model. Run FSDP on a GPU machine, or drop "
+                           "--accelerate-config for data-parallel training.")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,6 +30,7 @@ from tuneoff.config import RunConfig
 from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
+from tuneoff.launcher import check_sharding
 from tuneoff.methods import check_budget, get_method
 from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
@@ -96,6 +97,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
     # Accelerate keeps one process-wide state and refuses a second precision; a study trains many runs, each with its
     # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
+    check_sharding(on_cpu=cpu)
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
