@@ -129,3 +129,53 @@ def test_fsdp_config_on_cpu_is_refused_not_silently_unsharded(tiny_bert, split_f
     assert done.returncode != 0
     assert "asks for FSDP" in done.stdout + done.stderr and "would not shard the model" in done.stdout + done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
+
+
+def test_a_decision_on_process_0_stops_every_process(tmp_path):
+    """A search's pruner is asked once, on process 0; what it raises is raised on every process (otherwise process 1
+    trains on alone, waiting forever in the next collective)."""
+    script = tmp_path / "decide.py"
+    script.write_text(
+        "import sys\n"
+        "from accelerate import Accelerator\n"
+        "from tuneoff.train import on_main_process\n"
+        "acc = Accelerator(cpu=True)\n"
+        "calls = []\n"
+        "def decide(step):\n"
+        "    calls.append(step)\n"
+        "    if acc.process_index == 0:\n"
+        "        raise KeyError(f'stop at {step}')\n"
+        "try:\n"
+        "    on_main_process(acc, decide, 4)\n"
+        "except KeyError as exc:\n"
+        "    print(f'rank {acc.process_index}: calls {calls}, raised {exc}', flush=True)\n")
+    from tuneoff.launcher import launch_command
+
+    cmd = launch_command(2, [])[:-2] + [str(script)]  # the script instead of `-m tuneoff`
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0: calls [4], raised 'stop at 4'" in done.stdout
+    assert "rank 1: calls [], raised 'stop at 4'" in done.stdout
+
+
+def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
+    """`tuneoff run study.yaml --processes-per-run 2`: each run of the study trains on 2 processes (the way a
+    multi-GPU machine runs a study of models too big for one GPU), recorded once, with the same report."""
+    from test_study import tiny_study
+
+    path = tiny_study(tmp_path, tiny_bert, toy_csv, name="procs", epochs=2, seeds=[1])
+    done = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("test accuracy") == 2
+    from tuneoff.store import Store
+
+    store = Store(tmp_path / "res")
+    rows = store.runs("procs")
+    store.close()
+    assert {r["status"] for r in rows} == {"done"} and len(rows) == 2
+    for row in rows:
+        resources = json.loads(row["resources"])
+        assert (resources["processes"], resources["effective_batch_size"]) == (2, 32)
+        assert Path(row["run_dir"], "model").is_dir()
+    assert (tmp_path / "res" / "procs" / "report" / "report.html").is_file()

@@ -114,6 +114,27 @@ def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     assert (tmp_path / "res" / "optuna.journal").is_file()
 
 
+def test_two_process_runs_on_ray_a_killed_process_is_retried(cluster, marker, tiny_bert, toy_csv, tmp_path):
+    """Each run a Ray task holding 2 CPUs that trains on 2 processes (gloo); one process of one run is SIGKILLed at
+    step 7: the task is retried and the run resumes from its step-6 checkpoint, still on 2 processes."""
+    marker.unlink()
+    path = study_file(tmp_path, tiny_bert, toy_csv, "procs")
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [1]
+    path.write_text(yaml.safe_dump(spec))
+    lines = []
+    execute(load_spec(path), tmp_path / "r", say=lines.append,
+            executor=RayExecutor(processes_per_run=2, max_retries=2, say=lines.append))
+    assert marker.exists(), "a process was killed"
+    assert any("each run asks for 2 CPUs and 0 GPUs (2 process(es)), 1 at a time" in l for l in lines), lines
+    rows = finished(tmp_path / "r", "procs")
+    assert len(rows) == 2 and {r["status"] for r in rows.values()} == {"done"}, lines
+    resources = [json.loads(r["resources"]) for r in rows.values()]
+    assert {(r["processes"], r["effective_batch_size"]) for r in resources} == {(2, 32)}
+    assert sorted(r["resumed_from_step"] or "" for r in resources) == ["", "step-0000006"]
+    assert sorted(p.name for p in (tmp_path / "r" / "procs" / "runs").iterdir()) == sorted(rows)
+
+
 def test_a_run_no_node_can_place_is_refused(cluster):
     from tuneoff.errors import TuneoffError
 
@@ -121,8 +142,10 @@ def test_a_run_no_node_can_place_is_refused(cluster):
         RayExecutor(cpus_per_run=64, say=lambda *_: None)
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
         RayExecutor(gpus_per_run=1, say=lambda *_: None)
-    with pytest.raises(TuneoffError, match="--num-processes"):
+    with pytest.raises(TuneoffError, match="one process per GPU"):
         RayExecutor(gpus_per_run=2, say=lambda *_: None)
+    with pytest.raises(TuneoffError, match="no run could ever be placed"):
+        RayExecutor(processes_per_run=4, say=lambda *_: None)  # 4 CPU processes on a 2-CPU cluster
 
 
 def test_cli_runs_a_study_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):

@@ -89,9 +89,11 @@ def test_search_respects_a_cost_constraint_and_reports_the_best(tiny_bert, toy_c
         assert "r=16" not in summary
 
 
-def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path, processes):
     """Three earlier trials reported a validation accuracy no run can reach at every step, so the median pruner stops
-    the new trial at its first evaluation; the run is recorded as pruned and leaves no directory behind."""
+    the new trial at its first evaluation; the run is recorded as pruned and leaves no directory behind. On two
+    processes (gloo), process 0 decides and both stop, instead of one waiting for the other forever."""
     storage = _storage(tmp_path)
     study = optuna.create_study(study_name="p:base", storage=storage, direction="maximize")
     for _ in range(3):
@@ -104,7 +106,7 @@ def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path):
     config = expand(spec)[0].config.model_copy(update={"output_dir": str(tmp_path / "runs")})
     ref = {"results": str(tmp_path), "study": "p:base", "trial_id": trial._trial_id, "metric": "accuracy",
            "pruning": True, "warmup": 0}
-    outcome = run_job(Job("p-trial003", config, ref))
+    outcome = run_job(Job("p-trial003", config, ref), processes=processes)
     assert outcome.status == "pruned" and "pruned at step 4" in outcome.error
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
     assert list(study.trials[-1].intermediate_values) == [4], "reported at its first evaluation, then stopped"

@@ -292,8 +292,9 @@ def run_study(
     executor: str = typer.Option("local", help="local: runs one after another here. ray: each run a Ray task (pip install 'tuneoff\\[ray]')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://host:10001, or none to start a local one."),
     cpus_per_run: float = typer.Option(1, help="Ray: CPUs each run asks for."),
-    gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default 1 if the cluster has GPUs, else 0)."),
+    gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default: one per process if the cluster has GPUs, else 0)."),
     max_retries: int = typer.Option(3, help="Ray: retries of a run whose worker died (it resumes from its checkpoint)."),
+    processes_per_run: int = typer.Option(1, help="Train each run data-parallel on this many processes (one per GPU; CPU processes without GPUs)."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
     from tuneoff.study import load_spec
@@ -306,7 +307,7 @@ def run_study(
     from tuneoff.report import build
     from tuneoff.study import execute
 
-    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say)
+    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say, processes_per_run)
     directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
     report = build(spec.name, results)
     console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")

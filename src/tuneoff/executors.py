@@ -55,16 +55,24 @@ def _read_finished(run_id: str, run_dir: Path, seconds: float = 0.0, found: bool
                    read_json(run_dir / "run.json"), seconds=seconds, found_on_disk=found)
 
 
-def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None) -> Outcome:
+class RunProcessesDied(RuntimeError):
+    """The processes of a multi-process run died without reporting (killed, preempted): Ray retries the task."""
+
+
+def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, processes: int = 1) -> Outcome:
     """Train one run (resuming its checkpoint if an earlier attempt left one) and describe how it ended.
 
     Bad input and library errors come back as a ``failed`` outcome (retrying would fail again); only a dead
-    process (a crash, a preempted node) makes Ray retry the task, which then resumes from the last checkpoint."""
+    process (a crash, a preempted node) makes Ray retry the task, which then resumes from the last checkpoint.
+    With ``processes`` > 1 the run trains data-parallel in that many processes started with ``accelerate launch``
+    (see worker.py); they run this same function."""
     from tuneoff.train import train_with_oom_retry
 
     run_dir = Path(job.config.output_dir) / job.run_id
     if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
         return _read_finished(job.run_id, run_dir, found=True)
+    if processes > 1:
+        return _run_in_processes(job, processes, say)
     t0 = time.perf_counter()
     on_evaluate = None
     if job.trial is not None:
@@ -84,14 +92,40 @@ def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None) -
     return _read_finished(job.run_id, result.run_dir, time.perf_counter() - t0)
 
 
+def _run_in_processes(job: Job, processes: int, say: Callable) -> Outcome:
+    import pickle
+    import subprocess
+    import tempfile
+
+    from tuneoff.launcher import die_with_parent, launch_command
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
+        job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
+        job_file.write_bytes(pickle.dumps(job))
+        cmd = launch_command(processes, [str(job_file), str(outcome_file)], module="tuneoff.worker")
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent)
+        outcome = pickle.loads(outcome_file.read_bytes()) if outcome_file.is_file() else None
+    # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective
+    # ("connection reset by peer") and process 0 may report that failure. Only a clean exit (or a finished run) is
+    # the run's own outcome; anything else is a dead process, retried like a dead worker.
+    if outcome is not None and (done.returncode == 0 or outcome.status == "done"):
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+    tail = "\n".join(done.stdout.strip().splitlines()[-15:])
+    say(f"    {job.run_id}: its {processes} processes died (exit code {done.returncode})")
+    raise RunProcessesDied(f"the {processes} processes of run {job.run_id} died without reporting (exit code "
+                           f"{done.returncode}); last output:\n{tail}")
+
+
 class LocalExecutor:
     """Runs jobs in this process, one at a time, in submission order."""
 
     name = "local"
     slots = 1
 
-    def __init__(self, progress: bool = False, say: Callable = print):
-        self.progress, self.say = progress, say
+    def __init__(self, progress: bool = False, say: Callable = print, processes_per_run: int = 1):
+        self.progress, self.say, self.processes = progress, say, processes_per_run
         self.queue: deque[Job] = deque()
 
     def submit(self, job: Job) -> None:
@@ -103,7 +137,10 @@ class LocalExecutor:
 
     def next_done(self) -> tuple[Job, Outcome]:
         job = self.queue.popleft()
-        return job, run_job(job, self.progress, self.say)
+        try:
+            return job, run_job(job, self.progress, self.say, self.processes)
+        except RunProcessesDied as exc:  # no retries here: recorded as failed, `--resume` continues its checkpoint
+            return job, Outcome(job.run_id, "failed", error=str(exc))
 
     def close(self) -> None:
         pass
@@ -117,7 +154,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                 max_retries: int = 3, say: Callable = print):
+                 max_retries: int = 3, say: Callable = print, processes_per_run: int = 1):
+        if processes_per_run < 1:
+            raise TuneoffError(f"--processes-per-run {processes_per_run}: must be at least 1.")
         try:
             import ray
         except ImportError:
@@ -130,27 +169,32 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
                                    "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
-        if gpus_per_run is not None and gpus_per_run > 1:
-            raise TuneoffError(f"--gpus-per-run {gpus_per_run:g}: a study run is one process on one GPU. Run one model on "
-                               "several GPUs with `tuneoff train --num-processes N`; a study spreads its runs over GPUs.")
         cluster = ray.cluster_resources()
-        if gpus_per_run is None:  # one GPU per run where the cluster has GPUs, else CPU-only runs
-            gpus_per_run = 1 if cluster.get("GPU", 0) >= 1 else 0
+        if gpus_per_run is None:  # one GPU per process where the cluster has GPUs, else CPU-only runs
+            gpus_per_run = processes_per_run if cluster.get("GPU", 0) >= 1 else 0
+        if gpus_per_run > 1 and gpus_per_run != processes_per_run or processes_per_run > 1 and 0 < gpus_per_run < processes_per_run:
+            raise TuneoffError(f"--gpus-per-run {gpus_per_run:g} with --processes-per-run {processes_per_run}: a run "
+                               "trains with one process per GPU. Pass --processes-per-run N to give each run N GPUs "
+                               "(or no --gpus-per-run: one GPU per process where the cluster has GPUs).")
+        cpus_per_run = max(cpus_per_run, processes_per_run) if not gpus_per_run else cpus_per_run
         if cpus_per_run > cluster.get("CPU", 0) or gpus_per_run > cluster.get("GPU", 0):
             raise TuneoffError(f"Each run asks for {cpus_per_run} CPUs and {gpus_per_run} GPUs, but the Ray cluster has "
                                f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs in all: no run could "
                                "ever be placed. Lower --cpus-per-run / --gpus-per-run.")
         self.slots = max(1, int(min(cluster.get("CPU", 1) // max(cpus_per_run, 1e-9),
                                     cluster.get("GPU", 0) // gpus_per_run if gpus_per_run else float("inf"))))
-        self.task = ray.remote(_remote_run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
-                                                        max_retries=max_retries, retry_exceptions=False)
+        # A dead worker is retried by Ray; so are a multi-process run's processes dying under a live worker.
+        self.task = ray.remote(_remote_run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries,
+                                                        retry_exceptions=[RunProcessesDied])
+        self.processes = processes_per_run
         self.max_retries = max_retries
         self.inflight: dict = {}
         say(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each run asks for {cpus_per_run:g} "
-            f"CPUs and {gpus_per_run:g} GPUs, {self.slots} at a time; up to {max_retries} retries")
+            f"CPUs and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to "
+            f"{max_retries} retries")
 
     def submit(self, job: Job) -> None:
-        self.inflight[self.task.remote(job)] = job
+        self.inflight[self.task.remote(job, self.processes)] = job
 
     @property
     def pending(self) -> int:
@@ -171,15 +215,18 @@ class RayExecutor:
         self.inflight.clear()
 
 
-def _remote_run_job(job: Job) -> Outcome:
+def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_job(job)
+    return run_job(job, processes=processes)
 
 
 def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                  max_retries: int = 3, progress: bool = False, say: Callable = print):
+                  max_retries: int = 3, progress: bool = False, say: Callable = print, processes_per_run: int = 1):
     if name == "local":
-        return LocalExecutor(progress, say)
+        from tuneoff.launcher import check_processes
+
+        check_processes(processes_per_run, "--processes-per-run")
+        return LocalExecutor(progress, say, processes_per_run)
     if name == "ray":
-        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, say)
+        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, say, processes_per_run)
     raise TuneoffError(f"--executor {name!r}: choose local or ray.")

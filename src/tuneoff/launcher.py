@@ -36,14 +36,25 @@ def check_sharding(on_cpu: bool) -> None:
                            "--accelerate-config for data-parallel training.")
 
 
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, so that the processes of a run started by a Ray task (or
+    by ``accelerate launch``) never outlive a killed worker and race its retry for the same run directory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch_command(num_processes: int, args: list[str], accelerate_config: str | None = None) -> list[str]:
-    """The ``accelerate launch`` command running ``tuneoff <args>`` on ``num_processes`` processes.
+def launch_command(num_processes: int, args: list[str], accelerate_config: str | None = None,
+                   module: str = "tuneoff") -> list[str]:
+    """The ``accelerate launch`` command running ``python -m <module> <args>`` on ``num_processes`` processes.
 
     ``--multi_gpu`` selects Accelerate's torchrun launcher; on a machine without CUDA the processes fall back to
     the CPU and the gloo backend (Accelerate's MULTI_CPU), which is how the tests run it. An Accelerate config file
@@ -54,18 +65,23 @@ def launch_command(num_processes: int, args: list[str], accelerate_config: str |
     else:
         cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(_free_port())]
-    return cmd + ["-m", "tuneoff", *args]
+    return cmd + ["-m", module, *args]
+
+
+def check_processes(num_processes: int, option: str) -> None:
+    """One process per GPU where there are GPUs (CPU processes where there are none)."""
+    if num_processes < 1:
+        raise TuneoffError(f"{option} {num_processes}: must be at least 1.")
+    import torch
+
+    if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
+        raise TuneoffError(f"{option} {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. "
+                           "Use one process per GPU.")
 
 
 def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
     """Run this command again under ``accelerate launch``; returns its exit code."""
-    if num_processes < 1:
-        raise TuneoffError(f"--num-processes {num_processes}: must be at least 1.")
-    import torch
-
-    if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
-        raise TuneoffError(f"--num-processes {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. "
-                           "Use one process per GPU.")
+    check_processes(num_processes, "--num-processes")
     args = _without_option(argv, "--num-processes")
     return subprocess.call(launch_command(num_processes, args, accelerate_config))
 

@@ -240,8 +240,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
                     running_loss.zero_()
                     state.running_loss, state.running_n = 0.0, 0
-                    if on_evaluate is not None:
-                        on_evaluate(state.step, val)
+                    if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
+                        on_main_process(accelerator, on_evaluate, state.step, val)
                     value = val[tc.metric_for_best]
                     if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
                         state.best, state.best_step, state.stale = value, state.step, 0
@@ -331,6 +331,22 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
             run.abandon()
         raise
     return RunResult(final, metrics, resources)
+
+
+def on_main_process(accelerator, fn: Callable, *args) -> None:
+    """Call ``fn`` on process 0 only, and raise what it raised on every process, so that all stop together."""
+    from accelerate.utils import broadcast_object_list
+
+    message = [None]
+    if accelerator.is_main_process:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed to every process, raised there
+            message = [exc]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0] is not None:
+        raise message[0]
 
 
 def open_run_directory(cfg: RunConfig, run_id: str, resume: bool, find: bool, accelerator) -> RunDirectory:
