@@ -1,7 +1,8 @@
 """Where a study's runs execute: in this process, one after another (the default), or as tasks on a Ray cluster.
 
 Both executors run the same function, :func:`run_job`, and hand back the same :class:`Outcome`; the study (and the
-hyper-parameter search) submit jobs and record outcomes without knowing which executor ran them.
+hyper-parameter search) submit jobs and record outcomes without knowing which executor ran them. With
+``processes_per_run`` > 1 a job trains data-parallel in processes started with ``accelerate launch`` (worker.py).
 
 Storage contract (Ray): each run writes its run directory under the study's results directory, which must be on
 storage every node can reach (NFS, a shared volume) — that is what lets a retried run resume from the checkpoint its
