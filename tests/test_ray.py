@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from test_study import tiny_study
+from tuneoff.errors import TuneoffError
 from tuneoff.executors import RayExecutor
 from tuneoff.store import Store
 from tuneoff.study import execute, expand, load_spec
@@ -135,9 +136,37 @@ def test_two_process_runs_on_ray_a_killed_process_is_retried(cluster, marker, ti
     assert sorted(p.name for p in (tmp_path / "r" / "procs" / "runs").iterdir()) == sorted(rows)
 
 
-def test_a_run_no_node_can_place_is_refused(cluster):
-    from tuneoff.errors import TuneoffError
+GPU_NODE = {"CPU": 16, "GPU": 4}
+CPU_NODE = {"CPU": 8}
 
+
+@pytest.mark.parametrize("nodes, asked, expected", [
+    ([GPU_NODE, GPU_NODE], (1, None, 1), (1, 1, 8)),        # one GPU per run by default where there are GPUs
+    ([GPU_NODE, GPU_NODE], (2, None, 4), (2, 4, 2)),        # a run on 4 GPUs: one per node at a time
+    ([GPU_NODE], (1, 0.5, 1), (1, 0.5, 8)),                 # two runs share a GPU
+    ([CPU_NODE, CPU_NODE], (1, None, 2), (2, 0, 8)),        # CPU processes: a CPU each
+    ([CPU_NODE, {"CPU": 2, "GPU": 1}], (1, None, 1), (1, 1, 1)),  # GPUs exist: runs go where they are
+])
+def test_what_each_run_asks_for(nodes, asked, expected):
+    from tuneoff.executors import task_resources
+
+    assert task_resources(nodes, *asked) == expected
+
+
+@pytest.mark.parametrize("nodes, asked, message", [
+    ([{"CPU": 16, "GPU": 1}] * 4, (1, None, 4), "largest node has 16 CPUs and 1 GPUs"),  # 4 GPUs in all, 1 per node
+    ([GPU_NODE], (1, 2, 1), "one process per GPU"),
+    ([GPU_NODE], (1, 1, 2), "one process per GPU"),
+    ([CPU_NODE], (1, None, 16), "no run could ever be placed"),
+])
+def test_runs_no_node_can_hold_are_refused(nodes, asked, message):
+    from tuneoff.executors import task_resources
+
+    with pytest.raises(TuneoffError, match=message):
+        task_resources(nodes, *asked)
+
+
+def test_a_run_no_node_can_place_is_refused(cluster):
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
         RayExecutor(cpus_per_run=64, say=lambda *_: None)
     with pytest.raises(TuneoffError, match="no run could ever be placed"):

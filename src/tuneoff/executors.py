@@ -170,27 +170,16 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
                                    "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
-        cluster = ray.cluster_resources()
-        if gpus_per_run is None:  # one GPU per process where the cluster has GPUs, else CPU-only runs
-            gpus_per_run = processes_per_run if cluster.get("GPU", 0) >= 1 else 0
-        if gpus_per_run > 1 and gpus_per_run != processes_per_run or processes_per_run > 1 and 0 < gpus_per_run < processes_per_run:
-            raise TuneoffError(f"--gpus-per-run {gpus_per_run:g} with --processes-per-run {processes_per_run}: a run "
-                               "trains with one process per GPU. Pass --processes-per-run N to give each run N GPUs "
-                               "(or no --gpus-per-run: one GPU per process where the cluster has GPUs).")
-        cpus_per_run = max(cpus_per_run, processes_per_run) if not gpus_per_run else cpus_per_run
-        if cpus_per_run > cluster.get("CPU", 0) or gpus_per_run > cluster.get("GPU", 0):
-            raise TuneoffError(f"Each run asks for {cpus_per_run} CPUs and {gpus_per_run} GPUs, but the Ray cluster has "
-                               f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs in all: no run could "
-                               "ever be placed. Lower --cpus-per-run / --gpus-per-run.")
-        self.slots = max(1, int(min(cluster.get("CPU", 1) // max(cpus_per_run, 1e-9),
-                                    cluster.get("GPU", 0) // gpus_per_run if gpus_per_run else float("inf"))))
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        cpus_per_run, gpus_per_run, self.slots = task_resources(nodes, cpus_per_run, gpus_per_run, processes_per_run)
         # A dead worker is retried by Ray; so are a multi-process run's processes dying under a live worker.
         self.task = ray.remote(_remote_run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries,
                                                         retry_exceptions=[RunProcessesDied])
         self.processes = processes_per_run
         self.max_retries = max_retries
         self.inflight: dict = {}
-        say(f"ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; each run asks for {cpus_per_run:g} "
+        say(f"ray: {len(nodes)} node(s), {sum(n.get('CPU', 0) for n in nodes):g} CPUs, {sum(n.get('GPU', 0) for n in nodes):g} "
+            f"GPUs; each run asks for {cpus_per_run:g} "
             f"CPUs and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to "
             f"{max_retries} retries")
 
@@ -214,6 +203,29 @@ class RayExecutor:
         for ref in self.inflight:
             self.ray.cancel(ref, force=True)
         self.inflight.clear()
+
+
+def task_resources(nodes: list[dict], cpus: float, gpus: float | None, processes: int) -> tuple[float, float, int]:
+    """What each run's task asks for, and how many runs the cluster holds at once, from each live node's resources.
+
+    A run's processes share one machine (one ``accelerate launch``), one GPU each where there are GPUs, so the
+    check is against single nodes: 4 nodes with 1 GPU each cannot place a run that needs 4 GPUs."""
+    if gpus is None:  # one GPU per process where the cluster has GPUs, else CPU-only runs
+        gpus = processes if any(n.get("GPU", 0) >= 1 for n in nodes) else 0
+    if gpus > 1 and gpus != processes or processes > 1 and 0 < gpus < processes:
+        raise TuneoffError(f"--gpus-per-run {gpus:g} with --processes-per-run {processes}: a run trains with one "
+                           "process per GPU. Pass --processes-per-run N to give each run N GPUs (or no --gpus-per-run: "
+                           "one GPU per process where the cluster has GPUs).")
+    if not gpus:
+        cpus = max(cpus, processes)  # a CPU process each
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
+    if not fits:
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise TuneoffError(f"Each run asks for {cpus:g} CPUs and {gpus:g} GPUs on one node, but the Ray cluster's "
+                           f"largest node has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs: no run "
+                           "could ever be placed. Lower --cpus-per-run / --gpus-per-run / --processes-per-run.")
+    slots = sum(int(min(n.get("CPU", 0) // max(cpus, 1e-9), n.get("GPU", 0) // gpus if gpus else float("inf"))) for n in fits)
+    return cpus, gpus, max(1, slots)
 
 
 def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
