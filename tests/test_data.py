@@ -17,10 +17,38 @@ def test_rotten_tomatoes_offline_drops_plot_rows_and_splits_deterministically():
     sizes = {s: len(df) for s, df in corpus.splits.items()}
     assert sum(sizes.values()) == 7403 + 5405  # fresh + rotten; the 1,097 plot rows are gone
     assert corpus.label_names == ["fresh", "rotten"]
-    assert abs(sizes["test"] - 0.1 * sum(sizes.values())) <= 1
+    assert abs(sizes["test"] - 0.1 * sum(sizes.values())) <= 10  # less the test rows whose text is also in train
     again = load_corpus(DataConfig(name="rotten_tomatoes"))
     assert list(again.splits["test"]["id"]) == list(corpus.splits["test"]["id"])
     assert not set(corpus.splits["train"]["id"]) & set(corpus.splits["test"]["id"])
+
+
+@pytest.mark.parametrize("name", ["rotten_tomatoes", "bbc_news"])
+def test_splits_tuneoff_makes_share_no_text(name):
+    """Both corpora repeat some texts; a split made here keeps the copies of a text on one side."""
+    from tuneoff.data import text_keys
+
+    corpus = load_corpus(DataConfig(name=name))
+    keys = {split: set(text_keys(df)) for split, df in corpus.splits.items()}
+    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"] and not keys["validation"] & keys["test"]
+    assert any("whose text is also in train moved to train" in note for note in corpus.notes), corpus.notes
+
+
+def test_split_keeps_copies_together_and_every_row(tmp_path):
+    rows = [{"text": f"review number {i}", "label": "pos" if i % 2 else "neg"} for i in range(200)]
+    rows += [{"text": f"REVIEW  number {i}", "label": "pos" if i % 2 else "neg"} for i in range(0, 200, 5)]  # 40 copies
+    pd.DataFrame(rows).to_csv(tmp_path / "all.csv", index=False)
+    corpus = load_corpus(DataConfig(name=str(tmp_path / "all.csv")))
+    from tuneoff.data import text_keys
+
+    train, validation = corpus.splits["train"], corpus.splits["validation"]  # one file: test is the validation split
+    assert len(train) + len(validation) == 240, "no row dropped"
+    assert not set(text_keys(train)) & set(text_keys(validation))
+    assert any("6 validation row(s) whose text is also in train moved" in n for n in corpus.notes), corpus.notes
+    # Without copies the split is the plain stratified one.
+    pd.DataFrame(rows[:200]).to_csv(tmp_path / "unique.csv", index=False)
+    plain = load_corpus(DataConfig(name=str(tmp_path / "unique.csv")))
+    assert len(plain.splits["validation"]) == 20 and not any("moved" in n for n in plain.notes)
 
 
 @pytest.mark.parametrize("name, train, test, classes", [("reuters_r8", 5485, 2189, 8), ("20newsgroups", 11293, 7528, 20)])

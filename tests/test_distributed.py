@@ -148,7 +148,9 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
         "try:\n"
         "    on_main_process(acc, decide, 4)\n"
         "except KeyError as exc:\n"
-        "    print(f'rank {acc.process_index}: calls {calls}, raised {exc}', flush=True)\n")
+        "    print(f'rank {acc.process_index}: calls {calls}, raised {exc}', flush=True)\n"
+        "from tuneoff.launcher import end_processes\n"
+        "end_processes()\n")
     from tuneoff.launcher import launch_command
 
     cmd = launch_command(2, [])[:-2] + [str(script)]  # the script instead of `-m tuneoff`

@@ -89,7 +89,7 @@ def train(
     import sys
 
     from tuneoff.config import load_config
-    from tuneoff.launcher import is_main_process, launched, relaunch
+    from tuneoff.launcher import end_processes, is_main_process, launched, relaunch
 
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
     if num_processes > 1 and not launched():
@@ -97,7 +97,10 @@ def train(
     _quiet_libraries()
     from tuneoff.train import train_with_oom_retry
 
-    result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
+    try:
+        result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
+    finally:
+        end_processes()
     if is_main_process():
         console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
         console().print(f"run saved to [bold]{escape(str(result.run_dir))}[/]")

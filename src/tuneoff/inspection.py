@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from tuneoff.data import SPLITS, Corpus
+from tuneoff.data import SPLITS, Corpus, text_keys
 
 CANDIDATES = (32, 64, 128, 256, 384, 512)
 IMBALANCE_RATIO = 3.0  # flag when the largest class is this many times the smallest
@@ -31,10 +31,6 @@ def _stats(values: np.ndarray) -> dict:
             "p99": float(np.percentile(values, 99)), "max": int(values.max()), "mean": float(values.mean())}
 
 
-def _norm(texts: pd.Series) -> pd.Series:
-    return texts.str.lower().str.split().str.join(" ")
-
-
 def recommend_max_length(lengths: np.ndarray, model_max: int) -> int:
     p99 = float(np.percentile(lengths, 99))
     return int(min(model_max, max(8, math.ceil(p99 / 8) * 8)))
@@ -47,12 +43,12 @@ def inspect_corpus(corpus: Corpus, tokenizer, model_max: int = 512) -> dict:
     for split in SPLITS:
         df = corpus.splits[split]
         text = df["text"] + ((" [SEP] " + df["text_pair"]) if "text_pair" in df.columns else "")
-        keys[split] = set(_norm(text))
+        keys[split] = set(text_keys(df))
         tok = token_lengths(df, tokenizer)
         lengths[split] = tok
         counts = df["label"].value_counts()
         shares = (counts / len(df)).round(4)
-        dup = int(_norm(text).duplicated().sum())
+        dup = int(text_keys(df).duplicated().sum())
         report["splits"][split] = {
             "rows": len(df),
             "labels": {k: {"count": int(counts[k]), "share": float(shares[k])} for k in counts.index},

@@ -36,6 +36,15 @@ def check_sharding(on_cpu: bool) -> None:
                            "--accelerate-config for data-parallel training.")
 
 
+def end_processes() -> None:
+    """Leave the process group before this process exits. A process that exits with gloo's threads still running
+    can abort ("terminate called without an active exception"): a clean run would read as a crashed one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def die_with_parent() -> None:
     """Linux: SIGKILL this process when its parent dies, so that the processes of a run started by a Ray task (or
     by ``accelerate launch``) never outlive a killed worker and race its retry for the same run directory."""

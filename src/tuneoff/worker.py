@@ -16,15 +16,18 @@ from pathlib import Path
 
 def main(job_file: str, outcome_file: str) -> None:
     from tuneoff.executors import run_job
-    from tuneoff.launcher import die_with_parent, is_main_process
+    from tuneoff.launcher import die_with_parent, end_processes, is_main_process
 
     die_with_parent()
     job = pickle.loads(Path(job_file).read_bytes())
-    outcome = run_job(job)
-    if is_main_process():
-        tmp = Path(outcome_file + ".tmp")
-        tmp.write_bytes(pickle.dumps(outcome))
-        os.replace(tmp, outcome_file)
+    try:
+        outcome = run_job(job)
+        if is_main_process():
+            tmp = Path(outcome_file + ".tmp")
+            tmp.write_bytes(pickle.dumps(outcome))
+            os.replace(tmp, outcome_file)
+    finally:
+        end_processes()
 
 
 if __name__ == "__main__":
