@@ -181,3 +181,35 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
         assert (resources["processes"], resources["effective_batch_size"]) == (2, 32)
         assert Path(row["run_dir"], "model").is_dir()
     assert (tmp_path / "res" / "procs" / "report" / "report.html").is_file()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_run_s_processes_die_with_the_worker_that_started_them(tmp_path):
+    """A Ray worker SIGKILLed mid-run must not leave the run's processes training on, racing its retry."""
+    import signal
+    import time
+
+    worker = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys, time\n"
+                               "from tuneoff.launcher import tied_to_this_process\n"
+                               "child = subprocess.Popen(tied_to_this_process(['sleep', '120']))\n"
+                               "print(child.pid, flush=True)\n"
+                               "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    child = int(worker.stdout.readline())
+
+    def alive() -> bool:  # a killed child not yet reaped is a zombie: dead
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    time.sleep(0.5)
+    assert alive()
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    for _ in range(50):
+        if not alive():
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the run's process outlived the worker that started it")

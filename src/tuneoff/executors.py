@@ -98,14 +98,14 @@ def _run_in_processes(job: Job, processes: int, say: Callable) -> Outcome:
     import subprocess
     import tempfile
 
-    from tuneoff.launcher import die_with_parent, launch_command
+    from tuneoff.launcher import launch_command, tied_to_this_process
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
         job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
         job_file.write_bytes(pickle.dumps(job))
-        cmd = launch_command(processes, [str(job_file), str(outcome_file)], module="tuneoff.worker")
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent)
+        cmd = tied_to_this_process(launch_command(processes, [str(job_file), str(outcome_file)], module="tuneoff.worker"))
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         outcome = pickle.loads(outcome_file.read_bytes()) if outcome_file.is_file() else None
     # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective
     # ("connection reset by peer") and process 0 may report that failure. Only a clean exit (or a finished run) is

@@ -55,6 +55,16 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# Executed in the child before it becomes the command: the parent-death signal survives exec (unlike preexec_fn,
+# which Python documents as unsafe in a threaded parent such as a Ray worker).
+_TIED = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def tied_to_this_process(cmd: list[str]) -> list[str]:
+    """``cmd``, made to die (SIGKILL) when this process dies, on Linux; unchanged elsewhere."""
+    return [sys.executable, "-c", _TIED, *cmd] if sys.platform.startswith("linux") else cmd
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
