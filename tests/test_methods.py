@@ -93,6 +93,34 @@ def test_lorafa_freezes_a_and_uses_peft_optimizer(tiny_bert):
     assert all(p.requires_grad for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_lorafa_does_not_decay_biases_and_steps_like_peft_on_lora(tiny_bert):
+    """Biases/LayerNorm leave peft's single decayed group; LoRA's B still gets peft's corrected update, exactly."""
+    import copy
+
+    import torch
+    from peft.optimizers import create_lorafa_optimizer
+
+    model, method, params, _ = prepared(tiny_bert, "lora_fa", r=4)
+    twin = copy.deepcopy(model)
+    ours = method.optimizer(model, params, lr=1e-2, weight_decay=0.1, fused=False)
+    theirs = create_lorafa_optimizer(model=twin, r=4, lora_alpha=params.alpha, lr=1e-2, weight_decay=0.1)
+    decay = {n: g["weight_decay"] for g in ours.param_groups for n in g["names"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert decay[name] == (0.0 if p.ndim < 2 else 0.1), name
+    batch = {"input_ids": torch.randint(5, model.config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0)),
+             "labels": torch.tensor([0, 1, 0, 1])}
+    for m, opt in ((model, ours), (twin, theirs)):
+        m.eval()  # no dropout: the same gradients in both
+        m(**batch).loss.backward()
+        opt.step()
+    for (name, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        if "lora_B" in name or (a.requires_grad and a.ndim >= 2):
+            torch.testing.assert_close(a, b, msg=name)
+        elif a.requires_grad:  # not decayed here, decayed by peft
+            assert not torch.equal(a, b), name
+
+
 def test_default_optimizer_does_not_decay_biases_or_layernorm(tiny_bert):
     model, method, params, _ = prepared(tiny_bert, "partial", k=1)
     opt = method.optimizer(model, params, lr=1e-4, weight_decay=0.05, fused=False)

@@ -2,7 +2,8 @@
 
 A stays frozen at its random projection and only B (and the head) trains, so backward need not keep the
 layer input for dA; peft's ``LoraFAOptimizer`` corrects B's gradient as g_B (r/alpha)^2 (A A^T)^-1 to
-approximate full-rank training. Note: its AdamW applies weight decay to every trainable tensor.
+approximate full-rank training. peft gives every tensor one weight decay; tuneoff, as for every method, does not
+decay biases and LayerNorm weights (BERT's recipe), so they move to a group of their own.
 """
 
 from __future__ import annotations
@@ -31,5 +32,17 @@ class LoraFA(Lora):
 
     def optimizer(self, model, params, lr, weight_decay, fused):
         from peft.optimizers import create_lorafa_optimizer
+        from peft.optimizers.lorafa import LoraFAOptimizer
 
-        return create_lorafa_optimizer(model=model, r=params.r, lora_alpha=params.alpha, lr=lr, weight_decay=weight_decay)
+        [group] = create_lorafa_optimizer(model=model, r=params.r, lora_alpha=params.alpha, lr=lr,
+                                          weight_decay=weight_decay).param_groups
+        # LoRA-FA's step pairs each lora_A with the lora_B after it, so LoRA tensors stay together, in order.
+        one_d = [i for i, (n, p) in enumerate(zip(group["names"], group["params"])) if p.ndim < 2 and "lora" not in n]
+
+        def part(indices, decay):
+            per_tensor = ("params", "names", "scaling_factors")
+            return {**{k: v for k, v in group.items() if k not in per_tensor},
+                    **{k: [group[k][i] for i in indices] for k in per_tensor}, "weight_decay": decay}
+
+        rest = [i for i in range(len(group["params"])) if i not in set(one_d)]
+        return LoraFAOptimizer([part(rest, weight_decay), part(one_d, 0.0)])
