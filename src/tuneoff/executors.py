@@ -178,10 +178,9 @@ class RayExecutor:
         self.processes = processes_per_run
         self.max_retries = max_retries
         self.inflight: dict = {}
-        say(f"ray: {len(nodes)} node(s), {sum(n.get('CPU', 0) for n in nodes):g} CPUs, {sum(n.get('GPU', 0) for n in nodes):g} "
-            f"GPUs; each run asks for {cpus_per_run:g} "
-            f"CPUs and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to "
-            f"{max_retries} retries")
+        total_cpus, total_gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+        say(f"ray: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs; each run asks for {cpus_per_run:g} CPUs "
+            f"and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to {max_retries} retries")
 
     def submit(self, job: Job) -> None:
         self.inflight[self.task.remote(job, self.processes)] = job

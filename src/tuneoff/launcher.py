@@ -46,8 +46,8 @@ def end_processes() -> None:
 
 
 def die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies, so that the processes of a run started by a Ray task (or
-    by ``accelerate launch``) never outlive a killed worker and race its retry for the same run directory."""
+    """Linux: SIGKILL this process when its parent (``accelerate launch``) dies, so that a run's processes never
+    outlive a killed worker and race its retry for the same run directory (see :func:`tied_to_this_process`)."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
