@@ -209,10 +209,14 @@ def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
 MIN_ROWS = 4
 
 
+def joined_text(df: pd.DataFrame) -> pd.Series:
+    """Each example's text, with its pair (if any) after a separator."""
+    return df["text"] + ((" [SEP] " + df["text_pair"]) if "text_pair" in df.columns else "")
+
+
 def text_keys(df: pd.DataFrame) -> pd.Series:
     """What makes two examples the same: their text (and pair), lower-cased, whitespace collapsed."""
-    text = df["text"] + ((" [SEP] " + df["text_pair"]) if "text_pair" in df.columns else "")
-    return text.str.lower().str.split().str.join(" ")
+    return joined_text(df).str.lower().str.split().str.join(" ")
 
 
 def _split_apart(df: pd.DataFrame, seed: int, size: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from tuneoff.data import SPLITS, Corpus, text_keys
+from tuneoff.data import SPLITS, Corpus, joined_text, text_keys
 
 CANDIDATES = (32, 64, 128, 256, 384, 512)
 IMBALANCE_RATIO = 3.0  # flag when the largest class is this many times the smallest
@@ -42,13 +42,13 @@ def inspect_corpus(corpus: Corpus, tokenizer, model_max: int = 512) -> dict:
     keys = {}
     for split in SPLITS:
         df = corpus.splits[split]
-        text = df["text"] + ((" [SEP] " + df["text_pair"]) if "text_pair" in df.columns else "")
-        keys[split] = set(text_keys(df))
+        text, split_keys = joined_text(df), text_keys(df)
+        keys[split] = set(split_keys)
         tok = token_lengths(df, tokenizer)
         lengths[split] = tok
         counts = df["label"].value_counts()
         shares = (counts / len(df)).round(4)
-        dup = int(text_keys(df).duplicated().sum())
+        dup = int(split_keys.duplicated().sum())
         report["splits"][split] = {
             "rows": len(df),
             "labels": {k: {"count": int(counts[k]), "share": float(shares[k])} for k in counts.index},

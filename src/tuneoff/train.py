@@ -95,9 +95,9 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
     if tc.device == "cuda" and not torch.cuda.is_available():
         raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
+    check_sharding(on_cpu=cpu)
     # Accelerate keeps one process-wide state and refuses a second precision; a study trains many runs, each with its
     # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
-    check_sharding(on_cpu=cpu)
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))

@@ -3,7 +3,8 @@
 An executor (local or a Ray task) starts ``accelerate launch -m tuneoff.worker <job> <outcome>``; every process
 loads the pickled :class:`~tuneoff.executors.Job`, runs it with :func:`~tuneoff.executors.run_job` (the same
 function a single-process run uses), and process 0 writes the :class:`~tuneoff.executors.Outcome` back. No outcome
-file means the processes died (killed, preempted): the executor treats that as a dead worker and retries.
+file, or a non-zero exit with an unfinished run, means a process died (killed, preempted): the executor treats that
+as a dead worker and retries.
 """
 
 from __future__ import annotations

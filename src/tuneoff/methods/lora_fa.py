@@ -37,12 +37,11 @@ class LoraFA(Lora):
         [group] = create_lorafa_optimizer(model=model, r=params.r, lora_alpha=params.alpha, lr=lr,
                                           weight_decay=weight_decay).param_groups
         # LoRA-FA's step pairs each lora_A with the lora_B after it, so LoRA tensors stay together, in order.
-        one_d = [i for i, (n, p) in enumerate(zip(group["names"], group["params"])) if p.ndim < 2 and "lora" not in n]
+        no_decay = [p.ndim < 2 and "lora" not in n for n, p in zip(group["names"], group["params"])]
+        per_tensor = ("params", "names", "scaling_factors")
 
-        def part(indices, decay):
-            per_tensor = ("params", "names", "scaling_factors")
-            return {**{k: v for k, v in group.items() if k not in per_tensor},
-                    **{k: [group[k][i] for i in indices] for k in per_tensor}, "weight_decay": decay}
+        def part(undecayed: bool, decay: float) -> dict:
+            return {**{k: v for k, v in group.items() if k not in per_tensor}, "weight_decay": decay,
+                    **{k: [x for x, nd in zip(group[k], no_decay) if nd == undecayed] for k in per_tensor}}
 
-        rest = [i for i in range(len(group["params"])) if i not in set(one_d)]
-        return LoraFAOptimizer([part(rest, weight_decay), part(one_d, 0.0)])
+        return LoraFAOptimizer([part(False, weight_decay), part(True, 0.0)])
