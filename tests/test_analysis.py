@@ -1,25 +1,16 @@
-"""Statistics checked against values computed by hand on small fixed inputs."""
+"""Error analysis and calibration checked against values computed by hand on small fixed inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import hypergeom
 
-from tuneoff.analysis import (Condition, bootstrap_ci, error_analysis, error_overlap, expected_calibration_error,
-                              mcnemar_exact, paired_bootstrap_diff, pareto_front)
-
-
-def test_mcnemar_exact_by_hand():
-    # a right & b wrong on 1 example, a wrong & b right on 6: exact two-sided p = 2 * P(X <= 1 | n=7, 1/2)
-    #   = 2 * (C(7,0) + C(7,1)) / 2^7 = 2 * 8 / 128 = 0.125
-    a = np.array([1] * 10 + [1] + [0] * 6 + [0] * 3)
-    b = np.array([1] * 10 + [0] + [1] * 6 + [0] * 3)
-    res = mcnemar_exact(a, b)
-    assert res["table"] == [[10, 1], [6, 3]]
-    assert res["p_value"] == pytest.approx(0.125)
-    # b = c = 0: identical correctness, no evidence of a difference.
-    assert mcnemar_exact(a, a)["p_value"] == 1.0
+from tuneoff.analysis import Condition
+from tuneoff.mistakes import (confident_errors, disagreements, error_overlap, error_shares, probability_gaps,
+                              word_rank_stability, word_statistics)
+from tuneoff.significance import expected_calibration_error, pareto_front
 
 
 def test_ece_by_hand():
@@ -32,49 +23,74 @@ def test_ece_by_hand():
     assert expected_calibration_error(np.array([1.0, 1.0, 0.5, 0.5]), np.array([1, 1, 1, 0]))[0] == pytest.approx(0.0)
 
 
-def test_bootstrap_cis():
-    values = np.array([1] * 80 + [0] * 20, dtype=float)
-    lo, hi = bootstrap_ci(values)
-    assert lo < 0.8 < hi and hi - lo < 0.2
-    # The normal-approximation 95% interval is 0.8 +- 1.96 * sqrt(0.8 * 0.2 / 100) = [0.72, 0.88]; BCa is close.
-    assert lo == pytest.approx(0.72, abs=0.025) and hi == pytest.approx(0.88, abs=0.025)
-    assert bootstrap_ci(np.ones(10)) == (1.0, 1.0)
-    diff, lo, hi = paired_bootstrap_diff(values, values)
-    assert (diff, lo, hi) == (0.0, 0.0, 0.0)
-    better = values.copy()
-    better[80:95] = 1  # 15 more right out of 100
-    diff, lo, hi = paired_bootstrap_diff(better, values)
-    assert diff == pytest.approx(0.15) and 0.05 < lo < 0.15 < hi
-
-
 def test_pareto_front_by_hand():
     points = [("full", 0.90, 100.0), ("lora", 0.89, 40.0), ("head", 0.70, 5.0), ("bad", 0.85, 60.0)]
     assert pareto_front(points) == {"full", "lora", "head"}  # "bad" is beaten by lora on both
 
 
-def _condition(rows, name="m"):
-    preds = pd.DataFrame(rows, columns=["id", "text", "true_label", "pred_label", "prob_a", "prob_b"])
-    return Condition(name, name, {}, name, [{"seed": 1, "predictions": preds, "metrics": {}, "resources": {}, "history": []}])
+def _condition(rows, name="m", seeds=1, pair=False):
+    cols = ["id", "text", "true_label", "pred_label", "prob_a", "prob_b"]
+    preds = pd.DataFrame(rows, columns=cols)
+    if pair:
+        preds.insert(2, "text_pair", ["" for _ in rows])
+    runs = [{"seed": s + 1, "predictions": preds.copy(), "metrics": {}, "resources": {}, "history": []} for s in range(seeds)]
+    return Condition(name, name, {}, name, runs)
 
 
-def test_error_analysis_by_hand():
-    c = _condition([
-        ("1", "terrible awful plot", "a", "b", 0.2, 0.8),
-        ("2", "awful boring", "a", "b", 0.4, 0.6),
-        ("3", "awful acting", "b", "a", 0.7, 0.3),
-        ("4", "great fun", "a", "a", 0.9, 0.1),
-        ("5", "great plot", "b", "b", 0.1, 0.9),
-        ("6", "awful great", "b", "b", 0.2, 0.8),
-    ])
-    e = error_analysis(c, min_count=2)
-    assert e["errors"] == 3 and e["error_ids"] == {"1", "2", "3"}
-    assert e["from_share"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}
-    assert e["to_share"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)}
-    # "awful" is in all 3 errors and 1 of 3 correct: ratio (3+1)/(3+1) / ((1+1)/(3+1)) = 2.0
-    top = e["overrepresented_words"][0]
-    assert (top["word"], top["in_errors"], top["in_correct"], top["ratio"]) == ("awful", 3, 1, pytest.approx(2.0))
-    # Mean predicted probability of a: (0.2+0.4+0.7+0.9+0.1+0.2)/6 = 0.4166..; true share of a: 3/6.
-    assert e["probability_gap"]["a"] == pytest.approx(2.5 / 6 - 0.5)
-    other = error_analysis(_condition([("1", "x", "a", "b", 0.1, 0.9), ("4", "y", "a", "b", 0.1, 0.9)]), min_count=1)
-    overlap = error_overlap({"m": e, "n": other})
-    assert overlap.iloc[0].to_dict() == {"a": "m", "b": "n", "errors_a": 3, "errors_b": 2, "shared": 1, "jaccard": 0.25}
+ROWS = [
+    ("1", "terrible awful plot", "a", "b", 0.2, 0.8),
+    ("2", "awful boring", "a", "b", 0.4, 0.6),
+    ("3", "the awful acting", "b", "a", 0.7, 0.3),
+    ("4", "great fun", "a", "a", 0.9, 0.1),
+    ("5", "great plot", "b", "b", 0.1, 0.9),
+    ("6", "awful great", "b", "b", 0.2, 0.8),
+]
+
+
+def test_shares_gaps_and_confident_errors_by_hand():
+    c = _condition(ROWS, seeds=2)
+    s = error_shares(c)
+    assert s["errors_per_seed"] == 3
+    assert s["from_share"] == {"a": pytest.approx(2 / 3), "b": pytest.approx(1 / 3)}
+    assert s["to_share"] == {"a": pytest.approx(1 / 3), "b": pytest.approx(2 / 3)}
+    # p(pred) - p(true) on the misclassified: 0.8-0.2, 0.6-0.4, 0.7-0.3, in each of the 2 seeds.
+    assert sorted(probability_gaps(c)) == pytest.approx(sorted([0.6, 0.2, 0.4] * 2))
+    top = confident_errors(c, k=2)
+    assert list(top["id"]) == ["1", "3"] and list(top["probability"]) == [0.8, 0.7]  # each example once
+
+
+def test_words_need_counts_and_leave_out_stop_words():
+    c = _condition(ROWS)
+    table = word_statistics(c, min_count=2)
+    # Only "awful" occurs in >= 2 errors ("the" is a stop-word). In 3 of 3 errors and 1 of 3 correct examples.
+    assert list(table["word"]) == ["awful"]
+    row = table.iloc[0]
+    assert (row.in_errors, row.in_correct) == (3, 1)
+    assert row.ratio == pytest.approx(((3 + 1) / 4) / ((1 + 1) / 4))  # add-one smoothed: 2.0
+    # Fisher's exact one-sided p: P(X >= 3) for X ~ hypergeometric(6 examples, 4 with the word, 3 errors drawn).
+    assert row.p_value == pytest.approx(hypergeom(6, 4, 3).sf(2))
+    assert not row.supported  # p = 0.2: six examples do not support any word
+    assert word_statistics(c, min_count=5).empty
+
+
+def test_words_read_both_texts_of_a_pair():
+    rows = [(str(i), "same premise", "a", "b" if i < 8 else "a", 0.4, 0.6) for i in range(16)]
+    c = _condition(rows, pair=True)
+    c.runs[0]["predictions"]["text_pair"] = ["cats sleep" if i < 8 else "dogs bark" for i in range(16)]
+    table = word_statistics(c, min_count=5).set_index("word")
+    assert {"cats", "sleep"} <= set(table.index)
+    assert table.loc["cats", "in_errors"] == 8 and table.loc["cats", "in_correct"] == 0
+    assert bool(table.loc["cats", "supported"])  # 8 of 8 errors, 0 of 8 correct: p = 1 / C(16, 8)
+    stability = word_rank_stability({"x": table.reset_index(), "y": table.reset_index()})
+    assert stability["mean"] is None or stability["mean"] == pytest.approx(1.0)
+
+
+def test_overlap_and_disagreements_by_hand():
+    c = _condition(ROWS, name="m")
+    other = _condition([(i, t, y, "a", 0.9, 0.1) for i, t, y, *_ in ROWS], name="n")  # always predicts a
+    overlap = error_overlap([c, other])
+    # m wrong on {1,2,3}, n wrong on {3,5,6}: shared {3}, union 5.
+    assert overlap.iloc[0].to_dict() == {"a": "m", "b": "n", "errors_a": 3, "errors_b": 3, "shared": 1, "jaccard": 0.2}
+    dis = disagreements([c, other])
+    assert set(dis["id"]) == {"1", "2", "5", "6"}
+    assert dis.set_index("id").loc["1", "right"] == "n" and dis.set_index("id").loc["5", "wrong"] == "n"

@@ -31,7 +31,8 @@ def prepared(model_dir, method, **params):
 
 def test_hand_count_matches_the_model(tiny_bert):
     model, *_ = prepared(tiny_bert, "full")
-    assert param_counts(model) == {"trainable_params": TOTAL, "total_params": TOTAL, "trainable_pct": 100.0}
+    assert param_counts(model) == {"trainable_params": TOTAL, "total_params": TOTAL, "trainable_pct": 100.0,
+                                   "trained_bytes": 4 * TOTAL}
     assert TOTAL == 21314
 
 
@@ -40,8 +41,9 @@ def test_hand_count_matches_the_model(tiny_bert):
     [
         ("full", {}, TOTAL),
         ("head", {}, CLASSIFIER),
-        ("partial", {"k": 1}, LAYER + CLASSIFIER),
-        ("partial", {"k": 2}, 2 * LAYER + CLASSIFIER),
+        # Partial trains everything above its frozen layers: the top k layers, BERT's pooler and the head.
+        ("partial", {"k": 1}, LAYER + POOLER + CLASSIFIER),
+        ("partial", {"k": 2}, 2 * LAYER + POOLER + CLASSIFIER),
         # LoRA on query and value: each adds A (r x H) and B (H x r).
         ("lora", {"r": 4}, L * 2 * (4 * H + H * 4) + CLASSIFIER),
         ("lora", {"r": 8}, L * 2 * (8 * H + H * 8) + CLASSIFIER),
@@ -62,7 +64,73 @@ def test_exact_trainable_parameters(tiny_bert, method, params, expected):
 def test_partial_trains_exactly_the_top_layers_and_head(tiny_bert):
     model, *_ = prepared(tiny_bert, "partial", k=1)
     trainable = {n.split(".weight")[0].split(".bias")[0] for n, p in model.named_parameters() if p.requires_grad}
-    assert all(n.startswith(("bert.encoder.layer.1.", "classifier")) for n in trainable)
+    assert all(n.startswith(("bert.encoder.layer.1.", "bert.pooler.", "classifier")) for n in trainable)
+    assert "bert.pooler.dense" in trainable
+
+
+def _tiny(family: str):
+    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
+                              DistilBertConfig, DistilBertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
+                              RobertaConfig, RobertaForSequenceClassification)
+
+    common = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    return {
+        "bert": lambda: BertForSequenceClassification(BertConfig(**common)),
+        "distilbert": lambda: DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=32, n_layers=3, n_heads=2, hidden_dim=64)),
+        "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**common)),
+        "deberta-v2": lambda: DebertaV2ForSequenceClassification(DebertaV2Config(**common, relative_attention=True, pos_att_type=["p2c", "c2p"], pooler_hidden_size=32)),
+        "mpnet": lambda: MPNetForSequenceClassification(MPNetConfig(**common)),
+    }[family]()
+
+
+# Per family: what must train above the top layer (pooler, pre-classifier, head) and what sits below it and must not
+# (embeddings; encoder-level tensors every layer reads).
+FAMILIES = {
+    "bert": (["bert.pooler.dense.weight", "classifier.weight"], ["bert.embeddings.word_embeddings.weight"]),
+    "distilbert": (["pre_classifier.weight", "classifier.weight"], ["distilbert.embeddings.position_embeddings.weight"]),
+    "roberta": (["classifier.dense.weight", "classifier.out_proj.weight"], ["roberta.embeddings.word_embeddings.weight"]),
+    "deberta-v2": (["pooler.dense.weight", "classifier.weight"], ["deberta.encoder.rel_embeddings.weight"]),
+    "mpnet": (["classifier.dense.weight", "classifier.out_proj.weight"], ["mpnet.encoder.relative_attention_bias.weight"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_partial_trains_everything_above_the_frozen_layers(family):
+    from tuneoff.models import describe
+
+    model = _tiny(family)
+    arch = describe(model)
+    get_method("partial").prepare(model, build_config({}, ["method.k=1"], names={"method": "partial"}).method, arch)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    above, below = FAMILIES[family]
+    assert all(grads[n] for n in above), [n for n in above if not grads[n]]
+    assert not any(grads[n] for n in below)
+    layers = [n for n in grads if n.startswith(arch.layers_path + ".")]
+    assert layers and all(grads[n] == n.startswith(f"{arch.layers_path}.2.") for n in layers)
+    # Everything trainable is the top layer or lies outside the embeddings and the encoder.
+    outside = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(
+        (arch.layers_path.rsplit(".", 1)[0] + ".", f"{model.base_model_prefix}.embeddings.")))
+    top = sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"{arch.layers_path}.2."))
+    assert param_counts(model)["trainable_params"] == top + outside
+
+
+@pytest.mark.parametrize("method", ["full", "partial", "head", "lora", "lora_plus", "lora_fa", "lora_lean"])
+def test_every_method_uses_the_same_adamw_settings(tiny_bert, method):
+    """A comparison of methods must not be a comparison of optimizer settings (peft's LoRA-FA defaults to eps 1e-6)."""
+    model, m, params, _ = prepared(tiny_bert, method)
+    opt = m.optimizer(model, params, lr=1e-3, weight_decay=0.01, fused=False)
+    for group in opt.param_groups:
+        assert group["eps"] == 1e-8 and tuple(group["betas"]) == (0.9, 0.999), (method, group.get("names"))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert decay[id(p)] == (0.0 if p.ndim < 2 else 0.01), (method, name)
+
+
+@pytest.mark.parametrize("method", ["lora_fa", "lora_lean"])
+def test_dora_with_lora_fa_is_refused_at_config_time(method):
+    with pytest.raises(TuneoffError, match="use_dora=true does not combine"):
+        build_config({}, ["method.use_dora=true"], names={"method": method})
 
 
 def test_partial_k_larger_than_model_is_a_clear_error(tiny_bert):
@@ -104,6 +172,8 @@ def test_lorafa_does_not_decay_biases_and_steps_like_peft_on_lora(tiny_bert):
     twin = copy.deepcopy(model)
     ours = method.optimizer(model, params, lr=1e-2, weight_decay=0.1, fused=False)
     theirs = create_lorafa_optimizer(model=twin, r=4, lora_alpha=params.alpha, lr=1e-2, weight_decay=0.1)
+    for group in theirs.param_groups:  # peft defaults to eps 1e-6; tuneoff runs every method at AdamW's 1e-8
+        group["eps"] = 1e-8
     decay = {n: g["weight_decay"] for g in ours.param_groups for n in g["names"]}
     for name, p in model.named_parameters():
         if p.requires_grad:

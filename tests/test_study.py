@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -87,10 +88,15 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     report = results / "tiny" / "report"
     assert {"report.html", "summary.md", "summary.csv", "comparisons.csv", "per_class.csv"} <= {p.name for p in report.iterdir()}
     html = (report / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 9  # quality, curves, cost, Pareto, confusion, reliability, errors, data x2 and "http" not in html.split("<body>")[1].split("Study spec")[0]
+    # quality, curves, cost, Pareto, confusion, reliability, errors, error gaps, data x2; nothing fetched from the web
+    assert html.count("data:image/png;base64,") == 10
+    assert "http" not in html.split("<body>")[1].split("Study spec")[0]
+    assert "Best on validation" in html and "majority class" in html and "Most confidently wrong" in html
     assert "significant" in (report / "summary.md").read_text()
     summary = pd.read_csv(report / "summary.csv")
-    assert set(summary.condition) == {"lora", "partial_top1"} and (summary.seeds == 2).all()
+    runs_only = summary[summary.method != "baseline"]
+    assert set(runs_only.condition) == {"lora", "partial_top1"} and (runs_only.seeds == 2).all()
+    assert summary[summary.method == "baseline"].condition.str.startswith("majority class").all()
 
     # Rebuilding the report trains nothing and gives the same tables.
     before = (report / "summary.csv").read_text()
@@ -167,3 +173,68 @@ def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, 
         want = pd.read_csv(tmp_path / "ref" / "tiny" / "runs" / run_id / "predictions.csv")
         pd.testing.assert_frame_equal(got, want)
     assert not [p for p in (results / "tiny" / "runs").iterdir() if p.name.startswith(".")], "no torn run left"
+
+
+def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert, toy_csv, tmp_path):
+    """A grid over datasets with different label sets: one verdict per dataset, never a pair across them; and
+    `tuneoff report` rebuilds with the run models and the base model gone (numbers that needed them are kept)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    three = tmp_path / "three.csv"
+    frame = pd.read_csv(toy_csv)
+    frame["label"] = [("pos", "neg", "mixed")[i % 3] for i in range(len(frame))]
+    frame.to_csv(three, index=False)
+    spec = {"name": "two", "base": {"model": {"name": str(model)}, "data": {"max_length": 16},
+                                   "train": {"epochs": 2, "batch_size": 16}},
+            "variants": {"full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
+                         "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}},
+            "grid": {"data.name": [toy_csv, str(three)]}, "seeds": [1]}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["run", str(path), "--results", str(results)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "== toy.csv" in result.output and "== three.csv" in result.output
+    report = results / "two" / "report"
+    verdicts = json.loads((report / "verdict.json").read_text())
+    assert sorted(v["dataset"] for v in verdicts) == ["three.csv", "toy.csv"]
+    pairs = pd.read_csv(report / "comparisons.csv")
+    assert len(pairs) == 2 and set(pairs.dataset) == {"toy.csv", "three.csv"}  # full vs lora within each dataset
+    html = (report / "report.html").read_text()
+    before = (report / "summary.csv").read_text()
+
+    for run_dir in (results / "two" / "runs").iterdir():
+        shutil.rmtree(run_dir / "model")
+    shutil.rmtree(model)
+    again = runner.invoke(app, ["report", str(results / "two")], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    assert (report / "summary.csv").read_text() == before
+    rebuilt = (report / "report.html").read_text()
+    assert rebuilt.count("data:image/png") == html.count("data:image/png")  # plan and data came from report/derived
+
+    shutil.rmtree(report / "derived")
+    bare = runner.invoke(app, ["report", str(results / "two")], env={"HF_HUB_OFFLINE": "1"})
+    assert bare.exit_code == 0, bare.output
+    assert "not inspected" in (report / "report.html").read_text()
+
+
+def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv, tmp_path):
+    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, name="ratios")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["variants"]["full"] = {"method": {"name": "full"}, "train": {"lr": 5e-3}}
+    spec["analysis"] = {"margin": 0.5}  # 24 test examples: only a wide margin can call anything as good as full
+    spec_path.write_text(yaml.safe_dump(spec))
+    result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    verdict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())[0]
+    assert verdict["reference"] == "full"
+    use = next(line for line in verdict["lines"] if line.startswith("**Use"))
+    assert use.replace("**", "") in result.output
+    if verdict["recommended"] != "full":
+        assert "the peak memory" in use and "the training time of full" in use
+    # Another margin re-reads the stored results; it is not another study.
+    assert runner.invoke(app, ["report", str(tmp_path / "r" / "ratios"), "--margin", "0.001"]).exit_code == 0
+    resumed = runner.invoke(app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output

@@ -1,29 +1,28 @@
-"""Analysis of a study, computed from the stored predictions of its finished runs.
+"""A study's finished runs, as the report compares them: conditions, grouped by what they can be compared on.
 
-A *condition* is a variant at one grid point; its runs differ only by seed. Statistics come from well-kept
-libraries: McNemar's exact test from statsmodels, BCa bootstrap confidence intervals from scipy, metrics from
-scikit-learn. Everything here returns plain data (frames, dicts); ``report`` draws and writes it.
+A *condition* is a variant at one grid point; its runs differ only by seed. A *group* holds the conditions that
+were tested on the same examples: the same model, the same dataset and label set, and the same test split
+(fingerprinted from the stored predictions: ids, texts and true labels). Pairs are formed only inside a group,
+so two local ``test.csv`` files that happen to share row ids are never paired, and a study over two datasets
+gets one verdict per dataset. Everything is read from the results store and the run directories' text files
+(predictions, history): no model and no dataset is loaded, so a report can be rebuilt anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
-from statsmodels.stats.contingency_tables import mcnemar
 
 from tuneoff.errors import TuneoffError
+from tuneoff.significance import expected_calibration_error
 from tuneoff.store import Store
-
-ALPHA = 0.05
 
 
 @dataclass
@@ -32,39 +31,83 @@ class Condition:
     variant: str
     params: dict
     method: str
-    runs: list[dict] = field(default_factory=list)  # one per seed: row, metrics, resources, predictions, history
+    runs: list[dict] = field(default_factory=list)  # one per seed: seed, metrics, resources, predictions, history, ...
 
     @property
     def label_names(self) -> list[str]:
         return [c[len("prob_"):] for c in self.runs[0]["predictions"].columns if c.startswith("prob_")]
 
-    def correct(self) -> pd.DataFrame:
-        """Per test example (rows, by id) and seed (columns): 1 if right."""
-        cols = {r["seed"]: (r["predictions"]["true_label"] == r["predictions"]["pred_label"]).astype(float).values
-                for r in self.runs}
-        return pd.DataFrame(cols, index=self.runs[0]["predictions"]["id"].astype(str).values)
+    def correct(self, ids: list[str] | None = None) -> np.ndarray:
+        """(n, seeds) 0/1 matrix: test example right in each run, rows in the order of ``ids``."""
+        ids = list(self.runs[0]["predictions"]["id"]) if ids is None else ids
+        cols = []
+        for r in self.runs:
+            p = r["predictions"].set_index("id").loc[ids]
+            cols.append((p["true_label"] == p["pred_label"]).to_numpy(dtype=np.float32))
+        return np.stack(cols, axis=1)
 
-    def majority_predictions(self) -> pd.DataFrame:
-        """The seeds' most common prediction per example (ties: the first seed's), with mean probabilities."""
-        first = self.runs[0]["predictions"].copy()
-        if len(self.runs) > 1:
-            votes = zip(*(r["predictions"]["pred_label"].tolist() for r in self.runs))
-            first["pred_label"] = [_majority(v) for v in votes]
-            for col in [c for c in first.columns if c.startswith("prob_")]:
-                first[col] = np.mean([r["predictions"][col].values for r in self.runs], axis=0)
-        return first
+    def seed_values(self, split: str, metric: str) -> np.ndarray:
+        return np.array([r["metrics"][split][metric] for r in self.runs], dtype=float)
+
+    def mostly_wrong(self) -> pd.Series:
+        """Per example id: wrong in at least half of the seeds (an error set, for words and overlaps; never a
+        predictor whose calibration is reported)."""
+        wrong = 1 - self.correct()
+        return pd.Series(wrong.mean(axis=1) >= 0.5, index=self.runs[0]["predictions"]["id"].values)
+
+    def collapsed_runs(self) -> int:
+        """Runs that predicted one class for every test example."""
+        return sum(r["predictions"]["pred_label"].nunique() <= 1 for r in self.runs)
 
 
-def _majority(votes: tuple[str, ...]) -> str:
-    label, count = Counter(votes).most_common(1)[0]
-    return label if count > 1 else votes[0]
+@dataclass
+class Group:
+    """Conditions scored on the same test examples: the unit a verdict is given for."""
+
+    dataset: str
+    model: str
+    label_names: list[str]
+    ids: list[str]                   # the test examples, in a fixed order
+    truth: pd.Series                 # id -> true label
+    majority: str                    # the training split's most common class (the baseline predicts it)
+    majority_source: str             # "training split" or "test split" (older runs without label counts)
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} · {self.model} · {len(self.ids):,} test examples"
+
+    def baseline_correct(self) -> np.ndarray:
+        return (self.truth.loc[self.ids] == self.majority).to_numpy(dtype=np.float32)[:, None]
 
 
 def condition_name(variant: str, params: dict) -> str:
-    def show(v):  # a searched learning rate 0.0002288113668475521 reads as 0.0002288
-        return f"{v:.4g}" if isinstance(v, float) else v
+    """``lora r=8 lr=0.001``; a dataset or model grid reads ``data=toy`` / ``model=minilm`` (no paths)."""
+    def show(k, v):  # a searched learning rate 0.0002288113668475521 reads as 0.0002288
+        if k.endswith(".name"):
+            return f"{k.rsplit('.', 2)[-2]}={_short_name(str(v))}"
+        return f"{k.rsplit('.', 1)[-1]}={f'{v:.4g}' if isinstance(v, float) else v}"
 
-    return " ".join([variant] + [f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in params.items()])
+    return " ".join([variant] + [show(k, v) for k, v in params.items()])
+
+
+def _short_name(name: str) -> str:
+    """A local path reads as its file or folder name; a built-in or hub id as it is."""
+    return Path(name).stem if name.startswith(("/", ".", "~")) or name.count("/") > 1 else name
+
+
+def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
+    try:
+        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"id": str, "true_label": str, "pred_label": str,
+                                                                      "text": str, "text_pair": str}, keep_default_na=False)
+        history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError) as exc:
+        raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "
+                           "`tuneoff run <study> --resume` after removing its row, or delete the study.") from exc
+    info = json.loads(row["run_info"]) if "run_info" in row.keys() and row["run_info"] else {}
+    if not info and (run_dir / "run.json").is_file():
+        info = json.loads((run_dir / "run.json").read_text())
+    return predictions, history, info
 
 
 def load_conditions(store: Store, study: str) -> list[Condition]:
@@ -75,118 +118,115 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
     for row in rows:
         params = json.loads(row["params"])
         name = condition_name(row["variant"], params)
-        run_dir = Path(row["run_dir"])
-        try:
-            predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"id": str, "true_label": str, "pred_label": str},
-                                      keep_default_na=False)
-            history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
-        except OSError as exc:
-            raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}).") from exc
-        metrics, resources = json.loads(row["metrics"]), json.loads(row["resources"])
+        predictions, history, info = _read_run(row, Path(row["run_dir"]))
         config = yaml.safe_load(row["config_yaml"])
-        method = config["method"]["name"]
-        cond = conditions.setdefault(name, Condition(name, row["variant"], params, method))
-        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": metrics, "resources": resources,
-                          "predictions": predictions, "history": history, "device": row["device"], "config": config})
+        cond = conditions.setdefault(name, Condition(name, row["variant"], params, config["method"]["name"]))
+        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": json.loads(row["metrics"]),
+                          "resources": json.loads(row["resources"]), "predictions": predictions, "history": history,
+                          "device": row["device"], "config": config, "info": info})
     return list(conditions.values())
 
 
-# --- statistics -----------------------------------------------------------------------------------------------
+def _fingerprint(predictions: pd.DataFrame) -> str:
+    cols = [c for c in ("id", "text", "text_pair", "true_label") if c in predictions.columns]
+    frame = predictions[cols].sort_values("id").astype(str)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()[:16]
 
 
-def bootstrap_ci(values: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """BCa bootstrap CI of the mean (scipy). A constant sample has no spread: its CI is the point itself."""
-    values = np.asarray(values, dtype=float)
-    if np.ptp(values) == 0:
-        return float(values[0]), float(values[0])
-    res = stats.bootstrap((values,), np.mean, confidence_level=confidence, method="BCa", n_resamples=2000, random_state=seed)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+def _model_label(config: dict) -> str:
+    return _short_name(str(config["model"]["name"]))
 
 
-def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean(a) - mean(b) over the same examples, with a paired BCa bootstrap CI."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    diff = float(a.mean() - b.mean())
-    if np.ptp(a - b) == 0:
-        return diff, diff, diff
-    res = stats.bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), paired=True, confidence_level=confidence,
-                          method="BCa", n_resamples=2000, random_state=seed)
-    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
+def groups(conditions: list[Condition]) -> list[Group]:
+    """Split conditions into groups of the same (dataset, model, test examples, label set)."""
+    found: dict[tuple, Group] = {}
+    for cond in conditions:
+        by_key: dict[tuple, list[dict]] = {}
+        for run in cond.runs:
+            p = run["predictions"]
+            labels = tuple(c[len("prob_"):] for c in p.columns if c.startswith("prob_"))
+            dataset = run["info"].get("dataset") or _short_name(str(run["config"]["data"]["name"]))
+            key = (dataset, _model_label(run["config"]), labels, _fingerprint(p))
+            by_key.setdefault(key, []).append(run)
+        for key, runs in by_key.items():
+            if key not in found:
+                first = runs[0]["predictions"]
+                counts = (runs[0]["info"].get("label_counts") or {}).get("train")
+                majority, source = ((max(counts, key=lambda k: (counts[k], k)), "training split") if counts else
+                                    (Counter(first["true_label"]).most_common(1)[0][0], "test split"))
+                found[key] = Group(key[0], key[1], list(key[2]), sorted(first["id"]), first.set_index("id")["true_label"],
+                                   majority, source)
+            name = cond.name if len(by_key) == 1 else f"{cond.name} [{key[0]}]"
+            found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs))
+    return list(found.values())
 
 
-def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """McNemar's exact test on the 2x2 table of (a right?, b right?) over the same examples."""
-    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    table = [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
-    p = 1.0 if table[0][1] + table[1][0] == 0 else float(mcnemar(table, exact=True).pvalue)
-    return {"table": table, "a_only": table[0][1], "b_only": table[1][0], "p_value": p}
+# --- per-run readings -------------------------------------------------------------------------------------------
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[float, pd.DataFrame]:
-    """ECE (Guo et al., 2017, "On Calibration of Modern Neural Networks"): sum_b |B|/n |acc(B) - conf(B)| over
-    equal-width confidence bins; returns it with the per-bin table for a reliability diagram."""
-    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
-    edges = np.linspace(0, 1, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    rows = []
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "count": int(mask.sum()),
-                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
-    table = pd.DataFrame(rows)
-    ece = float((table["count"] * (table["accuracy"] - table["confidence"]).abs()).sum() / len(confidence)) if rows else 0.0
-    return ece, table
+def run_ece(run: dict, labels: list[str]) -> tuple[float, pd.DataFrame]:
+    """Calibration of one run's model, the one a user would deploy (not of a vote over seeds)."""
+    p = run["predictions"]
+    probs = p[[f"prob_{n}" for n in labels]].to_numpy()
+    return expected_calibration_error(probs.max(1), (p["true_label"] == p["pred_label"]).to_numpy())
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
-    """Names not dominated on (quality: higher is better, cost: lower is better)."""
-    front = set()
-    for name, q, c in points:
-        dominated = any(q2 >= q and c2 <= c and (q2 > q or c2 < c) for n2, q2, c2 in points if n2 != name)
-        if not dominated:
-            front.add(name)
-    return front
+def time_to_target(history: list[dict], fractions=(0.95, 0.99)) -> dict:
+    """First evaluation at which validation accuracy reached each fraction of the run's best: step and training
+    seconds (None for runs written before the history recorded time)."""
+    h = [e for e in history if e.get("val_accuracy") is not None]
+    if not h:
+        return {}
+    best = max(e["val_accuracy"] for e in h)
+    out = {}
+    for f in fractions:
+        hit = next(e for e in h if e["val_accuracy"] >= f * best)
+        out[f"steps_to_{round(f * 100)}"] = hit["step"]
+        out[f"seconds_to_{round(f * 100)}"] = hit.get("seconds")
+    return out
 
 
-# --- per-condition tables -----------------------------------------------------------------------------------------
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return float(np.mean(values)) if values else np.nan
 
-COSTS = {"trainable_params": "trainable parameters", "checkpoint_mb": "checkpoint (MB)",
-         "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
 
-
-def _peak_memory(resources: dict) -> float | None:
+def peak_memory(resources: dict) -> float | None:
     return resources.get("cuda_max_allocated_mb") or resources.get("peak_rss_mb")
 
 
-def summary(conditions: list[Condition]) -> pd.DataFrame:
-    rows = []
-    for c in conditions:
-        acc = np.array([r["metrics"]["test"]["accuracy"] for r in c.runs])
-        f1 = np.array([r["metrics"]["test"]["macro_f1"] for r in c.runs])
-        lo, hi = bootstrap_ci(c.correct().mean(axis=1).values)
-        res = [r["resources"] for r in c.runs]
-        preds = c.majority_predictions()
-        probs = preds[[f"prob_{n}" for n in c.label_names]].values
-        ece, _ = expected_calibration_error(probs.max(1), (preds["true_label"] == preds["pred_label"]).values)
-        rows.append({
-            "condition": c.name, "method": c.method, "seeds": len(c.runs),
-            "accuracy": acc.mean(), "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
-            "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "macro_f1": f1.mean(), "macro_f1_std": f1.std(ddof=1) if len(f1) > 1 else 0.0, "ece": ece,
-            "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
-            "checkpoint_mb": np.mean([r["checkpoint_bytes"] for r in res]) / 1e6,
-            "peak_memory_mb": np.mean([_peak_memory(r) or np.nan for r in res]),
-            "train_seconds": np.mean([r["train_seconds"] for r in res]),
-            "train_samples_per_s": np.mean([r["train_samples_per_s"] for r in res]),
-            "test_samples_per_s": np.mean([r.get("test_samples_per_s", np.nan) for r in res]),
-            **{f"param:{k}": v for k, v in c.params.items()},
-        })
-    table = pd.DataFrame(rows)
-    for cost in COSTS:
-        front = pareto_front([(r.condition, r.accuracy, getattr(r, cost)) for r in table.itertuples() if pd.notna(getattr(r, cost))])
-        table[f"pareto_{cost}"] = table["condition"].isin(front)
-    return table.sort_values("accuracy", ascending=False).reset_index(drop=True)
+def trained_mb(resources: dict) -> float:
+    """Bytes a user must keep per task: the trained weights (adapter + head, or the unfrozen layers), not the
+    tokenizer, config or frozen base. Runs written before tuneoff recorded it: the saved model's size."""
+    return (resources.get("trained_bytes") or resources["checkpoint_bytes"]) / 1e6
+
+
+def condition_row(c: Condition) -> dict:
+    """The per-condition numbers of a summary table (statistics across conditions are added by ``verdict``)."""
+    acc, f1 = c.seed_values("test", "accuracy"), c.seed_values("test", "macro_f1")
+    eces = [run_ece(r, c.label_names)[0] for r in c.runs]
+    res = [r["resources"] for r in c.runs]
+    times = [time_to_target(r["history"]) for r in c.runs]
+    std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    return {
+        "condition": c.name, "method": c.method, "seeds": len(c.runs),
+        "accuracy": float(acc.mean()), "accuracy_std": std(acc),
+        "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in acc),
+        "val_accuracy": float(c.seed_values("validation", "accuracy").mean()),
+        "val_macro_f1": float(c.seed_values("validation", "macro_f1").mean()),
+        "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
+        "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
+        "collapsed_runs": c.collapsed_runs(),
+        "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
+        "trained_mb": _mean(trained_mb(r) for r in res),
+        "checkpoint_mb": _mean(r["checkpoint_bytes"] / 1e6 for r in res),
+        "peak_memory_mb": _mean(peak_memory(r) for r in res),
+        "train_seconds": _mean(r["train_seconds"] for r in res),
+        "train_samples_per_s": _mean(r["train_samples_per_s"] for r in res),
+        "test_samples_per_s": _mean(r.get("test_samples_per_s") for r in res),
+        **{k: _mean(t.get(k) for t in times) for k in ("steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99")},
+        **{f"param:{k}": v for k, v in c.params.items()},
+    }
 
 
 def per_class(conditions: list[Condition]) -> pd.DataFrame:
@@ -197,55 +237,4 @@ def per_class(conditions: list[Condition]) -> pd.DataFrame:
             rows.append({"condition": c.name, "class": name, "precision": np.mean([v["precision"] for v in vals]),
                          "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
                          "support": vals[0]["support"]})
-    return pd.DataFrame(rows)
-
-
-def comparisons(conditions: list[Condition]) -> pd.DataFrame:
-    """Every pair on the same test set: paired bootstrap difference in accuracy and McNemar per shared seed."""
-    rows = []
-    for a, b in combinations(conditions, 2):
-        ca, cb = a.correct(), b.correct()
-        shared_ids = ca.index.intersection(cb.index)
-        if len(shared_ids) == 0:
-            continue
-        diff, lo, hi = paired_bootstrap_diff(ca.loc[shared_ids].mean(1).values, cb.loc[shared_ids].mean(1).values)
-        seeds = sorted(set(ca.columns) & set(cb.columns))
-        tests = [mcnemar_exact(ca.loc[shared_ids, s].values, cb.loc[shared_ids, s].values) for s in seeds]
-        significant = lo > 0 or hi < 0
-        rows.append({"a": a.name, "b": b.name, "n": len(shared_ids), "accuracy_diff": diff, "ci_low": lo, "ci_high": hi,
-                     "significant": significant, "mcnemar_p": [t["p_value"] for t in tests],
-                     "mcnemar_significant_seeds": sum(t["p_value"] < ALPHA for t in tests), "paired_seeds": len(seeds)})
-    return pd.DataFrame(rows)
-
-
-WORD = re.compile(r"[a-z][a-z']{2,}")
-
-
-def error_analysis(c: Condition, top_k: int = 15, min_count: int = 3) -> dict:
-    """Where errors come from and go to, words over-represented in errors, and probability gaps per class."""
-    preds = c.majority_predictions()
-    wrong = preds["true_label"] != preds["pred_label"]
-    errors = preds[wrong]
-    n_err = max(len(errors), 1)
-    labels = c.label_names
-    from_share = {l: float((errors["true_label"] == l).sum() / n_err) for l in labels}
-    to_share = {l: float((errors["pred_label"] == l).sum() / n_err) for l in labels}
-    docs = [set(WORD.findall(str(t).lower())) for t in preds["text"]]
-    in_err = Counter(w for d, bad in zip(docs, wrong) if bad for w in d)
-    in_ok = Counter(w for d, bad in zip(docs, wrong) if not bad for w in d)
-    n_ok = max(int((~wrong).sum()), 1)
-    # Ratio of document frequencies in misclassified vs correct examples, add-one smoothed.
-    scored = [(w, k, in_ok[w], ((k + 1) / (n_err + 1)) / ((in_ok[w] + 1) / (n_ok + 1))) for w, k in in_err.items() if k >= min_count]
-    words = [{"word": w, "in_errors": k, "in_correct": ok, "ratio": r} for w, k, ok, r in sorted(scored, key=lambda x: -x[3])[:top_k]]
-    gaps = {l: float(preds[f"prob_{l}"].mean() - (preds["true_label"] == l).mean()) for l in labels}
-    return {"errors": int(wrong.sum()), "n": len(preds), "from_share": from_share, "to_share": to_share,
-            "overrepresented_words": words, "probability_gap": gaps, "error_ids": set(errors["id"].astype(str))}
-
-
-def error_overlap(analyses: dict[str, dict]) -> pd.DataFrame:
-    rows = []
-    for (a, ea), (b, eb) in combinations(analyses.items(), 2):
-        inter, union = len(ea["error_ids"] & eb["error_ids"]), len(ea["error_ids"] | eb["error_ids"])
-        rows.append({"a": a, "b": b, "errors_a": len(ea["error_ids"]), "errors_b": len(eb["error_ids"]),
-                     "shared": inter, "jaccard": inter / union if union else 1.0})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])

@@ -313,13 +313,23 @@ def run_study(
     runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say, processes_per_run)
     directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
     report = build(spec.name, results)
+    for line in verdict_lines(report.parent):
+        say(line)
     console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
 
 
 @app.command()
 @user_errors
-def report(study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default.")) -> None:
-    """(Re)build a study's report from stored results; nothing is trained."""
+def report(
+    study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default."),
+    margin: Optional[float] = typer.Option(None, help="Non-inferiority margin in accuracy (default: the study's analysis.margin, else 0.01)."),
+    prefer: Optional[str] = typer.Option(None, help="Among methods as good as the best, the cheapest on: overall, trained_mb, peak_memory_mb, train_seconds, trainable_params."),
+    max_peak_memory_mb: Optional[float] = typer.Option(None, help="Recommend only methods whose peak memory is at most this."),
+    max_train_seconds: Optional[float] = typer.Option(None, help="Recommend only methods that trained in at most this many seconds."),
+    max_trainable_params: Optional[int] = typer.Option(None, help="Recommend only methods that train at most this many parameters."),
+    export: Optional[Path] = typer.Option(None, help="Also write <study>.md/.csv/.json (headed with commands, date, devices, versions) into this folder, e.g. studies/results."),
+) -> None:
+    """(Re)build a study's report from stored results; nothing is trained, no model or dataset is loaded."""
     _quiet_libraries()
     from tuneoff.report import build
 
@@ -328,8 +338,28 @@ def report(study_dir: Path = typer.Argument(..., help="A study's results directo
         raise TuneoffError(f"{study_dir} is not a study results directory (no study.yaml). Give results/<study>.")
     from tuneoff.study import load_spec
 
-    path = build(load_spec(spec).name, study_dir.parent)
+    flags = {"margin": margin, "prefer": prefer, "max_peak_memory_mb": max_peak_memory_mb,
+             "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
+    name = load_spec(spec).name
+    path = build(name, study_dir.parent, flags)
+    for line in verdict_lines(path.parent):
+        say(line)
     console().print(f"report: [bold]{escape(str(path))}[/]")
+    if export is not None:
+        from tuneoff.report import export as export_report
+
+        console().print(f"exported: [bold]{escape(str(export_report(name, study_dir.parent, export)))}[/]")
+
+
+def verdict_lines(report_dir: Path) -> list[str]:
+    """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
+    import json
+
+    lines = []
+    for group in json.loads((report_dir / "verdict.json").read_text()):
+        lines.append(f"== {group['dataset']} · {group['model']} ({group['test_examples']:,} test examples)")
+        lines += ["  " + line.replace("**", "") for line in group["lines"]]
+    return lines
 
 
 runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)

@@ -19,9 +19,13 @@ MB = 1024 * 1024
 
 
 def param_counts(model: torch.nn.Module) -> dict:
+    """Trainable and total parameters, and ``trained_bytes``: what a user must keep per task (the trained weights,
+    not the frozen base, tokenizer or config), the cost that tells head-only from full fine-tuning on disk."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(total, 1)}
+    trained_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(total, 1),
+            "trained_bytes": trained_bytes}
 
 
 def _status_kb(field: str) -> int | None:

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     started TEXT,
     finished TEXT,
+    run_info TEXT,                 -- JSON: run.json (dataset, label counts, versions, ...)
     PRIMARY KEY (study, run_id)
 );
 """
@@ -77,7 +78,12 @@ class Store:
         """Stores written before 'pruned' existed: rebuild the runs table with the wider CHECK (SQLite cannot alter one)."""
         sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name='runs'").fetchone()[0]
         if "'pruned'" in sql:
+            if "run_info" not in sql:  # stores written before run_info: a nullable column, added in place
+                with self.transaction() as db:
+                    db.execute("ALTER TABLE runs ADD COLUMN run_info TEXT")
             return
+        if "run_info" not in sql:
+            self.db.execute("ALTER TABLE runs ADD COLUMN run_info TEXT")
         with self.transaction() as db:
             db.execute("ALTER TABLE runs RENAME TO runs_before_pruned")
             db.execute("CREATE TABLE runs" + SCHEMA.split("CREATE TABLE IF NOT EXISTS runs", 1)[1].strip().rstrip(";"))
@@ -126,9 +132,9 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "UPDATE runs SET status='done', metrics=?, resources=?, versions=?, git_commit=?, device=?, run_dir=?, "
-                "finished=?, error=NULL WHERE study=? AND run_id=?",
+                "finished=?, error=NULL, run_info=? WHERE study=? AND run_id=?",
                 (json.dumps(metrics), json.dumps(resources), json.dumps(run_info.get("versions")), git_commit(),
-                 run_info.get("device"), str(run_dir), now(), study, run_id),
+                 run_info.get("device"), str(run_dir), now(), json.dumps(run_info, default=str), study, run_id),
             )
 
     def mark_pruned(self, study: str, run_id: str, reason: str) -> None:

@@ -22,7 +22,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,6 +36,27 @@ from tuneoff.store import Store
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "default.yaml"
 
 
+class Decide(BaseModel):
+    """Constraints a recommended method must meet (a study's ``decide:``, or flags of ``tuneoff report``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_peak_memory_mb: float | None = Field(None, gt=0)
+    max_train_seconds: float | None = Field(None, gt=0)
+    max_trainable_params: int | None = Field(None, ge=1)
+
+
+class AnalysisSettings(BaseModel):
+    """A study's ``analysis:`` section: how verdicts are reached (changing it re-reads results, never re-runs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    margin: float = Field(0.01, gt=0, lt=1, description="Non-inferiority margin in accuracy (0.01 = one point).")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Family-wise error rate (Holm) and 1 - CI level.")
+    prefer: Literal["overall", "trained_mb", "peak_memory_mb", "train_seconds", "trainable_params"] = Field(
+        "overall", description="Among methods as good as the best, the cheapest on: overall (geometric mean of the "
+        "cost ratios against the reference), trained_mb, peak_memory_mb, train_seconds or trainable_params.")
+    decide: Decide = Decide()  # also accepted at the study's top level (``decide:``)
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -46,6 +67,8 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     max_runs: int = Field(64, ge=1, description="Refuse larger grids unless --yes.")
     search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
+    analysis: AnalysisSettings = AnalysisSettings()
+    decide: Decide = Decide()
 
     @model_validator(mode="after")
     def _search_or_grid(self) -> StudySpec:
@@ -69,7 +92,10 @@ class StudySpec(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def digest(self) -> str:
-        return hashlib.sha256(self.to_yaml().encode()).hexdigest()[:16]
+        """What identifies the study's runs: how verdicts are read from them (analysis, decide) is left out, so a
+        changed margin re-reads the results instead of refusing them as another study's."""
+        runs = self.model_dump(mode="json", exclude={"analysis", "decide"})
+        return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -193,10 +219,22 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
             )
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     (directory / "study.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    _log_command(directory)
     store.add_study(spec.name, spec.to_yaml(), spec.digest(), directory)
     for run in runs:
         store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml())
     return store, runs, directory
+
+
+def _log_command(directory: Path) -> None:
+    """Append the command that ran (or resumed) the study to ``commands.log``: a result file cites it."""
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    argv = ["tuneoff", *sys.argv[1:]] if Path(sys.argv[0]).name in ("tuneoff", "__main__.py") else sys.argv
+    with open(directory / "commands.log", "a", encoding="utf-8") as log:
+        log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}  {shlex.join(argv)}\n")
 
 
 def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False, say=print,

@@ -236,7 +236,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                     state.eval_seconds += time.perf_counter() - t0
                     state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
                                           "train_loss": state.running_loss / max(state.running_n, 1),
-                                          "lr": scheduler.get_last_lr()[0], "val_loss": val["loss"],
+                                          "lr": scheduler.get_last_lr()[0], "seconds": round(speed.seconds, 3),
+                                          "val_loss": val["loss"],
                                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
                     running_loss.zero_()
                     state.running_loss, state.running_n = 0.0, 0
@@ -309,6 +310,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
             "mixed_precision": accelerator.mixed_precision, "versions": versions(),
             "distributed": {"type": accelerator.distributed_type.name, "processes": world},
             "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": state.augmentation,
+            "label_counts": {s: {str(k): int(v) for k, v in df["label"].value_counts().items()} for s, df in corpus.splits.items()},
             "batch_order_digest": state.order_digest, "host": socket.gethostname(),
         })
         final = run.publish()

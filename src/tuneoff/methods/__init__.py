@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from tuneoff.models import Architecture
 
 
+# One AdamW for every method (BERT's and PyTorch's defaults), so that a comparison of methods is not a comparison of
+# optimizer settings; a method departs from it only where its paper says so.
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
+
+
 class MethodParams(BaseModel):
     """Parameters of one method; subclasses add theirs. Unknown keys are errors."""
 
@@ -44,7 +50,8 @@ class Method:
         self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool
     ) -> torch.optim.Optimizer:
         """AdamW with decoupled weight decay, but none on biases and LayerNorm weights (BERT's recipe)."""
-        return torch.optim.AdamW(decay_groups(model, lr, weight_decay), lr=lr, fused=fused or None)
+        return torch.optim.AdamW(decay_groups(model, lr, weight_decay), lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS,
+                                 fused=fused or None)
 
 
 def decay_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -3,17 +3,27 @@
 A stays frozen at its random projection and only B (and the head) trains, so backward need not keep the
 layer input for dA; peft's ``LoraFAOptimizer`` corrects B's gradient as g_B (r/alpha)^2 (A A^T)^-1 to
 approximate full-rank training. peft gives every tensor one weight decay; tuneoff, as for every method, does not
-decay biases and LayerNorm weights (BERT's recipe), so they move to a group of their own.
+decay biases and LayerNorm weights (BERT's recipe), so they move to a group of their own. peft's optimizer also
+defaults to eps 1e-6; the paper does not ask for it, so it runs with the eps and betas every other method uses.
 """
 
 from __future__ import annotations
 
-from tuneoff.methods import register
+from pydantic import model_validator
+
+from tuneoff.methods import ADAMW_BETAS, ADAMW_EPS, register
 from tuneoff.methods.lora import Lora, LoraParams
 
 
 class LoraFAParams(LoraParams):
     name: str = "lora_fa"
+
+    @model_validator(mode="after")
+    def _no_dora(self):
+        if self.use_dora:  # DoRA's magnitude vector is not in LoRA-FA's optimizer: it would fail at the first step
+            raise ValueError(f"use_dora=true does not combine with {self.name} (its optimizer trains only B); use "
+                             "method.name=lora with use_dora=true")
+        return self
 
 
 @register
@@ -35,7 +45,8 @@ class LoraFA(Lora):
         from peft.optimizers.lorafa import LoraFAOptimizer
 
         [group] = create_lorafa_optimizer(model=model, r=params.r, lora_alpha=params.alpha, lr=lr,
-                                          weight_decay=weight_decay).param_groups
+                                          weight_decay=weight_decay, use_rslora=params.use_rslora).param_groups
+        group.update(betas=ADAMW_BETAS, eps=ADAMW_EPS)
         # LoRA-FA's step pairs each lora_A with the lora_B after it, so LoRA tensors stay together, in order.
         no_decay = [p.ndim < 2 and "lora" not in n for n, p in zip(group["names"], group["params"])]
         per_tensor = ("params", "names", "scaling_factors")

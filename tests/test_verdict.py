@@ -1,0 +1,282 @@
+"""Statistics and verdicts on synthetic predictions, each checked against a value worked out by hand (or a
+normal approximation of it), and the traps the first version fell into: seed variance, direction, Holm, choosing
+on test, "not significantly worse", collapsed runs, mixed datasets, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tuneoff.analysis import Condition, groups, time_to_target
+from tuneoff.evaluate import compute_metrics
+from tuneoff.significance import (mcnemar_exact, non_inferiority, two_level_bootstrap, variance_parts,
+                                  what_would_decide)
+from tuneoff.verdict import AnalysisSettings, Decide, analyse
+
+LABELS = ["neg", "pos"]
+
+
+def fake_run(seed, right, truth, val=0.8, conf=0.9, pred=None, dataset="d", model="m", ids=None, texts=None,
+             resources=None, history=None, train_counts=None):
+    """A stored run whose test predictions are right exactly where ``right`` is 1."""
+    n = len(truth)
+    ids = ids or [f"x{i}" for i in range(n)]
+    other = {"neg": "pos", "pos": "neg"}
+    if pred is None:
+        pred = [t if r else other[t] for t, r in zip(truth, right)]
+    p_pos = np.array([conf if p == "pos" else 1 - conf for p in pred])
+    frame = pd.DataFrame({"id": ids, "text": texts or [f"text {i}" for i in range(n)], "true_label": truth,
+                          "pred_label": pred, "prob_neg": 1 - p_pos, "prob_pos": p_pos})
+    logits = np.log(np.stack([1 - p_pos, p_pos], axis=1))
+    test = compute_metrics([LABELS.index(t) for t in truth], logits, LABELS)
+    res = {"trainable_params": 1000, "trainable_pct": 1.0, "checkpoint_bytes": 4_000_000, "trained_bytes": 4000,
+           "peak_rss_mb": 1000.0, "train_seconds": 100.0, "train_samples_per_s": 10.0, **(resources or {})}
+    counts = train_counts or {"neg": 600, "pos": 400}
+    return {"run_id": f"r{seed}", "seed": seed, "predictions": frame, "history": history or [],
+            "metrics": {"test": test, "validation": {"accuracy": val, "macro_f1": val}}, "resources": res,
+            "device": "cpu", "config": {"model": {"name": model}, "data": {"name": dataset}, "method": {"name": "x"}},
+            "info": {"dataset": dataset, "label_counts": {"train": counts}}}
+
+
+def truth_of(n, pos_share=0.4):
+    return ["pos" if i < pos_share * n else "neg" for i in range(n)]
+
+
+def rights(n, k, seed):
+    """0/1 vector with exactly k ones at random places."""
+    r = np.zeros(n, dtype=int)
+    r[np.random.default_rng(seed).choice(n, k, replace=False)] = 1
+    return r
+
+
+def condition(name, method, runs):
+    return Condition(name, name, {}, method, runs)
+
+
+def test_one_seed_ci_is_the_binomial_interval():
+    # 320 of 400 right: normal approximation 0.8 +- 1.96 sqrt(0.8 * 0.2 / 400) = [0.7608, 0.8392].
+    r = rights(400, 320, 0)[:, None]
+    res = two_level_bootstrap({"a": r})
+    lo, hi = res.interval("a")
+    assert res.estimate["a"] == 0.8
+    assert lo == pytest.approx(0.7608, abs=0.01) and hi == pytest.approx(0.8392, abs=0.01)
+
+
+def test_two_level_ci_carries_the_seed_spread():
+    # Four seeds at 0.70 / 0.75 / 0.80 / 0.85 on 20,000 examples (test noise ~0.003): the CI of the seed mean is the
+    # seed bootstrap's, 0.775 +- 1.96 * sqrt(var_pop / 4) = 0.775 +- 1.96 * 0.02795 = [0.720, 0.830].
+    n = 20_000
+    m = np.stack([rights(n, int(a * n), s) for s, a in enumerate([0.70, 0.75, 0.80, 0.85])], axis=1)
+    lo, hi = two_level_bootstrap({"a": m}).interval("a")
+    assert lo == pytest.approx(0.720, abs=0.015) and hi == pytest.approx(0.830, abs=0.015)
+
+
+def test_paired_difference_by_hand():
+    # a alone right on 62 examples, b alone on 39, of 1,000: diff 0.023, SD sqrt(101 - 23^2/1000)/1000 = 0.01002,
+    # 95% CI 0.023 +- 0.0196 = [0.0034, 0.0426]; two-sided p about 2 * (1 - Phi(2.30)) = 0.022.
+    a, b = np.zeros(1000), np.zeros(1000)
+    a[:700] = b[:700] = 1
+    a[700:762] = 1
+    b[762:801] = 1
+    d = two_level_bootstrap({"a": a[:, None], "b": b[:, None]}).difference("a", "b")
+    assert d["diff"] == pytest.approx(0.023)
+    assert d["ci_low"] == pytest.approx(0.0034, abs=0.004) and d["ci_high"] == pytest.approx(0.0426, abs=0.004)
+    assert d["p_value"] == pytest.approx(0.022, abs=0.01)
+
+
+def test_seed_variance_is_not_called_significant():
+    """The issue's case: A's seeds 88.9% and 71.3%, B's 78.2% and 78.9%. Averaging A's seeds per example and
+    resampling examples only calls A better; resampling seeds too does not, and A's CI holds both its seeds."""
+    n = 4000
+    a = np.stack([rights(n, int(0.889 * n), 1), rights(n, int(0.713 * n), 2)], axis=1)
+    b = np.stack([rights(n, int(0.782 * n), 3), rights(n, int(0.789 * n), 4)], axis=1)
+    naive = two_level_bootstrap({"a": a.mean(1, keepdims=True), "b": b.mean(1, keepdims=True)}).difference("a", "b")
+    assert naive["ci_low"] > 0, "the trap: one-level resampling of seed-averaged correctness says 'significant'"
+    res = two_level_bootstrap({"a": a, "b": b})
+    d = res.difference("a", "b")
+    assert d["ci_low"] < 0 < d["ci_high"] and d["p_value"] > 0.05
+    lo, hi = res.interval("a")
+    assert lo < 0.713 + 0.01 and hi > 0.889 - 0.01
+
+
+def test_resampling_memory_is_bounded_at_25000_examples():
+    n = 25_000
+    mats = {f"c{i}": np.stack([rights(n, 20_000 + 100 * i + s, s) for s in range(3)], axis=1) for i in range(6)}
+    tracemalloc.start()
+    res = two_level_bootstrap(mats)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 500 * 2**20, f"{peak / 2**20:.0f} MB"
+    assert res.interval("c0")[0] < res.estimate["c0"] < res.interval("c0")[1]
+
+
+def test_mcnemar_direction_and_non_inferiority_calls_by_hand():
+    a = np.array([1] * 10 + [1] + [0] * 6 + [0] * 3)
+    b = np.array([1] * 10 + [0] + [1] * 6 + [0] * 3)
+    t = mcnemar_exact(a, b)
+    # exact two-sided p = 2 * (C(7,0) + C(7,1)) / 2^7 = 0.125; b alone was right 6 times to a's 1.
+    assert t["table"] == [[10, 1], [6, 3]] and t["p_value"] == pytest.approx(0.125) and t["favours"] == "b"
+    assert mcnemar_exact(a, a)["favours"] is None and mcnemar_exact(a, a)["p_value"] == 1.0
+    assert non_inferiority({"diff": 0.0, "ci_low": -0.005, "ci_high": 0.005}, 0.01) == "as good"
+    assert non_inferiority({"diff": -0.04, "ci_low": -0.06, "ci_high": -0.02}, 0.01) == "worse"
+    undecided = {"diff": -0.005, "ci_low": -0.025, "ci_high": 0.015}
+    assert non_inferiority(undecided, 0.01) == "undecided"
+    # half-width 0.02, distance of the estimate from -margin 0.005: (0.02 / 0.005)^2 = 16x the data.
+    assert "about 16.0x" in what_would_decide(undecided, 0.01, {"seed": 0.0, "test": 1.0})
+    assert "more seeds" in what_would_decide(undecided, 0.01, {"seed": 2.0, "test": 1.0})
+
+
+def test_variance_parts_by_hand():
+    # seeds' accuracies 0.75 and 0.25: Var_seed = 0.125, / 2 seeds = 0.0625. Seed-mean per example: 0.5 x 4,
+    # variance 0 -> the test part is 0.
+    m = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])[[0, 1, 2, 3]]
+    m = np.array([[1, 0], [1, 0], [1, 0], [0, 1]])
+    parts = variance_parts(m)
+    assert parts["seed"] == pytest.approx(0.0625) and parts["test"] == pytest.approx(0.0)
+
+
+def test_time_to_target_by_hand():
+    h = [{"step": 10, "val_accuracy": 0.50, "seconds": 5.0}, {"step": 20, "val_accuracy": 0.77, "seconds": 10.0},
+         {"step": 30, "val_accuracy": 0.80, "seconds": 15.0}, {"step": 40, "val_accuracy": 0.79, "seconds": 20.0}]
+    # best 0.80: 95% = 0.76 first reached at step 20; 99% = 0.792 at step 30.
+    assert time_to_target(h) == {"steps_to_95": 20, "seconds_to_95": 10.0, "steps_to_99": 30, "seconds_to_99": 15.0}
+
+
+def _study(pairs_of_rights, n, vals, methods=None, **kw):
+    truth = truth_of(n)
+    out = []
+    for i, (name, rs) in enumerate(pairs_of_rights.items()):
+        runs = [fake_run(s + 1, r, truth, val=vals[name], **kw.get(name, {})) for s, r in enumerate(rs)]
+        out.append(condition(name, (methods or {}).get(name, name), runs))
+    return out
+
+
+def test_holm_turns_a_borderline_call():
+    n = 1000
+    base = np.zeros(n, dtype=int)
+    base[:700] = 1
+    a, b = base.copy(), base.copy()
+    a[700:762] = 1
+    b[762:801] = 1
+    c = b.copy()
+    c[850] = 1  # nearly b: a vs c is as borderline as a vs b
+    alone = analyse(_study({"a": [a], "b": [b]}, n, {"a": 0.9, "b": 0.8}))[0].pairs.iloc[0]
+    assert alone.p_value < 0.05 and alone.significant
+    three = analyse(_study({"a": [a], "b": [b], "c": [c]}, n, {"a": 0.9, "b": 0.8, "c": 0.7}))[0].pairs
+    ab = three[(three.a == "a") & (three.b == "b")].iloc[0]
+    assert ab.p_value < 0.05 and ab.p_holm > 0.05 and not ab.significant
+
+
+def test_winner_is_chosen_on_validation_and_conflicting_seeds_are_said():
+    n = 600
+    truth = truth_of(n)
+    # a: better on test in seed 1, worse in seed 2, each significantly (McNemar); b steady. b wins on validation.
+    a1, a2, b1 = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+    a1[:500], a2[:400], b1[:450] = 1, 1, 1
+    conds = [condition("a", "lora", [fake_run(1, a1, truth, val=0.70), fake_run(2, a2, truth, val=0.70)]),
+             condition("b", "full", [fake_run(1, b1, truth, val=0.75), fake_run(2, b1, truth, val=0.75)])]
+    v = analyse(conds)[0]
+    assert v.best == "b"  # on test a's mean (0.75) equals b's, on validation b leads
+    pair = v.pairs.iloc[0]
+    assert pair.mcnemar_favours_a == 1 and pair.mcnemar_favours_b == 1
+    assert "seeds disagree" in " ".join(v.lines)
+
+
+def test_recommendation_with_cost_ratios_against_full():
+    n = 20_000
+    truth = truth_of(n)
+    full = rights(n, 18_000, 1)
+    lora = full.copy()
+    lora[np.flatnonzero(full)[:40]] = 0  # 0.2 points below full
+    conds = [condition("full", "full", [fake_run(s, full, truth, val=0.90, resources={
+                 "trainable_params": 22_700_000, "trainable_pct": 100.0, "trained_bytes": 90_800_000,
+                 "peak_rss_mb": 2000.0, "train_seconds": 100.0}) for s in (1, 2, 3)]),
+             condition("lora r8", "lora", [fake_run(s, lora, truth, val=0.89, resources={
+                 "trainable_params": 74_498, "trainable_pct": 0.33, "trained_bytes": 297_992,
+                 "peak_rss_mb": 1600.0, "train_seconds": 120.0}) for s in (1, 2, 3)])]
+    v = analyse(conds)[0]
+    assert v.best == "full" and v.reference == "full" and v.recommended == "lora r8"
+    rec = next(line for line in v.lines if line.startswith("**Use"))
+    assert rec.startswith("**Use lora r8**: within 0.2 points of full on test (non-inferior at a 1-point margin")
+    assert "0.33% of the parameters trained, 1/305 the trained weights to keep, 0.80x the peak memory, " \
+           "1.20x the training time of full" in rec
+    assert v.table.set_index("condition").loc["lora r8", "vs_best"] == "as good"
+
+
+def test_a_four_point_gap_on_400_examples_is_not_a_tie():
+    n = 400
+    truth = truth_of(n)
+    best = rights(n, 340, 1)                      # 85%
+    cheap = best.copy()
+    cheap[np.flatnonzero(best)[:16]] = 0          # 81%: 4 points worse
+    conds = [condition("full", "full", [fake_run(1, best, truth, val=0.85, resources={"train_seconds": 300.0})]),
+             condition("head", "head", [fake_run(1, cheap, truth, val=0.80, resources={"train_seconds": 10.0})])]
+    v = analyse(conds)[0]
+    assert v.recommended == "full"
+    call = v.table.set_index("condition").loc["head", "vs_best"]
+    assert call in ("undecided", "worse")
+    if call == "undecided":
+        assert any(line.startswith("Cannot decide whether cheaper head") for line in v.lines)
+
+
+def test_collapsed_runs_and_the_baseline():
+    n = 500
+    truth = truth_of(n)  # 60% neg: the training majority (600 neg / 400 pos) predicts neg
+    only_neg = ["neg"] * n
+    right = [1 if t == "neg" else 0 for t in truth]
+    conds = [condition("head", "head", [fake_run(1, right, truth, val=0.6, pred=only_neg)]),
+             condition("lora", "lora", [fake_run(1, right, truth, val=0.61, pred=only_neg)])]
+    v = analyse(conds)[0]
+    assert v.recommended is None and v.best is None
+    assert v.lines[0].startswith("**No method learned more than the majority-class baseline**")
+    base = v.table[v.table.method == "baseline"].iloc[0]
+    assert base.condition == "majority class (neg)" and base.accuracy == pytest.approx(0.6)
+    # A good method next to a collapsed one: the collapsed one is flagged even when it leads on validation.
+    good = rights(n, 450, 5)
+    conds.append(condition("full", "full", [fake_run(1, good, truth, val=0.5)]))
+    v = analyse(conds)[0]
+    assert v.best == "full" and v.recommended == "full"
+    assert any("head (predicted a single class in 1 of 1 run(s)" in line for line in v.lines)
+
+
+def test_constraints_pick_the_best_that_fits():
+    n = 2000
+    truth = truth_of(n)
+    conds = [condition("full", "full", [fake_run(1, rights(n, 1800, 1), truth, val=0.9, resources={"peak_rss_mb": 3000.0})]),
+             condition("lora", "lora", [fake_run(1, rights(n, 1500, 2), truth, val=0.75, resources={"peak_rss_mb": 1000.0})])]
+    v = analyse(conds, AnalysisSettings(decide=Decide(max_peak_memory_mb=2000)))[0]
+    assert v.best == "lora" and v.recommended == "lora"
+    assert any("Over the constraints (max_peak_memory_mb ≤ 2000): full; the best without them would be full." in line
+               for line in v.lines)
+
+
+def test_groups_never_pair_across_datasets_or_different_test_files():
+    n = 100
+    truth = truth_of(n)
+    r = rights(n, 80, 1)
+    same_ids_other_text = [f"another text {i}" for i in range(n)]
+    conds = [condition("a", "lora", [fake_run(1, r, truth, dataset="rt")]),
+             condition("b", "lora", [fake_run(1, r, truth, dataset="bbc", texts=same_ids_other_text)]),
+             condition("c", "full", [fake_run(1, r, truth, dataset="rt")])]
+    gs = groups(conds)
+    assert sorted([c.name for c in g.conditions] for g in gs) == [["a", "c"], ["b"]]
+    # Same dataset name, same ids, different texts (two local test.csv files): not the same examples.
+    conds[1].runs[0]["info"]["dataset"] = "rt"
+    assert len(groups(conds)) == 2
+    verdicts = analyse(conds)
+    assert [len(v.pairs) for v in verdicts] == [1, 0]
+
+
+def test_ece_is_per_run_then_averaged():
+    from tuneoff.analysis import condition_row
+
+    n = 100
+    truth = truth_of(n)
+    # Run 1: 90% right at confidence 0.9 -> ECE 0. Run 2: 70% right at confidence 0.9 -> ECE 0.2. Mean 0.1, std 0.1414.
+    c = condition("a", "lora", [fake_run(1, rights(n, 90, 1), truth), fake_run(2, rights(n, 70, 2), truth)])
+    row = condition_row(c)
+    assert row["ece"] == pytest.approx(0.1) and row["ece_std"] == pytest.approx(np.sqrt(0.02))
+    assert row["accuracy_per_seed"] == "0.900 / 0.700"
