@@ -67,7 +67,9 @@ def test_jsonl_mixed_types(tmp_path, rows):
 @FUZZ
 @given(n=st.integers(4, 40), texts=st.lists(st.text(string.ascii_letters + " ", min_size=1, max_size=30), min_size=40, max_size=40))
 def test_clean_files_always_load(tmp_path, n, texts):
-    rows = [{"text": (texts[i] + "x").strip() or "x", "label": ["a", "b"][i % 2]} for i in range(n)]
+    # Distinct texts: copies of one text stay on one side of a split, so a file of one repeated text has no
+    # evaluation rows left (a clear error, tested in test_hardening), and is not "clean".
+    rows = [{"text": f"{texts[i]} x{i}".strip(), "label": ["a", "b"][i % 2]} for i in range(n)]
     path = tmp_path / "f.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     corpus = check(path)

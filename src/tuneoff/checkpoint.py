@@ -11,6 +11,12 @@ A checkpoint is a directory ``checkpoints/step-000120/`` in the run's working di
 
 It is written into ``.tmp-step-000120``, every file fsynced, then renamed: a kill during the write leaves a
 ``.tmp-*`` directory that is ignored and removed, never a torn checkpoint. The last ``keep`` are kept.
+
+Reading is all-or-nothing: every file of a checkpoint is read back (safetensors, ``weights_only`` pickles, JSON)
+before anything is applied, and a checkpoint that does not read back (truncated by a full disk, corrupted, holding
+a pickle payload) is skipped for the one before it. ``state.json`` also records the batch geometry (per-device
+batch, accumulation, processes), so a run resumed at another geometry (the out-of-memory retry halves the batch
+and doubles the accumulation) continues exactly where the effective batch allows, and is refused where it does not.
 """
 
 from __future__ import annotations
@@ -106,7 +112,8 @@ def rng_file(rank: int) -> str:
 
 
 def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[torch.Tensor] | None, optimizer,
-         scheduler, scaler, state: LoopState, keep: int, rank: int = 0, barrier=lambda: None) -> Path:
+         scheduler, scaler, state: LoopState, keep: int, rank: int = 0, barrier=lambda: None,
+         geometry: dict | None = None) -> Path:
     """Process 0 writes the checkpoint; every process adds its own RNG state (dropout masks differ per process).
     ``barrier`` is the processes' rendezvous (a no-op for one process)."""
     root = run_path / CHECKPOINTS
@@ -129,7 +136,7 @@ def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[to
     torch.save(tensors, tmp / rng_file(rank))
     barrier()
     if rank == 0:
-        (tmp / "state.json").write_text(json.dumps({"loop": asdict(state), "rng": plain}))
+        (tmp / "state.json").write_text(json.dumps({"loop": asdict(state), "rng": plain, "geometry": geometry}))
         for f in tmp.iterdir():
             _fsync_file(f)
         _fsync_dir(tmp)
@@ -142,39 +149,108 @@ def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[to
     return final
 
 
-def latest(run_path: Path) -> Path | None:
-    """The newest complete checkpoint; torn ``.tmp-*`` directories are removed."""
+def complete(run_path: Path) -> list[Path]:
+    """Complete checkpoints, newest first; torn ``.tmp-*`` directories are removed."""
     root = run_path / CHECKPOINTS
     if not root.is_dir():
-        return None
+        return []
     for torn in root.glob(".tmp-*"):
         shutil.rmtree(torn, ignore_errors=True)
-    done = sorted(p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file())
-    return done[-1] if done else None
+    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()), reverse=True)
 
 
-def load(path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler,
-         rank: int = 0) -> tuple[LoopState, list | None]:
-    """Restore weights, optimizer, scheduler, scaler and RNG states; returns the loop state and best weights.
+def latest(run_path: Path) -> Path | None:
+    """The newest complete checkpoint (it may still fail to read back: ``load`` falls back past it)."""
+    done = complete(run_path)
+    return done[0] if done else None
 
-    A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's."""
+
+@dataclass
+class Restored:
+    path: Path
+    state: LoopState
+    best: list | None
+    skipped: list[str]          # newer checkpoints that did not read back, and why
+
+
+def _read(path: Path, names: list[str], rank: int) -> dict:
+    """Every file of one checkpoint, read and checked; nothing applied yet."""
     weights = load_file(path / "trainable.safetensors")
-    missing = set(named_trainable) ^ set(weights)
-    if missing:
-        raise RuntimeError(f"checkpoint {path} does not match the model's trainable parameters: {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for name, param in named_trainable.items():
-            param.copy_(weights[name].to(param.device))
-    best = None
-    if (path / "best.safetensors").is_file():
-        stored = load_file(path / "best.safetensors")
-        best = [stored[n] for n in named_trainable]
+    if set(weights) != set(names):
+        raise ValueError(f"its weights are not this model's trainable parameters: {sorted(set(weights) ^ set(names))[:5]}")
+    stored = load_file(path / "best.safetensors") if (path / "best.safetensors").is_file() else None
+    best = [stored[n] for n in names] if stored is not None else None
     opt = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    if scaler is not None and opt["scaler"] is not None:
-        scaler.load_state_dict(opt["scaler"])
     data = json.loads((path / "state.json").read_text())
     rng = path / rng_file(rank) if (path / rng_file(rank)).is_file() else path / rng_file(0)
-    _set_rng_state(data["rng"], torch.load(rng, weights_only=True))
-    return LoopState(**data["loop"]), best
+    return {"weights": weights, "best": best, "optimizer": opt, "data": data,
+            "rng": torch.load(rng, weights_only=True, map_location="cpu")}
+
+
+def load(run_path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler,
+         rank: int = 0, geometry: dict | None = None) -> Restored | None:
+    """Restore weights, optimizer, scheduler, scaler and RNG states from the newest checkpoint that reads back.
+
+    A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's.
+    Returns None when the run has no checkpoint; raises TuneoffError when it has some and none reads back."""
+    from tuneoff.errors import TuneoffError
+
+    skipped = []
+    for path in complete(run_path):
+        try:
+            parts = _read(path, list(named_trainable), rank)
+        except Exception as exc:  # noqa: BLE001 - safetensors, unpickling, JSON and shape errors alike: skip it
+            skipped.append(f"{path.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
+            continue
+        state = LoopState(**parts["data"]["loop"])
+        state.batch = translate_position(state, parts["data"].get("geometry"), geometry, path)
+        with torch.no_grad():
+            for name, param in named_trainable.items():
+                param.copy_(parts["weights"][name].to(param.device))
+        optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        state_to_parameter_device(optimizer)
+        scheduler.load_state_dict(parts["optimizer"]["scheduler"])
+        if scaler is not None and parts["optimizer"]["scaler"] is not None:
+            scaler.load_state_dict(parts["optimizer"]["scaler"])
+        _set_rng_state(parts["data"]["rng"], parts["rng"])
+        return Restored(path, state, parts["best"], skipped)
+    if skipped:
+        raise TuneoffError(f"No checkpoint of the run in {run_path} reads back: {'; '.join(skipped)}. Nothing was "
+                           "loaded from them. Start the run afresh (without --resume), or delete that directory.")
+    return None
+
+
+def translate_position(state: LoopState, saved: dict | None, now: dict | None, path: Path) -> int:
+    """The micro-batch to continue from when the batch geometry changed since the checkpoint.
+
+    Epoch orders are grouped by the effective batch (per-device batch x accumulation x processes), so runs with
+    the same effective batch see the same examples in the same order however it is split; a checkpoint sits on
+    an optimizer-step boundary, so its position translates exactly. Another effective batch is another run."""
+    from tuneoff.errors import TuneoffError
+
+    if not saved or not now or saved == now:
+        return state.batch
+    effective = {g: d["batch_size"] * d["grad_accum"] * d["processes"] for g, d in (("saved", saved), ("now", now))}
+    if effective["saved"] != effective["now"] or state.batch % saved["grad_accum"]:
+        raise TuneoffError(
+            f"Checkpoint {path.name} was written at batch {saved['batch_size']} x accumulation {saved['grad_accum']} x "
+            f"{saved['processes']} process(es) (effective {effective['saved']}); this run has batch {now['batch_size']} x "
+            f"{now['grad_accum']} x {now['processes']} (effective {effective['now']}). Resume with train.batch_size / "
+            "train.grad_accum giving the same effective batch, or start afresh without --resume.")
+    return state.batch // saved["grad_accum"] * now["grad_accum"]
+
+
+def state_to_parameter_device(optimizer) -> None:
+    """Optimizer state keyed by something other than a parameter (peft's LoRA-FA keys it by parameter *name*) is not
+    moved by ``load_state_dict``; loaded with ``map_location="cpu"`` it would stay on the CPU while the parameters
+    are on the GPU (device mismatch at the first step). Move it to the parameters' device."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not params:
+        return
+    device = params[0].device
+    for key, value in optimizer.state.items():
+        if isinstance(key, torch.Tensor) or not isinstance(value, dict):
+            continue  # keyed by a parameter: load_state_dict already put it where the parameter is
+        for k, v in value.items():
+            if isinstance(v, torch.Tensor) and v.device != device:
+                value[k] = v.to(device)

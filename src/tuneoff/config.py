@@ -20,7 +20,8 @@ DEFAULT_METHOD = "lora"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors; so are inf and NaN (`train.lr=.inf` would train an all-NaN model "successfully").
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -102,6 +103,8 @@ class TrainConfig(Section):
         "(AVX512-BF16/AMX), else fp32."
     )
     eval_every: int | None = Field(None, ge=1, description="Also evaluate every N optimizer steps (always per epoch).")
+    max_skipped_steps: int = Field(50, ge=1, description="fp16: stop after this many optimizer steps in a row that the "
+                                   "gradient scaler skipped (overflow); occasional skips are normal.")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -163,22 +166,55 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise TuneoffError(f"Override `{item}` is not of the form key=value (e.g. method.r=8, train.lr=1e-4).")
+        check_tree(item, f"override `{key}`")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise TuneoffError(f"Override `{item}`: the value is not valid YAML ({exc.problem}).") from exc
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise TuneoffError(f"Override `{item}`: the value is not valid YAML ({problem}).") from exc
+        check_tree(key, f"override `{key}`")
+        check_tree(value, f"override `{key}`")
         parsed.append((key.strip(), value))
     return parsed
 
 
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_tree(data: Any, source: str) -> None:
+    """Refuse what no config needs and an attacker could send: a YAML alias bomb (a few hundred bytes whose aliases
+    expand to billions of values once copied: values are counted as expanded, stopping at the limit), and NUL
+    bytes in strings (no path or name can hold one)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise TuneoffError(f"{source} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases `*name` "
+                               "repeated?). Write the values out; a config never needs that many.")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise TuneoffError(f"{source}: the value {value!r} holds a NUL byte; names and paths cannot.")
+
+
 def read_yaml(path: str | Path) -> dict:
+    if "\x00" in str(path):
+        raise TuneoffError(f"Config file name {str(path)!r} holds a NUL byte.")
     path = Path(path)
     if not path.is_file():
         raise TuneoffError(f"Config file {path} does not exist.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise TuneoffError(f"Config file {path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise TuneoffError(f"Config file {path} is not valid UTF-8 YAML: {exc}") from exc
+    check_tree(data, f"Config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

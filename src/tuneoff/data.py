@@ -274,6 +274,22 @@ def resolve_source(cfg: DataConfig) -> tuple[str, Callable[[DataConfig], dict[st
     )
 
 
+MIN_SPLIT_ROWS = {"train": 2, "validation": 1, "test": 1}
+
+
+def _check_sizes(name: str, parts: dict[str, pd.DataFrame], notes: list[str]) -> None:
+    """Stop before training when a split ended empty or too small to score: a file whose texts repeat loses its
+    evaluation rows to train (copies stay on one side), and max_*_samples can cut a split down."""
+    for split, least in MIN_SPLIT_ROWS.items():
+        rows = len(parts[split])
+        if rows < least:
+            why = "; ".join(notes) or "as given"
+            raise TuneoffError(
+                f"Dataset {name!r}: the {split} split has {rows} row(s) ({why}); at least {least} are needed. Give more "
+                "distinct rows, a file of its own (data.validation_file / data.test_file), or change "
+                "data.validation_fraction / data.test_fraction / data.max_eval_samples.")
+
+
 def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus:
     """Load, validate and split. ``label_names`` (a trained model's) fixes the label set instead of train's."""
     name, loader = resolve_source(cfg)
@@ -297,6 +313,7 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
     parts["train"] = _cap(parts["train"], cfg.max_train_samples, cfg.split_seed)
     for split in ("validation", "test"):
         parts[split] = _cap(parts[split], cfg.max_eval_samples, cfg.split_seed)
+    _check_sizes(name, parts, notes)
 
     known = set(label_names) if label_names else set(parts["train"]["label"])
     if label_names is None and len(known) < 2:

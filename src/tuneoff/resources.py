@@ -99,7 +99,10 @@ class Throughput:
         self._pending_tokens = self._pending_tokens + real
 
     def read(self) -> dict:
-        secs = max(self.seconds, 1e-9)
+        """Totals so far, the running interval included (a rate read mid-epoch is the real one, not samples over
+        the time of the epochs before)."""
+        secs = self.seconds + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        secs = max(secs, 1e-9)
         return {
             "train_seconds": self.seconds,
             "train_samples": self.samples,

@@ -51,6 +51,25 @@ def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def disk_full(exc: BaseException, where: Path | None = None) -> bool:
+    """Out of space or quota, however the library that was writing said it: an OSError, safetensors' own error type
+    with the OS message in it, or torch.save's zip writer, which only says "unexpected pos" (then the file system
+    of ``where`` is checked: less than 1 MiB free is a full disk)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text:
+        return True
+    if where is not None and isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(where).free < 1024 * 1024
+        except OSError:
+            return False
+    return False
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -101,9 +120,14 @@ class RunDirectory:
             raise TuneoffError(f"Run directory {run.final} already exists; choose another name=.")
         if not resume:
             shutil.rmtree(run.path, ignore_errors=True)
-        run.path.mkdir(exist_ok=True)
-        (run.path / "failed.json").unlink(missing_ok=True)
-        atomic_write_text(run.path / "config.yaml", config_yaml)
+        try:
+            run.path.mkdir(exist_ok=True)
+            (run.path / "failed.json").unlink(missing_ok=True)
+            atomic_write_text(run.path / "config.yaml", config_yaml)
+        except OSError as exc:
+            hint = "Free some space" if disk_full(exc) else "Choose another output_dir"
+            raise TuneoffError(f"Cannot start the run in {run.path}: {exc.strerror or exc}. {hint} and run again"
+                               f"{' with --resume' if resume else ''}; nothing was trained.") from exc
         return run
 
     def publish(self) -> Path:
@@ -112,8 +136,12 @@ class RunDirectory:
         return self.final
 
     def fail(self, reason: str) -> None:
-        """Keep the working directory (its last good checkpoint) and say why the run stopped."""
-        write_json(self.path / "failed.json", {"status": "failed", "error": reason})
+        """Keep the working directory (its last good checkpoint) and say why the run stopped. Best effort: on a full
+        disk the note itself may not fit, and the error the user sees matters more than the note."""
+        try:
+            write_json(self.path / "failed.json", {"status": "failed", "error": reason})
+        except OSError:
+            pass
 
     def abandon(self) -> None:
         """Interrupted: keep the working directory if it holds a checkpoint to resume from, else remove it."""
@@ -148,7 +176,8 @@ def save_model(model, tokenizer, out: Path, base_source: str, revision: str | No
     """
     from peft import PeftModel
 
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # a resumed run that was killed after saving once saves again, afresh
+    out.mkdir(parents=True)
     if isinstance(model, PeftModel):
         model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         base = model.get_base_model()
@@ -177,6 +206,8 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
     try:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise TuneoffError(f"Cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' own error on a corrupt file, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TuneoffError(f"Cannot load the model in {model_dir}: {first}. The file may be truncated or corrupt; "
+                           "re-run the training (the run's other files are intact).") from exc
     return model.to(device).eval(), tokenizer

@@ -32,7 +32,7 @@ JOURNAL = "optuna.journal"
 class Dimension(BaseModel):
     """One searched field: a range (``low``/``high``, ``log``, ``step``; integers when both ends are) or ``choices``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     low: float | int | None = None
     high: float | int | None = None
     log: bool = False
@@ -62,7 +62,7 @@ class Dimension(BaseModel):
 
 
 class SearchSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metric: str = Field("validation.accuracy", description="validation.<metric> or resources.<field> to optimise.")
     direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize losses, times and memory.")
     trials: int = Field(..., ge=1, description="Trials per variant.")

@@ -39,7 +39,7 @@ DEFAULT_STUDY = Path(__file__).parent / "studies" / "default.yaml"
 class Decide(BaseModel):
     """Constraints a recommended method must meet (a study's ``decide:``, or flags of ``tuneoff report``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_peak_memory_mb: float | None = Field(None, gt=0)
     max_train_seconds: float | None = Field(None, gt=0)
     max_trainable_params: int | None = Field(None, ge=1)
@@ -48,7 +48,7 @@ class Decide(BaseModel):
 class AnalysisSettings(BaseModel):
     """A study's ``analysis:`` section: how verdicts are reached (changing it re-reads results, never re-runs)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     margin: float = Field(0.01, gt=0, lt=1, description="Non-inferiority margin in accuracy (0.01 = one point).")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Family-wise error rate (Holm) and 1 - CI level.")
     prefer: Literal["overall", "trained_mb", "peak_memory_mb", "train_seconds", "trainable_params"] = Field(
@@ -58,7 +58,7 @@ class AnalysisSettings(BaseModel):
 
 
 class StudySpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict, description="A run config: model, data, method, train.")
@@ -205,6 +205,12 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
     store = Store(results)
     # Absolute: runs may execute on other machines (Ray) whose working directory is not this one.
     directory = study_dir(Path(results).resolve(), spec.name)
+    for other in store.studies():
+        if other["name"] != spec.name and safe_name(other["name"]) == safe_name(spec.name):
+            store.close()
+            raise TuneoffError(
+                f"Study {spec.name!r} and the study {other['name']!r} already in {results} would share the same folder "
+                f"({directory}) and each other's runs. Rename this study, or use another --results directory.")
     known = store.study(spec.name)
     if known is not None:
         if known["spec_hash"] != spec.digest():
@@ -244,7 +250,13 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
     from tuneoff.executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor(progress, say)
-    store, runs, directory = prepare(spec, results, resume, yes)
+    lock = hold_study(study_dir(results, spec.name), spec.name)
+    try:
+        store, runs, directory = prepare(spec, results, resume, yes)
+    except BaseException:
+        lock.close()
+        executor.close()
+        raise
     try:
         if spec.search is not None:
             from tuneoff.search import run_search
@@ -265,7 +277,36 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
     finally:
         executor.close()
         store.close()
+        lock.close()
     return directory
+
+
+def hold_study(directory: Path, name: str):
+    """An exclusive lock on the study for as long as this process runs it (``<study>/.lock``, flock). A second
+    ``tuneoff run`` of the same study would mark this one's running runs failed; it is refused with the holder."""
+    import fcntl
+    import os
+    import socket
+    from datetime import datetime, timezone
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / ".lock", "a+", encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise TuneoffError(f"Cannot create the study directory {directory}: {exc}. Choose another --results.") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise TuneoffError(f"Study {name!r} is being run by another process ({holder}). Wait for it to finish, or stop "
+                           "it; then `--resume` continues the study. One study is run by one process at a time.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    handle.flush()
+    return handle
 
 
 def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None) -> None:

@@ -9,7 +9,6 @@ how the optimizer treats them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
@@ -29,12 +28,13 @@ from tuneoff.batches import micro_batches as micro_batches_of
 from tuneoff.config import RunConfig
 from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
+from tuneoff import guards
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.launcher import check_sharding
 from tuneoff.methods import check_budget, get_method
 from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
-from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, new_run_id, save_model, write_json
+from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
 
 
 @dataclass
@@ -61,14 +61,6 @@ def mixed_precision(setting: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "no"
-
-
-def non_finite(what: str, step: int, lr: float) -> TuneoffError:
-    return TuneoffError(
-        f"The training {what} became non-finite (NaN/inf) by optimizer step {step}. Lower train.lr (now {lr:g}), "
-        "use train.mixed_precision=bf16 or no instead of fp16, or set train.max_grad_norm (gradient clipping). "
-        "The last good checkpoint is kept in the run's working directory."
-    )
 
 
 def merged_for_inference(model):
@@ -154,9 +146,17 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     run = open_run_directory(cfg, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
                              resume, run_id is None, accelerator)
     state, best_state = checkpoint.LoopState(), None
-    latest = checkpoint.latest(run.path) if resume else None
-    if latest is not None:
-        state, best_state = checkpoint.load(latest, named, optimizer, scheduler, accelerator.scaler, rank)
+    geometry = {"batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "processes": world}
+    try:
+        restored = checkpoint.load(run.path, named, optimizer, scheduler, accelerator.scaler, rank, geometry) if resume else None
+    except TuneoffError as exc:
+        run.fail(str(exc))
+        raise
+    if restored is not None:
+        state, best_state = restored.state, restored.best
+        for note in restored.skipped if main else []:
+            tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
+    scaled, skips = guards.fp16_scaled(accelerator), guards.SkipGuard(tc.max_skipped_steps)
 
     def evaluate(split: str, net=None, autocast=accelerator.autocast):
         logits = predict_logits(net or eval_model, encoded[split], tc.eval_batch_size, collate, device, autocast, rank, world)
@@ -181,7 +181,9 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                     state.augmentation.append(stats)
             # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
             # Grouped by the global batch: N processes at batch b see the examples one process at batch N*b sees.
-            order = train_order(train_set, tc.batch_size * world, tc.group_by_length, tc.seed, state.epoch)
+            # Grouped by the effective batch, so the order is the same however it is split into micro-batches and
+            # processes: an out-of-memory retry (half the batch, twice the accumulation) resumes exactly.
+            order = train_order(train_set, tc.batch_size * tc.grad_accum * world, tc.group_by_length, tc.seed, state.epoch)
             rounds = [micro_batches_of(order, tc.batch_size, r, world) for r in range(world)]
             loader = train_loader(train_set, rounds[rank][state.batch:], collate)
             speed.resume()
@@ -210,6 +212,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 if tc.max_grad_norm:
                     grad_ok &= torch.isfinite(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
                 optimizer.step()
+                if scaled:  # fp16: a skipped step (overflow) is normal; many in a row is divergence
+                    skips.observe(guards.step_was_skipped(optimizer), state.step + 1, lr)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
@@ -220,12 +224,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                 if state.step % 10 == 0 or should_eval or should_save:  # a host sync, so not every step
                     # Averaged over processes, so every process takes the same decision and none waits forever.
                     state.running_loss = float(accelerator.reduce(running_loss.clone(), "mean")) if world > 1 else float(running_loss)
-                    if not math.isfinite(state.running_loss):
-                        raise non_finite("loss", state.step, lr)
                     if world > 1:
                         grad_ok = accelerator.reduce(grad_ok.to(torch.int32), "sum") == world
-                    if not bool(grad_ok):
-                        raise non_finite("gradient norm", state.step, lr)
+                    if not scaled and not math.isfinite(state.running_loss):
+                        raise guards.non_finite("loss", state.step, lr)
+                    if not scaled and not bool(grad_ok):
+                        raise guards.non_finite("gradient norm", state.step, lr)
                     bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
                                     samples_s=f"{speed.read()['train_samples_per_s']:.1f}")
                 if should_eval:
@@ -233,6 +237,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                     t0 = time.perf_counter()
                     _, val = evaluate("validation")
                     checkpoint.crash_point("eval", state.step)
+                    if not math.isfinite(val["loss"]):
+                        raise guards.non_finite("validation loss", state.step, lr)
                     state.eval_seconds += time.perf_counter() - t0
                     state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
                                           "train_loss": state.running_loss / max(state.running_n, 1),
@@ -258,7 +264,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                     speed.pause()
                     state.samples, state.tokens, state.train_seconds = speed.samples, speed.tokens, speed.seconds
                     checkpoint.save(run.path, named, best_state, optimizer, scheduler, accelerator.scaler, state,
-                                    tc.keep_checkpoints, rank, accelerator.wait_for_everyone)
+                                    tc.keep_checkpoints, rank, accelerator.wait_for_everyone, geometry)
                     speed.resume()
                 if state.stopped_early or state.step >= total_steps:
                     break
@@ -272,7 +278,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         resources = {**counts, **own, "optimizer_steps": state.step,
                      "eval_seconds": state.eval_seconds, "processes": world, "per_device_batch_size": tc.batch_size,
                      "effective_batch_size": tc.batch_size * tc.grad_accum * world,
-                     "resumed_from_step": latest.name if latest else None}
+                     "resumed_from_step": restored.path.name if restored else None,
+                     "fp16_skipped_steps": skips.total if scaled else None}
 
         # The best checkpoint: frozen weights never change, so restoring the trainable ones restores the model.
         with torch.no_grad():
@@ -288,6 +295,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         # `tuneoff predict`, from_pretrained and pipeline() give, not a bf16 approximation of it.
         # keep_fp32_wrapper=False removes the autocast Accelerate wrapped around forward in prepare().
         final_model = model if fsdp else merged_for_inference(accelerator.unwrap_model(model, keep_fp32_wrapper=False))
+        checkpoint.crash_point("final", state.step)
         _, val_metrics = evaluate("validation", final_model, contextlib.nullcontext)
         t0 = time.perf_counter()
         test_logits, test_metrics = evaluate("test", final_model, contextlib.nullcontext)
@@ -319,16 +327,15 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         if main:
             run.fail(str(exc))
         raise
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not main:
-            if main:
-                run.abandon()
-            raise
-        message = (f"No space left on the device while writing the run in {run.path}: {exc}. Free some space and run "
-                   "again with --resume; the run was not published and its last checkpoint is kept.")
-        run.fail(message)
-        raise TuneoffError(message) from exc
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            exc.tuneoff_run_id = run.run_id  # the retry resumes this run, from its checkpoint if it wrote one
+        if main and disk_full(exc, run.path):  # OSError, or safetensors' own error type carrying the OS message
+            message = (f"No space left on the device while writing the run in {run.path}: {str(exc).splitlines()[0]}. "
+                       "Free some space and run again with --resume; the run was not published and its last complete "
+                       "checkpoint is kept.")
+            run.fail(message)
+            raise TuneoffError(message) from exc
         if main:
             run.abandon()
         raise
@@ -372,28 +379,42 @@ def open_run_directory(cfg: RunConfig, run_id: str, resume: bool, find: bool, ac
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
                          say=print, on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
     """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
-    unchanged), down to ``train.min_batch_size``."""
+    unchanged, so the retry resumes the same run from its last checkpoint), down to ``train.min_batch_size``.
+
+    The failed attempt's memory is released before the retry: the exception is not kept (its traceback holds the
+    frames that hold the model), and garbage collection breaks the model <-> forward cycle Accelerate's prepare
+    makes, then the CUDA cache is emptied (what Accelerate's ``release_memory`` does)."""
     while True:
         try:
             return train(cfg, progress, run_id, resume, on_evaluate)
-        except torch.cuda.OutOfMemoryError:
-            tc = cfg.train
-            from tuneoff.launcher import launched
+        except torch.cuda.OutOfMemoryError as exc:
+            failed_run = getattr(exc, "tuneoff_run_id", None)
+        release_memory()
+        tc = cfg.train
+        from tuneoff.launcher import launched
 
-            if launched():  # the other processes are inside a collective: a lone retry would deadlock them
-                raise TuneoffError(
-                    f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
-                    f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
-                    "and --resume, or shard the model with FSDP (--accelerate-config)."
-                ) from None
-            if tc.batch_size // 2 < tc.min_batch_size:
-                raise TuneoffError(
-                    f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
-                    "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size."
-                ) from None
-            smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
-            say(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
-                f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
-            cfg = cfg.model_copy(update={"train": smaller})
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        if launched():  # the other processes are inside a collective: a lone retry would deadlock them
+            raise TuneoffError(
+                f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
+                f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
+                "and --resume, or shard the model with FSDP (--accelerate-config)."
+            )
+        if tc.batch_size // 2 < tc.min_batch_size:
+            raise TuneoffError(
+                f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
+                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size."
+            )
+        smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
+        say(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
+            f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
+        cfg = cfg.model_copy(update={"train": smaller})
+        if failed_run is not None:
+            run_id, resume = failed_run, True
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -29,7 +29,7 @@ ADAMW_EPS = 1e-8
 class MethodParams(BaseModel):
     """Parameters of one method; subclasses add theirs. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     name: str
     max_trainable_params: int | None = Field(
         None, ge=1, description="Budget: fail before training if the method would train more parameters than this."
