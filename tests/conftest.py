@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `tuneoff train` indexes its runs in the results store (default ./results): keep the tests' out of the checkout.
+os.environ.setdefault("TUNEOFF_RESULTS", __import__("tempfile").mkdtemp(prefix="tuneoff-results-"))
 
 POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "boring", "dull"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -73,7 +77,17 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     pd.DataFrame({"text": ["good", "bad", "x", "nice", "dull", "fine", "sad", "y"],
                   "label": ["pos", "neg", "meh", "pos", "neg", "pos", "neg", "pos"]}).to_csv(other, index=False)
     bad = invoke("evaluate", run_dir, "--data", other)
-    assert bad.exit_code == 2 and "'meh'" in bad.output and "model's labels" in " ".join(bad.output.split())
+    text = " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "'meh'" in text and "other.csv" in text and "model's labels ['neg', 'pos']" in text
+    assert "training" not in text, "an evaluated file is not a training split"
+
+    # A labeled file given to evaluate is the set to evaluate: every row, not a 10% slice of it.
+    labeled = tmp_path / "labeled.csv"
+    pd.DataFrame({"text": ["good film", "awful plot"] * 10, "label": ["pos", "neg"] * 10}).to_csv(labeled, index=False)
+    scored = invoke("evaluate", run_dir, "--data", labeled)
+    assert scored.exit_code == 0, scored.output
+    assert "scored 20 rows of labeled.csv" in " ".join(scored.output.split())
+    assert json.loads((run_dir / "eval-labeled.csv-all-rows.json").read_text())["n"] == 20
 
 
 def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path):
@@ -87,3 +101,38 @@ def test_error_text_is_printed_as_is_not_as_markup(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(missing)])
     assert result.exit_code == 2
     assert "data[ray].csv" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", [["--help"], ["methods"], ["datasets"], ["models"], ["train", "train.lr=-1"]])
+def test_listing_commands_and_config_errors_never_import_torch(command):
+    """They answer in well under a second: no torch, transformers, pandas or scikit-learn behind them."""
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
+            f"r = CliRunner().invoke(app, {command!r})\nprint('EXIT', r.exit_code)\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    assert ("EXIT 2" if command[0] == "train" else "EXIT 0") in done.stdout
+
+
+def test_single_runs_are_in_the_store_and_log_their_evaluations(tiny_bert, toy_csv, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke("train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 2, "train.eval_every": 3}))
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    # One line per evaluation, through logging (stderr): steps 3, 6 and the epoch ends.
+    lines = [line for line in result.output.splitlines() if "validation loss" in line]
+    assert len(lines) == len((run_dir / "history.jsonl").read_text().splitlines()) >= 3
+    assert f"{run_dir.name} step 3/" in lines[0] and "samples/s" in lines[0]
+    results = Path(os.environ["TUNEOFF_RESULTS"])  # conftest: a temporary results store for the whole test session
+    listed = invoke("runs", "list")
+    assert listed.exit_code == 0 and run_dir.name in listed.output.replace("\n", "") and "(single runs)" in listed.output
+    shown = invoke("runs", "show", run_dir.name)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "test accuracy" in text.replace("│", "").replace("  ", " ") or ("test" in text and "accuracy" in text)
+    assert "trainable" in text and run_dir.name in shown.output
+    raw = invoke("runs", "show", run_dir.name, "--results", results, "--json")
+    assert json.loads(raw.output)["run_info"]["label_names"] == ["neg", "pos"]

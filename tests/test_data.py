@@ -134,6 +134,9 @@ def test_hub_loader_maps_classlabels_and_drops_snli_minus_one(monkeypatch):
     dsd = datasets.DatasetDict(train=split(30), validation=split(9), test=split(9, unlabeled=1))
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config=None: calls.append(hub_id) or dsd)
+    from tuneoff import hub
+
+    monkeypatch.setattr(hub, "cached", lambda repo, kind="model": True)  # as if downloaded once before
     corpus = load_corpus(DataConfig(name="snli"))
     assert calls == ["stanfordnlp/snli"]
     assert corpus.label_names == ["contradiction", "entailment", "neutral"]

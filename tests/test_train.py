@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -41,6 +43,9 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [d.name], "no temporary directory left behind"
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     assert cfg["method"] == {**cfg["method"], "name": "lora", "r": 4} and cfg["train"]["epochs"] == 6
+    # Resolved: the values the run used, not "null" / "auto" (the method's default lr, warmup steps, precision).
+    assert cfg["train"]["lr"] == 5e-4 and isinstance(cfg["train"]["warmup_steps"], int)
+    assert cfg["train"]["mixed_precision"] in ("no", "bf16") and cfg["train"]["device"] == "cpu"
     preds = pd.read_csv(d / "predictions.csv")
     assert list(preds.columns) == ["id", "text", "true_label", "pred_label", "prob_neg", "prob_pos"]
     assert np.allclose(preds[["prob_neg", "prob_pos"]].sum(axis=1), 1, atol=1e-5)
@@ -58,13 +63,23 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("method, encoder", [("lora", "tiny_bert"), ("full", "tiny_bert"), ("partial", "tiny_bert"),
                                              ("lora", "tiny_distilbert"), ("lora_fa", "tiny_distilbert")])
-def test_saved_model_reloads_with_identical_predictions(method, encoder, request, toy_csv, tmp_path):
+def test_saved_model_reloads_with_identical_predictions(method, encoder, request, toy_csv, tmp_path, caplog):
+    import logging
+    import stat
+
     from transformers import AutoModelForSequenceClassification, pipeline
 
     result = run(request.getfixturevalue(encoder), toy_csv, tmp_path, method, **{"train.epochs": 2, "train.lr": 1e-2})
     preds = pd.read_csv(result.run_dir / "predictions.csv")
     model_dir = str(result.run_dir / "model")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(model_dir).iterdir():  # weights are shared like any file: the umask decides, not a temp file's 0600
+        if not path.is_symlink():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
 
+    caplog.set_level(logging.WARNING)
+    caplog.clear()  # training itself loads the base with a fresh head: that report is expected
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     assert model.config.id2label == {0: "neg", 1: "pos"}
     clf = pipeline("text-classification", model=model_dir, top_k=None)
@@ -72,6 +87,8 @@ def test_saved_model_reloads_with_identical_predictions(method, encoder, request
     probs = np.array([[{o["label"]: o["score"] for o in row}[name] for name in ("neg", "pos")] for row in outputs])
     # The classic bug (head or DistilBERT pre_classifier not saved) shows up here as different probabilities.
     np.testing.assert_allclose(probs, preds[["prob_neg", "prob_pos"]].values, atol=1e-5)
+    # ...and loading it says nothing alarming: no "classifier.weight MISSING ... newly initialized" for adapter runs.
+    assert not [r for r in caplog.records if "MISSING" in r.getMessage() or "newly initialized" in r.getMessage()]
 
 
 def test_same_seed_same_results(tiny_bert, toy_csv, tmp_path):

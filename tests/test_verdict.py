@@ -126,7 +126,10 @@ def test_mcnemar_direction_and_non_inferiority_calls_by_hand():
     assert non_inferiority(undecided, 0.01) == "undecided"
     # half-width 0.02, distance of the estimate from -margin 0.005: (0.02 / 0.005)^2 = 16x the data.
     assert "about 16.0x" in what_would_decide(undecided, 0.01, {"seed": 0.0, "test": 1.0})
+    assert "a larger test set" in what_would_decide(undecided, 0.01, {"seed": 0.0, "test": 1.0})
     assert "more seeds" in what_would_decide(undecided, 0.01, {"seed": 2.0, "test": 1.0})
+    on_the_margin = {"diff": -0.0099, "ci_low": -0.03, "ci_high": 0.01}
+    assert "even 100x the data might not settle it" in what_would_decide(on_the_margin, 0.01, {"seed": 0.0, "test": 1.0})
 
 
 def test_variance_parts_by_hand():

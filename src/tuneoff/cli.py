@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -58,6 +59,19 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _log_evaluations() -> None:
+    import logging
+
+    log = logging.getLogger("tuneoff")
+    for old in [h for h in log.handlers if getattr(h, "tuneoff_cli", False)]:
+        log.removeHandler(old)  # a handler from an earlier command in this process holds its (closed) stderr
+    handler = logging.StreamHandler()  # today's sys.stderr
+    handler.tuneoff_cli = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def _metrics_table(title: str, metrics: dict, resources: dict | None = None) -> Table:
     table = Table(title=title, show_header=False)
     for key in ("accuracy", "macro_f1", "weighted_f1", "loss", "n"):
@@ -84,6 +98,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run of this same config from its newest checkpoint."),
     num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (one per GPU; CPU processes without one), started with `accelerate launch`."),
     accelerate_config: Optional[Path] = typer.Option(None, help="An `accelerate config` file (e.g. FSDP) for --num-processes."),
+    results: Path = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results store that indexes the run (`tuneoff runs list`)."),
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
     import sys
@@ -97,11 +112,19 @@ def train(
     _quiet_libraries()
     from tuneoff.train import train_with_oom_retry
 
+    if not progress:  # one line per evaluation instead of a bar (CI logs, Ray workers, files)
+        _log_evaluations()
     try:
         result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
     finally:
         end_processes()
     if is_main_process():
+        from tuneoff.store import Store
+
+        store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
+        store.record_single(result.run_dir.resolve(), (result.run_dir / "config.yaml").read_text(), result.metrics,
+                            result.resources, json.loads((result.run_dir / "run.json").read_text()))
+        store.close()
         console().print(_metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
         console().print(f"run saved to [bold]{escape(str(result.run_dir))}[/]")
 
@@ -110,8 +133,8 @@ def train(
 @user_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
-    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own)."),
-    split: str = typer.Option("test", help="Split: train, validation or test."),
+    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row."),
+    split: str = typer.Option("test", help="Split of a built-in or hub dataset: train, validation or test (a file given to --data is scored whole)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
 ) -> None:
     """Evaluate a saved run on a dataset split; writes eval-<dataset>-<split>.json into the run directory."""
@@ -119,8 +142,8 @@ def evaluate(
     from tuneoff.evaluate import evaluate_run
 
     metrics, out = evaluate_run(run_dir, data, split, overrides or [])
-    console().print(_metrics_table(f"{metrics['dataset']} / {split}", metrics))
-    console().print(f"written to [bold]{escape(str(out))}[/]")
+    console().print(_metrics_table(f"{metrics['dataset']} / {metrics['split']}", metrics))
+    say(f"scored {metrics['rows_scored']:,} rows of {metrics['dataset']} ({metrics['split']}); written to {out}")
 
 
 @app.command()
@@ -172,10 +195,13 @@ def inspect(
         labels.add_row(name, *[f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
                                for s in report["splits"].values()])
     c.print(labels)
-    trunc = Table(title="share of training examples truncated at each max_length")
-    for n in report["splits"]["train"]["truncated_share"]:
+    trunc = Table(title="each max_length: training examples truncated, and training time relative to the recommended")
+    trunc.add_column("")
+    lengths = [n for n in report["splits"]["train"]["truncated_share"] if int(n) in report["relative_time"]]
+    for n in lengths:
         trunc.add_column(str(n))
-    trunc.add_row(*[f"{v:.1%}" for v in report["splits"]["train"]["truncated_share"].values()])
+    trunc.add_row("truncated", *[f"{report['splits']['train']['truncated_share'][n]:.1%}" for n in lengths])
+    trunc.add_row("time", *[f"{report['relative_time'][int(n)]:.2f}x" for n in lengths])
     c.print(trunc)
     for split, s in report["splits"].items():
         if s["imbalanced"]:
@@ -272,7 +298,7 @@ def models() -> None:
     console().print("Also: any Hugging Face hub id or local model directory.")
 
 
-RESULTS = typer.Option("results", "--results", "-r", help="Results root: holds tuneoff.sqlite and one directory per study.")
+RESULTS = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results root: holds tuneoff.sqlite and one directory per study.")
 
 
 def _open_store(results: Path):
@@ -371,38 +397,71 @@ app.add_typer(runs_app, name="runs")
 def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
               status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
     """List runs: study, run id, status, test accuracy, trainable params, train time."""
-    import json
-
+    table = Table(title="runs", expand=False)
+    for col, kw in (("study", {"overflow": "fold"}), ("run", {"overflow": "fold"}), ("status", {}),
+                    ("acc.", {"justify": "right"}), ("trainable", {"justify": "right"}), ("train s", {"justify": "right"})):
+        table.add_column(col, **kw)
     store = _open_store(results)
-    table = Table(title=f"runs in {results}")
-    for col in ("study", "run", "status", "accuracy", "trainable", "train s"):
-        table.add_column(col)
     for row in store.runs(study, status):
         m = json.loads(row["metrics"]) if row["metrics"] else {}
         r = json.loads(row["resources"]) if row["resources"] else {}
         table.add_row(row["study"], row["run_id"], row["status"], f"{m['test']['accuracy']:.4f}" if m else "",
                       f"{r['trainable_params']:,}" if r else "", f"{r['train_seconds']:.0f}" if r else "")
+    store.close()
     console().print(table)
 
 
 @runs_app.command("show")
 @user_errors
-def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), results: Path = RESULTS) -> None:
-    """Everything stored about one run."""
-    import json
-
-    rows = _open_store(results).run(run_id)
+def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), results: Path = RESULTS,
+              as_json: bool = typer.Option(False, "--json", help="The raw stored record as JSON.")) -> None:
+    """One run: what it was, how it did, what it cost, where it is."""
+    store = _open_store(results)
+    rows = store.run(run_id)
+    store.close()
     if not rows:
         raise TuneoffError(f"No run {run_id!r} in {results}. `tuneoff runs list` shows the runs.")
     if len(rows) > 1:
         raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({', '.join(r['run_id'] for r in rows[:5])}...); be more specific.")
     row = dict(rows[0])
-    for key in ("metrics", "resources", "versions", "params"):
+    for key in ("metrics", "resources", "versions", "params", "run_info"):
         if row.get(key):
             row[key] = json.loads(row[key])
-    if row.get("metrics"):
-        row["metrics"]["test"].pop("confusion_matrix", None)
-    console().print_json(json.dumps(row, default=str))
+    if as_json:
+        if row.get("metrics"):
+            row["metrics"]["test"].pop("confusion_matrix", None)
+        console().print_json(json.dumps(row, default=str))
+        return
+    console().print(_run_summary(row))
+
+
+def _run_summary(row: dict) -> Table:
+    import yaml
+
+    cfg = yaml.safe_load(row["config_yaml"]) or {}
+    m, r, info = row.get("metrics") or {}, row.get("resources") or {}, row.get("run_info") or {}
+    table = Table(title=f"{row['run_id']} ({row['study']})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    lines = [("status", row["status"] + (f": {row['error'].strip().splitlines()[-1]}" if row.get("error") else "")),
+             ("method", f"{cfg.get('method', {}).get('name')} {', '.join(f'{k}={v}' for k, v in (cfg.get('method') or {}).items() if k != 'name' and v is not None)}"),
+             ("model / data", f"{cfg.get('model', {}).get('name')} / {info.get('dataset') or cfg.get('data', {}).get('name')}"),
+             ("seed, lr, epochs", f"{cfg.get('train', {}).get('seed')}, {cfg.get('train', {}).get('lr')}, {cfg.get('train', {}).get('epochs')}")]
+    if m:
+        test, val = m["test"], m.get("validation", {})
+        lines += [("test", f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} on {test.get('n', '?'):,} examples"),
+                  ("validation", f"accuracy {val.get('accuracy', float('nan')):.4f} (best at step {m.get('best_step')})")]
+    if r:
+        peak = r.get("cuda_max_allocated_mb") or r.get("peak_rss_mb")
+        lines += [("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
+                  ("time", f"{r['train_seconds']:.1f} s training, {r['train_samples_per_s']:.1f} samples/s"),
+                  ("memory", f"{peak:,.0f} MB peak ({'CUDA allocated' if r.get('cuda_max_allocated_mb') else 'RSS'})" if peak else "n/a"),
+                  ("saved", f"{r.get('checkpoint_bytes', 0) / 1e6:.1f} MB ({r.get('trained_bytes', 0) / 1e6:.2f} MB trained weights)")]
+    lines += [("device", str(row.get("device") or "")), ("directory", str(row.get("run_dir") or "")),
+              ("finished", str(row.get("finished") or ""))]
+    for key, value in lines:
+        table.add_row(key, value)
+    return table
 
 
 def main() -> None:  # pragma: no cover

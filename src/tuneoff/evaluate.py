@@ -102,6 +102,7 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     from tuneoff.data import SPLITS, load_corpus
     from tuneoff.errors import TuneoffError
     from tuneoff.rundir import load_saved_model, safe_name, write_json
+    from tuneoff.tables import is_table_path
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -115,11 +116,18 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
     model, tokenizer = load_saved_model(run_dir, _device())
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    corpus = load_corpus(cfg.data, label_names=label_names)
-    logits = _score(model, tokenizer, corpus.splits[split], cfg.data.max_length, cfg.train.eval_batch_size)
-    metrics = compute_metrics(corpus.label_ids(split), logits, label_names)
-    metrics.update(dataset=corpus.name, split=split)
-    out = run_dir / f"eval-{safe_name(corpus.name)}-{split}.json"
+    if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
+        from tuneoff.data import labeled_file
+
+        frame, name, split = labeled_file(data, cfg.data, label_names), Path(data).name, "all rows"
+    else:
+        corpus = load_corpus(cfg.data, label_names=label_names)
+        frame, name = corpus.splits[split], corpus.name
+    index = {label: i for i, label in enumerate(label_names)}
+    logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size)
+    metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
+    metrics.update(dataset=name, split=split, rows_scored=len(frame))
+    out = run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json"
     write_json(out, metrics)
     return metrics, out
 

@@ -15,12 +15,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from tuneoff.errors import TuneoffError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` must not wait for it
+    from torch import nn
 
 
 def package_file(dist: str, suffix: str) -> Path:
@@ -89,10 +89,26 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
 }
 
 
-def resolve_model(name: str) -> str:
-    """Short name -> local path or hub id; a local dir or hub id passes through."""
+def hub_repo(name: str) -> str | None:
+    """The hub repository a model name needs, or None when it is offline (a built-in asset or a local dir)."""
     if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name].resolve()
+        spec = BUILTIN_MODELS[name]
+        return None if spec.offline else spec.resolve()
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
+
+
+def resolve_model(name: str) -> str:
+    """Short name -> local path or hub id; a local dir or hub id passes through (failing at once when the hub cannot
+    be reached and the cache does not hold it)."""
+    if name in BUILTIN_MODELS:
+        source = BUILTIN_MODELS[name].resolve()
+        if not BUILTIN_MODELS[name].offline:
+            from tuneoff import hub
+
+            hub.require({source: "model"}, f"Model {name!r} ({source})")
+        return source
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -106,6 +122,9 @@ def resolve_model(name: str) -> str:
     if close and close[0] != name:
         # A near-miss of a known name is a typo, not a hub id: say so at once instead of retrying the network.
         raise TuneoffError(f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}.")
+    from tuneoff import hub
+
+    hub.require({name: "model"}, f"Model {name!r}")
     return name  # a hub id
 
 
@@ -133,6 +152,8 @@ class Architecture:
 
 
 def _encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    from torch import nn
+
     candidates = [
         (name, mod)
         for name, mod in model.named_modules()
@@ -183,6 +204,7 @@ def load_classifier(
     num_hidden_layers: int | None = None, attn_implementation: str | None = None,
 ) -> tuple[nn.Module, Architecture]:
     """A sequence-classification model with a fresh head for ``label_names``, and its architecture facts."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     extra = {"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}

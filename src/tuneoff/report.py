@@ -229,6 +229,7 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
         store.close()
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})
+    commits = sorted({(r["git_commit"] or "")[:12] for r in rows if r["git_commit"]})
     log = results / safe_name(study) / "commands.log"
     commands = log.read_text().strip().splitlines() if log.is_file() else []
     started = min((r["started"] for r in rows if r["started"]), default="?")
@@ -239,7 +240,8 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
               f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
               f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}",
-              "- versions: " + "; ".join(versions), "", "---", ""]
+              "- versions: " + "; ".join(versions),
+              f"- tuneoff commit(s) of the runs: {', '.join(commits) or 'unknown'}", "", "---", ""]
     body = (report / "summary.md").read_text().split("\n", 1)[1]  # its own title is replaced by the header
     dest.mkdir(parents=True, exist_ok=True)
     name = safe_name(study)

@@ -170,9 +170,13 @@ def save_model(model, tokenizer, out: Path, base_source: str, revision: str | No
 
     Full/partial/head: ``save_pretrained`` (config.json with id2label, model.safetensors). Adapter methods: the
     PEFT adapter (adapter_config.json, adapter_model.safetensors, with the head modules in ``modules_to_save``),
-    plus config.json with id2label/label2id, plus a symbolic link to the base model's safetensors. transformers
-    (>= 5, PR #43781) treats a local dir holding config.json as "base model with an embedded adapter" and loads
-    the base weights from that dir, so the link is what makes the dir loadable while the checkpoint stays small.
+    plus config.json with id2label/label2id, plus the base model's weights by symbolic link. transformers (>= 5,
+    PR #43781) treats a local dir holding config.json as "base model with an embedded adapter" and loads the base
+    weights from that dir, so the link is what makes the dir loadable while the checkpoint stays small. The base
+    checkpoint has no classification head, which transformers would report as "classifier.weight MISSING ... newly
+    initialized" (then the adapter puts the trained head in place): the trained head is also written as
+    ``head.safetensors`` and a ``model.safetensors.index.json`` maps every weight to the base file or the head
+    file, so the base loads complete and nothing is reported missing.
     """
     from peft import PeftModel
 
@@ -183,11 +187,36 @@ def save_model(model, tokenizer, out: Path, base_source: str, revision: str | No
         base = model.get_base_model()
         base.config.architectures = [type(base).__name__]
         base.config.save_pretrained(out)
-        for src in _base_weight_files(base_source, revision):
-            (out / src.name).symlink_to(src.resolve())
+        _link_base_with_head(out, _base_weight_files(base_source, revision))
     else:
         model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
+    for path in out.iterdir():  # the writers' temp files are 0600; results are shared like any file (umask)
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~_UMASK)
+
+
+def _link_base_with_head(out: Path, base_files: list[Path]) -> None:
+    """Link the base weights into ``out`` and index them together with the adapter's head tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    adapter = load_file(out / "adapter_model.safetensors")
+    # Adapter tensors that are not LoRA's are the modules_to_save: the head (classifier, pre_classifier, pooler...).
+    head = {k.removeprefix("base_model.model."): v for k, v in adapter.items() if "lora_" not in k}
+    weight_map: dict[str, str] = {}
+    for src in base_files:
+        if src.name.endswith(".index.json"):
+            continue
+        link = out / f"base-{src.name}"
+        link.symlink_to(src.resolve())
+        with safe_open(src, "pt") as f:
+            weight_map.update({k: link.name for k in f.keys()})
+    if head:
+        save_file(head, out / "head.safetensors")
+        weight_map.update({k: "head.safetensors" for k in head})
+    write_json(out / "model.safetensors.index.json", {"metadata": {"tuneoff": "base weights linked + trained head"},
+                                                       "weight_map": weight_map})
 
 
 def load_saved_model(run_dir: Path, device: str = "cpu"):

@@ -132,7 +132,12 @@ def what_would_decide(diff: dict, margin: float, parts: dict) -> str:
         return "its estimate sits on the margin: more data will not settle it quickly"
     factor = (half / gap) ** 2
     source = "more seeds" if parts["seed"] > parts["test"] else "a larger test set"
-    return f"about {factor:.1f}x the data would; seed-to-seed variation {'dominates' if source == 'more seeds' else 'is smaller than test sampling'}: {source}"
+    where = ("seed-to-seed variation dominates the interval: more seeds would narrow it most" if source == "more seeds"
+             else "test sampling dominates the interval: a larger test set would narrow it most")
+    if factor > 100:
+        return (f"its estimate ({100 * diff['diff']:+.1f} points) sits so close to the margin that even 100x the data "
+                f"might not settle it; {where}")
+    return f"about {factor:.1f}x the data would settle it if the estimate held; {where}"
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[float, pd.DataFrame]:

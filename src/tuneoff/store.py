@@ -17,6 +17,13 @@ from pathlib import Path
 from tuneoff.errors import TuneoffError
 
 DB_NAME = "tuneoff.sqlite"
+SINGLE_RUNS = "(single runs)"  # the pseudo-study of runs started by `tuneoff train`
+
+
+def yaml_seed(config_yaml: str) -> int:
+    import yaml
+
+    return int(((yaml.safe_load(config_yaml) or {}).get("train") or {}).get("seed", 0))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -136,6 +143,15 @@ class Store:
                 (json.dumps(metrics), json.dumps(resources), json.dumps(run_info.get("versions")), git_commit(),
                  run_info.get("device"), str(run_dir), now(), json.dumps(run_info, default=str), study, run_id),
             )
+
+    def record_single(self, run_dir: Path, config_yaml: str, metrics: dict, resources: dict, run_info: dict) -> None:
+        """A run started by ``tuneoff train`` (not by a study), learned when it is published."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO studies VALUES (?, '', '', ?, ?)", (SINGLE_RUNS, str(self.root), now()))
+            db.execute("INSERT OR REPLACE INTO runs (study, run_id, variant, params, seed, status, config_yaml, started) "
+                       "VALUES (?, ?, ?, '{}', ?, 'pending', ?, ?)",
+                       (SINGLE_RUNS, run_dir.name, run_info.get("method", ""), int(yaml_seed(config_yaml)), config_yaml, now()))
+        self.mark_done(SINGLE_RUNS, run_dir.name, run_dir, metrics, resources, run_info)
 
     def mark_pruned(self, study: str, run_id: str, reason: str) -> None:
         with self.transaction() as db:

@@ -202,6 +202,7 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
             f"Study {spec.name!r} would launch {len(runs)} runs, more than max_runs={spec.max_runs}. "
             "Pass --yes to run them all, or raise max_runs in the study file."
         )
+    require_hub(spec.name, runs)
     store = Store(results)
     # Absolute: runs may execute on other machines (Ray) whose working directory is not this one.
     directory = study_dir(Path(results).resolve(), spec.name)
@@ -230,6 +231,22 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
     for run in runs:
         store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml())
     return store, runs, directory
+
+
+def require_hub(name: str, runs: list[PlannedRun]) -> None:
+    """Before anything runs: every hub model and dataset of the study can be had (hub reachable, or cached)."""
+    from tuneoff import hub
+    from tuneoff.data import hub_repo as data_repo
+    from tuneoff.models import hub_repo as model_repo
+
+    needed: dict[str, str] = {}
+    for run in runs:
+        if (repo := model_repo(run.config.model.name)) is not None:
+            needed[repo] = "model"
+        if (repo := data_repo(run.config.data)) is not None:
+            needed[repo] = "dataset"
+    if needed:
+        hub.require(needed, f"Study {name!r}")
 
 
 def _log_command(directory: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import socket
 import time
@@ -35,6 +36,9 @@ from tuneoff.methods import check_budget, get_method
 from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
+
+
+log = logging.getLogger("tuneoff.train")  # one line per evaluation; `tuneoff train --no-progress` shows them
 
 
 @dataclass
@@ -109,7 +113,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
         from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
 
-        auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), model_max_length(model.config, tokenizer))
+        limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
+        auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
     method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method, arch)
@@ -245,6 +250,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
                                           "lr": scheduler.get_last_lr()[0], "seconds": round(speed.seconds, 3),
                                           "val_loss": val["loss"],
                                           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+                    if main:
+                        h = state.history[-1]
+                        log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f "
+                                 "macro-F1 %.4f, %.1f samples/s", run.run_id, state.step, total_steps, h["epoch"],
+                                 h["train_loss"], h["val_loss"], h["val_accuracy"], h["val_macro_f1"],
+                                 speed.read()["train_samples_per_s"])
                     running_loss.zero_()
                     state.running_loss, state.running_n = 0.0, 0
                     if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
@@ -306,7 +317,10 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         if not main:  # process 0 writes the run; the others wait until it is published
             accelerator.wait_for_everyone()
             return RunResult(run.final, metrics, resources)
-        atomic_write_text(run.path / "config.yaml", cfg.to_yaml())
+        # The resolved config: every value the run used, including what "auto" and the method's defaults chose.
+        used = tc.model_copy(update={"lr": lr, "warmup_steps": warmup, "mixed_precision": accelerator.mixed_precision,
+                                     "device": device.type})
+        atomic_write_text(run.path / "config.yaml", cfg.model_copy(update={"train": used}).to_yaml())
         atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
         predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
         write_json(run.path / "metrics.json", metrics)

@@ -11,10 +11,10 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a model is touched: listing methods must not wait for it
+    import torch
     from torch import nn
 
     from tuneoff.models import Architecture
@@ -50,6 +50,8 @@ class Method:
         self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool
     ) -> torch.optim.Optimizer:
         """AdamW with decoupled weight decay, but none on biases and LayerNorm weights (BERT's recipe)."""
+        import torch
+
         return torch.optim.AdamW(decay_groups(model, lr, weight_decay), lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS,
                                  fused=fused or None)
 

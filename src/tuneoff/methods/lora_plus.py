@@ -8,7 +8,6 @@ lora_B matrices get the ratio; the head trains at the base rate like in LoRA.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from tuneoff.methods import register
@@ -28,6 +27,7 @@ class LoraPlus(Lora):
     default_lr = 2e-4
 
     def optimizer(self, model, params, lr, weight_decay, fused):
+        import torch
         from peft.optimizers import create_loraplus_optimizer
 
         optimizer = create_loraplus_optimizer(
