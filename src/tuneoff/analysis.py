@@ -217,6 +217,7 @@ def condition_row(c: Condition) -> dict:
         "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
         "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
         "collapsed_runs": c.collapsed_runs(),
+        "train_examples": (c.runs[0]["info"].get("sizes") or {}).get("train"),
         "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),
         "checkpoint_mb": _mean(r["checkpoint_bytes"] / 1e6 for r in res),

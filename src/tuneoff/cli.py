@@ -155,12 +155,15 @@ def predict(
     text_column: str = typer.Option("text", help="Column holding the text."),
     text_pair_column: Optional[str] = typer.Option(None, help="Column holding the second text (pair tasks)."),
     id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
+    format: str = typer.Option("full", "--format", help="full: id, predicted label, each class's probability. submission: a competition's id,label with integer labels."),
 ) -> None:
     """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
+    if format not in ("full", "submission"):
+        raise TuneoffError(f"--format {format!r}: choose full or submission.")
     _quiet_libraries()
     from tuneoff.evaluate import predict_file
 
-    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column)
+    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format)
     console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
 
 
@@ -324,6 +327,7 @@ def run_study(
     gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default: one per process if the cluster has GPUs, else 0)."),
     max_retries: int = typer.Option(3, help="Ray: retries of a run whose worker died (it resumes from its checkpoint)."),
     processes_per_run: int = typer.Option(1, help="Train each run data-parallel on this many processes (one per GPU; CPU processes without GPUs)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
     from tuneoff.study import load_spec
@@ -331,6 +335,16 @@ def run_study(
     if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
         overrides, study = [study, *(overrides or [])], None
     spec = load_spec(study, overrides or [])
+    if dry_run:
+        from tuneoff.study import dry_run as plan_runs
+
+        rows = plan_runs(spec)
+        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)")
+        for r in rows:
+            say(f"{r['run']}: {r['method']} on {r['model']} / {r['data']}")
+            say(f"    {r['epochs']} epoch(s), lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
+                f"{r['schedule']}; hub: {r['hub']}")
+        return
     _quiet_libraries()
     from tuneoff.executors import make_executor
     from tuneoff.report import build

@@ -34,6 +34,12 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager"] | None = Field(
         None, description="Attention kernel; None lets transformers choose (SDPA where the model supports it)."
     )
+    hidden_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on hidden states (BERT's "
+                                         "hidden_dropout_prob, DistilBERT's dropout); None keeps the model's.")
+    attention_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on attention probabilities; None "
+                                            "keeps the model's.")
+    classifier_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout before the classification head "
+                                             "(classifier_dropout, seq_classif_dropout, cls_dropout); None keeps the model's.")
 
     @model_validator(mode="after")
     def _remote_code_needs_pin(self) -> ModelConfig:
@@ -100,7 +106,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW decay, never applied to biases and LayerNorm weights.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio.")
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    scheduler: Literal["linear", "cosine", "constant", "step"] = "linear"
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (decoupled decay) or SGD with momentum.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    step_size: int | None = Field(None, ge=1, description="scheduler=step: optimizer steps between decays (default: "
+                                  "one epoch).")
+    gamma: float = Field(0.1, gt=0, le=1, description="scheduler=step: the factor the lr is multiplied by at each decay.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
@@ -147,6 +158,16 @@ class RunConfig(Section):
         if not isinstance(value, dict):
             raise ValueError("method must be a mapping with a `name` key")
         return method_params_from_dict({"name": DEFAULT_METHOD, **value})
+
+    @model_validator(mode="after")
+    def _optimizer_fits_method(self) -> RunConfig:
+        from tuneoff.methods import get_method
+
+        kinds = get_method(self.method.name).optimizer_kinds
+        if self.train.optimizer not in kinds:
+            raise ValueError(f"train.optimizer={self.train.optimizer} does not combine with method {self.method.name} "
+                             f"(its optimizer is part of the method); choose one of {', '.join(kinds)}")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

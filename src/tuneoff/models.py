@@ -199,15 +199,45 @@ def _load_failure(source: str, what: str, exc: Exception) -> str:
     )
 
 
+# Where each architecture keeps its dropout rates (the first of these its config has). Recipes name them by what
+# they do (model.hidden_dropout, ...); transformers' configs name them per family.
+DROPOUT_KEYS = {
+    "hidden": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
+    "attention": ("attention_probs_dropout_prob", "attention_dropout"),
+    "classifier": ("classifier_dropout", "seq_classif_dropout", "cls_dropout"),
+}
+
+
+def dropout_overrides(config, dropout: dict[str, float | None]) -> dict[str, float]:
+    """Config attributes for the requested dropout rates of this architecture; a rate it has no place for is an error."""
+    out = {}
+    for what, rate in (dropout or {}).items():
+        if rate is None:
+            continue
+        key = next((k for k in DROPOUT_KEYS[what] if hasattr(config, k)), None)
+        if key is None:
+            raise TuneoffError(f"model.{what}_dropout: a {config.model_type} model has no {what} dropout setting "
+                               f"(looked for {', '.join(DROPOUT_KEYS[what])}). Leave it unset for this model.")
+        out[key] = rate
+    return out
+
+
 def load_classifier(
     source: str, label_names: list[str], *, revision: str | None = None, trust_remote_code: bool = False,
     num_hidden_layers: int | None = None, attn_implementation: str | None = None,
+    dropout: dict[str, float | None] | None = None,
 ) -> tuple[nn.Module, Architecture]:
     """A sequence-classification model with a fresh head for ``label_names``, and its architecture facts."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     extra = {"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}
+    if dropout and any(v is not None for v in dropout.values()):
+        try:
+            config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise TuneoffError(_load_failure(source, "config", exc)) from exc
+        extra.update(dropout_overrides(config, dropout))
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
     try:

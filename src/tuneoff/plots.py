@@ -116,6 +116,8 @@ def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
     variants = {c.name: c.variant for c in conditions}
     for ax, p in zip(axes[0], params):
         sub = table[pd.to_numeric(table[p], errors="coerce").notna()].assign(variant=lambda d: d["condition"].map(variants))
+        if p == "param:data.max_train_samples" and sub["train_examples"].notna().all():
+            sub = sub.assign(**{p: sub["train_examples"]})  # a cap above the split's size means "all": plot what trained
         for variant, g in sub.groupby("variant"):
             g = g.assign(x=pd.to_numeric(g[p])).sort_values("x")
             ax.errorbar(g["x"], g["accuracy"], yerr=g["accuracy_std"], marker="o", capsize=3, label=variant)

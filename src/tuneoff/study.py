@@ -144,11 +144,22 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def _grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values. A key naming several fields (``"method.r,method.alpha"``) takes
+    tuples of values that move together, e.g. ``[[4, 8], [8, 16]]`` keeps alpha / r fixed across a rank sweep."""
+    axes = []
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise TuneoffError(f"grid.{key}: must be a non-empty list of values, e.g. [4, 8, 16].")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+        fields = [k.strip() for k in key.split(",")]
+        if len(fields) > 1:
+            bad = [v for v in values if not isinstance(v, list) or len(v) != len(fields)]
+            if bad:
+                raise TuneoffError(f"grid.{key}: each value must be a list of {len(fields)} values, one per field "
+                                   f"(e.g. [[4, 8], [8, 16]]); got {bad[0]!r}.")
+            axes.append([dict(zip(fields, v)) for v in values])
+        else:
+            axes.append([{key: v} for v in values])
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
 
 
 def _label(key: str, value: Any) -> str:
@@ -231,6 +242,26 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
     for run in runs:
         store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml())
     return store, runs, directory
+
+
+def dry_run(spec: StudySpec) -> list[dict]:
+    """Each run of the study with its recipe (validated, nothing loaded or downloaded)."""
+    from tuneoff.data import hub_repo as data_repo
+    from tuneoff.methods import get_method
+    from tuneoff.models import hub_repo as model_repo
+
+    rows = []
+    for run in expand(spec):
+        c, t = run.config, run.config.train
+        params = ", ".join(f"{k}={v}" for k, v in c.method.model_dump(exclude_defaults=True).items() if k != "name")
+        hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
+        rows.append({"run": run.run_id, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name, "data": c.data.name,
+                     "epochs": t.max_steps and f"{t.max_steps} steps" or t.epochs,
+                     "lr": t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
+                     "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
+                     "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
+                     "hub": ", ".join(hub) or "-"})
+    return rows
 
 
 def require_hub(name: str, runs: list[PlannedRun]) -> None:

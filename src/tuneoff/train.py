@@ -35,6 +35,7 @@ from tuneoff.launcher import check_sharding
 from tuneoff.methods import check_budget, get_method
 from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
+from tuneoff.schedule import make_scheduler
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
 
 
@@ -84,7 +85,6 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     tc = cfg.train
     set_seed(tc.seed, deterministic=tc.deterministic)
@@ -109,6 +109,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     model, arch = load_classifier(
         source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
         num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
+        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
+                 "classifier": cfg.model.classifier_dropout},
     )
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
         from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
@@ -122,7 +124,8 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     if tc.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     lr = tc.lr or method.default_lr
-    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda")
+    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda", kind=tc.optimizer,
+                                 momentum=tc.momentum)
     counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
 
     encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
@@ -137,8 +140,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
-    scheduler = get_scheduler(tc.scheduler if tc.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Names from the unwrapped model, so checkpoints read the same with one process or several (no "module.").
     named = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}

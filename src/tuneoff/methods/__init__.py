@@ -41,19 +41,28 @@ class Method:
     summary: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
     default_lr: ClassVar[float]
+    optimizer_kinds: ClassVar[tuple[str, ...]] = ("adamw", "sgd")  # train.optimizer values this method can run with
 
     def prepare(self, model: nn.Module, params: MethodParams, arch: Architecture) -> nn.Module:
         """Return the model to train, with exactly the parameters this method trains left trainable."""
         raise NotImplementedError
 
     def optimizer(
-        self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool
+        self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool,
+        kind: str = "adamw", momentum: float = 0.9,
     ) -> torch.optim.Optimizer:
-        """AdamW with decoupled weight decay, but none on biases and LayerNorm weights (BERT's recipe)."""
-        import torch
+        """AdamW with decoupled weight decay (or SGD with momentum), none on biases and LayerNorm weights (BERT's recipe)."""
+        cls, extra = optimizer_class(kind, fused, momentum)
+        return cls(decay_groups(model, lr, weight_decay), lr=lr, **extra)
 
-        return torch.optim.AdamW(decay_groups(model, lr, weight_decay), lr=lr, betas=ADAMW_BETAS, eps=ADAMW_EPS,
-                                 fused=fused or None)
+
+def optimizer_class(kind: str, fused: bool, momentum: float = 0.9) -> tuple[type, dict]:
+    """The torch optimizer for ``train.optimizer`` and its settings, the same for every method that uses it."""
+    import torch
+
+    if kind == "sgd":
+        return torch.optim.SGD, {"momentum": momentum}
+    return torch.optim.AdamW, {"betas": ADAMW_BETAS, "eps": ADAMW_EPS, "fused": fused or None}
 
 
 def decay_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ class LoraFA(Lora):
     summary = "LoRA-FA: LoRA with A frozen, B trained with a corrected gradient."
     Params = LoraFAParams
     default_lr = 5e-4
+    optimizer_kinds = ("adamw",)  # LoRA-FA's optimizer is AdamW with a corrected gradient for B
 
     def prepare(self, model, params, arch):
         model = super().prepare(model, params, arch)
@@ -40,7 +41,7 @@ class LoraFA(Lora):
                 param.requires_grad_(False)
         return model
 
-    def optimizer(self, model, params, lr, weight_decay, fused):
+    def optimizer(self, model, params, lr, weight_decay, fused, kind="adamw", momentum=0.9):
         from peft.optimizers import create_lorafa_optimizer
         from peft.optimizers.lorafa import LoraFAOptimizer
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.methods import register
+from tuneoff.methods import optimizer_class, register
 from tuneoff.methods.lora import Lora, LoraParams
 
 
@@ -26,13 +26,13 @@ class LoraPlus(Lora):
     Params = LoraPlusParams
     default_lr = 2e-4
 
-    def optimizer(self, model, params, lr, weight_decay, fused):
-        import torch
+    def optimizer(self, model, params, lr, weight_decay, fused, kind="adamw", momentum=0.9):
         from peft.optimizers import create_loraplus_optimizer
 
+        cls, extra = optimizer_class(kind, fused, momentum)
         optimizer = create_loraplus_optimizer(
-            model=model, optimizer_cls=torch.optim.AdamW, lr=lr, loraplus_lr_ratio=params.loraplus_lr_ratio,
-            loraplus_weight_decay=weight_decay, fused=fused or None,
+            model=model, optimizer_cls=cls, lr=lr, loraplus_lr_ratio=params.loraplus_lr_ratio,
+            loraplus_weight_decay=weight_decay, **extra,
         )
         # Move every non-lora_B parameter that peft raised (biases, incl. the classifier's) back to the base lr.
         raised = lr * params.loraplus_lr_ratio

@@ -1,0 +1,151 @@
+"""The recipe keys the background reports need (dropout, SGD, step decay, linked grid values, nested subsets),
+the reports' studies, and the offline pair task: exact values asserted where they reach the model or optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tuneoff.cli import app
+from tuneoff.config import DataConfig, build_config
+from tuneoff.errors import TuneoffError
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("encoder, keys", [
+    ("tiny_bert", {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.5}),
+    ("tiny_distilbert", {"dropout": 0.3, "attention_dropout": 0.2, "seq_classif_dropout": 0.5}),
+])
+def test_dropout_keys_reach_each_architecture(encoder, keys, request):
+    from tuneoff.models import load_classifier
+
+    model, _ = load_classifier(request.getfixturevalue(encoder), ["neg", "pos"],
+                               dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.5})
+    for key, value in keys.items():
+        assert getattr(model.config, key) == value, key
+    head_dropout = model.dropout if hasattr(model, "dropout") else None
+    assert head_dropout is not None and head_dropout.p == 0.5  # the classifier's own dropout module
+
+
+def test_a_dropout_an_architecture_lacks_is_a_clear_error():
+    from transformers import MPNetConfig
+
+    from tuneoff.models import dropout_overrides
+
+    with pytest.raises(TuneoffError, match="model.classifier_dropout: a mpnet model has no classifier dropout"):
+        dropout_overrides(MPNetConfig(), {"classifier": 0.5})
+
+
+def test_sgd_and_step_decay_reach_the_optimizer(tiny_bert):
+    from test_methods import prepared
+
+    from tuneoff.schedule import make_scheduler
+
+    cfg = build_config({}, ["train.optimizer=sgd", "train.momentum=0.8", "train.scheduler=step", "train.step_size=4",
+                            "train.gamma=0.5"], names={"method": "lora"})
+    model, method, params, _ = prepared(tiny_bert, "lora")
+    opt = method.optimizer(model, params, 0.1, 0.01, False, kind=cfg.train.optimizer, momentum=cfg.train.momentum)
+    assert type(opt) is torch.optim.SGD and all(g["momentum"] == 0.8 for g in opt.param_groups)
+    sched = make_scheduler(cfg.train, opt, warmup=2, total_steps=20, steps_per_epoch=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warmup ramp over 2 steps (0.05, 0.1), then 0.1 x 0.5 ** (step // 4): steps 2-3 at 0.1, 4-7 at 0.05, 8-9 at 0.025.
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025])
+    plus = build_config({}, ["train.optimizer=sgd"], names={"method": "lora_plus"})
+    model, method, params, _ = prepared(tiny_bert, "lora_plus")
+    assert type(method.optimizer(model, params, 0.1, 0.0, False, kind="sgd")) is torch.optim.SGD
+    assert plus.train.optimizer == "sgd"
+    with pytest.raises(TuneoffError, match="train.optimizer=sgd does not combine with method lora_fa"):
+        build_config({}, ["train.optimizer=sgd"], names={"method": "lora_fa"})
+
+
+def test_linked_grid_values_keep_alpha_over_r_fixed():
+    from tuneoff.study import expand, load_spec
+
+    runs = expand(load_spec(REPO / "studies/lora_rank_sweep.yaml"))
+    lora = [r for r in runs if r.variant == "lora"]
+    assert {(r.config.method.r, r.config.method.alpha) for r in lora} == {(2, 4), (4, 8), (8, 16), (16, 32), (32, 64)}
+    assert all(r.config.method.alpha / r.config.method.r == 2 for r in lora)
+    assert {r.variant for r in runs} == {"full", "lora", "lora_plus_ratio2"}  # the sweep has its full baseline
+    with pytest.raises(TuneoffError, match="each value must be a list of 2 values"):
+        from tuneoff.study import _grid_points
+
+        _grid_points({"method.r,method.alpha": [[4, 8], 16]})
+
+
+def test_training_subsets_are_nested_and_stratified():
+    from tuneoff.data import load_corpus
+
+    sets = {n: set(load_corpus(DataConfig(name="bbc_news", max_train_samples=n)).splits["train"]["id"]) for n in (100, 300, 1000)}
+    assert sets[100] < sets[300] < sets[1000]
+    full = load_corpus(DataConfig(name="bbc_news")).splits["train"]
+    small = load_corpus(DataConfig(name="bbc_news", max_train_samples=100)).splits["train"]
+    shares = full["label"].value_counts(normalize=True)
+    assert (small["label"].value_counts(normalize=True) - shares).abs().max() < 0.03
+    other_seed = set(load_corpus(DataConfig(name="bbc_news", max_train_samples=100, split_seed=1)).splits["train"]["id"])
+    assert other_seed != sets[100]
+
+
+def test_report5_budget_counts_999172_on_a_roberta_base_shaped_model():
+    """LoRA r=11 alpha=7 on q,v of RoBERTa-base with AG News's 4-class head: 12 x 2 x (11 x 768 x 2) = 405,504 adapter
+    + (768 x 768 + 768) + (768 x 4 + 4) = 593,668 head = 999,172 trainable, 0.7952% of 125,644,804."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from tuneoff.methods import get_method
+    from tuneoff.models import describe
+    from tuneoff.resources import param_counts
+
+    with torch.device("meta"):  # shapes only: no 500 MB of random weights
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
+    cfg = build_config({}, ["method.r=11", "method.alpha=7", "method.max_trainable_params=999999"], names={"method": "lora"})
+    model = get_method("lora").prepare(model, cfg.method, describe(model))
+    counts = param_counts(model)
+    assert counts["trainable_params"] == 999_172
+    assert round(counts["trainable_pct"], 4) == 0.7952
+
+
+def test_bbc_pairs_is_split_by_article_and_balanced():
+    from tuneoff.data import load_corpus
+
+    corpus = load_corpus(DataConfig(name="bbc_pairs"))
+    articles = {s: {i.rsplit("-", 1)[0] for i in df["id"]} for s, df in corpus.splits.items()}
+    assert not (articles["train"] & articles["test"]) and not (articles["train"] & articles["validation"])
+    train = corpus.splits["train"]
+    assert corpus.has_pairs and set(train["label"]) == {"same_article", "other_article"}
+    assert abs((train["label"] == "same_article").mean() - 0.5) < 0.01
+    assert len(train) > 3000 and not corpus.notes  # official splits: nothing carved, nothing moved
+    again = load_corpus(DataConfig(name="bbc_pairs")).splits["test"]
+    pd.testing.assert_frame_equal(again, corpus.splits["test"])  # fixed construction
+
+
+@pytest.mark.parametrize("study", sorted((REPO / "studies").glob("*.yaml")) + sorted((REPO / "studies/offline").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_study_dry_runs_offline(study):
+    result = runner.invoke(app, ["run", str(study), "--dry-run"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing trained" in result.output
+
+
+def test_submission_format_has_integer_labels(tiny_bert, toy_csv, tmp_path):
+    from conftest import tiny_overrides
+
+    out = tmp_path / "runs"
+    assert runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 1})]).exit_code == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"id": [17, 18, 19], "text": ["good film", "awful plot", "nice"]}).to_csv(texts, index=False)
+    done = runner.invoke(app, ["predict", str(run_dir), str(texts), "--id-column", "id", "--format", "submission",
+                               "--out", str(tmp_path / "sub.csv")])
+    assert done.exit_code == 0, done.output
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == [17, 18, 19]
+    assert set(sub["label"]) <= {0, 1}  # neg = 0, pos = 1: the model's label index (config.json id2label)
