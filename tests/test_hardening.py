@@ -192,7 +192,9 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
     import tuneoff.train as train_module
 
     models, dead_at_retry, calls = [], [], {"n": 0}
-    real_load = train_module.load_classifier
+    import tuneoff.session as session_module
+
+    real_load = session_module.load_classifier
     real_loss = train_module.F.cross_entropy
 
     def load(*args, **kwargs):
@@ -211,7 +213,7 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "load_classifier", load)
+    monkeypatch.setattr(session_module, "load_classifier", load)
     monkeypatch.setattr(train_module.F, "cross_entropy", loss)
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.checkpoint_every": 2}))
     said = []

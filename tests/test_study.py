@@ -49,15 +49,18 @@ def test_every_example_study_validates(path):
 def test_expansion_variants_grid_seeds():
     spec = load_spec(REPO / "studies/lora_rank_sweep.yaml")
     runs = expand(spec)
-    assert len(runs) == (5 + 1) * 2
-    r16 = [r for r in runs if r.run_id == "lora-r16-s2"][0]
-    assert (r16.config.method.name, r16.config.method.r, r16.config.train.seed, r16.config.train.lr) == ("lora", 16, 2, 1e-3)
+    assert len(runs) == (1 + 5 + 1) * 2 * 3  # full, five ranks, LoRA+; two datasets; three seeds
+    r16 = [r for r in runs if r.run_id == "lora-imdb-r16-alpha32-s2"][0]
+    assert (r16.config.method.name, r16.config.method.r, r16.config.method.alpha, r16.config.train.seed,
+            r16.config.train.lr, r16.config.data.name) == ("lora", 16, 32, 2, 5e-4, "imdb")
     plus = [r for r in runs if r.variant == "lora_plus_ratio2"][0]
     assert plus.config.method.loraplus_lr_ratio == 2
     snli = expand(load_spec(REPO / "studies/lora_vs_partial_snli.yaml"))
-    assert {(r.variant, r.config.model.name) for r in snli} == {
-        (v, m) for v in ("lora_r8_qv", "partial_top2") for m in ("bert-base", "distilbert")}
-    assert all(r.config.method.name == "partial" and not hasattr(r.config.method, "r") for r in snli if r.variant == "partial_top2")
+    assert {(r.variant, r.config.model.name, r.config.train.lr) for r in snli} == {
+        ("lora_r8_qv_bert", "bert-base", 1e-4), ("partial_top2_bert", "bert-base", 3e-5),
+        ("lora_r8_qv_distilbert", "distilbert", 1e-4), ("partial_top2_distilbert", "distilbert", 5e-5)}
+    assert all(r.config.model.classifier_dropout == 0.5 and r.config.train.epochs == 3 for r in snli)
+    assert all(r.config.method.name == "partial" and not hasattr(r.config.method, "r") for r in snli if "partial" in r.variant)
     default = expand(load_spec(None, ["seeds=[7]"]))
     assert {r.config.method.name for r in default} == {"head", "partial", "lora", "lora_plus", "full"}
     assert {r.seed for r in default} == {7}

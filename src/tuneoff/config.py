@@ -126,6 +126,11 @@ class TrainConfig(Section):
     @classmethod
     def _yaml_no(cls, value):
         return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value  # YAML 1.1 `off`
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement.")
     seed: int = 42
@@ -135,6 +140,10 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest K checkpoints.")
     min_batch_size: int = Field(1, ge=1, description="Floor for the out-of-memory retry (batch halves, accumulation doubles).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (non-reentrant): less memory, ~30% more compute.")
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: layers a method leaves frozen (head, partial, LoRA on top layers) run once, their "
+        "output cached on disk and replayed each step; off: recomputed every step.")
+    feature_cache_dtype: Literal["float16", "float32"] = Field("float16", description="Storage of the cached states.")
     compile: bool = Field(False, description="torch.compile the model (GPU; pays off on long runs).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (slower); CPU runs are deterministic anyway.")
     device: Literal["auto", "cpu", "cuda"] = "auto"

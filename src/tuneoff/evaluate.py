@@ -14,7 +14,7 @@ from tuneoff.batches import Encoded, eval_loader
 
 
 def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, autocast=contextlib.nullcontext,
-                   rank: int = 0, world: int = 1) -> np.ndarray:
+                   rank: int = 0, world: int = 1, before_batch=None) -> np.ndarray:
     """Logits (float32, original example order) under ``inference_mode`` with length-sorted batches.
 
     With ``world`` processes each predicts its shard and every process gets all logits back (Accelerate's
@@ -25,8 +25,10 @@ def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, au
     model.eval()
     chunks = []
     with torch.inference_mode():
-        for batch in loader:
+        for n, batch in enumerate(loader):
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            if before_batch is not None:  # e.g. the frozen layers' cached output for these examples
+                before_batch(indices[n * batch_size:(n + 1) * batch_size], batch)
             with autocast():
                 chunks.append(model(**batch).logits.float().cpu())
     model.train(was_training)

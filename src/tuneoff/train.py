@@ -1,9 +1,11 @@
 """The one training loop, for every method, on Hugging Face Accelerate.
 
-Reads top to bottom: data -> model -> method -> optimizer and schedule -> steps with periodic evaluation,
-best-checkpoint tracking and resumable checkpoints -> restore best -> test metrics, predictions, resources ->
-saved run. Nothing in here knows which method it is training; methods decide only which parameters train and
-how the optimizer treats them.
+It reads as its phases: **prepare** (``session.prepare``: data, model, method, optimizer, schedule, frozen-feature
+cache), **start** (the run directory, or the checkpoint a resumed run continues from), **loop** (micro-batches,
+optimizer steps, evaluations, checkpoints) and **finish** (best weights, save, final evaluation, serving cost,
+the written run). Nothing in here knows which method it is training: methods decide which parameters train
+and how the optimizer treats them; where they leave the lower layers frozen, those layers are replayed from a
+cache instead of recomputed (``frozen``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import math
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,21 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tuneoff import checkpoint
-from tuneoff.batches import collator, encode, train_loader, train_order
+from tuneoff import checkpoint, guards, serving
+from tuneoff.batches import encode, train_loader, train_order
 from tuneoff.batches import micro_batches as micro_batches_of
 from tuneoff.config import RunConfig
-from tuneoff.data import load_corpus
 from tuneoff.errors import TuneoffError
-from tuneoff import guards
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
-from tuneoff.launcher import check_sharding
-from tuneoff.methods import check_budget, get_method
-from tuneoff.models import enable_gradient_checkpointing, load_classifier, load_tokenizer, resolve_model
-from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, param_counts, versions
-from tuneoff.schedule import make_scheduler
+from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, versions
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
-
+from tuneoff.session import Session, cpu_has_native_bf16, feature_cache_reason, mixed_precision, prepare  # noqa: F401
 
 log = logging.getLogger("tuneoff.train")  # one line per evaluation; `tuneoff train --no-progress` shows them
 
@@ -49,23 +45,21 @@ class RunResult:
     resources: dict
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run natively (oneDNN) instead of being emulated, which would be slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch without the probes: stay in fp32
-        return False
+@dataclass
+class Progress:
+    """The loop's running meters next to the resumable ``LoopState``."""
 
-
-def mixed_precision(setting: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU bf16 autocast where the CPU computes bf16 natively
-    (measured 1.3-1.4x the fp32 training speed on MiniLM, bench/results/), else fp32 ("no").
-    Weights, gradients and optimizer state stay fp32 either way: autocast only lowers the matmuls."""
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "no"
+    state: checkpoint.LoopState
+    best: list | None
+    speed: Throughput
+    meter: MemoryMeter
+    bar: object
+    running_loss: torch.Tensor
+    grad_ok: torch.Tensor
+    skips: guards.SkipGuard
+    scaled: bool
+    restored: object = None
+    extra: dict = field(default_factory=dict)
 
 
 def merged_for_inference(model):
@@ -82,280 +76,294 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
           on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
     """Train one run. ``on_evaluate(step, validation_metrics)`` is called after each evaluation (a search's pruner
     uses it; an exception it raises stops the run, keeping its last checkpoint)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import set_seed
-
-    tc = cfg.train
-    set_seed(tc.seed, deterministic=tc.deterministic)
-    cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
-    if tc.device == "cuda" and not torch.cuda.is_available():
-        raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
-    check_sharding(on_cpu=cpu)
-    # Accelerate keeps one process-wide state and refuses a second precision; a study trains many runs, each with its
-    # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
-    device = accelerator.device
-    # Several processes (``accelerate launch``): data-parallel, each takes its share of every round of micro-batches
-    # and of every evaluation, results are gathered to all, and only process 0 writes.
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-
-    # Data, model and method: everything that can fail on bad input fails here, before any output exists.
-    corpus = load_corpus(cfg.data)
-    source = resolve_model(cfg.model.name)
-    tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
-    model, arch = load_classifier(
-        source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
-        num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
-        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
-                 "classifier": cfg.model.classifier_dropout},
-    )
-    if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
-        from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
-
-        limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
-        auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
-    method = get_method(cfg.method.name)
-    model = method.prepare(model, cfg.method, arch)
-    check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
-    if tc.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    lr = tc.lr or method.default_lr
-    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda", kind=tc.optimizer,
-                                 momentum=tc.momentum)
-    counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
-
-    encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
-    collate = collator(tokenizer, on_gpu=device.type == "cuda")
-    augment = cfg.data.augment
-    if augment.synonym_fraction and augment.copies:
-        from tuneoff.augment import wordnet
-
-        wordnet()  # a missing WordNet is a clear error now, not after the first epoch
-    micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)  # per process
-    steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
-    total_steps = tc.max_steps or tc.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
-    scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Names from the unwrapped model, so checkpoints read the same with one process or several (no "module.").
-    named = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    forward = torch.compile(model) if tc.compile else model  # compiled forward, same parameters
-    trainable = list(named.values())
-    # DDP replicas evaluate unwrapped (no collectives in their forward); FSDP shards must run the wrapped forward.
-    fsdp = accelerator.distributed_type.name == "FSDP"
-    eval_model = model if fsdp else accelerator.unwrap_model(model)
-
-    run = open_run_directory(cfg, run_id or new_run_id(cfg.name, cfg.model.name, corpus.name, method.name),
-                             resume, run_id is None, accelerator)
-    state, best_state = checkpoint.LoopState(), None
-    geometry = {"batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "processes": world}
+    s = prepare(cfg)
+    run = open_run_directory(s.cfg, run_id or new_run_id(cfg.name, cfg.model.name, s.corpus.name, s.method.name),
+                             resume, run_id is None, s.accelerator)
+    p = start(s, run, resume, progress)
     try:
-        restored = checkpoint.load(run.path, named, optimizer, scheduler, accelerator.scaler, rank, geometry) if resume else None
+        loop(s, run, p, on_evaluate)
+        return finish(s, run, p)
     except TuneoffError as exc:
-        run.fail(str(exc))
-        raise
-    if restored is not None:
-        state, best_state = restored.state, restored.best
-        for note in restored.skipped if main else []:
-            tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
-    scaled, skips = guards.fp16_scaled(accelerator), guards.SkipGuard(tc.max_skipped_steps)
-
-    def evaluate(split: str, net=None, autocast=accelerator.autocast):
-        logits = predict_logits(net or eval_model, encoded[split], tc.eval_batch_size, collate, device, autocast, rank, world)
-        return logits, compute_metrics(corpus.label_ids(split), logits, corpus.label_names)
-
-    try:
-        meter = MemoryMeter(device).start()
-        speed = Throughput(device, state.samples, state.tokens, state.train_seconds)
-        bar = tqdm(total=total_steps, initial=state.step, desc=method.name, unit="step", disable=not (progress and main),
-                   dynamic_ncols=True)
-        running_loss = torch.full((), state.running_loss, device=device)
-        grad_ok = torch.ones((), dtype=torch.bool, device=device)
-        model.train()
-        while state.epoch < epochs and state.step < total_steps and not state.stopped_early:
-            train_set = encoded["train"]
-            if augment.copies:  # fresh copies every epoch; the originals stay, evaluation data is never touched
-                from tuneoff.augment import augmented_copies
-
-                copies, stats = augmented_copies(corpus.splits["train"], augment, state.epoch)
-                train_set = train_set + encode(copies, tokenizer, cfg.data.max_length, corpus.label_ids("train") * augment.copies)
-                if len(state.augmentation) <= state.epoch:
-                    state.augmentation.append(stats)
-            # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
-            # Grouped by the global batch: N processes at batch b see the examples one process at batch N*b sees.
-            # Grouped by the effective batch, so the order is the same however it is split into micro-batches and
-            # processes: an out-of-memory retry (half the batch, twice the accumulation) resumes exactly.
-            order = train_order(train_set, tc.batch_size * tc.grad_accum * world, tc.group_by_length, tc.seed, state.epoch)
-            rounds = [micro_batches_of(order, tc.batch_size, r, world) for r in range(world)]
-            loader = train_loader(train_set, rounds[rank][state.batch:], collate)
-            speed.resume()
-            for i, batch in enumerate(loader, start=state.batch):
-                # Gradient accumulation: each micro-batch's loss is divided by the size of its group (an epoch's
-                # last group may be short), so every optimizer step sees a mean gradient.
-                group_start = i - i % tc.grad_accum
-                group_size = min(tc.grad_accum, micro_batches - group_start)
-                indices = [x for r in range(world) for x in rounds[r][i]]  # this round, all processes
-                state.order_digest = hashlib.sha256(f"{state.order_digest}:{indices}".encode()).hexdigest()[:16]
-                batch = {k: v.to(device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                # Between optimizer steps DDP need not all-reduce gradients: only the group's last backward syncs.
-                with accelerator.no_sync(model) if i + 1 < group_start + group_size else contextlib.nullcontext():
-                    with accelerator.autocast():
-                        logits = forward(**batch).logits
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
-                    accelerator.backward(loss / group_size)
-                running_loss += loss.detach()
-                state.running_n += 1
-                speed.add(batch)
-                state.batch = i + 1
-                if state.batch < group_start + group_size:
-                    continue
-                checkpoint.crash_point("step", state.step + 1)
-                if tc.max_grad_norm:
-                    grad_ok &= torch.isfinite(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
-                optimizer.step()
-                if scaled:  # fp16: a skipped step (overflow) is normal; many in a row is divergence
-                    skips.observe(guards.step_was_skipped(optimizer), state.step + 1, lr)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                bar.update(1)
-                epoch_end = state.batch == micro_batches
-                should_eval = epoch_end or state.step == total_steps or bool(tc.eval_every and state.step % tc.eval_every == 0)
-                should_save = tc.checkpoints and (epoch_end or bool(tc.checkpoint_every and state.step % tc.checkpoint_every == 0))
-                if state.step % 10 == 0 or should_eval or should_save:  # a host sync, so not every step
-                    # Averaged over processes, so every process takes the same decision and none waits forever.
-                    state.running_loss = float(accelerator.reduce(running_loss.clone(), "mean")) if world > 1 else float(running_loss)
-                    if world > 1:
-                        grad_ok = accelerator.reduce(grad_ok.to(torch.int32), "sum") == world
-                    if not scaled and not math.isfinite(state.running_loss):
-                        raise guards.non_finite("loss", state.step, lr)
-                    if not scaled and not bool(grad_ok):
-                        raise guards.non_finite("gradient norm", state.step, lr)
-                    bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
-                                    samples_s=f"{speed.read()['train_samples_per_s']:.1f}")
-                if should_eval:
-                    speed.pause()
-                    t0 = time.perf_counter()
-                    _, val = evaluate("validation")
-                    checkpoint.crash_point("eval", state.step)
-                    if not math.isfinite(val["loss"]):
-                        raise guards.non_finite("validation loss", state.step, lr)
-                    state.eval_seconds += time.perf_counter() - t0
-                    state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                                          "train_loss": state.running_loss / max(state.running_n, 1),
-                                          "lr": scheduler.get_last_lr()[0], "seconds": round(speed.seconds, 3),
-                                          "val_loss": val["loss"],
-                                          "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
-                    if main:
-                        h = state.history[-1]
-                        log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f "
-                                 "macro-F1 %.4f, %.1f samples/s", run.run_id, state.step, total_steps, h["epoch"],
-                                 h["train_loss"], h["val_loss"], h["val_accuracy"], h["val_macro_f1"],
-                                 speed.read()["train_samples_per_s"])
-                    running_loss.zero_()
-                    state.running_loss, state.running_n = 0.0, 0
-                    if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
-                        on_main_process(accelerator, on_evaluate, state.step, val)
-                    value = val[tc.metric_for_best]
-                    if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
-                        state.best, state.best_step, state.stale = value, state.step, 0
-                        best_state = [p.detach().to("cpu", copy=True) for p in trainable]
-                    else:
-                        state.stale += 1
-                        state.stopped_early = tc.patience is not None and state.stale >= tc.patience
-                    model.train()
-                    speed.resume()
-                if epoch_end:
-                    state.epoch, state.batch = state.epoch + 1, 0
-                if should_save:
-                    speed.pause()
-                    state.samples, state.tokens, state.train_seconds = speed.samples, speed.tokens, speed.seconds
-                    checkpoint.save(run.path, named, best_state, optimizer, scheduler, accelerator.scaler, state,
-                                    tc.keep_checkpoints, rank, accelerator.wait_for_everyone, geometry)
-                    speed.resume()
-                if state.stopped_early or state.step >= total_steps:
-                    break
-            speed.pause()
-        bar.close()
-        own = {**speed.read(), **meter.read()}
-        if world > 1:
-            from accelerate.utils import gather_object
-
-            own = combine_processes(gather_object([own]))
-        resources = {**counts, **own, "optimizer_steps": state.step,
-                     "eval_seconds": state.eval_seconds, "processes": world, "per_device_batch_size": tc.batch_size,
-                     "effective_batch_size": tc.batch_size * tc.grad_accum * world,
-                     "resumed_from_step": restored.path.name if restored else None,
-                     "fp16_skipped_steps": skips.total if scaled else None}
-
-        # The best checkpoint: frozen weights never change, so restoring the trainable ones restores the model.
-        with torch.no_grad():
-            for param, saved in zip(trainable, best_state):
-                param.copy_(saved.to(param.device))
-        model_dir = run.path / MODEL_DIR
-        state_dict = accelerator.get_state_dict(model) if fsdp else None  # a collective: every process takes part
-        if main:
-            save_model(accelerator.unwrap_model(model), tokenizer, model_dir, source, cfg.model.revision, state_dict)
-            resources["checkpoint_bytes"] = dir_size(model_dir)
-        # Saved as an adapter; predicted with LoRA merged into the weights, as fast as the full model. The final
-        # evaluations run in fp32 (no autocast), as a reloaded model predicts: predictions.csv is what
-        # `tuneoff predict`, from_pretrained and pipeline() give, not a bf16 approximation of it.
-        # keep_fp32_wrapper=False removes the autocast Accelerate wrapped around forward in prepare().
-        final_model = model if fsdp else merged_for_inference(accelerator.unwrap_model(model, keep_fp32_wrapper=False))
-        checkpoint.crash_point("final", state.step)
-        _, val_metrics = evaluate("validation", final_model, contextlib.nullcontext)
-        t0 = time.perf_counter()
-        test_logits, test_metrics = evaluate("test", final_model, contextlib.nullcontext)
-        resources["test_eval_seconds"] = time.perf_counter() - t0
-        resources["test_samples_per_s"] = len(encoded["test"]) / max(resources["test_eval_seconds"], 1e-9)
-        metrics = {"best_step": state.best_step, "metric_for_best": tc.metric_for_best, "stopped_early": state.stopped_early,
-                   "validation": val_metrics, "test": test_metrics}
-        if not main:  # process 0 writes the run; the others wait until it is published
-            accelerator.wait_for_everyone()
-            return RunResult(run.final, metrics, resources)
-        # The resolved config: every value the run used, including what "auto" and the method's defaults chose.
-        used = tc.model_copy(update={"lr": lr, "warmup_steps": warmup, "mixed_precision": accelerator.mixed_precision,
-                                     "device": device.type})
-        atomic_write_text(run.path / "config.yaml", cfg.model_copy(update={"train": used}).to_yaml())
-        atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
-        predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
-        write_json(run.path / "metrics.json", metrics)
-        write_json(run.path / "resources.json", resources)
-        write_json(run.path / "run.json", {
-            "run_id": run.run_id, "status": "done", "method": method.name, "model": cfg.model.name,
-            "model_source": source, "dataset": corpus.name, "label_names": corpus.label_names,
-            "data_notes": corpus.notes, "lr": lr, "total_steps": total_steps, "device": device_name(device),
-            "mixed_precision": accelerator.mixed_precision, "versions": versions(),
-            "distributed": {"type": accelerator.distributed_type.name, "processes": world},
-            "sizes": {s: len(df) for s, df in corpus.splits.items()}, "augmentation": state.augmentation,
-            "label_counts": {s: {str(k): int(v) for k, v in df["label"].value_counts().items()} for s, df in corpus.splits.items()},
-            "batch_order_digest": state.order_digest, "host": socket.gethostname(),
-        })
-        final = run.publish()
-        accelerator.wait_for_everyone()
-    except TuneoffError as exc:
-        if main:
+        if s.main:
             run.fail(str(exc))
         raise
     except BaseException as exc:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             exc.tuneoff_run_id = run.run_id  # the retry resumes this run, from its checkpoint if it wrote one
-        if main and disk_full(exc, run.path):  # OSError, or safetensors' own error type carrying the OS message
+        if s.main and disk_full(exc, run.path):  # OSError, or safetensors' own error type carrying the OS message
             message = (f"No space left on the device while writing the run in {run.path}: {str(exc).splitlines()[0]}. "
                        "Free some space and run again with --resume; the run was not published and its last complete "
                        "checkpoint is kept.")
             run.fail(message)
             raise TuneoffError(message) from exc
-        if main:
+        if s.main:
             run.abandon()
         raise
+
+
+def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progress:
+    """A fresh loop state, or the one of the newest checkpoint that reads back."""
+    state, best = checkpoint.LoopState(), None
+    try:
+        restored = checkpoint.load(run.path, s.named, s.optimizer, s.scheduler, s.accelerator.scaler, s.rank,
+                                   s.geometry) if resume else None
+    except TuneoffError as exc:
+        run.fail(str(exc))
+        raise
+    if restored is not None:
+        state, best = restored.state, restored.best
+        for note in restored.skipped if s.main else []:
+            tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
+    bar = tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step",
+               disable=not (progress and s.main), dynamic_ncols=True)
+    return Progress(state, best, Throughput(s.device, state.samples, state.tokens, state.train_seconds),
+                    MemoryMeter(s.device).start(), bar, torch.full((), state.running_loss, device=s.device),
+                    torch.ones((), dtype=torch.bool, device=s.device), guards.SkipGuard(s.tc.max_skipped_steps),
+                    guards.fp16_scaled(s.accelerator), restored)
+
+
+def evaluate(s: Session, split: str, net=None, autocast=None, cached: bool = True):
+    """Logits and metrics of a split; the frozen layers replayed from the cache unless ``cached`` is False."""
+    use = cached and s.features is not None and net is None
+    before = (lambda indices, batch: setattr(s.replay, "current", s.features.batch(
+        split, indices, batch["input_ids"].shape[1], s.device))) if use else None
+    with _replaying(s, use):
+        logits = predict_logits(net or s.eval_model, s.encoded[split], s.tc.eval_batch_size, s.collate, s.device,
+                                autocast or s.accelerator.autocast, s.rank, s.world, before_batch=before)
+    return logits, compute_metrics(s.corpus.label_ids(split), logits, s.corpus.label_names)
+
+
+@contextlib.contextmanager
+def _replaying(s: Session, on: bool):
+    if on:
+        s.replay.on()
+    try:
+        yield
+    finally:
+        if on:
+            s.replay.off()
+
+
+def loop(s: Session, run: RunDirectory, p: Progress, on_evaluate) -> None:
+    """Epochs of micro-batches; an optimizer step every ``grad_accum`` of them, then evaluation and checkpoint."""
+    tc, state = s.tc, p.state
+    s.model.train()
+    with _replaying(s, s.features is not None):
+        while state.epoch < s.epochs and state.step < s.total_steps and not state.stopped_early:
+            train_set = _epoch_examples(s, state)
+            # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
+            # Grouped by the effective batch, so the order is the same however it is split into micro-batches and
+            # processes (N processes at b see what one sees at N x b; an out-of-memory retry resumes exactly).
+            order = train_order(train_set, tc.batch_size * tc.grad_accum * s.world, tc.group_by_length, tc.seed, state.epoch)
+            rounds = [micro_batches_of(order, tc.batch_size, r, s.world) for r in range(s.world)]
+            p.speed.resume()
+            for i, batch in enumerate(train_loader(train_set, rounds[s.rank][state.batch:], s.collate), start=state.batch):
+                if not _micro_step(s, p, i, batch, rounds):
+                    continue
+                epoch_end = _optimizer_step(s, p)
+                _after_step(s, run, p, epoch_end, on_evaluate)
+                if state.stopped_early or state.step >= s.total_steps:
+                    break
+            p.speed.pause()
+    p.bar.close()
+
+
+def _epoch_examples(s: Session, state):
+    if not s.cfg.data.augment.copies:
+        return s.encoded["train"]
+    from tuneoff.augment import augmented_copies  # fresh copies every epoch; originals stay, evaluation untouched
+
+    augment = s.cfg.data.augment
+    copies, stats = augmented_copies(s.corpus.splits["train"], augment, state.epoch)
+    if len(state.augmentation) <= state.epoch:
+        state.augmentation.append(stats)
+    return s.encoded["train"] + encode(copies, s.tokenizer, s.cfg.data.max_length, s.corpus.label_ids("train") * augment.copies)
+
+
+def _micro_step(s: Session, p: Progress, i: int, batch: dict, rounds) -> bool:
+    """Forward and backward of one micro-batch; True when it completes an optimizer step's group."""
+    tc, state = s.tc, p.state
+    # Gradient accumulation: each micro-batch's loss is divided by the size of its group (an epoch's last group may
+    # be short), so every optimizer step sees a mean gradient.
+    group_start = i - i % tc.grad_accum
+    group_size = min(tc.grad_accum, s.micro_batches - group_start)
+    indices = [x for r in range(s.world) for x in rounds[r][i]]  # this round, all processes
+    state.order_digest = hashlib.sha256(f"{state.order_digest}:{indices}".encode()).hexdigest()[:16]
+    batch = {k: v.to(s.device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    if s.features is not None:  # the frozen layers' output for these examples, from the cache
+        s.replay.current = s.features.batch("train", rounds[s.rank][i], batch["input_ids"].shape[1], s.device)
+    # Between optimizer steps DDP need not all-reduce gradients: only the group's last backward syncs.
+    with s.accelerator.no_sync(s.model) if i + 1 < group_start + group_size else contextlib.nullcontext():
+        with s.accelerator.autocast():
+            logits = s.forward(**batch).logits
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+        s.accelerator.backward(loss / group_size)
+    p.running_loss += loss.detach()
+    state.running_n += 1
+    p.speed.add(batch)
+    state.batch = i + 1
+    return state.batch >= group_start + group_size
+
+
+def _optimizer_step(s: Session, p: Progress) -> bool:
+    """Clip, step, schedule; returns whether the epoch ended."""
+    state = p.state
+    checkpoint.crash_point("step", state.step + 1)
+    if s.tc.max_grad_norm:
+        p.grad_ok &= torch.isfinite(s.accelerator.clip_grad_norm_(s.trainable, s.tc.max_grad_norm))
+    s.optimizer.step()
+    if p.scaled:  # fp16: a skipped step (overflow) is normal; many in a row is divergence
+        p.skips.observe(guards.step_was_skipped(s.optimizer), state.step + 1, s.lr)
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    p.bar.update(1)
+    return state.batch == s.micro_batches
+
+
+def _after_step(s: Session, run: RunDirectory, p: Progress, epoch_end: bool, on_evaluate) -> None:
+    tc, state = s.tc, p.state
+    should_eval = epoch_end or state.step == s.total_steps or bool(tc.eval_every and state.step % tc.eval_every == 0)
+    should_save = tc.checkpoints and (epoch_end or bool(tc.checkpoint_every and state.step % tc.checkpoint_every == 0))
+    if state.step % 10 == 0 or should_eval or should_save:  # a host sync, so not every step
+        _check_finite(s, p)
+    if should_eval:
+        _evaluate_and_track(s, run, p, on_evaluate)
+    if epoch_end:
+        state.epoch, state.batch = state.epoch + 1, 0
+    if should_save:
+        p.speed.pause()
+        state.samples, state.tokens, state.train_seconds = p.speed.samples, p.speed.tokens, p.speed.seconds
+        checkpoint.save(run.path, s.named, p.best, s.optimizer, s.scheduler, s.accelerator.scaler, state,
+                        tc.keep_checkpoints, s.rank, s.accelerator.wait_for_everyone, s.geometry)
+        p.speed.resume()
+
+
+def _check_finite(s: Session, p: Progress) -> None:
+    """Loss and gradient norm, averaged over processes so every process takes the same decision."""
+    state = p.state
+    state.running_loss = float(s.accelerator.reduce(p.running_loss.clone(), "mean")) if s.world > 1 else float(p.running_loss)
+    if s.world > 1:
+        p.grad_ok = s.accelerator.reduce(p.grad_ok.to(torch.int32), "sum") == s.world
+    if not p.scaled and not math.isfinite(state.running_loss):
+        raise guards.non_finite("loss", state.step, s.lr)
+    if not p.scaled and not bool(p.grad_ok):
+        raise guards.non_finite("gradient norm", state.step, s.lr)
+    p.bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
+                      samples_s=f"{p.speed.read()['train_samples_per_s']:.1f}")
+
+
+def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate) -> None:
+    """Validation metrics into the history; the best weights so far; early stopping; a search's report."""
+    tc, state = s.tc, p.state
+    p.speed.pause()
+    t0 = time.perf_counter()
+    _, val = evaluate(s, "validation")
+    checkpoint.crash_point("eval", state.step)
+    if not math.isfinite(val["loss"]):
+        raise guards.non_finite("validation loss", state.step, s.lr)
+    state.eval_seconds += time.perf_counter() - t0
+    state.history.append({"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
+                          "train_loss": state.running_loss / max(state.running_n, 1), "lr": s.scheduler.get_last_lr()[0],
+                          "seconds": round(p.speed.seconds, 3), "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                          "val_macro_f1": val["macro_f1"]})
+    if s.main:
+        h = state.history[-1]
+        log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f macro-F1 %.4f, "
+                 "%.1f samples/s", run.run_id, state.step, s.total_steps, h["epoch"], h["train_loss"], h["val_loss"],
+                 h["val_accuracy"], h["val_macro_f1"], p.speed.read()["train_samples_per_s"])
+    p.running_loss.zero_()
+    state.running_loss, state.running_n = 0.0, 0
+    if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
+        on_main_process(s.accelerator, on_evaluate, state.step, val)
+    value = val[tc.metric_for_best]
+    if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
+        state.best, state.best_step, state.stale = value, state.step, 0
+        p.best = [q.detach().to("cpu", copy=True) for q in s.trainable]
+    else:
+        state.stale += 1
+        state.stopped_early = tc.patience is not None and state.stale >= tc.patience
+    s.model.train()
+    p.speed.resume()
+
+
+def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
+    """Best weights back, the model saved, final evaluation in fp32 as a reload predicts, the run written."""
+    resources = _resources(s, p)
+    with torch.no_grad():  # frozen weights never change: restoring the trainable ones restores the model
+        for param, saved in zip(s.trainable, p.best):
+            param.copy_(saved.to(param.device))
+    model_dir = run.path / MODEL_DIR
+    state_dict = s.accelerator.get_state_dict(s.model) if s.fsdp else None  # a collective: every process takes part
+    if s.main:
+        save_model(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict)
+        resources["checkpoint_bytes"] = dir_size(model_dir)
+    # Predicted with LoRA merged into the weights, as fast as the full model, in fp32 without the feature cache:
+    # predictions.csv is what `tuneoff predict`, from_pretrained and pipeline() give. keep_fp32_wrapper=False
+    # removes the autocast Accelerate wrapped around forward in prepare().
+    unwrapped = s.accelerator.unwrap_model(s.model, keep_fp32_wrapper=False)
+    adapter = hasattr(unwrapped, "merge_and_unload")
+    if s.main and not s.fsdp and adapter:  # unmerged before merging: merge_and_unload changes the model in place
+        unmerged = serving.latency(unwrapped, s.encoded["test"], s.collate, s.device)
+        resources.update(latency_unmerged_ms_p50=unmerged["p50"], latency_unmerged_ms_p95=unmerged["p95"])
+    final_model = s.model if s.fsdp else merged_for_inference(unwrapped)
+    if s.main and not s.fsdp:
+        merged = serving.latency(final_model, s.encoded["test"], s.collate, s.device)
+        resources.update(latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"],
+                         **serving.deploy_bytes(model_dir, s.counts))
+    checkpoint.crash_point("final", p.state.step)
+    _, val_metrics = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
+    t0 = time.perf_counter()
+    test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)
+    resources["test_eval_seconds"] = time.perf_counter() - t0
+    resources["test_samples_per_s"] = len(s.encoded["test"]) / max(resources["test_eval_seconds"], 1e-9)
+    metrics = {"best_step": p.state.best_step, "metric_for_best": s.tc.metric_for_best,
+               "stopped_early": p.state.stopped_early, "validation": val_metrics, "test": test_metrics}
+    if not s.main:  # process 0 writes the run; the others wait until it is published
+        s.accelerator.wait_for_everyone()
+        return RunResult(run.final, metrics, resources)
+    _write_run(s, run, p, metrics, resources, test_logits)
+    final = run.publish()
+    s.accelerator.wait_for_everyone()
     return RunResult(final, metrics, resources)
+
+
+def _resources(s: Session, p: Progress) -> dict:
+    own = {**p.speed.read(), **p.meter.read()}
+    if s.world > 1:
+        from accelerate.utils import gather_object
+
+        own = combine_processes(gather_object([own]))
+    return {**s.counts, **own, "optimizer_steps": p.state.step, "eval_seconds": p.state.eval_seconds,
+            "processes": s.world, "per_device_batch_size": s.tc.batch_size,
+            "effective_batch_size": s.tc.batch_size * s.tc.grad_accum * s.world,
+            "resumed_from_step": p.restored.path.name if p.restored else None,
+            "fp16_skipped_steps": p.skips.total if p.scaled else None,
+            "frozen_below_layer": s.edge, "feature_cache": feature_cache_reason(s) or "used"}
+
+
+def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resources: dict, test_logits) -> None:
+    tc, corpus, state = s.tc, s.corpus, p.state
+    # The resolved config: every value the run used, including what "auto" and the method's defaults chose.
+    used = tc.model_copy(update={"lr": s.lr, "warmup_steps": s.warmup, "mixed_precision": s.accelerator.mixed_precision,
+                                 "device": s.device.type})
+    atomic_write_text(run.path / "config.yaml", s.cfg.model_copy(update={"train": used}).to_yaml())
+    atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
+    predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
+    write_json(run.path / "metrics.json", metrics)
+    write_json(run.path / "resources.json", resources)
+    write_json(run.path / "run.json", {
+        "run_id": run.run_id, "status": "done", "method": s.method.name, "model": s.cfg.model.name,
+        "model_source": s.source, "dataset": corpus.name, "label_names": corpus.label_names,
+        "data_notes": corpus.notes, "lr": s.lr, "total_steps": s.total_steps, "device": device_name(s.device),
+        "mixed_precision": s.accelerator.mixed_precision, "versions": versions(),
+        "distributed": {"type": s.accelerator.distributed_type.name, "processes": s.world},
+        "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_reason(s) or "used"},
+        "sizes": {k: len(df) for k, df in corpus.splits.items()}, "augmentation": state.augmentation,
+        "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
+        "batch_order_digest": state.order_digest, "host": socket.gethostname(),
+    })
 
 
 def on_main_process(accelerator, fn: Callable, *args) -> None:
@@ -413,13 +421,11 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
             raise TuneoffError(
                 f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
                 f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
-                "and --resume, or shard the model with FSDP (--accelerate-config)."
-            )
+                "and --resume, or shard the model with FSDP (--accelerate-config).")
         if tc.batch_size // 2 < tc.min_batch_size:
             raise TuneoffError(
                 f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
-                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size."
-            )
+                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size.")
         smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
         say(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
             f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
