@@ -36,7 +36,7 @@ def test_yaml_file_then_command_line(tmp_path):
         (["method.r=0"], r"r: Input should be greater than or equal to 1"),
         (["method.rank=8"], r"rank: unknown parameter for this method \(parameters of lora: .*r, alpha"),
         (["method.name=qlora"], r"unknown method 'qlora'; choose one of: full, head, lora"),
-        (["train.scheduler=step"], r"train.scheduler: Input should be 'linear', 'cosine' or 'constant'"),
+        (["train.scheduler=exponential"], r"train.scheduler: Input should be 'linear', 'cosine', 'constant' or 'step'"),
         (["model.trust_remote_code=true"], r"needs model.revision pinned"),
         (["epochs=3"], r"epochs: unknown key"),
         (["train.epochs"], r"not of the form key=value"),

@@ -138,7 +138,7 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
     script.write_text(
         "import sys\n"
         "from accelerate import Accelerator\n"
-        "from tuneoff.train import on_main_process\n"
+        "from tuneoff.launcher import on_main_process\n"
         "acc = Accelerator(cpu=True)\n"
         "calls = []\n"
         "def decide(step):\n"

@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides, toy_frame
+from conftest import tiny_overrides
 from test_reliability import RESUMABLE, cli_train, finished_run, reference  # noqa: F401 (a fixture)
 from tuneoff import checkpoint, guards
 from tuneoff.cli import app

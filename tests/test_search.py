@@ -106,7 +106,11 @@ def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path, proce
     config = expand(spec)[0].config.model_copy(update={"output_dir": str(tmp_path / "runs")})
     ref = {"results": str(tmp_path), "study": "p:base", "trial_id": trial._trial_id, "metric": "accuracy",
            "pruning": True, "warmup": 0}
-    outcome = run_job(Job("p-trial003", config, ref), processes=processes)
+    from functools import partial
+
+    from tuneoff.search import pruning_callback
+
+    outcome = run_job(Job("p-trial003", config, partial(pruning_callback, ref)), processes=processes)
     assert outcome.status == "pruned" and "pruned at step 4" in outcome.error
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
     assert list(study.trials[-1].intermediate_values) == [4], "reported at its first evaluation, then stopped"

@@ -107,8 +107,10 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert (report / "summary.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
     assert "lora-s1" in out and "done" in out
-    out = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results)]).output
+    out = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results), "--json"]).output
     assert '"seed": 2' in out and '"trainable_params"' in out
+    readable = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results)], env={"COLUMNS": "80"}).output
+    assert "partial_top1-s2" in readable and "trainable" in readable and max(map(len, readable.splitlines())) <= 80
 
     # Running it again without --resume refuses and loses nothing; a changed spec under the same name refuses too.
     again = runner.invoke(app, ["run", str(spec_path), "--results", str(results)])

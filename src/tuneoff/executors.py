@@ -32,7 +32,9 @@ class Job:
 
     run_id: str
     config: RunConfig
-    trial: dict | None = None  # hyper-parameter search: where to report intermediate values (see search.py)
+    # Called where the run trains (here, a Ray worker, each process of a multi-process run) to make the train loop's
+    # on_evaluate: a search's pruner, picklable. Executors call it; they know nothing of what it reports to.
+    on_evaluate: Callable[[], Callable[[int, dict], None]] | None = None
 
 
 @dataclass
@@ -75,11 +77,7 @@ def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, p
     if processes > 1:
         return _run_in_processes(job, processes, say)
     t0 = time.perf_counter()
-    on_evaluate = None
-    if job.trial is not None:
-        from tuneoff.search import pruning_callback
-
-        on_evaluate = pruning_callback(job.trial)
+    on_evaluate = job.on_evaluate() if job.on_evaluate is not None else None
     try:
         result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True, say=say,
                                       on_evaluate=on_evaluate)
@@ -242,3 +240,36 @@ def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1
     if name == "ray":
         return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, say, processes_per_run)
     raise TuneoffError(f"--executor {name!r}: choose local or ray.")
+
+
+def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None) -> None:
+    """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives."""
+    started, finished, durations = time.perf_counter(), 0, []
+    jobs = iter(jobs)
+    exhausted = False
+    while True:
+        while not exhausted and executor.pending < executor.slots:
+            job = next(jobs, None)
+            if job is None:
+                exhausted = True
+                break
+            if before_submit is not None:
+                before_submit(job)
+            executor.submit(job)
+        if executor.pending == 0:
+            return
+        job, outcome = executor.next_done()
+        finished += 1
+        durations.append(outcome.seconds)
+        wall = time.perf_counter() - started
+        eta = f", ETA {wall / finished * (total - finished) / 60:.1f} min" if total > finished else ""
+        where = f" on {outcome.host}" if executor.name != "local" else ""
+        say(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
+        on_outcome(job, outcome)
+
+
+def describe(outcome) -> str:
+    if outcome.status == "done":
+        found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
+        return f"{found}test accuracy {outcome.metrics['test']['accuracy']:.4f}"
+    return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"

@@ -115,3 +115,42 @@ def _without_option(argv: list[str], name: str) -> list[str]:
         elif not arg.startswith(name + "="):
             out.append(arg)
     return out
+
+
+def on_main_process(accelerator, fn, *args) -> None:
+    """Call ``fn`` on process 0 only, and raise what it raised on every process, so that all stop together."""
+    from accelerate.utils import broadcast_object_list
+
+    message = [None]
+    if accelerator.is_main_process:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed to every process, raised there
+            message = [exc]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0] is not None:
+        raise message[0]
+
+
+def open_run_directory(cfg, run_id: str, resume: bool, find: bool, accelerator):
+    """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
+    from pathlib import Path
+
+    from accelerate.utils import broadcast_object_list
+
+    from tuneoff.errors import TuneoffError
+    from tuneoff.rundir import RunDirectory
+
+    message = [None, None]
+    if accelerator.is_main_process:
+        try:
+            run = RunDirectory.open(cfg.output_dir, run_id, cfg.to_yaml(), resume, find)
+            message = [run.run_id, None]
+        except TuneoffError as exc:
+            message = [None, str(exc)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[1] is not None:
+        raise TuneoffError(message[1])
+    return run if accelerator.is_main_process else RunDirectory(Path(cfg.output_dir), message[0])

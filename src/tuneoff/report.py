@@ -234,7 +234,7 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     commands = log.read_text().strip().splitlines() if log.is_file() else []
     started = min((r["started"] for r in rows if r["started"]), default="?")
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
-    header = [f"<!-- written by tuneoff report --export; do not edit by hand -->",
+    header = ["<!-- written by tuneoff report --export; do not edit by hand -->",
               f"# Result: study {study}", "",
               f"- runs: {len(rows)} finished, {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),

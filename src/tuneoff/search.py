@@ -144,20 +144,22 @@ def check_space(spaces: dict, base_configs: dict) -> None:
                 raise TuneoffError(f"{exc}\n  (search.space.{key} must name a run config field, e.g. train.lr or method.r)") from None
 
 
-def run_search(spec, store, directory: Path, results: Path, executor, say=print) -> None:
-    """Each variant's search, trials asked lazily (TPE learns from the finished ones) and run on ``executor``."""
+def run_search(spec, bases: dict, store, directory: Path, results: Path, executor, say=print) -> None:
+    """Each variant's search, trials asked lazily (TPE learns from the finished ones) and run on ``executor``.
+    ``bases`` is each variant's run config (the study's expansion, first seed): the search drives runs, the study
+    defines them."""
     try:
         import optuna
     except ImportError:
         raise TuneoffError(f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'.") from None
 
+    from functools import partial
+
     from tuneoff.config import build_config
-    from tuneoff.executors import Job
-    from tuneoff.study import drive, expand, record
+    from tuneoff.executors import Job, drive
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
-    bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
     # search.space applies to every variant; a variant's own `space:` adds (or overrides) dimensions for it alone
     spaces = {v: {**search.space, **{k: Dimension.model_validate(d) for k, d in (spec.variants.get(v, {}).get("space") or {}).items()}}
               for v in bases}
@@ -185,7 +187,7 @@ def run_search(spec, store, directory: Path, results: Path, executor, say=print)
         ref = {"results": str(results), "study": studies[variant].study_name, "trial_id": trial._trial_id,
                "metric": leaf if search.metric.startswith("validation.") else None, "pruning": search.pruning,
                "warmup": search.prune_after_steps}
-        return Job(run_id, config, ref if ref["metric"] else None)
+        return Job(run_id, config, partial(pruning_callback, ref) if ref["metric"] else None)
 
     def jobs():
         running = optuna.trial.TrialState.RUNNING
@@ -211,7 +213,7 @@ def run_search(spec, store, directory: Path, results: Path, executor, say=print)
             yield job
 
     def on_outcome(job: Job, outcome) -> None:
-        record(store, spec.name, outcome, say)
+        store.record(spec.name, outcome)
         variant, trial = asked.pop(job.run_id)
         study = studies[variant]
         if outcome.status == "done":

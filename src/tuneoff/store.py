@@ -153,6 +153,15 @@ class Store:
                        (SINGLE_RUNS, run_dir.name, run_info.get("method", ""), int(yaml_seed(config_yaml)), config_yaml, now()))
         self.mark_done(SINGLE_RUNS, run_dir.name, run_dir, metrics, resources, run_info)
 
+    def record(self, study: str, outcome) -> None:
+        """How a run of the study ended (an executor's Outcome: done, pruned or failed)."""
+        if outcome.status == "done":
+            self.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
+        elif outcome.status == "pruned":
+            self.mark_pruned(study, outcome.run_id, outcome.error or "")
+        else:
+            self.mark_failed(study, outcome.run_id, outcome.error or "")
+
     def mark_pruned(self, study: str, run_id: str, reason: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='pruned', error=?, finished=? WHERE study=? AND run_id=?", (reason, now(), study, run_id))

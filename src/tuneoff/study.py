@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -200,9 +199,11 @@ def study_dir(results: str | Path, name: str) -> Path:
     return Path(results) / safe_name(name)
 
 
-def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tuple[Store, list[PlannedRun], Path]:
-    """Check the study against the store, register its runs, and return what to run."""
+def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
+    """Check the study (size, hub), take its lock, check it against the store, register its runs; return the store,
+    what to run, the study directory and the lock (held until the caller closes it)."""
     runs = expand(spec)
+    require_hub(spec.name, runs)
     if spec.search is not None:  # trials are registered as the search asks for them
         runs = []
         if len(spec.variants or {"base": {}}) * spec.search.trials > spec.max_runs and not yes:
@@ -213,7 +214,16 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
             f"Study {spec.name!r} would launch {len(runs)} runs, more than max_runs={spec.max_runs}. "
             "Pass --yes to run them all, or raise max_runs in the study file."
         )
-    require_hub(spec.name, runs)
+    lock = hold_study(study_dir(results, spec.name), spec.name)
+    try:
+        store, directory = _register(spec, results, resume, runs)
+    except BaseException:
+        lock.close()
+        raise
+    return store, runs, directory, lock
+
+
+def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[PlannedRun]) -> tuple[Store, Path]:
     store = Store(results)
     # Absolute: runs may execute on other machines (Ray) whose working directory is not this one.
     directory = study_dir(Path(results).resolve(), spec.name)
@@ -241,7 +251,7 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool) -> tu
     store.add_study(spec.name, spec.to_yaml(), spec.digest(), directory)
     for run in runs:
         store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml())
-    return store, runs, directory
+    return store, directory
 
 
 def dry_run(spec: StudySpec) -> list[dict]:
@@ -295,21 +305,20 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             progress: bool = False, executor=None) -> Path:
     """Run every unfinished run of the study on ``executor`` (default: here, in order); a failed run is recorded and
     the study goes on. Only this process writes the results store."""
-    from tuneoff.executors import Job, LocalExecutor
+    from tuneoff.executors import Job, LocalExecutor, drive
 
     executor = executor or LocalExecutor(progress, say)
-    lock = hold_study(study_dir(results, spec.name), spec.name)
     try:
-        store, runs, directory = prepare(spec, results, resume, yes)
+        store, runs, directory, lock = prepare(spec, results, resume, yes)
     except BaseException:
-        lock.close()
         executor.close()
         raise
     try:
         if spec.search is not None:
             from tuneoff.search import run_search
 
-            run_search(spec, store, directory, Path(results), executor, say)
+            bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
+            run_search(spec, bases, store, directory, Path(results), executor, say)
             return directory
         done = {r["run_id"] for r in store.runs(spec.name, "done")}
         todo = [r for r in runs if r.run_id not in done]
@@ -321,7 +330,7 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             if executor.name == "local":
                 say(f"    start {job.run_id}")
 
-        drive(executor, jobs, len(todo), lambda job, outcome: record(store, spec.name, outcome, say), say, start)
+        drive(executor, jobs, len(todo), lambda job, outcome: store.record(spec.name, outcome), say, start)
     finally:
         executor.close()
         store.close()
@@ -355,45 +364,3 @@ def hold_study(directory: Path, name: str):
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     handle.flush()
     return handle
-
-
-def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None) -> None:
-    """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives."""
-    started, finished, durations = time.perf_counter(), 0, []
-    jobs = iter(jobs)
-    exhausted = False
-    while True:
-        while not exhausted and executor.pending < executor.slots:
-            job = next(jobs, None)
-            if job is None:
-                exhausted = True
-                break
-            if before_submit is not None:
-                before_submit(job)
-            executor.submit(job)
-        if executor.pending == 0:
-            return
-        job, outcome = executor.next_done()
-        finished += 1
-        durations.append(outcome.seconds)
-        wall = time.perf_counter() - started
-        eta = f", ETA {wall / finished * (total - finished) / 60:.1f} min" if total > finished else ""
-        where = f" on {outcome.host}" if executor.name != "local" else ""
-        say(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
-        on_outcome(job, outcome)
-
-
-def describe(outcome) -> str:
-    if outcome.status == "done":
-        found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
-        return f"{found}test accuracy {outcome.metrics['test']['accuracy']:.4f}"
-    return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"
-
-
-def record(store: Store, study: str, outcome, say=print) -> None:
-    if outcome.status == "done":
-        store.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
-    elif outcome.status == "pruned":
-        store.mark_pruned(study, outcome.run_id, outcome.error or "")
-    else:
-        store.mark_failed(study, outcome.run_id, outcome.error or "")

@@ -32,6 +32,7 @@ from tuneoff.config import RunConfig
 from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, versions
+from tuneoff.launcher import on_main_process, open_run_directory
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
 from tuneoff.session import Session, cpu_has_native_bf16, feature_cache_reason, mixed_precision, prepare  # noqa: F401
 
@@ -364,40 +365,6 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
         "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
         "batch_order_digest": state.order_digest, "host": socket.gethostname(),
     })
-
-
-def on_main_process(accelerator, fn: Callable, *args) -> None:
-    """Call ``fn`` on process 0 only, and raise what it raised on every process, so that all stop together."""
-    from accelerate.utils import broadcast_object_list
-
-    message = [None]
-    if accelerator.is_main_process:
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - handed to every process, raised there
-            message = [exc]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(message)
-    if message[0] is not None:
-        raise message[0]
-
-
-def open_run_directory(cfg: RunConfig, run_id: str, resume: bool, find: bool, accelerator) -> RunDirectory:
-    """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
-    from accelerate.utils import broadcast_object_list
-
-    message = [None, None]
-    if accelerator.is_main_process:
-        try:
-            run = RunDirectory.open(cfg.output_dir, run_id, cfg.to_yaml(), resume, find)
-            message = [run.run_id, None]
-        except TuneoffError as exc:
-            message = [None, str(exc)]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(message)
-    if message[1] is not None:
-        raise TuneoffError(message[1])
-    return run if accelerator.is_main_process else RunDirectory(Path(cfg.output_dir), message[0])
 
 
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
