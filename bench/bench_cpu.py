@@ -24,9 +24,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,8 +157,13 @@ def main() -> None:
     for method in args.methods.split(","):
         for repeat in range(args.repeats):
             for contender in contenders:  # interleaved: A B C A B C ...
+                # A fresh feature cache per job: each tuneoff job pays for computing its frozen features (a study's later
+                # runs would find them computed).
+                cache = tempfile.mkdtemp(prefix="tuneoff-bench-features-")
                 proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", contender, method],
-                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
+                                                                           "TUNEOFF_FEATURE_CACHE": cache})
+                shutil.rmtree(cache, ignore_errors=True)
                 line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
                 if proc.returncode or not line:
                     sys.exit(f"{contender}/{method} failed:\n{proc.stderr[-3000:]}")

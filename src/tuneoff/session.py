@@ -198,7 +198,10 @@ def _attach_features(s: Session) -> None:
         return
     dtype = s.tc.feature_cache_dtype
     key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype)
-    root = cache_dir() / "features" / key
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
     model = s.model.to(s.device)
     s.features = frozen.build(root, model, s.arch, s.edge, s.encoded, s.collate, s.tc.eval_batch_size, s.device, dtype)
     s.replay = frozen.Replay(model, s.arch, s.edge)
