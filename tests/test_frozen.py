@@ -34,10 +34,36 @@ def run(tiny_bert, toy_csv, out, **extra):
     return train(cfg, progress=False)
 
 
+def _count_layer0_calls(monkeypatch):
+    """Counts the forward calls of every encoder's layer 0 (the frozen one in each case)."""
+    import tuneoff.session as session_module
+
+    calls = {"n": 0}
+    real = session_module.load_classifier
+
+    def load(*args, **kwargs):
+        model, arch = real(*args, **kwargs)
+        model.get_submodule(arch.layers_path)[0].register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        return model, arch
+
+    monkeypatch.setattr(session_module, "load_classifier", load)
+    return calls
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_cached_run_predicts_what_an_uncached_run_predicts(case, cache, tiny_bert, toy_csv, tmp_path):
+def test_a_cached_run_predicts_what_an_uncached_run_predicts(case, cache, tiny_bert, toy_csv, tmp_path, monkeypatch):
+    calls = _count_layer0_calls(monkeypatch)
     cached = run(tiny_bert, toy_csv, tmp_path / "a", **CASES[case], **{"train.feature_cache_dtype": "float32"})
+    # Layer 0 ran only to fill the cache (one pass over each split in batches of 64) and in the final, uncached
+    # evaluation of validation and test, plus the latency measurement: never in a training step or in the
+    # per-epoch evaluations, which the uncached run does 3 x 13 + 3 x 1 times.
+    sizes = json.loads((cached.run_dir / "run.json").read_text())["sizes"]
+    batches = sum(-(-n // 64) for n in sizes.values()) + 2 * -(-sizes["validation"] // 64)
+    latency = 52 * (2 if case == "lora_top" else 1)
+    assert calls["n"] <= batches + latency, calls
+    calls["n"] = 0
     plain = run(tiny_bert, toy_csv, tmp_path / "b", **CASES[case], **{"train.feature_cache": "off"})
+    assert calls["n"] > 3 * 13, "the uncached run computes layer 0 every step"
     assert cached.resources["feature_cache"] == "used" and plain.resources["feature_cache"] == "train.feature_cache=off"
     assert cached.resources["frozen_below_layer"] == {"head": 2, "partial": 1, "lora_top": 1}[case]
     assert len(frozen.COMPUTED) == 1

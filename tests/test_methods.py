@@ -223,8 +223,6 @@ def test_registry_lists_every_method():
 
 @pytest.mark.parametrize("method", ["lora", "lora_fa", "lora_lean"])
 def test_merged_lora_gives_the_same_logits(tiny_bert, method):
-    from tuneoff.train import merged_for_inference
-
     model, *_ = prepared(tiny_bert, method)
     with torch.no_grad():  # a trained-looking adapter: B is zero at init, which would make the test vacuous
         for name, p in model.named_parameters():
@@ -233,7 +231,7 @@ def test_merged_lora_gives_the_same_logits(tiny_bert, method):
     model.eval()
     x = torch.randint(5, 29, (3, 9))
     before = model(input_ids=x).logits
-    merged = merged_for_inference(model)
+    merged = get_method(method).for_inference(model)
     assert not any("lora" in n for n, _ in merged.named_parameters()), "no adapter layers left"
     torch.testing.assert_close(merged(input_ids=x).logits, before, atol=1e-5, rtol=1e-5)
 

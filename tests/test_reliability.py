@@ -142,12 +142,12 @@ def test_output_dir_that_cannot_exist(tiny_bert, toy_csv, tmp_path):
 def test_disk_full_is_a_clear_error_and_nothing_is_published(tiny_bert, toy_csv, tmp_path, monkeypatch):
     import errno
 
-    import tuneoff.train as train_module
+    import tuneoff.rundir as rundir
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train_module, "save_model", full)
+    monkeypatch.setattr(rundir, "save_adapter", full)
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1}))
     with pytest.raises(TuneoffError, match="No space left on the device.*--resume"):
         train(cfg, progress=False)

@@ -37,6 +37,9 @@ def boundary(model, arch) -> int | None:
     """The index of the lowest encoder layer with a trainable parameter (``num_layers`` when no layer trains: only the
     head does); None when something below the layers trains (embeddings, encoder-wide tensors) or layer 0 does."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inside = {id(p) for p in base.parameters()}
+    if any(p.requires_grad and id(p) not in inside for p in model.parameters()):
+        return None  # trained outside the encoder, e.g. prompt tuning's virtual tokens, which change every layer's input
     layers = base.get_submodule(arch.layers_path)
     encoder = arch.layers_path.rsplit(".", 1)[0]
     for name, param in base.named_parameters():
@@ -62,30 +65,45 @@ def keep_in_eval(modules: list[torch.nn.Module]) -> None:
             torch.nn.Module.train(sub, False)
 
 
+class _Standin(torch.nn.Module):
+    """Sits in the encoder's layer list in place of a frozen layer: passes its input through, or (the last one
+    below the boundary) returns the cached hidden states of the current batch. No parameters, no compute."""
+
+    def __init__(self, replay: "Replay", last: bool):
+        super().__init__()
+        self._replay, self._last = replay, last  # a plain attribute: Replay is not a module
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self._replay.current.to(hidden_states.dtype) if self._last else hidden_states
+        n = self._replay.tuple_len
+        return out if not n else (out,) + (None,) * (n - 1)
+
+
 class Replay:
-    """Swaps the frozen layers' forward for the cached hidden states of the current batch (and back)."""
+    """Swaps the frozen layers out of the encoder's layer list for stand-ins that replay the cache (and back).
+
+    Replacing the modules, not their ``forward`` attribute: transformers 5 calls layers through
+    ``GradientCheckpointingLayer.__call__``, which reaches the class's forward, not an instance's."""
 
     def __init__(self, model, arch, edge: int):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.layers = [base.get_submodule(arch.layers_path)[i] for i in range(edge)]
+        self.layer_list = base.get_submodule(arch.layers_path)
+        self.originals = [self.layer_list[i] for i in range(edge)]
+        self.standins = [_Standin(self, last=i == edge - 1) for i in range(edge)]
         self.current: torch.Tensor | None = None
         self.tuple_len = 0  # the frozen layers return a tensor (0) or a tuple whose first item is the hidden states
-
-    def _skip(self, hidden_states, *args, **kwargs):
-        return hidden_states if not self.tuple_len else (hidden_states,) + (None,) * (self.tuple_len - 1)
-
-    def _replay(self, hidden_states, *args, **kwargs):
-        out = self.current.to(hidden_states.dtype)
-        return out if not self.tuple_len else (out,) + (None,) * (self.tuple_len - 1)
+        self.depth = 0      # on() / off() nest: an evaluation inside the training loop leaves the swap in place
 
     def on(self) -> None:
-        for layer in self.layers[:-1]:
-            layer.forward = self._skip
-        self.layers[-1].forward = self._replay
+        self.depth += 1
+        for i, standin in enumerate(self.standins):
+            self.layer_list[i] = standin
 
     def off(self) -> None:
-        for layer in self.layers:
-            layer.__dict__.pop("forward", None)
+        self.depth -= 1
+        if self.depth == 0:
+            for i, original in enumerate(self.originals):
+                self.layer_list[i] = original
 
 
 def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str) -> str:

@@ -225,13 +225,13 @@ def dropout_overrides(config, dropout: dict[str, float | None]) -> dict[str, flo
 def load_classifier(
     source: str, label_names: list[str], *, revision: str | None = None, trust_remote_code: bool = False,
     num_hidden_layers: int | None = None, attn_implementation: str | None = None,
-    dropout: dict[str, float | None] | None = None,
+    dropout: dict[str, float | None] | None = None, extra: dict | None = None,
 ) -> tuple[nn.Module, Architecture]:
     """A sequence-classification model with a fresh head for ``label_names``, and its architecture facts."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    extra = {"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}
+    extra = {**(extra or {}), **({"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {})}
     if dropout and any(v is not None for v in dropout.values()):
         try:
             config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)

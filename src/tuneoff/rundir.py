@@ -165,45 +165,57 @@ def _base_weight_files(source: str, revision: str | None) -> list[Path]:
     raise TuneoffError(f"Base model {source} has no safetensors weights; tuneoff loads and links safetensors only.")
 
 
-def save_model(model, tokenizer, out: Path, base_source: str, revision: str | None = None, state_dict=None) -> None:
-    """Save so that ``AutoModelForSequenceClassification.from_pretrained(out)`` and ``pipeline(model=out)`` work.
+def save_full(model, tokenizer, out: Path, state_dict=None) -> None:
+    """A whole model: ``save_pretrained`` (config.json with id2label, model.safetensors) and the tokenizer."""
+    _fresh(out)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+    _finish(out, tokenizer)
 
-    Full/partial/head: ``save_pretrained`` (config.json with id2label, model.safetensors). Adapter methods: the
-    PEFT adapter (adapter_config.json, adapter_model.safetensors, with the head modules in ``modules_to_save``),
-    plus config.json with id2label/label2id, plus the base model's weights by symbolic link. transformers (>= 5,
-    PR #43781) treats a local dir holding config.json as "base model with an embedded adapter" and loads the base
+
+def save_adapter(model, tokenizer, out: Path, base_source: str, revision: str | None = None, state_dict=None) -> None:
+    """A PEFT adapter that ``AutoModelForSequenceClassification.from_pretrained(out)`` and ``pipeline(model=out)`` load.
+
+    The adapter (adapter_config.json, adapter_model.safetensors, with the head modules in ``modules_to_save``), plus
+    config.json with id2label/label2id, plus the base model's weights by symbolic link. transformers (>= 5, PR
+    #43781) treats a local dir holding config.json as "base model with an embedded adapter" and loads the base
     weights from that dir, so the link is what makes the dir loadable while the checkpoint stays small. The base
     checkpoint has no classification head, which transformers would report as "classifier.weight MISSING ... newly
     initialized" (then the adapter puts the trained head in place): the trained head is also written as
     ``head.safetensors`` and a ``model.safetensors.index.json`` maps every weight to the base file or the head
-    file, so the base loads complete and nothing is reported missing.
+    file, so the base loads complete and nothing is reported missing. Prompt-learning adapters (prompt tuning) are
+    not loadable by transformers' integration: peft's ``AutoPeftModelForSequenceClassification`` loads them.
     """
-    from peft import PeftModel
+    _fresh(out)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+    base = model.get_base_model()
+    base.config.architectures = [type(base).__name__]
+    base.config.save_pretrained(out)
+    heads = set(model.peft_config[model.active_adapter].modules_to_save or [])
+    _link_base_with_head(out, _base_weight_files(base_source, revision), heads)
+    _finish(out, tokenizer)
 
+
+def _fresh(out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)  # a resumed run that was killed after saving once saves again, afresh
     out.mkdir(parents=True)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
-        base = model.get_base_model()
-        base.config.architectures = [type(base).__name__]
-        base.config.save_pretrained(out)
-        _link_base_with_head(out, _base_weight_files(base_source, revision))
-    else:
-        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+
+
+def _finish(out: Path, tokenizer) -> None:
     tokenizer.save_pretrained(out)
     for path in out.iterdir():  # the writers' temp files are 0600; results are shared like any file (umask)
         if path.is_file() and not path.is_symlink():
             os.chmod(path, 0o666 & ~_UMASK)
 
 
-def _link_base_with_head(out: Path, base_files: list[Path]) -> None:
+def _link_base_with_head(out: Path, base_files: list[Path], heads: set[str]) -> None:
     """Link the base weights into ``out`` and index them together with the adapter's head tensors."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     adapter = load_file(out / "adapter_model.safetensors")
-    # Adapter tensors that are not LoRA's are the modules_to_save: the head (classifier, pre_classifier, pooler...).
-    head = {k.removeprefix("base_model.model."): v for k, v in adapter.items() if "lora_" not in k}
+    # The modules_to_save: the head (classifier, pre_classifier, pooler...), as named in the base model.
+    head = {k.removeprefix("base_model.model."): v for k, v in adapter.items()
+            if k.removeprefix("base_model.model.").split(".")[0] in heads}
     weight_map: dict[str, str] = {}
     for src in base_files:
         if src.name.endswith(".index.json"):
@@ -217,6 +229,11 @@ def _link_base_with_head(out: Path, base_files: list[Path]) -> None:
         weight_map.update({k: "head.safetensors" for k in head})
     write_json(out / "model.safetensors.index.json", {"metadata": {"tuneoff": "base weights linked + trained head"},
                                                        "weight_map": weight_map})
+
+
+def _prompt_learning(model_dir: Path) -> bool:
+    config = model_dir / "adapter_config.json"
+    return config.is_file() and read_json(config).get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
 
 
 def load_saved_model(run_dir: Path, device: str = "cpu"):
@@ -233,7 +250,12 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
             "uninstalled). Reinstall the base model or recreate the links."
         )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        if _prompt_learning(model_dir):  # transformers' PEFT integration loads only weight-modifying adapters
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' own error on a corrupt file, ...
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -128,11 +128,12 @@ def prepare(cfg: RunConfig) -> Session:
     corpus = load_corpus(cfg.data)
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
+    method = get_method(cfg.method.name)
     model, arch = load_classifier(
         source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
         num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
         dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
-                 "classifier": cfg.model.classifier_dropout},
+                 "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
     )
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
         from tuneoff.inspection import model_max_length, recommend_max_length, token_lengths
@@ -140,7 +141,6 @@ def prepare(cfg: RunConfig) -> Session:
         limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
         auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
-    method = get_method(cfg.method.name)
     model = method.prepare(model, cfg.method, arch)
     check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
     if tc.gradient_checkpointing:
@@ -164,6 +164,7 @@ def prepare(cfg: RunConfig) -> Session:
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
     scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)
+    method.begin(model, cfg.method, total_steps)
     s = Session(cfg, accelerator, corpus, source, tokenizer, model, arch, method, lr, warmup, optimizer, scheduler,
                 counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda"), micro_batches, steps_per_epoch,
                 total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge)

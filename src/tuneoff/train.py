@@ -33,7 +33,7 @@ from tuneoff.errors import TuneoffError
 from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, versions
 from tuneoff.launcher import on_main_process, open_run_directory
-from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, save_model, write_json
+from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, write_json
 from tuneoff.session import Session, cpu_has_native_bf16, feature_cache_reason, mixed_precision, prepare  # noqa: F401
 
 log = logging.getLogger("tuneoff.train")  # one line per evaluation; `tuneoff train --no-progress` shows them
@@ -61,16 +61,6 @@ class Progress:
     scaled: bool
     restored: object = None
     extra: dict = field(default_factory=dict)
-
-
-def merged_for_inference(model):
-    """A PEFT model with its adapters merged into the base weights (``merge_and_unload``); others unchanged.
-
-    Merged and unmerged logits differ only by float rounding (peft #1904); inference then costs what the full
-    model costs, with no extra LoRA matmuls."""
-    from peft import PeftModel
-
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
@@ -199,7 +189,8 @@ def _micro_step(s: Session, p: Progress, i: int, batch: dict, rounds) -> bool:
         with s.accelerator.autocast():
             logits = s.forward(**batch).logits
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
-        s.accelerator.backward(loss / group_size)
+        extra = s.method.regularizer(s.accelerator.unwrap_model(s.model))  # e.g. AdaLoRA's orthogonality term
+        s.accelerator.backward((loss if extra is None else loss + extra) / group_size)
     p.running_loss += loss.detach()
     state.running_n += 1
     p.speed.add(batch)
@@ -214,6 +205,7 @@ def _optimizer_step(s: Session, p: Progress) -> bool:
     if s.tc.max_grad_norm:
         p.grad_ok &= torch.isfinite(s.accelerator.clip_grad_norm_(s.trainable, s.tc.max_grad_norm))
     s.optimizer.step()
+    s.method.after_step(s.accelerator.unwrap_model(s.model), state.step + 1)  # e.g. AdaLoRA's rank budget, before zero_grad
     if p.scaled:  # fp16: a skipped step (overflow) is normal; many in a row is divergence
         p.skips.observe(guards.step_was_skipped(s.optimizer), state.step + 1, s.lr)
     s.scheduler.step()
@@ -298,21 +290,21 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     model_dir = run.path / MODEL_DIR
     state_dict = s.accelerator.get_state_dict(s.model) if s.fsdp else None  # a collective: every process takes part
     if s.main:
-        save_model(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict)
+        s.method.save(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict)
         resources["checkpoint_bytes"] = dir_size(model_dir)
     # Predicted with LoRA merged into the weights, as fast as the full model, in fp32 without the feature cache:
     # predictions.csv is what `tuneoff predict`, from_pretrained and pipeline() give. keep_fp32_wrapper=False
     # removes the autocast Accelerate wrapped around forward in prepare().
     unwrapped = s.accelerator.unwrap_model(s.model, keep_fp32_wrapper=False)
-    adapter = hasattr(unwrapped, "merge_and_unload")
-    if s.main and not s.fsdp and adapter:  # unmerged before merging: merge_and_unload changes the model in place
-        unmerged = serving.latency(unwrapped, s.encoded["test"], s.collate, s.device)
-        resources.update(latency_unmerged_ms_p50=unmerged["p50"], latency_unmerged_ms_p95=unmerged["p95"])
-    final_model = s.model if s.fsdp else merged_for_inference(unwrapped)
-    if s.main and not s.fsdp:
-        merged = serving.latency(final_model, s.encoded["test"], s.collate, s.device)
-        resources.update(latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"],
-                         **serving.deploy_bytes(model_dir, s.counts))
+    measure = s.main and not s.fsdp
+    trained = serving.latency(unwrapped, s.encoded["test"], s.collate, s.device) if measure else None
+    deployed = s.method.for_inference(unwrapped) if not s.fsdp else unwrapped  # LoRA: merged into the weights, in place
+    if measure:
+        merged = trained if deployed is unwrapped else serving.latency(deployed, s.encoded["test"], s.collate, s.device)
+        resources.update(latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"], **serving.deploy_bytes(model_dir, s.counts))
+        if deployed is not unwrapped:  # what serving the adapter unmerged would cost
+            resources.update(latency_unmerged_ms_p50=trained["p50"], latency_unmerged_ms_p95=trained["p95"])
+    final_model = s.model if s.fsdp else deployed
     checkpoint.crash_point("final", p.state.step)
     _, val_metrics = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
     t0 = time.perf_counter()

@@ -37,6 +37,12 @@ class MethodParams(BaseModel):
 
 
 class Method:
+    """A fine-tuning method's whole life cycle; every decision has a default that methods share.
+
+    ``prepare`` which parameters train, ``optimizer`` how they are optimized, ``begin`` / ``after_step`` /
+    ``regularizer`` what the method needs of the loop (AdaLoRA's rank budget), ``for_inference`` the model to predict
+    with, ``save`` the saved run. The loop and the run directory only call these."""
+
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
@@ -54,6 +60,61 @@ class Method:
         """AdamW with decoupled weight decay (or SGD with momentum), none on biases and LayerNorm weights (BERT's recipe)."""
         cls, extra = optimizer_class(kind, fused, momentum)
         return cls(decay_groups(model, lr, weight_decay), lr=lr, **extra)
+
+
+    def model_kwargs(self, params: MethodParams) -> dict:
+        """Extra ``from_pretrained`` arguments the method needs when the model is loaded (QLoRA: 4-bit weights)."""
+        return {}
+
+    def begin(self, model: nn.Module, params: MethodParams, total_steps: int) -> None:
+        """Called once before training, when the number of optimizer steps is known."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step, before the gradients are cleared."""
+
+    def regularizer(self, model: nn.Module):
+        """A term added to the training loss (a tensor), or None."""
+        return None
+
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """The model to predict with after training."""
+        return model
+
+    def save(self, model: nn.Module, tokenizer, out, base_source: str, revision: str | None, state_dict=None) -> None:
+        """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load."""
+        from tuneoff import rundir
+
+        rundir.save_full(model, tokenizer, out, state_dict)
+
+
+class PeftMethod(Method):
+    """A method through peft: saved as an adapter (with the head, config.json and the tokenizer), merged into the
+    weights for inference where the adapter can be merged (prompt learning cannot: it is kept as is)."""
+
+    def for_inference(self, model):
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel) and not model.peft_config[model.active_adapter].is_prompt_learning:
+            return model.merge_and_unload()  # merged and unmerged logits differ by float rounding only (peft #1904)
+        return model
+
+    def save(self, model, tokenizer, out, base_source, revision, state_dict=None):
+        from tuneoff import rundir
+
+        rundir.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
+
+
+def peft_model(model, config, arch, what: str):
+    """``get_peft_model`` with a clear error naming the method's parameters and this architecture's defaults."""
+    from peft import get_peft_model
+
+    from tuneoff.errors import TuneoffError
+
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise TuneoffError(f"{what} could not be applied to this {arch.model_type} model: {str(exc).splitlines()[0]} "
+                           f"Check method.target_modules (this architecture's layers: {arch.layers_path}).") from exc
 
 
 def optimizer_class(kind: str, fused: bool, momentum: float = 0.9) -> tuple[type, dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.methods import Method, MethodParams, register
+from tuneoff.methods import MethodParams, PeftMethod, register
 
 
 class LoraParams(MethodParams):
@@ -51,7 +51,7 @@ def lora_model(model, params: LoraParams, arch):
 
 
 @register
-class Lora(Method):
+class Lora(PeftMethod):
     name = "lora"
     summary = "LoRA adapters (peft) on attention projections + trainable head."
     Params = LoraParams

@@ -1,0 +1,34 @@
+"""LoHa (Hyeon-Woo et al., 2022, "FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated
+Learning"; the LyCORIS adapter) through peft: the update is the Hadamard product of two low-rank products, so
+rank r reaches an effective rank up to r^2 at about twice LoRA's parameters."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+
+
+class LoHaParams(MethodParams):
+    name: str = "loha"
+    r: int = Field(8, ge=1, description="Rank of each of the two low-rank products.")
+    alpha: float = Field(16, gt=0, description="Scale numerator: the update is multiplied by alpha / r.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; None = the architecture's q,v.")
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the update's rank dimension.")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping the adapter for a step.")
+
+
+@register
+class LoHa(PeftMethod):
+    name = "loha"
+    summary = "LoHa: Hadamard product of two low-rank updates (peft, LyCORIS)."
+    Params = LoHaParams
+    default_lr = 5e-4
+
+    def prepare(self, model, params, arch):
+        from peft import LoHaConfig, TaskType
+
+        config = LoHaConfig(task_type=TaskType.SEQ_CLS, r=params.r, alpha=params.alpha,
+                            target_modules=params.target_modules or arch.lora_targets, rank_dropout=params.rank_dropout,
+                            module_dropout=params.module_dropout, modules_to_save=list(arch.head_modules))
+        return peft_model(model, config, arch, "LoHa")

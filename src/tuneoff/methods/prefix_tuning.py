@@ -1,0 +1,30 @@
+"""Prefix tuning (Li & Liang, 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation") through peft:
+trainable key/value prefixes in every attention layer. peft feeds them to the model as past key values, which
+transformers 5's encoder classifiers (BERT, RoBERTa, DistilBERT, DeBERTa, MPNet) no longer accept: for them the
+method stops before training with peft's reason. It is here for models that take past key values."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+
+
+class PrefixTuningParams(MethodParams):
+    name: str = "prefix_tuning"
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="Prefix length per attention layer.")
+
+
+@register
+class PrefixTuning(PeftMethod):
+    name = "prefix_tuning"
+    summary = "Prefix tuning: trainable key/value prefixes per layer (peft; needs a model that takes past key values)."
+    Params = PrefixTuningParams
+    default_lr = 1e-2
+
+    def prepare(self, model, params, arch):
+        from peft import PrefixTuningConfig, TaskType
+
+        config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
+                                    modules_to_save=list(arch.head_modules))
+        return peft_model(model, config, arch, "Prefix tuning")
