@@ -35,7 +35,7 @@ def test_yaml_file_then_command_line(tmp_path):
         (["train.lr=-1"], r"train.lr: Input should be greater than 0"),
         (["method.r=0"], r"r: Input should be greater than or equal to 1"),
         (["method.rank=8"], r"rank: unknown parameter for this method \(parameters of lora: .*r, alpha"),
-        (["method.name=qlora"], r"unknown method 'qlora'; choose one of: full, head, lora"),
+        (["method.name=qloraa"], r"unknown method 'qloraa'; choose one of: adalora, bitfit, full"),
         (["train.scheduler=exponential"], r"train.scheduler: Input should be 'linear', 'cosine', 'constant' or 'step'"),
         (["model.trust_remote_code=true"], r"needs model.revision pinned"),
         (["epochs=3"], r"epochs: unknown key"),

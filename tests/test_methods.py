@@ -216,9 +216,10 @@ def test_budget_exceeded_fails_fast(tiny_bert):
 
 
 def test_registry_lists_every_method():
-    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa", "lora_lean"}
-    with pytest.raises(ValueError, match="unknown method 'qlora'"):
-        get_method("qlora")
+    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa", "lora_lean", "bitfit", "ia3",
+                                  "prompt_tuning", "prefix_tuning", "adalora", "vera", "loha", "lokr", "qlora"}
+    with pytest.raises(ValueError, match="unknown method 'qloraa'"):
+        get_method("qloraa")
 
 
 @pytest.mark.parametrize("method", ["lora", "lora_fa", "lora_lean"])

@@ -182,8 +182,8 @@ def save_adapter(model, tokenizer, out: Path, base_source: str, revision: str | 
     checkpoint has no classification head, which transformers would report as "classifier.weight MISSING ... newly
     initialized" (then the adapter puts the trained head in place): the trained head is also written as
     ``head.safetensors`` and a ``model.safetensors.index.json`` maps every weight to the base file or the head
-    file, so the base loads complete and nothing is reported missing. Prompt-learning adapters (prompt tuning) are
-    not loadable by transformers' integration: peft's ``AutoPeftModelForSequenceClassification`` loads them.
+    file, so the base loads complete and nothing is reported missing. Adapters transformers' integration cannot load
+    (``PEFT_LOADER_ONLY``: prompt tuning, VeRA, AdaLoRA) load with peft's ``AutoPeftModelForSequenceClassification``.
     """
     _fresh(out)
     model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
@@ -231,9 +231,14 @@ def _link_base_with_head(out: Path, base_files: list[Path], heads: set[str]) -> 
                                                        "weight_map": weight_map})
 
 
-def _prompt_learning(model_dir: Path) -> bool:
+# Adapters that transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's
+# per-module ranks after pruning): peft's own AutoPeftModelForSequenceClassification loads them.
+PEFT_LOADER_ONLY = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "VERA", "ADALORA")
+
+
+def _needs_peft_loader(model_dir: Path) -> bool:
     config = model_dir / "adapter_config.json"
-    return config.is_file() and read_json(config).get("peft_type") in ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
+    return config.is_file() and read_json(config).get("peft_type") in PEFT_LOADER_ONLY
 
 
 def load_saved_model(run_dir: Path, device: str = "cpu"):
@@ -250,7 +255,7 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
             "uninstalled). Reinstall the base model or recreate the links."
         )
     try:
-        if _prompt_learning(model_dir):  # transformers' PEFT integration loads only weight-modifying adapters
+        if _needs_peft_loader(model_dir):
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)

@@ -25,6 +25,18 @@ class PrefixTuning(PeftMethod):
     def prepare(self, model, params, arch):
         from peft import PrefixTuningConfig, TaskType
 
+        import inspect
+
+        from tuneoff.errors import TuneoffError
+
         config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
                                     modules_to_save=list(arch.head_modules))
-        return peft_model(model, config, arch, "Prefix tuning")
+        model = peft_model(model, config, arch, "Prefix tuning")
+        # peft checks this at the first forward; checked here, the run stops before anything is written.
+        backbone = model.base_model.get_submodule(model.transformer_backbone_name)
+        if not any("past_key_values" in inspect.signature(m.forward).parameters for m in (model.base_model, backbone)):
+            raise TuneoffError(
+                f"Prefix tuning could not be applied to this {arch.model_type} model: peft feeds the prefixes as past key "
+                "values, and this model's forward takes none (transformers 5's encoder classifiers do not). Use "
+                "method.name=prompt_tuning (virtual tokens at the input) or a LoRA-family method.")
+        return model
