@@ -17,7 +17,6 @@ from conftest import tiny_overrides
 from test_methods import CLASSIFIER, H, I, L, POOLER, prepared
 from tuneoff.cli import app
 from tuneoff.config import build_config
-from tuneoff.errors import TuneoffError
 from tuneoff.resources import param_counts
 from tuneoff.train import train
 

@@ -7,7 +7,7 @@ import torch
 
 from tuneoff.batches import collator, encode
 from tuneoff.resources import MemoryMeter, Throughput
-from tuneoff.train import mixed_precision
+from tuneoff.session import mixed_precision
 
 
 def test_mixed_precision_choice(monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, RandomSampler
@@ -28,16 +29,22 @@ class Encoded:
         return Encoded(self.features + other.features, self.lengths + other.lengths)
 
 
+# Token ids held as compact numpy arrays (4 bytes an id; 1 for masks), not Python lists (about 36 bytes an int with
+# its pointer): on 512-token documents the tokenized corpus is a tenth of the size. The collator pads them as lists.
+DTYPES = {"input_ids": np.int32, "attention_mask": np.int8, "token_type_ids": np.int8}
+
+
 def encode(df: pd.DataFrame, tokenizer, max_length: int, label_ids: list[int] | None = None) -> Encoded:
     pairs = list(df["text_pair"]) if "text_pair" in df.columns else None
     enc = tokenizer(list(df["text"]), pairs, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    keys = [k for k in DTYPES if k in enc]
     features = []
     for i in range(len(df)):
-        feature = {k: enc[k][i] for k in keys}
+        feature = {k: np.asarray(enc[k][i], dtype=DTYPES[k]) for k in keys}
         if label_ids is not None:
             feature["labels"] = label_ids[i]
         features.append(feature)
+    del enc
     return Encoded(features, [len(f["input_ids"]) for f in features])
 
 

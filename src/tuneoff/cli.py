@@ -311,6 +311,11 @@ def run_study(
     report = build(spec.name, results)
     for line in verdict_lines(report.parent):
         say(line)
+    if "mlflow" in ((spec.base.get("train") or {}).get("report_to") or []):  # the report joins the study's experiment
+        from tuneoff.tracking import log_report
+
+        log_report(spec.name, report.parent, ((spec.base.get("train") or {}).get("tracking_uri")
+                                              or f"sqlite:///{(directory / 'runs').resolve() / 'mlflow.db'}"))
     console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
 
 

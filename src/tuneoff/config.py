@@ -119,6 +119,11 @@ class TrainConfig(Section):
         "(AVX512-BF16/AMX), else fp32."
     )
     eval_every: int | None = Field(None, ge=1, description="Also evaluate every N optimizer steps (always per epoch).")
+    report_to: list[Literal["mlflow", "tensorboard"]] = Field(
+        default_factory=list, description="Also send params, metrics per evaluation, final metrics and the model to MLflow "
+        "and/or TensorBoard (pip install 'tuneoff[tracking]').")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; a study sets its name (default: tuneoff).")
     max_skipped_steps: int = Field(50, ge=1, description="fp16: stop after this many optimizer steps in a row that the "
                                    "gradient scaler skipped (overflow); occasional skips are normal.")
 

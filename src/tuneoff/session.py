@@ -153,7 +153,7 @@ def prepare(cfg: RunConfig) -> Session:
     if edge is not None:  # the convention for frozen layers, cached or not: eval mode, no dropout
         frozen.keep_in_eval(frozen.frozen_modules(model, arch, edge))
 
-    encoded = {s: encode(corpus.splits[s], tokenizer, cfg.data.max_length, corpus.label_ids(s)) for s in corpus.splits}
+    encoded = encoded_splits(corpus, tokenizer, cfg.data.max_length)
     augment = cfg.data.augment
     if augment.synonym_fraction and augment.copies:
         from tuneoff.augment import wordnet
@@ -176,6 +176,23 @@ def prepare(cfg: RunConfig) -> Session:
     s.fsdp = accelerator.distributed_type.name == "FSDP"
     s.eval_model = s.model if s.fsdp else accelerator.unwrap_model(s.model)
     return s
+
+
+_ENCODED: dict = {}  # (tokenizer, max_length, examples) -> encoded splits: a study's runs in one process share them
+
+
+def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
+    """The splits tokenized once per (tokenizer, max_length, examples) in this process (the last two are kept)."""
+    from tuneoff.frozen import pd_bytes
+    import hashlib
+
+    key = (tokenizer.name_or_path, len(tokenizer), max_length, tuple(corpus.label_names),
+           hashlib.sha256(b"".join(pd_bytes(df) + df["label"].str.cat().encode() for df in corpus.splits.values())).hexdigest())
+    if key not in _ENCODED:
+        while len(_ENCODED) >= 2:
+            _ENCODED.pop(next(iter(_ENCODED)))
+        _ENCODED[key] = {s: encode(df, tokenizer, max_length, corpus.label_ids(s)) for s, df in corpus.splits.items()}
+    return _ENCODED[key]
 
 
 def feature_cache_reason(s: Session) -> str | None:

@@ -323,7 +323,7 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         done = {r["run_id"] for r in store.runs(spec.name, "done")}
         todo = [r for r in runs if r.run_id not in done]
         say(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
-        jobs = (Job(run.run_id, run.config.model_copy(update={"output_dir": str(directory / "runs")})) for run in todo)
+        jobs = (Job(run.run_id, _in_study(run.config, spec.name, directory)) for run in todo)
 
         def start(job) -> None:
             store.mark_running(spec.name, job.run_id)
@@ -336,6 +336,12 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         store.close()
         lock.close()
     return directory
+
+
+def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:
+    """A study's run writes under the study's directory and is one run of the study's MLflow experiment."""
+    train = cfg.train.model_copy(update={"experiment": cfg.train.experiment or name})
+    return cfg.model_copy(update={"output_dir": str(directory / "runs"), "train": train})
 
 
 def hold_study(directory: Path, name: str):

@@ -17,7 +17,7 @@ import logging
 import math
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,7 @@ from tuneoff.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size, versions
 from tuneoff.launcher import on_main_process, open_run_directory
 from tuneoff.rundir import MODEL_DIR, RunDirectory, atomic_write_text, disk_full, new_run_id, write_json
-from tuneoff.session import Session, cpu_has_native_bf16, feature_cache_reason, mixed_precision, prepare  # noqa: F401
+from tuneoff.session import Session, feature_cache_reason, prepare
 
 log = logging.getLogger("tuneoff.train")  # one line per evaluation; `tuneoff train --no-progress` shows them
 
@@ -60,7 +60,7 @@ class Progress:
     skips: guards.SkipGuard
     scaled: bool
     restored: object = None
-    extra: dict = field(default_factory=dict)
+    trackers: object = None    # MLflow / TensorBoard (train.report_to)
 
 
 def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
@@ -75,10 +75,12 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
         loop(s, run, p, on_evaluate)
         return finish(s, run, p)
     except TuneoffError as exc:
+        p.trackers.abort()
         if s.main:
             run.fail(str(exc))
         raise
     except BaseException as exc:
+        p.trackers.abort()
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             exc.tuneoff_run_id = run.run_id  # the retry resumes this run, from its checkpoint if it wrote one
         if s.main and disk_full(exc, run.path):  # OSError, or safetensors' own error type carrying the OS message
@@ -107,10 +109,12 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
             tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
     bar = tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step",
                disable=not (progress and s.main), dynamic_ncols=True)
+    from tuneoff.tracking import Trackers
+
     return Progress(state, best, Throughput(s.device, state.samples, state.tokens, state.train_seconds),
                     MemoryMeter(s.device).start(), bar, torch.full((), state.running_loss, device=s.device),
                     torch.ones((), dtype=torch.bool, device=s.device), guards.SkipGuard(s.tc.max_skipped_steps),
-                    guards.fp16_scaled(s.accelerator), restored)
+                    guards.fp16_scaled(s.accelerator), restored, Trackers(s.cfg, run.run_id, s.main))
 
 
 def evaluate(s: Session, split: str, net=None, autocast=None, cached: bool = True):
@@ -266,6 +270,7 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
         log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f macro-F1 %.4f, "
                  "%.1f samples/s", run.run_id, state.step, s.total_steps, h["epoch"], h["train_loss"], h["val_loss"],
                  h["val_accuracy"], h["val_macro_f1"], p.speed.read()["train_samples_per_s"])
+    p.trackers.evaluation(state.step, val)
     p.running_loss.zero_()
     state.running_loss, state.running_n = 0.0, 0
     if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
@@ -318,6 +323,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
         return RunResult(run.final, metrics, resources)
     _write_run(s, run, p, metrics, resources, test_logits)
     final = run.publish()
+    p.trackers.finish(metrics, resources, final / MODEL_DIR)
     s.accelerator.wait_for_everyone()
     return RunResult(final, metrics, resources)
 

@@ -9,7 +9,9 @@ from pydantic import Field
 from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
 
 
-class LoHaParams(MethodParams):
+class LycorisParams(MethodParams):
+    """The parameters LoHa and LoKr share (peft names)."""
+
     name: str = "loha"
     r: int = Field(8, ge=1, description="Rank of each of the two low-rank products.")
     alpha: float = Field(16, gt=0, description="Scale numerator: the update is multiplied by alpha / r.")
@@ -18,17 +20,22 @@ class LoHaParams(MethodParams):
     module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping the adapter for a step.")
 
 
+class LoHaParams(LycorisParams):
+    name: str = "loha"
+
+
 @register
 class LoHa(PeftMethod):
     name = "loha"
     summary = "LoHa: Hadamard product of two low-rank updates (peft, LyCORIS)."
     Params = LoHaParams
     default_lr = 5e-4
+    peft_config = "LoHaConfig"
 
     def prepare(self, model, params, arch):
-        from peft import LoHaConfig, TaskType
+        import peft
 
-        config = LoHaConfig(task_type=TaskType.SEQ_CLS, r=params.r, alpha=params.alpha,
-                            target_modules=params.target_modules or arch.lora_targets, rank_dropout=params.rank_dropout,
-                            module_dropout=params.module_dropout, modules_to_save=list(arch.head_modules))
-        return peft_model(model, config, arch, "LoHa")
+        config = getattr(peft, self.peft_config)(
+            task_type=peft.TaskType.SEQ_CLS, r=params.r, alpha=params.alpha, target_modules=params.target_modules or arch.lora_targets,
+            rank_dropout=params.rank_dropout, module_dropout=params.module_dropout, modules_to_save=list(arch.head_modules))
+        return peft_model(model, config, arch, self.summary.split(":")[0])
