@@ -134,3 +134,31 @@ def test_runs_with_different_precisions_in_one_process(tiny_bert, toy_csv, tmp_p
     bf16 = run(tiny_bert, toy_csv, tmp_path / "a", "lora", **{"train.mixed_precision": "bf16", "train.epochs": 1})
     fp32 = run(tiny_bert, toy_csv, tmp_path / "b", "lora", **{"train.mixed_precision": "no", "train.epochs": 1})
     assert [json.loads((r.run_dir / "run.json").read_text())["mixed_precision"] for r in (bf16, fp32)] == ["bf16", "no"]
+
+
+@pytest.mark.parametrize("method", ["head", "partial", "bitfit"])
+def test_trained_only_save_is_small_and_reloads_to_the_same_predictions(method, tiny_bert, toy_csv, tmp_path, caplog):
+    import logging
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    extra = {"train.epochs": 2, **({"method.k": 1} if method == "partial" else {})}  # k=2 of 2 layers trains all
+    full = run(tiny_bert, toy_csv, tmp_path / "full", method, **extra)
+    small = run(tiny_bert, toy_csv, tmp_path / "small", method, **extra, **{"train.save": "trained_only"})
+    assert small.resources["checkpoint_bytes"] < full.resources["checkpoint_bytes"] * 0.6
+    from safetensors import safe_open
+
+    with safe_open(small.run_dir / "model" / "trained.safetensors", "pt") as f:  # exactly the trained tensors
+        assert sum(f.get_tensor(k).numel() for k in f.keys()) == small.resources["trainable_params"]
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    model = AutoModelForSequenceClassification.from_pretrained(small.run_dir / "model").eval()
+    assert not [r for r in caplog.records if "MISSING" in r.getMessage() or "UNEXPECTED" in r.getMessage()]
+    tok = AutoTokenizer.from_pretrained(small.run_dir / "model")
+    preds = pd.read_csv(small.run_dir / "predictions.csv")
+    import torch
+
+    with torch.no_grad():
+        probs = torch.softmax(model(**tok(list(preds.text), padding=True, return_tensors="pt")).logits, -1).numpy()
+    np.testing.assert_allclose(probs, preds[["prob_neg", "prob_pos"]].values, atol=1e-5)
+    pd.testing.assert_frame_equal(preds, pd.read_csv(full.run_dir / "predictions.csv"))  # the same run, saved smaller

@@ -181,6 +181,7 @@ def plan(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the config's train.batch_size)."),
     seq_len: Optional[int] = typer.Option(None, help="Sequence length (default: the config's data.max_length)."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast, as on a GPU)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown (headed with the command, date, device and versions)."),
 ) -> None:
     """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
     _quiet_libraries()
@@ -211,6 +212,13 @@ def plan(
         table.add_row(p.name, f"{p.trainable_params:,}", f"{p.weights_mb:,.1f}", f"{p.gradients_mb:,.1f}", f"{p.optimizer_mb:,.1f}",
                       f"{p.activations_mb:,.1f}", f"{p.total_mb:,.1f}", f"{p.gflops_per_step:,.1f}")
     console().print(table)
+    if out is not None:
+        from tuneoff.terminal import plan_markdown
+
+        from tuneoff.rundir import atomic_write_text
+
+        atomic_write_text(out, plan_markdown(plans, table.title))
+        console().print(f"written to [bold]{escape(str(out))}[/]")
 
 
 @app.command()

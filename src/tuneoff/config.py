@@ -119,6 +119,9 @@ class TrainConfig(Section):
         "(AVX512-BF16/AMX), else fp32."
     )
     eval_every: int | None = Field(None, ge=1, description="Also evaluate every N optimizer steps (always per epoch).")
+    save: Literal["full", "trained_only"] = Field(
+        "full", description="full: the whole model. trained_only (head, partial, BitFit): only the trained tensors, over "
+        "links to the base model's weights (still loads with from_pretrained); adapters are always adapter-sized.")
     report_to: list[Literal["mlflow", "tensorboard"]] = Field(
         default_factory=list, description="Also send params, metrics per evaluation, final metrics and the model to MLflow "
         "and/or TensorBoard (pip install 'tuneoff[tracking]').")

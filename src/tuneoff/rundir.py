@@ -209,13 +209,21 @@ def _finish(out: Path, tokenizer) -> None:
 
 def _link_base_with_head(out: Path, base_files: list[Path], heads: set[str]) -> None:
     """Link the base weights into ``out`` and index them together with the adapter's head tensors."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     adapter = load_file(out / "adapter_model.safetensors")
     # The modules_to_save: the head (classifier, pre_classifier, pooler...), as named in the base model.
     head = {k.removeprefix("base_model.model."): v for k, v in adapter.items()
             if k.removeprefix("base_model.model.").split(".")[0] in heads}
+    _index(out, base_files, head, "head.safetensors")
+
+
+def _index(out: Path, base_files: list[Path], trained: dict, name: str) -> None:
+    """Link the base weight files into ``out`` and write ``model.safetensors.index.json`` mapping every weight to a
+    base file, except the ``trained`` tensors, written to ``name`` (named as the base file names its weights)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     weight_map: dict[str, str] = {}
     for src in base_files:
         if src.name.endswith(".index.json"):
@@ -224,11 +232,34 @@ def _link_base_with_head(out: Path, base_files: list[Path], heads: set[str]) -> 
         link.symlink_to(src.resolve())
         with safe_open(src, "pt") as f:
             weight_map.update({k: link.name for k in f.keys()})
-    if head:
-        save_file(head, out / "head.safetensors")
-        weight_map.update({k: "head.safetensors" for k in head})
-    write_json(out / "model.safetensors.index.json", {"metadata": {"tuneoff": "base weights linked + trained head"},
+    if trained:
+        save_file({k: v.contiguous() for k, v in trained.items()}, out / name)
+        weight_map.update({k: name for k in trained})
+    write_json(out / "model.safetensors.index.json", {"metadata": {"tuneoff": f"base weights linked + {name}"},
                                                        "weight_map": weight_map})
+
+
+def save_trained_only(model, tokenizer, out: Path, base_source: str, revision: str | None = None) -> None:
+    """``train.save: trained_only`` for methods that train part of a model (head, partial, BitFit): only the trained
+    tensors are written (``trained.safetensors``), the rest is the base model's weights by link, and the index maps
+    each weight to its file, so the directory loads with ``from_pretrained`` like a whole model while it holds only
+    what this task changed. Weights are named as the base checkpoint names them (it may lack the ``bert.`` prefix)."""
+    _fresh(out)
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(out)
+    base_files = _base_weight_files(base_source, revision)
+    from safetensors import safe_open
+
+    shard = next(f for f in base_files if not f.name.endswith(".index.json"))
+    with safe_open(shard, "pt") as f:
+        prefixed = any(k.startswith(model.base_model_prefix + ".") for k in f.keys())
+    trained = {}
+    for key, param in model.named_parameters():
+        if param.requires_grad:
+            named = key if prefixed or not key.startswith(model.base_model_prefix + ".") else key[len(model.base_model_prefix) + 1:]
+            trained[named] = param.detach().cpu()
+    _index(out, base_files, trained, "trained.safetensors")
+    _finish(out, tokenizer)
 
 
 # Adapters that transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's

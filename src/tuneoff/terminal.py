@@ -99,3 +99,26 @@ def inspect_tables(c, report: dict, model: str) -> None:
         c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")
     c.print(f"recommended max_length: [bold]{escape(str(report['recommended_max_length']))}[/] (truncates "
             f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
+
+
+def plan_markdown(plans, title: str) -> str:
+    """`tuneoff plan --out`: the table as Markdown, headed with what produced it."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    import peft
+    import torch
+    import transformers
+
+    lines = [f"# {title}", "", f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
+             f"{platform.machine()} CPU, Python {platform.python_version()}, torch {torch.__version__}, transformers "
+             f"{transformers.__version__}, peft {peft.__version__}. Counted by one real forward + backward + optimizer "
+             "step on the CPU (saved_tensors_hooks, FlopCounterMode).", "",
+             "| run | trainable | weights MB | grads MB | optimizer MB | activations MB | peak MB | GFLOP/step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        lines.append(f"| {p.name} | {p.trainable_params:,} | {p.weights_mb:,.1f} | {p.gradients_mb:,.1f} | {p.optimizer_mb:,.1f} | "
+                     f"{p.activations_mb:,.1f} | {p.total_mb:,.1f} | {p.gflops_per_step:,.1f} |")
+    return "\n".join(lines) + "\n"

@@ -295,7 +295,8 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     model_dir = run.path / MODEL_DIR
     state_dict = s.accelerator.get_state_dict(s.model) if s.fsdp else None  # a collective: every process takes part
     if s.main:
-        s.method.save(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict)
+        s.method.save(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict,
+                      trained_only=s.tc.save == "trained_only")
         resources["checkpoint_bytes"] = dir_size(model_dir)
     # Predicted with LoRA merged into the weights, as fast as the full model, in fp32 without the feature cache:
     # predictions.csv is what `tuneoff predict`, from_pretrained and pipeline() give. keep_fp32_wrapper=False

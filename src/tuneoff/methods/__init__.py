@@ -80,11 +80,16 @@ class Method:
         """The model to predict with after training."""
         return model
 
-    def save(self, model: nn.Module, tokenizer, out, base_source: str, revision: str | None, state_dict=None) -> None:
-        """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load."""
+    def save(self, model: nn.Module, tokenizer, out, base_source: str, revision: str | None, state_dict=None,
+             trained_only: bool = False) -> None:
+        """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load: the whole model,
+        or (``train.save: trained_only``) the trained tensors over links to the base model's weights."""
         from tuneoff import rundir
 
-        rundir.save_full(model, tokenizer, out, state_dict)
+        if trained_only and state_dict is None:
+            rundir.save_trained_only(model, tokenizer, out, base_source, revision)
+        else:
+            rundir.save_full(model, tokenizer, out, state_dict)
 
 
 class PeftMethod(Method):
@@ -98,8 +103,8 @@ class PeftMethod(Method):
             return model.merge_and_unload()  # merged and unmerged logits differ by float rounding only (peft #1904)
         return model
 
-    def save(self, model, tokenizer, out, base_source, revision, state_dict=None):
-        from tuneoff import rundir
+    def save(self, model, tokenizer, out, base_source, revision, state_dict=None, trained_only=False):
+        from tuneoff import rundir  # an adapter is what was trained: trained_only changes nothing
 
         rundir.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
 
