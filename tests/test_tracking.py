@@ -12,16 +12,17 @@ from tuneoff.cli import app
 runner = CliRunner()
 
 
-def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path):
+def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "runs"
+    monkeypatch.chdir(tmp_path / "elsewhere" if (tmp_path / "elsewhere").mkdir() is None else tmp_path)
     result = runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{
         "train.epochs": 2, "train.eval_every": 5, "train.report_to": "[mlflow,tensorboard]"})])
     assert result.exit_code == 0, result.output
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name not in ("tensorboard", "mlruns")]
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name not in ("tensorboard", "mlartifacts")]
 
     mlflow.set_tracking_uri(f"sqlite:///{out.resolve() / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tuneoff"])
@@ -34,6 +35,7 @@ def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path):
     assert steps[:2] == [5, 10] and len(steps) >= 3  # every evaluation, at its optimizer step
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(row["run_id"], "model")}
     assert "model/adapter_model.safetensors" in artifacts
+    assert (out / "mlartifacts").is_dir() and not (tmp_path / "elsewhere" / "mlruns").exists()  # beside the store
 
     events = EventAccumulator(str(out / "tensorboard" / run_dir.name))
     events.Reload()

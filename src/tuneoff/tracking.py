@@ -33,6 +33,20 @@ def mlflow_uri(cfg) -> str:
     return cfg.train.tracking_uri or f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
 
 
+def use_experiment(mlflow, uri: str, name: str) -> None:
+    """Point MLflow at ``uri`` and experiment ``name``. A new experiment in a local SQLite store keeps its artifacts
+    beside the database (``mlartifacts/``): MLflow's default would be ``./mlruns`` in whatever directory the user
+    happens to be in."""
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # another process of the study created it first
+    mlflow.set_experiment(name)
+
+
 class MLflow:
     def __init__(self, cfg, run_id: str):
         try:
@@ -40,8 +54,7 @@ class MLflow:
         except ImportError:
             raise TuneoffError("train.report_to has mlflow, which is not installed: pip install 'tuneoff[tracking]'.") from None
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(mlflow_uri(cfg))
-        mlflow.set_experiment(cfg.train.experiment or "tuneoff")
+        use_experiment(mlflow, mlflow_uri(cfg), cfg.train.experiment or "tuneoff")
         self.run = mlflow.start_run(run_name=run_id)
         params = {k: str(v)[:500] for k, v in _flat(cfg.model_dump(mode="json")).items()}
         mlflow.log_params(params)
@@ -108,7 +121,6 @@ def log_report(study: str, report_dir: Path, uri: str) -> None:
     """A study's report as a run of its own in the study's experiment."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(study)
+    use_experiment(mlflow, uri, study)
     with mlflow.start_run(run_name=f"{study} report"):
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
