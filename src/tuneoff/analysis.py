@@ -207,7 +207,7 @@ def condition_row(c: Condition) -> dict:
     eces = [run_ece(r, c.label_names)[0] for r in c.runs]
     res = [r["resources"] for r in c.runs]
     times = [time_to_target(r["history"]) for r in c.runs]
-    std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))  # one seed: no spread to report, not 0
     return {
         "condition": c.name, "method": c.method, "seeds": len(c.runs),
         "accuracy": float(acc.mean()), "accuracy_std": std(acc),

@@ -66,7 +66,7 @@ def plot_quality(table: pd.DataFrame, colors, baseline: float | None = None) -> 
     err = [table["accuracy"] - table["accuracy_ci_low"], table["accuracy_ci_high"] - table["accuracy"]]
     axes[0].barh(y, table["accuracy"], xerr=np.clip(err, 0, None), color=c, capsize=3)
     axes[0].set(title="test accuracy (95% CI over seeds and test examples)", yticks=y, yticklabels=table["condition"])
-    axes[1].barh(y, table["macro_f1"], xerr=table["macro_f1_std"], color=c, capsize=3)
+    axes[1].barh(y, table["macro_f1"], xerr=table["macro_f1_std"].fillna(0), color=c, capsize=3)
     axes[1].set(title="macro-F1 (± std over seeds)", yticks=y, yticklabels=[])
     lo = max(0.0, min(table["accuracy_ci_low"].min(), table["macro_f1"].min(), baseline or 1.0) - 0.05)
     for ax in axes:
@@ -120,7 +120,7 @@ def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
             sub = sub.assign(**{p: sub["train_examples"]})  # a cap above the split's size means "all": plot what trained
         for variant, g in sub.groupby("variant"):
             g = g.assign(x=pd.to_numeric(g[p])).sort_values("x")
-            ax.errorbar(g["x"], g["accuracy"], yerr=g["accuracy_std"], marker="o", capsize=3, label=variant)
+            ax.errorbar(g["x"], g["accuracy"], yerr=g["accuracy_std"].fillna(0), marker="o", capsize=3, label=variant)
         ax.set(xlabel=p[len("param:"):], ylabel="test accuracy", title=f"sweep over {p[len('param:'):]}")
         if sub[p].astype(float).min() > 0 and sub[p].astype(float).max() / sub[p].astype(float).min() >= 8:
             ax.set_xscale("log", base=2)
