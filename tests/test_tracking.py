@@ -18,7 +18,8 @@ def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path, 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "runs"
-    monkeypatch.chdir(tmp_path / "elsewhere" if (tmp_path / "elsewhere").mkdir() is None else tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # MLflow's artifacts must not land in the user's working directory
     result = runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{
         "train.epochs": 2, "train.eval_every": 5, "train.report_to": "[mlflow,tensorboard]"})])
     assert result.exit_code == 0, result.output
