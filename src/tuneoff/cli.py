@@ -213,9 +213,8 @@ def plan(
                       f"{p.activations_mb:,.1f}", f"{p.total_mb:,.1f}", f"{p.gflops_per_step:,.1f}")
     console().print(table)
     if out is not None:
-        from tuneoff.terminal import plan_markdown
-
         from tuneoff.rundir import atomic_write_text
+        from tuneoff.terminal import plan_markdown
 
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")
@@ -319,11 +318,9 @@ def run_study(
     report = build(spec.name, results)
     for line in verdict_lines(report.parent):
         say(line)
-    if "mlflow" in ((spec.base.get("train") or {}).get("report_to") or []):  # the report joins the study's experiment
-        from tuneoff.tracking import log_report
+    from tuneoff.tracking import log_study_report
 
-        log_report(spec.name, report.parent, ((spec.base.get("train") or {}).get("tracking_uri")
-                                              or f"sqlite:///{(directory / 'runs').resolve() / 'mlflow.db'}"))
+    log_study_report(spec, directory / "runs", report.parent)
     console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
 
 

@@ -108,14 +108,13 @@ def plan_markdown(plans, title: str) -> str:
     import sys
     from datetime import datetime, timezone
 
-    import peft
-    import torch
-    import transformers
+    from tuneoff.resources import versions
 
+    v = versions()
     lines = [f"# {title}", "", f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
-             f"{platform.machine()} CPU, Python {platform.python_version()}, torch {torch.__version__}, transformers "
-             f"{transformers.__version__}, peft {peft.__version__}. Counted by one real forward + backward + optimizer "
-             "step on the CPU (saved_tensors_hooks, FlopCounterMode).", "",
+             f"{platform.machine()} CPU, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
+             f"peft {v['peft']}. Counted by one real forward + backward + optimizer step on the CPU "
+             "(saved_tensors_hooks, FlopCounterMode).", "",
              "| run | trainable | weights MB | grads MB | optimizer MB | activations MB | peak MB | GFLOP/step |",
              "|---|---|---|---|---|---|---|---|"]
     for p in plans:

@@ -29,8 +29,8 @@ def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return {k: float(v) for k, v in _flat(tree, prefix).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def mlflow_uri(cfg) -> str:
-    return cfg.train.tracking_uri or f"sqlite:///{Path(cfg.output_dir).resolve() / 'mlflow.db'}"
+def mlflow_uri(tracking_uri: str | None, output_dir) -> str:
+    return tracking_uri or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
 def use_experiment(mlflow, uri: str, name: str) -> None:
@@ -54,7 +54,7 @@ class MLflow:
         except ImportError:
             raise TuneoffError("train.report_to has mlflow, which is not installed: pip install 'tuneoff[tracking]'.") from None
         self.mlflow = mlflow
-        use_experiment(mlflow, mlflow_uri(cfg), cfg.train.experiment or "tuneoff")
+        use_experiment(mlflow, mlflow_uri(cfg.train.tracking_uri, cfg.output_dir), cfg.train.experiment or "tuneoff")
         self.run = mlflow.start_run(run_name=run_id)
         params = {k: str(v)[:500] for k, v in _flat(cfg.model_dump(mode="json")).items()}
         mlflow.log_params(params)
@@ -117,10 +117,13 @@ class Trackers:
         self.all = []
 
 
-def log_report(study: str, report_dir: Path, uri: str) -> None:
-    """A study's report as a run of its own in the study's experiment."""
+def log_study_report(spec, runs_dir: Path, report_dir: Path) -> None:
+    """A study's report as a run of its own in the study's experiment, when its runs report to MLflow."""
+    train = spec.base.get("train") or {}
+    if "mlflow" not in (train.get("report_to") or []):
+        return
     import mlflow
 
-    use_experiment(mlflow, uri, study)
-    with mlflow.start_run(run_name=f"{study} report"):
+    use_experiment(mlflow, mlflow_uri(train.get("tracking_uri"), runs_dir), spec.name)
+    with mlflow.start_run(run_name=f"{spec.name} report"):
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
