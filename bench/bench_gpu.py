@@ -106,6 +106,7 @@ def main() -> None:
 
     from tuneoff.config import build_config
     from tuneoff.planner import plan_run
+    from tuneoff.resources import versions
 
     peak = matmul_peak_tflops() if device == "cuda" else None
     model_dir = tempfile.mkdtemp(prefix="bert-base-random-")
@@ -148,7 +149,8 @@ def main() -> None:
     errors = [r["plan_error"] for r in rows if r.get("plan_error") is not None]
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
-           "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:]), "bf16_matmul_peak_tflops": peak, "seq": args.seq,
+           "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:]), "versions": versions(),
+           "bf16_matmul_peak_tflops": peak, "seq": args.seq,
            "rows": rows, "plan_within_10pct": all(abs(e) <= 0.10 for e in errors) if errors else None}
     stem = Path(args.out) if args.out else HERE / "results" / f"gpu-{datetime.now(timezone.utc):%Y%m%d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,7 @@ def main() -> None:
     lines = [f"# GPU benchmark — {out['device']} ({out['date']})", "", f"`{out['command']}`; bf16 matmul peak "
              f"{num(peak, '.0f')} TFLOP/s; {'tiny BERT (smoke)' if args.smoke else 'BERT-base'}, sequence {args.seq}; "
              f"planner within 10% of max_memory_allocated: {out['plan_within_10pct']}.", "",
+             f"versions: {json.dumps(out['versions'])}", "",
              "| method | batch | samples/s | max allocated MB | planned MB | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['batch']}{' (best)' if r.get('best') else ''} | {r['samples_per_s']:.0f} | "
