@@ -26,9 +26,13 @@ def split_files(tmp_path_factory):
     return root
 
 
+# These tests are about processes on the CPU (gloo); a machine with one GPU would refuse two processes per GPU.
+CPU_ONLY = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_tuneoff(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          timeout=600, env={**os.environ, **CPU_ONLY, **(env or {})})
 
 
 def overrides(model, files, out, name, batch, **extra):
@@ -154,7 +158,7 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
     from tuneoff.launcher import launch_command
 
     cmd = launch_command(2, [])[:-2] + [str(script)]  # the script instead of `-m tuneoff`
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **CPU_ONLY})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0: calls [4], raised 'stop at 4'" in done.stdout
     assert "rank 1: calls [], raised 'stop at 4'" in done.stdout
@@ -167,7 +171,7 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
 
     path = tiny_study(tmp_path, tiny_bert, toy_csv, name="procs", epochs=2, seeds=[1])
     done = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert sum(line.startswith("[") and "test accuracy" in line for line in done.stdout.splitlines()) == 2
     from tuneoff.store import Store

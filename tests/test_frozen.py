@@ -30,7 +30,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def run(tiny_bert, toy_csv, out, **extra):
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 3, "train.eval_every": 4, **extra}))
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 3, "train.eval_every": 4,
+                                                                   "train.mixed_precision": "no", **extra}))
     return train(cfg, progress=False)
 
 

@@ -97,7 +97,7 @@ def test_a_real_full_file_system(tiny_bert, toy_csv, tmp_path):
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root (and a kernel that allows it here)")
     try:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
         full = {k: v for k, v in RESUMABLE.items() if not k.startswith("method.")}
         args = ["train", "--no-progress", "--method", "full", *tiny_overrides(tiny_bert, toy_csv, mnt, **full)]
         done = subprocess.run([sys.executable, "-m", "tuneoff", *args], env=env, capture_output=True, text=True, timeout=300)
@@ -238,7 +238,8 @@ def _study(tmp_path, tiny_bert, toy_csv, name, epochs=2, seeds=(1,)):
 
 
 def _run(path, results):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(results)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -403,3 +404,21 @@ def test_lora_fa_state_follows_its_parameters_to_their_device(tiny_bert):
     assert tensors and any(t.device.type == "cpu" for t in tensors), "the trap: state left on the load device"
     checkpoint.state_to_parameter_device(moved)
     assert all(t.device.type == "meta" for s in moved.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
+    """A generated name carries the second it was made in; two runs of one config started in the same second (a
+    script, a fast GPU) must not share, or delete, one directory. A name the user chose that exists stays an error."""
+    from tuneoff.rundir import RunDirectory
+
+    run_id = "tiny-toy-lora-20261126-120000"
+    a = RunDirectory.open(tmp_path, run_id, "a: 1\n", resume=False, find=True)
+    b = RunDirectory.open(tmp_path, run_id, "a: 1\n", resume=False, find=True)
+    assert (a.run_id, b.run_id) == (run_id, f"{run_id}-2")
+    assert (a.path / "config.yaml").is_file() and (b.path / "config.yaml").is_file()
+    a.path.rename(a.final)  # published
+    c = RunDirectory.open(tmp_path, run_id, "a: 1\n", resume=False, find=True)
+    assert c.run_id == f"{run_id}-3"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(TuneoffError, match="already exists; choose another name="):
+        RunDirectory.open(tmp_path, "mine", "a: 1\n", resume=False, find=False)

@@ -29,7 +29,7 @@ RESUMABLE = {"train.epochs": 3, "train.checkpoint_every": 2, "train.eval_every":
 
 
 def cli_train(model, data, out, crash_at=None, resume=False):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     env.pop("TUNEOFF_CRASH_AT", None)
     if crash_at:
         env["TUNEOFF_CRASH_AT"] = crash_at

@@ -6,6 +6,8 @@ dropout is off there (the usual convention for frozen modules: they run in eval 
 not; ``run.json`` says so). So the hidden states entering the boundary layer are computed once for every
 training and evaluation example (batched, ``inference_mode``), kept on disk (float16 by default), and each
 training step runs only the layers above: the frozen layers' forward is replaced by a replay of their output.
+They are computed in float32 whatever the run's mixed precision, so one cache serves runs of any precision; on a
+GPU under bf16 a cached run's frozen states are therefore more exact than an uncached run's (bf16 autocast).
 
 The cache is keyed by everything it depends on (model weights, revision, depth and attention kernel, tokenizer,
 max_length, the split's examples, the boundary, the storage dtype), lives under ``$TUNEOFF_CACHE/features``, is

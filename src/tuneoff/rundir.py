@@ -88,6 +88,21 @@ def new_run_id(name: str | None, model: str, data: str, method: str) -> str:
     return safe_name(f"{base}-{stamp}")
 
 
+def _claim(root: Path, run_id: str) -> str:
+    """The first of ``run_id``, ``run_id-2``, ... with neither a finished nor a working directory, claimed by creating
+    its working directory (``mkdir`` is atomic, so two processes never get the same one)."""
+    for n in range(1, 1000):
+        candidate = run_id if n == 1 else f"{run_id}-{n}"
+        if (root / candidate).exists():
+            continue
+        try:
+            (root / f".{candidate}.tmp").mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise TuneoffError(f"{root} holds 999 runs named {run_id}*; choose another name= or output_dir=.")
+
+
 class RunDirectory:
     """Builds a run in ``<output_dir>/.<run_id>.tmp`` and publishes it as ``<output_dir>/<run_id>``.
 
@@ -110,15 +125,19 @@ class RunDirectory:
             raise TuneoffError(f"Cannot create the output directory {root}: {exc.strerror}. Choose output_dir=...") from exc
         if not os.access(root, os.W_OK):
             raise TuneoffError(f"Output directory {root} is not writable. Choose another with output_dir=<dir>.")
+        found = False
         if resume and find:
             for tmp in sorted(root.glob(".*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True):
                 if (tmp / "config.yaml").is_file() and (tmp / "config.yaml").read_text(encoding="utf-8") == config_yaml:
-                    run_id = tmp.name[1:-len(".tmp")]
+                    run_id, found = tmp.name[1:-len(".tmp")], True
                     break
+        claimed = find and not found
+        if claimed:  # a generated name: two runs started in the same second (a script, a fast GPU) get -2, -3, ...
+            run_id = _claim(root, run_id)
         run = cls(root, run_id)
-        if run.final.exists():
+        if run.final.exists() and not claimed:
             raise TuneoffError(f"Run directory {run.final} already exists; choose another name=.")
-        if not resume:
+        if not resume and not claimed:
             shutil.rmtree(run.path, ignore_errors=True)
         try:
             run.path.mkdir(exist_ok=True)
