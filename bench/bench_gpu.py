@@ -134,7 +134,8 @@ def main() -> None:
             row = {"method": name, "batch": batch, "samples_per_s": batch / sec, "max_allocated_mb": mem,
                    "tflops": tflops, "mfu": tflops / peak if peak else None}
             if batch == 8:
-                plan = plan_run(build_config({"method": params}, [f"model.name={model_dir}"]), name, 8, args.seq, "bf16")
+                plan = plan_run(build_config({"method": params}, [f"model.name={model_dir}"]), name, 8, args.seq, "bf16",
+                                device=device)
                 row["planned_mb"] = plan.total_mb
                 row["plan_error"] = plan.total_mb / mem - 1 if mem else None
                 rows.append(row)

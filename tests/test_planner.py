@@ -47,3 +47,66 @@ def test_lean_lora_keeps_less_than_lora_and_no_more_than_partial(tiny_bert):
     assert lean.activations_mb < lora.activations_mb
     assert lean.total_mb <= partial.total_mb
     assert lean.trainable_params == 1 * 2 * (H * 8) + H * C + C  # B only, one layer, q and v
+
+
+def plan_on(model, method, device, **train):
+    overrides = [f"model.name={model}", *[f"train.{k}={v}" for k, v in train.items()]]
+    return plan_run(build_config({}, overrides, names={"method": method}), method, batch_size=B, seq_len=S,
+                    precision="fp32", device=device)
+
+
+def test_the_peak_overlaps_activations_and_gradients_unless_gradients_accumulate(tiny_bert):
+    p = plan_on(tiny_bert, "full", "cpu")
+    assert p.workspace_mb == 0
+    assert p.total_mb == p.weights_mb + p.optimizer_mb + max(p.activations_mb, p.gradients_mb)
+    held = plan_on(tiny_bert, "full", "cpu", grad_accum=2)
+    assert held.total_mb == held.weights_mb + held.optimizer_mb + held.activations_mb + held.gradients_mb
+
+
+def test_planning_for_cuda_counts_what_cuda_kernels_keep(tiny_bert):
+    """The CPU's attention keeps float32 (B, heads, S, S) matrices and its dropout a float mask; CUDA's fused kernel
+    keeps q, k, v, the output and a float per row, and its dropout a byte per element (bench/results/gpu-*.md)."""
+    import torch.nn.functional as F
+
+    dropout = F.dropout
+    cpu, cuda = plan_on(tiny_bert, "lora", "cpu"), plan_on(tiny_bert, "lora", "cuda")
+    heads = 2
+    attention_matrix = B * heads * S * S * 4
+    assert cpu.activations_mb * 2**20 - cuda.activations_mb * 2**20 >= L * attention_matrix
+    assert cuda.workspace_mb == 64 and cuda.total_mb == cuda.weights_mb + cuda.optimizer_mb + cuda.activations_mb + 64
+    assert (cuda.weights_mb, cuda.gradients_mb, cuda.optimizer_mb) == (cpu.weights_mb, cpu.gradients_mb, cpu.optimizer_mb)
+    assert F.dropout is dropout, "the planner puts torch's dropout back"
+
+
+def test_the_fused_attention_stand_in_has_sdpa_gradients():
+    import torch
+
+    from tuneoff.planner import _FusedAttention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
+    mask[..., -1] = float("-inf")
+    g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    expected = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v), g)
+    got = torch.autograd.grad(_FusedAttention.apply(q, k, v, mask, None), (q, k, v), g)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_plan_command_writes_the_table_for_the_device_asked(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneoff.cli import app
+
+    (tmp_path / "run.yaml").write_text(f"model: {{name: {tiny_bert}}}\nmethod: {{name: lora}}\n")
+    out = tmp_path / "plan.md"
+    done = CliRunner().invoke(app, ["plan", str(tmp_path / "run.yaml"), "--seq-len", "16", "--batch-size", "4",
+                                    "--precision", "bf16", "--device", "cuda", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    text = out.read_text()
+    assert "bf16, on cuda" in text and "the larger of activations and gradients" in text
+    row = next(line for line in text.splitlines() if line.startswith("| lora |"))
+    assert row.split(" | ")[6] == "64.0", row  # the workspace column
+    bad = CliRunner().invoke(app, ["plan", str(tmp_path / "run.yaml"), "--device", "tpu"])
+    assert bad.exit_code == 2 and "choose cpu or cuda" in bad.output

@@ -181,12 +181,13 @@ def plan(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the config's train.batch_size)."),
     seq_len: Optional[int] = typer.Option(None, help="Sequence length (default: the config's data.max_length)."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast, as on a GPU)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda: where the runs will train (default: this machine's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown (headed with the command, date, device and versions)."),
 ) -> None:
     """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
     _quiet_libraries()
     from tuneoff.config import read_yaml
-    from tuneoff.planner import plan_configs
+    from tuneoff.planner import plan_configs, plan_device
 
     if precision not in ("fp32", "bf16", "fp16"):
         raise TuneoffError(f"--precision {precision!r}: choose fp32, bf16 or fp16.")
@@ -204,17 +205,14 @@ def plan(
 
         cfg = load_config(config, overrides or [])
         configs = [(cfg.method.name, cfg)]
-    plans = plan_configs(configs, batch_size, seq_len, precision)
-    table = Table(title=f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, {precision}")
-    for col in ("run", "trainable", "weights MB", "grads MB", "optimizer MB", "activations MB", "peak MB", "GFLOP/step"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    for p in plans:
-        table.add_row(p.name, f"{p.trainable_params:,}", f"{p.weights_mb:,.1f}", f"{p.gradients_mb:,.1f}", f"{p.optimizer_mb:,.1f}",
-                      f"{p.activations_mb:,.1f}", f"{p.total_mb:,.1f}", f"{p.gflops_per_step:,.1f}")
+    from tuneoff.terminal import plan_markdown, plan_table, plan_title
+
+    where = plan_device(device)
+    plans = plan_configs(configs, batch_size, seq_len, precision, where)
+    table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
     console().print(table)
     if out is not None:
         from tuneoff.rundir import atomic_write_text
-        from tuneoff.terminal import plan_markdown
 
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")

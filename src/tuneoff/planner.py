@@ -10,8 +10,16 @@ on a dummy batch (batch size x sequence length, no padding), and measures:
   excluded (they are counted as weights), under the same autocast precision as training;
 - FLOPs of forward + backward (``torch.utils.flop_counter.FlopCounterMode``: matrix products and attention).
 
-The predicted peak is their sum; the CUDA caching allocator's fragmentation and the framework's workspace are not
-in it, which is why the GPU benchmark compares this with ``max_memory_allocated``.
+The predicted peak is weights + optimizer state + the larger of activations and gradients (backward frees each
+layer's activations as it creates that layer's gradients; with gradient accumulation the gradients of the earlier
+micro-batches are held through the next forward, so then both count).
+
+``device="cuda"`` plans for a GPU from the CPU: it counts what CUDA's kernels keep, not what the CPU's keep. Where
+the model's attention goes through transformers' SDPA interface (BERT, RoBERTa, DistilBERT, ELECTRA, ...), the
+fused (flash / memory-efficient) kernel keeps q, k, v, its output and one float per row, not the CPU fallback's
+float32 attention matrices; dropout keeps a one-byte mask per element, not a float; and PyTorch allocates the
+cuBLAS and cuBLASLt workspaces through its caching allocator, so ``max_memory_allocated`` includes them. Kernels'
+transient buffers and the allocator's rounding are not in the plan; ``bench/bench_gpu.py`` measures the error.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ import torch
 from tuneoff.config import RunConfig
 
 MB = 1024 * 1024
+# cuBLAS and cuBLASLt workspaces, 32 MiB each on Hopper in PyTorch 2.x: the 66 MiB an H100 held beyond a frozen
+# BERT-base's weights before its first step (bench/results/gpu-20261126.md, head at batch 8).
+CUDA_WORKSPACE_MB = 64.0
+FUSED_ATTENTION = "tuneoff_plan_fused_sdpa"
 
 
 @dataclass
@@ -36,17 +48,98 @@ class Plan:
     optimizer_mb: float
     activations_mb: float
     gflops_per_step: float
+    workspace_mb: float = 0.0
+    accumulates: bool = False   # train.grad_accum > 1: gradients are held while the next micro-batch's activations grow
 
     @property
     def total_mb(self) -> float:
-        return self.weights_mb + self.gradients_mb + self.optimizer_mb + self.activations_mb
+        held = (self.activations_mb + self.gradients_mb if self.accumulates
+                else max(self.activations_mb, self.gradients_mb))
+        return self.weights_mb + self.optimizer_mb + held + self.workspace_mb
+
+
+def _attention(query, key, value, mask, scaling):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # The math kernel: its matrix products are what FlopCounterMode counts (the CPU's flash kernel is not counted).
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Attention that keeps for backward what a fused CUDA kernel keeps (FlashAttention, Dao et al. 2022): q, k, v,
+    the output and a float32 log-sum-exp per row; backward recomputes the rest (its FLOPs count that recompute, as
+    the fused kernel's backward does it too)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scaling):
+        with torch.no_grad():
+            out = _attention(query, key, value, mask, scaling)
+        ctx.save_for_backward(query, key, value, out, query.new_empty((*query.shape[:-1], 1), dtype=torch.float32))
+        ctx.mask, ctx.scaling = mask, scaling
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, key, value, _, _ = ctx.saved_tensors
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (query, key, value))
+            out = _attention(q, k, v, ctx.mask, ctx.scaling)
+            return (*torch.autograd.grad(out, (q, k, v), grad), None, None)
+
+
+def _fused_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
+    return _FusedAttention.apply(query, key, value, mask, scaling).transpose(1, 2).contiguous(), None
+
+
+class _ByteMaskDropout(torch.autograd.Function):
+    """Dropout keeping a one-byte mask for backward, as CUDA's fused dropout does (the CPU's keeps a float)."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        keep = torch.rand(x.shape, device=x.device) >= p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x * keep * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None
+
+
+def _byte_mask_dropout(input, p=0.5, training=True, inplace=False):
+    return _ByteMaskDropout.apply(input, p) if training and p > 0 else input
+
+
+@contextlib.contextmanager
+def _as_on_cuda(model):
+    """Count activations as CUDA's kernels keep them (see the module's docstring), then restore the model."""
+    from unittest import mock
+
+    from transformers import AttentionInterface
+
+    attention = getattr(model.config, "_attn_implementation", None)
+    swap = attention in ("sdpa", "flash_attention_2", "flash_attention_3")
+    if swap:
+        AttentionInterface.register(FUSED_ATTENTION, _fused_attention)
+        model.set_attn_implementation(FUSED_ATTENTION)
+    try:
+        with mock.patch.object(torch.nn.functional, "dropout", _byte_mask_dropout):
+            yield
+    finally:
+        if swap:
+            model.set_attn_implementation(attention)
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
-def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2) -> Plan:
+def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2,
+             device: str = "cpu") -> Plan:
+    """One counted training step of ``cfg`` on the CPU, as it would run on ``device`` ("cpu" or "cuda")."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from tuneoff.methods import get_method
@@ -78,7 +171,7 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
 
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision in ("bf16", "fp16") else contextlib.nullcontext())
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, (_as_on_cuda(model) if device == "cuda" else contextlib.nullcontext()):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with autocast:
                 logits = model(**batch).logits
@@ -91,13 +184,24 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
         name=name, method=cfg.method.name, trainable_params=sum(p.numel() for p in trainable),
         weights_mb=sum(_tensor_bytes(p) for p in model.parameters()) / MB, gradients_mb=gradients / MB,
         optimizer_mb=optimizer_bytes / MB, activations_mb=sum(saved.values()) / MB,
-        gflops_per_step=counter.get_total_flops() / 1e9,
+        gflops_per_step=counter.get_total_flops() / 1e9, workspace_mb=CUDA_WORKSPACE_MB if device == "cuda" else 0.0,
+        accumulates=cfg.train.grad_accum > 1,
     )
 
 
-def plan_configs(configs: list[tuple[str, RunConfig]], batch_size: int | None, seq_len: int | None, precision: str) -> list[Plan]:
+def plan_device(device: str | None) -> str:
+    """The device a plan is for: as asked, else this machine's (cuda when it has a GPU)."""
+    from tuneoff.errors import TuneoffError
+
+    if device not in (None, "cpu", "cuda"):
+        raise TuneoffError(f"--device {device!r}: choose cpu or cuda (the device the runs will train on).")
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def plan_configs(configs: list[tuple[str, RunConfig]], batch_size: int | None, seq_len: int | None, precision: str,
+                 device: str = "cpu") -> list[Plan]:
     plans = []
     for name, cfg in configs:
         length = seq_len or (cfg.data.max_length if isinstance(cfg.data.max_length, int) else 128)
-        plans.append(plan_run(cfg, name, batch_size or cfg.train.batch_size, length, precision))
+        plans.append(plan_run(cfg, name, batch_size or cfg.train.batch_size, length, precision, device=device))
     return plans

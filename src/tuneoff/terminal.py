@@ -101,6 +101,31 @@ def inspect_tables(c, report: dict, model: str) -> None:
             f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
 
 
+PLAN_COLUMNS = ("run", "trainable", "weights MB", "grads MB", "optimizer MB", "activations MB", "workspace MB", "peak MB",
+                "GFLOP/step")
+PEAK_RULE = ("peak = weights + optimizer + the larger of activations and gradients (both with gradient accumulation) "
+             "+ the CUDA workspace")
+
+
+def _plan_cells(p) -> list[str]:
+    return [p.name, f"{p.trainable_params:,}", *(f"{v:,.1f}" for v in (p.weights_mb, p.gradients_mb, p.optimizer_mb,
+            p.activations_mb, p.workspace_mb, p.total_mb, p.gflops_per_step))]
+
+
+def plan_title(batch_size: int | None, seq_len: int | None, precision: str, device: str) -> str:
+    return (f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, "
+            f"{precision}, on {device}")
+
+
+def plan_table(plans, title: str) -> Table:
+    table = Table(title=title, caption=PEAK_RULE)
+    for col in PLAN_COLUMNS:
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for p in plans:
+        table.add_row(*_plan_cells(p))
+    return table
+
+
 def plan_markdown(plans, title: str) -> str:
     """`tuneoff plan --out`: the table as Markdown, headed with what produced it."""
     import platform
@@ -114,10 +139,7 @@ def plan_markdown(plans, title: str) -> str:
     lines = [f"# {title}", "", f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
              f"{platform.machine()} CPU, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
              f"peft {v['peft']}. Counted by one real forward + backward + optimizer step on the CPU "
-             "(saved_tensors_hooks, FlopCounterMode).", "",
-             "| run | trainable | weights MB | grads MB | optimizer MB | activations MB | peak MB | GFLOP/step |",
-             "|---|---|---|---|---|---|---|---|"]
-    for p in plans:
-        lines.append(f"| {p.name} | {p.trainable_params:,} | {p.weights_mb:,.1f} | {p.gradients_mb:,.1f} | {p.optimizer_mb:,.1f} | "
-                     f"{p.activations_mb:,.1f} | {p.total_mb:,.1f} | {p.gflops_per_step:,.1f} |")
+             f"(saved_tensors_hooks, FlopCounterMode); {PEAK_RULE}.", "",
+             "| " + " | ".join(PLAN_COLUMNS) + " |", "|" + "---|" * len(PLAN_COLUMNS)]
+    lines += ["| " + " | ".join(_plan_cells(p)) + " |" for p in plans]
     return "\n".join(lines) + "\n"
