@@ -47,3 +47,26 @@ def test_meters_on_cpu_return_none_for_cuda_and_count_real_tokens():
     speed.pause()
     r = speed.read()
     assert r["train_samples"] == 2 and r["train_tokens"] == 8  # padding excluded
+
+
+def test_cpu_peak_does_not_carry_memory_an_earlier_run_freed():
+    """glibc keeps freed small blocks: without handing them back, a study's later run would report an earlier,
+    larger run's memory as its own peak."""
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("VmHWM and malloc_trim are Linux / glibc")
+
+    def rss_mb():
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
+
+    blocks = [bytearray(2000) for _ in range(150_000)]  # about 300 MB in small blocks, as a finished run leaves them
+    survivors = blocks[::1000]  # a few objects outlive the run (caches, results): the heap cannot shrink from its top
+    del blocks
+    held = rss_mb()
+    reading = MemoryMeter(torch.device("cpu")).start().read()
+    assert reading["peak_rss_since_start"] is True
+    assert reading["peak_rss_mb"] < held - 200, (reading, held)
+    assert len(survivors) == 150

@@ -3,7 +3,9 @@
 Memory meters measure from a clean baseline and return None where a reading does not exist (no CUDA on a CPU
 machine, no /proc outside Linux) instead of raising. CUDA peaks come from ``max_memory_allocated`` /
 ``max_memory_reserved`` after ``reset_peak_memory_stats``; the CPU peak is the process's high-water RSS
-(``VmHWM``), reset through ``/proc/self/clear_refs`` so an earlier step of the same process does not count.
+(``VmHWM``), reset through ``/proc/self/clear_refs`` so an earlier step of the same process does not count. Before
+the reset, memory that earlier runs of the process freed is handed back to the OS (glibc's ``malloc_trim``: it keeps
+freed small blocks otherwise), so a study's later runs do not carry an earlier, larger model's memory in their peak.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def _release_freed_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
+        pass
+
+
 class MemoryMeter:
     """Peak memory between ``start()`` and ``read()``."""
 
@@ -49,6 +62,7 @@ class MemoryMeter:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        _release_freed_memory()
         try:  # "5" resets the peak resident set size (Linux >= 4.0, proc(5) clear_refs)
             Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
             self.rss_reset = True
