@@ -100,6 +100,9 @@ def _claim(root: Path, run_id: str) -> str:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:
+            hint = "Free some space" if disk_full(exc) else "Choose another output_dir"
+            raise TuneoffError(f"Cannot start the run in {root}: {exc.strerror or exc}. {hint}; nothing was trained.") from exc
     raise TuneoffError(f"{root} holds 999 runs named {run_id}*; choose another name= or output_dir=.")
 
 
