@@ -84,6 +84,7 @@ def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tm
     assert metrics["n"] == 31
 
 
+@pytest.mark.slow
 def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_files, tmp_path):
     """Dropout on: each process restores its own RNG stream from the checkpoint."""
     args = ["--num-processes", "2", *overrides(tiny_bert, split_files, tmp_path / "ref", "r", 8, **{"method.dropout": 0.1,
@@ -164,6 +165,7 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
     assert "rank 1: calls [], raised 'stop at 4'" in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
     """`tuneoff run study.yaml --processes-per-run 2`: each run of the study trains on 2 processes (the way a
     multi-GPU machine runs a study of models too big for one GPU), recorded once, with the same report."""

@@ -107,6 +107,7 @@ def test_methods_that_cannot_run_here_say_why(method, message, tiny_bert, toy_cs
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
+@pytest.mark.slow
 def test_the_family_on_the_shipped_minilm(tmp_path):
     """Every new method trains, saves, reloads and is reported, on the real (2-layer) MiniLM and Rotten Tomatoes."""
     methods = ["bitfit", "ia3", "prompt_tuning", "vera", "loha", "lokr", "adalora"]

@@ -99,6 +99,7 @@ def test_the_cache_is_computed_once_for_many_runs_and_invalidated_by_what_it_dep
     assert not [p for p in cache.iterdir() if p.name.startswith(".")], "no half-written cache left"
 
 
+@pytest.mark.slow
 def test_a_resumed_cached_run_equals_an_uninterrupted_one(tiny_bert, toy_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
     from safetensors.torch import load_file

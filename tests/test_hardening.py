@@ -244,6 +244,7 @@ def _run(path, results):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_one_study_one_process_and_two_studies_side_by_side(tiny_bert, toy_csv, tmp_path):
     results = tmp_path / "results"
     a = _study(tmp_path, tiny_bert, toy_csv, "alpha", epochs=80)  # still running when the second one starts

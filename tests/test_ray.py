@@ -115,6 +115,7 @@ def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     assert (tmp_path / "res" / "optuna.journal").is_file()
 
 
+@pytest.mark.slow
 def test_two_process_runs_on_ray_a_killed_process_is_retried(cluster, marker, tiny_bert, toy_csv, tmp_path):
     """Each run a Ray task holding 2 CPUs that trains on 2 processes (gloo); one process of one run is SIGKILLed at
     step 7: the task is retried and the run resumes from its step-6 checkpoint, still on 2 processes."""
@@ -177,6 +178,7 @@ def test_a_run_no_node_can_place_is_refused(cluster):
         RayExecutor(processes_per_run=4, say=lambda *_: None)  # 4 CPU processes on a 2-CPU cluster
 
 
+@pytest.mark.slow
 def test_cli_runs_a_study_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     """As a user runs it: `tuneoff run study.yaml --executor ray` with a relative --results directory (made absolute,
     since workers may run elsewhere), then the report."""

@@ -35,6 +35,7 @@ def nodes():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_a_preempted_node_s_run_resumes_on_another_node(nodes, tiny_bert, toy_csv, tmp_path):
     cluster, first = nodes
     path = tiny_study(tmp_path, tiny_bert, toy_csv, name="nodes", epochs=40, seeds=[1])

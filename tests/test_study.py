@@ -142,6 +142,7 @@ def test_failed_run_is_recorded_and_study_goes_on(tiny_bert, toy_csv, tmp_path):
     assert "only 2 encoder layers" in db.execute("SELECT error FROM runs WHERE status='failed'").fetchone()[0]
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, tmp_path):
     spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, epochs=25)
     # The reference: the same study, uninterrupted.
