@@ -110,3 +110,17 @@ def test_plan_command_writes_the_table_for_the_device_asked(tiny_bert, tmp_path)
     assert row.split(" | ")[6] == "64.0", row  # the workspace column
     bad = CliRunner().invoke(app, ["plan", str(tmp_path / "run.yaml"), "--device", "tpu"])
     assert bad.exit_code == 2 and "choose cpu or cuda" in bad.output
+
+
+def test_a_run_is_planned_as_it_trained(tiny_bert):
+    """The report sets each condition's plan beside what its runs measured: a GPU bf16 run is planned as one."""
+    from tuneoff.planner import plan_as_trained
+
+    overrides = [f"model.name={tiny_bert}", f"train.batch_size={B}", f"data.max_length={S}", "train.device=cuda",
+                 "train.mixed_precision=bf16"]
+    gpu = plan_as_trained(build_config({}, overrides, names={"method": "lora"}), "lora")
+    same = plan_run(build_config({}, overrides, names={"method": "lora"}), "lora", B, S, "bf16", device="cuda")
+    assert gpu == same and gpu.workspace_mb == 64
+    cpu = plan_as_trained(build_config({}, overrides[:3] + ["train.device=cpu", "train.mixed_precision=no"],
+                                       names={"method": "lora"}), "lora")
+    assert cpu == plan_run(build_config({}, overrides[:3], names={"method": "lora"}), "lora", B, S, "fp32")

@@ -198,10 +198,21 @@ def plan_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _length(cfg: RunConfig) -> int:
+    return cfg.data.max_length if isinstance(cfg.data.max_length, int) else 128
+
+
+def plan_as_trained(cfg: RunConfig, name: str, num_labels: int = 2) -> Plan:
+    """The plan of a run as it trained: its batch size, max_length, precision and device (a finished run's saved
+    config holds the resolved values), so the report compares it with what that run measured."""
+    precision = cfg.train.mixed_precision if cfg.train.mixed_precision in ("bf16", "fp16") else "fp32"
+    return plan_run(cfg, name, cfg.train.batch_size, _length(cfg), precision, num_labels,
+                    device="cuda" if cfg.train.device == "cuda" else "cpu")
+
+
 def plan_configs(configs: list[tuple[str, RunConfig]], batch_size: int | None, seq_len: int | None, precision: str,
                  device: str = "cpu") -> list[Plan]:
     plans = []
     for name, cfg in configs:
-        length = seq_len or (cfg.data.max_length if isinstance(cfg.data.max_length, int) else 128)
-        plans.append(plan_run(cfg, name, batch_size or cfg.train.batch_size, length, precision, device=device))
+        plans.append(plan_run(cfg, name, batch_size or cfg.train.batch_size, seq_len or _length(cfg), precision, device=device))
     return plans

@@ -157,15 +157,15 @@ def plan_section(out: Path, conditions, verdicts) -> str:
         def compute(config=config, c=c):
             from dataclasses import asdict
 
-            from tuneoff.planner import plan_run
+            from tuneoff.planner import plan_as_trained
 
-            cfg = RunConfig.model_validate(config)
-            length = cfg.data.max_length if isinstance(cfg.data.max_length, int) else 128
-            p = plan_run(cfg, c.name, cfg.train.batch_size, length, "fp32", num_labels=len(c.label_names))
+            p = plan_as_trained(RunConfig.model_validate(config), c.name, num_labels=len(c.label_names))
             return {**asdict(p), "total_mb": p.total_mb}
 
+        train = config["train"]
         try:
-            p = _derived(out, "plan-" + _key(config["model"], config["method"], config["train"]["batch_size"],
+            p = _derived(out, "plan-" + _key(config["model"], config["method"], train["batch_size"], train.get("grad_accum"),
+                                             train.get("mixed_precision"), train.get("device"),
                                              config["data"]["max_length"], len(c.label_names)), compute)
         except (TuneoffError, OSError, ValueError, RuntimeError) as exc:
             missing.append(f"{c.name}: {str(exc).splitlines()[0][:160]}")
@@ -177,8 +177,8 @@ def plan_section(out: Path, conditions, verdicts) -> str:
                      "measured samples/s": None if m is None else m["train_samples_per_s"]})
     note = (f"<p>Not planned (the model could not be loaded here, and no stored plan exists): {html.escape('; '.join(missing))}</p>"
             if missing else "")
-    return ("<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), fp32, "
-            "counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
+    return ("<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), at the "
+            "precision and for the device the runs used, counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
             "(which also holds the Python runtime, libraries and data, and runs used dynamic padding).</p>"
             + (sections.table_html(pd.DataFrame(rows)) if rows else "") + note)
 

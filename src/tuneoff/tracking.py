@@ -4,7 +4,8 @@
 validation metrics at their optimizer step, the final test metrics and resources, and the saved model (MLflow
 artifact). A study is one MLflow experiment (``train.experiment``, set to the study's name) with a run per tuneoff
 run, and its report is logged as a run of its own. MLflow's store defaults to SQLite next to the run
-(``sqlite:///<output_dir>/mlflow.db``; a study's is ``<results>/<study>/runs/mlflow.db``), or ``train.tracking_uri``; artifacts beside it in ``mlartifacts/``.
+(``sqlite:///<output_dir>/mlflow.db``; a study's is ``<results>/<study>/runs/mlflow.db``), or ``train.tracking_uri``;
+artifacts beside it in ``mlartifacts/``.
 TensorBoard event files go to ``<output_dir>/tensorboard/<run id>``.
 """
 
