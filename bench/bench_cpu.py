@@ -42,8 +42,9 @@ LR = {"lora": 1e-3, "partial": 1e-4, "head": 3e-2}
 
 def data_and_model(args):
     from tuneoff.config import DataConfig
-    from tuneoff.data import load_corpus
-    from tuneoff.models import load_classifier, load_tokenizer, resolve_model
+    from tuneoff.data.corpus import load_corpus
+    from tuneoff.models.loading import load_classifier, load_tokenizer
+    from tuneoff.models.assets import resolve_model
 
     corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=args.examples or args.steps * args.batch_size,
                                     max_eval_samples=args.eval_samples))
@@ -55,8 +56,8 @@ def one(contender: str, method: str, args) -> dict:
     """Train once in this process; return timings and accuracy."""
     import torch
 
-    from tuneoff.batches import collator, encode
-    from tuneoff.evaluate import compute_metrics, predict_logits
+    from tuneoff.data.batches import collator, encode
+    from tuneoff.training.evaluate import compute_metrics, predict_logits
 
     torch.set_num_threads(args.threads)
     job_start = time.perf_counter()  # the whole job: loading, (tuneoff) the frozen-feature cache, training, evaluation
@@ -65,7 +66,7 @@ def one(contender: str, method: str, args) -> dict:
     real_tokens = sum(len(x) for x in tokenizer(list(train_df.text), truncation=True, max_length=128)["input_ids"])
     if contender == "tuneoff":
         from tuneoff.config import build_config
-        from tuneoff.train import train
+        from tuneoff.training.loop import train
 
         length = [f"train.epochs={args.epochs}"] if args.examples else [f"train.max_steps={args.steps}"]
         cfg = build_config({"method": METHODS[method]}, [

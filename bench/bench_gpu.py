@@ -48,7 +48,7 @@ def matmul_peak_tflops() -> float:
 def build(model_dir: str, method_params: dict, device: str):
     from tuneoff.config import build_config
     from tuneoff.methods import get_method
-    from tuneoff.models import load_classifier
+    from tuneoff.models.loading import load_classifier
 
     cfg = build_config({"method": method_params}, [f"model.name={model_dir}"])
     model, arch = load_classifier(model_dir, ["0", "1"], attn_implementation="sdpa")
@@ -105,8 +105,8 @@ def main() -> None:
     from transformers import BertConfig, BertModel
 
     from tuneoff.config import build_config
-    from tuneoff.planner import plan_run
-    from tuneoff.resources import versions
+    from tuneoff.training.planner import plan_run
+    from tuneoff.core.provenance import versions
 
     peak = matmul_peak_tflops() if device == "cuda" else None
     model_dir = tempfile.mkdtemp(prefix="bert-base-random-")

@@ -31,9 +31,10 @@ def trainer_run(run_id: str, config_json: str) -> None:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from tuneoff.config import RunConfig
-    from tuneoff.data import load_corpus
+    from tuneoff.data.corpus import load_corpus
     from tuneoff.methods import get_method
-    from tuneoff.models import load_classifier, load_tokenizer, resolve_model
+    from tuneoff.models.loading import load_classifier, load_tokenizer
+    from tuneoff.models.assets import resolve_model
 
     cfg = RunConfig.model_validate(json.loads(config_json))
     corpus = load_corpus(cfg.data)
@@ -69,7 +70,7 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         trainer_run(sys.argv[2], sys.argv[3])
         return
-    from tuneoff.study import expand, load_spec
+    from tuneoff.study.spec import expand, load_spec
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TUNEOFF_FEATURE_CACHE": tempfile.mkdtemp(prefix="bench-fc-")}
     results = tempfile.mkdtemp(prefix="bench-study-")

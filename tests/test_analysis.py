@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import hypergeom
 
-from tuneoff.analysis import Condition
-from tuneoff.mistakes import (confident_errors, disagreements, error_overlap, error_shares, probability_gaps,
-                              word_rank_stability, word_statistics)
-from tuneoff.significance import expected_calibration_error, pareto_front
+from tuneoff.analysis.groups import Condition
+from tuneoff.analysis.mistakes import (confident_errors, disagreements, error_overlap, error_shares, probability_gaps, word_rank_stability, word_statistics)
+from tuneoff.analysis.significance import expected_calibration_error, pareto_front
 
 
 def test_ece_by_hand():

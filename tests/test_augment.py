@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tiny_overrides
 from tuneoff.config import AugmentConfig, build_config
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 
-augment = pytest.importorskip("tuneoff.augment")
+augment = pytest.importorskip("tuneoff.data.augment")
 try:
     augment.wordnet()
     HAVE_WORDNET = True
@@ -86,7 +86,7 @@ def test_copies_without_an_augmentation_is_a_config_error():
 
 @needs_wordnet
 def test_training_with_augmentation_records_it_and_never_touches_eval_data(tiny_bert, toy_csv, tmp_path):
-    from tuneoff.train import train
+    from tuneoff.training.loop import train
 
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{
         "data.augment.copies": 1, "data.augment.synonym_fraction": 0.3, "data.augment.sentence_shuffle_p": 0.5,

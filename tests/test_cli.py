@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_overrides
-from tuneoff.cli import app
+from tuneoff.cli.app import app
 
 runner = CliRunner()
 

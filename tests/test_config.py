@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneoff.config import build_config, load_config
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 
 
 def test_defaults_and_overrides_with_yaml_values():

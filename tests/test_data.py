@@ -6,10 +6,10 @@ import pandas as pd
 import torch
 import pytest
 
-from tuneoff.batches import Encoded, encode, eval_loader, micro_batches, train_loader, train_order, collator
+from tuneoff.data.batches import Encoded, encode, eval_loader, micro_batches, train_loader, train_order, collator
 from tuneoff.config import DataConfig
-from tuneoff.data import load_corpus
-from tuneoff.errors import TuneoffError
+from tuneoff.data.corpus import load_corpus
+from tuneoff.core.errors import TuneoffError
 
 
 def test_rotten_tomatoes_offline_drops_plot_rows_and_splits_deterministically():
@@ -26,7 +26,7 @@ def test_rotten_tomatoes_offline_drops_plot_rows_and_splits_deterministically():
 @pytest.mark.parametrize("name", ["rotten_tomatoes", "bbc_news"])
 def test_splits_tuneoff_makes_share_no_text(name):
     """Both corpora repeat some texts; a split made here keeps the copies of a text on one side."""
-    from tuneoff.data import text_keys
+    from tuneoff.data.corpus import text_keys
 
     corpus = load_corpus(DataConfig(name=name))
     keys = {split: set(text_keys(df)) for split, df in corpus.splits.items()}
@@ -39,7 +39,7 @@ def test_split_keeps_copies_together_and_every_row(tmp_path):
     rows += [{"text": f"REVIEW  number {i}", "label": "pos" if i % 2 else "neg"} for i in range(0, 200, 5)]  # 40 copies
     pd.DataFrame(rows).to_csv(tmp_path / "all.csv", index=False)
     corpus = load_corpus(DataConfig(name=str(tmp_path / "all.csv")))
-    from tuneoff.data import text_keys
+    from tuneoff.data.corpus import text_keys
 
     train, validation = corpus.splits["train"], corpus.splits["validation"]  # one file: test is the validation split
     assert len(train) + len(validation) == 240, "no row dropped"
@@ -134,7 +134,7 @@ def test_hub_loader_maps_classlabels_and_drops_snli_minus_one(monkeypatch):
     dsd = datasets.DatasetDict(train=split(30), validation=split(9), test=split(9, unlabeled=1))
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config=None: calls.append(hub_id) or dsd)
-    from tuneoff import hub
+    from tuneoff.core import hub
 
     monkeypatch.setattr(hub, "cached", lambda repo, kind="model": True)  # as if downloaded once before
     corpus = load_corpus(DataConfig(name="snli"))

@@ -77,7 +77,7 @@ def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tm
     np.testing.assert_allclose([h["train_loss"] for h in history_b], [h["train_loss"] for h in history_a], rtol=1e-4)
 
     # The saved adapter reloaded in one process predicts what the two processes gathered.
-    from tuneoff.evaluate import evaluate_run
+    from tuneoff.training.saved import evaluate_run
 
     metrics, _ = evaluate_run(b, None, "test", [])
     assert metrics["accuracy"] == pytest.approx(json.loads((b / "metrics.json").read_text())["test"]["accuracy"])
@@ -110,7 +110,7 @@ def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_fil
 
 
 def test_readings_of_processes_combine_into_one_run():
-    from tuneoff.resources import combine_processes
+    from tuneoff.training.resources import combine_processes
 
     a = {"train_seconds": 10.0, "train_samples": 80, "train_tokens": 800, "peak_rss_mb": 900.0, "cuda_max_allocated_mb": None}
     b = {"train_seconds": 12.0, "train_samples": 72, "train_tokens": 700, "peak_rss_mb": 950.0, "cuda_max_allocated_mb": None}
@@ -143,7 +143,7 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
     script.write_text(
         "import sys\n"
         "from accelerate import Accelerator\n"
-        "from tuneoff.launcher import on_main_process\n"
+        "from tuneoff.training.launcher import on_main_process\n"
         "acc = Accelerator(cpu=True)\n"
         "calls = []\n"
         "def decide(step):\n"
@@ -154,9 +154,9 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
         "    on_main_process(acc, decide, 4)\n"
         "except KeyError as exc:\n"
         "    print(f'rank {acc.process_index}: calls {calls}, raised {exc}', flush=True)\n"
-        "from tuneoff.launcher import end_processes\n"
+        "from tuneoff.training.launcher import end_processes\n"
         "end_processes()\n")
-    from tuneoff.launcher import launch_command
+    from tuneoff.training.launcher import launch_command
 
     cmd = launch_command(2, [])[:-2] + [str(script)]  # the script instead of `-m tuneoff`
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **CPU_ONLY})
@@ -176,7 +176,7 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert sum(line.startswith("[") and "test accuracy" in line for line in done.stdout.splitlines()) == 2
-    from tuneoff.store import Store
+    from tuneoff.results.store import Store
 
     store = Store(tmp_path / "res")
     rows = store.runs("procs")
@@ -197,7 +197,7 @@ def test_a_run_s_processes_die_with_the_worker_that_started_them(tmp_path):
 
     worker = subprocess.Popen([sys.executable, "-c",
                                "import subprocess, sys, time\n"
-                               "from tuneoff.launcher import tied_to_this_process\n"
+                               "from tuneoff.training.launcher import tied_to_this_process\n"
                                "child = subprocess.Popen(tied_to_this_process(['sleep', '120']))\n"
                                "print(child.pid, flush=True)\n"
                                "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tuneoff.config import build_config
-from tuneoff.train import train
+from tuneoff.training.loop import train
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,9 @@ def test_minilm_lora_learns_rotten_tomatoes_and_reloads_through_pipeline(tmp_pat
 def test_mpnet_is_assembled_from_its_five_parts_and_loads(tmp_path, monkeypatch):
     from tuneoff.methods import get_method
     from tuneoff.config import build_config
-    from tuneoff.models import load_classifier, resolve_model
-    from tuneoff.resources import param_counts
+    from tuneoff.models.loading import load_classifier
+    from tuneoff.models.assets import resolve_model
+    from tuneoff.training.resources import param_counts
 
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path))
     path = resolve_model("mpnet")
@@ -48,8 +49,8 @@ def test_mpnet_is_assembled_from_its_five_parts_and_loads(tmp_path, monkeypatch)
 
 
 def test_model_name_typo_fails_fast():
-    from tuneoff.errors import TuneoffError
-    from tuneoff.models import resolve_model
+    from tuneoff.core.errors import TuneoffError
+    from tuneoff.models.assets import resolve_model
 
     with pytest.raises(TuneoffError, match="did you mean 'bert-base'"):
         resolve_model("bert-bsae")

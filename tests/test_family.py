@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from test_methods import CLASSIFIER, H, I, L, POOLER, prepared
-from tuneoff.cli import app
+from tuneoff.cli.app import app
 from tuneoff.config import build_config
-from tuneoff.resources import param_counts
-from tuneoff.train import train
+from tuneoff.training.resources import param_counts
+from tuneoff.training.loop import train
 
 
 @pytest.mark.parametrize("method, params, expected", [
@@ -49,7 +49,7 @@ def test_pooler_and_hand_counts_agree():
                                              ("vera", "tiny_bert"), ("loha", "tiny_bert"), ("lokr", "tiny_bert"),
                                              ("adalora", "tiny_bert"), ("ia3", "tiny_distilbert"), ("loha", "tiny_distilbert")])
 def test_saved_runs_reload_to_the_same_predictions(method, encoder, request, toy_csv, tmp_path):
-    from tuneoff.evaluate import predict_file
+    from tuneoff.training.saved import predict_file
 
     result = train(build_config({}, tiny_overrides(request.getfixturevalue(encoder), toy_csv, tmp_path,
                                                    **{"method.name": method, "train.epochs": 2, "train.lr": 1e-2})), progress=False)
@@ -71,7 +71,7 @@ def test_saved_runs_reload_to_the_same_predictions(method, encoder, request, toy
 
 def test_adalora_allocates_its_rank_budget(tiny_bert, toy_csv, tmp_path):
     """update_and_allocate runs after every optimizer step: by the end, ranks beyond the budget are masked."""
-    from tuneoff.session import prepare
+    from tuneoff.training.session import prepare
 
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"method.name": "adalora", "method.init_r": 8,
                                                                             "method.target_r": 2, "train.lr": 1e-2}))
@@ -124,7 +124,7 @@ def test_the_family_on_the_shipped_minilm(tmp_path):
     for m in methods:
         run_dir = tmp_path / "r" / "family" / "runs" / f"{m}-s1"
         assert json.loads((run_dir / "run.json").read_text())["method"] == m
-        from tuneoff.rundir import load_saved_model
+        from tuneoff.training.saved import load_saved_model
 
         model, _ = load_saved_model(run_dir)
         assert model is not None

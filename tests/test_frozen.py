@@ -13,9 +13,9 @@ import torch
 
 from conftest import tiny_overrides
 from test_reliability import cli_train, finished_run
-from tuneoff import frozen
+from tuneoff.training import frozen
 from tuneoff.config import build_config
-from tuneoff.train import train
+from tuneoff.training.loop import train
 
 CASES = {"head": {"method.name": "head", "train.lr": 5e-2},
          "partial": {"method.name": "partial", "method.k": 1, "train.lr": 5e-3},
@@ -37,7 +37,7 @@ def run(tiny_bert, toy_csv, out, **extra):
 
 def _count_layer0_calls(monkeypatch):
     """Counts the forward calls of every encoder's layer 0 (the frozen one in each case)."""
-    import tuneoff.session as session_module
+    import tuneoff.training.session as session_module
 
     calls = {"n": 0}
     real = session_module.load_classifier

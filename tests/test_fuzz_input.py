@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tuneoff.config import DataConfig
-from tuneoff.data import load_corpus
-from tuneoff.errors import TuneoffError
+from tuneoff.data.corpus import load_corpus
+from tuneoff.core.errors import TuneoffError
 
 ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40) | st.sampled_from(
     ["", " ", "\x00", '"', '""', "a,b", "line\nbreak", "\u202e\u200b", "😀" * 3, "x" * 5000, "NA", "null", "1.0"])
@@ -78,7 +78,7 @@ def test_clean_files_always_load(tmp_path, n, texts):
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00bad", b'text,label\n"unclosed,1\n', b"text,label\n\x00,1\n"])
 def test_cli_exits_2_without_traceback_on_bad_files(tmp_path, content):
-    from tuneoff.cli import app
+    from tuneoff.cli.app import app
 
     path = tmp_path / "bad.csv"
     path.write_bytes(content)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from tuneoff.batches import collator, encode
-from tuneoff.resources import MemoryMeter, Throughput
-from tuneoff.session import mixed_precision
+from tuneoff.data.batches import collator, encode
+from tuneoff.training.resources import MemoryMeter, Throughput
+from tuneoff.training.session import mixed_precision
 
 
 def test_mixed_precision_choice(monkeypatch):

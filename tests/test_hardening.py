@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_overrides
 from test_reliability import RESUMABLE, cli_train, finished_run, reference  # noqa: F401 (a fixture)
-from tuneoff import checkpoint, guards
-from tuneoff.cli import app
+from tuneoff.training import checkpoint
+from tuneoff.training import guards
+from tuneoff.cli.app import app
 from tuneoff.config import build_config
-from tuneoff.errors import TuneoffError
-from tuneoff.train import train, train_with_oom_retry
+from tuneoff.core.errors import TuneoffError
+from tuneoff.training.loop import train, train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -53,7 +54,7 @@ def train_args(tiny_bert, toy_csv, out, **extra):
 
 
 def test_disk_full_when_the_run_starts(tiny_bert, toy_csv, tmp_path, monkeypatch):
-    import tuneoff.rundir as rundir
+    import tuneoff.results.rundir as rundir
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -67,7 +68,7 @@ def test_disk_full_in_a_checkpoint_then_free_space_and_resume(tiny_bert, toy_csv
     space too. Both still end in exit 2, and --resume afterwards finishes the run."""
     from safetensors import SafetensorError
 
-    import tuneoff.rundir as rundir
+    import tuneoff.results.rundir as rundir
 
     real = checkpoint.save_file
     calls = {"n": 0}
@@ -189,10 +190,10 @@ def test_resume_at_half_the_batch_and_twice_the_accumulation(reference, tiny_ber
 def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, toy_csv, tmp_path, monkeypatch):
     """The first attempt runs out of memory at step 3 (after a checkpoint at step 2); the retry must find the first
     model garbage-collected, and continue the same run from its checkpoint at half the batch."""
-    import tuneoff.train as train_module
+    import tuneoff.training.loop as train_module
 
     models, dead_at_retry, calls = [], [], {"n": 0}
-    import tuneoff.session as session_module
+    import tuneoff.training.session as session_module
 
     real_load = session_module.load_classifier
     real_loss = train_module.F.cross_entropy
@@ -261,7 +262,7 @@ def test_one_study_one_process_and_two_studies_side_by_side(tiny_bert, toy_csv, 
     for proc in (first, other):
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
-    from tuneoff.store import Store
+    from tuneoff.results.store import Store
 
     store = Store(results)
     for study in ("alpha", "beta"):
@@ -326,7 +327,7 @@ def test_a_file_whose_texts_repeat_stops_before_training(tmp_path):
 def test_a_nan_validation_loss_stops_the_run(tiny_bert, toy_csv, tmp_path, monkeypatch):
     import numpy as np
 
-    import tuneoff.train as train_module
+    import tuneoff.training.loop as train_module
 
     real = train_module.predict_logits
     monkeypatch.setattr(train_module, "predict_logits", lambda *a, **k: real(*a, **k) * np.nan)
@@ -336,7 +337,7 @@ def test_a_nan_validation_loss_stops_the_run(tiny_bert, toy_csv, tmp_path, monke
 
 
 def test_the_progress_rate_is_a_real_rate():
-    from tuneoff.resources import Throughput
+    from tuneoff.training.resources import Throughput
 
     speed = Throughput()
     speed.resume()
@@ -362,7 +363,7 @@ def test_skip_guard_tolerates_scaler_skips_and_stops_a_diverged_run():
 def test_fp16_loop_survives_skips_and_ignores_the_overflowed_gradients(tiny_bert, toy_csv, tmp_path, monkeypatch):
     """As under fp16's scaler: the first steps' gradients are inf and those steps are skipped. The NaN/inf guard
     must not call that divergence; only max_skipped_steps skips in a row are."""
-    import tuneoff.train as train_module
+    import tuneoff.training.loop as train_module
 
     real_clip = None
     step = {"n": 0}
@@ -410,7 +411,7 @@ def test_lora_fa_state_follows_its_parameters_to_their_device(tiny_bert):
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     """A generated name carries the second it was made in; two runs of one config started in the same second (a
     script, a fast GPU) must not share, or delete, one directory. A name the user chose that exists stays an error."""
-    from tuneoff.rundir import RunDirectory
+    from tuneoff.results.rundir import RunDirectory
 
     run_id = "tiny-toy-lora-20261126-120000"
     a = RunDirectory.open(tmp_path, run_id, "a: 1\n", resume=False, find=True)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tuneoff import hub
-from tuneoff.cli import app
+from tuneoff.core import hub
+from tuneoff.cli.app import app
 
 runner = CliRunner()
 

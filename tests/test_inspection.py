@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_tokenizer, tiny_overrides
-from tuneoff.cli import app
+from tuneoff.cli.app import app
 from tuneoff.config import DataConfig, build_config
-from tuneoff.data import load_corpus
-from tuneoff.inspection import inspect_corpus, recommend_max_length
-from tuneoff.train import train
+from tuneoff.data.corpus import load_corpus
+from tuneoff.data.inspection import inspect_corpus, recommend_max_length
+from tuneoff.training.loop import train
 
 
 @pytest.fixture()

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tuneoff.config import build_config
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import all_methods, get_method
-from tuneoff.models import load_classifier
+from tuneoff.models.loading import load_classifier
 from tuneoff.methods import check_budget
-from tuneoff.resources import param_counts
+from tuneoff.training.resources import param_counts
 
 # Hand count for the tiny BERT of conftest (H=32, L=2, I=64, V=29 words, P=64, 2 token types, C=2 labels):
 H, L, I, V, P, C = 32, 2, 64, 29, 64, 2
@@ -96,7 +96,7 @@ FAMILIES = {
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_partial_trains_everything_above_the_frozen_layers(family):
-    from tuneoff.models import describe
+    from tuneoff.models.architecture import describe
 
     model = _tiny(family)
     arch = describe(model)

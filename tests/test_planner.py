@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneoff.config import build_config
-from tuneoff.planner import plan_run
+from tuneoff.training.planner import plan_run
 
 H, L, I, C, B, S = 32, 2, 64, 2, 4, 16
 TOTAL = 21314  # parameters of the tiny BERT (see test_methods)
@@ -81,7 +81,7 @@ def test_planning_for_cuda_counts_what_cuda_kernels_keep(tiny_bert):
 def test_the_fused_attention_stand_in_has_sdpa_gradients():
     import torch
 
-    from tuneoff.planner import _FusedAttention
+    from tuneoff.training.planner import _FusedAttention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
@@ -97,7 +97,7 @@ def test_the_fused_attention_stand_in_has_sdpa_gradients():
 def test_plan_command_writes_the_table_for_the_device_asked(tiny_bert, tmp_path):
     from typer.testing import CliRunner
 
-    from tuneoff.cli import app
+    from tuneoff.cli.app import app
 
     (tmp_path / "run.yaml").write_text(f"model: {{name: {tiny_bert}}}\nmethod: {{name: lora}}\n")
     out = tmp_path / "plan.md"
@@ -114,7 +114,7 @@ def test_plan_command_writes_the_table_for_the_device_asked(tiny_bert, tmp_path)
 
 def test_a_run_is_planned_as_it_trained(tiny_bert):
     """The report sets each condition's plan beside what its runs measured: a GPU bf16 run is planned as one."""
-    from tuneoff.planner import plan_as_trained
+    from tuneoff.training.planner import plan_as_trained
 
     overrides = [f"model.name={tiny_bert}", f"train.batch_size={B}", f"data.max_length={S}", "train.device=cuda",
                  "train.mixed_precision=bf16"]

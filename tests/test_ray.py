@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from test_study import tiny_study
-from tuneoff.errors import TuneoffError
-from tuneoff.executors import RayExecutor
-from tuneoff.store import Store
-from tuneoff.study import execute, expand, load_spec
+from tuneoff.core.errors import TuneoffError
+from tuneoff.study.executors import RayExecutor
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.spec import expand, load_spec
 
 ray = pytest.importorskip("ray")
 
@@ -149,7 +150,7 @@ CPU_NODE = {"CPU": 8}
     ([CPU_NODE, {"CPU": 2, "GPU": 1}], (1, None, 1), (1, 1, 1)),  # GPUs exist: runs go where they are
 ])
 def test_what_each_run_asks_for(nodes, asked, expected):
-    from tuneoff.executors import task_resources
+    from tuneoff.study.executors import task_resources
 
     assert task_resources(nodes, *asked) == expected
 
@@ -161,7 +162,7 @@ def test_what_each_run_asks_for(nodes, asked, expected):
     ([CPU_NODE], (1, None, 16), "no run could ever be placed"),
 ])
 def test_runs_no_node_can_hold_are_refused(nodes, asked, message):
-    from tuneoff.executors import task_resources
+    from tuneoff.study.executors import task_resources
 
     with pytest.raises(TuneoffError, match=message):
         task_resources(nodes, *asked)

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from test_study import tiny_study
-from tuneoff.executors import RayExecutor
-from tuneoff.store import Store
-from tuneoff.study import execute, load_spec
+from tuneoff.study.executors import RayExecutor
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.spec import load_spec
 
 ray = pytest.importorskip("ray")
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tuneoff.cli import app
+from tuneoff.cli.app import app
 from tuneoff.config import DataConfig, build_config
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -23,7 +23,7 @@ runner = CliRunner()
     ("tiny_distilbert", {"dropout": 0.3, "attention_dropout": 0.2, "seq_classif_dropout": 0.5}),
 ])
 def test_dropout_keys_reach_each_architecture(encoder, keys, request):
-    from tuneoff.models import load_classifier
+    from tuneoff.models.loading import load_classifier
 
     model, _ = load_classifier(request.getfixturevalue(encoder), ["neg", "pos"],
                                dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.5})
@@ -36,7 +36,7 @@ def test_dropout_keys_reach_each_architecture(encoder, keys, request):
 def test_a_dropout_an_architecture_lacks_is_a_clear_error():
     from transformers import MPNetConfig
 
-    from tuneoff.models import dropout_overrides
+    from tuneoff.models.architecture import dropout_overrides
 
     with pytest.raises(TuneoffError, match="model.classifier_dropout: a mpnet model has no classifier dropout"):
         dropout_overrides(MPNetConfig(), {"classifier": 0.5})
@@ -45,7 +45,7 @@ def test_a_dropout_an_architecture_lacks_is_a_clear_error():
 def test_sgd_and_step_decay_reach_the_optimizer(tiny_bert):
     from test_methods import prepared
 
-    from tuneoff.schedule import make_scheduler
+    from tuneoff.training.schedule import make_scheduler
 
     cfg = build_config({}, ["train.optimizer=sgd", "train.momentum=0.8", "train.scheduler=step", "train.step_size=4",
                             "train.gamma=0.5"], names={"method": "lora"})
@@ -69,7 +69,7 @@ def test_sgd_and_step_decay_reach_the_optimizer(tiny_bert):
 
 
 def test_linked_grid_values_keep_alpha_over_r_fixed():
-    from tuneoff.study import expand, load_spec
+    from tuneoff.study.spec import expand, load_spec
 
     runs = expand(load_spec(REPO / "studies/lora_rank_sweep.yaml"))
     lora = [r for r in runs if r.variant == "lora"]
@@ -77,13 +77,13 @@ def test_linked_grid_values_keep_alpha_over_r_fixed():
     assert all(r.config.method.alpha / r.config.method.r == 2 for r in lora)
     assert {r.variant for r in runs} == {"full", "lora", "lora_plus_ratio2"}  # the sweep has its full baseline
     with pytest.raises(TuneoffError, match="each value must be a list of 2 values"):
-        from tuneoff.study import _grid_points
+        from tuneoff.study.spec import _grid_points
 
         _grid_points({"method.r,method.alpha": [[4, 8], 16]})
 
 
 def test_training_subsets_are_nested_and_stratified():
-    from tuneoff.data import load_corpus
+    from tuneoff.data.corpus import load_corpus
 
     sets = {n: set(load_corpus(DataConfig(name="bbc_news", max_train_samples=n)).splits["train"]["id"]) for n in (100, 300, 1000)}
     assert sets[100] < sets[300] < sets[1000]
@@ -101,8 +101,8 @@ def test_report5_budget_counts_999172_on_a_roberta_base_shaped_model():
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     from tuneoff.methods import get_method
-    from tuneoff.models import describe
-    from tuneoff.resources import param_counts
+    from tuneoff.models.architecture import describe
+    from tuneoff.training.resources import param_counts
 
     with torch.device("meta"):  # shapes only: no 500 MB of random weights
         model = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
@@ -114,7 +114,7 @@ def test_report5_budget_counts_999172_on_a_roberta_base_shaped_model():
 
 
 def test_bbc_pairs_is_split_by_article_and_balanced():
-    from tuneoff.data import load_corpus
+    from tuneoff.data.corpus import load_corpus
 
     corpus = load_corpus(DataConfig(name="bbc_pairs"))
     articles = {s: {i.rsplit("-", 1)[0] for i in df["id"]} for s, df in corpus.splits.items()}

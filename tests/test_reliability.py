@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from tuneoff import checkpoint
+from tuneoff.training import checkpoint
 from tuneoff.config import build_config
-from tuneoff.errors import TuneoffError
-from tuneoff.train import train, train_with_oom_retry
+from tuneoff.core.errors import TuneoffError
+from tuneoff.training.loop import train, train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
 # LoRA with dropout (so the RNG state matters), checkpoints every 2 steps, evaluation every 4; 18 steps in all.
@@ -88,7 +88,7 @@ def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoint(tiny_bert, toy_csv, tmp_path, monkeypatch):
-    import tuneoff.train as train_module
+    import tuneoff.training.loop as train_module
 
     real = train_module.F.cross_entropy
     calls = {"n": 0}
@@ -112,7 +112,7 @@ def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoin
 
 
 def test_oom_retry_halves_batch_and_doubles_accumulation(monkeypatch):
-    import tuneoff.train as train_module
+    import tuneoff.training.loop as train_module
 
     seen = []
 
@@ -142,12 +142,12 @@ def test_output_dir_that_cannot_exist(tiny_bert, toy_csv, tmp_path):
 def test_disk_full_is_a_clear_error_and_nothing_is_published(tiny_bert, toy_csv, tmp_path, monkeypatch):
     import errno
 
-    import tuneoff.rundir as rundir
+    import tuneoff.models.saving as saving
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rundir, "save_adapter", full)
+    monkeypatch.setattr(saving, "save_adapter", full)
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1}))
     with pytest.raises(TuneoffError, match="No space left on the device.*--resume"):
         train(cfg, progress=False)
@@ -155,7 +155,8 @@ def test_disk_full_is_a_clear_error_and_nothing_is_published(tiny_bert, toy_csv,
 
 
 def test_model_dir_missing_files(tmp_path, toy_csv):
-    from tuneoff.models import load_classifier, resolve_model
+    from tuneoff.models.loading import load_classifier
+    from tuneoff.models.assets import resolve_model
 
     with pytest.raises(TuneoffError, match="has no config.json"):
         resolve_model(str(tmp_path))

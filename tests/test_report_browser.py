@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from tuneoff.report import build
-from tuneoff.study import execute, load_spec
+from tuneoff.report.build import build
+from tuneoff.study.execution import execute
+from tuneoff.study.spec import load_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tuneoff.errors import TuneoffError
-from tuneoff.executors import Job, run_job
-from tuneoff.search import JOURNAL, _storage
-from tuneoff.store import Store
-from tuneoff.study import execute, expand, load_spec
+from tuneoff.core.errors import TuneoffError
+from tuneoff.study.executors import Job, run_job
+from tuneoff.study.search import JOURNAL, _storage
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.spec import expand, load_spec
 
 
 def search_study(tmp_path, model, data, name="s", **search):
@@ -60,7 +61,7 @@ def test_search_respects_a_cost_constraint_and_reports_the_best(tiny_bert, toy_c
     """LoRA r=16 trains more parameters than the limit allows, r=2 fewer: whatever the accuracies, the best feasible
     trial must be an r=2 one."""
     from tuneoff.methods import get_method  # noqa: F401 - registry import for counts below
-    from tuneoff.report import build
+    from tuneoff.report.build import build
 
     path = search_study(tmp_path, tiny_bert, toy_csv, constraints={"resources.trainable_params": 700})
     execute(load_spec(path), tmp_path / "res", say=lambda *_: None)
@@ -108,7 +109,7 @@ def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path, proce
            "pruning": True, "warmup": 0}
     from functools import partial
 
-    from tuneoff.search import pruning_callback
+    from tuneoff.study.search import pruning_callback
 
     outcome = run_job(Job("p-trial003", config, partial(pruning_callback, ref)), processes=processes)
     assert outcome.status == "pruned" and "pruned at step 4" in outcome.error

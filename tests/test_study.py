@@ -16,9 +16,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tuneoff.cli import app
-from tuneoff.errors import TuneoffError
-from tuneoff.study import execute, expand, load_spec
+from tuneoff.cli.app import app
+from tuneoff.core.errors import TuneoffError
+from tuneoff.study.execution import execute
+from tuneoff.study.spec import expand, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import tiny_overrides
 from tuneoff.config import build_config
-from tuneoff.train import train
+from tuneoff.training.loop import train
 
 # Learning rates that suit a 32-wide random encoder (real models use the methods' defaults).
 LEARNS = [("full", 1e-3, "tiny_bert"), ("partial", 5e-3, "tiny_bert"), ("lora", 2e-2, "tiny_bert"),

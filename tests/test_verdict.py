@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneoff.analysis import Condition, groups, time_to_target
-from tuneoff.evaluate import compute_metrics
-from tuneoff.significance import (mcnemar_exact, non_inferiority, two_level_bootstrap, variance_parts,
-                                  what_would_decide)
-from tuneoff.verdict import AnalysisSettings, Decide, analyse
+from tuneoff.analysis.groups import Condition, groups, time_to_target
+from tuneoff.training.evaluate import compute_metrics
+from tuneoff.analysis.significance import (mcnemar_exact, non_inferiority, two_level_bootstrap, variance_parts, what_would_decide)
+from tuneoff.analysis.settings import AnalysisSettings, Decide
+from tuneoff.analysis.verdict import analyse
 
 LABELS = ["neg", "pos"]
 
@@ -274,7 +274,7 @@ def test_groups_never_pair_across_datasets_or_different_test_files():
 
 
 def test_ece_is_per_run_then_averaged():
-    from tuneoff.analysis import condition_row
+    from tuneoff.analysis.groups import condition_row
 
     n = 100
     truth = truth_of(n)

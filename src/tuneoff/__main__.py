@@ -1,5 +1,5 @@
 """``python -m tuneoff``: the same CLI as the ``tuneoff`` command."""
 
-from tuneoff.cli import app
+from tuneoff.cli.app import app
 
 app()

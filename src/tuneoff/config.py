@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import MethodParams, method_params_from_dict
 
 

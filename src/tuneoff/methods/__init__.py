@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported where a model is touched: listing methods
     import torch
     from torch import nn
 
-    from tuneoff.models import Architecture
+    from tuneoff.models.architecture import Architecture
 
 
 # One AdamW for every method (BERT's and PyTorch's defaults), so that a comparison of methods is not a comparison of
@@ -84,12 +84,12 @@ class Method:
              trained_only: bool = False) -> None:
         """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load: the whole model,
         or (``train.save: trained_only``) the trained tensors over links to the base model's weights."""
-        from tuneoff import rundir
+        from tuneoff.models import saving
 
         if trained_only and state_dict is None:
-            rundir.save_trained_only(model, tokenizer, out, base_source, revision)
+            saving.save_trained_only(model, tokenizer, out, base_source, revision)
         else:
-            rundir.save_full(model, tokenizer, out, state_dict)
+            saving.save_full(model, tokenizer, out, state_dict)
 
 
 class PeftMethod(Method):
@@ -104,16 +104,16 @@ class PeftMethod(Method):
         return model
 
     def save(self, model, tokenizer, out, base_source, revision, state_dict=None, trained_only=False):
-        from tuneoff import rundir  # an adapter is what was trained: trained_only changes nothing
+        from tuneoff.models import saving  # an adapter is what was trained: trained_only changes nothing
 
-        rundir.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
+        saving.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
 
 
 def peft_model(model, config, arch, what: str):
     """``get_peft_model`` with a clear error naming the method's parameters and this architecture's defaults."""
     from peft import get_peft_model
 
-    from tuneoff.errors import TuneoffError
+    from tuneoff.core.errors import TuneoffError
 
     try:
         return get_peft_model(model, config)
@@ -152,7 +152,7 @@ def freeze_except(model: nn.Module, prefixes: list[str]) -> nn.Module:
 
 def check_budget(trainable_params: int, budget: int | None, method: str) -> None:
     """Fail before training when a configuration trains more parameters than ``max_trainable_params``."""
-    from tuneoff.errors import TuneoffError
+    from tuneoff.core.errors import TuneoffError
 
     if budget is not None and trainable_params > budget:
         raise TuneoffError(

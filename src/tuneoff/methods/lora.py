@@ -42,7 +42,7 @@ def lora_model(model, params: LoraParams, arch):
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        from tuneoff.errors import TuneoffError
+        from tuneoff.core.errors import TuneoffError
 
         raise TuneoffError(
             f"LoRA could not be applied: {exc}. Check method.target_modules (defaults for this "

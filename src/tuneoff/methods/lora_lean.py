@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import register
 from tuneoff.methods.lora_fa import LoraFA, LoraFAParams
 

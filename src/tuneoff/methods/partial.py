@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.errors import TuneoffError
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import Method, MethodParams, register
 
 

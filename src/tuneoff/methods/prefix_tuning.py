@@ -27,7 +27,7 @@ class PrefixTuning(PeftMethod):
 
         import inspect
 
-        from tuneoff.errors import TuneoffError
+        from tuneoff.core.errors import TuneoffError
 
         config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
                                     modules_to_save=list(arch.head_modules))

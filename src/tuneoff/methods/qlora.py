@@ -27,7 +27,7 @@ class QLora(Lora):
 
         import torch
 
-        from tuneoff.errors import TuneoffError
+        from tuneoff.core.errors import TuneoffError
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TuneoffError("method qlora needs the bitsandbytes package for its 4-bit base weights: "

@@ -1,0 +1,7 @@
+"""Reading a study's finished runs: ``settings`` (how a verdict is reached), ``groups`` (conditions and the groups
+they can be compared in), ``significance`` (two-level bootstrap, McNemar, Holm, non-inferiority, calibration),
+``verdict`` (the recommendation) and ``mistakes`` (error analysis).
+
+May import ``tuneoff.results`` and ``tuneoff.core``: no model, no dataset, no training, so a report can be rebuilt
+anywhere.
+"""

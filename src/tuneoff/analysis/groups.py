@@ -1,0 +1,241 @@
+"""A study's finished runs, as the report compares them: conditions, grouped by what they can be compared on.
+
+A *condition* is a variant at one grid point; its runs differ only by seed. A *group* holds the conditions that
+were tested on the same examples: the same model, the same dataset and label set, and the same test split
+(fingerprinted from the stored predictions: ids, texts and true labels). Pairs are formed only inside a group,
+so two local ``test.csv`` files that happen to share row ids are never paired, and a study over two datasets
+gets one verdict per dataset. Everything is read from the results store and the run directories' text files
+(predictions, history): no model and no dataset is loaded, so a report can be rebuilt anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from tuneoff.core.errors import TuneoffError
+from tuneoff.analysis.significance import expected_calibration_error
+from tuneoff.results.store import Store
+
+
+@dataclass
+class Condition:
+    name: str
+    variant: str
+    params: dict
+    method: str
+    runs: list[dict] = field(default_factory=list)  # one per seed: seed, metrics, resources, predictions, history, ...
+
+    @property
+    def label_names(self) -> list[str]:
+        return [c[len("prob_"):] for c in self.runs[0]["predictions"].columns if c.startswith("prob_")]
+
+    def correct(self, ids: list[str] | None = None) -> np.ndarray:
+        """(n, seeds) 0/1 matrix: test example right in each run, rows in the order of ``ids``."""
+        ids = list(self.runs[0]["predictions"]["id"]) if ids is None else ids
+        cols = []
+        for r in self.runs:
+            p = r["predictions"].set_index("id").loc[ids]
+            cols.append((p["true_label"] == p["pred_label"]).to_numpy(dtype=np.float32))
+        return np.stack(cols, axis=1)
+
+    def seed_values(self, split: str, metric: str) -> np.ndarray:
+        return np.array([r["metrics"][split][metric] for r in self.runs], dtype=float)
+
+    def mostly_wrong(self) -> pd.Series:
+        """Per example id: wrong in at least half of the seeds (an error set, for words and overlaps; never a
+        predictor whose calibration is reported)."""
+        wrong = 1 - self.correct()
+        return pd.Series(wrong.mean(axis=1) >= 0.5, index=self.runs[0]["predictions"]["id"].values)
+
+    def collapsed_runs(self) -> int:
+        """Runs that predicted one class for every test example."""
+        return sum(r["predictions"]["pred_label"].nunique() <= 1 for r in self.runs)
+
+
+@dataclass
+class Group:
+    """Conditions scored on the same test examples: the unit a verdict is given for."""
+
+    dataset: str
+    model: str
+    label_names: list[str]
+    ids: list[str]                   # the test examples, in a fixed order
+    truth: pd.Series                 # id -> true label
+    majority: str                    # the training split's most common class (the baseline predicts it)
+    majority_source: str             # "training split" or "test split" (older runs without label counts)
+    conditions: list[Condition] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} · {self.model} · {len(self.ids):,} test examples"
+
+    def baseline_correct(self) -> np.ndarray:
+        return (self.truth.loc[self.ids] == self.majority).to_numpy(dtype=np.float32)[:, None]
+
+
+def condition_name(variant: str, params: dict) -> str:
+    """``lora r=8 lr=0.001``; a dataset or model grid reads ``data=toy`` / ``model=minilm`` (no paths)."""
+    def show(k, v):  # a searched learning rate 0.0002288113668475521 reads as 0.0002288
+        if k.endswith(".name"):
+            return f"{k.rsplit('.', 2)[-2]}={_short_name(str(v))}"
+        return f"{k.rsplit('.', 1)[-1]}={f'{v:.4g}' if isinstance(v, float) else v}"
+
+    return " ".join([variant] + [show(k, v) for k, v in params.items()])
+
+
+def _short_name(name: str) -> str:
+    """A local path reads as its file or folder name; a built-in or hub id as it is."""
+    return Path(name).stem if name.startswith(("/", ".", "~")) or name.count("/") > 1 else name
+
+
+def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
+    try:
+        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"id": str, "true_label": str, "pred_label": str,
+                                                                      "text": str, "text_pair": str}, keep_default_na=False)
+        history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError) as exc:
+        raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "
+                           "`tuneoff run <study> --resume` after removing its row, or delete the study.") from exc
+    info = json.loads(row["run_info"]) if "run_info" in row.keys() and row["run_info"] else {}
+    if not info and (run_dir / "run.json").is_file():
+        info = json.loads((run_dir / "run.json").read_text())
+    return predictions, history, info
+
+
+def load_conditions(store: Store, study: str) -> list[Condition]:
+    rows = store.runs(study, "done")
+    if not rows:
+        raise TuneoffError(f"Study {study!r} has no finished runs yet: nothing to analyse. Run it first (tuneoff run).")
+    conditions: dict[str, Condition] = {}
+    for row in rows:
+        params = json.loads(row["params"])
+        name = condition_name(row["variant"], params)
+        predictions, history, info = _read_run(row, Path(row["run_dir"]))
+        config = yaml.safe_load(row["config_yaml"])
+        cond = conditions.setdefault(name, Condition(name, row["variant"], params, config["method"]["name"]))
+        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": json.loads(row["metrics"]),
+                          "resources": json.loads(row["resources"]), "predictions": predictions, "history": history,
+                          "device": row["device"], "config": config, "info": info})
+    return list(conditions.values())
+
+
+def _fingerprint(predictions: pd.DataFrame) -> str:
+    cols = [c for c in ("id", "text", "text_pair", "true_label") if c in predictions.columns]
+    frame = predictions[cols].sort_values("id").astype(str)
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()[:16]
+
+
+def _model_label(config: dict) -> str:
+    return _short_name(str(config["model"]["name"]))
+
+
+def groups(conditions: list[Condition]) -> list[Group]:
+    """Split conditions into groups of the same (dataset, model, test examples, label set)."""
+    found: dict[tuple, Group] = {}
+    for cond in conditions:
+        by_key: dict[tuple, list[dict]] = {}
+        for run in cond.runs:
+            p = run["predictions"]
+            labels = tuple(c[len("prob_"):] for c in p.columns if c.startswith("prob_"))
+            dataset = run["info"].get("dataset") or _short_name(str(run["config"]["data"]["name"]))
+            key = (dataset, _model_label(run["config"]), labels, _fingerprint(p))
+            by_key.setdefault(key, []).append(run)
+        for key, runs in by_key.items():
+            if key not in found:
+                first = runs[0]["predictions"]
+                counts = (runs[0]["info"].get("label_counts") or {}).get("train")
+                majority, source = ((max(counts, key=lambda k: (counts[k], k)), "training split") if counts else
+                                    (Counter(first["true_label"]).most_common(1)[0][0], "test split"))
+                found[key] = Group(key[0], key[1], list(key[2]), sorted(first["id"]), first.set_index("id")["true_label"],
+                                   majority, source)
+            name = cond.name if len(by_key) == 1 else f"{cond.name} [{key[0]}]"
+            found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs))
+    return list(found.values())
+
+
+# --- per-run readings -------------------------------------------------------------------------------------------
+
+
+def run_ece(run: dict, labels: list[str]) -> tuple[float, pd.DataFrame]:
+    """Calibration of one run's model, the one a user would deploy (not of a vote over seeds)."""
+    p = run["predictions"]
+    probs = p[[f"prob_{n}" for n in labels]].to_numpy()
+    return expected_calibration_error(probs.max(1), (p["true_label"] == p["pred_label"]).to_numpy())
+
+
+def time_to_target(history: list[dict], fractions=(0.95, 0.99)) -> dict:
+    """First evaluation at which validation accuracy reached each fraction of the run's best: step and training
+    seconds (None for runs written before the history recorded time)."""
+    h = [e for e in history if e.get("val_accuracy") is not None]
+    if not h:
+        return {}
+    best = max(e["val_accuracy"] for e in h)
+    out = {}
+    for f in fractions:
+        hit = next(e for e in h if e["val_accuracy"] >= f * best)
+        out[f"steps_to_{round(f * 100)}"] = hit["step"]
+        out[f"seconds_to_{round(f * 100)}"] = hit.get("seconds")
+    return out
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return float(np.mean(values)) if values else np.nan
+
+
+def peak_memory(resources: dict) -> float | None:
+    return resources.get("cuda_max_allocated_mb") or resources.get("peak_rss_mb")
+
+
+def trained_mb(resources: dict) -> float:
+    """Bytes a user must keep per task: the trained weights (adapter + head, or the unfrozen layers), not the
+    tokenizer, config or frozen base. Runs written before tuneoff recorded it: the saved model's size."""
+    return (resources.get("trained_bytes") or resources["checkpoint_bytes"]) / 1e6
+
+
+def condition_row(c: Condition) -> dict:
+    """The per-condition numbers of a summary table (statistics across conditions are added by ``verdict``)."""
+    acc, f1 = c.seed_values("test", "accuracy"), c.seed_values("test", "macro_f1")
+    eces = [run_ece(r, c.label_names)[0] for r in c.runs]
+    res = [r["resources"] for r in c.runs]
+    times = [time_to_target(r["history"]) for r in c.runs]
+    std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))  # one seed: no spread to report, not 0
+    return {
+        "condition": c.name, "method": c.method, "seeds": len(c.runs),
+        "accuracy": float(acc.mean()), "accuracy_std": std(acc),
+        "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in acc),
+        "val_accuracy": float(c.seed_values("validation", "accuracy").mean()),
+        "val_macro_f1": float(c.seed_values("validation", "macro_f1").mean()),
+        "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
+        "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
+        "collapsed_runs": c.collapsed_runs(),
+        "train_examples": (c.runs[0]["info"].get("sizes") or {}).get("train"),
+        "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
+        "trained_mb": _mean(trained_mb(r) for r in res),
+        "checkpoint_mb": _mean(r["checkpoint_bytes"] / 1e6 for r in res),
+        "peak_memory_mb": _mean(peak_memory(r) for r in res),
+        "train_seconds": _mean(r["train_seconds"] for r in res),
+        "train_samples_per_s": _mean(r["train_samples_per_s"] for r in res),
+        "test_samples_per_s": _mean(r.get("test_samples_per_s") for r in res),
+        **{k: _mean(t.get(k) for t in times) for k in ("steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99")},
+        **{f"param:{k}": v for k, v in c.params.items()},
+    }
+
+
+def per_class(conditions: list[Condition]) -> pd.DataFrame:
+    rows = []
+    for c in conditions:
+        for name in c.label_names:
+            vals = [r["metrics"]["test"]["per_class"][name] for r in c.runs]
+            rows.append({"condition": c.name, "class": name, "precision": np.mean([v["precision"] for v in vals]),
+                         "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
+                         "support": vals[0]["support"]})
+    return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])

@@ -1,0 +1,406 @@
+"""Command line (Typer). No logic lives here: each command parses, calls one function, and prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tuneoff.core.errors import TuneoffError
+from tuneoff.cli.terminal import inspect_tables, metrics_table, run_summary, verdict_lines
+
+app = typer.Typer(
+    help="Fine-tune text classifiers with full, partial, head-only, LoRA, LoRA+ and LoRA-FA, and compare what each costs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def console() -> Console:
+    return Console()  # made per call so the terminal width (COLUMNS) is read when printing
+
+
+def say(message: str) -> None:
+    """Progress lines hold run ids, paths and error text: printed as they are, never read as rich markup."""
+    console().print(message, markup=False, highlight=False, soft_wrap=True)
+
+OVERRIDES = typer.Argument(None, help="Dotted overrides key=value, e.g. method.r=8 train.epochs=2 data.max_train_samples=2000.")
+
+
+def user_errors(fn):
+    """Bad input -> one paragraph on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TuneoffError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _log_evaluations() -> None:
+    import logging
+
+    log = logging.getLogger("tuneoff")
+    for old in [h for h in log.handlers if getattr(h, "tuneoff_cli", False)]:
+        log.removeHandler(old)  # a handler from an earlier command in this process holds its (closed) stderr
+    handler = logging.StreamHandler()  # today's sys.stderr
+    handler.tuneoff_cli = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+@app.command()
+@user_errors
+def train(
+    overrides: Optional[list[str]] = OVERRIDES,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (model:, data:, method:, train:)."),
+    model: Optional[str] = typer.Option(None, help="Model: built-in short name (minilm, mpnet, ...), hub id, or local dir."),
+    data: Optional[str] = typer.Option(None, help="Dataset: built-in name (see `tuneoff datasets`), CSV/JSONL/Parquet path, or hub id."),
+    method: Optional[str] = typer.Option(None, help="Method: full, partial, head, lora, lora_plus, lora_fa (see `tuneoff methods`)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run of this same config from its newest checkpoint."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (one per GPU; CPU processes without one), started with `accelerate launch`."),
+    accelerate_config: Optional[Path] = typer.Option(None, help="An `accelerate config` file (e.g. FSDP) for --num-processes."),
+    results: Path = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results store that indexes the run (`tuneoff runs list`)."),
+) -> None:
+    """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
+    import sys
+
+    from tuneoff.config import load_config
+    from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
+
+    cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
+    if num_processes > 1 and not launched():
+        raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
+    _quiet_libraries()
+    from tuneoff.training.loop import train_with_oom_retry
+
+    if not progress:  # one line per evaluation instead of a bar (CI logs, Ray workers, files)
+        _log_evaluations()
+    try:
+        result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
+    finally:
+        end_processes()
+    if is_main_process():
+        from tuneoff.results.store import Store
+
+        store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
+        store.record_single(result.run_dir.resolve(), (result.run_dir / "config.yaml").read_text(), result.metrics,
+                            result.resources, json.loads((result.run_dir / "run.json").read_text()))
+        store.close()
+        console().print(metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
+        console().print(f"run saved to [bold]{escape(str(result.run_dir))}[/]")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
+    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row."),
+    split: str = typer.Option("test", help="Split of a built-in or hub dataset: train, validation or test (a file given to --data is scored whole)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
+) -> None:
+    """Evaluate a saved run on a dataset split; writes eval-<dataset>-<split>.json into the run directory."""
+    _quiet_libraries()
+    from tuneoff.training.saved import evaluate_run
+
+    metrics, out = evaluate_run(run_dir, data, split, overrides or [])
+    console().print(metrics_table(f"{metrics['dataset']} / {metrics['split']}", metrics))
+    say(f"scored {metrics['rows_scored']:,} rows of {metrics['dataset']} ({metrics['split']}); written to {out}")
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
+    file: Path = typer.Argument(..., help="CSV/JSONL/Parquet file with a text column (labels not needed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write predictions (CSV)."),
+    text_column: str = typer.Option("text", help="Column holding the text."),
+    text_pair_column: Optional[str] = typer.Option(None, help="Column holding the second text (pair tasks)."),
+    id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
+    format: str = typer.Option("full", "--format", help="full: id, predicted label, each class's probability. submission: a competition's id,label with integer labels."),
+) -> None:
+    """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
+    if format not in ("full", "submission"):
+        raise TuneoffError(f"--format {format!r}: choose full or submission.")
+    _quiet_libraries()
+    from tuneoff.training.saved import predict_file
+
+    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format)
+    console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
+
+
+@app.command()
+@user_errors
+def inspect(
+    data: str = typer.Argument(..., help="Built-in dataset name, CSV/JSONL/Parquet file, or hub id."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.text_column=review."),
+    model: str = typer.Option("minilm", help="Model whose tokenizer counts the tokens."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: inspect/<dataset>)."),
+) -> None:
+    """Inspect a dataset: labels, lengths in characters and tokens, duplicates, leakage, and a max_length to use."""
+    _quiet_libraries()
+    from tuneoff.api import inspect_to_dir
+
+    report, out_dir = inspect_to_dir(data, overrides or [], model, out)
+    c = console()
+
+    inspect_tables(c, report, model)
+    c.print(f"written to [bold]{escape(str(out_dir))}[/] (inspect.json, histogram.png, boxplot.png)")
+
+
+@app.command()
+@user_errors
+def plan(
+    config: Optional[str] = typer.Argument(None, help="A run config YAML or a study YAML (default: the built-in default study)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides (run config keys, or study keys for a study)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the config's train.batch_size)."),
+    seq_len: Optional[int] = typer.Option(None, help="Sequence length (default: the config's data.max_length)."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast, as on a GPU)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda: where the runs will train (default: this machine's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown (headed with the command, date, device and versions)."),
+) -> None:
+    """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
+    _quiet_libraries()
+    from tuneoff.config import read_yaml
+    from tuneoff.training.planner import plan_configs, plan_device
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise TuneoffError(f"--precision {precision!r}: choose fp32, bf16 or fp16.")
+    tree = read_yaml(config) if config else None
+    if tree is None or "variants" in tree or "base" in tree:
+        from tuneoff.study.spec import expand, load_spec
+
+        runs = expand(load_spec(config, overrides or []))
+        first_seed = {}
+        for r in runs:
+            first_seed.setdefault(" ".join([r.variant, *map(str, r.params.values())]), r.config)
+        configs = list(first_seed.items())
+    else:
+        from tuneoff.config import load_config
+
+        cfg = load_config(config, overrides or [])
+        configs = [(cfg.method.name, cfg)]
+    from tuneoff.cli.terminal import plan_markdown, plan_table, plan_title
+
+    where = plan_device(device)
+    plans = plan_configs(configs, batch_size, seq_len, precision, where)
+    table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
+    console().print(table)
+    if out is not None:
+        from tuneoff.core.files import atomic_write_text
+
+        atomic_write_text(out, plan_markdown(plans, table.title))
+        console().print(f"written to [bold]{escape(str(out))}[/]")
+
+
+@app.command()
+def methods() -> None:
+    """List fine-tuning methods and their parameters."""
+    from tuneoff.methods import all_methods
+
+    for name, method in all_methods().items():
+        table = Table(title=f"{name} — {method.summary} (default lr {method.default_lr:g})", title_justify="left")
+        table.add_column("parameter")
+        table.add_column("default")
+        table.add_column("meaning")
+        for field, info in method.Params.model_fields.items():
+            if field != "name":
+                table.add_row(f"method.{field}", repr(info.default), info.description or "")
+        console().print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List built-in datasets: where each comes from, licence, classes and size."""
+    from tuneoff.data.builtins import BUILTIN_DATASETS
+
+    table = Table(title="built-in datasets (offline ones need no network)")
+    for col in ("name", "offline", "what", "source", "licence", "classes", "size"):
+        table.add_column(col, overflow="fold")
+    for name, spec in BUILTIN_DATASETS.items():
+        table.add_row(name, "yes" if spec.offline else "hub", spec.description, spec.source, spec.licence, spec.classes, spec.size)
+    console().print(table)
+    console().print("Also: any CSV/JSONL/Parquet path (data.text_column, data.label_column, data.text_pair_column) or hub id.")
+
+
+@app.command()
+def models() -> None:
+    """List built-in model short names."""
+    from tuneoff.models.assets import BUILTIN_MODELS
+
+    table = Table(title="built-in models")
+    for col in ("name", "offline", "what"):
+        table.add_column(col)
+    for name, spec in BUILTIN_MODELS.items():
+        table.add_row(name, "yes" if spec.offline else "hub", spec.description)
+    console().print(table)
+    console().print("Also: any Hugging Face hub id or local model directory.")
+
+
+RESULTS = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results root: holds tuneoff.sqlite and one directory per study.")
+
+
+def _open_store(results: Path):
+    from tuneoff.results.store import DB_NAME, Store
+
+    if not (results / DB_NAME).is_file():
+        raise TuneoffError(f"No results store in {results} ({DB_NAME} missing): run a study first (tuneoff run), or pass --results.")
+    return Store(results)
+
+
+@app.command("run")
+@user_errors
+def run_study(
+    study: Optional[str] = typer.Argument(None, help="Study YAML file (default: the built-in default study)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Study overrides, e.g. seeds=[1,2,3] base.train.epochs=2."),
+    results: Path = RESULTS,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted study; finished runs are not redone."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Run grids larger than the study's max_runs."),
+    progress: bool = typer.Option(False, help="Show each run's step progress bar."),
+    executor: str = typer.Option("local", help="local: runs one after another here. ray: each run a Ray task (pip install 'tuneoff\\[ray]')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto, ray://host:10001, or none to start a local one."),
+    cpus_per_run: float = typer.Option(1, help="Ray: CPUs each run asks for."),
+    gpus_per_run: Optional[float] = typer.Option(None, help="Ray: GPUs each run asks for (default: one per process if the cluster has GPUs, else 0)."),
+    max_retries: int = typer.Option(3, help="Ray: retries of a run whose worker died (it resumes from its checkpoint)."),
+    processes_per_run: int = typer.Option(1, help="Train each run data-parallel on this many processes (one per GPU; CPU processes without GPUs)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
+) -> None:
+    """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
+    from tuneoff.study.spec import load_spec
+
+    if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
+        overrides, study = [study, *(overrides or [])], None
+    spec = load_spec(study, overrides or [])
+    if dry_run:
+        from tuneoff.study.spec import dry_run as plan_runs
+
+        rows = plan_runs(spec)
+        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)")
+        for r in rows:
+            say(f"{r['run']}: {r['method']} on {r['model']} / {r['data']}")
+            say(f"    {r['epochs']} epoch(s), lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
+                f"{r['schedule']}; hub: {r['hub']}")
+        return
+    _quiet_libraries()
+    from tuneoff.study.executors import make_executor
+    from tuneoff.report.build import build
+    from tuneoff.study.execution import execute
+
+    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say, processes_per_run)
+    directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
+    report = build(spec.name, results)
+    for line in verdict_lines(report.parent):
+        say(line)
+    from tuneoff.training.tracking import log_study_report
+
+    log_study_report(spec, directory / "runs", report.parent)
+    console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
+
+
+@app.command()
+@user_errors
+def report(
+    study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default."),
+    margin: Optional[float] = typer.Option(None, help="Non-inferiority margin in accuracy (default: the study's analysis.margin, else 0.01)."),
+    prefer: Optional[str] = typer.Option(None, help="Among methods as good as the best, the cheapest on: overall, trained_mb, peak_memory_mb, train_seconds, trainable_params."),
+    max_peak_memory_mb: Optional[float] = typer.Option(None, help="Recommend only methods whose peak memory is at most this."),
+    max_train_seconds: Optional[float] = typer.Option(None, help="Recommend only methods that trained in at most this many seconds."),
+    max_trainable_params: Optional[int] = typer.Option(None, help="Recommend only methods that train at most this many parameters."),
+    export: Optional[Path] = typer.Option(None, help="Also write <study>.md/.csv/.json (headed with commands, date, devices, versions) into this folder, e.g. studies/results."),
+) -> None:
+    """(Re)build a study's report from stored results; nothing is trained, no model or dataset is loaded."""
+    _quiet_libraries()
+    from tuneoff.report.build import build
+
+    spec = study_dir / "study.yaml"
+    if not spec.is_file():
+        raise TuneoffError(f"{study_dir} is not a study results directory (no study.yaml). Give results/<study>.")
+    from tuneoff.study.spec import load_spec
+
+    flags = {"margin": margin, "prefer": prefer, "max_peak_memory_mb": max_peak_memory_mb,
+             "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
+    name = load_spec(spec).name
+    path = build(name, study_dir.parent, flags)
+    for line in verdict_lines(path.parent):
+        say(line)
+    console().print(f"report: [bold]{escape(str(path))}[/]")
+    if export is not None:
+        from tuneoff.report.build import export as export_report
+
+        console().print(f"exported: [bold]{escape(str(export_report(name, study_dir.parent, export)))}[/]")
+
+
+runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+@user_errors
+def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
+              status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
+    """List runs: study, run id, status, test accuracy, trainable params, train time."""
+    table = Table(title="runs", expand=False)
+    for col, kw in (("study", {"overflow": "fold"}), ("run", {"overflow": "fold"}), ("status", {}),
+                    ("acc.", {"justify": "right"}), ("trainable", {"justify": "right"}), ("train s", {"justify": "right"})):
+        table.add_column(col, **kw)
+    store = _open_store(results)
+    for row in store.runs(study, status):
+        m = json.loads(row["metrics"]) if row["metrics"] else {}
+        r = json.loads(row["resources"]) if row["resources"] else {}
+        table.add_row(row["study"], row["run_id"], row["status"], f"{m['test']['accuracy']:.4f}" if m else "",
+                      f"{r['trainable_params']:,}" if r else "", f"{r['train_seconds']:.0f}" if r else "")
+    store.close()
+    console().print(table)
+
+
+@runs_app.command("show")
+@user_errors
+def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), results: Path = RESULTS,
+              as_json: bool = typer.Option(False, "--json", help="The raw stored record as JSON.")) -> None:
+    """One run: what it was, how it did, what it cost, where it is."""
+    store = _open_store(results)
+    rows = store.run(run_id)
+    store.close()
+    if not rows:
+        raise TuneoffError(f"No run {run_id!r} in {results}. `tuneoff runs list` shows the runs.")
+    if len(rows) > 1:
+        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({', '.join(r['run_id'] for r in rows[:5])}...); be more specific.")
+    row = dict(rows[0])
+    for key in ("metrics", "resources", "versions", "params", "run_info"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    if as_json:
+        if row.get("metrics"):
+            row["metrics"]["test"].pop("confusion_matrix", None)
+        console().print_json(json.dumps(row, default=str))
+        return
+    console().print(run_summary(row))
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,145 @@
+"""What the terminal shows: tables and summaries the CLI prints (rich), kept readable at 80 columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+
+
+def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> Table:
+    table = Table(title=title, show_header=False)
+    for key in ("accuracy", "macro_f1", "weighted_f1", "loss", "n"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key in ("trainable_params", "trainable_pct", "train_seconds", "train_samples_per_s", "train_tokens_per_s",
+                "peak_rss_mb", "cuda_max_allocated_mb", "checkpoint_bytes"):
+        if resources and resources.get(key) is not None:
+            value = resources[key]
+            table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
+    return table
+
+
+def verdict_lines(report_dir: Path) -> list[str]:
+    """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
+    import json
+
+    lines = []
+    for group in json.loads((report_dir / "verdict.json").read_text()):
+        lines.append(f"== {group['dataset']} · {group['model']} ({group['test_examples']:,} test examples)")
+        lines += ["  " + line.replace("**", "") for line in group["lines"]]
+    return lines
+
+
+def run_summary(row: dict) -> Table:
+    import yaml
+
+    cfg = yaml.safe_load(row["config_yaml"]) or {}
+    m, r, info = row.get("metrics") or {}, row.get("resources") or {}, row.get("run_info") or {}
+    table = Table(title=f"{row['run_id']} ({row['study']})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    lines = [("status", row["status"] + (f": {row['error'].strip().splitlines()[-1]}" if row.get("error") else "")),
+             ("method", f"{cfg.get('method', {}).get('name')} {', '.join(f'{k}={v}' for k, v in (cfg.get('method') or {}).items() if k != 'name' and v is not None)}"),
+             ("model / data", f"{cfg.get('model', {}).get('name')} / {info.get('dataset') or cfg.get('data', {}).get('name')}"),
+             ("seed, lr, epochs", f"{cfg.get('train', {}).get('seed')}, {cfg.get('train', {}).get('lr')}, {cfg.get('train', {}).get('epochs')}")]
+    if m:
+        test, val = m["test"], m.get("validation", {})
+        lines += [("test", f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} on {test.get('n', '?'):,} examples"),
+                  ("validation", f"accuracy {val.get('accuracy', float('nan')):.4f} (best at step {m.get('best_step')})")]
+    if r:
+        peak = r.get("cuda_max_allocated_mb") or r.get("peak_rss_mb")
+        lines += [("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
+                  ("time", f"{r['train_seconds']:.1f} s training, {r['train_samples_per_s']:.1f} samples/s"),
+                  ("memory", f"{peak:,.0f} MB peak ({'CUDA allocated' if r.get('cuda_max_allocated_mb') else 'RSS'})" if peak else "n/a"),
+                  ("saved", f"{r.get('checkpoint_bytes', 0) / 1e6:.1f} MB ({r.get('trained_bytes', 0) / 1e6:.2f} MB trained weights)")]
+    lines += [("device", str(row.get("device") or "")), ("directory", str(row.get("run_dir") or "")),
+              ("finished", str(row.get("finished") or ""))]
+    for key, value in lines:
+        table.add_row(key, value)
+    return table
+
+
+
+
+def inspect_tables(c, report: dict, model: str) -> None:
+    """`tuneoff inspect`: per-split numbers, labels, truncation and time per max_length, warnings."""
+    from tuneoff.data.inspection import summary_rows
+
+    table = Table(title=f"{report['dataset']} — tokens counted with {model}'s tokenizer", collapse_padding=True)
+    rows = summary_rows(report)
+    for col in rows.columns:
+        table.add_column(col)
+    for r in rows.itertuples(index=False):
+        table.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in r])
+    c.print(table)
+    labels = Table(title="labels (count / share)")
+    labels.add_column("label")
+    for split in report["splits"]:
+        labels.add_column(split)
+    for name in report["label_names"]:
+        labels.add_row(name, *[f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
+                               for s in report["splits"].values()])
+    c.print(labels)
+    trunc = Table(title="each max_length: training examples truncated, and training time relative to the recommended")
+    trunc.add_column("")
+    lengths = [n for n in report["splits"]["train"]["truncated_share"] if int(n) in report["relative_time"]]
+    for n in lengths:
+        trunc.add_column(str(n))
+    trunc.add_row("truncated", *[f"{report['splits']['train']['truncated_share'][n]:.1%}" for n in lengths])
+    trunc.add_row("time", *[f"{report['relative_time'][int(n)]:.2f}x" for n in lengths])
+    c.print(trunc)
+    for split, s in report["splits"].items():
+        if s["imbalanced"]:
+            c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest).")
+    leaks = {k: v for k, v in report["leakage"].items() if v}
+    if leaks:
+        c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")
+    c.print(f"recommended max_length: [bold]{escape(str(report['recommended_max_length']))}[/] (truncates "
+            f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
+
+
+PLAN_COLUMNS = ("run", "trainable", "weights MB", "grads MB", "optimizer MB", "activations MB", "workspace MB", "peak MB",
+                "GFLOP/step")
+PEAK_RULE = ("peak = weights + optimizer + the larger of activations and gradients (both with gradient accumulation) "
+             "+ the CUDA workspace")
+
+
+def _plan_cells(p) -> list[str]:
+    return [p.name, f"{p.trainable_params:,}", *(f"{v:,.1f}" for v in (p.weights_mb, p.gradients_mb, p.optimizer_mb,
+            p.activations_mb, p.workspace_mb, p.total_mb, p.gflops_per_step))]
+
+
+def plan_title(batch_size: int | None, seq_len: int | None, precision: str, device: str) -> str:
+    return (f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, "
+            f"{precision}, on {device}")
+
+
+def plan_table(plans, title: str) -> Table:
+    table = Table(title=title, caption=PEAK_RULE)
+    for col in PLAN_COLUMNS:
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for p in plans:
+        table.add_row(*_plan_cells(p))
+    return table
+
+
+def plan_markdown(plans, title: str) -> str:
+    """`tuneoff plan --out`: the table as Markdown, headed with what produced it."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    from tuneoff.core.provenance import versions
+
+    v = versions()
+    lines = [f"# {title}", "", f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
+             f"{platform.machine()} CPU, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
+             f"peft {v['peft']}. Counted by one real forward + backward + optimizer step on the CPU "
+             f"(saved_tensors_hooks, FlopCounterMode); {PEAK_RULE}.", "",
+             "| " + " | ".join(PLAN_COLUMNS) + " |", "|" + "---|" * len(PLAN_COLUMNS)]
+    lines += ["| " + " | ".join(_plan_cells(p)) + " |" for p in plans]
+    return "\n".join(lines) + "\n"

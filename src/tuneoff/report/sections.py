@@ -1,0 +1,159 @@
+"""The HTML sections of a study report: one block per group of comparable conditions (verdict, quality, curves,
+cost, significance, per-class metrics, confusions, calibration, mistakes), the search, the data and the page."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from tuneoff.analysis import mistakes
+from tuneoff.report import plots
+
+SHOWN = ["condition", "method", "seeds", "accuracy", "accuracy_std", "accuracy_per_seed", "accuracy_ci_low",
+         "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best", "trainable_params", "trainable_pct",
+         "trained_mb", "peak_memory_mb", "train_seconds", "train_samples_per_s"]
+
+HOW_TO_READ_MD = (
+    "How to read the verdict: conditions are ranked on **validation** accuracy and the test set confirms. Intervals "
+    "are 95% two-level bootstrap intervals: they resample the training seeds and then the test examples, so they "
+    "cover both a different training run and a different test sample (with one seed, only the latter). A cheaper "
+    "method is called **as good** as the best (non-inferior) only when the whole interval of its difference from the "
+    "best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or that it is worse. "
+    "p-values are Holm-adjusted over every pair of the study. Runs that collapsed to one class, or do not beat the "
+    "majority-class baseline significantly, are never recommended.")
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}.sub{color:#666}
+table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t th,table.t td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;vertical-align:top}
+table.t td{max-width:32em;overflow-wrap:anywhere}table.t th{background:#f4f4f4}img{max-width:100%;height:auto;margin:.5em 0}
+.head{background:#f5f9ff;border-left:4px solid #36c;padding:.6em 1em}.note{color:#555;font-size:13px}
+code{background:#f2f2f2;padding:0 .3em}.scroll{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;overflow-wrap:anywhere}"""
+
+
+def page(title: str, sub: str, parts: list[tuple[str, str]]) -> str:
+    body = "".join(f"<h2>{html.escape(t)}</h2>{content}" for t, content in parts)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='sub'>{html.escape(sub)}</p>{body}</body></html>")
+
+
+def table_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    df = df.astype(object).where(df.notna(), None).replace({None: ""}) if len(df) else df
+    df.columns.name = None
+    return "<div class='scroll'>" + df.to_html(index=False, float_format=lambda x: floatfmt.format(x), border=0,
+                                               classes="t", escape=True, na_rep="") + "</div>"
+
+
+def img(b64: str) -> str:
+    return f"<img src='data:image/png;base64,{b64}' alt=''>"
+
+
+def md_inline(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def how_to_read(settings) -> str:
+    return f"<p class='note'>{md_inline(HOW_TO_READ_MD.format(margin=100 * settings.margin))}</p>"
+
+
+def group_html(v) -> str:
+    """Everything about one group: the verdict first, the evidence after."""
+    conds = v.group.conditions
+    table = v.table[v.table.method != "baseline"]
+    order = [next(c for c in conds if c.name == n) for n in table.sort_values("val_accuracy", ascending=False).condition]
+    colors = plots._colors([c.name for c in order])
+    baseline = float(v.table[v.table.method == "baseline"].accuracy.iloc[0])
+    out = ["<h3>Verdict</h3><div class='head'>" + "".join(f"<p>{md_inline(l)}</p>" for l in v.lines) + "</div>",
+           "<h3>Quality</h3>", img(plots.plot_quality(table, colors, baseline)),
+           "<p class='note'>Test accuracy per seed beside the mean; <i>vs_best</i> is the non-inferiority call against "
+           "the best on validation. The last row is the majority-class baseline.</p>",
+           table_html(v.table[[c for c in SHOWN if c in v.table.columns]]),
+           "<h3>Learning curves</h3>", img(plots.plot_curves(order, colors)),
+           "<p class='note'>Time to target: the first evaluation at which validation accuracy reached 95% / 99% of the "
+           "run's best (mean over seeds; seconds of training, evaluation excluded).</p>",
+           table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]]),
+           "<h3>Cost</h3>", img(plots.plot_costs(table, colors)), img(plots.plot_pareto(table, colors))]
+    sweep = plots.plot_sweeps(table, conds)
+    if sweep:
+        out += ["<h3>Sweeps</h3>", img(sweep)]
+    if len(v.pairs):
+        out += ["<h3>Significance</h3><p class='note'>Difference in test accuracy (a − b) with its two-level bootstrap 95% CI; "
+                "p from the same bootstrap, Holm-adjusted over every pair of the study; McNemar's exact test on each seed "
+                "both ran, with the direction it favours.</p>",
+                table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
+    classes = _per_class(conds)
+    out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
+            "below).</p>", table_html(classes.pivot_table(index="class", columns="condition", values="f1").reset_index()),
+            "<details><summary>precision and recall per class</summary>"
+            + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"]).reset_index()
+                         .pipe(_flat)) + "</details>",
+            "<h3>Confusion matrices</h3>", img(plots.plot_confusions(order)),
+            "<h3>Calibration</h3><p class='note'>Expected calibration error of each run's model (15 bins), mean ± std over "
+            "seeds; the diagram pools the runs of a condition.</p>", img(plots.plot_reliability(order, colors))]
+    out.append(mistakes_html(order, colors))
+    return "".join(out)
+
+
+def _per_class(conds) -> pd.DataFrame:
+    from tuneoff.analysis.groups import per_class
+
+    return per_class(conds)
+
+
+def _flat(df: pd.DataFrame) -> pd.DataFrame:
+    df.columns = [" ".join(str(x) for x in c if x) if isinstance(c, tuple) else c for c in df.columns]
+    return df
+
+
+def mistakes_html(order, colors) -> str:
+    shares = {c.name: mistakes.error_shares(c) for c in order}
+    overlap = mistakes.error_overlap(order)
+    words = {c.name: mistakes.word_statistics(c) for c in order}
+    stability = mistakes.word_rank_stability(words)
+    out = ["<h3>Mistakes</h3>", img(plots.plot_errors(shares, overlap, order[0].label_names)),
+           img(plots.plot_gaps({c.name: mistakes.probability_gaps(c) for c in order}, colors)),
+           "<h4>Most confidently wrong examples</h4>"]
+    for c in order:
+        wrong = mistakes.confident_errors(c)
+        out.append(f"<p><b>{html.escape(c.name)}</b></p>" + (table_html(wrong) if len(wrong) else "<p>no errors</p>"))
+    dis = mistakes.disagreements(order)
+    if len(dis):
+        out += ["<h4>Examples the methods disagree on</h4><p class='note'>Right / wrong in at least half of each "
+                "condition's seeds.</p>", table_html(dis)]
+    supported = pd.concat([w[w.supported].head(15).assign(condition=n) for n, w in words.items() if len(w)] or [pd.DataFrame()])
+    out.append("<h4>Words that go with errors</h4><p class='note'>Words (both texts of a pair, stop-words removed) in at "
+               f"least {mistakes.MIN_COUNT} misclassified examples whose share among errors exceeds their share among "
+               "correct examples by Fisher's exact test, Benjamini-Hochberg FDR 10%.")
+    if stability["mean"] is not None:
+        out.append(f" Agreement of word ranks across methods (Spearman, mean over pairs): {stability['mean']:.2f}.")
+    out.append("</p>")
+    out.append(table_html(supported[["condition", "word", "in_errors", "in_correct", "ratio", "p_value"]]) if len(supported)
+               else "<p>No word passes: the counts do not support any.</p>")
+    return "".join(out)
+
+
+def search_html(trials: pd.DataFrame, search) -> str:
+    counts = trials.status.value_counts().to_dict()
+    limits = ", ".join(f"{k} &le; {v:g}" for k, v in search.constraints.items())
+    return (f"<p>Optuna TPE, {search.trials} trials per variant, {'maximizing' if search.maximize else 'minimizing'} "
+            f"<code>{html.escape(search.metric)}</code>{' subject to ' + limits if limits else ''}; "
+            f"{', '.join(f'{n} {s}' for s, n in counts.items())}. The comparisons above use each variant's best "
+            "feasible trial (one seed: run the winners again on more seeds before trusting small differences).</p>"
+            + img(plots.plot_search(trials, search.metric, search.maximize)) + table_html(trials))
+
+
+def data_html(report: dict, cfg) -> str:
+    from tuneoff.report.plots import plot_lengths
+    from tuneoff.data.inspection import summary_rows
+
+    report = {**report, "_lengths": {k: np.asarray(v) for k, v in report["_lengths"].items()}}
+    histogram, boxplot = plot_lengths(report)
+    leaks = {k: v for k, v in report["leakage"].items() if v}
+    return (f"<h3>{html.escape(report['dataset'])} (tokens of {html.escape(cfg.model.name)})</h3>"
+            + table_html(summary_rows(report)) + img(histogram) + img(boxplot)
+            + f"<p>Recommended max_length {report['recommended_max_length']} (truncates {report['recommended_truncates']:.1%} "
+            f"of training examples); this study used {cfg.data.max_length}. Texts shared across splits: "
+            f"{html.escape(str(leaks or 'none'))}.</p>")

@@ -1,0 +1,216 @@
+"""Studies: a base run config, named method variants, a grid and seeds, expanded into runs and executed.
+
+A study file looks like::
+
+    name: lora_vs_partial
+    base:   {model: {name: minilm}, data: {name: rotten_tomatoes}, train: {epochs: 1}}
+    variants:
+      partial_top2: {method: {name: partial, k: 2}}
+      lora_r8_qv:   {method: {name: lora, r: 8}, grid: {train.lr: [5e-4, 1e-3]}}
+    grid:  {data.name: [rotten_tomatoes, bbc_news]}     # applies to every variant
+    seeds: [1, 2, 3]
+
+Runs are numbered deterministically (``lora_r8_qv-lr0.001-rotten_tomatoes-s2``), so a resumed study finds its
+finished runs by name and redoes none of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneoff.config import RunConfig, build_config, format_validation_error, parse_overrides, read_yaml, set_dotted
+from tuneoff.core.errors import TuneoffError
+from tuneoff.study.search import Dimension, SearchSpec
+from tuneoff.core.files import safe_name
+from tuneoff.analysis.settings import AnalysisSettings, Decide
+
+DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "default.yaml"
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: str
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict, description="A run config: model, data, method, train.")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named method variants.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> values, for every variant.")
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
+    max_runs: int = Field(64, ge=1, description="Refuse larger grids unless --yes.")
+    search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
+    analysis: AnalysisSettings = AnalysisSettings()
+    decide: Decide = Decide()
+
+    @model_validator(mode="after")
+    def _search_or_grid(self) -> StudySpec:
+        if self.search is not None and (self.grid or any("grid" in v for v in self.variants.values())):
+            raise ValueError("search: a study has either a grid or a search; give the grid's values to the search as "
+                             "`choices` in search.space")
+        for name, body in (self.variants or {"base": {}}).items():
+            if self.search is not None and not self.search.space and not body.get("space"):
+                raise ValueError(f"search.space is empty and variant {name!r} has no space of its own: nothing to search")
+            if "space" in body:
+                if self.search is None:
+                    raise ValueError(f"variants.{name}.space: a variant's search space needs a search: section")
+                for key, dim in (body["space"] or {}).items():
+                    try:
+                        Dimension.model_validate(dim)
+                    except ValidationError as exc:
+                        raise ValueError(f"variants.{name}.space.{key}: {exc.errors()[0]['msg']}") from None
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def digest(self) -> str:
+        """What identifies the study's runs: how verdicts are read from them (analysis, decide) is left out, so a
+        changed margin re-reads the results instead of refusing them as another study's."""
+        runs = self.model_dump(mode="json", exclude={"analysis", "decide"})
+        return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    variant: str
+    params: dict
+    seed: int
+    config: RunConfig
+
+
+def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    tree = read_yaml(path or DEFAULT_STUDY)
+    for key, value in parse_overrides(list(overrides)):
+        set_dotted(tree, key, value)
+    try:
+        return StudySpec.model_validate(tree)
+    except ValidationError as exc:
+        raise TuneoffError(format_validation_error(exc, str(path or "built-in default study"))) from exc
+
+
+def _nested(tree: dict) -> dict:
+    """Turn dotted keys (``method.r: 8``) into nested sections."""
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and "." not in key:
+            value = _nested(value)
+        if "." in key:
+            set_dotted(out, key, value)
+        else:
+            out[key] = value if not isinstance(out.get(key), dict) else {**out[key], **value}
+    return out
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep merge; a ``method`` naming another method replaces the base method instead of merging into it."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key == "method" and isinstance(value, dict) and value.get("name") not in (None, (out.get("method") or {}).get("name")):
+            out["method"] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values. A key naming several fields (``"method.r,method.alpha"``) takes
+    tuples of values that move together, e.g. ``[[4, 8], [8, 16]]`` keeps alpha / r fixed across a rank sweep."""
+    axes = []
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise TuneoffError(f"grid.{key}: must be a non-empty list of values, e.g. [4, 8, 16].")
+        fields = [k.strip() for k in key.split(",")]
+        if len(fields) > 1:
+            bad = [v for v in values if not isinstance(v, list) or len(v) != len(fields)]
+            if bad:
+                raise TuneoffError(f"grid.{key}: each value must be a list of {len(fields)} values, one per field "
+                                   f"(e.g. [[4, 8], [8, 16]]); got {bad[0]!r}.")
+            axes.append([dict(zip(fields, v)) for v in values])
+        else:
+            axes.append([{key: v} for v in values])
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
+
+
+def _label(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    return f"{Path(str(value)).stem}" if leaf == "name" else f"{leaf}{value}"
+
+
+def expand(spec: StudySpec) -> list[PlannedRun]:
+    """Every run of the study, validated up front (a bad variant fails before anything trains)."""
+    variants = spec.variants or {"base": {}}
+    base = _nested(spec.base)
+    runs, seen = [], set()
+    for variant, body in variants.items():
+        body = dict(body)
+        variant_grid = body.pop("grid", {}) or {}
+        body.pop("space", None)  # a variant's own search dimensions (search.py)
+        for point in _grid_points({**spec.grid, **variant_grid}) if (spec.grid or variant_grid) else [{}]:
+            tree = _merge(base, _nested(body))
+            for key, value in point.items():
+                tree = _merge(tree, _nested({key: value}))
+            for seed in spec.seeds:
+                tree_seed = _merge(tree, {"train": {"seed": seed}})
+                try:
+                    config = build_config(tree_seed, source=f"study {spec.name!r}, variant {variant!r}")
+                except TuneoffError as exc:
+                    raise TuneoffError(f"{exc}\n  (grid point: {point or 'none'}, seed {seed})") from None
+                run_id = safe_name("-".join([variant, *(_label(k, v) for k, v in point.items()), f"s{seed}"]))
+                if run_id in seen:
+                    raise TuneoffError(f"Study {spec.name!r}: two runs would both be called {run_id!r}; rename a variant.")
+                seen.add(run_id)
+                runs.append(PlannedRun(run_id, variant, point, seed, config))
+    if not runs:
+        raise TuneoffError(f"Study {spec.name!r} expands to no runs: add variants, grid values or seeds.")
+    return runs
+
+
+def study_dir(results: str | Path, name: str) -> Path:
+    return Path(results) / safe_name(name)
+
+
+def dry_run(spec: StudySpec) -> list[dict]:
+    """Each run of the study with its recipe (validated, nothing loaded or downloaded)."""
+    from tuneoff.data.builtins import hub_repo as data_repo
+    from tuneoff.methods import get_method
+    from tuneoff.models.assets import hub_repo as model_repo
+
+    rows = []
+    for run in expand(spec):
+        c, t = run.config, run.config.train
+        params = ", ".join(f"{k}={v}" for k, v in c.method.model_dump(exclude_defaults=True).items() if k != "name")
+        hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
+        rows.append({"run": run.run_id, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name, "data": c.data.name,
+                     "epochs": t.max_steps and f"{t.max_steps} steps" or t.epochs,
+                     "lr": t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
+                     "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
+                     "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
+                     "hub": ", ".join(hub) or "-"})
+    return rows
+
+
+def require_hub(name: str, runs: list[PlannedRun]) -> None:
+    """Before anything runs: every hub model and dataset of the study can be had (hub reachable, or cached)."""
+    from tuneoff.core import hub
+    from tuneoff.data.builtins import hub_repo as data_repo
+    from tuneoff.models.assets import hub_repo as model_repo
+
+    needed: dict[str, str] = {}
+    for run in runs:
+        if (repo := model_repo(run.config.model.name)) is not None:
+            needed[repo] = "model"
+        if (repo := data_repo(run.config.data)) is not None:
+            needed[repo] = "dataset"
+    if needed:
+        hub.require(needed, f"Study {name!r}")
+
+

@@ -1,0 +1,156 @@
+"""Starting one run on several processes: ``tuneoff train --num-processes N`` re-runs itself under
+``accelerate launch`` (data-parallel; one process per GPU, or N CPU processes on gloo where there is no GPU).
+
+Everything distributed happens inside the one training loop through Accelerate; this module only builds the
+launch command and tells a process whether it is the one that prints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from tuneoff.core.errors import TuneoffError
+
+
+def launched() -> bool:
+    """True inside a process started by ``accelerate launch`` / ``torchrun`` (they set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_sharding(on_cpu: bool) -> None:
+    """Refuse an FSDP launch on CPU before Accelerate sees it.
+
+    Accelerate runs FSDP only on GPU-like devices: on a CPU machine an FSDP version 1 config fails deep inside
+    Accelerate, and a version 2 config is silently replaced by plain data-parallel training, every process holding
+    the whole model, which is not what someone who asked for sharding wants."""
+    if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise TuneoffError("The Accelerate config asks for FSDP, but Accelerate shards models with FSDP only on GPUs; "
+                           "on this CPU it would not shard the model. Run FSDP on a GPU machine, or drop "
+                           "--accelerate-config for data-parallel training.")
+
+
+def end_processes() -> None:
+    """Leave the process group before this process exits. A process that exits with gloo's threads still running
+    can abort ("terminate called without an active exception"): a clean run would read as a crashed one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (``accelerate launch``) dies, so that a run's processes never
+    outlive a killed worker and race its retry for the same run directory (see :func:`tied_to_this_process`)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# Executed in the child before it becomes the command: the parent-death signal survives exec (unlike preexec_fn,
+# which Python documents as unsafe in a threaded parent such as a Ray worker).
+_TIED = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def tied_to_this_process(cmd: list[str]) -> list[str]:
+    """``cmd``, made to die (SIGKILL) when this process dies, on Linux; unchanged elsewhere."""
+    return [sys.executable, "-c", _TIED, *cmd] if sys.platform.startswith("linux") else cmd
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(num_processes: int, args: list[str], accelerate_config: str | None = None,
+                   module: str = "tuneoff") -> list[str]:
+    """The ``accelerate launch`` command running ``python -m <module> <args>`` on ``num_processes`` processes.
+
+    ``--multi_gpu`` selects Accelerate's torchrun launcher; on a machine without CUDA the processes fall back to
+    the CPU and the gloo backend (Accelerate's MULTI_CPU), which is how the tests run it. An Accelerate config file
+    (e.g. one written by ``accelerate config`` for FSDP) replaces the defaults."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    else:
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    return cmd + ["-m", module, *args]
+
+
+def check_processes(num_processes: int, option: str) -> None:
+    """One process per GPU where there are GPUs (CPU processes where there are none)."""
+    if num_processes < 1:
+        raise TuneoffError(f"{option} {num_processes}: must be at least 1.")
+    import torch
+
+    if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
+        raise TuneoffError(f"{option} {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. "
+                           "Use one process per GPU.")
+
+
+def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
+    """Run this command again under ``accelerate launch``; returns its exit code."""
+    check_processes(num_processes, "--num-processes")
+    args = _without_option(argv, "--num-processes")
+    return subprocess.call(launch_command(num_processes, args, accelerate_config))
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def on_main_process(accelerator, fn, *args) -> None:
+    """Call ``fn`` on process 0 only, and raise what it raised on every process, so that all stop together."""
+    from accelerate.utils import broadcast_object_list
+
+    message = [None]
+    if accelerator.is_main_process:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed to every process, raised there
+            message = [exc]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[0] is not None:
+        raise message[0]
+
+
+def open_run_directory(cfg, run_id: str, resume: bool, find: bool, accelerator):
+    """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
+    from pathlib import Path
+
+    from accelerate.utils import broadcast_object_list
+
+    from tuneoff.core.errors import TuneoffError
+    from tuneoff.results.rundir import RunDirectory
+
+    message = [None, None]
+    if accelerator.is_main_process:
+        try:
+            run = RunDirectory.open(cfg.output_dir, run_id, cfg.to_yaml(), resume, find)
+            message = [run.run_id, None]
+        except TuneoffError as exc:
+            message = [None, str(exc)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(message)
+    if message[1] is not None:
+        raise TuneoffError(message[1])
+    return run if accelerator.is_main_process else RunDirectory(Path(cfg.output_dir), message[0])

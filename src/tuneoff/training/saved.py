@@ -1,0 +1,150 @@
+"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
+
+Layout of ``runs/<run-id>/``::
+
+    config.yaml        resolved config (what ran, with every default filled in)
+    run.json           status, versions, device, timing, label names
+    metrics.json       validation (best checkpoint) and test metrics
+    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
+    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
+    resources.json     parameters, time, throughput, peak memory, checkpoint size
+    model/             the model (see ``save_model``)
+
+A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
+so ``runs/`` never holds a half-written run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneoff.core.errors import TuneoffError
+import numpy as np
+import pandas as pd
+import torch
+from tuneoff.core.files import read_json
+from tuneoff.results.rundir import MODEL_DIR
+from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
+
+
+
+# Adapters that transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's
+# per-module ranks after pruning): peft's own AutoPeftModelForSequenceClassification loads them.
+PEFT_LOADER_ONLY = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "VERA", "ADALORA")
+
+
+def _needs_peft_loader(model_dir: Path) -> bool:
+    config = model_dir / "adapter_config.json"
+    return config.is_file() and read_json(config).get("peft_type") in PEFT_LOADER_ONLY
+
+
+def load_saved_model(run_dir: Path, device: str = "cpu"):
+    """Model and tokenizer of a finished run (adapter or full), in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(run_dir) / MODEL_DIR
+    if not (model_dir / "config.json").is_file():
+        raise TuneoffError(f"{run_dir} is not a finished tuneoff run: {model_dir}/config.json is missing.")
+    broken = [p.name for p in model_dir.iterdir() if p.is_symlink() and not p.exists()]
+    if broken:
+        raise TuneoffError(
+            f"{model_dir}: the link(s) {broken} to the base model's weights are broken (the base model moved or was "
+            "uninstalled). Reinstall the base model or recreate the links."
+        )
+    try:
+        if _needs_peft_loader(model_dir):
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' own error on a corrupt file, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TuneoffError(f"Cannot load the model in {model_dir}: {first}. The file may be truncated or corrupt; "
+                           "re-run the training (the run's other files are intact).") from exc
+    return model.to(device).eval(), tokenizer
+
+
+def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None) -> np.ndarray:
+    from tuneoff.data.batches import collator, encode
+
+    device = next(model.parameters()).device
+    encoded = encode(df, tokenizer, max_length, label_ids)
+    return predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) -> tuple[dict, Path]:
+    """Metrics of a saved run on a split of its own or another dataset with the same labels."""
+    from tuneoff.config import build_config, read_yaml
+    from tuneoff.data.corpus import SPLITS, load_corpus
+    from tuneoff.core.errors import TuneoffError
+    from tuneoff.training.saved import load_saved_model
+    from tuneoff.core.files import safe_name, write_json
+    from tuneoff.data.files import is_table_path
+
+    run_dir = Path(run_dir)
+    if split not in SPLITS:
+        raise TuneoffError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
+    if not (run_dir / "config.yaml").is_file():
+        raise TuneoffError(f"{run_dir} is not a tuneoff run directory (no config.yaml).")
+    base = read_yaml(run_dir / "config.yaml")
+    bad = [o for o in overrides if not o.startswith("data.")]
+    if bad:
+        raise TuneoffError(f"evaluate takes only data.* overrides, not {bad}.")
+    cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
+    model, tokenizer = load_saved_model(run_dir, _device())
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
+        from tuneoff.data.files import labeled_file
+
+        frame, name, split = labeled_file(data, cfg.data, label_names), Path(data).name, "all rows"
+    else:
+        corpus = load_corpus(cfg.data, label_names=label_names)
+        frame, name = corpus.splits[split], corpus.name
+    index = {label: i for i, label in enumerate(label_names)}
+    logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size)
+    metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
+    metrics.update(dataset=name, split=split, rows_scored=len(frame))
+    out = run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json"
+    write_json(out, metrics)
+    return metrics, out
+
+
+def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None,
+                 fmt: str = "full") -> int:
+    """Predictions for an unlabeled table, written atomically to ``out`` (CSV). ``fmt="submission"`` writes a
+    competition's ``id,label`` with integer labels: the label itself when the labels are integers (as the data
+    gave them), else the model's label index (``config.json`` id2label)."""
+    from tuneoff.config import read_yaml
+    from tuneoff.core.files import atomic_write_text
+    from tuneoff.training.saved import load_saved_model
+    from tuneoff.data.files import read_table, require_columns, text_column as clean_text
+
+    run_dir, out = Path(run_dir), Path(out)
+    table = read_table(file)
+    require_columns(table, str(file), {"--text-column": text_column, "--text-pair-column": pair_column, "--id-column": id_column})
+    df = pd.DataFrame({"id": table[id_column].astype(str) if id_column else [str(i + 1) for i in range(len(table))]})
+    df["text"] = clean_text(table, text_column, str(file)).values
+    if pair_column:
+        df["text_pair"] = clean_text(table, pair_column, str(file)).values
+    if not out.parent.is_dir():
+        from tuneoff.core.errors import TuneoffError
+
+        raise TuneoffError(f"--out {out}: directory {out.parent} does not exist.")
+    model, tokenizer = load_saved_model(run_dir, _device())
+    cfg = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    max_length = cfg.get("data", {}).get("max_length", 512)
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    logits = _score(model, tokenizer, df, max_length, 64)
+    frame = predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
+    if fmt == "submission":
+        numeric = all(name.lstrip("-").isdigit() for name in label_names)
+        index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
+        frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
+    atomic_write_text(out, frame.to_csv(index=False))
+    return len(frame)

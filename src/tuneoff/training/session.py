@@ -1,0 +1,227 @@
+"""What one run carries from its first phase to its last: the prepare phase of the training loop.
+
+``prepare(cfg)`` does everything that can fail on bad input before any output exists: the Accelerator, the data,
+the model and the method, the optimizer and the schedule, the tokenized splits, and (where the method leaves
+layers frozen) the frozen-feature cache. The loop and the finish phase (``train``) read it; nothing in it knows
+which method it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuneoff.training import frozen
+from tuneoff.data.batches import collator, encode
+from tuneoff.config import RunConfig
+from tuneoff.data.corpus import load_corpus
+from tuneoff.core.errors import TuneoffError
+from tuneoff.training.launcher import check_sharding
+from tuneoff.methods import check_budget, get_method
+from tuneoff.models.assets import cache_dir, resolve_model
+from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier, load_tokenizer
+from tuneoff.training.resources import param_counts
+from tuneoff.training.schedule import make_scheduler
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    accelerator: Any
+    corpus: Any
+    source: str
+    tokenizer: Any
+    model: Any                 # prepared by Accelerate (wrapped when several processes)
+    arch: Any
+    method: Any
+    lr: float
+    warmup: int
+    optimizer: Any
+    scheduler: Any
+    counts: dict
+    encoded: dict
+    collate: Any
+    micro_batches: int         # per process and epoch
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    named: dict = field(default_factory=dict)  # trainable parameters by name (unwrapped: same with 1 or N processes)
+    forward: Any = None        # the (possibly compiled) training forward
+    eval_model: Any = None
+    fsdp: bool = False
+    edge: int | None = None    # frozen boundary: layers below it are frozen, in eval mode, and may be cached
+    features: Any = None       # FeatureCache when the frozen part is replayed from the cache
+    replay: Any = None
+
+    @property
+    def tc(self):
+        return self.cfg.train
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def trainable(self) -> list:
+        return list(self.named.values())
+
+    @property
+    def geometry(self) -> dict:
+        return {"batch_size": self.tc.batch_size, "grad_accum": self.tc.grad_accum, "processes": self.world}
+
+
+def mixed_precision(setting: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that have it, else fp16 on GPU; on CPU bf16 autocast where the CPU computes bf16 natively
+    (measured 1.3-1.4x the fp32 training speed on MiniLM, bench/results/), else fp32 ("no").
+    Weights, gradients and optimizer state stay fp32 either way: autocast only lowers the matmuls."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (oneDNN) instead of being emulated, which would be slower."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch without the probes: stay in fp32
+        return False
+
+
+def accelerator_for(tc):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import set_seed
+
+    set_seed(tc.seed, deterministic=tc.deterministic)
+    cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
+    if tc.device == "cuda" and not torch.cuda.is_available():
+        raise TuneoffError("train.device=cuda but no CUDA GPU is visible. Use train.device=auto or cpu.")
+    check_sharding(on_cpu=cpu)
+    # Accelerate keeps one process-wide state and refuses a second precision; a study trains many runs, each with its
+    # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
+
+
+def prepare(cfg: RunConfig) -> Session:
+    """Data, model, method, optimizer, schedule: everything that can fail on bad input fails here."""
+    tc = cfg.train
+    accelerator = accelerator_for(tc)
+    device, world = accelerator.device, accelerator.num_processes
+    corpus = load_corpus(cfg.data)
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
+    method = get_method(cfg.method.name)
+    model, arch = load_classifier(
+        source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
+        num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
+        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
+                 "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
+    )
+    if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
+        from tuneoff.data.inspection import model_max_length, recommend_max_length, token_lengths
+
+        limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
+        auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
+    model = method.prepare(model, cfg.method, arch)
+    check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    lr = tc.lr or method.default_lr
+    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda", kind=tc.optimizer,
+                                 momentum=tc.momentum)
+    counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
+    edge = frozen.boundary(model, arch)
+    if edge is not None:  # the convention for frozen layers, cached or not: eval mode, no dropout
+        frozen.keep_in_eval(frozen.frozen_modules(model, arch, edge))
+
+    encoded = encoded_splits(corpus, tokenizer, cfg.data.max_length)
+    augment = cfg.data.augment
+    if augment.synonym_fraction and augment.copies:
+        from tuneoff.data.augment import wordnet
+
+        wordnet()  # a missing WordNet is a clear error now, not after the first epoch
+    micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)
+    steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
+    total_steps = tc.max_steps or tc.epochs * steps_per_epoch
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
+    scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)
+    method.begin(model, cfg.method, total_steps)
+    s = Session(cfg, accelerator, corpus, source, tokenizer, model, arch, method, lr, warmup, optimizer, scheduler,
+                counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda"), micro_batches, steps_per_epoch,
+                total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge)
+    _attach_features(s)
+    s.model, s.optimizer = accelerator.prepare(s.model, s.optimizer)
+    s.named = {n: p for n, p in accelerator.unwrap_model(s.model).named_parameters() if p.requires_grad}
+    s.forward = torch.compile(s.model) if tc.compile else s.model  # compiled forward, same parameters
+    # DDP replicas evaluate unwrapped (no collectives in their forward); FSDP shards must run the wrapped forward.
+    s.fsdp = accelerator.distributed_type.name == "FSDP"
+    s.eval_model = s.model if s.fsdp else accelerator.unwrap_model(s.model)
+    return s
+
+
+_ENCODED: dict = {}  # (tokenizer, max_length, examples) -> encoded splits: a study's runs in one process share them
+
+
+def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
+    """The splits tokenized once per (tokenizer, max_length, examples) in this process (the last two are kept)."""
+    from tuneoff.training.frozen import pd_bytes
+    import hashlib
+
+    key = (tokenizer.name_or_path, len(tokenizer), max_length, tuple(corpus.label_names),
+           hashlib.sha256(b"".join(pd_bytes(df) + df["label"].str.cat().encode() for df in corpus.splits.values())).hexdigest())
+    if key not in _ENCODED:
+        while len(_ENCODED) >= 2:
+            _ENCODED.pop(next(iter(_ENCODED)))
+        _ENCODED[key] = {s: encode(df, tokenizer, max_length, corpus.label_ids(s)) for s, df in corpus.splits.items()}
+    return _ENCODED[key]
+
+
+def feature_cache_reason(s: Session) -> str | None:
+    """Why this run does not replay its frozen layers from the cache (None: it does)."""
+    tc = s.tc
+    if s.edge is None:
+        return "every layer trains"
+    if tc.feature_cache == "off":
+        return "train.feature_cache=off"
+    if s.world > 1:
+        return "several processes"
+    if s.cfg.data.augment.copies:
+        return "augmented copies are new inputs every epoch"
+    if tc.compile:
+        return "train.compile=true"
+    return None
+
+
+def _attach_features(s: Session) -> None:
+    if feature_cache_reason(s) is not None:
+        return
+    dtype = s.tc.feature_cache_dtype
+    key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype)
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
+    model = s.model.to(s.device)
+    s.features = frozen.build(root, model, s.arch, s.edge, s.encoded, s.collate, s.tc.eval_batch_size, s.device, dtype)
+    s.replay = frozen.Replay(model, s.arch, s.edge)
+    s.replay.tuple_len = frozen.tuple_length(root)

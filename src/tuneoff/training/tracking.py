@@ -1,0 +1,130 @@
+"""Results where teams already look: MLflow and TensorBoard (optional extras, ``pip install 'tuneoff[tracking]'``).
+
+``train.report_to: [mlflow, tensorboard]`` sends a run's resolved config (as parameters), every evaluation's
+validation metrics at their optimizer step, the final test metrics and resources, and the saved model (MLflow
+artifact). A study is one MLflow experiment (``train.experiment``, set to the study's name) with a run per tuneoff
+run, and its report is logged as a run of its own. MLflow's store defaults to SQLite next to the run
+(``sqlite:///<output_dir>/mlflow.db``; a study's is ``<results>/<study>/runs/mlflow.db``), or ``train.tracking_uri``;
+artifacts beside it in ``mlartifacts/``.
+TensorBoard event files go to ``<output_dir>/tensorboard/<run id>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneoff.core.errors import TuneoffError
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    return {k: float(v) for k, v in _flat(tree, prefix).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def mlflow_uri(tracking_uri: str | None, output_dir) -> str:
+    return tracking_uri or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def use_experiment(mlflow, uri: str, name: str) -> None:
+    """Point MLflow at ``uri`` and experiment ``name``. A new experiment in a local SQLite store keeps its artifacts
+    beside the database (``mlartifacts/``): MLflow's default would be ``./mlruns`` in whatever directory the user
+    happens to be in."""
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # another process of the study created it first
+    mlflow.set_experiment(name)
+
+
+class MLflow:
+    def __init__(self, cfg, run_id: str):
+        try:
+            import mlflow
+        except ImportError:
+            raise TuneoffError("train.report_to has mlflow, which is not installed: pip install 'tuneoff[tracking]'.") from None
+        self.mlflow = mlflow
+        use_experiment(mlflow, mlflow_uri(cfg.train.tracking_uri, cfg.output_dir), cfg.train.experiment or "tuneoff")
+        self.run = mlflow.start_run(run_name=run_id)
+        params = {k: str(v)[:500] for k, v in _flat(cfg.model_dump(mode="json")).items()}
+        mlflow.log_params(params)
+
+    def evaluation(self, step: int, validation: dict) -> None:
+        self.mlflow.log_metrics({f"validation.{k}": v for k, v in validation.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+
+    def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
+        self.mlflow.log_metrics({**_numbers(metrics.get("test", {}), "test."), **_numbers(resources, "resources.")})
+        self.mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        self.mlflow.end_run()
+
+    def abort(self) -> None:
+        self.mlflow.end_run(status="FAILED")
+
+
+class TensorBoard:
+    def __init__(self, cfg, run_id: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TuneoffError("train.report_to has tensorboard, which is not installed: pip install 'tuneoff[tracking]'.") from None
+        self.writer = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard" / run_id))
+        self.writer.add_text("config", "```\n" + cfg.to_yaml() + "\n```")
+
+    def evaluation(self, step: int, validation: dict) -> None:
+        for key, value in validation.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"validation/{key}", value, step)
+
+    def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
+        for key, value in {**_numbers(metrics.get("test", {}), "test/"), **_numbers(resources, "resources/")}.items():
+            self.writer.add_scalar(key, value, 0)
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+class Trackers:
+    """The run's trackers, called at every evaluation and at the end; nothing when ``report_to`` is empty."""
+
+    def __init__(self, cfg, run_id: str, main: bool):
+        kinds = {"mlflow": MLflow, "tensorboard": TensorBoard}
+        self.all = [kinds[k](cfg, run_id) for k in (cfg.train.report_to if main else [])]
+
+    def evaluation(self, step: int, validation: dict) -> None:
+        for t in self.all:
+            t.evaluation(step, validation)
+
+    def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
+        for t in self.all:
+            t.finish(metrics, resources, model_dir)
+        self.all = []
+
+    def abort(self) -> None:
+        for t in self.all:
+            t.abort()
+        self.all = []
+
+
+def log_study_report(spec, runs_dir: Path, report_dir: Path) -> None:
+    """A study's report as a run of its own in the study's experiment, when its runs report to MLflow."""
+    train = spec.base.get("train") or {}
+    if "mlflow" not in (train.get("report_to") or []):
+        return
+    import mlflow
+
+    use_experiment(mlflow, mlflow_uri(train.get("tracking_uri"), runs_dir), spec.name)
+    with mlflow.start_run(run_name=f"{spec.name} report"):
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
