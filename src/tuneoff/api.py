@@ -1,33 +1,27 @@
-"""Know your data: per-split counts, label balance, text lengths in characters and in the model's tokens,
-duplicates and train/validation/test leakage, near-empty texts, and the ``max_length`` that follows.
-
-The recommended ``max_length`` covers the 99th percentile of training-set token lengths (rounded up to a
-multiple of 8), unless that exceeds what the model can take; ``data.max_length: auto`` uses it.
+"""The Python API: what the command line does, as functions a notebook can call.
 """
 
 from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from tuneoff.config import build_config
+from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import inspect_corpus, model_max_length
+from tuneoff.models.assets import resolve_model
+from tuneoff.models.loading import load_tokenizer
 from tuneoff.report.plots import plot_lengths
-
-
-
-
 
 
 def inspect_to_dir(data: str, overrides: list[str], model: str, out=None):
     """Load a dataset and a tokenizer, inspect, and write inspect.json + histogram.png + boxplot.png."""
-    import base64
-    import json
-    from pathlib import Path
 
     from transformers import AutoConfig
 
-    from tuneoff.config import build_config
-    from tuneoff.data.corpus import load_corpus
-    from tuneoff.core.errors import TuneoffError
-    from tuneoff.models.loading import load_tokenizer
-    from tuneoff.models.assets import resolve_model
-    from tuneoff.core.files import atomic_write_text, safe_name
 
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:

@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.methods import MethodParams, method_params_from_dict
-
+from tuneoff.methods import MethodParams, get_method, method_params_from_dict
 
 DEFAULT_METHOD = "lora"
 
@@ -178,7 +185,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _optimizer_fits_method(self) -> RunConfig:
-        from tuneoff.methods import get_method
 
         kinds = get_method(self.method.name).optimizer_kinds
         if self.train.optimizer not in kinds:

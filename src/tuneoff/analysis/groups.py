@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuneoff.core.errors import TuneoffError
 from tuneoff.analysis.significance import expected_calibration_error
+from tuneoff.core.errors import TuneoffError
 from tuneoff.results.store import Store
 
 

@@ -1,17 +1,5 @@
-"""Studies: a base run config, named method variants, a grid and seeds, expanded into runs and executed.
-
-A study file looks like::
-
-    name: lora_vs_partial
-    base:   {model: {name: minilm}, data: {name: rotten_tomatoes}, train: {epochs: 1}}
-    variants:
-      partial_top2: {method: {name: partial, k: 2}}
-      lora_r8_qv:   {method: {name: lora, r: 8}, grid: {train.lr: [5e-4, 1e-3]}}
-    grid:  {data.name: [rotten_tomatoes, bbc_news]}     # applies to every variant
-    seeds: [1, 2, 3]
-
-Runs are numbered deterministically (``lora_r8_qv-lr0.001-rotten_tomatoes-s2``), so a resumed study finds its
-finished runs by name and redoes none of them.
+"""How a study's verdict is reached: the non-inferiority margin, the error rate, what "cheapest" means, and the
+constraints a recommended method must meet. Changing them re-reads stored results; it never re-runs anything.
 """
 
 from __future__ import annotations
@@ -19,8 +7,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-
 
 
 class Decide(BaseModel):

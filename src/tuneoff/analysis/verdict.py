@@ -26,7 +26,15 @@ import pandas as pd
 
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups
 from tuneoff.analysis.settings import AnalysisSettings, Decide
-from tuneoff.analysis.significance import (holm, mcnemar_exact, non_inferiority, pareto_front, two_level_bootstrap, variance_parts, what_would_decide)
+from tuneoff.analysis.significance import (
+    holm,
+    mcnemar_exact,
+    non_inferiority,
+    pareto_front,
+    two_level_bootstrap,
+    variance_parts,
+    what_would_decide,
+)
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}

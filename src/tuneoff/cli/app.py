@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +16,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneoff.cli.terminal import (
+    inspect_tables,
+    metrics_table,
+    plan_markdown,
+    plan_table,
+    plan_title,
+    run_summary,
+    verdict_lines,
+)
 from tuneoff.core.errors import TuneoffError
-from tuneoff.cli.terminal import inspect_tables, metrics_table, run_summary, verdict_lines
+from tuneoff.core.files import atomic_write_text
+from tuneoff.models.assets import BUILTIN_MODELS
+from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
+from tuneoff.training.tracking import log_study_report
 
 app = typer.Typer(
     help="Fine-tune text classifiers with full, partial, head-only, LoRA, LoRA+ and LoRA-FA, and compare what each costs.",
@@ -50,7 +65,6 @@ def user_errors(fn):
 
 
 def _quiet_libraries() -> None:
-    import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -61,7 +75,6 @@ def _quiet_libraries() -> None:
 
 
 def _log_evaluations() -> None:
-    import logging
 
     log = logging.getLogger("tuneoff")
     for old in [h for h in log.handlers if getattr(h, "tuneoff_cli", False)]:
@@ -88,10 +101,8 @@ def train(
     results: Path = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results store that indexes the run (`tuneoff runs list`)."),
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
-    import sys
 
     from tuneoff.config import load_config
-    from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
 
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
     if num_processes > 1 and not launched():
@@ -205,14 +216,12 @@ def plan(
 
         cfg = load_config(config, overrides or [])
         configs = [(cfg.method.name, cfg)]
-    from tuneoff.cli.terminal import plan_markdown, plan_table, plan_title
 
     where = plan_device(device)
     plans = plan_configs(configs, batch_size, seq_len, precision, where)
     table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
     console().print(table)
     if out is not None:
-        from tuneoff.core.files import atomic_write_text
 
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")
@@ -251,7 +260,6 @@ def datasets() -> None:
 @app.command()
 def models() -> None:
     """List built-in model short names."""
-    from tuneoff.models.assets import BUILTIN_MODELS
 
     table = Table(title="built-in models")
     for col in ("name", "offline", "what"):
@@ -307,16 +315,15 @@ def run_study(
                 f"{r['schedule']}; hub: {r['hub']}")
         return
     _quiet_libraries()
-    from tuneoff.study.executors import make_executor
     from tuneoff.report.build import build
     from tuneoff.study.execution import execute
+    from tuneoff.study.executors import make_executor
 
     runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say, processes_per_run)
     directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
     report = build(spec.name, results)
     for line in verdict_lines(report.parent):
         say(line)
-    from tuneoff.training.tracking import log_study_report
 
     log_study_report(spec, directory / "runs", report.parent)
     console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")

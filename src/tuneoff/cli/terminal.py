@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.markup import escape
@@ -24,7 +29,6 @@ def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> T
 
 def verdict_lines(report_dir: Path) -> list[str]:
     """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
-    import json
 
     lines = []
     for group in json.loads((report_dir / "verdict.json").read_text()):
@@ -128,10 +132,6 @@ def plan_table(plans, title: str) -> Table:
 
 def plan_markdown(plans, title: str) -> str:
     """`tuneoff plan --out`: the table as Markdown, headed with what produced it."""
-    import platform
-    import shlex
-    import sys
-    from datetime import datetime, timezone
 
     from tuneoff.core.provenance import versions
 

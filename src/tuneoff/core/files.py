@@ -1,21 +1,10 @@
-"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
-
-Layout of ``runs/<run-id>/``::
-
-    config.yaml        resolved config (what ran, with every default filled in)
-    run.json           status, versions, device, timing, label names
-    metrics.json       validation (best checkpoint) and test metrics
-    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
-    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
-    resources.json     parameters, time, throughput, peak memory, checkpoint size
-    model/             the model (see ``save_model``)
-
-A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
-so ``runs/`` never holds a half-written run.
+"""Files written so that a reader never sees half of one: atomic writes (temporary file in the same directory, fsync,
+rename), JSON, recognising a full disk however the writing library reports it, and names safe as one path component.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,8 +13,6 @@ import tempfile
 from pathlib import Path
 
 from tuneoff.core.errors import TuneoffError
-
-
 
 UMASK = os.umask(0)
 
@@ -54,7 +41,6 @@ def disk_full(exc: BaseException, where: Path | None = None) -> bool:
     """Out of space or quota, however the library that was writing said it: an OSError, safetensors' own error type
     with the OS message in it, or torch.save's zip writer, which only says "unexpected pos" (then the file system
     of ``where`` is checked: less than 1 MiB free is a full disk)."""
-    import errno
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True

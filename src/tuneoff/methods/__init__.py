@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tuneoff.core.errors import TuneoffError
+from tuneoff.models import saving
+
 if TYPE_CHECKING:  # torch is imported where a model is touched: listing methods must not wait for it
     import torch
     from torch import nn
@@ -84,7 +87,6 @@ class Method:
              trained_only: bool = False) -> None:
         """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load: the whole model,
         or (``train.save: trained_only``) the trained tensors over links to the base model's weights."""
-        from tuneoff.models import saving
 
         if trained_only and state_dict is None:
             saving.save_trained_only(model, tokenizer, out, base_source, revision)
@@ -104,7 +106,6 @@ class PeftMethod(Method):
         return model
 
     def save(self, model, tokenizer, out, base_source, revision, state_dict=None, trained_only=False):
-        from tuneoff.models import saving  # an adapter is what was trained: trained_only changes nothing
 
         saving.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
 
@@ -113,7 +114,6 @@ def peft_model(model, config, arch, what: str):
     """``get_peft_model`` with a clear error naming the method's parameters and this architecture's defaults."""
     from peft import get_peft_model
 
-    from tuneoff.core.errors import TuneoffError
 
     try:
         return get_peft_model(model, config)
@@ -152,7 +152,6 @@ def freeze_except(model: nn.Module, prefixes: list[str]) -> nn.Module:
 
 def check_budget(trainable_params: int, budget: int | None, method: str) -> None:
     """Fail before training when a configuration trains more parameters than ``max_trainable_params``."""
-    from tuneoff.core.errors import TuneoffError
 
     if budget is not None and trainable_params > budget:
         raise TuneoffError(

@@ -27,8 +27,12 @@ class IA3(PeftMethod):
 
     def prepare(self, model, params, arch):
         from peft import IA3Config, TaskType
-        from peft.utils.constants import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
-                                          TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS)
+        from peft.utils.constants import (
+            TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FF,
+        )
+        from peft.utils.constants import (
+            TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
+        )
 
         targets, feedforward = IA3_TARGETS.get(arch.model_type, (TARGETS.get(arch.model_type), FF.get(arch.model_type)))
         config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=params.target_modules or targets,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import MethodParams, PeftMethod, register
 
 
@@ -42,7 +43,6 @@ def lora_model(model, params: LoraParams, arch):
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        from tuneoff.core.errors import TuneoffError
 
         raise TuneoffError(
             f"LoRA could not be applied: {exc}. Check method.target_modules (defaults for this "

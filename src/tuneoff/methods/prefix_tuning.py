@@ -5,8 +5,11 @@ method stops before training with peft's reason. It is here for models that take
 
 from __future__ import annotations
 
+import inspect
+
 from pydantic import Field
 
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
 
 
@@ -25,9 +28,7 @@ class PrefixTuning(PeftMethod):
     def prepare(self, model, params, arch):
         from peft import PrefixTuningConfig, TaskType
 
-        import inspect
 
-        from tuneoff.core.errors import TuneoffError
 
         config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
                                     modules_to_save=list(arch.head_modules))

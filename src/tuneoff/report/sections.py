@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 
 from tuneoff.analysis import mistakes
+from tuneoff.analysis.groups import per_class
+from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
+from tuneoff.report.plots import plot_lengths
 
 SHOWN = ["condition", "method", "seeds", "accuracy", "accuracy_std", "accuracy_per_seed", "accuracy_ci_low",
          "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best", "trainable_params", "trainable_pct",
@@ -98,7 +101,6 @@ def group_html(v) -> str:
 
 
 def _per_class(conds) -> pd.DataFrame:
-    from tuneoff.analysis.groups import per_class
 
     return per_class(conds)
 
@@ -146,8 +148,6 @@ def search_html(trials: pd.DataFrame, search) -> str:
 
 
 def data_html(report: dict, cfg) -> str:
-    from tuneoff.report.plots import plot_lengths
-    from tuneoff.data.inspection import summary_rows
 
     report = {**report, "_lengths": {k: np.asarray(v) for k, v in report["_lengths"].items()}}
     histogram, boxplot = plot_lengths(report)

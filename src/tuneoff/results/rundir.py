@@ -1,14 +1,15 @@
-"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
+"""A run directory: its layout, and how it is built hidden and published whole.
 
 Layout of ``runs/<run-id>/``::
 
     config.yaml        resolved config (what ran, with every default filled in)
-    run.json           status, versions, device, timing, label names
+    run.json           status, versions, device, timing, label names, convergence
     metrics.json       validation (best checkpoint) and test metrics
     history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
     predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
-    resources.json     parameters, time, throughput, peak memory, checkpoint size
-    model/             the model (see ``save_model``)
+    resources.json     parameters, time, throughput, peak memory, checkpoint size, seconds per phase
+    train.log          the run's log records (every process's)
+    model/             the model (``tuneoff.models.saving``)
 
 A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
 so ``runs/`` never holds a half-written run.
@@ -22,7 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import UMASK, atomic_write_text, disk_full, safe_name, write_json
+from tuneoff.core.files import (
+    UMASK,
+    atomic_write_text,
+    disk_full,
+    safe_name,
+    write_json,
+)
 
 MODEL_DIR = "model"
 os.umask(UMASK)

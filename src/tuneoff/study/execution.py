@@ -1,30 +1,24 @@
-"""Studies: a base run config, named method variants, a grid and seeds, expanded into runs and executed.
-
-A study file looks like::
-
-    name: lora_vs_partial
-    base:   {model: {name: minilm}, data: {name: rotten_tomatoes}, train: {epochs: 1}}
-    variants:
-      partial_top2: {method: {name: partial, k: 2}}
-      lora_r8_qv:   {method: {name: lora, r: 8}, grid: {train.lr: [5e-4, 1e-3]}}
-    grid:  {data.name: [rotten_tomatoes, bbc_news]}     # applies to every variant
-    seeds: [1, 2, 3]
-
-Runs are numbered deterministically (``lora_r8_qv-lr0.001-rotten_tomatoes-s2``), so a resumed study finds its
-finished runs by name and redoes none of them.
+"""Running a study: check it, take its lock, register its runs in the store, and execute the unfinished ones on an
+executor; a failed run is recorded and the study goes on.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shlex
+import socket
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
-
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import safe_name
 from tuneoff.results.store import Store
+from tuneoff.study.executors import Job, LocalExecutor, drive
+from tuneoff.study.search import run_search
 from tuneoff.study.spec import PlannedRun, StudySpec, expand, require_hub, study_dir
-
 
 
 def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
@@ -84,9 +78,6 @@ def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[Pla
 
 def _log_command(directory: Path) -> None:
     """Append the command that ran (or resumed) the study to ``commands.log``: a result file cites it."""
-    import shlex
-    import sys
-    from datetime import datetime, timezone
 
     argv = ["tuneoff", *sys.argv[1:]] if Path(sys.argv[0]).name in ("tuneoff", "__main__.py") else sys.argv
     with open(directory / "commands.log", "a", encoding="utf-8") as log:
@@ -97,7 +88,6 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             progress: bool = False, executor=None) -> Path:
     """Run every unfinished run of the study on ``executor`` (default: here, in order); a failed run is recorded and
     the study goes on. Only this process writes the results store."""
-    from tuneoff.study.executors import Job, LocalExecutor, drive
 
     executor = executor or LocalExecutor(progress, say)
     try:
@@ -107,7 +97,6 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         raise
     try:
         if spec.search is not None:
-            from tuneoff.study.search import run_search
 
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
             run_search(spec, bases, store, directory, Path(results), executor, say)
@@ -139,10 +128,6 @@ def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:
 def hold_study(directory: Path, name: str):
     """An exclusive lock on the study for as long as this process runs it (``<study>/.lock``, flock). A second
     ``tuneoff run`` of the same study would mark this one's running runs failed; it is refused with the holder."""
-    import fcntl
-    import os
-    import socket
-    from datetime import datetime, timezone
 
     try:
         directory.mkdir(parents=True, exist_ok=True)

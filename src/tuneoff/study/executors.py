@@ -13,8 +13,11 @@ result, and only the driver writes the SQLite index, once per run, so a retried 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import traceback
 from collections import deque
@@ -24,6 +27,12 @@ from typing import Callable
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import read_json
+from tuneoff.training.launcher import (
+    check_processes,
+    launch_command,
+    tied_to_this_process,
+)
 
 
 @dataclass
@@ -52,7 +61,6 @@ class Outcome:
 
 
 def _read_finished(run_id: str, run_dir: Path, seconds: float = 0.0, found: bool = False) -> Outcome:
-    from tuneoff.core.files import read_json
 
     return Outcome(run_id, "done", str(run_dir), read_json(run_dir / "metrics.json"), read_json(run_dir / "resources.json"),
                    read_json(run_dir / "run.json"), seconds=seconds, found_on_disk=found)
@@ -92,11 +100,7 @@ def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, p
 
 
 def _run_in_processes(job: Job, processes: int, say: Callable) -> Outcome:
-    import pickle
-    import subprocess
-    import tempfile
 
-    from tuneoff.training.launcher import launch_command, tied_to_this_process
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
@@ -233,7 +237,6 @@ def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
 def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
                   max_retries: int = 3, progress: bool = False, say: Callable = print, processes_per_run: int = 1):
     if name == "local":
-        from tuneoff.training.launcher import check_processes
 
         check_processes(processes_per_run, "--processes-per-run")
         return LocalExecutor(progress, say, processes_per_run)

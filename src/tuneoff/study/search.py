@@ -19,6 +19,8 @@ off (same parameters, same run directory, so they resume from their checkpoints)
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,7 +155,6 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
     except ImportError:
         raise TuneoffError(f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'.") from None
 
-    from functools import partial
 
     from tuneoff.config import build_config
     from tuneoff.study.executors import Job, drive
@@ -262,7 +263,6 @@ def best_trial(study, search):
 
 def trials_frame(rows, search: SearchSpec):
     """All trials of a search study from the store: variant, trial, parameters, status, objective, feasibility."""
-    import json
 
     import pandas as pd
 

@@ -26,11 +26,22 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuneoff.config import RunConfig, build_config, format_validation_error, parse_overrides, read_yaml, set_dotted
-from tuneoff.core.errors import TuneoffError
-from tuneoff.study.search import Dimension, SearchSpec
-from tuneoff.core.files import safe_name
 from tuneoff.analysis.settings import AnalysisSettings, Decide
+from tuneoff.config import (
+    RunConfig,
+    build_config,
+    format_validation_error,
+    parse_overrides,
+    read_yaml,
+    set_dotted,
+)
+from tuneoff.core import hub
+from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import safe_name
+from tuneoff.data.builtins import hub_repo as data_repo
+from tuneoff.methods import get_method
+from tuneoff.models.assets import hub_repo as model_repo
+from tuneoff.study.search import Dimension, SearchSpec
 
 DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "default.yaml"
 
@@ -180,9 +191,6 @@ def study_dir(results: str | Path, name: str) -> Path:
 
 def dry_run(spec: StudySpec) -> list[dict]:
     """Each run of the study with its recipe (validated, nothing loaded or downloaded)."""
-    from tuneoff.data.builtins import hub_repo as data_repo
-    from tuneoff.methods import get_method
-    from tuneoff.models.assets import hub_repo as model_repo
 
     rows = []
     for run in expand(spec):
@@ -200,9 +208,6 @@ def dry_run(spec: StudySpec) -> list[dict]:
 
 def require_hub(name: str, runs: list[PlannedRun]) -> None:
     """Before anything runs: every hub model and dataset of the study can be had (hub reachable, or cached)."""
-    from tuneoff.core import hub
-    from tuneoff.data.builtins import hub_repo as data_repo
-    from tuneoff.models.assets import hub_repo as model_repo
 
     needed: dict[str, str] = {}
     for run in runs:

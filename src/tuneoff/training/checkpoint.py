@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tuneoff.core.errors import TuneoffError
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -193,7 +195,6 @@ def load(run_path: Path, named_trainable: dict[str, torch.nn.Parameter], optimiz
 
     A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's.
     Returns None when the run has no checkpoint; raises TuneoffError when it has some and none reads back."""
-    from tuneoff.core.errors import TuneoffError
 
     skipped = []
     for path in complete(run_path):
@@ -226,7 +227,6 @@ def translate_position(state: LoopState, saved: dict | None, now: dict | None, p
     Epoch orders are grouped by the effective batch (per-device batch x accumulation x processes), so runs with
     the same effective batch see the same examples in the same order however it is split; a checkpoint sits on
     an optimizer-step boundary, so its position translates exactly. Another effective batch is another run."""
-    from tuneoff.core.errors import TuneoffError
 
     if not saved or not now or saved == now:
         return state.batch

@@ -7,12 +7,16 @@ launch command and tells a process whether it is the one that prints.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from tuneoff.core.errors import TuneoffError
+from tuneoff.results.rundir import RunDirectory
 
 
 def launched() -> bool:
@@ -49,8 +53,6 @@ def die_with_parent() -> None:
     """Linux: SIGKILL this process when its parent (``accelerate launch``) dies, so that a run's processes never
     outlive a killed worker and race its retry for the same run directory (see :func:`tied_to_this_process`)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -135,12 +137,9 @@ def on_main_process(accelerator, fn, *args) -> None:
 
 def open_run_directory(cfg, run_id: str, resume: bool, find: bool, accelerator):
     """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
-    from pathlib import Path
 
     from accelerate.utils import broadcast_object_list
 
-    from tuneoff.core.errors import TuneoffError
-    from tuneoff.results.rundir import RunDirectory
 
     message = [None, None]
     if accelerator.is_main_process:

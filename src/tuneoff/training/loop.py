@@ -11,6 +11,7 @@ cache instead of recomputed (``frozen``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -25,18 +26,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tuneoff.training import checkpoint, guards, serving
-from tuneoff.data.batches import encode, train_loader, train_order
-from tuneoff.data.batches import micro_batches as micro_batches_of
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
-from tuneoff.training.resources import MemoryMeter, Throughput, combine_processes, device_name, dir_size
-from tuneoff.core.provenance import versions
-from tuneoff.training.launcher import on_main_process, open_run_directory
-from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
 from tuneoff.core.files import atomic_write_text, disk_full, write_json
+from tuneoff.core.provenance import versions
+from tuneoff.data.augment import augmented_copies
+from tuneoff.data.batches import encode, train_loader, train_order
+from tuneoff.data.batches import micro_batches as micro_batches_of
+from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
+from tuneoff.training import checkpoint, guards, serving
+from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
+from tuneoff.training.launcher import launched, on_main_process, open_run_directory
+from tuneoff.training.resources import (
+    MemoryMeter,
+    Throughput,
+    combine_processes,
+    device_name,
+    dir_size,
+)
 from tuneoff.training.session import Session, feature_cache_reason, prepare
+from tuneoff.training.tracking import Trackers
 
 log = logging.getLogger(__name__)  # one line per evaluation; `tuneoff train --no-progress` shows them
 
@@ -111,7 +120,6 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
             tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
     bar = tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step",
                disable=not (progress and s.main), dynamic_ncols=True)
-    from tuneoff.training.tracking import Trackers
 
     return Progress(state, best, Throughput(s.device, state.samples, state.tokens, state.train_seconds),
                     MemoryMeter(s.device).start(), bar, torch.full((), state.running_loss, device=s.device),
@@ -168,7 +176,6 @@ def loop(s: Session, run: RunDirectory, p: Progress, on_evaluate) -> None:
 def _epoch_examples(s: Session, state):
     if not s.cfg.data.augment.copies:
         return s.encoded["train"]
-    from tuneoff.data.augment import augmented_copies  # fresh copies every epoch; originals stay, evaluation untouched
 
     augment = s.cfg.data.augment
     copies, stats = augmented_copies(s.corpus.splits["train"], augment, state.epoch)
@@ -383,7 +390,6 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
             failed_run = getattr(exc, "tuneoff_run_id", None)
         release_memory()
         tc = cfg.train
-        from tuneoff.training.launcher import launched
 
         if launched():  # the other processes are inside a collective: a lone retry would deadlock them
             raise TuneoffError(
@@ -403,7 +409,6 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
 
 
 def release_memory() -> None:
-    import gc
 
     gc.collect()
     if torch.cuda.is_available():

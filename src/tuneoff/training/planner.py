@@ -26,10 +26,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from tuneoff.config import RunConfig
+from tuneoff.core.errors import TuneoffError
+from tuneoff.methods import get_method
+from tuneoff.models.assets import resolve_model
+from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier
 
 MB = 1024 * 1024
 # cuBLAS and cuBLASLt workspaces, 32 MiB each on Hopper in PyTorch 2.x: the 66 MiB an H100 held beyond a frozen
@@ -59,7 +66,6 @@ class Plan:
 
 
 def _attention(query, key, value, mask, scaling):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     # The math kernel: its matrix products are what FlopCounterMode counts (the CPU's flash kernel is not counted).
     with sdpa_kernel(SDPBackend.MATH):
@@ -116,7 +122,6 @@ def _byte_mask_dropout(input, p=0.5, training=True, inplace=False):
 @contextlib.contextmanager
 def _as_on_cuda(model):
     """Count activations as CUDA's kernels keep them (see the module's docstring), then restore the model."""
-    from unittest import mock
 
     from transformers import AttentionInterface
 
@@ -140,11 +145,7 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2,
              device: str = "cpu") -> Plan:
     """One counted training step of ``cfg`` on the CPU, as it would run on ``device`` ("cpu" or "cuda")."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from tuneoff.methods import get_method
-    from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier
-    from tuneoff.models.assets import resolve_model
 
     torch.manual_seed(0)
     source = resolve_model(cfg.model.name)
@@ -192,7 +193,6 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
 
 def plan_device(device: str | None) -> str:
     """The device a plan is for: as asked, else this machine's (cuda when it has a GPU)."""
-    from tuneoff.core.errors import TuneoffError
 
     if device not in (None, "cpu", "cuda"):
         raise TuneoffError(f"--device {device!r}: choose cpu or cuda (the device the runs will train on).")

@@ -10,6 +10,8 @@ freed small blocks otherwise), so a study's later runs do not carry an earlier, 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import platform
 import time
@@ -41,8 +43,6 @@ def _status_kb(field: str) -> int | None:
 
 
 def _release_freed_memory() -> None:
-    import ctypes
-    import gc
 
     gc.collect()
     try:

@@ -1,32 +1,20 @@
-"""A run directory: its layout, atomic writes, and the saved model the Hugging Face ecosystem can load.
-
-Layout of ``runs/<run-id>/``::
-
-    config.yaml        resolved config (what ran, with every default filled in)
-    run.json           status, versions, device, timing, label names
-    metrics.json       validation (best checkpoint) and test metrics
-    history.jsonl      one line per evaluation: step, epoch, train loss, lr, validation metrics
-    predictions.csv    test split: id, text, true_label, pred_label, prob_<label>...
-    resources.json     parameters, time, throughput, peak memory, checkpoint size
-    model/             the model (see ``save_model``)
-
-A run is built in a hidden temporary directory next to its final place and renamed into place when complete,
-so ``runs/`` never holds a half-written run.
+"""A finished run put to use: load its model (with the loader its method needs), evaluate it on a dataset or a
+labeled file, predict an unlabeled file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tuneoff.core.errors import TuneoffError
 import numpy as np
 import pandas as pd
 import torch
-from tuneoff.core.files import read_json
+
+from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import atomic_write_text, read_json, safe_name, write_json
+from tuneoff.data.batches import collator, encode
 from tuneoff.results.rundir import MODEL_DIR
 from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
-
-
 
 # Adapters that transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's
 # per-module ranks after pruning): peft's own AutoPeftModelForSequenceClassification loads them.
@@ -67,7 +55,6 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
 
 
 def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None) -> np.ndarray:
-    from tuneoff.data.batches import collator, encode
 
     device = next(model.parameters()).device
     encoded = encode(df, tokenizer, max_length, label_ids)
@@ -82,9 +69,6 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     """Metrics of a saved run on a split of its own or another dataset with the same labels."""
     from tuneoff.config import build_config, read_yaml
     from tuneoff.data.corpus import SPLITS, load_corpus
-    from tuneoff.core.errors import TuneoffError
-    from tuneoff.training.saved import load_saved_model
-    from tuneoff.core.files import safe_name, write_json
     from tuneoff.data.files import is_table_path
 
     run_dir = Path(run_dir)
@@ -121,9 +105,8 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     competition's ``id,label`` with integer labels: the label itself when the labels are integers (as the data
     gave them), else the model's label index (``config.json`` id2label)."""
     from tuneoff.config import read_yaml
-    from tuneoff.core.files import atomic_write_text
-    from tuneoff.training.saved import load_saved_model
-    from tuneoff.data.files import read_table, require_columns, text_column as clean_text
+    from tuneoff.data.files import read_table, require_columns
+    from tuneoff.data.files import text_column as clean_text
 
     run_dir, out = Path(run_dir), Path(out)
     table = read_table(file)
@@ -133,7 +116,6 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     if pair_column:
         df["text_pair"] = clean_text(table, pair_column, str(file)).values
     if not out.parent.is_dir():
-        from tuneoff.core.errors import TuneoffError
 
         raise TuneoffError(f"--out {out}: directory {out.parent} does not exist.")
     model, tokenizer = load_saved_model(run_dir, _device())

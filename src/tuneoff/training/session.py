@@ -8,21 +8,35 @@ which method it holds.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from tuneoff.training import frozen
-from tuneoff.data.batches import collator, encode
 from tuneoff.config import RunConfig
-from tuneoff.data.corpus import load_corpus
 from tuneoff.core.errors import TuneoffError
-from tuneoff.training.launcher import check_sharding
+from tuneoff.data.augment import wordnet
+from tuneoff.data.batches import collator, encode
+from tuneoff.data.corpus import load_corpus
+from tuneoff.data.inspection import (
+    model_max_length,
+    recommend_max_length,
+    token_lengths,
+)
 from tuneoff.methods import check_budget, get_method
 from tuneoff.models.assets import cache_dir, resolve_model
-from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier, load_tokenizer
+from tuneoff.models.loading import (
+    enable_gradient_checkpointing,
+    load_classifier,
+    load_tokenizer,
+)
+from tuneoff.training import frozen
+from tuneoff.training.frozen import pd_bytes
+from tuneoff.training.launcher import check_sharding
 from tuneoff.training.resources import param_counts
 from tuneoff.training.schedule import make_scheduler
 
@@ -137,7 +151,6 @@ def prepare(cfg: RunConfig) -> Session:
                  "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
     )
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
-        from tuneoff.data.inspection import model_max_length, recommend_max_length, token_lengths
 
         limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
         auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
@@ -157,7 +170,6 @@ def prepare(cfg: RunConfig) -> Session:
     encoded = encoded_splits(corpus, tokenizer, cfg.data.max_length)
     augment = cfg.data.augment
     if augment.synonym_fraction and augment.copies:
-        from tuneoff.data.augment import wordnet
 
         wordnet()  # a missing WordNet is a clear error now, not after the first epoch
     micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)
@@ -184,8 +196,6 @@ _ENCODED: dict = {}  # (tokenizer, max_length, examples) -> encoded splits: a st
 
 def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
     """The splits tokenized once per (tokenizer, max_length, examples) in this process (the last two are kept)."""
-    from tuneoff.training.frozen import pd_bytes
-    import hashlib
 
     key = (tokenizer.name_or_path, len(tokenizer), max_length, tuple(corpus.label_names),
            hashlib.sha256(b"".join(pd_bytes(df) + df["label"].str.cat().encode() for df in corpus.splits.values())).hexdigest())
@@ -217,8 +227,6 @@ def _attach_features(s: Session) -> None:
         return
     dtype = s.tc.feature_cache_dtype
     key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype)
-    import os
-    from pathlib import Path
 
     root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
     model = s.model.to(s.device)
