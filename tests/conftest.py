@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -33,17 +34,21 @@ def make_tokenizer(tmp_path=None):
     return BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)}, do_lower_case=True)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    """A saved tiny BertModel (no head: the classifier starts fresh, as with a real pretrained encoder)."""
+def save_tiny_bert(path, **config):
+    """A saved tiny BertModel (no head: the classifier starts fresh, as with a real pretrained encoder) and its
+    tokenizer; ``config`` overrides the tiny configuration (e.g. dropout)."""
     import torch
     from transformers import BertConfig, BertModel
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(VOCAB), **TINY)).save_pretrained(path)
+    BertModel(BertConfig(vocab_size=len(VOCAB), **{**TINY, **config})).save_pretrained(path)
     make_tokenizer(path).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +68,8 @@ def tiny_distilbert(tmp_path_factory):
 def no_dropout_bert(tmp_path_factory):
     """Tiny BERT without dropout, for comparisons that dropout masks would blur (several processes draw their own
     masks; compiled kernels draw from another RNG stream)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(VOCAB), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY)).save_pretrained(path)
-    make_tokenizer(path).save_pretrained(path)
-    return str(path)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
 
 
 def toy_frame(n: int, seed: int) -> pd.DataFrame:
@@ -100,6 +99,25 @@ def tiny_overrides(model_dir: str, data: str, out, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+TWO_VARIANTS = {"partial_top1": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+                "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+
+
+def write_study(tmp_path, model_dir: str, data: str, name: str = "tiny", *, variants: dict | None = None,
+                seeds=(1, 2), train: dict | None = None, data_config: dict | None = None, **extra) -> Path:
+    """A study file over the tiny model and the toy data: the one factory every study test uses. ``train`` and
+    ``data_config`` are merged into the base's sections, ``extra`` into the study's top level."""
+    import yaml
+
+    spec = {"name": name,
+            "base": {"model": {"name": model_dir}, "data": {"name": data, "max_length": 16, **(data_config or {})},
+                     "train": {"epochs": 4, "batch_size": 16, "eval_every": 5, **(train or {})}},
+            "variants": TWO_VARIANTS if variants is None else variants, "seeds": list(seeds), **extra}
+    path = tmp_path / f"{name.replace('/', '_')}-{abs(hash(name)) % 10_000}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,15 @@ import pytest
 from scipy.stats import hypergeom
 
 from tuneoff.analysis.groups import Condition
-from tuneoff.analysis.mistakes import (confident_errors, disagreements, error_overlap, error_shares, probability_gaps, word_rank_stability, word_statistics)
+from tuneoff.analysis.mistakes import (
+    confident_errors,
+    disagreements,
+    error_overlap,
+    error_shares,
+    probability_gaps,
+    word_rank_stability,
+    word_statistics,
+)
 from tuneoff.analysis.significance import expected_calibration_error, pareto_front
 
 

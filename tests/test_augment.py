@@ -7,8 +7,8 @@ import random
 
 import pandas as pd
 import pytest
-
 from conftest import tiny_overrides
+
 from tuneoff.config import AugmentConfig, build_config
 from tuneoff.core.errors import TuneoffError
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import pandas as pd
-import torch
 import pytest
+import torch
 
-from tuneoff.data.batches import Encoded, encode, eval_loader, micro_batches, train_loader, train_order, collator
 from tuneoff.config import DataConfig
-from tuneoff.data.corpus import load_corpus
 from tuneoff.core.errors import TuneoffError
+from tuneoff.data.batches import (
+    Encoded,
+    collator,
+    encode,
+    eval_loader,
+    micro_batches,
+    train_loader,
+    train_order,
+)
+from tuneoff.data.corpus import load_corpus
 
 
 def test_rotten_tomatoes_offline_drops_plot_rows_and_splits_deterministically():

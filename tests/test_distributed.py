@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
-
 from conftest import toy_frame
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +64,8 @@ def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tm
     assert resources["train_samples"] == 3 * 96, "samples summed over both processes"
     run = json.loads((b / "run.json").read_text())
     assert run["batch_order_digest"] == json.loads((a / "run.json").read_text())["batch_order_digest"], "same global batches"
+    log = (b / "train.log").read_text()
+    assert " rank 0 INFO " in log and " rank 1 INFO " in log, "both processes' records are in the run's log"
 
     # Evaluation gathered from both processes: every test example exactly once, in order.
     pa, pb = pd.read_csv(a / "predictions.csv"), pd.read_csv(b / "predictions.csv")
@@ -169,9 +170,9 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
 def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
     """`tuneoff run study.yaml --processes-per-run 2`: each run of the study trains on 2 processes (the way a
     multi-GPU machine runs a study of models too big for one GPU), recorded once, with the same report."""
-    from test_study import tiny_study
+    from conftest import write_study
 
-    path = tiny_study(tmp_path, tiny_bert, toy_csv, name="procs", epochs=2, seeds=[1])
+    path = write_study(tmp_path, tiny_bert, toy_csv, "procs", train={"epochs": 2}, seeds=[1])
     done = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

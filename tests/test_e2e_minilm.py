@@ -32,10 +32,10 @@ def test_minilm_lora_learns_rotten_tomatoes_and_reloads_through_pipeline(tmp_pat
 
 
 def test_mpnet_is_assembled_from_its_five_parts_and_loads(tmp_path, monkeypatch):
-    from tuneoff.methods import get_method
     from tuneoff.config import build_config
-    from tuneoff.models.loading import load_classifier
+    from tuneoff.methods import get_method
     from tuneoff.models.assets import resolve_model
+    from tuneoff.models.loading import load_classifier
     from tuneoff.training.resources import param_counts
 
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path))

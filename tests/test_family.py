@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import tiny_overrides
+from test_methods import CLASSIFIER, POOLER, H, I, L, prepared
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
-from test_methods import CLASSIFIER, H, I, L, POOLER, prepared
 from tuneoff.cli.app import app
 from tuneoff.config import build_config
-from tuneoff.training.resources import param_counts
 from tuneoff.training.loop import train
+from tuneoff.training.resources import param_counts
 
 
 @pytest.mark.parametrize("method, params, expected", [

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_overrides
 from test_reliability import cli_train, finished_run
-from tuneoff.training import frozen
+
 from tuneoff.config import build_config
+from tuneoff.training import frozen
 from tuneoff.training.loop import train
 
 CASES = {"head": {"method.name": "head", "train.lr": 5e-2},
@@ -37,17 +37,17 @@ def run(tiny_bert, toy_csv, out, **extra):
 
 def _count_layer0_calls(monkeypatch):
     """Counts the forward calls of every encoder's layer 0 (the frozen one in each case)."""
-    import tuneoff.training.session as session_module
+    import tuneoff.training.model as model_module
 
     calls = {"n": 0}
-    real = session_module.load_classifier
+    real = model_module.load_classifier
 
     def load(*args, **kwargs):
         model, arch = real(*args, **kwargs)
         model.get_submodule(arch.layers_path)[0].register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
         return model, arch
 
-    monkeypatch.setattr(session_module, "load_classifier", load)
+    monkeypatch.setattr(model_module, "load_classifier", load)
     return calls
 
 
@@ -102,9 +102,8 @@ def test_the_cache_is_computed_once_for_many_runs_and_invalidated_by_what_it_dep
 @pytest.mark.slow
 def test_a_resumed_cached_run_equals_an_uninterrupted_one(tiny_bert, toy_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
-    from safetensors.torch import load_file
-
     import test_reliability
+    from safetensors.torch import load_file
 
     monkeypatch.setattr(test_reliability, "RESUMABLE", {**test_reliability.RESUMABLE, "method.layers_to_transform": "[1]",
                                                         "train.feature_cache_dtype": "float32"})

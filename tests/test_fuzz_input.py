@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tuneoff.config import DataConfig
-from tuneoff.data.corpus import load_corpus
 from tuneoff.core.errors import TuneoffError
+from tuneoff.data.corpus import load_corpus
 
 ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40) | st.sampled_from(
     ["", " ", "\x00", '"', '""', "a,b", "line\nbreak", "\u202e\u200b", "😀" * 3, "x" * 5000, "NA", "null", "1.0"])

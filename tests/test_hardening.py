@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import tiny_overrides, write_study
 from safetensors.torch import load_file
+from test_reliability import RESUMABLE, cli_train, finished_run, reference  # noqa: F401 (a fixture)
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
-from test_reliability import RESUMABLE, cli_train, finished_run, reference  # noqa: F401 (a fixture)
-from tuneoff.training import checkpoint
-from tuneoff.training import guards
 from tuneoff.cli.app import app
 from tuneoff.config import build_config
+from tuneoff.core import logs
 from tuneoff.core.errors import TuneoffError
+from tuneoff.training import checkpoint, guards
 from tuneoff.training.loop import train, train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,9 +192,9 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
     import tuneoff.training.loop as train_module
 
     models, dead_at_retry, calls = [], [], {"n": 0}
-    import tuneoff.training.session as session_module
+    import tuneoff.training.model as model_module
 
-    real_load = session_module.load_classifier
+    real_load = model_module.load_classifier
     real_loss = train_module.F.cross_entropy
 
     def load(*args, **kwargs):
@@ -214,13 +213,13 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(session_module, "load_classifier", load)
+    monkeypatch.setattr(model_module, "load_classifier", load)
     monkeypatch.setattr(train_module.F, "cross_entropy", loss)
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.checkpoint_every": 2}))
-    said = []
-    result = train_with_oom_retry(cfg, progress=False, say=said.append)
+    with logs.captured() as said:
+        result = train_with_oom_retry(cfg, progress=False)
     assert dead_at_retry == [True], "the failed attempt's model was still alive when the retry loaded its own"
-    assert "retrying with batch 20 x 2" in said[0]
+    assert any("retrying with batch 20 x 2" in line for line in said), said
     assert result.resources["resumed_from_step"] == "step-0000002"
     assert (result.resources["per_device_batch_size"], result.resources["effective_batch_size"]) == (20, 40)
 
@@ -229,13 +228,8 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
 
 
 def _study(tmp_path, tiny_bert, toy_csv, name, epochs=2, seeds=(1,)):
-    spec = {"name": name, "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                                   "train": {"epochs": epochs, "batch_size": 16}},
-            "variants": {"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}},
-            "seeds": list(seeds)}
-    path = tmp_path / f"{abs(hash(name))}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_study(tmp_path, tiny_bert, toy_csv, name, seeds=seeds, train={"epochs": epochs, "eval_every": None},
+                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}})
 
 
 def _run(path, results):

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tuneoff.core import hub
 from tuneoff.cli.app import app
+from tuneoff.core import hub
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_tokenizer, tiny_overrides
 from typer.testing import CliRunner
 
-from conftest import make_tokenizer, tiny_overrides
 from tuneoff.cli.app import app
 from tuneoff.config import DataConfig, build_config
 from tuneoff.data.corpus import load_corpus

@@ -7,9 +7,8 @@ import torch
 
 from tuneoff.config import build_config
 from tuneoff.core.errors import TuneoffError
-from tuneoff.methods import all_methods, get_method
+from tuneoff.methods import all_methods, check_budget, get_method
 from tuneoff.models.loading import load_classifier
-from tuneoff.methods import check_budget
 from tuneoff.training.resources import param_counts
 
 # Hand count for the tiny BERT of conftest (H=32, L=2, I=64, V=29 words, P=64, 2 token types, C=2 labels):
@@ -69,9 +68,18 @@ def test_partial_trains_exactly_the_top_layers_and_head(tiny_bert):
 
 
 def _tiny(family: str):
-    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-                              DistilBertConfig, DistilBertForSequenceClassification, MPNetConfig, MPNetForSequenceClassification,
-                              RobertaConfig, RobertaForSequenceClassification)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     common = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
     return {

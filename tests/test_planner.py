@@ -31,6 +31,24 @@ def test_full_fine_tuning_hand_count(tiny_bert):
     assert p.activations_mb > 0
 
 
+def test_sgd_is_planned_with_sgd_state(tiny_bert):
+    """The planner builds the run's own optimizer: SGD with momentum keeps one buffer per parameter, AdamW two (and a
+    step counter per tensor)."""
+    sgd = plan_on(tiny_bert, "full", "cpu", optimizer="sgd")
+    adamw = plan_on(tiny_bert, "full", "cpu")
+    assert sgd.optimizer_mb * 2**20 == TOTAL * 4
+    assert adamw.optimizer_mb * 2**20 == TOTAL * 8 + 41 * 4
+
+
+def test_planning_qlora_without_its_kernels_says_what_is_missing(tiny_bert):
+    """QLoRA is planned on its 4-bit base, loaded as training loads it: where that cannot be (no bitsandbytes, no
+    GPU), the plan stops with the same clear error as training would."""
+    from tuneoff.core.errors import TuneoffError
+
+    with pytest.raises(TuneoffError, match="qlora"):
+        plan(tiny_bert, "qlora")
+
+
 def test_head_only_trains_and_keeps_almost_nothing(tiny_bert):
     p = plan(tiny_bert, "head")
     assert p.gradients_mb * 2**20 == CLASSIFIER_BYTES

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_study
 
-from test_study import tiny_study
+from tuneoff.core import logs
 from tuneoff.core.errors import TuneoffError
-from tuneoff.study.executors import RayExecutor
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
+from tuneoff.study.executors import RayExecutor
 from tuneoff.study.spec import expand, load_spec
 
 ray = pytest.importorskip("ray")
@@ -51,17 +52,13 @@ def finished(results: Path, study: str) -> dict:
 
 
 def study_file(tmp_path, tiny_bert, toy_csv, name):
-    path = tiny_study(tmp_path, tiny_bert, toy_csv, name=name, epochs=2)
-    spec = yaml.safe_load(path.read_text())
-    spec["base"]["train"]["checkpoint_every"] = 3
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return write_study(tmp_path, tiny_bert, toy_csv, name, train={"epochs": 2, "checkpoint_every": 3})
 
 
 def test_ray_gives_the_local_results(cluster, marker, tiny_bert, toy_csv, tmp_path):
     spec = load_spec(study_file(tmp_path, tiny_bert, toy_csv, "same"))
-    execute(spec, tmp_path / "local", say=lambda *_: None)
-    execute(spec, tmp_path / "ray", say=lambda *_: None, executor=RayExecutor(cpus_per_run=1, say=lambda *_: None))
+    execute(spec, tmp_path / "local")
+    execute(spec, tmp_path / "ray", executor=RayExecutor(cpus_per_run=1))
     local, remote = finished(tmp_path / "local", "same"), finished(tmp_path / "ray", "same")
     assert len(local) == len(remote) == 4 and {r["status"] for r in remote.values()} == {"done"}
     for run_id, row in local.items():
@@ -69,14 +66,16 @@ def test_ray_gives_the_local_results(cluster, marker, tiny_bert, toy_csv, tmp_pa
         assert b["test"]["accuracy"] == a["test"]["accuracy"], run_id
         assert b["validation"]["loss"] == pytest.approx(a["validation"]["loss"], abs=1e-4), run_id
         assert Path(remote[run_id]["run_dir"]).parent == tmp_path / "ray" / "same" / "runs"
+        log = (Path(remote[run_id]["run_dir"]) / "train.log").read_text()
+        assert f"run {run_id}: " in log and "validation loss" in log, "the Ray worker's records reached the run's log"
     assert not marker.exists() or marker.stat().st_size == 0
 
 
 def test_killed_worker_is_retried_and_recorded_once(cluster, marker, tiny_bert, toy_csv, tmp_path):
     marker.unlink()  # the first run to reach step 7 is SIGKILLed, once
-    lines = []
     spec = load_spec(study_file(tmp_path, tiny_bert, toy_csv, "retry"))
-    execute(spec, tmp_path / "r", say=lines.append, executor=RayExecutor(cpus_per_run=1, max_retries=2, say=lines.append))
+    with logs.captured() as lines:
+        execute(spec, tmp_path / "r", executor=RayExecutor(cpus_per_run=1, max_retries=2))
     assert marker.exists(), "a worker was killed"
     rows = finished(tmp_path / "r", "retry")
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"done"}, lines
@@ -94,8 +93,7 @@ def test_study_killed_locally_resumes_on_ray(cluster, marker, tiny_bert, toy_csv
     killed = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    lines = []
-    execute(load_spec(path), tmp_path / "res", resume=True, say=lines.append, executor=RayExecutor(say=lines.append))
+    execute(load_spec(path), tmp_path / "res", resume=True, executor=RayExecutor())
     rows = finished(tmp_path / "res", "moved")
     assert {r["status"] for r in rows.values()} == {"done"} and len(rows) == 4
     first = rows[expand(load_spec(path))[0].run_id]  # the run the local study was killed in
@@ -109,7 +107,7 @@ def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
         "name": "rs", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
                                "method": {"name": "lora"}, "train": {"epochs": 1, "batch_size": 16}},
         "search": {"trials": 3, "space": {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}}, "pruning": False}}))
-    execute(load_spec(path), tmp_path / "res", say=lambda *_: None, executor=RayExecutor(say=lambda *_: None))
+    execute(load_spec(path), tmp_path / "res", executor=RayExecutor())
     rows = finished(tmp_path / "res", "rs")
     assert sorted(rows) == ["base-trial000", "base-trial001", "base-trial002"]
     assert {r["status"] for r in rows.values()} == {"done"}
@@ -125,9 +123,8 @@ def test_two_process_runs_on_ray_a_killed_process_is_retried(cluster, marker, ti
     spec = yaml.safe_load(path.read_text())
     spec["seeds"] = [1]
     path.write_text(yaml.safe_dump(spec))
-    lines = []
-    execute(load_spec(path), tmp_path / "r", say=lines.append,
-            executor=RayExecutor(processes_per_run=2, max_retries=2, say=lines.append))
+    with logs.captured() as lines:
+        execute(load_spec(path), tmp_path / "r", executor=RayExecutor(processes_per_run=2, max_retries=2))
     assert marker.exists(), "a process was killed"
     assert any("each run asks for 2 CPUs and 0 GPUs (2 process(es)), 1 at a time" in l for l in lines), lines
     rows = finished(tmp_path / "r", "procs")
@@ -170,13 +167,13 @@ def test_runs_no_node_can_hold_are_refused(nodes, asked, message):
 
 def test_a_run_no_node_can_place_is_refused(cluster):
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
-        RayExecutor(cpus_per_run=64, say=lambda *_: None)
+        RayExecutor(cpus_per_run=64)
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
-        RayExecutor(gpus_per_run=1, say=lambda *_: None)
+        RayExecutor(gpus_per_run=1)
     with pytest.raises(TuneoffError, match="one process per GPU"):
-        RayExecutor(gpus_per_run=2, say=lambda *_: None)
+        RayExecutor(gpus_per_run=2)
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
-        RayExecutor(processes_per_run=4, say=lambda *_: None)  # 4 CPU processes on a 2-CPU cluster
+        RayExecutor(processes_per_run=4)  # 4 CPU processes on a 2-CPU cluster
 
 
 @pytest.mark.slow

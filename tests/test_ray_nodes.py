@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import write_study
 
-from test_study import tiny_study
-from tuneoff.study.executors import RayExecutor
+from tuneoff.core import logs
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
+from tuneoff.study.executors import RayExecutor
 from tuneoff.study.spec import load_spec
 
 ray = pytest.importorskip("ray")
@@ -39,14 +39,12 @@ def nodes():
 @pytest.mark.slow
 def test_a_preempted_node_s_run_resumes_on_another_node(nodes, tiny_bert, toy_csv, tmp_path):
     cluster, first = nodes
-    path = tiny_study(tmp_path, tiny_bert, toy_csv, name="nodes", epochs=40, seeds=[1])
-    spec = yaml.safe_load(path.read_text())
-    spec["base"]["train"]["checkpoint_every"] = 3
-    spec["variants"] = {"lora": spec["variants"]["lora"]}
-    path.write_text(yaml.safe_dump(spec))
-    lines: list[str] = []
+    path = write_study(tmp_path, tiny_bert, toy_csv, "nodes", train={"epochs": 40, "checkpoint_every": 3}, seeds=[1],
+                       variants={"lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}})
+    capture = logs.captured()
+    lines = capture.__enter__()
     driver = threading.Thread(target=execute, args=(load_spec(path), tmp_path / "res"),
-                              kwargs={"say": lines.append, "executor": RayExecutor(max_retries=2, say=lines.append)})
+                              kwargs={"executor": RayExecutor(max_retries=2)})
     driver.start()
 
     runs = tmp_path / "res" / "nodes" / "runs"
@@ -57,6 +55,7 @@ def test_a_preempted_node_s_run_resumes_on_another_node(nodes, tiny_bert, toy_cs
     cluster.add_node(num_cpus=1)
     cluster.remove_node(first, allow_graceful=False)  # every process of that node SIGKILLed
     driver.join(timeout=300)
+    capture.__exit__(None, None, None)
     assert not driver.is_alive()
 
     store = Store(tmp_path / "res")

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from tuneoff.training import checkpoint
 from tuneoff.config import build_config
 from tuneoff.core.errors import TuneoffError
+from tuneoff.training import checkpoint
 from tuneoff.training.loop import train, train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,11 +124,11 @@ def test_oom_retry_halves_batch_and_doubles_accumulation(monkeypatch):
 
     monkeypatch.setattr(train_module, "train", fake_train)
     cfg = build_config({}, ["train.batch_size=16", "train.grad_accum=1"])
-    assert train_with_oom_retry(cfg, say=lambda *_: None) == "ok"
+    assert train_with_oom_retry(cfg) == "ok"
     assert seen == [(16, 1), (8, 2), (4, 4)]
     seen.clear()
     with pytest.raises(TuneoffError, match="Out of GPU memory even at batch size 8"):
-        train_with_oom_retry(build_config({}, ["train.batch_size=16", "train.min_batch_size=5"]), say=lambda *_: None)
+        train_with_oom_retry(build_config({}, ["train.batch_size=16", "train.min_batch_size=5"]))
 
 
 def test_output_dir_that_cannot_exist(tiny_bert, toy_csv, tmp_path):
@@ -155,8 +155,8 @@ def test_disk_full_is_a_clear_error_and_nothing_is_published(tiny_bert, toy_csv,
 
 
 def test_model_dir_missing_files(tmp_path, toy_csv):
-    from tuneoff.models.loading import load_classifier
     from tuneoff.models.assets import resolve_model
+    from tuneoff.models.loading import load_classifier
 
     with pytest.raises(TuneoffError, match="has no config.json"):
         resolve_model(str(tmp_path))

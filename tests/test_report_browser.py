@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
+from conftest import write_study
 
 from tuneoff.report.build import build
 from tuneoff.study.execution import execute
@@ -22,12 +22,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_renders_with_plots_in_headless_chromium(tiny_bert, toy_csv, tmp_path):
     import matplotlib.image
 
-    spec = {"name": "browser", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                                        "train": {"epochs": 2, "eval_every": 4}},
-            "variants": {"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}, "grid": {"method.r": [2, 4]}}}}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    execute(load_spec(path), tmp_path / "r", say=lambda *_: None)
+    path = write_study(tmp_path, tiny_bert, toy_csv, "browser", seeds=[42], train={"epochs": 2, "eval_every": 4},
+                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}, "grid": {"method.r": [2, 4]}}})
+    execute(load_spec(path), tmp_path / "r")
     report = build("browser", tmp_path / "r")
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,12 +42,9 @@ def test_report_sections_and_nothing_wider_than_the_page(tiny_bert, toy_csv, tmp
     the verdict, the baseline and the mistakes sections are there."""
     import re
 
-    spec = {"name": "widths", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                                       "train": {"epochs": 2}},
-            "variants": {"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}}}, "seeds": [1, 2]}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    execute(load_spec(path), tmp_path / "r", say=lambda *_: None)
+    path = write_study(tmp_path, tiny_bert, toy_csv, "widths", train={"epochs": 2, "eval_every": None},
+                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}}})
+    execute(load_spec(path), tmp_path / "r")
     report = build("widths", tmp_path / "r")
     probe = ("<script>const w = document.documentElement.clientWidth;"
              "const wide = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 1"

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.study.executors import Job, run_job
-from tuneoff.study.search import JOURNAL, _storage
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
+from tuneoff.study.executors import Job, run_job
+from tuneoff.study.search import JOURNAL, _storage
 from tuneoff.study.spec import expand, load_spec
 
 
@@ -53,7 +53,7 @@ def test_search_and_grid_do_not_mix(tmp_path):
 def test_unknown_searched_field_fails_before_training(tiny_bert, toy_csv, tmp_path):
     path = search_study(tmp_path, tiny_bert, toy_csv, space={"method.rank": {"choices": [2, 4]}})
     with pytest.raises(TuneoffError, match=r"search.space.method.rank"):
-        execute(load_spec(path), tmp_path / "res", say=lambda *_: None)
+        execute(load_spec(path), tmp_path / "res")
     assert not list((tmp_path / "res" / "s" / "runs").iterdir())
 
 
@@ -64,7 +64,7 @@ def test_search_respects_a_cost_constraint_and_reports_the_best(tiny_bert, toy_c
     from tuneoff.report.build import build
 
     path = search_study(tmp_path, tiny_bert, toy_csv, constraints={"resources.trainable_params": 700})
-    execute(load_spec(path), tmp_path / "res", say=lambda *_: None)
+    execute(load_spec(path), tmp_path / "res")
     store = Store(tmp_path / "res")
     rows = store.runs("s")
     store.close()
@@ -126,7 +126,7 @@ def test_search_killed_mid_trial_resumes_that_trial(tiny_bert, toy_csv, tmp_path
                             env={**os.environ, "TUNEOFF_CRASH_AT": "step:5"}, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     first_lr = optuna.load_study(study_name="s:base", storage=_storage(tmp_path / "res")).trials[0].params["train.lr"]
-    execute(load_spec(path), tmp_path / "res", resume=True, say=lambda *_: None)
+    execute(load_spec(path), tmp_path / "res", resume=True)
     study = optuna.load_study(study_name="s:base", storage=_storage(tmp_path / "res"))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert study.trials[0].params["train.lr"] == first_lr
@@ -145,7 +145,7 @@ def test_variants_search_their_own_fields(tiny_bert, toy_csv, tmp_path):
         "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2, 4]}}},
                      "partial": {"method": {"name": "partial"}, "space": {"method.k": {"low": 1, "high": 2}}}},
         "search": {"trials": 2, "pruning": False, "space": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}}}}))
-    execute(load_spec(path), tmp_path / "res", say=lambda *_: None)
+    execute(load_spec(path), tmp_path / "res")
     store = Store(tmp_path / "res")
     params = {r["run_id"]: json.loads(r["params"]) for r in store.runs("v", "done")}
     store.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import write_study
 from typer.testing import CliRunner
 
 from tuneoff.cli.app import app
@@ -23,21 +24,6 @@ from tuneoff.study.spec import expand, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def tiny_study(tmp_path, model_dir, data, name="tiny", epochs=4, **extra) -> Path:
-    spec = {
-        "name": name,
-        "base": {"model": {"name": model_dir}, "data": {"name": data, "max_length": 16},
-                 "train": {"epochs": epochs, "batch_size": 16, "eval_every": 5}},
-        "variants": {"partial_top1": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
-                     "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}},
-        "seeds": [1, 2],
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")) + [REPO / "src/tuneoff/studies/default.yaml"],
@@ -81,7 +67,7 @@ def test_bad_study_files(tmp_path, body, message):
 
 
 def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_path):
-    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv)
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv)
     results = tmp_path / "results"
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(results)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -96,7 +82,8 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert html.count("data:image/png;base64,") == 10
     assert "http" not in html.split("<body>")[1].split("Study spec")[0]
     assert "Best on validation" in html and "majority class" in html and "Most confidently wrong" in html
-    assert "significant" in (report / "summary.md").read_text()
+    pairs = pd.read_csv(report / "comparisons.csv")
+    assert pairs["significant"].isin([True, False]).all() and "Holm" in (report / "summary.md").read_text()
     summary = pd.read_csv(report / "summary.csv")
     runs_only = summary[summary.method != "baseline"]
     assert set(runs_only.condition) == {"lora", "partial_top1"} and (runs_only.seeds == 2).all()
@@ -122,7 +109,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
 
 
 def test_max_runs_needs_yes(tiny_bert, toy_csv, tmp_path):
-    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")])
     assert result.exit_code == 2 and "would launch 4 runs, more than max_runs=3" in " ".join(result.output.split())
     assert not (tmp_path / "r").exists()
@@ -134,9 +121,9 @@ def test_report_without_finished_runs(tmp_path):
 
 
 def test_failed_run_is_recorded_and_study_goes_on(tiny_bert, toy_csv, tmp_path):
-    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv)
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv)
     spec = load_spec(spec_path, ["variants.partial_top1.method.k=5"])  # the model has 2 layers: this run fails
-    execute(spec, tmp_path / "r", say=lambda *_: None)
+    execute(spec, tmp_path / "r")
     db = sqlite3.connect(tmp_path / "r" / "tuneoff.sqlite")
     status = dict(db.execute("SELECT run_id, status FROM runs").fetchall())
     assert status == {"partial_top1-s1": "failed", "partial_top1-s2": "failed", "lora-s1": "done", "lora-s2": "done"}
@@ -145,9 +132,9 @@ def test_failed_run_is_recorded_and_study_goes_on(tiny_bert, toy_csv, tmp_path):
 
 @pytest.mark.slow
 def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, tmp_path):
-    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, epochs=25)
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv, train={"epochs": 25})
     # The reference: the same study, uninterrupted.
-    execute(load_spec(spec_path), tmp_path / "ref", say=lambda *_: None)
+    execute(load_spec(spec_path), tmp_path / "ref")
 
     results = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -205,7 +192,7 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
     assert result.exit_code == 0, result.output
     assert "== toy.csv" in result.output and "== three.csv" in result.output
     report = results / "two" / "report"
-    verdicts = json.loads((report / "verdict.json").read_text())
+    verdicts = json.loads((report / "verdict.json").read_text())["groups"]
     assert sorted(v["dataset"] for v in verdicts) == ["three.csv", "toy.csv"]
     pairs = pd.read_csv(report / "comparisons.csv")
     assert len(pairs) == 2 and set(pairs.dataset) == {"toy.csv", "three.csv"}  # full vs lora within each dataset
@@ -228,14 +215,14 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
 
 
 def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv, tmp_path):
-    spec_path = tiny_study(tmp_path, tiny_bert, toy_csv, name="ratios")
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv, name="ratios")
     spec = yaml.safe_load(spec_path.read_text())
     spec["variants"]["full"] = {"method": {"name": "full"}, "train": {"lr": 5e-3}}
     spec["analysis"] = {"margin": 0.5}  # 24 test examples: only a wide margin can call anything as good as full
     spec_path.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
-    verdict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())[0]
+    verdict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())["groups"][0]
     assert verdict["reference"] == "full"
     use = next(line for line in verdict["lines"] if line.startswith("**Use"))
     assert use.replace("**", "") in result.output

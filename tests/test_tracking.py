@@ -4,9 +4,9 @@ read back with their own readers, offline."""
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_overrides, write_study
 from typer.testing import CliRunner
 
-from conftest import tiny_overrides
 from tuneoff.cli.app import app
 
 runner = CliRunner()
@@ -47,13 +47,10 @@ def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path, 
 
 def test_a_study_is_one_experiment(tiny_bert, toy_csv, tmp_path):
     mlflow = pytest.importorskip("mlflow")
-    import yaml
 
-    spec = {"name": "tracked", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                                        "train": {"epochs": 1, "report_to": ["mlflow"]}},
-            "variants": {"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}}, "seeds": [1]}
-    path = tmp_path / "tracked.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = write_study(tmp_path, tiny_bert, toy_csv, "tracked", seeds=[1],
+                       train={"epochs": 1, "eval_every": None, "report_to": ["mlflow"]},
+                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}})
     results = tmp_path / "results"
     assert runner.invoke(app, ["run", str(path), "--results", str(results)]).exit_code == 0
     mlflow.set_tracking_uri(f"sqlite:///{(results / 'tracked' / 'runs').resolve() / 'mlflow.db'}")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_overrides
+
 from tuneoff.config import build_config
 from tuneoff.training.loop import train
 
@@ -40,7 +40,12 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
     result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"method.r": 4})
     d = result.run_dir
     assert {p.name for p in d.iterdir()} == {"config.yaml", "run.json", "metrics.json", "history.jsonl",
-                                             "predictions.csv", "resources.json", "model"}
+                                             "predictions.csv", "resources.json", "train.log", "model"}
+    log = (d / "train.log").read_text().splitlines()
+    assert log[0].endswith(f"run {d.name}: lora on {tiny_bert} / toy.csv, 84 optimizer steps at lr 0.0005, "
+                           f"{json.loads((d / 'run.json').read_text())['device']}, "
+                           f"{yaml.safe_load((d / 'config.yaml').read_text())['train']['mixed_precision']} precision; tuneoff 0.2.0")
+    assert sum(" step " in line and "validation loss" in line for line in log) == 6, "one record per evaluation"
     assert [p.name for p in tmp_path.iterdir()] == [d.name], "no temporary directory left behind"
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     assert cfg["method"] == {**cfg["method"], "name": "lora", "r": 4} and cfg["train"]["epochs"] == 6

@@ -11,10 +11,16 @@ import pandas as pd
 import pytest
 
 from tuneoff.analysis.groups import Condition, groups, time_to_target
-from tuneoff.training.evaluate import compute_metrics
-from tuneoff.analysis.significance import (mcnemar_exact, non_inferiority, two_level_bootstrap, variance_parts, what_would_decide)
 from tuneoff.analysis.settings import AnalysisSettings, Decide
+from tuneoff.analysis.significance import (
+    mcnemar_exact,
+    non_inferiority,
+    two_level_bootstrap,
+    variance_parts,
+    what_would_decide,
+)
 from tuneoff.analysis.verdict import analyse
+from tuneoff.training.evaluate import compute_metrics
 
 LABELS = ["neg", "pos"]
 

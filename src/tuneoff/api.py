@@ -22,7 +22,6 @@ def inspect_to_dir(data: str, overrides: list[str], model: str, out=None):
 
     from transformers import AutoConfig
 
-
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise TuneoffError(f"inspect takes only data.* overrides, not {bad}.")

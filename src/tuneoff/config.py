@@ -185,7 +185,6 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _optimizer_fits_method(self) -> RunConfig:
-
         kinds = get_method(self.method.name).optimizer_kinds
         if self.train.optimizer not in kinds:
             raise ValueError(f"train.optimizer={self.train.optimizer} does not combine with method {self.method.name} "

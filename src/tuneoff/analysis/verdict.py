@@ -40,6 +40,7 @@ COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weig
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
 RATIO_COSTS = ("trained_mb", "peak_memory_mb", "train_seconds")
 BASELINE = "baseline"
+TRAINS_EVERYTHING = 99.999  # trainable_pct of a condition that is the cost reference
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _decide(v: GroupVerdict, resamples, mats: dict, settings: AnalysisSettings) 
     ranked = rank(fitting)
     best = ranked.iloc[0]
     v.best = best.condition
-    fulls = rank(runs[runs.method == "full"])
+    fulls = rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING])  # full fine-tuning, whatever the method is called
     ref = fulls.iloc[0] if len(fulls) else best
     v.reference = ref.condition
     lines.append(f"**Best on validation: {best.condition}** (validation accuracy {_pct(best.val_accuracy)}); on test "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import warnings
@@ -25,9 +24,16 @@ from tuneoff.cli.terminal import (
     run_summary,
     verdict_lines,
 )
+from tuneoff.config import load_config, read_yaml
+from tuneoff.core import logs
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text
+from tuneoff.data.builtins import BUILTIN_DATASETS
+from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
+from tuneoff.study.executors import make_executor
+from tuneoff.study.spec import dry_run as plan_runs
+from tuneoff.study.spec import expand, load_spec
 from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
 from tuneoff.training.tracking import log_study_report
 
@@ -37,6 +43,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+_VERBOSITY = {"level": 0}
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug records and every evaluation."),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors (results are still printed).")) -> None:
+    """How much of tuneoff's log reaches the terminal; each run's train.log always gets everything."""
+    _VERBOSITY["level"] = 1 if verbose else -1 if quiet else 0
+
+
+def _verbosity() -> int:
+    return _VERBOSITY["level"]
 
 
 def console() -> Console:
@@ -65,25 +83,12 @@ def user_errors(fn):
 
 
 def _quiet_libraries() -> None:
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-def _log_evaluations() -> None:
-
-    log = logging.getLogger("tuneoff")
-    for old in [h for h in log.handlers if getattr(h, "tuneoff_cli", False)]:
-        log.removeHandler(old)  # a handler from an earlier command in this process holds its (closed) stderr
-    handler = logging.StreamHandler()  # today's sys.stderr
-    handler.tuneoff_cli = True
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
 
 
 @app.command()
@@ -102,18 +107,15 @@ def train(
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
 
-    from tuneoff.config import load_config
-
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
     if num_processes > 1 and not launched():
         raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
     _quiet_libraries()
     from tuneoff.training.loop import train_with_oom_retry
 
-    if not progress:  # one line per evaluation instead of a bar (CI logs, Ray workers, files)
-        _log_evaluations()
+    logs.terminal(_verbosity(), progress_lines=not progress)  # --no-progress: one line per evaluation instead of a bar
     try:
-        result = train_with_oom_retry(cfg, progress=progress, resume=resume, say=say)
+        result = train_with_oom_retry(cfg, progress=progress, resume=resume)
     finally:
         end_processes()
     if is_main_process():
@@ -197,23 +199,18 @@ def plan(
 ) -> None:
     """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
     _quiet_libraries()
-    from tuneoff.config import read_yaml
     from tuneoff.training.planner import plan_configs, plan_device
 
     if precision not in ("fp32", "bf16", "fp16"):
         raise TuneoffError(f"--precision {precision!r}: choose fp32, bf16 or fp16.")
     tree = read_yaml(config) if config else None
     if tree is None or "variants" in tree or "base" in tree:
-        from tuneoff.study.spec import expand, load_spec
-
         runs = expand(load_spec(config, overrides or []))
         first_seed = {}
         for r in runs:
             first_seed.setdefault(" ".join([r.variant, *map(str, r.params.values())]), r.config)
         configs = list(first_seed.items())
     else:
-        from tuneoff.config import load_config
-
         cfg = load_config(config, overrides or [])
         configs = [(cfg.method.name, cfg)]
 
@@ -222,7 +219,6 @@ def plan(
     table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
     console().print(table)
     if out is not None:
-
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")
 
@@ -230,7 +226,6 @@ def plan(
 @app.command()
 def methods() -> None:
     """List fine-tuning methods and their parameters."""
-    from tuneoff.methods import all_methods
 
     for name, method in all_methods().items():
         table = Table(title=f"{name} — {method.summary} (default lr {method.default_lr:g})", title_justify="left")
@@ -246,7 +241,6 @@ def methods() -> None:
 @app.command()
 def datasets() -> None:
     """List built-in datasets: where each comes from, licence, classes and size."""
-    from tuneoff.data.builtins import BUILTIN_DATASETS
 
     table = Table(title="built-in datasets (offline ones need no network)")
     for col in ("name", "offline", "what", "source", "licence", "classes", "size"):
@@ -299,14 +293,11 @@ def run_study(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
-    from tuneoff.study.spec import load_spec
 
     if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
         overrides, study = [study, *(overrides or [])], None
     spec = load_spec(study, overrides or [])
     if dry_run:
-        from tuneoff.study.spec import dry_run as plan_runs
-
         rows = plan_runs(spec)
         say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)")
         for r in rows:
@@ -317,10 +308,10 @@ def run_study(
     _quiet_libraries()
     from tuneoff.report.build import build
     from tuneoff.study.execution import execute
-    from tuneoff.study.executors import make_executor
 
-    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, say, processes_per_run)
-    directory = execute(spec, results, resume=resume, yes=yes, say=say, progress=progress, executor=runner)
+    logs.terminal(_verbosity(), progress_lines=False)
+    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, processes_per_run)
+    directory = execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
     report = build(spec.name, results)
     for line in verdict_lines(report.parent):
         say(line)
@@ -347,7 +338,6 @@ def report(
     spec = study_dir / "study.yaml"
     if not spec.is_file():
         raise TuneoffError(f"{study_dir} is not a study results directory (no study.yaml). Give results/<study>.")
-    from tuneoff.study.spec import load_spec
 
     flags = {"margin": margin, "prefer": prefer, "max_peak_memory_mb": max_peak_memory_mb,
              "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}

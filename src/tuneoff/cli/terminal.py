@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,15 +32,14 @@ def verdict_lines(report_dir: Path) -> list[str]:
     """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
 
     lines = []
-    for group in json.loads((report_dir / "verdict.json").read_text()):
+    verdict = json.loads((report_dir / "verdict.json").read_text())
+    for group in verdict["groups"] if isinstance(verdict, dict) else verdict:  # a list: reports of tuneoff 0.1
         lines.append(f"== {group['dataset']} · {group['model']} ({group['test_examples']:,} test examples)")
         lines += ["  " + line.replace("**", "") for line in group["lines"]]
     return lines
 
 
 def run_summary(row: dict) -> Table:
-    import yaml
-
     cfg = yaml.safe_load(row["config_yaml"]) or {}
     m, r, info = row.get("metrics") or {}, row.get("resources") or {}, row.get("run_info") or {}
     table = Table(title=f"{row['run_id']} ({row['study']})", show_header=False, title_justify="left")

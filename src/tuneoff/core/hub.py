@@ -56,7 +56,7 @@ def cached(repo_id: str, repo_type: str = "model") -> bool:
     probe = "config.json" if repo_type == "model" else "README.md"
     try:
         return isinstance(try_to_load_from_cache(repo_id, probe, repo_type=repo_type), str)
-    except Exception:  # noqa: BLE001 - an invalid repo id is "not cached"
+    except (ValueError, OSError):  # an invalid repo id (HFValidationError is a ValueError) is "not cached"
         return False
 
 

@@ -68,7 +68,6 @@ def _hub(hub_id: str, text: str, label: str, pair: str | None = None, drop_label
 
 
 def load_hub(hub_id, hub_config, text_col, pair_col, label_col, drop_label=None) -> dict[str, pd.DataFrame]:
-
     hub.require({hub_id: "dataset"}, f"Dataset {hub_id!r}")
     try:
         import datasets

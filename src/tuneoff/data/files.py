@@ -142,8 +142,6 @@ def labeled_file(path: str, cfg: DataConfig, label_names: list[str]) -> pd.DataF
 
 
 def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
-
-
     files = {"train": cfg.name, "validation": cfg.validation_file, "test": cfg.test_file}
     out = {}
     for split, path in files.items():
@@ -165,7 +163,6 @@ def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
 
 def clean_split(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Validate one split: texts present, labels present; every value becomes a string."""
-
 
     where = df.attrs.get("source", where)
     out = pd.DataFrame({"id": df["id"].astype(str).values})

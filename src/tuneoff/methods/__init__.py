@@ -64,7 +64,6 @@ class Method:
         cls, extra = optimizer_class(kind, fused, momentum)
         return cls(decay_groups(model, lr, weight_decay), lr=lr, **extra)
 
-
     def model_kwargs(self, params: MethodParams) -> dict:
         """Extra ``from_pretrained`` arguments the method needs when the model is loaded (QLoRA: 4-bit weights)."""
         return {}
@@ -82,6 +81,13 @@ class Method:
     def for_inference(self, model: nn.Module) -> nn.Module:
         """The model to predict with after training."""
         return model
+
+    def load(self, model_dir) -> nn.Module:
+        """The model ``save`` wrote, loaded back: transformers' loader, which also reads weight adapters (it finds
+        ``adapter_config.json`` and loads the base through the linked weights)."""
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
     def save(self, model: nn.Module, tokenizer, out, base_source: str, revision: str | None, state_dict=None,
              trained_only: bool = False) -> None:
@@ -106,14 +112,22 @@ class PeftMethod(Method):
         return model
 
     def save(self, model, tokenizer, out, base_source, revision, state_dict=None, trained_only=False):
-
         saving.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
+
+
+class PeftLoadedMethod(PeftMethod):
+    """An adapter transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's
+    per-module ranks after pruning): peft's own ``AutoPeftModelForSequenceClassification`` loads it."""
+
+    def load(self, model_dir):
+        from peft import AutoPeftModelForSequenceClassification
+
+        return AutoPeftModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
 
 def peft_model(model, config, arch, what: str):
     """``get_peft_model`` with a clear error naming the method's parameters and this architecture's defaults."""
     from peft import get_peft_model
-
 
     try:
         return get_peft_model(model, config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+from tuneoff.methods import MethodParams, PeftLoadedMethod, peft_model, register
 
 
 class AdaLoraParams(MethodParams):
@@ -26,7 +26,7 @@ class AdaLoraParams(MethodParams):
 
 
 @register
-class AdaLora(PeftMethod):
+class AdaLora(PeftLoadedMethod):
     name = "adalora"
     summary = "AdaLoRA: LoRA whose ranks are allocated by importance during training (peft)."
     Params = AdaLoraParams

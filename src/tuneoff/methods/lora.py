@@ -43,7 +43,6 @@ def lora_model(model, params: LoraParams, arch):
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-
         raise TuneoffError(
             f"LoRA could not be applied: {exc}. Check method.target_modules (defaults for this "
             f"{arch.model_type} model: {arch.lora_targets}) and method.layers_to_transform (0..{arch.num_layers - 1})."

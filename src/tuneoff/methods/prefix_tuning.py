@@ -10,7 +10,7 @@ import inspect
 from pydantic import Field
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+from tuneoff.methods import MethodParams, PeftLoadedMethod, peft_model, register
 
 
 class PrefixTuningParams(MethodParams):
@@ -19,7 +19,7 @@ class PrefixTuningParams(MethodParams):
 
 
 @register
-class PrefixTuning(PeftMethod):
+class PrefixTuning(PeftLoadedMethod):
     name = "prefix_tuning"
     summary = "Prefix tuning: trainable key/value prefixes per layer (peft; needs a model that takes past key values)."
     Params = PrefixTuningParams
@@ -27,8 +27,6 @@ class PrefixTuning(PeftMethod):
 
     def prepare(self, model, params, arch):
         from peft import PrefixTuningConfig, TaskType
-
-
 
         config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
                                     modules_to_save=list(arch.head_modules))

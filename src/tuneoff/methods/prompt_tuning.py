@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+from tuneoff.methods import MethodParams, PeftLoadedMethod, peft_model, register
 
 
 class PromptTuningParams(MethodParams):
@@ -16,7 +16,7 @@ class PromptTuningParams(MethodParams):
 
 
 @register
-class PromptTuning(PeftMethod):
+class PromptTuning(PeftLoadedMethod):
     name = "prompt_tuning"
     summary = "Prompt tuning: trainable virtual tokens before the input; encoder frozen (peft)."
     Params = PromptTuningParams

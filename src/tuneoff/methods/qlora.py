@@ -26,9 +26,7 @@ class QLora(Lora):
     optimizer_kinds = ("adamw",)
 
     def model_kwargs(self, params):
-
         import torch
-
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TuneoffError("method qlora needs the bitsandbytes package for its 4-bit base weights: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
+from tuneoff.methods import MethodParams, PeftLoadedMethod, peft_model, register
 
 
 class VeraParams(MethodParams):
@@ -18,7 +18,7 @@ class VeraParams(MethodParams):
 
 
 @register
-class Vera(PeftMethod):
+class Vera(PeftLoadedMethod):
     name = "vera"
     summary = "VeRA: shared frozen random matrices, trained scaling vectors (peft)."
     Params = VeraParams

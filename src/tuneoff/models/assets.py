@@ -106,7 +106,6 @@ def resolve_model(name: str) -> str:
     if name in BUILTIN_MODELS:
         source = BUILTIN_MODELS[name].resolve()
         if not BUILTIN_MODELS[name].offline:
-
             hub.require({source: "model"}, f"Model {name!r} ({source})")
         return source
     path = Path(name).expanduser()

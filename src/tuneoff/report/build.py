@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from tuneoff.analysis import groups as analysis
 from tuneoff.analysis.settings import AnalysisSettings
 from tuneoff.analysis.verdict import analyse
-from tuneoff.config import RunConfig
+from tuneoff.config import RunConfig, format_validation_error
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, safe_name
 from tuneoff.data.corpus import load_corpus
@@ -47,8 +48,8 @@ def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettin
             (tree["decide"] if key.startswith("max_") else tree)[key] = value
     try:
         return AnalysisSettings.model_validate(tree)
-    except Exception as exc:  # pydantic's ValidationError: name the field
-        raise TuneoffError(f"Study analysis settings: {exc}") from None
+    except ValidationError as exc:
+        raise TuneoffError(format_validation_error(exc, "the study's analysis: / decide: sections and report flags")) from None
 
 
 def build(study: str, results: str | Path, overrides: dict | None = None) -> Path:
@@ -131,11 +132,10 @@ def _write_tables(out: Path, verdicts) -> None:
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}
                for v in verdicts]
-    atomic_write_text(out / "verdict.json", json.dumps(verdict, indent=2) + "\n")
+    atomic_write_text(out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n")
 
 
 def _search_of(spec_yaml: str):
-
     section = (yaml.safe_load(spec_yaml) or {}).get("search")
     return SearchSpec.model_validate(section) if section else None
 
@@ -164,8 +164,6 @@ def plan_section(out: Path, conditions, verdicts) -> str:
         config = c.runs[0]["config"]
 
         def compute(config=config, c=c):
-
-
             p = plan_as_trained(RunConfig.model_validate(config), c.name, num_labels=len(c.label_names))
             return {**asdict(p), "total_mb": p.total_mb}
 
@@ -212,12 +210,14 @@ def data_section(out: Path, conditions) -> str:
 def _inspect(cfg) -> dict:
     from transformers import AutoConfig
 
-
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.revision)
     report = inspect_corpus(load_corpus(cfg.data), tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer))
     report["_lengths"] = {k: [int(x) for x in v] for k, v in report["_lengths"].items()}
     return report
+
+
+EXPORT_FORMAT = 2  # 2: tuneoff 0.2 (tuned learning rates, convergence, calibrated intervals)
 
 
 def export(study: str, results: str | Path, dest: str | Path) -> Path:
@@ -236,12 +236,12 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
         store.close()
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})
-    commits = sorted({(r["git_commit"] or "")[:12] for r in rows if r["git_commit"]})
+    commits = sorted({(r["tuneoff_commit"] or "")[:19] for r in rows if r["tuneoff_commit"]})
     log = results / safe_name(study) / "commands.log"
     commands = log.read_text().strip().splitlines() if log.is_file() else []
     started = min((r["started"] for r in rows if r["started"]), default="?")
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
-    header = ["<!-- written by tuneoff report --export; do not edit by hand -->",
+    header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
               f"# Result: study {study}", "",
               f"- runs: {len(rows)} finished, {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),

@@ -101,7 +101,6 @@ def group_html(v) -> str:
 
 
 def _per_class(conds) -> pd.DataFrame:
-
     return per_class(conds)
 
 
@@ -148,7 +147,6 @@ def search_html(trials: pd.DataFrame, search) -> str:
 
 
 def data_html(report: dict, cfg) -> str:
-
     report = {**report, "_lengths": {k: np.asarray(v) for k, v in report["_lengths"].items()}}
     histogram, boxplot = plot_lengths(report)
     leaks = {k: v for k, v in report["leakage"].items() if v}

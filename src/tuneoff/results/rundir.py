@@ -32,6 +32,9 @@ from tuneoff.core.files import (
 )
 
 MODEL_DIR = "model"
+# The run directory's format: 1 (tuneoff 0.1, no format_version in run.json); 2 (tuneoff 0.2: train.log, convergence,
+# seconds per phase). Readers of older runs fill what they lack.
+FORMAT_VERSION = 2
 os.umask(UMASK)
 
 

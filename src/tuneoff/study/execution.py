@@ -5,6 +5,7 @@ executor; a failed run is recorded and the study goes on.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shlex
 import socket
@@ -19,6 +20,8 @@ from tuneoff.results.store import Store
 from tuneoff.study.executors import Job, LocalExecutor, drive
 from tuneoff.study.search import run_search
 from tuneoff.study.spec import PlannedRun, StudySpec, expand, require_hub, study_dir
+
+log = logging.getLogger(__name__)
 
 
 def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
@@ -84,12 +87,12 @@ def _log_command(directory: Path) -> None:
         log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}  {shlex.join(argv)}\n")
 
 
-def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False, say=print,
+def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False,
             progress: bool = False, executor=None) -> Path:
     """Run every unfinished run of the study on ``executor`` (default: here, in order); a failed run is recorded and
     the study goes on. Only this process writes the results store."""
 
-    executor = executor or LocalExecutor(progress, say)
+    executor = executor or LocalExecutor(progress)
     try:
         store, runs, directory, lock = prepare(spec, results, resume, yes)
     except BaseException:
@@ -97,21 +100,20 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         raise
     try:
         if spec.search is not None:
-
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
-            run_search(spec, bases, store, directory, Path(results), executor, say)
+            run_search(spec, bases, store, directory, Path(results), executor)
             return directory
         done = {r["run_id"] for r in store.runs(spec.name, "done")}
         todo = [r for r in runs if r.run_id not in done]
-        say(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
+        log.info(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
         jobs = (Job(run.run_id, _in_study(run.config, spec.name, directory)) for run in todo)
 
         def start(job) -> None:
             store.mark_running(spec.name, job.run_id)
             if executor.name == "local":
-                say(f"    start {job.run_id}")
+                log.info(f"    start {job.run_id}")
 
-        drive(executor, jobs, len(todo), lambda job, outcome: store.record(spec.name, outcome), say, start)
+        drive(executor, jobs, len(todo), lambda job, outcome: store.record(spec.name, outcome), start)
     finally:
         executor.close()
         store.close()

@@ -12,6 +12,7 @@ result, and only the driver writes the SQLite index, once per run, so a retried 
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -27,12 +28,15 @@ from typing import Callable
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
+from tuneoff.core.logs import RUN_LOG
 from tuneoff.core.files import read_json
 from tuneoff.training.launcher import (
     check_processes,
     launch_command,
     tied_to_this_process,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,7 +65,6 @@ class Outcome:
 
 
 def _read_finished(run_id: str, run_dir: Path, seconds: float = 0.0, found: bool = False) -> Outcome:
-
     return Outcome(run_id, "done", str(run_dir), read_json(run_dir / "metrics.json"), read_json(run_dir / "resources.json"),
                    read_json(run_dir / "run.json"), seconds=seconds, found_on_disk=found)
 
@@ -70,7 +73,7 @@ class RunProcessesDied(RuntimeError):
     """The processes of a multi-process run died without reporting (killed, preempted): Ray retries the task."""
 
 
-def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, processes: int = 1) -> Outcome:
+def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     """Train one run (resuming its checkpoint if an earlier attempt left one) and describe how it ended.
 
     Bad input and library errors come back as a ``failed`` outcome (retrying would fail again); only a dead
@@ -83,11 +86,11 @@ def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, p
     if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
         return _read_finished(job.run_id, run_dir, found=True)
     if processes > 1:
-        return _run_in_processes(job, processes, say)
+        return _run_in_processes(job, processes)
     t0 = time.perf_counter()
     on_evaluate = job.on_evaluate() if job.on_evaluate is not None else None
     try:
-        result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True, say=say,
+        result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True,
                                       on_evaluate=on_evaluate)
     except TuneoffError as exc:
         return Outcome(job.run_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)
@@ -99,9 +102,7 @@ def run_job(job: Job, progress: bool = False, say: Callable = lambda *_: None, p
     return _read_finished(job.run_id, result.run_dir, time.perf_counter() - t0)
 
 
-def _run_in_processes(job: Job, processes: int, say: Callable) -> Outcome:
-
-
+def _run_in_processes(job: Job, processes: int) -> Outcome:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
         job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
@@ -116,9 +117,10 @@ def _run_in_processes(job: Job, processes: int, say: Callable) -> Outcome:
         outcome.seconds = time.perf_counter() - t0
         return outcome
     tail = "\n".join(done.stdout.strip().splitlines()[-15:])
-    say(f"    {job.run_id}: its {processes} processes died (exit code {done.returncode})")
+    log.warning(f"    {job.run_id}: its {processes} processes died (exit code {done.returncode})")
+    log_file = Path(job.config.output_dir) / f".{job.run_id}.tmp" / RUN_LOG
     raise RunProcessesDied(f"the {processes} processes of run {job.run_id} died without reporting (exit code "
-                           f"{done.returncode}); last output:\n{tail}")
+                           f"{done.returncode}); every process's records are in {log_file}; last output:\n{tail}")
 
 
 class LocalExecutor:
@@ -127,8 +129,8 @@ class LocalExecutor:
     name = "local"
     slots = 1
 
-    def __init__(self, progress: bool = False, say: Callable = print, processes_per_run: int = 1):
-        self.progress, self.say, self.processes = progress, say, processes_per_run
+    def __init__(self, progress: bool = False, processes_per_run: int = 1):
+        self.progress, self.processes = progress, processes_per_run
         self.queue: deque[Job] = deque()
 
     def submit(self, job: Job) -> None:
@@ -141,7 +143,7 @@ class LocalExecutor:
     def next_done(self) -> tuple[Job, Outcome]:
         job = self.queue.popleft()
         try:
-            return job, run_job(job, self.progress, self.say, self.processes)
+            return job, run_job(job, self.progress, self.processes)
         except RunProcessesDied as exc:  # no retries here: recorded as failed, `--resume` continues its checkpoint
             return job, Outcome(job.run_id, "failed", error=str(exc))
 
@@ -157,14 +159,14 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                 max_retries: int = 3, say: Callable = print, processes_per_run: int = 1):
+                 max_retries: int = 3, processes_per_run: int = 1):
         if processes_per_run < 1:
             raise TuneoffError(f"--processes-per-run {processes_per_run}: must be at least 1.")
         try:
             import ray
         except ImportError:
             raise TuneoffError("--executor ray needs Ray: pip install 'tuneoff[ray]'.") from None
-        self.ray, self.say = ray, say
+        self.ray = ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
             try:
@@ -181,7 +183,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.inflight: dict = {}
         total_cpus, total_gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
-        say(f"ray: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs; each run asks for {cpus_per_run:g} CPUs "
+        log.info(f"ray: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs; each run asks for {cpus_per_run:g} CPUs "
             f"and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to {max_retries} retries")
 
     def submit(self, job: Job) -> None:
@@ -235,17 +237,16 @@ def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
 
 
 def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                  max_retries: int = 3, progress: bool = False, say: Callable = print, processes_per_run: int = 1):
+                  max_retries: int = 3, progress: bool = False, processes_per_run: int = 1):
     if name == "local":
-
         check_processes(processes_per_run, "--processes-per-run")
-        return LocalExecutor(progress, say, processes_per_run)
+        return LocalExecutor(progress, processes_per_run)
     if name == "ray":
-        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, say, processes_per_run)
+        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, processes_per_run)
     raise TuneoffError(f"--executor {name!r}: choose local or ray.")
 
 
-def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None) -> None:
+def drive(executor, jobs, total: int, on_outcome, before_submit=None) -> None:
     """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives."""
     started, finished, durations = time.perf_counter(), 0, []
     jobs = iter(jobs)
@@ -267,7 +268,7 @@ def drive(executor, jobs, total: int, on_outcome, say=print, before_submit=None)
         wall = time.perf_counter() - started
         eta = f", ETA {wall / finished * (total - finished) / 60:.1f} min" if total > finished else ""
         where = f" on {outcome.host}" if executor.name != "local" else ""
-        say(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
+        log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
         on_outcome(job, outcome)
 
 

@@ -20,13 +20,18 @@ off (same parameters, same run directory, so they resume from their checkpoints)
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneoff.config import build_config
 from tuneoff.core.errors import TuneoffError
+from tuneoff.study.executors import Job, drive
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "optuna.journal"
 
@@ -136,7 +141,6 @@ def pruning_callback(trial_ref: dict):
 
 def check_space(spaces: dict, base_configs: dict) -> None:
     """Every searched field must exist in the run config and accept its range: checked before any trial runs."""
-    from tuneoff.config import build_config
 
     for variant, cfg in base_configs.items():
         for key, dim in spaces[variant].items():
@@ -146,7 +150,7 @@ def check_space(spaces: dict, base_configs: dict) -> None:
                 raise TuneoffError(f"{exc}\n  (search.space.{key} must name a run config field, e.g. train.lr or method.r)") from None
 
 
-def run_search(spec, bases: dict, store, directory: Path, results: Path, executor, say=print) -> None:
+def run_search(spec, bases: dict, store, directory: Path, results: Path, executor) -> None:
     """Each variant's search, trials asked lazily (TPE learns from the finished ones) and run on ``executor``.
     ``bases`` is each variant's run config (the study's expansion, first seed): the search drives runs, the study
     defines them."""
@@ -154,10 +158,6 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
         import optuna
     except ImportError:
         raise TuneoffError(f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'.") from None
-
-
-    from tuneoff.config import build_config
-    from tuneoff.study.executors import Job, drive
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
@@ -222,7 +222,7 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
             excess = [(lookup(k, outcome.metrics, outcome.resources) or 0.0) - limit for k, limit in search.constraints.items()]
             trial.set_user_attr("constraint_excess", excess)
             if value is None:
-                say(f"    {job.run_id}: {search.metric} missing from its results; trial marked failed")
+                log.warning(f"    {job.run_id}: {search.metric} missing from its results; trial marked failed")
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial.number, value)
@@ -232,7 +232,7 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
     done_before = sum(len(s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                                                                 optuna.trial.TrialState.FAIL))) for s in studies.values())
     total = len(studies) * search.trials - done_before
-    say(f"search {spec.name}: {len(studies)} variant(s) x {search.trials} trials on {search.metric} "
+    log.info(f"search {spec.name}: {len(studies)} variant(s) x {search.trials} trials on {search.metric} "
         f"({'maximize' if search.maximize else 'minimize'}), {done_before} already finished")
 
     class Limited:  # the executor, with at most `parallel` trials in flight
@@ -243,11 +243,11 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
         def __getattr__(self, attr):
             return getattr(self.inner, attr)
 
-    drive(Limited(executor), job_stream(), total, on_outcome, say, before_submit=submit)
+    drive(Limited(executor), job_stream(), total, on_outcome, before_submit=submit)
     for variant, study in studies.items():
         best = best_trial(study, search)
         if best is not None:
-            say(f"best {variant}: trial {best.number}, {search.metric} {best.value:.4f}, {best.params}")
+            log.info(f"best {variant}: trial {best.number}, {search.metric} {best.value:.4f}, {best.params}")
 
 
 def best_trial(study, search):

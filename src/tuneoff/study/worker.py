@@ -14,12 +14,11 @@ import pickle
 import sys
 from pathlib import Path
 
+from tuneoff.study.executors import run_job
 from tuneoff.training.launcher import die_with_parent, end_processes, is_main_process
 
 
 def main(job_file: str, outcome_file: str) -> None:
-    from tuneoff.study.executors import run_job
-
     die_with_parent()
     job = pickle.loads(Path(job_file).read_bytes())
     try:

@@ -22,6 +22,7 @@ and doubles the accumulation) continues exactly where the effective batch allows
 from __future__ import annotations
 
 import json
+import pickle
 import os
 import random
 import shutil
@@ -31,11 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tuneoff.core.errors import TuneoffError
 
 CHECKPOINTS = "checkpoints"
+# What a checkpoint that does not read back raises: a truncated or corrupt safetensors file (SafetensorError), a
+# refused pickle payload or torn zip (pickle.UnpicklingError, RuntimeError from torch.load), bad JSON (ValueError),
+# a missing file (OSError), a missing tensor or key (KeyError).
+UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 @dataclass
@@ -200,7 +206,9 @@ def load(run_path: Path, named_trainable: dict[str, torch.nn.Parameter], optimiz
     for path in complete(run_path):
         try:
             parts = _read(path, list(named_trainable), rank)
-        except Exception as exc:  # noqa: BLE001 - safetensors, unpickling, JSON and shape errors alike: skip it
+        except torch.cuda.OutOfMemoryError:  # a RuntimeError, but the machine's state, not the checkpoint's
+            raise
+        except UNREADABLE as exc:  # a torn or tampered file; out-of-memory and bugs are not an unreadable checkpoint
             skipped.append(f"{path.name} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
             continue
         state = LoopState(**parts["data"]["loop"])

@@ -53,7 +53,6 @@ def die_with_parent() -> None:
     """Linux: SIGKILL this process when its parent (``accelerate launch``) dies, so that a run's processes never
     outlive a killed worker and race its retry for the same run directory (see :func:`tied_to_this_process`)."""
     if sys.platform.startswith("linux"):
-
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
@@ -139,7 +138,6 @@ def open_run_directory(cfg, run_id: str, resume: bool, find: bool, accelerator):
     """Process 0 opens (or, resuming, finds) the run directory and tells the others its name, or its error."""
 
     from accelerate.utils import broadcast_object_list
-
 
     message = [None, None]
     if accelerator.is_main_process:

@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
+from tuneoff.core.logs import PROGRESS, run_log
 from tuneoff.core.files import atomic_write_text, disk_full, write_json
 from tuneoff.core.provenance import versions
 from tuneoff.data.augment import augmented_copies
 from tuneoff.data.batches import encode, train_loader, train_order
 from tuneoff.data.batches import micro_batches as micro_batches_of
-from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
+from tuneoff.results.rundir import FORMAT_VERSION, MODEL_DIR, RunDirectory, new_run_id
 from tuneoff.training import checkpoint, guards, serving
 from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.training.launcher import launched, on_main_process, open_run_directory
@@ -47,7 +48,7 @@ from tuneoff.training.resources import (
 from tuneoff.training.session import Session, feature_cache_reason, prepare
 from tuneoff.training.tracking import Trackers
 
-log = logging.getLogger(__name__)  # one line per evaluation; `tuneoff train --no-progress` shows them
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,11 +82,22 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     s = prepare(cfg)
     run = open_run_directory(s.cfg, run_id or new_run_id(cfg.name, cfg.model.name, s.corpus.name, s.method.name),
                              resume, run_id is None, s.accelerator)
+    with run_log(run.path, s.rank):
+        return _run(s, run, resume, progress, on_evaluate)
+
+
+def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluate) -> RunResult:
+    log.info("run %s: %s on %s / %s, %d optimizer steps at lr %g, %s, %s precision; tuneoff %s", run.run_id,
+             s.method.name, s.cfg.model.name, s.corpus.name, s.total_steps, s.lr, device_name(s.device),
+             s.accelerator.mixed_precision, versions()["tuneoff"])
+    for note in s.corpus.notes:
+        log.info("data: %s", note)
     p = start(s, run, resume, progress)
     try:
         loop(s, run, p, on_evaluate)
         return finish(s, run, p)
     except TuneoffError as exc:
+        log.error("stopped: %s", exc)
         p.trackers.abort()
         if s.main:
             run.fail(str(exc))
@@ -117,7 +129,7 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
     if restored is not None:
         state, best = restored.state, restored.best
         for note in restored.skipped if s.main else []:
-            tqdm.write(f"checkpoint {note} does not read back: resuming from {restored.path.name}")
+            log.warning("checkpoint %s does not read back: resuming from %s", note, restored.path.name)
     bar = tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step",
                disable=not (progress and s.main), dynamic_ncols=True)
 
@@ -278,7 +290,7 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
         h = state.history[-1]
         log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f macro-F1 %.4f, "
                  "%.1f samples/s", run.run_id, state.step, s.total_steps, h["epoch"], h["train_loss"], h["val_loss"],
-                 h["val_accuracy"], h["val_macro_f1"], p.speed.read()["train_samples_per_s"])
+                 h["val_accuracy"], h["val_macro_f1"], p.speed.read()["train_samples_per_s"], extra=PROGRESS)
     p.trackers.evaluation(state.step, val)
     p.running_loss.zero_()
     state.running_loss, state.running_n = 0.0, 0
@@ -363,7 +375,7 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
     write_json(run.path / "metrics.json", metrics)
     write_json(run.path / "resources.json", resources)
     write_json(run.path / "run.json", {
-        "run_id": run.run_id, "status": "done", "method": s.method.name, "model": s.cfg.model.name,
+        "format_version": FORMAT_VERSION, "run_id": run.run_id, "status": "done", "method": s.method.name, "model": s.cfg.model.name,
         "model_source": s.source, "dataset": corpus.name, "label_names": corpus.label_names,
         "data_notes": corpus.notes, "lr": s.lr, "total_steps": s.total_steps, "device": device_name(s.device),
         "mixed_precision": s.accelerator.mixed_precision, "versions": versions(),
@@ -376,7 +388,7 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
 
 
 def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
-                         say=print, on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
+                         on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
     """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
     unchanged, so the retry resumes the same run from its last checkpoint), down to ``train.min_batch_size``.
 
@@ -401,7 +413,7 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
                 f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
                 "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size.")
         smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
-        say(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
+        log.warning(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
             f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
         cfg = cfg.model_copy(update={"train": smaller})
         if failed_run is not None:
@@ -409,7 +421,6 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
 
 
 def release_memory() -> None:
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

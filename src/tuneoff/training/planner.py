@@ -34,9 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.methods import get_method
-from tuneoff.models.assets import resolve_model
-from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier
+from tuneoff.training.model import adapt, load_base, make_optimizer
 
 MB = 1024 * 1024
 # cuBLAS and cuBLASLt workspaces, 32 MiB each on Hopper in PyTorch 2.x: the 66 MiB an H100 held beyond a frozen
@@ -66,7 +64,6 @@ class Plan:
 
 
 def _attention(query, key, value, mask, scaling):
-
     # The math kernel: its matrix products are what FlopCounterMode counts (the CPU's flash kernel is not counted).
     with sdpa_kernel(SDPBackend.MATH):
         return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
@@ -146,16 +143,10 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
              device: str = "cpu") -> Plan:
     """One counted training step of ``cfg`` on the CPU, as it would run on ``device`` ("cpu" or "cuda")."""
 
-
     torch.manual_seed(0)
-    source = resolve_model(cfg.model.name)
-    model, arch = load_classifier(source, [str(i) for i in range(num_labels)], revision=cfg.model.revision,
-                                  num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation)
-    method = get_method(cfg.method.name)
-    model = method.prepare(model, cfg.method, arch)
-    if cfg.train.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    optimizer = method.optimizer(model, cfg.method, cfg.train.lr or method.default_lr, cfg.train.weight_decay, fused=False)
+    _, method, model, arch = load_base(cfg, [str(i) for i in range(num_labels)])
+    model = adapt(cfg, method, model, arch)
+    _, optimizer = make_optimizer(cfg, method, model, "cpu")  # the run's optimizer kind: AdamW's two moments, SGD's one
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}

@@ -43,7 +43,6 @@ def _status_kb(field: str) -> int | None:
 
 
 def _release_freed_memory() -> None:
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

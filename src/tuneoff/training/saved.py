@@ -10,25 +10,33 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tuneoff.config import build_config, read_yaml
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, read_json, safe_name, write_json
+from tuneoff.core.files import atomic_write_text, safe_name, write_json
 from tuneoff.data.batches import collator, encode
+from tuneoff.data.corpus import SPLITS, load_corpus
+from tuneoff.data.files import is_table_path, labeled_file, read_table, require_columns
+from tuneoff.data.files import text_column as clean_text
+from tuneoff.methods import get_method
 from tuneoff.results.rundir import MODEL_DIR
 from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
 
-# Adapters that transformers' PEFT integration cannot load (prompt learning; VeRA's shared matrices; AdaLoRA's
-# per-module ranks after pruning): peft's own AutoPeftModelForSequenceClassification loads them.
-PEFT_LOADER_ONLY = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "VERA", "ADALORA")
 
+def method_of(run_dir: Path):
+    """The method that trained a run (its saved config), which knows how its saved model loads."""
 
-def _needs_peft_loader(model_dir: Path) -> bool:
-    config = model_dir / "adapter_config.json"
-    return config.is_file() and read_json(config).get("peft_type") in PEFT_LOADER_ONLY
+    config = Path(run_dir) / "config.yaml"
+    name = ((read_yaml(config).get("method") or {}).get("name") if config.is_file() else None) or "full"
+    try:
+        return get_method(str(name))
+    except ValueError as exc:
+        raise TuneoffError(f"{config}: {exc}; this run was written by another version of tuneoff.") from None
 
 
 def load_saved_model(run_dir: Path, device: str = "cpu"):
     """Model and tokenizer of a finished run (adapter or full), in eval mode."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer
 
     model_dir = Path(run_dir) / MODEL_DIR
     if not (model_dir / "config.json").is_file():
@@ -40,22 +48,16 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
             "uninstalled). Reinstall the base model or recreate the links."
         )
     try:
-        if _needs_peft_loader(model_dir):
-            from peft import AutoPeftModelForSequenceClassification
-
-            model = AutoPeftModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        model = method_of(run_dir).load(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, safetensors' own error on a corrupt file, ...
+    except (OSError, ValueError, SafetensorError) as exc:  # a missing or unreadable file; safetensors' own error type
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TuneoffError(f"Cannot load the model in {model_dir}: {first}. The file may be truncated or corrupt; "
+        raise TuneoffError(f"Cannot load the model in {model_dir}: {first}. If a file there was truncated or changed, "
                            "re-run the training (the run's other files are intact).") from exc
     return model.to(device).eval(), tokenizer
 
 
 def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None) -> np.ndarray:
-
     device = next(model.parameters()).device
     encoded = encode(df, tokenizer, max_length, label_ids)
     return predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
@@ -67,9 +69,6 @@ def _device() -> str:
 
 def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) -> tuple[dict, Path]:
     """Metrics of a saved run on a split of its own or another dataset with the same labels."""
-    from tuneoff.config import build_config, read_yaml
-    from tuneoff.data.corpus import SPLITS, load_corpus
-    from tuneoff.data.files import is_table_path
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -84,7 +83,6 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     model, tokenizer = load_saved_model(run_dir, _device())
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
-        from tuneoff.data.files import labeled_file
 
         frame, name, split = labeled_file(data, cfg.data, label_names), Path(data).name, "all rows"
     else:
@@ -104,9 +102,6 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     """Predictions for an unlabeled table, written atomically to ``out`` (CSV). ``fmt="submission"`` writes a
     competition's ``id,label`` with integer labels: the label itself when the labels are integers (as the data
     gave them), else the model's label index (``config.json`` id2label)."""
-    from tuneoff.config import read_yaml
-    from tuneoff.data.files import read_table, require_columns
-    from tuneoff.data.files import text_column as clean_text
 
     run_dir, out = Path(run_dir), Path(out)
     table = read_table(file)
@@ -116,7 +111,6 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     if pair_column:
         df["text_pair"] = clean_text(table, pair_column, str(file)).values
     if not out.parent.is_dir():
-
         raise TuneoffError(f"--out {out}: directory {out.parent} does not exist.")
     model, tokenizer = load_saved_model(run_dir, _device())
     cfg = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}

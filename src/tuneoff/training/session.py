@@ -27,16 +27,14 @@ from tuneoff.data.inspection import (
     recommend_max_length,
     token_lengths,
 )
-from tuneoff.methods import check_budget, get_method
-from tuneoff.models.assets import cache_dir, resolve_model
+from tuneoff.models.assets import cache_dir
 from tuneoff.models.loading import (
-    enable_gradient_checkpointing,
-    load_classifier,
     load_tokenizer,
 )
 from tuneoff.training import frozen
 from tuneoff.training.frozen import pd_bytes
 from tuneoff.training.launcher import check_sharding
+from tuneoff.training.model import adapt, load_base, make_optimizer
 from tuneoff.training.resources import param_counts
 from tuneoff.training.schedule import make_scheduler
 
@@ -141,27 +139,15 @@ def prepare(cfg: RunConfig) -> Session:
     accelerator = accelerator_for(tc)
     device, world = accelerator.device, accelerator.num_processes
     corpus = load_corpus(cfg.data)
-    source = resolve_model(cfg.model.name)
+    source, method, model, arch = load_base(cfg, corpus.label_names)
     tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
-    method = get_method(cfg.method.name)
-    model, arch = load_classifier(
-        source, corpus.label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
-        num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
-        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
-                 "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
-    )
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
 
         limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
         auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
-    model = method.prepare(model, cfg.method, arch)
-    check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
-    if tc.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    lr = tc.lr or method.default_lr
-    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device.type == "cuda", kind=tc.optimizer,
-                                 momentum=tc.momentum)
+    model = adapt(cfg, method, model, arch)
+    lr, optimizer = make_optimizer(cfg, method, model, device.type)
     counts = param_counts(model)  # after the optimizer: LoRA-FA's freezes A
     edge = frozen.boundary(model, arch)
     if edge is not None:  # the convention for frozen layers, cached or not: eval mode, no dropout
@@ -170,7 +156,6 @@ def prepare(cfg: RunConfig) -> Session:
     encoded = encoded_splits(corpus, tokenizer, cfg.data.max_length)
     augment = cfg.data.augment
     if augment.synonym_fraction and augment.copies:
-
         wordnet()  # a missing WordNet is a clear error now, not after the first epoch
     micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)
     steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)

@@ -1,0 +1,43 @@
+"""A run's model, built one way for training and for planning: the base with a fresh head for the run's labels
+(and whatever the method needs at load time, e.g. QLoRA's 4-bit weights), the method applied, the trainable-parameter
+budget checked, gradient checkpointing, and the optimizer the method and ``train.optimizer`` choose. ``tuneoff plan``
+counts exactly the model, gradients and optimizer state that ``tuneoff train`` will hold."""
+
+from __future__ import annotations
+
+from tuneoff.config import RunConfig
+from tuneoff.methods import Method, check_budget, get_method
+from tuneoff.models.assets import resolve_model
+from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier
+from tuneoff.training.resources import param_counts
+
+
+def load_base(cfg: RunConfig, label_names: list[str]):
+    """(source, method, model, arch): the pretrained encoder with a fresh head, before the method touches it."""
+    source = resolve_model(cfg.model.name)
+    method = get_method(cfg.method.name)
+    model, arch = load_classifier(
+        source, label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
+        num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
+        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
+                 "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
+    )
+    return source, method, model, arch
+
+
+def adapt(cfg: RunConfig, method: Method, model, arch):
+    """The method applied (exactly its parameters left trainable), its budget checked, checkpointing switched on."""
+    model = method.prepare(model, cfg.method, arch)
+    check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def make_optimizer(cfg: RunConfig, method: Method, model, device_type: str):
+    """(lr, optimizer): ``train.lr`` or the method's default, the method's optimizer of kind ``train.optimizer``."""
+    tc = cfg.train
+    lr = tc.lr or method.default_lr
+    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device_type == "cuda", kind=tc.optimizer,
+                                 momentum=tc.momentum)
+    return lr, optimizer
