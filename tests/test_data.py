@@ -49,14 +49,17 @@ def test_split_keeps_copies_together_and_every_row(tmp_path):
     corpus = load_corpus(DataConfig(name=str(tmp_path / "all.csv")))
     from tuneoff.data.corpus import text_keys
 
-    train, validation = corpus.splits["train"], corpus.splits["validation"]  # one file: test is the validation split
-    assert len(train) + len(validation) == 240, "no row dropped"
-    assert not set(text_keys(train)) & set(text_keys(validation))
-    assert any("6 validation row(s) whose text is also in train moved" in n for n in corpus.notes), corpus.notes
-    # Without copies the split is the plain stratified one.
+    train, validation, test = (corpus.splits[s] for s in ("train", "validation", "test"))
+    assert len(train) + len(validation) + len(test) == 240, "no row dropped"
+    keys = {name: set(text_keys(df)) for name, df in corpus.splits.items()}
+    assert not keys["train"] & keys["validation"] and not keys["train"] & keys["test"]
+    assert not set(test["id"]) & set(validation["id"]), "a held-out test split, never the validation split again"
+    assert any("test row(s) whose text is also in train moved" in n for n in corpus.notes), corpus.notes
+    assert any(n.startswith("no test split given: test = 10% of the data, stratified, held out") for n in corpus.notes)
+    # Without copies the split is the plain stratified one: 10% test, then 10% of the rest for validation.
     pd.DataFrame(rows[:200]).to_csv(tmp_path / "unique.csv", index=False)
     plain = load_corpus(DataConfig(name=str(tmp_path / "unique.csv")))
-    assert len(plain.splits["validation"]) == 20 and not any("moved" in n for n in plain.notes)
+    assert (len(plain.splits["test"]), len(plain.splits["validation"])) == (20, 18) and not any("moved" in n for n in plain.notes)
 
 
 @pytest.mark.parametrize("name, train, test, classes", [("reuters_r8", 5485, 2189, 8), ("20newsgroups", 11293, 7528, 20)])

@@ -5,6 +5,7 @@ on test, "not significantly worse", collapsed runs, mixed datasets, memory."""
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,13 +13,7 @@ import pytest
 
 from tuneoff.analysis.groups import Condition, groups, time_to_target
 from tuneoff.analysis.settings import AnalysisSettings, Decide
-from tuneoff.analysis.significance import (
-    mcnemar_exact,
-    non_inferiority,
-    two_level_bootstrap,
-    variance_parts,
-    what_would_decide,
-)
+from tuneoff.analysis.significance import compare, expected_max, mcnemar_exact, non_inferiority, what_would_decide
 from tuneoff.analysis.verdict import analyse
 from tuneoff.training.evaluate import compute_metrics
 
@@ -62,61 +57,87 @@ def condition(name, method, runs):
     return Condition(name, name, {}, method, runs)
 
 
-def test_one_seed_ci_is_the_binomial_interval():
-    # 320 of 400 right: normal approximation 0.8 +- 1.96 sqrt(0.8 * 0.2 / 400) = [0.7608, 0.8392].
-    r = rights(400, 320, 0)[:, None]
-    res = two_level_bootstrap({"a": r})
+def test_one_seed_ci_with_no_seed_variance_is_the_t_interval_of_the_examples():
+    # 320 of 400 right: 0.8 +- t(399) sqrt(0.8 * 0.2 / 399) = 0.8 +- 1.966 * 0.02003 = [0.7606, 0.8394].
+    res = compare({"a": rights(400, 320, 0)[:, None]}, assumed_sd=0.0)
     lo, hi = res.interval("a")
-    assert res.estimate["a"] == 0.8
-    assert lo == pytest.approx(0.7608, abs=0.01) and hi == pytest.approx(0.8392, abs=0.01)
+    assert res.estimate("a") == 0.8
+    assert lo == pytest.approx(0.7606, abs=5e-4) and hi == pytest.approx(0.8394, abs=5e-4)
 
 
-def test_two_level_ci_carries_the_seed_spread():
-    # Four seeds at 0.70 / 0.75 / 0.80 / 0.85 on 20,000 examples (test noise ~0.003): the CI of the seed mean is the
-    # seed bootstrap's, 0.775 +- 1.96 * sqrt(var_pop / 4) = 0.775 +- 1.96 * 0.02795 = [0.720, 0.830].
+def test_one_seed_assumes_the_seed_variance_instead_of_ignoring_it():
+    # With one seed the seed part cannot be measured: 5 points are assumed, sd sqrt(0.0004 + 0.05^2) = 0.0539.
+    res = compare({"a": rights(400, 320, 0)[:, None]})
+    lo, hi = res.interval("a")
+    assert res.seeds.assumed and hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.8 * 0.2 / 399 / 1 + 0.05 ** 2 / 1), abs=2e-3)
+
+
+def test_four_seeds_ci_carries_the_seed_spread_with_a_t_quantile():
+    # Four seeds at 0.70 / 0.75 / 0.80 / 0.85 on 20,000 examples: the ANOVA seed variance is var(0.70..0.85) minus
+    # the interaction's share (about 0.19 / 20,000), 0.0041667 - 0.0000094 = 0.004157; the mean's sd sqrt(0.004157 / 4)
+    # = 0.03224 (the test part, 0.17 / 20,000, is negligible), on 3 degrees of freedom (t = 3.182): 0.775 +- 0.1026.
     n = 20_000
     m = np.stack([rights(n, int(a * n), s) for s, a in enumerate([0.70, 0.75, 0.80, 0.85])], axis=1)
-    lo, hi = two_level_bootstrap({"a": m}).interval("a")
-    assert lo == pytest.approx(0.720, abs=0.015) and hi == pytest.approx(0.830, abs=0.015)
+    res = compare({"a": m})
+    assert res.seeds.df == 3 and res.seeds.tau2 == pytest.approx(0.004157, abs=2e-5)
+    lo, hi = res.interval("a")
+    assert lo == pytest.approx(0.775 - 0.1026, abs=0.003) and hi == pytest.approx(0.775 + 0.1026, abs=0.003)
 
 
 def test_paired_difference_by_hand():
-    # a alone right on 62 examples, b alone on 39, of 1,000: diff 0.023, SD sqrt(101 - 23^2/1000)/1000 = 0.01002,
-    # 95% CI 0.023 +- 0.0196 = [0.0034, 0.0426]; two-sided p about 2 * (1 - Phi(2.30)) = 0.022.
+    # a alone right on 62 examples, b alone on 39, of 1,000: diff 0.023, per-example sd sqrt((101/1000 - 0.023^2) *
+    # 1000/999) = 0.31715, se 0.010029, t(999) 1.9623: 95% CI [0.0033, 0.0427]; p = 2 P(T > 2.2934) = 0.0220.
     a, b = np.zeros(1000), np.zeros(1000)
     a[:700] = b[:700] = 1
     a[700:762] = 1
     b[762:801] = 1
-    d = two_level_bootstrap({"a": a[:, None], "b": b[:, None]}).difference("a", "b")
+    d = compare({"a": a[:, None], "b": b[:, None]}, assumed_sd=0.0).difference("a", "b")
     assert d["diff"] == pytest.approx(0.023)
-    assert d["ci_low"] == pytest.approx(0.0034, abs=0.004) and d["ci_high"] == pytest.approx(0.0426, abs=0.004)
-    assert d["p_value"] == pytest.approx(0.022, abs=0.01)
+    assert d["ci_low"] == pytest.approx(0.0033, abs=2e-4) and d["ci_high"] == pytest.approx(0.0427, abs=2e-4)
+    assert d["p_value"] == pytest.approx(0.0220, abs=5e-4) and d["df"] == pytest.approx(999)
 
 
 def test_seed_variance_is_not_called_significant():
     """The issue's case: A's seeds 88.9% and 71.3%, B's 78.2% and 78.9%. Averaging A's seeds per example and
-    resampling examples only calls A better; resampling seeds too does not, and A's CI holds both its seeds."""
+    testing examples only calls A better; counting the seed variance does not, and A's CI holds both its seeds."""
     n = 4000
     a = np.stack([rights(n, int(0.889 * n), 1), rights(n, int(0.713 * n), 2)], axis=1)
     b = np.stack([rights(n, int(0.782 * n), 3), rights(n, int(0.789 * n), 4)], axis=1)
-    naive = two_level_bootstrap({"a": a.mean(1, keepdims=True), "b": b.mean(1, keepdims=True)}).difference("a", "b")
-    assert naive["ci_low"] > 0, "the trap: one-level resampling of seed-averaged correctness says 'significant'"
-    res = two_level_bootstrap({"a": a, "b": b})
+    naive = compare({"a": a.mean(1, keepdims=True), "b": b.mean(1, keepdims=True)}, assumed_sd=0.0).difference("a", "b")
+    assert naive["ci_low"] > 0, "the trap: examples only, seed-averaged correctness, says 'significant'"
+    res = compare({"a": a, "b": b})
     d = res.difference("a", "b")
     assert d["ci_low"] < 0 < d["ci_high"] and d["p_value"] > 0.05
+    assert d["seed"] > d["test"], "both conditions' seed variance counts, and here it dominates"
     lo, hi = res.interval("a")
-    assert lo < 0.713 + 0.01 and hi > 0.889 - 0.01
+    assert lo < 0.713 and hi > 0.889
 
 
-def test_resampling_memory_is_bounded_at_25000_examples():
+def test_memory_is_bounded_at_25000_examples():
     n = 25_000
     mats = {f"c{i}": np.stack([rights(n, 20_000 + 100 * i + s, s) for s in range(3)], axis=1) for i in range(6)}
     tracemalloc.start()
-    res = two_level_bootstrap(mats)
+    res = compare(mats)
+    d = res.difference("c0", "c5")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 500 * 2**20, f"{peak / 2**20:.0f} MB"
-    assert res.interval("c0")[0] < res.estimate["c0"] < res.interval("c0")[1]
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MB"
+    assert res.interval("c0")[0] < res.estimate("c0") < res.interval("c0")[1] and d["ci_low"] < d["diff"] < d["ci_high"]
+
+
+def test_calibration_slice_holds_the_error_rates():
+    """A fast slice of bench/calibration.py: null studies with 2 and 3 seeds, seed sd 0 and 3 points: the false-positive
+    rate stays at most about 5% (here 300 studies each: Monte Carlo sd 1.3 points, so the bound is 9%)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from calibration import simulate
+
+    rng = np.random.default_rng(7)
+    for n, seeds, sd in ((400, 2, 0.0), (400, 2, 0.03), (1000, 3, 0.03), (400, 1, 0.05)):
+        result = simulate(n, seeds, sd, 300, rng=rng)
+        assert result["false_positive_rate"] <= 0.09, result
+    assert simulate(400, 3, 0.03, 200, shift=0.06, rng=rng)["coverage"] >= 0.9
 
 
 def test_mcnemar_direction_and_non_inferiority_calls_by_hand():
@@ -131,20 +152,18 @@ def test_mcnemar_direction_and_non_inferiority_calls_by_hand():
     undecided = {"diff": -0.005, "ci_low": -0.025, "ci_high": 0.015}
     assert non_inferiority(undecided, 0.01) == "undecided"
     # half-width 0.02, distance of the estimate from -margin 0.005: (0.02 / 0.005)^2 = 16x the data.
-    assert "about 16.0x" in what_would_decide(undecided, 0.01, {"seed": 0.0, "test": 1.0})
-    assert "a larger test set" in what_would_decide(undecided, 0.01, {"seed": 0.0, "test": 1.0})
-    assert "more seeds" in what_would_decide(undecided, 0.01, {"seed": 2.0, "test": 1.0})
-    on_the_margin = {"diff": -0.0099, "ci_low": -0.03, "ci_high": 0.01}
-    assert "even 100x the data might not settle it" in what_would_decide(on_the_margin, 0.01, {"seed": 0.0, "test": 1.0})
+    assert "about 16.0x" in what_would_decide({**undecided, "seed": 0.0, "test": 1.0}, 0.01)
+    assert "a larger test set" in what_would_decide({**undecided, "seed": 0.0, "test": 1.0}, 0.01)
+    assert "more seeds" in what_would_decide({**undecided, "seed": 2.0, "test": 1.0}, 0.01)
+    on_the_margin = {"diff": -0.0099, "ci_low": -0.03, "ci_high": 0.01, "seed": 0.0, "test": 1.0}
+    assert "even 100x the data might not settle it" in what_would_decide(on_the_margin, 0.01)
 
 
-def test_variance_parts_by_hand():
-    # seeds' accuracies 0.75 and 0.25: Var_seed = 0.125, / 2 seeds = 0.0625. Seed-mean per example: 0.5 x 4,
-    # variance 0 -> the test part is 0.
-    m = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])[[0, 1, 2, 3]]
-    m = np.array([[1, 0], [1, 0], [1, 0], [0, 1]])
-    parts = variance_parts(m)
-    assert parts["seed"] == pytest.approx(0.0625) and parts["test"] == pytest.approx(0.0)
+def test_expected_maximum_by_hand():
+    # Dodge et al. (2019): values 0.6, 0.7, 0.9. n = 1: the mean, 0.7333; n = 2: sum v_i ((i/3)^2 - ((i-1)/3)^2) =
+    # 0.6 / 9 + 0.7 * 3 / 9 + 0.9 * 5 / 9 = 0.8; growing to the maximum.
+    e = expected_max([0.9, 0.6, 0.7], [1, 2, 50])
+    assert e[0] == pytest.approx(0.7333, abs=1e-4) and e[1] == pytest.approx(0.8) and e[2] == pytest.approx(0.9, abs=1e-6)
 
 
 def test_time_to_target_by_hand():
@@ -163,32 +182,127 @@ def _study(pairs_of_rights, n, vals, methods=None, **kw):
     return out
 
 
-def test_holm_turns_a_borderline_call():
+EXACT = AnalysisSettings(assumed_seed_sd=0.0)  # one seed each, no seed variance assumed: test sampling only
+
+
+def test_holm_runs_over_the_decision_family():
+    """The decision family is each condition against the validation-best and against the baseline. b against the
+    best a (p about 0.022, as by hand above) is significant alone; with four near-copies of b beside it, the four
+    comparisons against the best share Holm's correction (4 x 0.02 > 0.05) and none is."""
     n = 1000
     base = np.zeros(n, dtype=int)
     base[:700] = 1
     a, b = base.copy(), base.copy()
     a[700:762] = 1
     b[762:801] = 1
-    c = b.copy()
-    c[850] = 1  # nearly b: a vs c is as borderline as a vs b
-    alone = analyse(_study({"a": [a], "b": [b]}, n, {"a": 0.9, "b": 0.8}))[0].pairs.iloc[0]
-    assert alone.p_value < 0.05 and alone.significant
-    three = analyse(_study({"a": [a], "b": [b], "c": [c]}, n, {"a": 0.9, "b": 0.8, "c": 0.7}))[0].pairs
-    ab = three[(three.a == "a") & (three.b == "b")].iloc[0]
-    assert ab.p_value < 0.05 and ab.p_holm > 0.05 and not ab.significant
+    alone = analyse(_study({"a": [a], "b": [b]}, n, {"a": 0.9, "b": 0.8}), EXACT)[0]
+    row = alone.decisions.set_index(["condition", "against"]).loc[("b", "best")]
+    assert row.p_value == pytest.approx(0.022, abs=1e-3) and row.significant and alone.family == 3
+    copies = {f"c{k}": [_flip(b, 850 + k)] for k in range(3)}
+    many = analyse(_study({"a": [a], "b": [b], **copies}, n, {"a": 0.9, "b": 0.8, **{k: 0.7 for k in copies}}), EXACT)[0]
+    row = many.decisions.set_index(["condition", "against"]).loc[("b", "best")]
+    assert row.p_value < 0.05 < row.p_holm and not row.significant and many.family == 9
+    assert "exploratory" not in " ".join(many.lines)
+
+
+def _flip(r, i):
+    r = r.copy()
+    r[i] = 1 - r[i]
+    return r
+
+
+def test_twelve_conditions_with_one_forty_point_gap_call_it():
+    """No resampling floor: with 12 conditions (66 pairs; 23 decision comparisons) a 40-point gap is significant."""
+    n, truth = 500, truth_of(500)
+    runs = {f"m{k}": [rights(n, 430 + k, 10 * k + s) for s in range(2)] for k in range(11)}
+    runs["bad"] = [rights(n, 230, 200 + s) for s in range(2)]
+    vals = {**{f"m{k}": 0.80 + k / 1000 for k in range(11)}, "bad": 0.45}
+    v = analyse(_study(runs, n, vals))[0]
+    assert v.family == 23 and len(v.pairs) == 66
+    row = v.decisions.set_index(["condition", "against"]).loc[("bad", "best")]
+    assert row["diff"] < -0.39 and row.p_holm < 1e-6 and row.significant
+
+
+def test_a_cheaper_method_ahead_on_test_is_better_by_not_within():
+    n = 20_000
+    truth = truth_of(n)
+    full = rights(n, 18_000, 1)
+    lora = full.copy()
+    lora[np.flatnonzero(full == 0)[:100]] = 1  # 0.5 points above full on test, below on validation
+    conds = [condition("full", "full", [fake_run(s, full, truth, val=0.90, resources={"trainable_pct": 100.0})
+                                        for s in (1, 2, 3)]),
+             condition("lora", "lora", [fake_run(s, lora, truth, val=0.89, resources={"trainable_pct": 0.3,
+                                                                                        "trained_bytes": 300})
+                                        for s in (1, 2, 3)])]
+    v = analyse(conds)[0]
+    rec = next(line for line in v.lines if line.startswith("**Use"))
+    assert rec.startswith("**Use lora**: better by 0.5 points than full on test")
+
+
+def test_the_test_set_contradicting_the_validation_pick_is_said():
+    n = 2000
+    truth = truth_of(n)
+    worse_on_test = rights(n, 1500, 1)   # best on validation, 75% on test
+    better_on_test = rights(n, 1640, 2)  # 82% on test
+    conds = [condition("a", "full", [fake_run(s, worse_on_test, truth, val=0.90) for s in (1, 2)]),
+             condition("b", "lora", [fake_run(s, better_on_test, truth, val=0.85) for s in (1, 2)])]
+    v = analyse(conds)[0]
+    assert v.best == "a"
+    line = next(line for line in v.lines if "contradicts the validation pick" in line)
+    assert line.startswith("**The test set contradicts the validation pick**: b is better than a on test by +7.0 points")
+
+
+def test_the_best_by_default_is_not_read_as_a_finding():
+    """One seed each: nothing cheaper can be shown as good or worse, so the best is the default for lack of evidence,
+    and the verdict says what one seed cannot know."""
+    n = 400
+    truth = truth_of(n)
+    conds = [condition("full", "full", [fake_run(1, rights(n, 330, 1), truth, val=0.84, resources={
+                 "trainable_pct": 100.0, "train_seconds": 300.0})]),
+             condition("lora", "lora", [fake_run(1, rights(n, 326, 2), truth, val=0.83, resources={
+                 "trainable_pct": 0.3, "train_seconds": 100.0, "trained_bytes": 300})])]
+    v = analyse(conds)[0]
+    rec = next(line for line in v.lines if line.startswith("**Use"))
+    assert rec.startswith("**Use full by default**: it is the best on validation, but this study could not decide "
+                          "whether cheaper lora is as good")
+    assert any(line.startswith("With one seed per condition the seed-to-seed variation cannot be measured: it is "
+                               "assumed to be 5 accuracy points") for line in v.lines)
+
+
+def test_a_budget_limited_condition_is_never_called_worse():
+    n = 2000
+    truth = truth_of(n)
+    still = {"converged": False, "status": "still improving", "reason": "still improving when its budget ended"}
+    done = {"converged": True, "status": "plateau", "reason": "early stopping"}
+    best_runs = [fake_run(s, rights(n, 1800, s), truth, val=0.9) for s in (1, 2)]
+    slow_runs = [fake_run(s, rights(n, 1500, 10 + s), truth, val=0.74) for s in (1, 2)]
+    for r in best_runs:
+        r["info"]["convergence"] = done
+    for r in slow_runs:
+        r["info"]["convergence"] = still
+    conds = [condition("full", "full", best_runs), condition("lora", "lora", slow_runs)]
+    v = analyse(conds)[0]
+    table = v.table.set_index("condition")
+    assert table.loc["lora", "vs_best"] == "budget-limited" and table.loc["lora", "budget_limited"]
+    assert not any(line.startswith("Worse than") for line in v.lines)
+    line = next(line for line in v.lines if line.startswith("**Budget-limited**"))
+    assert "lora (still improving: still improving when its budget ended)" in line and "train.epochs" in line
+    assert v.budget_limited == ["lora"]
 
 
 def test_winner_is_chosen_on_validation_and_conflicting_seeds_are_said():
-    n = 600
+    n = 6000
     truth = truth_of(n)
-    # a: better on test in seed 1, worse in seed 2, each significantly (McNemar); b steady. b wins on validation.
-    a1, a2, b1 = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
-    a1[:500], a2[:400], b1[:450] = 1, 1, 1
+    # a: better than b on test in seed 1, worse in seed 2, each significantly (McNemar); b steady. b wins on validation.
+    b1 = np.zeros(n, int)
+    b1[:5400] = 1
+    a1, a2 = b1.copy(), b1.copy()
+    a1[5400:5500] = 1
+    a2[:100] = 0
     conds = [condition("a", "lora", [fake_run(1, a1, truth, val=0.70), fake_run(2, a2, truth, val=0.70)]),
              condition("b", "full", [fake_run(1, b1, truth, val=0.75), fake_run(2, b1, truth, val=0.75)])]
     v = analyse(conds)[0]
-    assert v.best == "b"  # on test a's mean (0.75) equals b's, on validation b leads
+    assert v.best == "b"  # on test a's mean equals b's, on validation b leads
     pair = v.pairs.iloc[0]
     assert pair.mcnemar_favours_a == 1 and pair.mcnemar_favours_b == 1
     assert "seeds disagree" in " ".join(v.lines)

@@ -207,6 +207,7 @@ def condition_row(c: Condition) -> dict:
     eces = [run_ece(r, c.label_names)[0] for r in c.runs]
     res = [r["resources"] for r in c.runs]
     times = [time_to_target(r["history"]) for r in c.runs]
+    convs = [r["info"].get("convergence") for r in c.runs]  # None: a run written before tuneoff recorded it
     std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))  # one seed: no spread to report, not 0
     return {
         "condition": c.name, "method": c.method, "seeds": len(c.runs),
@@ -217,6 +218,11 @@ def condition_row(c: Condition) -> dict:
         "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
         "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
         "collapsed_runs": c.collapsed_runs(),
+        "lr": _mean((r["config"].get("train") or {}).get("lr") for r in c.runs),
+        "converged_runs": sum(bool(conv.get("converged")) for conv in convs if conv),
+        "convergence_known": sum(bool(conv) for conv in convs),
+        "not_converged": "; ".join(sorted({f"{conv['status']}: {conv['reason']}" for conv in convs
+                                           if conv and not conv.get("converged")})),
         "train_examples": (c.runs[0]["info"].get("sizes") or {}).get("train"),
         "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),

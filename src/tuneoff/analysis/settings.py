@@ -27,4 +27,6 @@ class AnalysisSettings(BaseModel):
     prefer: Literal["overall", "trained_mb", "peak_memory_mb", "train_seconds", "trainable_params"] = Field(
         "overall", description="Among methods as good as the best, the cheapest on: overall (geometric mean of the "
         "cost ratios against the reference), trained_mb, peak_memory_mb, train_seconds or trainable_params.")
+    assumed_seed_sd: float = Field(0.05, ge=0, lt=0.5, description="Seed-to-seed sd of accuracy assumed where no "
+                                   "condition has two seeds to measure it (0.05 = 5 points: conservative).")
     decide: Decide = Decide()  # also accepted at the study's top level (``decide:``)

@@ -1,18 +1,35 @@
-"""Statistics of a comparison: confidence intervals that respect both sources of noise, paired differences,
-McNemar per seed with its direction, Holm's correction, non-inferiority, calibration.
+"""Statistics of a comparison: intervals and tests that cover both sources of noise and stay calibrated at the seed
+counts people use; McNemar per seed with its direction, Holm's correction, non-inferiority, calibration.
 
-Two sources of noise decide whether method A really beats method B: which test examples happened to be drawn
-(test-set sampling) and which training run happened to be drawn (the seed: initialisation, data order,
-dropout). Resampling test examples of *seed-averaged* correctness ignores the second and calls a method with
-seeds at 88.9% and 71.3% "significantly better" than one at 78.2% and 78.9%. So intervals here come from a
-**two-level bootstrap** (Davison & Hinkley, 1997, "Bootstrap Methods and their Application", sec. 3.8,
-hierarchical data): each resample draws the seeds of every condition with replacement, then the test examples
-with replacement; the same example draw is shared by every condition, which makes differences paired.
+Two sources of noise decide whether method A really beats method B on a task: which test examples happened to be
+drawn (test-set sampling) and which training run happened to be drawn (the seed: initialisation, data order,
+dropout). With correctness ``y[c, s, i]`` of condition c, seed s, test example i, the seed-averaged accuracy of c is
+``A_c = mean_s mean_i y[c, s, i]`` and a paired difference ``D = A_a - A_b`` has variance
 
-Memory stays bounded: a resample of test examples is a vector of counts (how often each example was drawn),
-drawn in batches; a resampled accuracy is the counts times the correctness matrix. Nothing of size n x n (the
-BCa jackknife's n x (n-1) array) is ever built: at n = 25,000 a study's resampling stays well under 100 MB.
-Intervals are percentile intervals (the BCa acceleration has no accepted two-level form).
+    Var(D) = Var_i(p_a,i - p_b,i) / n  +  tau2_a / S_a  +  tau2_b / S_b
+
+(law of total variance over the test draw and the seed draws; ``p_c,i`` is the chance c gets example i right,
+``tau2_c`` the *systematic* seed variance: how much a seed moves the whole accuracy). Both parts are estimated
+without counting anything twice:
+
+- **test part**: the variance across examples of the per-example difference of seed-averaged correctness, over n.
+  It already holds the seed x example interaction (a seed flipping individual examples) once, averaged over seeds;
+- **seed part**: the ANOVA (method-of-moments) estimator of the seed variance component in the crossed
+  seed x example design without replication (Searle, Casella & McCulloch, 1992, "Variance Components", ch. 4):
+  ``tau2 = (MS_seed - MS_seed:example) / n``, which removes the interaction that ``MS_seed`` also contains. It is
+  **pooled across the group's conditions** (weighted by their seed degrees of freedom), so a study of five
+  conditions with two seeds each estimates it on five degrees of freedom instead of one per pair.
+
+The interval is ``D +- t * sqrt(Var)`` with Satterthwaite's degrees of freedom (Satterthwaite, 1946) for the sum of
+the two estimated parts (the test part on n - 1 df; the seed part as the difference of the pooled mean squares, on
+sum(S_c - 1) and sum(S_c - 1)(n - 1) df): with few seeds the seed part is uncertain and the t quantile widens the interval honestly
+(two conditions x two seeds: df about 2, t about 4.3). p-values come from the same t distribution, so they
+are resolved finely (no resampling floor) and Holm's correction can still find a difference among hundreds of
+comparisons. Where no condition has two seeds, the seed part cannot be measured: it is taken as
+``assumed_seed_sd`` (default 5 accuracy points, the largest seed-to-seed spread the calibration covers), so a
+one-seed verdict is conservative instead of blind to seed luck, and the verdict says so.
+``bench/calibration.py`` simulates null studies (1, 2, 3, 5 seeds; seed sd 0 to 5 points; 400 to 5,000 test
+examples) and records the false-positive rate and the interval coverage (``bench/results/calibration-*.md``).
 """
 
 from __future__ import annotations
@@ -21,81 +38,133 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 ALPHA = 0.05
-RESAMPLES = 2000
-BATCH_BYTES = 32 * 1024 * 1024  # working memory for one batch of example draws
+ASSUMED_SEED_SD = 0.05
 
 
 @dataclass
-class Resamples:
-    """Bootstrap distribution of each condition's mean accuracy, from draws shared by all conditions."""
+class SeedVariance:
+    """The pooled systematic seed variance of a group and what it rests on (the pooled mean squares of the crossed
+    seed x example ANOVA and their degrees of freedom, for Satterthwaite)."""
 
-    accuracy: dict[str, np.ndarray]   # condition -> (B,) resampled accuracies
-    estimate: dict[str, float]        # condition -> mean over seeds of the test accuracy
-    seeds: dict[str, int]
+    tau2: float                 # estimate (clipped at 0)
+    df: float                   # seed degrees of freedom it was pooled from, sum(S_c - 1) (0: assumed, not measured)
+    ms_seed: float = 0.0        # pooled seed mean square
+    ms_res: float = 0.0         # pooled residual (seed x example) mean square
+    df_res: float = 0.0
+    n: int = 1
+    assumed: bool = False
+
+    @property
+    def sd(self) -> float:
+        return float(np.sqrt(self.tau2))
+
+    def variance_of(self, factor: float) -> float:
+        """Satterthwaite's variance of ``factor * tau2`` estimated as ``factor * (MS_seed - MS_res) / n``, over 2:
+        the term a total's degrees of freedom are computed from (``term^2 / df``)."""
+        return (factor / self.n) ** 2 * (self.ms_seed ** 2 / self.df + (self.ms_res ** 2 / self.df_res if self.df_res else 0.0))
+
+
+def seed_variance(mats: dict[str, np.ndarray], assumed_sd: float = ASSUMED_SEED_SD) -> SeedVariance:
+    """Pool the ANOVA estimate of the systematic seed variance over every condition with at least two seeds.
+
+    For one condition (n examples x S seeds, one observation per cell): ``MS_seed = n * var_s(per-seed accuracy)``
+    on S - 1 df, ``MS_res`` the residual mean square on (S - 1)(n - 1) df; pooled over conditions (weighted by their
+    df) and ``tau2 = (MS_seed - MS_res) / n``."""
+    ss_seed = ss_res = dof = dof_res = 0.0
+    n_examples = 1
+    for m in mats.values():
+        m = np.asarray(m, dtype=np.float64)
+        n, s = m.shape
+        if s < 2 or n < 2:
+            continue
+        n_examples = n
+        seed_means, example_means, grand = m.mean(axis=0), m.mean(axis=1), m.mean()
+        ss_seed += n * float(np.sum((seed_means - grand) ** 2))
+        resid = m - seed_means[None, :] - example_means[:, None] + grand
+        ss_res += float(np.sum(resid ** 2))
+        dof += s - 1
+        dof_res += (s - 1) * (n - 1)
+    if dof == 0:
+        return SeedVariance(assumed_sd ** 2, 0.0, assumed=True)
+    ms_seed, ms_res = ss_seed / dof, ss_res / dof_res
+    return SeedVariance(max((ms_seed - ms_res) / n_examples, 0.0), dof, ms_seed, ms_res, dof_res, n_examples)
+
+
+@dataclass
+class Comparisons:
+    """Means, intervals and paired differences of a group's conditions (every matrix scored on the same examples)."""
+
+    mats: dict[str, np.ndarray]       # condition -> (n, seeds) 0/1 correctness; a baseline has one "seed" and no spread
+    seeds: SeedVariance
+    fixed: frozenset = frozenset()    # conditions without seed variance (the majority-class baseline)
+
+    def estimate(self, name: str) -> float:
+        return float(np.asarray(self.mats[name], dtype=np.float64).mean())
+
+    def n_seeds(self, name: str) -> int:
+        return np.asarray(self.mats[name]).reshape(len(self.mats[name]), -1).shape[1]
+
+    def _seed_factor(self, *names: str) -> float:
+        return sum(0.0 if name in self.fixed else 1.0 / self.n_seeds(name) for name in names)
+
+    def _spread(self, per_example: np.ndarray, factor: float) -> dict:
+        """Variance parts and Satterthwaite df of a mean of ``per_example`` plus ``factor`` x the seed variance."""
+        n = len(per_example)
+        test = float(np.var(per_example, ddof=1) / n) if n > 1 else 0.0
+        seed = factor * self.seeds.tau2
+        total = test + seed
+        if total <= 0:
+            return {"test": 0.0, "seed": 0.0, "se": 0.0, "df": float("inf")}
+        denominator = (test ** 2 / (n - 1) if n > 1 else 0.0)
+        if seed > 0 and not self.seeds.assumed:
+            denominator += self.seeds.variance_of(factor)
+        df = total ** 2 / denominator if denominator > 0 else float("inf")
+        return {"test": test, "seed": seed, "se": float(np.sqrt(total)), "df": float(df)}
 
     def interval(self, name: str, confidence: float = 0.95) -> tuple[float, float]:
-        return _percentile(self.accuracy[name], confidence)
+        m = np.asarray(self.mats[name], dtype=np.float64)
+        spread = self._spread(m.reshape(len(m), -1).mean(axis=1), self._seed_factor(name))
+        half = _quantile(confidence, spread["df"]) * spread["se"]
+        estimate = self.estimate(name)
+        return estimate - half, estimate + half
 
     def difference(self, a: str, b: str, confidence: float = 0.95) -> dict:
-        """a - b: estimate, percentile CI, and the two-sided bootstrap p-value of 'no difference'
-        (the smallest alpha whose (1 - alpha) interval excludes 0)."""
-        draws = self.accuracy[a] - self.accuracy[b]
-        low, high = _percentile(draws, confidence)
-        below, above = int(np.sum(draws <= 0)), int(np.sum(draws >= 0))
-        p = 1.0 if np.all(draws == 0) else min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1))
-        return {"diff": self.estimate[a] - self.estimate[b], "ci_low": low, "ci_high": high, "p_value": p}
+        """a - b: estimate, t interval, two-sided p-value of "no difference", and the variance parts behind them."""
+        ma, mb = (np.asarray(self.mats[k], dtype=np.float64) for k in (a, b))
+        per_example = ma.reshape(len(ma), -1).mean(axis=1) - mb.reshape(len(mb), -1).mean(axis=1)
+        spread = self._spread(per_example, self._seed_factor(a, b))
+        diff = float(per_example.mean())
+        if spread["se"] == 0:
+            p = 1.0 if diff == 0 else 0.0
+            return {"diff": diff, "ci_low": diff, "ci_high": diff, "p_value": p, **spread}
+        half = _quantile(confidence, spread["df"]) * spread["se"]
+        p = float(2 * stats.t.sf(abs(diff) / spread["se"], spread["df"]))
+        return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p_value": p, **spread}
 
 
-def _percentile(draws: np.ndarray, confidence: float) -> tuple[float, float]:
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return float(low), float(high)
+def _quantile(confidence: float, df: float) -> float:
+    q = 0.5 + confidence / 2
+    return float(stats.norm.ppf(q) if not np.isfinite(df) else stats.t.ppf(q, df))
 
 
-def two_level_bootstrap(correct: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0) -> Resamples:
-    """``correct[name]`` is an (n, S) 0/1 matrix: test example i right in seed s. Every matrix has the same n
-    examples in the same order. Returns each condition's resampled mean accuracy (seeds, then examples)."""
-    names = list(correct)
-    mats = [np.asarray(correct[k], dtype=np.float32).reshape(len(correct[k]), -1) for k in names]
-    n = mats[0].shape[0]
-    if any(m.shape[0] != n for m in mats):
+def compare(mats: dict[str, np.ndarray], fixed=(), assumed_sd: float = ASSUMED_SEED_SD) -> Comparisons:
+    """Comparisons of a group: ``mats[name]`` is (n, S) 0/1 correctness, rows the same examples in the same order;
+    names in ``fixed`` (a deterministic baseline) carry no seed variance and do not enter the pooled estimate."""
+    mats = {k: np.asarray(v, dtype=np.float32).reshape(len(v), -1) for k, v in mats.items()}
+    n = len(next(iter(mats.values())))
+    if any(len(m) != n for m in mats.values()):
         raise ValueError("every condition must be scored on the same test examples")
-    stacked = np.concatenate(mats, axis=1)  # (n, total seeds)
-    offsets = np.cumsum([0] + [m.shape[1] for m in mats])
-    rng = np.random.default_rng(seed)
-    sums = np.empty((resamples, stacked.shape[1]), dtype=np.float64)  # examples-resampled correct counts per seed
-    batch = max(1, min(resamples, BATCH_BYTES // max(24 * n, 1)))  # int64 draws + counts, float32 copy
-    for start in range(0, resamples, batch):
-        b = min(batch, resamples - start)
-        draws = rng.integers(0, n, size=(b, n))
-        counts = np.bincount((draws + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-        sums[start:start + b] = counts.astype(np.float32) @ stacked
-    out, estimate = {}, {}
-    for k, name in enumerate(names):
-        s = mats[k].shape[1]
-        picks = rng.integers(0, s, size=(resamples, s)) + offsets[k]  # seeds drawn with replacement
-        out[name] = np.take_along_axis(sums, picks, axis=1).mean(axis=1) / n
-        estimate[name] = float(mats[k].mean(dtype=np.float64))
-    return Resamples(out, estimate, {name: m.shape[1] for name, m in zip(names, mats)})
-
-
-def variance_parts(correct: np.ndarray) -> dict:
-    """Variance of a seed-mean accuracy (or of a paired difference, given per-example differences) split into
-    seed-to-seed and test-sampling parts: Var = Var_seed / S + Var_example(seed-mean) / n."""
-    m = np.asarray(correct, dtype=float).reshape(len(correct), -1)
-    n, s = m.shape
-    per_seed = m.mean(axis=0)
-    seed_var = float(per_seed.var(ddof=1) / s) if s > 1 else 0.0
-    test_var = float(m.mean(axis=1).var(ddof=1) / n) if n > 1 else 0.0
-    return {"seed": seed_var, "test": test_var}
+    seeds = seed_variance({k: v for k, v in mats.items() if k not in fixed}, assumed_sd)
+    return Comparisons(mats, seeds, frozenset(fixed))
 
 
 def holm(p_values: list[float], alpha: float = ALPHA) -> list[float]:
-    """Holm-adjusted p-values (statsmodels), controlling the family-wise error over all pairs of a study."""
+    """Holm-adjusted p-values (statsmodels), controlling the family-wise error over a family of comparisons."""
     if not p_values:
         return []
     return [float(p) for p in multipletests(p_values, alpha=alpha, method="holm")[1]]
@@ -123,16 +192,16 @@ def non_inferiority(diff: dict, margin: float) -> str:
     return "undecided"
 
 
-def what_would_decide(diff: dict, margin: float, parts: dict) -> str:
-    """For an undecided non-inferiority call: how much more data the CI needs to shrink past -margin, and
-    whether seeds or test examples dominate its width."""
+def what_would_decide(diff: dict, margin: float) -> str:
+    """For an undecided non-inferiority call: how much more data the CI needs to shrink past -margin, and whether
+    seed-to-seed or test-sampling variance dominates its width (both conditions' seed variance counted)."""
     half = (diff["ci_high"] - diff["ci_low"]) / 2
     gap = abs(diff["diff"] + margin)
     if gap < 1e-9:
         return "its estimate sits on the margin: more data will not settle it quickly"
     factor = (half / gap) ** 2
-    source = "more seeds" if parts["seed"] > parts["test"] else "a larger test set"
-    where = ("seed-to-seed variation dominates the interval: more seeds would narrow it most" if source == "more seeds"
+    where = ("seed-to-seed variation dominates the interval: more seeds would narrow it most"
+             if diff.get("seed", 0.0) > diff.get("test", 0.0)
              else "test sampling dominates the interval: a larger test set would narrow it most")
     if factor > 100:
         return (f"its estimate ({100 * diff['diff']:+.1f} points) sits so close to the margin that even 100x the data "
@@ -155,6 +224,17 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     table = pd.DataFrame(rows, columns=["bin_low", "bin_high", "count", "confidence", "accuracy"])
     ece = float((table["count"] * (table["accuracy"] - table["confidence"]).abs()).sum() / len(confidence)) if rows else 0.0
     return ece, table
+
+
+def expected_max(values, budgets=None) -> np.ndarray:
+    """Expected best of n trials drawn (with replacement) from the observed ones, for n = 1..N (Dodge et al., 2019,
+    "Show Your Work: Improved Reporting of Experimental Results", eq. 1): with the values sorted,
+    E[max_n] = sum_i v_(i) [(i/N)^n - ((i-1)/N)^n]."""
+    v = np.sort(np.asarray(values, dtype=float))
+    big_n = len(v)
+    budgets = np.arange(1, big_n + 1) if budgets is None else np.asarray(budgets)
+    ranks = np.arange(1, big_n + 1) / big_n
+    return np.array([float(np.sum(v * (ranks ** n - (ranks - 1 / big_n) ** n))) for n in budgets])
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:

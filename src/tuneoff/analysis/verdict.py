@@ -2,18 +2,22 @@
 
 The rules, each there because the naive version misleads:
 
-- **chosen on validation, confirmed on test**: the winner and runner-up are ranked by validation accuracy; the
-  test set only confirms (choosing on test and then testing on it overstates the winner);
-- **both sources of noise**: intervals and p-values come from the two-level bootstrap (seeds, then test
-  examples; ``significance``), so a method whose seeds scatter is not called better on one lucky seed;
-- **Holm's correction** over every pair of the study: 15 pairs at alpha 0.05 would otherwise find a
-  "difference" by chance about half the time;
+- **chosen on validation, confirmed on test**: the best condition is ranked by validation accuracy; the test set
+  confirms, and when it significantly contradicts the pick the verdict says so;
+- **both sources of noise, calibrated**: intervals and p-values come from ``significance`` (test-sampling variance
+  plus the pooled seed variance component, t with Satterthwaite degrees of freedom), so a method whose seeds
+  scatter is not called better on one lucky seed, and two seeds are not treated as if they were ten;
+- **Holm over the decision's comparisons**: each condition against the validation-best and against the
+  majority-class baseline is one family, adjusted together across the study; the all-pairs table is exploratory,
+  with its own adjustment;
 - **non-inferiority, not "not significantly worse"**: a cheaper method counts as good as the best only when the
   whole CI of (it - best) lies above -margin; a wide CI is reported as "cannot decide", with what would;
-- **a baseline**: every group carries the majority-class predictor; a condition that collapsed to one class in any
-  run, or does not beat the baseline significantly, is flagged and never recommended;
-- **costs as ratios** against a reference (full fine-tuning when the study has it, else the best), as the
-  background reports wrote "LoRA used 1.77x the memory and ran 1.66x slower".
+- **convergence**: a condition with a run that did not reach its validation plateau is *budget-limited*: never
+  called worse (a longer budget may change the comparison), never recommended over a converged one;
+- **a baseline**: a condition that collapsed to one class in any run, or does not beat the majority class
+  significantly, is flagged and never recommended; if nothing beats it, the verdict says so;
+- **costs as ratios** against a reference (the condition that trains every parameter when the study has one,
+  else the best), as the background reports wrote "LoRA used 1.77x the memory and ran 1.66x slower".
 """
 
 from __future__ import annotations
@@ -26,20 +30,13 @@ import pandas as pd
 
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups
 from tuneoff.analysis.settings import AnalysisSettings, Decide
-from tuneoff.analysis.significance import (
-    holm,
-    mcnemar_exact,
-    non_inferiority,
-    pareto_front,
-    two_level_bootstrap,
-    variance_parts,
-    what_would_decide,
-)
+from tuneoff.analysis.significance import compare, holm, mcnemar_exact, non_inferiority, pareto_front, what_would_decide
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
 RATIO_COSTS = ("trained_mb", "peak_memory_mb", "train_seconds")
 BASELINE = "baseline"
+DECISION_KEYS = ("diff", "ci_low", "ci_high", "df", "p_value", "test", "seed")
 TRAINS_EVERYTHING = 99.999  # trainable_pct of a condition that is the cost reference
 
 
@@ -47,24 +44,28 @@ TRAINS_EVERYTHING = 99.999  # trainable_pct of a condition that is the cost refe
 class GroupVerdict:
     group: Group
     table: pd.DataFrame                  # one row per condition (+ the baseline row)
-    pairs: pd.DataFrame                  # every pair of conditions: difference, CI, p (raw and Holm), McNemar
+    pairs: pd.DataFrame                  # every pair of conditions (exploratory): difference, CI, p (raw, Holm), McNemar
+    decisions: pd.DataFrame = None       # the decision family: each condition vs the best and vs the baseline
     best: str | None = None
     reference: str | None = None
     recommended: str | None = None
     lines: list[str] = field(default_factory=list)
-    family: int = 0                      # comparisons in the study (Holm's family)
+    family: int = 0                      # comparisons in the decision family (Holm's), over the whole study
+    comparisons: object = None           # significance.Comparisons of the group
+    against_baseline: dict = field(default_factory=dict)  # condition -> its difference from the majority class
+    budget_limited: list[str] = field(default_factory=list)
 
 
-def _pair_rows(group: Group, resamples, mats: dict, alpha: float) -> list[dict]:
-    """Every pair of the group: the two-level bootstrap difference, and McNemar on each seed both have run."""
+def _pair_rows(group: Group, cmp, mats: dict, alpha: float) -> list[dict]:
+    """Every pair of the group: the difference with its interval, and McNemar on each seed both have run."""
     rows = []
     for a, b in combinations(group.conditions, 2):
-        d = resamples.difference(a.name, b.name, 1 - alpha)
+        d = cmp.difference(a.name, b.name, 1 - alpha)
         seeds_b = [r["seed"] for r in b.runs]
         tests = [(r["seed"], mcnemar_exact(mats[a.name][:, i], mats[b.name][:, seeds_b.index(r["seed"])]))
                  for i, r in enumerate(a.runs) if r["seed"] in seeds_b]
         rows.append({"a": a.name, "b": b.name, "n": len(group.ids), "accuracy_diff": d["diff"], "ci_low": d["ci_low"],
-                     "ci_high": d["ci_high"], "p_value": d["p_value"],
+                     "ci_high": d["ci_high"], "df": d["df"], "p_value": d["p_value"],
                      "mcnemar": "; ".join(f"seed {s}: {_favour(t, a.name, b.name)} (p={t['p_value']:.3g})" for s, t in tests),
                      "mcnemar_favours_a": sum(t["favours"] == "a" and t["p_value"] < alpha for _, t in tests),
                      "mcnemar_favours_b": sum(t["favours"] == "b" and t["p_value"] < alpha for _, t in tests),
@@ -77,38 +78,111 @@ def _favour(test: dict, a: str, b: str) -> str:
 
 
 def analyse(conditions: list[Condition], settings: AnalysisSettings | None = None) -> list[GroupVerdict]:
-    """One verdict per group; Holm's adjustment runs over the pairs of every group together."""
+    """One verdict per group; Holm's adjustment runs over the decision comparisons of every group together."""
     settings = settings or AnalysisSettings()
     confidence = 1 - settings.alpha
-    verdicts, resampled = [], []
-    for gi, group in enumerate(groups(conditions)):
+    verdicts = []
+    for group in groups(conditions):
         mats = {c.name: c.correct(group.ids) for c in group.conditions}
-        resamples = two_level_bootstrap({**mats, BASELINE: group.baseline_correct()}, seed=gi)
-        rows = [condition_row(c) for c in group.conditions]
+        cmp = compare({**mats, BASELINE: group.baseline_correct()}, fixed={BASELINE}, assumed_sd=settings.assumed_seed_sd)
+        rows, against_baseline = [condition_row(c) for c in group.conditions], {}
         for row, c in zip(rows, group.conditions):
-            row["accuracy_ci_low"], row["accuracy_ci_high"] = resamples.interval(c.name, confidence)
-            row["ci_covers"] = "seeds and test examples" if len(c.runs) > 1 else "test examples only (one seed)"
-            vs = resamples.difference(c.name, BASELINE, confidence)
-            row["beats_baseline"] = vs["ci_low"] > 0
-            row["eligible"] = row["beats_baseline"] and row["collapsed_runs"] == 0
+            row["accuracy_ci_low"], row["accuracy_ci_high"] = cmp.interval(c.name, confidence)
+            row["ci_covers"] = "seeds and test examples" + (" (seed variance assumed)" if cmp.seeds.assumed else "")
+            vs = cmp.difference(c.name, BASELINE, confidence)
+            row["vs_baseline"], row["p_vs_baseline"] = vs["diff"], vs["p_value"]
+            against_baseline[c.name] = vs
+            row["budget_limited"] = bool(row["convergence_known"]) and row["converged_runs"] < row["convergence_known"]
             row["fits"] = _fits(row, settings.decide)
-        base_acc = float(group.baseline_correct().mean())
-        low, high = resamples.interval(BASELINE, confidence)
-        rows.append({"condition": f"majority class ({group.majority})", "method": BASELINE, "seeds": 0, "accuracy": base_acc,
-                     "accuracy_ci_low": low, "accuracy_ci_high": high, "ci_covers": "test examples",
-                     "eligible": False, "fits": False, "beats_baseline": False, "collapsed_runs": 0})
-        table = pd.DataFrame(rows)
-        verdicts.append(GroupVerdict(group, table, pd.DataFrame(_pair_rows(group, resamples, mats, settings.alpha))))
-        resampled.append((resamples, mats))
-    adjusted = holm([p for v in verdicts for p in v.pairs.get("p_value", [])], settings.alpha)
-    family = len(adjusted)
-    for v, (resamples, mats) in zip(verdicts, resampled):
-        v.family = family
+        low, high = cmp.interval(BASELINE, confidence)
+        rows.append({"condition": f"majority class ({group.majority})", "method": BASELINE, "seeds": 0,
+                     "accuracy": cmp.estimate(BASELINE), "accuracy_ci_low": low, "accuracy_ci_high": high,
+                     "ci_covers": "test examples", "eligible": False, "fits": False, "beats_baseline": False,
+                     "collapsed_runs": 0, "budget_limited": False})
+        v = GroupVerdict(group, pd.DataFrame(rows), pd.DataFrame(_pair_rows(group, cmp, mats, settings.alpha)),
+                         comparisons=cmp, against_baseline=against_baseline)
+        verdicts.append(v)
+    _adjust_pairs(verdicts, settings.alpha)
+    _decision_family(verdicts, settings)
+    for v in verdicts:
+        _decide(v, settings)
+    return verdicts
+
+
+def _adjust_pairs(verdicts: list[GroupVerdict], alpha: float) -> None:
+    """The exploratory all-pairs table: Holm over every pair of the study, a family of its own."""
+    adjusted = holm([p for v in verdicts for p in v.pairs.get("p_value", [])], alpha)
+    for v in verdicts:
         if len(v.pairs):
             v.pairs["p_holm"], adjusted = adjusted[:len(v.pairs)], adjusted[len(v.pairs):]
-            v.pairs["significant"] = v.pairs["p_holm"] < settings.alpha
-        _decide(v, resamples, mats, settings)
-    return verdicts
+            v.pairs["significant"] = v.pairs["p_holm"] < alpha
+
+
+def _rank(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["val_accuracy", "val_macro_f1"], ascending=False, kind="stable")
+
+
+def _choose_best(t: pd.DataFrame) -> str | None:
+    """The validation-best among eligible conditions that fit; converged ones first (a budget-limited condition
+    leads only when no converged one qualifies)."""
+    pool = t[(t.method != BASELINE) & t.eligible.astype(bool) & t.fits.astype(bool)]
+    if pool.empty:
+        return None
+    converged = pool[~pool.budget_limited.astype(bool)]
+    return _rank(converged if len(converged) else pool).iloc[0].condition
+
+
+def _decision_family(verdicts: list[GroupVerdict], settings: AnalysisSettings) -> None:
+    """Each condition against its group's validation-best and against the baseline, Holm-adjusted together across
+    the study. Eligibility (beats the baseline significantly, never collapsed) uses the adjusted p-values; the best
+    depends on eligibility and the family on the best, so both are iterated to a fixed point: a condition whose
+    adjusted comparison with the baseline is not significant leaves the eligible set, and the family is formed again."""
+    confidence = 1 - settings.alpha
+    for v in verdicts:
+        t = v.table
+        runs = t.method != BASELINE
+        t.loc[runs, "eligible"] = (t.loc[runs, "collapsed_runs"] == 0) & (t.loc[runs, "vs_baseline"] > 0) & (
+            t.loc[runs, "p_vs_baseline"] < settings.alpha)
+    while True:
+        entries = []
+        for gi, v in enumerate(verdicts):
+            t = v.table
+            v.best = _choose_best(t)
+            for _, row in t[t.method != BASELINE].iterrows():
+                entries.append((gi, "baseline", row.condition, v.against_baseline[row.condition]))
+                if v.best is not None and row.condition != v.best:
+                    entries.append((gi, "best", row.condition, v.comparisons.difference(row.condition, v.best, confidence)))
+        adjusted = holm([e[3]["p_value"] for e in entries], settings.alpha)
+        changed = False
+        for v in verdicts:
+            v.family = len(entries)
+        frames: dict[int, list] = {}
+        for (gi, against, name, d), p in zip(entries, adjusted):
+            frames.setdefault(gi, []).append({"condition": name, "against": against, **{k: d[k] for k in DECISION_KEYS},
+                                              "p_holm": p, "significant": p < settings.alpha})
+            if against == "baseline":
+                t = verdicts[gi].table
+                # Only ever removed: a condition that loses eligibility changes the best and the family, and letting
+                # it back in could oscillate; the fixed point is the largest consistent set.
+                if bool(t.loc[t.condition == name, "eligible"].iloc[0]) and not p < settings.alpha:
+                    t.loc[t.condition == name, "eligible"] = False
+                    changed = True
+        for gi, v in enumerate(verdicts):
+            v.decisions = pd.DataFrame(frames.get(gi, []))
+        if not changed:
+            break
+    for v in verdicts:
+        t = v.table
+        t["beats_baseline"] = [m != BASELINE and bool(_decision(v, name, "baseline", "significant")) and d > 0
+                               for m, name, d in zip(t.method, t.condition, t.get("vs_baseline", pd.Series(0, index=t.index)).fillna(0))]
+
+
+def _decision(v: GroupVerdict, name: str, against: str, key: str):
+    d = v.decisions
+    if d is None or d.empty:
+        return None
+    hit = d[(d.condition == name) & (d.against == against)]
+    return hit.iloc[0][key] if len(hit) else None
 
 
 def _fits(row: dict, decide: Decide) -> bool:
@@ -130,10 +204,10 @@ def _overall_cost(row: pd.Series, ref: pd.Series) -> float:
     return float(np.exp(np.mean(logs))) if logs else 1.0
 
 
-def _decide(v: GroupVerdict, resamples, mats: dict, settings: AnalysisSettings) -> None:
+def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     t = v.table.set_index("condition", drop=False)
     runs = t[t.method != BASELINE]
-    confidence, margin = 1 - settings.alpha, settings.margin
+    margin = settings.margin
     for key in COSTS:  # Pareto fronts of accuracy against each cost
         pts = [(r.condition, r.accuracy, r[key]) for _, r in runs.iterrows() if pd.notna(r.get(key))]
         v.table[f"pareto_{key}"] = v.table["condition"].isin(pareto_front(pts))
@@ -141,94 +215,156 @@ def _decide(v: GroupVerdict, resamples, mats: dict, settings: AnalysisSettings) 
     ok = runs[runs.eligible.astype(bool)]
     fitting = ok[ok.fits.astype(bool)]
     base = t[t.method == BASELINE].iloc[0]
-    lines = []
+    v.budget_limited = list(runs[runs.budget_limited.astype(bool)].condition)
     if ok.empty:
         v.lines = [f"**No method learned more than the majority-class baseline** ({base.condition}, test accuracy "
-                   f"{_pct(base.accuracy)}): none is recommended. " + _flag_text(flagged) +
-                   " Train longer (train.epochs), on more data, or at another learning rate (train.lr), then re-run."]
+                   f"{_pct(base.accuracy)}): none is recommended. " + _flag_text(flagged)
+                   + _budget_text(runs) + " Train longer (train.epochs), on more data, or let the study tune each "
+                   "method's learning rate (tune: {lr: true}), then re-run."]
         return
-    rank = lambda d: d.sort_values(["val_accuracy", "val_macro_f1"], ascending=False, kind="stable")  # noqa: E731
-    overall = rank(ok).iloc[0]
+    overall = _rank(ok).iloc[0]
     if fitting.empty:
         v.lines = [f"**No method fits the constraints** ({_constraint_text(settings.decide)}); the best without them is "
                    f"{overall.condition}."]
         return
-    ranked = rank(fitting)
-    best = ranked.iloc[0]
-    v.best = best.condition
-    fulls = rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING])  # full fine-tuning, whatever the method is called
+    best = t.loc[v.best]
+    fulls = _rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING])  # full fine-tuning, whatever the method is called
     ref = fulls.iloc[0] if len(fulls) else best
     v.reference = ref.condition
-    lines.append(f"**Best on validation: {best.condition}** (validation accuracy {_pct(best.val_accuracy)}); on test "
-                 f"{_pct(best.accuracy)} (95% CI {_pct(best.accuracy_ci_low)}–{_pct(best.accuracy_ci_high)}, covering "
-                 f"{best.ci_covers}; {best.seeds} seed(s): {best.accuracy_per_seed}).")
-    if len(ranked) > 1:
-        lines.append(_runner_up_line(v, best, ranked.iloc[1]))
+    lines = [_best_line(best)]
     calls = {}
     for col in ("vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"):
         v.table[col] = None if col == "vs_best" else np.nan
     for name, row in fitting.iterrows():
         if name == best.condition:
             continue
-        d = resamples.difference(name, best.condition, confidence)
+        d = v.comparisons.difference(name, best.condition, 1 - settings.alpha)
         call = non_inferiority(d, margin)
+        if call == "worse" and row.budget_limited:
+            call = "budget-limited"  # a longer budget may change it: never called worse
         calls[name] = (call, d)
         v.table.loc[v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"]] = (
             call, d["diff"], d["ci_low"], d["ci_high"])
-    as_good = [best.condition] + [n for n, (call, _) in calls.items() if call == "as good"]
+    ranked = _rank(fitting)
+    if len(ranked) > 1:
+        lines.append(_runner_up_line(v, best, ranked.iloc[1]))
+    lines += _contradictions(v, best, runs)
+    as_good = [best.condition] + [n for n, (call, _) in calls.items() if call == "as good" and not t.loc[n].budget_limited]
     pool = t.loc[as_good]
     score = (pool.apply(lambda r: _overall_cost(r, ref), axis=1) if settings.prefer == "overall" else pool[settings.prefer])
     rec = t.loc[score.astype(float).idxmin()] if score.notna().any() else best
     v.recommended = rec.condition
-    lines.append(_recommendation(rec, best, ref, calls, margin))
-    cheaper_undecided = [n for n, (call, _) in calls.items() if call == "undecided" and _overall_cost(t.loc[n], ref) < _overall_cost(rec, ref)]
-    for name in cheaper_undecided:
-        d = calls[name][1]
-        parts = variance_parts(mats[name] - mats[best.condition].mean(axis=1, keepdims=True))
-        lines.append(f"Cannot decide whether cheaper {name} is as good: the 95% CI of its difference from {best.condition} "
-                     f"({_pts(d['ci_low'])} to {_pts(d['ci_high'])} points) crosses the −{100 * margin:g}-point margin; "
-                     f"{what_would_decide(d, margin, parts)}.")
+    cheaper = {n: c for n, c in calls.items() if _overall_cost(t.loc[n], ref) < _overall_cost(rec, ref)}
+    lines.append(_recommendation(rec, best, ref, calls, cheaper, margin))
+    for name, (call, d) in cheaper.items():
+        if call == "undecided":
+            lines.append(f"Cannot decide whether cheaper {name} is as good: the 95% CI of its difference from "
+                         f"{best.condition} ({_pts(d['ci_low'])} to {_pts(d['ci_high'])} points) crosses the "
+                         f"−{100 * margin:g}-point margin; {what_would_decide(d, margin)}.")
     worse = [n for n, (call, _) in calls.items() if call == "worse"]
     if worse:
         lines.append(f"Worse than {best.condition} by more than the {100 * margin:g}-point margin: {', '.join(worse)}.")
+    limited = [n for n in v.budget_limited if n in t.index]
+    if limited:
+        lines.append("**Budget-limited** (a run did not reach its validation plateau, so none of these is called worse; "
+                     "a longer budget may change the comparison): " + "; ".join(
+                         f"{n} ({t.loc[n].not_converged})" for n in limited) + ". " + _budget_advice(t.loc[limited]))
     if len(flagged):
         lines.append("Not recommended: " + _flag_text(flagged))
     excluded = ok[~ok.fits.astype(bool)]
     if len(excluded):
         lines.append(f"Over the constraints ({_constraint_text(settings.decide)}): {', '.join(excluded.condition)}"
                      + (f"; the best without them would be {overall.condition}." if overall.condition != best.condition else "."))
-    if (runs.seeds == 1).any():
-        lines.append("With one seed, an interval covers test-set sampling only: another training run can land elsewhere.")
+    lines += _seed_caveats(v, runs)
     v.lines = lines
 
 
+def _best_line(best: pd.Series) -> str:
+    lr = f"; learning rate {best.lr:.3g}" if pd.notna(best.get("lr")) else ""
+    return (f"**Best on validation: {best.condition}** (validation accuracy {_pct(best.val_accuracy)}{lr}); on test "
+            f"{_pct(best.accuracy)} (95% CI {_pct(best.accuracy_ci_low)}–{_pct(best.accuracy_ci_high)}, covering "
+            f"{best.ci_covers}; {best.seeds} seed(s): {best.accuracy_per_seed}).")
+
+
 def _runner_up_line(v: GroupVerdict, best: pd.Series, runner: pd.Series) -> str:
+    d = v.decisions
+    row = d[(d.condition == runner.condition) & (d.against == "best")].iloc[0]
     p = v.pairs
-    row = p[((p.a == best.condition) & (p.b == runner.condition)) | ((p.b == best.condition) & (p.a == runner.condition))].iloc[0]
-    sign = 1 if row.a == best.condition else -1
-    lo, hi = sorted((sign * row.ci_low, sign * row.ci_high))
+    pair = p[((p.a == best.condition) & (p.b == runner.condition)) | ((p.b == best.condition) & (p.a == runner.condition))]
+    mc = conflict = ""
+    if len(pair) and pair.iloc[0].paired_seeds:
+        pair = pair.iloc[0]
+        mc = f"; McNemar per seed: {pair.mcnemar}"
+        conflict = " (the seeds disagree on the direction)" if pair.mcnemar_favours_a and pair.mcnemar_favours_b else ""
     verdict = "a **significant** difference" if row.significant else "**not a significant** difference"
-    mc = (f"; McNemar per seed: {row.mcnemar}" if row.paired_seeds else "")
-    conflict = " (the seeds disagree on the direction)" if row.mcnemar_favours_a and row.mcnemar_favours_b else ""
-    return (f"Against the runner-up on validation, {runner.condition}: {_pts(sign * row.accuracy_diff)} points on test "
-            f"(95% CI {_pts(lo)} to {_pts(hi)}), {verdict} (Holm-adjusted p = {row.p_holm:.3g} over "
-            f"{v.family} comparison(s)){mc}{conflict}.")
+    return (f"Against the runner-up on validation, {runner.condition}: {_pts(-row['diff'])} points on test for "
+            f"{best.condition} (95% CI {_pts(-row.ci_high)} to {_pts(-row.ci_low)}), {verdict} (Holm-adjusted p = "
+            f"{row.p_holm:.3g} over the {v.family} comparisons of the decision){mc}{conflict}.")
 
 
-def _recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, margin: float) -> str:
-    if rec.condition == best.condition:
-        quality = "the best on validation"
-    else:
-        d = calls[rec.condition][1]
-        quality = (f"within {abs(100 * d['diff']):.1f} points of {best.condition} on test (non-inferior at a "
-                   f"{100 * margin:g}-point margin: 95% CI of the difference {_pts(d['ci_low'])} to {_pts(d['ci_high'])}, "
-                   f"{rec.seeds} seed(s))")
+def _contradictions(v: GroupVerdict, best: pd.Series, runs: pd.DataFrame) -> list[str]:
+    """Conditions significantly better than the validation pick on test: the test set contradicts the choice."""
+    d = v.decisions
+    if d is None or d.empty:
+        return []
+    ahead = d[(d.against == "best") & d.significant & (d["diff"] > 0)]
+    return [f"**The test set contradicts the validation pick**: {r.condition} is better than {best.condition} on test by "
+            f"{_pts(r['diff'])} points (95% CI {_pts(r.ci_low)} to {_pts(r.ci_high)}, Holm-adjusted p = {r.p_holm:.3g}) "
+            "though it ranked lower on validation. The validation split may be too small or unlike the test split: "
+            "read the recommendation with care, or enlarge validation (data.validation_fraction)."
+            for _, r in ahead.iterrows()]
+
+
+def _recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float) -> str:
     costs = [f"{rec.trainable_pct:.3g}% of the parameters trained"]
     if rec.condition != ref.condition:
         costs += [f"{_ratio(rec.trained_mb, ref.trained_mb)} the trained weights to keep",
                   f"{_ratio(rec.peak_memory_mb, ref.peak_memory_mb)} the peak memory",
                   f"{_ratio(rec.train_seconds, ref.train_seconds)} the training time of {ref.condition}"]
-    return f"**Use {rec.condition}**: {quality}, {', '.join(costs)}."
+    if rec.condition != best.condition:
+        d = calls[rec.condition][1]
+        how = (f"better by {100 * d['diff']:.1f} points than" if d["diff"] > 0 else
+               f"within {abs(100 * d['diff']):.1f} points of")
+        quality = (f"{how} {best.condition} on test (non-inferior at a {100 * margin:g}-point margin: 95% CI of the "
+                   f"difference {_pts(d['ci_low'])} to {_pts(d['ci_high'])}, {rec.seeds} seed(s))")
+        return f"**Use {rec.condition}**: {quality}, {', '.join(costs)}."
+    open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited")]
+    if open_:
+        return (f"**Use {rec.condition} by default**: it is the best on validation, but this study could not decide "
+                f"whether cheaper {', '.join(open_)} {'is' if len(open_) == 1 else 'are'} as good (see below): the "
+                f"default for lack of evidence, not a finding that {'it is' if len(open_) == 1 else 'they are'} worse; "
+                f"{', '.join(costs)}.")
+    if cheaper:
+        return (f"**Use {rec.condition}**: the best on validation, and every cheaper method is worse by more than the "
+                f"{100 * margin:g}-point margin; {', '.join(costs)}.")
+    return f"**Use {rec.condition}**: the best on validation and the cheapest of those compared, {', '.join(costs)}."
+
+
+def _seed_caveats(v: GroupVerdict, runs: pd.DataFrame) -> list[str]:
+    seeds = v.comparisons.seeds
+    if seeds.assumed:
+        return [f"With one seed per condition the seed-to-seed variation cannot be measured: it is assumed to be "
+                f"{100 * seeds.sd:.0f} accuracy points (analysis.assumed_seed_sd), so intervals are wide and only large "
+                "differences can be called; run at least two seeds per condition to measure it."]
+    if runs.seeds.min() < 3 or seeds.df < 4:
+        return [f"The seed-to-seed variation is estimated at {100 * seeds.sd:.1f} points from {seeds.df:g} degree(s) of "
+                "freedom pooled over this group's conditions; with so few seeds the intervals use a wide t quantile, and "
+                "more seeds would narrow them."]
+    return []
+
+
+def _budget_text(runs: pd.DataFrame) -> str:
+    limited = runs[runs.budget_limited.astype(bool)]
+    return (" Budget-limited (not converged): " + ", ".join(limited.condition) + "." if len(limited) else "")
+
+
+def _budget_advice(limited: pd.DataFrame) -> str:
+    reasons = " ".join(limited.not_converged.astype(str))
+    if "too few evaluations" in reasons:
+        return "Evaluate more often (train.eval_every) and train longer (train.epochs) with early stopping (train.patience)."
+    if "still improving" in reasons or "under-confident" in reasons:
+        return "Raise train.epochs (early stopping with train.patience ends each run at its plateau), or tune the learning rate."
+    return "Tune the learning rate (tune: {lr: true}) or train longer."
 
 
 def _flag_text(flagged: pd.DataFrame) -> str:

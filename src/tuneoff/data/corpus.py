@@ -50,7 +50,7 @@ class Corpus:
 # --- local files -------------------------------------------------------------------------------------------------
 
 
-MIN_ROWS = 4
+MIN_ROWS = 3  # one split off: at least 2 rows left to train on and 1 held out (4 rows give train, validation, test)
 
 
 def joined_text(df: pd.DataFrame) -> pd.Series:
@@ -88,8 +88,17 @@ def _split(df: pd.DataFrame, seed: int, **size) -> tuple[pd.DataFrame, pd.DataFr
         )
     try:
         a, b = train_test_split(df, random_state=seed, stratify=df["label"], **size)
-    except ValueError:
-        a, b = train_test_split(df, random_state=seed, **size)
+    except ValueError:  # a class too small to stratify: hold out rows, but never a class's last training row
+        k = int(np.ceil(size["test_size"] * len(df)))
+        left = df["label"].value_counts().to_dict()
+        held = []
+        for i in np.random.default_rng(seed).permutation(len(df)):
+            label = df["label"].iloc[i]
+            if len(held) < k and left[label] > 1:
+                held.append(i)
+                left[label] -= 1
+        b = df.iloc[sorted(held)]
+        a = df.drop(index=df.index[sorted(held)])
     return a.reset_index(drop=True), b.reset_index(drop=True)
 
 
@@ -139,18 +148,24 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
     parts = {k: clean_split(v, f"{name}:{k}") for k, v in parts.items()}
     notes = []
     if "all" in parts:
-        parts["train"], parts["test"], moved = _split_apart(parts.pop("all"), cfg.split_seed, cfg.test_fraction)
-        notes.append(f"no official split: test = {cfg.test_fraction:.0%} stratified (split_seed={cfg.split_seed})"
-                     + (f"; {moved} test row(s) whose text is also in train moved to train" if moved else ""))
+        parts["train"] = parts.pop("all")
     if "train" not in parts:
         raise TuneoffError(f"Dataset {name!r} has no training split (splits found: {', '.join(raw)}).")
+    classes = set(parts["train"]["label"])
+    if label_names is None and len(classes) < 2:  # before any split: say the real problem, not "too few rows"
+        raise TuneoffError(
+            f"Dataset {name!r}: the training split has only one class ({next(iter(classes), 'none')!r}); "
+            "a classifier needs at least two. Check data.label_column."
+        )
+    if "test" not in parts:  # a held-out test split, never the validation split the verdict chooses on
+        parts["train"], parts["test"], moved = _split_apart(parts["train"], cfg.split_seed, cfg.test_fraction)
+        notes.append(f"no test split given: test = {cfg.test_fraction:.0%} of the data, stratified, held out "
+                     f"(split_seed={cfg.split_seed})"
+                     + (f"; {moved} test row(s) whose text is also in train moved to train" if moved else ""))
     if "validation" not in parts:
         parts["train"], parts["validation"], moved = _split_apart(parts["train"], cfg.split_seed, cfg.validation_fraction)
         notes.append(f"validation = {cfg.validation_fraction:.0%} of train, stratified (split_seed={cfg.split_seed})"
                      + (f"; {moved} validation row(s) whose text is also in train moved to train" if moved else ""))
-    if "test" not in parts:
-        parts["test"] = parts["validation"]
-        notes.append("no test split: test metrics are on the validation split")
     parts["train"] = _cap(parts["train"], cfg.max_train_samples, cfg.split_seed)
     for split in ("validation", "test"):
         parts[split] = _cap(parts[split], cfg.max_eval_samples, cfg.split_seed)

@@ -84,8 +84,13 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
         md += [f"## {v.group.title}", "", *v.lines, "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+        if v.decisions is not None and len(v.decisions):
+            md += ["The decision (each condition against the best on validation and against the majority-class baseline; "
+                   "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",
+                   v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
+                                "significant"]].to_markdown(index=False, floatfmt=".4g"), ""]
         if len(v.pairs):
-            md += ["Pairwise (test accuracy a − b; CI over seeds and test examples; p Holm-adjusted):", "",
+            md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
                    v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "mcnemar"]]
                    .to_markdown(index=False, floatfmt=".4g"), ""]
     if trials is not None:
@@ -128,6 +133,7 @@ def _write_tables(out: Path, verdicts) -> None:
 
     stacked(tagged(v, v.table) for v in verdicts).to_csv(out / "summary.csv", index=False)
     stacked(tagged(v, v.pairs) for v in verdicts).to_csv(out / "comparisons.csv", index=False)
+    stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
     stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}

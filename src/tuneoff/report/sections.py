@@ -14,18 +14,21 @@ from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
 
-SHOWN = ["condition", "method", "seeds", "accuracy", "accuracy_std", "accuracy_per_seed", "accuracy_ci_low",
-         "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best", "trainable_params", "trainable_pct",
-         "trained_mb", "peak_memory_mb", "train_seconds", "train_samples_per_s"]
+SHOWN = ["condition", "method", "seeds", "lr", "converged_runs", "accuracy", "accuracy_std", "accuracy_per_seed",
+         "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best", "trainable_params",
+         "trainable_pct", "trained_mb", "peak_memory_mb", "train_seconds", "train_samples_per_s"]
 
 HOW_TO_READ_MD = (
-    "How to read the verdict: conditions are ranked on **validation** accuracy and the test set confirms. Intervals "
-    "are 95% two-level bootstrap intervals: they resample the training seeds and then the test examples, so they "
-    "cover both a different training run and a different test sample (with one seed, only the latter). A cheaper "
-    "method is called **as good** as the best (non-inferior) only when the whole interval of its difference from the "
-    "best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or that it is worse. "
-    "p-values are Holm-adjusted over every pair of the study. Runs that collapsed to one class, or do not beat the "
-    "majority-class baseline significantly, are never recommended.")
+    "How to read the verdict: each method's learning rate was tuned on validation where the study asked for it, and "
+    "each run trained to its validation plateau; a condition whose runs did not converge is **budget-limited** and "
+    "never called worse. Conditions are ranked on **validation** accuracy and the test set confirms. Intervals are 95% "
+    "t intervals over both sources of noise: the test examples and the training seeds (the seed variance pooled over "
+    "the group's conditions, Satterthwaite degrees of freedom; assumed, not measured, when every condition has one "
+    "seed). A cheaper method is called **as good** as the best (non-inferior) only when the whole interval of its "
+    "difference from the best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or "
+    "that it is worse. The decision's p-values (each condition against the best and against the majority-class "
+    "baseline) are Holm-adjusted together; the all-pairs table is exploratory, with its own Holm adjustment. Runs that "
+    "collapsed to one class, or do not beat the baseline significantly, are never recommended.")
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}.sub{color:#666}
@@ -82,10 +85,13 @@ def group_html(v) -> str:
     sweep = plots.plot_sweeps(table, conds)
     if sweep:
         out += ["<h3>Sweeps</h3>", img(sweep)]
+    if v.decisions is not None and len(v.decisions):
+        out += ["<h3>Significance</h3><p class='note'>The decision: each condition against the best on validation and "
+                "against the majority-class baseline (difference in test accuracy, 95% t interval, t degrees of freedom, "
+                "p-value raw and Holm-adjusted over the study's decision comparisons).</p>", table_html(v.decisions)]
     if len(v.pairs):
-        out += ["<h3>Significance</h3><p class='note'>Difference in test accuracy (a − b) with its two-level bootstrap 95% CI; "
-                "p from the same bootstrap, Holm-adjusted over every pair of the study; McNemar's exact test on each seed "
-                "both ran, with the direction it favours.</p>",
+        out += ["<p class='note'>Exploratory: every pair (a − b), Holm-adjusted over every pair of the study (a family "
+                "of its own); McNemar's exact test on each seed both ran, with the direction it favours.</p>",
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
     classes = _per_class(conds)
     out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "

@@ -159,7 +159,7 @@ class Store:
             with self.transaction() as db:
                 MIGRATIONS[step](db)
                 db.execute(f"PRAGMA user_version = {step + 1}")
-            if step:
+            if version:  # an existing store, not a new one being created
                 log.info("results store %s migrated to schema %d", self.path, step + 1)
 
     @contextmanager

@@ -35,7 +35,7 @@ from tuneoff.data.augment import augmented_copies
 from tuneoff.data.batches import encode, train_loader, train_order
 from tuneoff.data.batches import micro_batches as micro_batches_of
 from tuneoff.results.rundir import FORMAT_VERSION, MODEL_DIR, RunDirectory, new_run_id
-from tuneoff.training import checkpoint, guards, serving
+from tuneoff.training import checkpoint, convergence, guards, serving
 from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
 from tuneoff.training.launcher import launched, on_main_process, open_run_directory
 from tuneoff.training.resources import (
@@ -333,7 +333,9 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
             resources.update(latency_unmerged_ms_p50=trained["p50"], latency_unmerged_ms_p95=trained["p95"])
     final_model = s.model if s.fsdp else deployed
     checkpoint.crash_point("final", p.state.step)
-    _, val_metrics = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
+    val_logits, val_metrics = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
+    converged = convergence.assess(p.state.history, s.tc.metric_for_best, s.tc.patience, p.state.stopped_early,
+                                   val_logits, s.corpus.label_ids("validation"))
     t0 = time.perf_counter()
     test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)
     resources["test_eval_seconds"] = time.perf_counter() - t0
@@ -343,7 +345,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     if not s.main:  # process 0 writes the run; the others wait until it is published
         s.accelerator.wait_for_everyone()
         return RunResult(run.final, metrics, resources)
-    _write_run(s, run, p, metrics, resources, test_logits)
+    _write_run(s, run, p, metrics, resources, test_logits, converged)
     final = run.publish()
     p.trackers.finish(metrics, resources, final / MODEL_DIR)
     s.accelerator.wait_for_everyone()
@@ -364,7 +366,8 @@ def _resources(s: Session, p: Progress) -> dict:
             "frozen_below_layer": s.edge, "feature_cache": feature_cache_reason(s) or "used"}
 
 
-def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resources: dict, test_logits) -> None:
+def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resources: dict, test_logits,
+               converged: dict) -> None:
     tc, corpus, state = s.tc, s.corpus, p.state
     # The resolved config: every value the run used, including what "auto" and the method's defaults chose.
     used = tc.model_copy(update={"lr": s.lr, "warmup_steps": s.warmup, "mixed_precision": s.accelerator.mixed_precision,
@@ -383,7 +386,7 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
         "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_reason(s) or "used"},
         "sizes": {k: len(df) for k, df in corpus.splits.items()}, "augmentation": state.augmentation,
         "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
-        "batch_order_digest": state.order_digest, "host": socket.gethostname(),
+        "batch_order_digest": state.order_digest, "host": socket.gethostname(), "convergence": converged,
     })
 
 

@@ -1,0 +1,123 @@
+"""Are the verdict's intervals and tests calibrated at the seed counts people use? A simulation of null studies.
+
+Each simulated study has ``conditions`` conditions scored on the same ``n`` test examples with ``seeds`` seeds each.
+Example i has a chance p_c,i of being right for condition c: p_c,i = (u_i + v_c,i) / 2 with u (shared difficulty)
+and v (the condition's own) drawn from Beta(4, 1), so conditions agree on hard examples as real methods do and every
+condition has the same population accuracy (0.8): no true difference. A seed moves a condition's whole logit by
+N(0, s^2), s chosen so that the seed-to-seed sd of the accuracy is ``seed_sd``; each prediction is then a Bernoulli
+draw (the seed x example interaction). Condition 0 against condition 1 is tested with tuneoff's own statistics
+(``tuneoff.analysis.significance.compare``, pooled over the study's conditions): the false-positive rate (p < 0.05)
+should be at most about 5% and the 95% interval should cover the true difference (0) about 95% of the time. A
+second run adds a true gap (condition 1 lower by ``gap`` in v's mean) to check coverage away from the null.
+
+    python bench/calibration.py --reps 2000          # the full table (a few minutes on 2 cores)
+    python bench/calibration.py --reps 200 --quick   # a slice
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit, logit
+
+from tuneoff.analysis.significance import ASSUMED_SEED_SD, compare
+
+A, B = 4.0, 1.0
+
+
+def _slope(rng) -> float:
+    """d accuracy / d logit shift at 0: E[p (1 - p)] for p = (u + v) / 2."""
+    p = (rng.beta(A, B, 200_000) + rng.beta(A, B, 200_000)) / 2
+    return float(np.mean(p * (1 - p)))
+
+
+def true_mean(rng, sigma: float, shift: float = 0.0, draws: int = 400_000) -> float:
+    """Population accuracy of a condition: over examples and seeds (Monte Carlo)."""
+    p = (rng.beta(A, B, draws) + np.clip(rng.beta(A, B, draws) - shift, 0.01, 0.999)) / 2
+    if sigma:
+        p = expit(logit(np.clip(p, 1e-4, 1 - 1e-4)) + rng.normal(0, sigma, draws))
+    return float(np.mean(p))
+
+
+def simulate(n: int, seeds: int, seed_sd: float, reps: int, conditions: int = 4, shift: float = 0.0,
+             rng: np.random.Generator | None = None, slope: float | None = None) -> dict:
+    """False-positive rate (condition 0 vs 1, p < 0.05) and the 95% interval's coverage of the true difference."""
+    rng = rng or np.random.default_rng(0)
+    slope = slope or _slope(rng)
+    sigma = seed_sd / slope
+    truth = true_mean(rng, sigma) - true_mean(rng, sigma, shift) if shift else 0.0
+    rejected = covered = 0
+    for _ in range(reps):
+        u = rng.beta(A, B, n)
+        mats = {}
+        for c in range(conditions):
+            v = rng.beta(A, B, n)
+            if c == 1 and shift:
+                v = np.clip(v - shift, 0.01, 0.999)
+            p = np.clip((u + v) / 2, 1e-4, 1 - 1e-4)
+            shifts = rng.normal(0, sigma, seeds) if sigma else np.zeros(seeds)
+            q = expit(logit(p)[:, None] + shifts[None, :])
+            mats[f"c{c}"] = (rng.random((n, seeds)) < q).astype(np.float32)
+        d = compare(mats).difference("c0", "c1")
+        rejected += d["p_value"] < 0.05
+        covered += d["ci_low"] <= truth <= d["ci_high"]
+    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "shift": shift, "true_diff": truth, "reps": reps,
+            "false_positive_rate": rejected / reps if not shift else None, "coverage": covered / reps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="a slice: n 400 and 5,000, 1/2/5 seeds, sd 0/3/5")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    ns, seed_counts, sds = ((400, 5000), (1, 2, 5), (0.0, 0.03, 0.05)) if args.quick else (
+        (400, 1000, 5000), (1, 2, 3, 5), (0.0, 0.01, 0.03, 0.05))
+    rng = np.random.default_rng(20261129)
+    slope = _slope(rng)
+    t0, rows = time.time(), []
+    for n, s, sd in itertools.product(ns, seed_counts, sds):
+        null = simulate(n, s, sd, args.reps, rng=rng, slope=slope)
+        gap = simulate(n, s, sd, args.reps, shift=0.06, rng=rng, slope=slope)  # about 3 accuracy points
+        rows.append({**null, "coverage_with_gap": gap["coverage"], "gap": gap["true_diff"]})
+        print(f"n={n:5d} seeds={s} sd={sd:.2f}: false positives {null['false_positive_rate']:.3f}, coverage "
+              f"{null['coverage']:.3f}, with a {100 * gap['true_diff']:.1f}-point gap {gap['coverage']:.3f}", flush=True)
+    minutes = (time.time() - t0) / 60
+    mc = float(np.sqrt(0.05 * 0.95 / args.reps))
+    stamp = datetime.now(timezone.utc)
+    command = " ".join(["python", *sys.argv])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"calibration-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
+    meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
+            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
+            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps,
+            "monte_carlo_sd_at_5pct": mc}
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})", "",
+             f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
+             f"{args.reps} simulated studies per row (Monte Carlo sd of a 5% rate: {100 * mc:.1f} points; of a 95% "
+             f"coverage: the same). Each study: 4 conditions, the same population accuracy (0.8), seeds moving a "
+             "condition's logit so that its accuracy's seed-to-seed sd is `seed sd`; condition 0 vs 1 tested with "
+             "`tuneoff.analysis.significance` (t / Satterthwaite, seed variance pooled over the 4 conditions). With one "
+             f"seed per condition the seed variance cannot be measured and is assumed ({100 * ASSUMED_SEED_SD:g} points). "
+             "`coverage with gap`: the 95% interval's coverage when condition 1 is truly lower (by the `gap` column).", "",
+             "| test examples | seeds | seed sd (points) | false-positive rate | coverage (null) | gap (points) | coverage with gap |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['false_positive_rate']:.3f} | "
+                     f"{r['coverage']:.3f} | {100 * r['gap']:.1f} | {r['coverage_with_gap']:.3f} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Did a run converge? Measured from what it recorded, so a comparison never reads an under-trained run as a worse
+method.
+
+A run *converged* when its validation metric reached a plateau: early stopping ended it (``train.patience``
+evaluations without improvement), or it ran out of budget (``train.epochs`` / ``train.max_steps``) after its best
+evaluation stopped improving. It did **not** converge when:
+
+- it was **still improving** at the end of its budget: its best evaluation is among the last ``window`` and beats
+  everything before them by more than ``MIN_DELTA`` (then more epochs would likely change the comparison);
+- it had **too few evaluations** to tell (fewer than ``window`` + 1: evaluate more often with ``train.eval_every``);
+- it **collapsed**: it predicts one class for every validation example;
+- it is **grossly under-confident**: its mean top-class probability on validation is more than
+  ``UNDER_CONFIDENCE`` below its validation accuracy (a model stopped early in its descent: the logits never grew).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_DELTA = 0.002         # an improvement of the validation metric smaller than this is a plateau, not progress
+UNDER_CONFIDENCE = 0.25   # accuracy minus mean confidence above this: grossly under-confident
+
+
+def assess(history: list[dict], metric: str, patience: int | None, stopped_early: bool, logits: np.ndarray,
+           labels: list[int]) -> dict:
+    """{"converged": bool, "status": ..., "reason": ...} for a finished run (``logits`` and ``labels`` of its
+    validation split, the model it ended with)."""
+    key = {"accuracy": "val_accuracy", "macro_f1": "val_macro_f1", "loss": "val_loss"}[metric]
+    values = [h[key] for h in history if h.get(key) is not None]
+    window = max(2, patience or 2)
+    predicted = logits.argmax(-1)
+    out = {"evaluations": len(values), "window": window, "stopped_early": stopped_early}
+    if len(set(predicted.tolist())) <= 1 < len(set(labels)):
+        return {**out, "converged": False, "status": "collapsed",
+                "reason": "predicts one class for every validation example"}
+    confidence = float(_softmax(logits).max(-1).mean())
+    accuracy = float((predicted == np.asarray(labels)).mean())
+    if accuracy - confidence > UNDER_CONFIDENCE:
+        return {**out, "converged": False, "status": "under-confident",
+                "reason": f"grossly under-confident: mean confidence {confidence:.2f} against validation accuracy "
+                          f"{accuracy:.2f} (training stopped early in its descent)"}
+    if stopped_early:
+        return {**out, "converged": True, "status": "plateau",
+                "reason": f"early stopping: {patience} evaluations without improvement"}
+    if len(values) <= window:
+        return {**out, "converged": False, "status": "too few evaluations",
+                "reason": f"only {len(values)} evaluation(s): too few to see a plateau (evaluate more often with "
+                          "train.eval_every, or train longer)"}
+    sign = -1.0 if metric == "loss" else 1.0
+    scores = sign * np.asarray(values, dtype=float)
+    gain = float(scores[-window:].max() - scores[:-window].max())
+    if gain > MIN_DELTA:
+        return {**out, "converged": False, "status": "still improving",
+                "reason": f"still improving when its budget ended: its last {window} evaluations beat the earlier "
+                          f"best by {gain:.3f} {metric}"}
+    return {**out, "converged": True, "status": "plateau",
+            "reason": f"no gain over {MIN_DELTA} {metric} in its last {window} evaluations"}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
