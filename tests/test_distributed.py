@@ -176,7 +176,7 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert sum(line.startswith("[") and "test accuracy" in line for line in done.stdout.splitlines()) == 2
+    assert sum(line.startswith("[") and "test accuracy" in line for line in done.stderr.splitlines()) == 2
     from tuneoff.results.store import Store
 
     store = Store(tmp_path / "res")

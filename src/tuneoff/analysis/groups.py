@@ -111,7 +111,7 @@ def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
 
 
 def load_conditions(store: Store, study: str) -> list[Condition]:
-    rows = store.runs(study, "done")
+    rows = store.runs(study, "done", phase="final")  # a study's tuning trials choose a learning rate; they are not compared
     if not rows:
         raise TuneoffError(f"Study {study!r} has no finished runs yet: nothing to analyse. Run it first (tuneoff run).")
     conditions: dict[str, Condition] = {}

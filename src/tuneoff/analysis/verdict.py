@@ -30,7 +30,14 @@ import pandas as pd
 
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups
 from tuneoff.analysis.settings import AnalysisSettings, Decide
-from tuneoff.analysis.significance import compare, holm, mcnemar_exact, non_inferiority, pareto_front, what_would_decide
+from tuneoff.analysis.significance import (
+    compare,
+    holm,
+    mcnemar_exact,
+    non_inferiority,
+    pareto_front,
+    what_would_decide,
+)
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}

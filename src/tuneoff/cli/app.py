@@ -299,10 +299,13 @@ def run_study(
     spec = load_spec(study, overrides or [])
     if dry_run:
         rows = plan_runs(spec)
-        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)")
+        tune = [r for r in rows if r["phase"] == "tune"]
+        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)"
+            + (f": phase 1 tunes the learning rate ({len(tune)} trials), phase 2 trains {len(rows) - len(tune)} runs "
+               "at the rates it chose" if tune else ""))
         for r in rows:
-            say(f"{r['run']}: {r['method']} on {r['model']} / {r['data']}")
-            say(f"    {r['epochs']} epoch(s), lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
+            say(f"{r['run']} [{r['phase']}]: {r['method']} on {r['model']} / {r['data']}")
+            say(f"    at most {r['epochs']} epoch(s), lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
                 f"{r['schedule']}; hub: {r['hub']}")
         return
     _quiet_libraries()

@@ -50,6 +50,10 @@ class Method:
     summary: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
     default_lr: ClassVar[float]
+    # The learning rates a study's tuning phase searches (log-uniform), the method's prior: where runs of this method
+    # usually learn (LoRA's family trains far fewer, freshly initialised weights than full fine-tuning, so it wants
+    # rates 10-100x higher; a head alone higher still). A variant's `lr_range:` replaces it.
+    lr_range: ClassVar[tuple[float, float]]
     optimizer_kinds: ClassVar[tuple[str, ...]] = ("adamw", "sgd")  # train.optimizer values this method can run with
 
     def prepare(self, model: nn.Module, params: MethodParams, arch: Architecture) -> nn.Module:

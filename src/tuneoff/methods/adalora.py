@@ -31,6 +31,7 @@ class AdaLora(PeftLoadedMethod):
     summary = "AdaLoRA: LoRA whose ranks are allocated by importance during training (peft)."
     Params = AdaLoraParams
     default_lr = 1e-3
+    lr_range = (1e-4, 1e-2)
 
     def prepare(self, model, params, arch):
         from peft import AdaLoraConfig, TaskType

@@ -17,6 +17,7 @@ class BitFit(Method):
     summary = "BitFit: only the biases (and the head) train."
     Params = BitFitParams
     default_lr = 1e-3
+    lr_range = (1e-4, 1e-2)
 
     def prepare(self, model, params, arch):
         heads = tuple(arch.head_modules)

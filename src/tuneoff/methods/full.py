@@ -15,6 +15,7 @@ class Full(Method):
     summary = "Full fine-tuning: all weights train."
     Params = FullParams
     default_lr = 3e-5
+    lr_range = (1e-5, 3e-4)
 
     def prepare(self, model, params, arch):
         for param in model.parameters():

@@ -24,6 +24,7 @@ class IA3(PeftMethod):
     summary = "(IA)^3: learned rescaling of keys, values and feed-forward activations (peft)."
     Params = IA3Params
     default_lr = 3e-3
+    lr_range = (3e-4, 5e-2)
 
     def prepare(self, model, params, arch):
         from peft import IA3Config, TaskType

@@ -30,6 +30,7 @@ class LoHa(PeftMethod):
     summary = "LoHa: Hadamard product of two low-rank updates (peft, LyCORIS)."
     Params = LoHaParams
     default_lr = 5e-4
+    lr_range = (1e-4, 1e-2)
     peft_config = "LoHaConfig"
 
     def prepare(self, model, params, arch):

@@ -18,4 +18,5 @@ class LoKr(LoHa):
     summary = "LoKr: Kronecker-product update (peft, LyCORIS)."
     Params = LoKrParams
     default_lr = 5e-4
+    lr_range = (1e-4, 1e-2)
     peft_config = "LoKrConfig"

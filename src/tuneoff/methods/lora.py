@@ -55,6 +55,7 @@ class Lora(PeftMethod):
     summary = "LoRA adapters (peft) on attention projections + trainable head."
     Params = LoraParams
     default_lr = 5e-4
+    lr_range = (1e-4, 5e-3)
 
     def prepare(self, model, params, arch):
         return lora_model(model, params, arch)

@@ -32,6 +32,7 @@ class LoraFA(Lora):
     summary = "LoRA-FA: LoRA with A frozen, B trained with a corrected gradient."
     Params = LoraFAParams
     default_lr = 5e-4
+    lr_range = (1e-4, 1e-2)
     optimizer_kinds = ("adamw",)  # LoRA-FA's optimizer is AdamW with a corrected gradient for B
 
     def prepare(self, model, params, arch):

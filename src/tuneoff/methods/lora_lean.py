@@ -25,6 +25,7 @@ class LoraLean(LoraFA):
     summary = "Lean LoRA preset: LoRA-FA, dropout 0, top layers only (least memory)."
     Params = LoraLeanParams
     default_lr = 1e-3
+    lr_range = (3e-4, 3e-2)
 
     def prepare(self, model, params, arch):
         if params.layers_to_transform is None:

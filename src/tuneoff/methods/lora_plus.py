@@ -25,6 +25,7 @@ class LoraPlus(Lora):
     summary = "LoRA+ : LoRA with lr(B) = loraplus_lr_ratio x lr(A)."
     Params = LoraPlusParams
     default_lr = 2e-4
+    lr_range = (5e-5, 3e-3)
 
     def optimizer(self, model, params, lr, weight_decay, fused, kind="adamw", momentum=0.9):
         from peft.optimizers import create_loraplus_optimizer

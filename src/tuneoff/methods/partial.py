@@ -37,6 +37,7 @@ class Partial(Method):
     summary = "Unfreeze the top k encoder layers and everything above them (pooler, head)."
     Params = PartialParams
     default_lr = 5e-5
+    lr_range = (1e-5, 1e-3)
 
     def prepare(self, model, params, arch):
         if params.k > arch.num_layers:

@@ -24,6 +24,7 @@ class PrefixTuning(PeftLoadedMethod):
     summary = "Prefix tuning: trainable key/value prefixes per layer (peft; needs a model that takes past key values)."
     Params = PrefixTuningParams
     default_lr = 1e-2
+    lr_range = (1e-3, 1e-1)
 
     def prepare(self, model, params, arch):
         from peft import PrefixTuningConfig, TaskType

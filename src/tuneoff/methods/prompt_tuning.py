@@ -21,6 +21,7 @@ class PromptTuning(PeftLoadedMethod):
     summary = "Prompt tuning: trainable virtual tokens before the input; encoder frozen (peft)."
     Params = PromptTuningParams
     default_lr = 3e-2
+    lr_range = (1e-3, 1e-1)
 
     def prepare(self, model, params, arch):
         from peft import PromptTuningConfig, TaskType

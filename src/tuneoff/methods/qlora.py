@@ -23,6 +23,7 @@ class QLora(Lora):
     summary = "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes + peft)."
     Params = QLoraParams
     default_lr = 2e-4
+    lr_range = (1e-4, 5e-3)
     optimizer_kinds = ("adamw",)
 
     def model_kwargs(self, params):

@@ -23,6 +23,7 @@ class Vera(PeftLoadedMethod):
     summary = "VeRA: shared frozen random matrices, trained scaling vectors (peft)."
     Params = VeraParams
     default_lr = 4e-3
+    lr_range = (1e-3, 5e-2)
 
     def prepare(self, model, params, arch):
         from peft import TaskType, VeraConfig

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from tuneoff.analysis import groups as analysis
 from tuneoff.analysis.settings import AnalysisSettings
+from tuneoff.analysis.tuning import expected_best, tuning_trials
 from tuneoff.analysis.verdict import analyse
 from tuneoff.config import RunConfig, format_validation_error
 from tuneoff.core.errors import TuneoffError
@@ -66,6 +67,7 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
         spec_yaml = known["spec_yaml"]
         conditions = analysis.load_conditions(store, study)
         failed = store.runs(study, "failed")
+        tuning = tuning_trials(store.runs(study, phase="tune"))
         search, trials = _search_of(spec_yaml), None
         if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
 
@@ -93,6 +95,14 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
             md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
                    v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "mcnemar"]]
                    .to_markdown(index=False, floatfmt=".4g"), ""]
+    if len(tuning):
+        tuning.to_csv(out / "tuning_trials.csv", index=False)
+        chosen = tuning[tuning.chosen.astype(bool)][["condition", "lr", "val_accuracy", "trial"]]
+        md += ["## Tuning", "", "Each condition's learning rate, chosen on validation among its tuning trials (the seeds "
+               "above trained at it):", "", chosen.to_markdown(index=False, floatfmt=".4g"), "",
+               "Expected best validation accuracy after k trials (Dodge et al., 2019):", "",
+               expected_best(tuning).pivot(index="trials", columns="condition", values="expected_best_val_accuracy")
+               .reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
     if trials is not None:
         trials.to_csv(out / "search_trials.csv", index=False)
         md += ["## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
@@ -102,6 +112,8 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
     parts = [("How to read this report", sections.how_to_read(settings))]
     for v in verdicts:
         parts.append((v.group.title, sections.group_html(v)))
+    if len(tuning):
+        parts.append(("Tuning", sections.tuning_html(tuning, expected_best(tuning))))
     if trials is not None:
         parts.append(("Search", sections.search_html(trials, search)))
     parts.append(("Plan vs measured", plan_section(out, conditions, verdicts)))

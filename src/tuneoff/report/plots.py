@@ -265,3 +265,28 @@ def plot_lengths(report: dict) -> tuple[str, str]:
     ax.set_yticks(range(1, len(lengths) + 1), list(lengths))
     ax.set(title=f"{report['dataset']}: token length per split", xlabel="tokens")
     return histogram, _png(fig)
+
+
+def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame) -> str:
+    """Left: expected best validation accuracy after k trials per condition (Dodge et al., 2019): a curve that keeps
+    rising needs many trials to show its best. Right: each trial's validation accuracy against its learning rate
+    (pruned trials as crosses at what they reached, the chosen rate starred)."""
+    names = list(dict.fromkeys(trials.condition))
+    colors = _colors(names)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
+    for name in names:
+        e = emp[emp.condition == name]
+        ax1.plot(e.trials, e.expected_best_val_accuracy, marker="o", color=colors[name], label=name)
+        t = trials[trials.condition == name]
+        done, pruned, chosen = t[t.status == "done"], t[t.status == "pruned"], t[t.chosen.astype(bool)]
+        ax2.scatter(done.lr, done.val_accuracy, color=colors[name], label=name, zorder=3)
+        ax2.scatter(pruned.lr, pruned.val_accuracy, color=colors[name], marker="x", zorder=3)
+        ax2.scatter(chosen.lr, chosen.val_accuracy, color=colors[name], marker="*", s=220, edgecolors="black", zorder=4)
+    ax1.set(title="expected best validation accuracy after k trials", xlabel="trials (k)", ylabel="validation accuracy")
+    ax1.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set_xscale("log")
+    _few_ticks(ax2, log=True)
+    ax2.set(title="validation accuracy by learning rate (x: pruned, *: chosen)", xlabel="learning rate",
+            ylabel="validation accuracy")
+    ax1.legend(fontsize=7)
+    return _png(fig)

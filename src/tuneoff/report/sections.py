@@ -142,6 +142,21 @@ def mistakes_html(order, colors) -> str:
     return "".join(out)
 
 
+def tuning_html(trials: pd.DataFrame, emp: pd.DataFrame) -> str:
+    counts = trials.status.value_counts().to_dict()
+    chosen = trials[trials.chosen.astype(bool)][["condition", "lr", "val_accuracy", "trial"]]
+    last = emp.sort_values("trials").groupby("condition").tail(1).set_index("condition")
+    first = emp[emp.trials == 1].set_index("condition")
+    gains = pd.DataFrame({"condition": last.index, "expected best of 1 trial": first.reindex(last.index).expected_best_val_accuracy.values,
+                          "of all": last.expected_best_val_accuracy.values, "trials": last.trials.values})
+    return ("<p class='note'>Each condition's learning rate was chosen on validation among its tuning trials (log-uniform "
+            "draws over the method's prior range, one seed of their own; pruned trials were stopped below the median of "
+            f"the finished ones): {', '.join(f'{n} {s}' for s, n in counts.items())}. The seeds compared above trained at "
+            "the chosen rate. A method whose expected best keeps rising with k wins only when tuned hard.</p>"
+            + img(plots.plot_tuning(trials, emp)) + "<p class='note'>Chosen learning rates:</p>" + table_html(chosen)
+            + table_html(gains) + "<details><summary>every trial</summary>" + table_html(trials) + "</details>")
+
+
 def search_html(trials: pd.DataFrame, search) -> str:
     counts = trials.status.value_counts().to_dict()
     limits = ", ".join(f"{k} &le; {v:g}" for k, v in search.constraints.items())

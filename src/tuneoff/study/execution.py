@@ -10,6 +10,7 @@ import os
 import shlex
 import socket
 import sys
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import safe_name
 from tuneoff.results.store import Store
+from tuneoff.study import protocol
 from tuneoff.study.executors import Job, LocalExecutor, drive
 from tuneoff.study.search import run_search
 from tuneoff.study.spec import PlannedRun, StudySpec, expand, require_hub, study_dir
@@ -25,27 +27,32 @@ log = logging.getLogger(__name__)
 
 
 def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
-    """Check the study (size, hub), take its lock, check it against the store, register its runs; return the store,
-    what to run, the study directory and the lock (held until the caller closes it)."""
+    """Check the study (size, hub), take its lock, check it against the store, register its first phase's runs;
+    return the store, the study's conditions (protocol), the study directory and the lock (held until the caller
+    closes it)."""
     runs = expand(spec)
     require_hub(spec.name, runs)
+    conds = protocol.conditions(spec, runs)
+    total = sum(len(c.trials) + len(c.runs) for c in conds)
     if spec.search is not None:  # trials are registered as the search asks for them
-        runs = []
-        if len(spec.variants or {"base": {}}) * spec.search.trials > spec.max_runs and not yes:
-            raise TuneoffError(f"Study {spec.name!r} would launch {len(spec.variants or {'base': {}}) * spec.search.trials} "
-                               f"trials, more than max_runs={spec.max_runs}. Pass --yes, or raise max_runs in the study file.")
-    if len(runs) > spec.max_runs and not yes:
+        conds = []
+        total = len(spec.variants or {"base": {}}) * spec.search.trials
+    if total > spec.max_runs and not yes:
         raise TuneoffError(
-            f"Study {spec.name!r} would launch {len(runs)} runs, more than max_runs={spec.max_runs}. "
-            "Pass --yes to run them all, or raise max_runs in the study file."
-        )
+            f"Study {spec.name!r} would launch {total} runs (tuning trials included), more than "
+            f"max_runs={spec.max_runs}. Pass --yes to run them all, or raise max_runs in the study file.")
     lock = hold_study(study_dir(results, spec.name), spec.name)
     try:
-        store, directory = _register(spec, results, resume, runs)
+        store, directory = _register(spec, results, resume, first_phase(conds))
     except BaseException:
         lock.close()
         raise
-    return store, runs, directory, lock
+    return store, conds, directory, lock
+
+
+def first_phase(conds: list) -> list[PlannedRun]:
+    """What can run at once: every tuning trial, and the runs of conditions whose learning rate is pinned."""
+    return [run for c in conds for run in (c.trials if c.tuned else c.runs)]
 
 
 def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[PlannedRun]) -> tuple[Store, Path]:
@@ -75,7 +82,7 @@ def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[Pla
     _log_command(directory)
     store.add_study(spec.name, spec.to_yaml(), spec.digest(), directory)
     for run in runs:
-        store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml())
+        store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
     return store, directory
 
 
@@ -94,7 +101,7 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
 
     executor = executor or LocalExecutor(progress)
     try:
-        store, runs, directory, lock = prepare(spec, results, resume, yes)
+        store, conds, directory, lock = prepare(spec, results, resume, yes)
     except BaseException:
         executor.close()
         raise
@@ -103,22 +110,54 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
             run_search(spec, bases, store, directory, Path(results), executor)
             return directory
-        done = {r["run_id"] for r in store.runs(spec.name, "done")}
-        todo = [r for r in runs if r.run_id not in done]
-        log.info(f"study {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
-        jobs = (Job(run.run_id, _in_study(run.config, spec.name, directory)) for run in todo)
-
-        def start(job) -> None:
-            store.mark_running(spec.name, job.run_id)
-            if executor.name == "local":
-                log.info(f"    start {job.run_id}")
-
-        drive(executor, jobs, len(todo), lambda job, outcome: store.record(spec.name, outcome), start)
+        _run_phase(spec, store, directory, executor, first_phase(conds), conds)
+        tuned = [c for c in conds if c.tuned]
+        if tuned:
+            finals = []
+            for cond in tuned:
+                best = protocol.best_trial(r for r in store.runs(spec.name, phase=protocol.PHASE_TUNE)
+                                           if r["run_id"] in {trial.run_id for trial in cond.trials})
+                if best is None:
+                    log.warning(f"{cond.key}: no tuning trial finished, so its seeds are not run (see the failed trials)")
+                    continue
+                log.info(f"{cond.key}: learning rate {best['lr']:g} (best of its trials on validation, {best['run_id']})")
+                finals += protocol.final_runs(cond, best["lr"])
+            for run in finals:
+                store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
+            _run_phase(spec, store, directory, executor, finals, conds)
     finally:
         executor.close()
         store.close()
         lock.close()
     return directory
+
+
+def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list) -> None:
+    """Run what is not finished yet (a pruned trial is finished: it is not tried again)."""
+    finished = {r["run_id"] for r in store.runs(spec.name) if r["status"] in ("done", "pruned")}
+    todo = [r for r in runs if r.run_id not in finished]
+    trials = sum(r.phase == protocol.PHASE_TUNE for r in runs)
+    what = f"{len(runs)} runs" + (f" ({trials} tuning trials, {len(runs) - trials} comparison runs)" if trials else "")
+    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
+    trials_of = {c.key: [t.run_id for t in c.trials] for c in conds if c.tuned}
+    tune = spec.tune
+
+    def job(run: PlannedRun) -> Job:
+        config = _in_study(run.config, spec.name, directory)
+        on_evaluate = None
+        if run.phase == protocol.PHASE_TUNE and tune is not None and tune.pruning:
+            key = protocol.seedless_id(run.run_id, -1).rsplit("-tune", 1)[0]
+            siblings = [r for r in trials_of.get(key, []) if r != run.run_id]
+            on_evaluate = partial(protocol.MedianStop, config.output_dir, siblings, config.train.metric_for_best,
+                                  tune.min_trials_to_prune)
+        return Job(run.run_id, config, on_evaluate)
+
+    def start(job) -> None:
+        store.mark_running(spec.name, job.run_id)
+        if executor.name == "local":
+            log.info(f"    start {job.run_id}")
+
+    drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start)
 
 
 def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:

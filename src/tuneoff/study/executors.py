@@ -28,8 +28,8 @@ from typing import Callable
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.logs import RUN_LOG
 from tuneoff.core.files import read_json
+from tuneoff.core.logs import RUN_LOG
 from tuneoff.training.launcher import (
     check_processes,
     launch_command,
@@ -97,7 +97,8 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a pruned trial, a bug or a library error: recorded, the study goes on
         if type(exc).__name__ == "TrialPruned":  # its checkpoint will never be resumed
             shutil.rmtree(run_dir.parent / f".{job.run_id}.tmp", ignore_errors=True)
-            return Outcome(job.run_id, "pruned", error=str(exc), seconds=time.perf_counter() - t0)
+            return Outcome(job.run_id, "pruned", metrics=getattr(exc, "metrics", None), error=str(exc),
+                           seconds=time.perf_counter() - t0)
         return Outcome(job.run_id, "failed", error="".join(traceback.format_exception(exc)), seconds=time.perf_counter() - t0)
     return _read_finished(job.run_id, result.run_dir, time.perf_counter() - t0)
 
@@ -275,5 +276,6 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None) -> None:
 def describe(outcome) -> str:
     if outcome.status == "done":
         found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
-        return f"{found}test accuracy {outcome.metrics['test']['accuracy']:.4f}"
+        return (f"{found}validation accuracy {outcome.metrics['validation']['accuracy']:.4f}, test accuracy "
+                f"{outcome.metrics['test']['accuracy']:.4f}")
     return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.config import (
-    RunConfig,
     build_config,
     format_validation_error,
     parse_overrides,
@@ -41,6 +39,7 @@ from tuneoff.core.files import safe_name
 from tuneoff.data.builtins import hub_repo as data_repo
 from tuneoff.methods import get_method
 from tuneoff.models.assets import hub_repo as model_repo
+from tuneoff.study.protocol import PlannedRun, TuneSpec, check_lr_range, conditions
 from tuneoff.study.search import Dimension, SearchSpec
 
 DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "default.yaml"
@@ -56,11 +55,22 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     max_runs: int = Field(64, ge=1, description="Refuse larger grids unless --yes.")
     search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
+    tune: TuneSpec | None = Field(None, description="The fair protocol: tune each condition's learning rate on "
+                                  "validation, then train its seeds at the best (see protocol.py).")
     analysis: AnalysisSettings = AnalysisSettings()
     decide: Decide = Decide()
 
     @model_validator(mode="after")
     def _search_or_grid(self) -> StudySpec:
+        if self.search is not None and self.tune is not None and self.tune.lr:
+            raise ValueError("tune: and search: both choose hyper-parameters; use tune: {lr: true} for the learning rate "
+                             "(search: is for other fields), or set tune: {lr: false}")
+        for name, body in self.variants.items():
+            if "lr_range" in body:
+                try:
+                    check_lr_range(name, body["lr_range"])
+                except TuneoffError as exc:
+                    raise ValueError(str(exc)) from None
         if self.search is not None and (self.grid or any("grid" in v for v in self.variants.values())):
             raise ValueError("search: a study has either a grid or a search; give the grid's values to the search as "
                              "`choices` in search.space")
@@ -85,15 +95,6 @@ class StudySpec(BaseModel):
         changed margin re-reads the results instead of refusing them as another study's."""
         runs = self.model_dump(mode="json", exclude={"analysis", "decide"})
         return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
-
-
-@dataclass
-class PlannedRun:
-    run_id: str
-    variant: str
-    params: dict
-    seed: int
-    config: RunConfig
 
 
 def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
@@ -165,6 +166,7 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
         body = dict(body)
         variant_grid = body.pop("grid", {}) or {}
         body.pop("space", None)  # a variant's own search dimensions (search.py)
+        body.pop("lr_range", None)  # the variant's learning-rate prior for the tuning phase (protocol.py)
         for point in _grid_points({**spec.grid, **variant_grid}) if (spec.grid or variant_grid) else [{}]:
             tree = _merge(base, _nested(body))
             for key, value in point.items():
@@ -190,20 +192,30 @@ def study_dir(results: str | Path, name: str) -> Path:
 
 
 def dry_run(spec: StudySpec) -> list[dict]:
-    """Each run of the study with its recipe (validated, nothing loaded or downloaded)."""
-
+    """Each run of the study with its recipe and its protocol phase (validated, nothing loaded or downloaded): with
+    ``tune:``, a condition's tuning trials at their learning rates, then its seeds at the best of them."""
     rows = []
-    for run in expand(spec):
-        c, t = run.config, run.config.train
-        params = ", ".join(f"{k}={v}" for k, v in c.method.model_dump(exclude_defaults=True).items() if k != "name")
-        hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
-        rows.append({"run": run.run_id, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name, "data": c.data.name,
-                     "epochs": t.max_steps and f"{t.max_steps} steps" or t.epochs,
-                     "lr": t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
-                     "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
-                     "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
-                     "hub": ", ".join(hub) or "-"})
+    for cond in conditions(spec, expand(spec)):
+        for run in cond.trials:
+            rows.append(_recipe(run, "tune", f"{run.config.train.lr:g} (trial {run.params['trial']} of {len(cond.trials)})"))
+        for run in cond.runs:
+            lr = (f"tuned: the best of the {len(cond.trials)} trials on validation (prior {cond.lr_range[0]:g} to "
+                  f"{cond.lr_range[1]:g})" if cond.tuned else None)
+            rows.append(_recipe(run, "final", lr))
     return rows
+
+
+def _recipe(run: PlannedRun, phase: str, lr: str | None) -> dict:
+    c, t = run.config, run.config.train
+    params = ", ".join(f"{k}={v}" for k, v in c.method.model_dump(exclude_defaults=True).items() if k != "name")
+    hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
+    stop = f", early stopping after {t.patience} evaluations without gain" if t.patience else ""
+    return {"run": run.run_id, "phase": phase, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name,
+            "data": c.data.name, "epochs": (t.max_steps and f"{t.max_steps} steps" or f"{t.epochs}") + stop,
+            "lr": lr or t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
+            "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
+            "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
+            "hub": ", ".join(hub) or "-"}
 
 
 def require_hub(name: str, runs: list[PlannedRun]) -> None:

@@ -22,8 +22,8 @@ and doubles the accumulation) continues exactly where the effective batch allows
 from __future__ import annotations
 
 import json
-import pickle
 import os
+import pickle
 import random
 import shutil
 import signal

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.logs import PROGRESS, run_log
 from tuneoff.core.files import atomic_write_text, disk_full, write_json
+from tuneoff.core.logs import PROGRESS, run_log
 from tuneoff.core.provenance import versions
 from tuneoff.data.augment import augmented_copies
 from tuneoff.data.batches import encode, train_loader, train_order

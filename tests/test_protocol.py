@@ -1,0 +1,155 @@
+"""The fair protocol: each condition's learning rate tuned on validation (deterministic, independent draws over the
+method's prior), its seeds trained at the best; trials kept apart from the comparison; convergence recorded per run;
+both phases in the dry run and the store; resume redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import write_study
+from tuneoff.cli.app import app
+from tuneoff.core import logs
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.protocol import MedianStop, TrialPruned, best_trial, conditions, trial_lrs
+from tuneoff.study.spec import dry_run, expand, load_spec
+from tuneoff.training.convergence import assess
+
+TUNED = {"head": {"method": {"name": "head"}, "lr_range": [1e-2, 1e-1]},
+         "lora": {"method": {"name": "lora", "r": 4}, "lr_range": [5e-3, 5e-2]},
+         "pinned": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+
+
+def tuned_study(tmp_path, model, data, name="fair", trials=3, pruning=False, seeds=(1, 2)):
+    return write_study(tmp_path, model, data, name, variants=TUNED, seeds=seeds,
+                       train={"epochs": 8, "eval_every": 13, "patience": 3},
+                       tune={"lr": True, "trials": trials, "pruning": pruning, "seed": 0})
+
+
+def test_trial_rates_are_independent_log_uniform_draws_and_reproducible():
+    a = trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 0)
+    assert a == trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 0), "a resumed study asks for the same rates"
+    assert a != trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 1) and a != trial_lrs("full-data", 1e-4, 5e-3, 200, 0)
+    assert min(a) >= 1e-4 * 0.999 and max(a) <= 5e-3 * 1.001
+    logs_ = (np.log(a) - math.log(1e-4)) / (math.log(5e-3) - math.log(1e-4))
+    assert 0.4 < np.mean(logs_) < 0.6 and np.mean(logs_ < 0.5) == pytest.approx(0.5, abs=0.12)
+    assert a[:5] == trial_lrs("lora_r8-data", 1e-4, 5e-3, 5, 0), "more trials extend the same sequence"
+
+
+def test_conditions_pin_a_given_learning_rate_and_tune_the_rest(tiny_bert, toy_csv, tmp_path):
+    spec = load_spec(tuned_study(tmp_path, tiny_bert, toy_csv))
+    conds = {c.key: c for c in conditions(spec, expand(spec))}
+    assert sorted(conds) == ["head", "lora", "pinned"]
+    assert conds["pinned"].lr_range is None and conds["pinned"].trials == []
+    assert conds["lora"].lr_range == (5e-3, 5e-2), "the variant's lr_range replaces the method's prior"
+    from tuneoff.methods import get_method
+
+    spec.variants["head"].pop("lr_range")
+    assert {c.key: c for c in conditions(spec, expand(spec))}["head"].lr_range == get_method("head").lr_range
+    trial = conds["head"].trials[0]
+    assert (trial.run_id, trial.phase, trial.seed, trial.config.train.seed) == ("head-tune0", "tune", 0, 0)
+    rows = dry_run(spec)
+    assert [r["phase"] for r in rows].count("tune") == 6 and [r["phase"] for r in rows].count("final") == 6
+    final = next(r for r in rows if r["run"] == "lora-s1")
+    assert final["lr"].startswith("tuned: the best of the 3 trials on validation (prior 0.005 to 0.05)")
+    assert "early stopping after 3 evaluations without gain" in final["epochs"]
+
+
+def test_dry_run_on_the_command_line_shows_both_phases(tiny_bert, toy_csv, tmp_path):
+    result = CliRunner().invoke(app, ["run", str(tuned_study(tmp_path, tiny_bert, toy_csv)), "--dry-run"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "phase 1 tunes the learning rate (6 trials), phase 2 trains 6 runs at the rates it chose" in result.output
+    assert "head-tune0 [tune]" in result.output and "head-s1 [final]" in result.output
+
+
+def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
+    path = tuned_study(tmp_path, tiny_bert, toy_csv)
+    with logs.captured() as lines:
+        execute(load_spec(path), tmp_path / "r")
+    store = Store(tmp_path / "r")
+    trials = {r["run_id"]: r for r in store.runs("fair", phase="tune")}
+    finals = {r["run_id"]: r for r in store.runs("fair", phase="final")}
+    store.close()
+    assert sorted(trials) == [f"{v}-tune{k}" for v in ("head", "lora") for k in range(3)]
+    assert sorted(finals) == [f"{v}-s{s}" for v in ("head", "lora", "pinned") for s in (1, 2)]
+    assert {r["status"] for r in [*trials.values(), *finals.values()]} == {"done"}
+    for variant in ("head", "lora"):
+        best = best_trial([r for k, r in trials.items() if k.startswith(variant)])
+        for seed in (1, 2):
+            config = yaml.safe_load(finals[f"{variant}-s{seed}"]["config_yaml"])
+            assert config["train"]["lr"] == best["lr"] and config["train"]["seed"] == seed
+        assert any(line.startswith(f"{variant}: learning rate {best['lr']:g} (best of its trials") for line in lines)
+    assert yaml.safe_load(finals["pinned-s1"]["config_yaml"])["train"]["lr"] == 2e-2
+    info = json.loads(finals["lora-s1"]["run_info"])
+    assert info["convergence"]["status"] in ("plateau", "still improving", "too few evaluations", "collapsed",
+                                             "under-confident") and "reason" in info["convergence"]
+
+    from tuneoff.report.build import build
+
+    report = build("fair", tmp_path / "r")
+    summary = json.loads((report.parent / "verdict.json").read_text())
+    table = (report.parent / "summary.csv").read_text()
+    assert "tune" not in table, "trials choose the rate; they are not compared"
+    assert "Tuning" in report.read_text() and summary["groups"][0]["best_on_validation"] is not None
+
+    with logs.captured() as again:
+        execute(load_spec(path), tmp_path / "r", resume=True)
+    assert any("8 runs (6 tuning trials, 2 comparison runs), 8 already done, 0 to run" in line for line in again), again
+    assert any("study fair: 4 runs, 4 already done, 0 to run" in line for line in again), again
+
+
+def test_the_median_rule_stops_a_trial_below_the_finished_ones(tmp_path):
+    for name, values in {"t0": [0.6, 0.8, 0.9], "t1": [0.55, 0.7, 0.85], "t2": [0.5, 0.75, 0.8]}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.jsonl").write_text(
+            "".join(json.dumps({"step": 10 * (i + 1), "val_accuracy": v}) + "\n" for i, v in enumerate(values)))
+    rule = MedianStop(str(tmp_path), ["t0", "t1", "t2", "missing"], "accuracy", 2)
+    rule(10, {"accuracy": 0.5})  # the first evaluation is never judged
+    with pytest.raises(TrialPruned) as info:
+        rule(20, {"accuracy": 0.6})  # best 0.6 < median of the siblings' best by step 20 (0.8, 0.7, 0.75) = 0.75
+    assert info.value.metrics == {"validation": {"accuracy": 0.6}, "pruned_at_step": 20}
+    ok = MedianStop(str(tmp_path), ["t0", "t1", "t2"], "accuracy", 2)
+    ok(10, {"accuracy": 0.5})
+    ok(20, {"accuracy": 0.76})  # above the median: goes on
+    lonely = MedianStop(str(tmp_path), ["t0"], "accuracy", 2)
+    lonely(10, {"accuracy": 0.1})
+    lonely(20, {"accuracy": 0.1})  # fewer finished siblings than the minimum: never pruned
+
+
+def test_a_pruned_trial_is_recorded_with_what_it_reached(tiny_bert, toy_csv, tmp_path):
+    path = tuned_study(tmp_path, tiny_bert, toy_csv, name="pruned", trials=5, pruning=True, seeds=(1,))
+    execute(load_spec(path), tmp_path / "r")
+    store = Store(tmp_path / "r")
+    trials = store.runs("pruned", phase="tune")
+    store.close()
+    pruned = [r for r in trials if r["status"] == "pruned"]
+    assert len(trials) == 10 and all(r["status"] in ("done", "pruned") for r in trials)
+    for row in pruned:
+        assert "below the median" in row["error"] and json.loads(row["metrics"])["validation"]["accuracy"] >= 0
+
+
+H = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.7, 0.8, 0.85, 0.9])]
+FLAT = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.8, 0.85, 0.85, 0.849])]
+CONFIDENT = np.log(np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.2, 0.8]]))
+LABELS = [0, 1, 0, 1]
+
+
+def test_convergence_by_hand():
+    assert assess(H, "accuracy", None, False, CONFIDENT, LABELS)["status"] == "still improving"
+    plateau = assess(FLAT, "accuracy", None, False, CONFIDENT, LABELS)
+    assert plateau["converged"] and plateau["status"] == "plateau"
+    assert assess(H, "accuracy", 3, True, CONFIDENT, LABELS)["status"] == "plateau", "early stopping is a plateau"
+    assert assess(H[:2], "accuracy", None, False, CONFIDENT, LABELS)["status"] == "too few evaluations"
+    one_class = np.log(np.array([[0.9, 0.1]] * 4))
+    assert assess(FLAT, "accuracy", None, False, one_class, LABELS)["status"] == "collapsed"
+    timid = np.log(np.array([[0.52, 0.48], [0.48, 0.52], [0.52, 0.48], [0.48, 0.52]]))  # right, at 52% confidence
+    under = assess(FLAT, "accuracy", None, False, timid, LABELS)
+    assert under["status"] == "under-confident" and not under["converged"] and "0.52" in under["reason"]
+    assert assess(H, "loss", None, False, CONFIDENT, LABELS)["status"] == "still improving"
