@@ -58,7 +58,7 @@ def test_conditions_pin_a_given_learning_rate_and_tune_the_rest(tiny_bert, toy_c
     assert [r["phase"] for r in rows].count("tune") == 6 and [r["phase"] for r in rows].count("final") == 6
     final = next(r for r in rows if r["run"] == "lora-s1")
     assert final["lr"].startswith("tuned: the best of the 3 trials on validation (prior 0.005 to 0.05)")
-    assert "early stopping after 3 evaluations without gain" in final["epochs"]
+    assert final["budget"] == "8 epoch(s)" and final["stop"] == ", early stopping after 3 evaluations without gain"
 
 
 def test_dry_run_on_the_command_line_shows_both_phases(tiny_bert, toy_csv, tmp_path):

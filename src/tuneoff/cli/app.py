@@ -305,7 +305,7 @@ def run_study(
                "at the rates it chose" if tune else ""))
         for r in rows:
             say(f"{r['run']} [{r['phase']}]: {r['method']} on {r['model']} / {r['data']}")
-            say(f"    at most {r['epochs']} epoch(s), lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
+            say(f"    at most {r['budget']}{r['stop']}, lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
                 f"{r['schedule']}; hub: {r['hub']}")
         return
     _quiet_libraries()

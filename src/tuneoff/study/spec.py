@@ -211,7 +211,7 @@ def _recipe(run: PlannedRun, phase: str, lr: str | None) -> dict:
     hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
     stop = f", early stopping after {t.patience} evaluations without gain" if t.patience else ""
     return {"run": run.run_id, "phase": phase, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name,
-            "data": c.data.name, "epochs": (t.max_steps and f"{t.max_steps} steps" or f"{t.epochs}") + stop,
+            "data": c.data.name, "budget": t.max_steps and f"{t.max_steps} steps" or f"{t.epochs} epoch(s)", "stop": stop,
             "lr": lr or t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
             "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
             "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
