@@ -111,7 +111,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
 def test_max_runs_needs_yes(tiny_bert, toy_csv, tmp_path):
     spec_path = write_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "would launch 4 runs, more than max_runs=3" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "would launch 4 runs (tuning trials included), more than max_runs=3" in " ".join(result.output.split())
     assert not (tmp_path / "r").exists()
 
 
