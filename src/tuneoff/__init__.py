@@ -1,3 +1,22 @@
-"""tuneoff: compare fine-tuning methods for text classifiers on accuracy and cost."""
+"""tuneoff: which fine-tuning method should I use for my text classifier, and what will it cost?
+
+The Python API (``tuneoff.api``, re-exported here): ``train`` one run, ``run_study`` to compare methods,
+``load_study`` / ``load_run`` to read stored results, ``inspect`` a dataset. Importing ``tuneoff`` loads nothing
+heavy; torch and transformers are imported when a function that needs them is first called.
+"""
 
 __version__ = "0.2.0"
+
+__all__ = ["Run", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "run_study", "train"]
+
+
+def __getattr__(name: str):
+    if name == "TuneoffError":
+        from tuneoff.core.errors import TuneoffError
+
+        return TuneoffError
+    if name in __all__:
+        from tuneoff import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tuneoff' has no attribute {name!r}")

@@ -1,27 +1,256 @@
 """The Python API: what the command line does, as functions a notebook can call.
+
+```python
+import tuneoff
+
+run = tuneoff.train(model="minilm", data="rotten_tomatoes", method="lora", method__r=8, train__epochs=1)
+run.test_accuracy, run.resources["train_seconds"]
+run.predict(["a triumph", "a mess"])              # a DataFrame: label and each class's probability
+
+study = tuneoff.run_study()                      # the built-in default study (or a YAML path, or a dict)
+study                                            # in Jupyter: the verdict and the summary table
+study.summary, study.decisions, study.trials     # pandas DataFrames
+tuneoff.load_study("results/default", margin=0.02)   # the stored results read again under other settings
+```
+
+Keyword arguments with a double underscore are dotted config keys (``method__r=8`` is ``method.r=8``); ``overrides``
+takes them as a dict or as ``key=value`` strings. The command line calls these same functions.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tuneoff.config import build_config
+import pandas as pd
+import yaml
+
+from tuneoff.analysis.verdict import GroupVerdict
+from tuneoff.config import RunConfig, build_config, load_config
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.core.files import atomic_write_text, read_json, safe_name
 from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
 from tuneoff.models.loading import load_tokenizer
+from tuneoff.report.build import build_report
 from tuneoff.report.plots import plot_lengths
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.executors import make_executor
+from tuneoff.study.spec import StudySpec, load_spec, spec_from_dict
+from tuneoff.training.launcher import is_main_process
+
+# --- overrides -------------------------------------------------------------------------------------------------
 
 
-def inspect_to_dir(data: str, overrides: list[str], model: str, out=None):
-    """Load a dataset and a tokenizer, inspect, and write inspect.json + histogram.png + boxplot.png."""
+def _overrides(overrides: dict | list[str] | None, dotted: dict) -> list[str]:
+    """``key=value`` strings from a dict or list of overrides and ``section__key=value`` keyword arguments."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else []
+    out = [str(o) for o in overrides] if isinstance(overrides, (list, tuple)) else []
+    items += [(k.replace("__", "."), v) for k, v in dotted.items()]
+    return out + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items]
 
+
+# --- one run --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A finished run: where it is, how it did, what it cost; it predicts with its saved model."""
+
+    path: Path
+    metrics: dict
+    resources: dict
+    info: dict
+    config: dict
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.metrics["test"]["accuracy"]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.info.get("label_names") or [])
+
+    def per_class(self) -> pd.DataFrame:
+        """Test precision, recall, F1 and support per class."""
+        rows = [{"class": name, **values} for name, values in self.metrics["test"]["per_class"].items()]
+        return pd.DataFrame(rows).rename(columns={"f1-score": "f1"})
+
+    def predict(self, texts, text_pairs=None, batch_size: int = 64) -> pd.DataFrame:
+        """Labels and class probabilities for a list of strings (or a Series), with the run's saved model (loaded
+        once, with the loader its method needs)."""
+        from tuneoff.training.saved import load_saved_model, score_frame
+
+        if isinstance(texts, str):
+            raise TuneoffError("predict takes a list of texts, not one string: run.predict([text]).")
+        texts = [str(t) for t in texts]
+        if self._model is None:
+            self._model = load_saved_model(self.path, _device())
+        frame = pd.DataFrame({"id": [str(i + 1) for i in range(len(texts))], "text": texts})
+        if text_pairs is not None:
+            frame["text_pair"] = [str(t) for t in text_pairs]
+        out = score_frame(*self._model, frame, self.config.get("data", {}).get("max_length", 512), batch_size)
+        return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
+
+    def evaluate(self, data: str | None = None, split: str = "test", overrides: dict | list | None = None,
+                 **dotted) -> dict:
+        """Metrics of the saved model on a split of its own or another dataset, or on every row of a labeled file."""
+        from tuneoff.training.saved import evaluate_run
+
+        metrics, _ = evaluate_run(self.path, data, split, _overrides(overrides, dotted))
+        return metrics
+
+    def _repr_html_(self) -> str:
+        test, r = self.metrics["test"], self.resources
+        rows = [("method", self.config.get("method", {}).get("name")), ("test accuracy", f"{test['accuracy']:.4f}"),
+                ("macro-F1", f"{test['macro_f1']:.4f}"), ("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
+                ("train time", f"{r['train_seconds']:.1f} s"), ("directory", str(self.path))]
+        return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run directory (``tuneoff train``'s or a study's)."""
+    path = Path(path)
+    if not (path / "run.json").is_file():
+        raise TuneoffError(f"{path} is not a finished tuneoff run (no run.json).")
+    return Run(path, read_json(path / "metrics.json"), read_json(path / "resources.json"), read_json(path / "run.json"),
+               yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+
+
+def train(config: str | Path | dict | RunConfig | None = None, *, model: str | None = None, data: str | None = None,
+          method: str | None = None, overrides: dict | list | None = None, results: str | Path = "results",
+          progress: bool = True, resume: bool = False, **dotted) -> Run:
+    """Fine-tune one model with one method; the run is written to its directory and indexed in ``results``.
+
+    ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name;
+    ``overrides`` and ``section__key=value`` keywords set any field (``train__epochs=1``)."""
+    from tuneoff.training.loop import train_with_oom_retry
+
+    cfg = _run_config(config, model, data, method, _overrides(overrides, dotted))
+    result = train_with_oom_retry(cfg, progress=progress, resume=resume)
+    run = load_run(result.run_dir)
+    if is_main_process():  # one record per run, however many processes trained it
+        store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
+        try:
+            store.record_single(run.path.resolve(), (run.path / "config.yaml").read_text(), run.metrics, run.resources,
+                                run.info)
+        finally:
+            store.close()
+    return run
+
+
+def _run_config(config, model, data, method, overrides: list[str]) -> RunConfig:
+    names = {"model": model, "data": data, "method": method}
+    if isinstance(config, RunConfig):
+        config = config.model_dump(mode="json")
+    if isinstance(config, dict):
+        return build_config(config, overrides, "the config mapping", names=names)
+    return load_config(config, overrides, names=names)
+
+
+# --- studies --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyResult:
+    """A study's stored results, analysed: one verdict per group of comparable conditions, tables as DataFrames."""
+
+    name: str
+    directory: Path
+    report: Path
+    verdicts: list[GroupVerdict]
+    trials: pd.DataFrame
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """One row per condition (and the majority-class baseline) of every group: accuracy with its interval, costs."""
+        return _stacked([v.table.assign(dataset=v.group.dataset, model=v.group.model) for v in self.verdicts])
+
+    @property
+    def decisions(self) -> pd.DataFrame:
+        """The verdict's comparisons: each condition against the best on validation and against the baseline."""
+        return _stacked([v.decisions.assign(dataset=v.group.dataset) for v in self.verdicts if v.decisions is not None])
+
+    @property
+    def comparisons(self) -> pd.DataFrame:
+        """Every pair (exploratory), with McNemar per seed."""
+        return _stacked([v.pairs.assign(dataset=v.group.dataset) for v in self.verdicts if len(v.pairs)])
+
+    @property
+    def recommended(self) -> dict[str, str | None]:
+        return {v.group.title: v.recommended for v in self.verdicts}
+
+    def verdict_text(self) -> str:
+        return "\n".join(f"== {v.group.title}\n" + "\n".join("  " + line.replace("**", "") for line in v.lines)
+                         for v in self.verdicts)
+
+    def __str__(self) -> str:
+        return self.verdict_text()
+
+    def _repr_html_(self) -> str:
+        from tuneoff.report.sections import SHOWN, md_inline, table_html
+
+        parts = [f"<h3>Study {html.escape(self.name)}</h3>"]
+        for v in self.verdicts:
+            parts.append(f"<h4>{html.escape(v.group.title)}</h4>" + "".join(f"<p>{md_inline(line)}</p>" for line in v.lines))
+            parts.append(table_html(v.table[[c for c in SHOWN if c in v.table.columns]]))
+        parts.append(f"<p>Full report: <code>{html.escape(str(self.report))}</code></p>")
+        return "".join(parts)
+
+
+def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_study(study: str | Path | dict | None = None, *, results: str | Path = "results", resume: bool = False,
+              yes: bool = False, overrides: dict | list | None = None, executor: str = "local", progress: bool = False,
+              **executor_options) -> StudyResult:
+    """Run a study (a YAML path, a mapping, or None for the built-in default), store every run, build its report
+    and return the analysed results. ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``,
+    ``max_retries``, ``processes_per_run`` (as the command line's options)."""
+    spec = study_spec(study, _overrides(overrides, {}))
+    runner = make_executor(executor, progress=progress, **executor_options)
+    execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
+    return load_study(Path(results) / safe_name(spec.name))
+
+
+def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str] = ()) -> StudySpec:
+    if isinstance(study, StudySpec):
+        return study
+    if isinstance(study, dict):
+        return spec_from_dict(study, overrides)
+    return load_spec(study, overrides)
+
+
+def load_study(directory: str | Path, **analysis) -> StudyResult:
+    """A study's stored results (``results/<study>``) analysed again, its report rebuilt; ``analysis`` overrides the
+    study's analysis settings (``margin``, ``alpha``, ``prefer``, ``max_peak_memory_mb``, ...). Nothing is trained."""
+    directory = Path(directory)
+    if not (directory / "study.yaml").is_file():
+        raise TuneoffError(f"{directory} is not a study results directory (no study.yaml). Give results/<study>.")
+    name = load_spec(directory / "study.yaml").name
+    report, verdicts, trials = build_report(name, directory.parent, analysis or None)
+    return StudyResult(name, directory, report, verdicts, trials)
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+def inspect(data: str, model: str = "minilm", overrides: dict | list | None = None, out: str | Path | None = None,
+            **dotted) -> tuple[dict, Path]:
+    """Know a dataset before training: per-split counts, labels, token lengths, duplicates, leakage and the
+    ``max_length`` to use; writes ``inspect.json`` and two plots into ``out`` (default ``inspect/<dataset>``)."""
     from transformers import AutoConfig
 
+    overrides = _overrides(overrides, dotted)
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise TuneoffError(f"inspect takes only data.* overrides, not {bad}.")
@@ -38,3 +267,9 @@ def inspect_to_dir(data: str, overrides: list[str], model: str, out=None):
     (out_dir / "boxplot.png").write_bytes(base64.b64decode(boxplot))
     atomic_write_text(out_dir / "inspect.json", json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
     return report, out_dir
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,6 +18,7 @@ from rich.table import Table
 from tuneoff.cli.terminal import (
     inspect_tables,
     metrics_table,
+    next_steps,
     plan_markdown,
     plan_table,
     plan_title,
@@ -31,7 +32,6 @@ from tuneoff.core.files import atomic_write_text
 from tuneoff.data.builtins import BUILTIN_DATASETS
 from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
-from tuneoff.study.executors import make_executor
 from tuneoff.study.spec import dry_run as plan_runs
 from tuneoff.study.spec import expand, load_spec
 from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
@@ -111,22 +111,17 @@ def train(
     if num_processes > 1 and not launched():
         raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
     _quiet_libraries()
-    from tuneoff.training.loop import train_with_oom_retry
+    from tuneoff import api
 
     logs.terminal(_verbosity(), progress_lines=not progress)  # --no-progress: one line per evaluation instead of a bar
     try:
-        result = train_with_oom_retry(cfg, progress=progress, resume=resume)
+        run = api.train(cfg, results=results, progress=progress, resume=resume)
     finally:
         end_processes()
     if is_main_process():
-        from tuneoff.results.store import Store
-
-        store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
-        store.record_single(result.run_dir.resolve(), (result.run_dir / "config.yaml").read_text(), result.metrics,
-                            result.resources, json.loads((result.run_dir / "run.json").read_text()))
-        store.close()
-        console().print(metrics_table(f"test metrics — {cfg.method.name}", result.metrics["test"], result.resources))
-        console().print(f"run saved to [bold]{escape(str(result.run_dir))}[/]")
+        console().print(metrics_table(f"test metrics — {cfg.method.name}", run.metrics["test"], run.resources))
+        console().print(f"run saved to [bold]{escape(str(run.path))}[/]")
+        say(next_steps(run.path))
 
 
 @app.command()
@@ -177,9 +172,9 @@ def inspect(
 ) -> None:
     """Inspect a dataset: labels, lengths in characters and tokens, duplicates, leakage, and a max_length to use."""
     _quiet_libraries()
-    from tuneoff.api import inspect_to_dir
+    from tuneoff import api
 
-    report, out_dir = inspect_to_dir(data, overrides or [], model, out)
+    report, out_dir = api.inspect(data, model, overrides or [], out)
     c = console()
 
     inspect_tables(c, report, model)
@@ -309,18 +304,16 @@ def run_study(
                 f"{r['schedule']}; hub: {r['hub']}")
         return
     _quiet_libraries()
-    from tuneoff.report.build import build
-    from tuneoff.study.execution import execute
+    from tuneoff import api
 
     logs.terminal(_verbosity(), progress_lines=False)
-    runner = make_executor(executor, address, cpus_per_run, gpus_per_run, max_retries, progress, processes_per_run)
-    directory = execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
-    report = build(spec.name, results)
-    for line in verdict_lines(report.parent):
+    result = api.run_study(spec, results=results, resume=resume, yes=yes, executor=executor, progress=progress,
+                           address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                           max_retries=max_retries, processes_per_run=processes_per_run)
+    for line in verdict_lines(result.report.parent):
         say(line)
-
-    log_study_report(spec, directory / "runs", report.parent)
-    console().print(f"study results in [bold]{escape(str(directory))}[/], report: [bold]{escape(str(report))}[/]")
+    log_study_report(spec, result.directory / "runs", result.report.parent)
+    console().print(f"study results in [bold]{escape(str(result.directory))}[/], report: [bold]{escape(str(result.report))}[/]")
 
 
 @app.command()
@@ -336,23 +329,18 @@ def report(
 ) -> None:
     """(Re)build a study's report from stored results; nothing is trained, no model or dataset is loaded."""
     _quiet_libraries()
-    from tuneoff.report.build import build
-
-    spec = study_dir / "study.yaml"
-    if not spec.is_file():
-        raise TuneoffError(f"{study_dir} is not a study results directory (no study.yaml). Give results/<study>.")
+    from tuneoff import api
 
     flags = {"margin": margin, "prefer": prefer, "max_peak_memory_mb": max_peak_memory_mb,
              "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
-    name = load_spec(spec).name
-    path = build(name, study_dir.parent, flags)
-    for line in verdict_lines(path.parent):
+    result = api.load_study(study_dir, **{k: v for k, v in flags.items() if v is not None})
+    for line in verdict_lines(result.report.parent):
         say(line)
-    console().print(f"report: [bold]{escape(str(path))}[/]")
+    console().print(f"report: [bold]{escape(str(result.report))}[/]")
     if export is not None:
         from tuneoff.report.build import export as export_report
 
-        console().print(f"exported: [bold]{escape(str(export_report(name, study_dir.parent, export)))}[/]")
+        console().print(f"exported: [bold]{escape(str(export_report(result.name, study_dir.parent, export)))}[/]")
 
 
 runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)

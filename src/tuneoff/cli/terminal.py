@@ -28,6 +28,12 @@ def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> T
     return table
 
 
+def next_steps(run_dir: Path) -> str:
+    """What to do with a finished run, printed after ``tuneoff train``."""
+    return (f"next: tuneoff evaluate {run_dir} --data <dataset or labeled file>  |  tuneoff predict {run_dir} <file.csv> "
+            "--out predictions.csv  |  compare methods on your data: tuneoff run (a study; tuneoff run --dry-run first)")
+
+
 def verdict_lines(report_dir: Path) -> list[str]:
     """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
 

@@ -55,6 +55,11 @@ def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettin
 
 def build(study: str, results: str | Path, overrides: dict | None = None) -> Path:
     """Write ``report.html``, ``summary.md``, ``verdict.json`` and CSV tables into ``<results>/<study>/report/``."""
+    return build_report(study, results, overrides)[0]
+
+
+def build_report(study: str, results: str | Path, overrides: dict | None = None):
+    """``build``, returning the report's path with the verdicts and the tuning trials it was written from."""
     results = Path(results)
     if not (results / DB_NAME).is_file():
         raise TuneoffError(f"No results store in {results} ({DB_NAME} missing). Run a study first: tuneoff run.")
@@ -132,7 +137,7 @@ def build(study: str, results: str | Path, overrides: dict | None = None) -> Pat
     sub = (f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "
            f"{len(failed)} failed · device: {device} · {stamp}")
     atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
-    return out / "report.html"
+    return out / "report.html", verdicts, tuning
 
 
 def _write_tables(out: Path, verdicts) -> None:

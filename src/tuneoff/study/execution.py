@@ -10,8 +10,8 @@ import os
 import shlex
 import socket
 import sys
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from tuneoff.config import RunConfig

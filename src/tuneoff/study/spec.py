@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.config import (
     build_config,
+    check_tree,
     format_validation_error,
     parse_overrides,
     read_yaml,
@@ -98,13 +99,19 @@ class StudySpec(BaseModel):
 
 
 def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
-    tree = read_yaml(path or DEFAULT_STUDY)
+    return spec_from_dict(read_yaml(path or DEFAULT_STUDY), overrides, str(path or "built-in default study"))
+
+
+def spec_from_dict(tree: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "the study mapping") -> StudySpec:
+    """A study from a mapping (a YAML file's content, or a dict in a notebook) with ``key=value`` overrides."""
+    tree = copy.deepcopy(tree)
+    check_tree(tree, source)
     for key, value in parse_overrides(list(overrides)):
         set_dotted(tree, key, value)
     try:
         return StudySpec.model_validate(tree)
     except ValidationError as exc:
-        raise TuneoffError(format_validation_error(exc, str(path or "built-in default study"))) from exc
+        raise TuneoffError(format_validation_error(exc, source)) from exc
 
 
 def _nested(tree: dict) -> dict:

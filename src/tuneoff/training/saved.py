@@ -63,6 +63,14 @@ def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int,
     return predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
 
 
+def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64) -> pd.DataFrame:
+    """Predictions for a frame of texts (``id``, ``text``, optional ``text_pair``): id, predicted label and each
+    class's probability."""
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    logits = _score(model, tokenizer, df, max_length, batch_size)
+    return predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
+
+
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

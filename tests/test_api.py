@@ -1,0 +1,91 @@
+"""The Python API as a user calls it: import tuneoff, train a run, predict, run a study from a dict, read its verdict and
+tables, read it again under other settings; and the example notebook executed headless."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TWO_VARIANTS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_importing_tuneoff_loads_nothing_heavy():
+    code = ("import sys, tuneoff; print(sorted(m for m in ('torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules)); "
+            "print(tuneoff.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]" and "train" in out[1] and "run_study" in out[1]
+
+
+def test_train_predict_and_the_run_object(tiny_bert, toy_csv, tmp_path):
+    import tuneoff
+
+    run = tuneoff.train(model=tiny_bert, data=toy_csv, method="lora", method__r=4, train__epochs=6, train__lr=2e-2,
+                        data__max_length=16, output_dir=str(tmp_path / "runs"), results=tmp_path / "r", progress=False)
+    assert isinstance(run, tuneoff.Run) and run.test_accuracy == run.metrics["test"]["accuracy"] >= 0.75
+    assert run.config["method"]["r"] == 4 and run.label_names == ["neg", "pos"]
+    assert list(run.per_class()["class"]) == ["neg", "pos"]
+    saved = pd.read_csv(run.path / "predictions.csv")
+    got = run.predict(list(saved["text"][:8]))
+    assert list(got.columns) == ["label", "prob_neg", "prob_pos"]
+    assert list(got["label"]) == list(saved["pred_label"][:8]), "the saved model predicts what the run predicted"
+    assert "test accuracy" in run._repr_html_()
+    with pytest.raises(tuneoff.TuneoffError, match="a list of texts"):
+        run.predict("one string")
+    again = tuneoff.load_run(run.path)
+    assert again.metrics == run.metrics
+    from tuneoff.results.store import Store
+
+    store = Store(tmp_path / "r")
+    assert [r["run_id"] for r in store.runs()] == [run.path.name], "indexed like `tuneoff train`'s runs"
+    store.close()
+
+
+def test_a_study_from_a_dict_with_its_verdict_and_tables(tiny_bert, toy_csv, tmp_path):
+    import tuneoff
+
+    study = tuneoff.run_study({
+        "name": "api", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
+                                "train": {"epochs": 4, "batch_size": 16, "eval_every": 5}},
+        "variants": TWO_VARIANTS, "seeds": [1, 2]}, results=tmp_path / "r")
+    assert isinstance(study, tuneoff.StudyResult) and study.report.is_file()
+    summary = study.summary
+    assert sorted(summary.condition) == ["lora", "majority class (neg)", "partial_top1"] or \
+        sorted(summary.condition) == ["lora", "majority class (pos)", "partial_top1"]
+    assert {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "trainable_params"} <= set(summary.columns)
+    assert set(study.decisions.against) == {"baseline", "best"} and len(study.comparisons) == 1
+    text = study.verdict_text()
+    assert text.startswith("== toy.csv") and "Best on validation" in text
+    html = study._repr_html_()
+    assert "<table" in html and "Best on validation" in html
+    tight = tuneoff.load_study(tmp_path / "r" / "api", max_trainable_params=1)  # read again under a constraint
+    assert "No method fits the constraints (max_trainable_params ≤ 1)" in tight.verdict_text()
+    with pytest.raises(tuneoff.TuneoffError, match="not a study results directory"):
+        tuneoff.load_study(tmp_path)
+
+
+def test_the_example_notebook_runs_headless(tiny_bert, toy_csv, tmp_path):
+    """docs/examples/quickstart.ipynb, executed by nbclient on the tiny model and the toy data."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(REPO / "docs" / "examples" / "quickstart.ipynb", as_version=4)
+    env = {"TUNEOFF_EXAMPLE_MODEL": tiny_bert, "TUNEOFF_EXAMPLE_DATA": toy_csv,
+           "TUNEOFF_EXAMPLE_RESULTS": str(tmp_path / "results")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    rendered = " ".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert "Best on validation" in rendered or "No method learned" in rendered
