@@ -110,17 +110,17 @@ def test_the_median_rule_stops_a_trial_below_the_finished_ones(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "history.jsonl").write_text(
             "".join(json.dumps({"step": 10 * (i + 1), "val_accuracy": v}) + "\n" for i, v in enumerate(values)))
-    rule = MedianStop(str(tmp_path), ["t0", "t1", "t2", "missing"], "accuracy", 2)
-    rule(10, {"accuracy": 0.5})  # the first evaluation is never judged
+    rule = MedianStop(str(tmp_path), ["t0", "t1", "t2", "missing"], "accuracy", 2, after_epochs=1.0)
+    rule(10, {"accuracy": 0.5, "epoch": 0.5})  # before its first epoch ends a trial is never judged
     with pytest.raises(TrialPruned) as info:
-        rule(20, {"accuracy": 0.6})  # best 0.6 < median of the siblings' best by step 20 (0.8, 0.7, 0.75) = 0.75
+        rule(20, {"accuracy": 0.6, "epoch": 1.0})  # best 0.6 < median of the siblings' best by step 20 (0.8, 0.7, 0.75)
     assert info.value.metrics == {"validation": {"accuracy": 0.6}, "pruned_at_step": 20}
     ok = MedianStop(str(tmp_path), ["t0", "t1", "t2"], "accuracy", 2)
-    ok(10, {"accuracy": 0.5})
-    ok(20, {"accuracy": 0.76})  # above the median: goes on
+    ok(10, {"accuracy": 0.5, "epoch": 0.5})
+    ok(20, {"accuracy": 0.76, "epoch": 1.0})  # above the median: goes on
     lonely = MedianStop(str(tmp_path), ["t0"], "accuracy", 2)
-    lonely(10, {"accuracy": 0.1})
-    lonely(20, {"accuracy": 0.1})  # fewer finished siblings than the minimum: never pruned
+    lonely(10, {"accuracy": 0.1, "epoch": 1.0})
+    lonely(20, {"accuracy": 0.1, "epoch": 2.0})  # fewer finished siblings than the minimum: never pruned
 
 
 def test_a_pruned_trial_is_recorded_with_what_it_reached(tiny_bert, toy_csv, tmp_path):
@@ -153,3 +153,19 @@ def test_convergence_by_hand():
     under = assess(FLAT, "accuracy", None, False, timid, LABELS)
     assert under["status"] == "under-confident" and not under["converged"] and "0.52" in under["reason"]
     assert assess(H, "loss", None, False, CONFIDENT, LABELS)["status"] == "still improving"
+
+
+def test_early_stopping_waits_for_min_epochs(tiny_bert, toy_csv, tmp_path):
+    """patience 1 would stop at the second evaluation; min_epochs 3 keeps the run going to the end of its third epoch
+    at least, and the run says it stopped early."""
+    from conftest import tiny_overrides
+
+    from tuneoff.config import build_config
+    from tuneoff.training.loop import train
+
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 8, "train.patience": 1,
+                                                                           "train.min_epochs": 3, "train.lr": 1e-6}),
+                       names={"method": "lora"})
+    result = train(cfg, progress=False)
+    history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert result.metrics["stopped_early"] and 3.0 <= history[-1]["epoch"] < 8.0

@@ -76,15 +76,16 @@ class DataConfig(Section):
     validation_file: str | None = Field(None, description="Local file for the validation split (optional).")
     test_file: str | None = Field(None, description="Local file for the test split (optional).")
     hub_config: str | None = Field(None, description="Hub dataset configuration name.")
-    text_column: str = "text"
+    text_column: str = Field("text", description="Column holding the text (local files, hub datasets).")
     text_pair_column: str | None = Field(None, description="Second text for sentence-pair tasks (e.g. NLI).")
-    label_column: str = "label"
+    label_column: str = Field("label", description="Column holding the label (any values; mapped to ids once).")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Carved from train when the source has none.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Carved from train when the source has no test split.")
     split_seed: int = Field(0, description="Seed of the deterministic stratified split (independent of train.seed).")
-    max_train_samples: int | None = Field(None, ge=2)
+    max_train_samples: int | None = Field(None, ge=2, description="Train on a prefix of one seeded, stratified order of the "
+                                          "training split: a smaller set is inside every larger one.")
     max_eval_samples: int | None = Field(None, ge=1, description="Caps validation and test each.")
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = Field(AugmentConfig(), description="Augmented copies of the training split (see below).")
     max_length: int | Literal["auto"] = Field(
         128, description="Truncation length in tokens (batches pad dynamically); auto = cover the training set's p99 "
         "(`tuneoff inspect` shows it)."
@@ -104,23 +105,25 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="Epochs to train; with train.patience, the cap (early stopping ends the run at "
+                        "its validation plateau).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Per-step micro-batch size.")
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(64, ge=1, description="Batch size of evaluation and prediction (length-sorted batches).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps; effective batch = batch_size x grad_accum.")
     lr: float | None = Field(None, gt=0, description="Peak learning rate; None takes the method's default.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decay, never applied to biases and LayerNorm weights.")
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the optimizer steps spent warming the rate up.")
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio.")
-    scheduler: Literal["linear", "cosine", "constant", "step"] = "linear"
+    scheduler: Literal["linear", "cosine", "constant", "step"] = Field("linear", description="Decay after the warmup: linear "
+                                                                       "or cosine to 0, constant, or step (gamma every step_size).")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW (decoupled decay) or SGD with momentum.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     step_size: int | None = Field(None, ge=1, description="scheduler=step: optimizer steps between decays (default: "
                                   "one epoch).")
     gamma: float = Field(0.1, gt=0, le=1, description="scheduler=step: the factor the lr is multiplied by at each decay.")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None turns clipping off.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on GPUs that support it, fp16 on older GPUs; on CPU bf16 where it is native "
         "(AVX512-BF16/AMX), else fp32."
@@ -146,9 +149,12 @@ class TrainConfig(Section):
     @classmethod
     def _yaml_off(cls, value):
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value  # YAML 1.1 `off`
-    metric_for_best: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    metric_for_best: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Validation metric that picks "
+                                                                     "the best checkpoint, early stopping and a tuning trial.")
     patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement.")
-    seed: int = 42
+    min_epochs: float = Field(1.0, ge=0, description="Early stopping never ends a run before this many epochs (a run often "
+                              "sits at the majority class for its first evaluations).")
+    seed: int = Field(42, description="Training seed: initialisation of the head, data order, dropout.")
     group_by_length: bool = Field(True, description="Length-grouped batches: less padding, same examples.")
     checkpoints: bool = Field(True, description="Write resumable checkpoints (each epoch end and every checkpoint_every steps).")
     checkpoint_every: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps.")
@@ -161,7 +167,7 @@ class TrainConfig(Section):
     feature_cache_dtype: Literal["float16", "float32"] = Field("float16", description="Storage of the cached states.")
     compile: bool = Field(False, description="torch.compile the model (GPU; pays off on long runs).")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (slower); CPU runs are deterministic anyway.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when one is visible, else the CPU.")
 
 
 class RunConfig(Section):

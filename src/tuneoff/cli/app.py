@@ -38,7 +38,8 @@ from tuneoff.training.launcher import end_processes, is_main_process, launched, 
 from tuneoff.training.tracking import log_study_report
 
 app = typer.Typer(
-    help="Fine-tune text classifiers with full, partial, head-only, LoRA, LoRA+ and LoRA-FA, and compare what each costs.",
+    help="Fine-tune text classifiers and compare the methods on accuracy and cost: " + ", ".join(all_methods())
+    + " (`tuneoff methods`). Each study tunes every method's learning rate and trains it to its plateau before its verdict.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -98,7 +99,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (model:, data:, method:, train:)."),
     model: Optional[str] = typer.Option(None, help="Model: built-in short name (minilm, mpnet, ...), hub id, or local dir."),
     data: Optional[str] = typer.Option(None, help="Dataset: built-in name (see `tuneoff datasets`), CSV/JSONL/Parquet path, or hub id."),
-    method: Optional[str] = typer.Option(None, help="Method: full, partial, head, lora, lora_plus, lora_fa (see `tuneoff methods`)."),
+    method: Optional[str] = typer.Option(None, help="Method: " + ", ".join(all_methods()) + " (parameters: `tuneoff methods`)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run of this same config from its newest checkpoint."),
     num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (one per GPU; CPU processes without one), started with `accelerate launch`."),

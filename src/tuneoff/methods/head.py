@@ -15,7 +15,7 @@ class Head(Method):
     summary = "Head only (linear probe): the encoder stays frozen."
     Params = HeadParams
     default_lr = 1e-3
-    lr_range = (1e-4, 1e-1)
+    lr_range = (1e-3, 2e-1)
 
     def prepare(self, model, params, arch):
         return freeze_except(model, arch.head_modules)

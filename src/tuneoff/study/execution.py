@@ -149,7 +149,7 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
             key = protocol.seedless_id(run.run_id, -1).rsplit("-tune", 1)[0]
             siblings = [r for r in trials_of.get(key, []) if r != run.run_id]
             on_evaluate = partial(protocol.MedianStop, config.output_dir, siblings, config.train.metric_for_best,
-                                  tune.min_trials_to_prune)
+                                  tune.min_trials_to_prune, tune.prune_after_epochs)
         return Job(run.run_id, config, on_evaluate)
 
     def start(job) -> None:

@@ -60,6 +60,8 @@ class TuneSpec(BaseModel):
     pruning: bool = Field(True, description="Median stopping rule: stop a trial below the median of finished trials.")
     seed: int = Field(0, description="Training seed of the trials (the final runs use the study's seeds).")
     min_trials_to_prune: int = Field(2, ge=1, description="Finished trials needed before the median rule applies.")
+    prune_after_epochs: float = Field(1.0, ge=0, description="The median rule judges a trial only from this epoch on "
+                                      "(slow starters are not stopped at their first evaluations).")
 
 
 class TrialPruned(Exception):
@@ -158,14 +160,14 @@ def final_runs(cond: Condition, lr: float) -> list:
 class MedianStop:
     """The median stopping rule as a training loop's ``on_evaluate`` (picklable: it runs where the trial runs).
 
-    At each evaluation after the first, the trial's best validation ``metric`` so far is compared with the best so
-    far, at the same step, of its finished sibling trials (their ``history.jsonl`` in the study's run directory); below
+    At each evaluation from epoch ``after_epochs`` on, the trial's best validation ``metric`` so far is compared with the
+    best so far, at the same step, of its finished sibling trials (their ``history.jsonl`` in the study's run directory); below
     the median of at least ``minimum`` of them, the trial stops."""
 
-    def __init__(self, runs_dir: str, siblings: list[str], metric: str, minimum: int):
+    def __init__(self, runs_dir: str, siblings: list[str], metric: str, minimum: int, after_epochs: float = 1.0):
         self.runs_dir, self.siblings, self.metric, self.minimum = runs_dir, siblings, metric, minimum
+        self.after_epochs = after_epochs
         self.best: float | None = None
-        self.seen = 0
 
     def _sibling_best(self, step: int) -> list[float]:
         key = f"val_{self.metric}"
@@ -186,8 +188,7 @@ class MedianStop:
             return
         lower = self.metric == "loss"
         self.best = value if self.best is None else (min(self.best, value) if lower else max(self.best, value))
-        self.seen += 1
-        if self.seen < 2:
+        if validation.get("epoch", float("inf")) < self.after_epochs:
             return
         others = self._sibling_best(step)
         if len(others) < self.minimum:
