@@ -129,3 +129,97 @@ def test_serving_cost_is_measured_for_the_deployed_model(cache, tiny_bert, toy_c
     assert lora.resources["latency_unmerged_ms_p50"] > 0 and "latency_unmerged_ms_p50" not in full.resources
     assert 0 < lora.resources["deploy_adapter_bytes"] < lora.resources["deploy_model_bytes"] / 5
     assert full.resources["deploy_adapter_bytes"] is None
+
+
+# --- a cache that cannot lie ---------------------------------------------------------------------------------------
+
+
+def _entry(cache):
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+def _damage_cases():
+    def zeros(entry, other):
+        path = entry / "train.states"
+        path.write_bytes(b"\0" * path.stat().st_size)
+
+    def copied(entry, other):  # another entry's states of the same shape (another max_length, same lengths)
+        (entry / "train.states").write_bytes((other / "train.states").read_bytes())
+
+    def truncated(entry, other):
+        path = entry / "train.states"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    def no_meta(entry, other):
+        (entry / "meta.json").unlink()
+
+    return {"zeros": zeros, "copied": copied, "truncated": truncated, "no_meta": no_meta}
+
+
+@pytest.mark.parametrize("damage", sorted(_damage_cases()))
+def test_a_damaged_cache_entry_is_rebuilt_never_used(damage, cache, tiny_bert, toy_csv, tmp_path, monkeypatch):
+    """The issue's cases: zeros of the same size, a states file copied in from another entry of the same shape, a
+    truncated file, a missing meta.json: each is caught on the next use (a fresh process would verify it too), the
+    entry is rebuilt with a note in the run, and the run predicts what a healthy cached run predicted."""
+    case = {**CASES["partial"], "train.epochs": 1, "train.feature_cache_dtype": "float32"}
+    healthy = run(tiny_bert, toy_csv, tmp_path / "a", **case)
+    entry = _entry(cache)
+    # Another entry of the same shape: the states after layer 1 (head) instead of layer 0 (partial top-1).
+    run(tiny_bert, toy_csv, tmp_path / "other", **{**CASES["head"], "train.epochs": 1, "train.feature_cache_dtype": "float32"})
+    other = next(p for p in cache.iterdir() if p != entry and not p.name.startswith("."))
+    assert (other / "train.states").stat().st_size == (entry / "train.states").stat().st_size
+    _damage_cases()[damage](entry, other)
+    frozen._VERIFIED.clear()  # what a new process sees
+    frozen.COMPUTED.clear()
+    again = run(tiny_bert, toy_csv, tmp_path / "b", **case)
+    assert frozen.COMPUTED == [entry.name], "rebuilt, once"
+    note = json.loads((again.run_dir / "run.json").read_text())["frozen"]["feature_cache"]
+    assert note.startswith("used; the cached frozen-layer states in") and "failed their check" in note, note
+    a = pd.read_csv(healthy.run_dir / "predictions.csv")
+    b = pd.read_csv(again.run_dir / "predictions.csv")
+    np.testing.assert_allclose(a.filter(like="prob_").values, b.filter(like="prob_").values, atol=1e-5)
+
+
+def test_the_key_covers_the_models_files_by_content(cache, tiny_bert, tmp_path):
+    """config.json as a whole (hidden_act), the tokenizer files, and the weights' content even when a rewrite keeps the
+    size and the mtime: each change gives another key."""
+    import os
+    import shutil
+
+    from tuneoff.config import build_config
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    cfg = build_config({}, [f"model.name={model}"])
+    frames = {"train": pd.DataFrame({"id": ["1"], "text": ["a"]})}
+    key = lambda: frozen.cache_key(str(model), cfg, frames, 1, "float16")  # noqa: E731
+    keys = {key()}
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    keys.add(key())
+    tokenizer = next(model / name for name in ("tokenizer.json", "vocab.txt") if (model / name).is_file())
+    tokenizer.write_text(tokenizer.read_text() + "\n")
+    keys.add(key())
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime restored
+    keys.add(key())
+    assert len(keys) == 4
+
+
+def test_an_unwritable_cache_directory_runs_uncached(cache, tiny_bert, toy_csv, tmp_path, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: make the cache root a file instead
+        cache.parent.mkdir(parents=True)
+        cache.write_text("not a directory")
+    else:
+        cache.mkdir(parents=True)
+        cache.chmod(0o500)
+    result = run(tiny_bert, toy_csv, tmp_path / "a", **{**CASES["partial"], "train.epochs": 1})
+    assert result.resources["feature_cache"].startswith("feature cache off for this run:"), result.resources
+    assert result.metrics["test"]["accuracy"] > 0 and not frozen.COMPUTED

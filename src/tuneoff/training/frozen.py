@@ -19,6 +19,7 @@ concurrent processes. Saved models are unchanged: the layers' own forward is bac
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 COMPUTED: list[str] = []  # keys computed by this process (tests count them)
 
@@ -108,14 +111,48 @@ class Replay:
                 self.layer_list[i] = original
 
 
+MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.txt", "*.model")  # weights, config, tokenizer
+
+
 def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str) -> str:
-    weights = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
-    files = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
+    """Everything the cached states depend on: the model's files by content (weights, the whole config.json, the
+    tokenizer), revision, depth, attention kernel, max_length, each split's examples, the boundary, the storage."""
+    files = {}
+    if Path(source).is_dir():
+        for pattern in MODEL_FILES:
+            for path in sorted(Path(source).glob(pattern)):
+                files[path.name] = file_digest(path)
     data = {s: hashlib.sha256(pd_bytes(df)).hexdigest() for s, df in split_frames.items()}
     parts = {"source": source, "files": files, "revision": cfg.model.revision, "layers": cfg.model.num_hidden_layers,
              "attn": cfg.model.attn_implementation, "max_length": cfg.data.max_length, "data": data, "edge": edge,
-             "dtype": dtype, "version": 1}
+             "dtype": dtype, "version": 2}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+FULL_HASH_BYTES = 512 << 20   # files up to this size are hashed whole
+SAMPLE_BLOCKS, BLOCK = 256, 1 << 20
+_DIGESTS: dict = {}           # (path, size, mtime_ns, ctime_ns, inode) -> digest, per process
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content (remembered per process while its size, mtime, ctime and inode stay: a rewrite that
+    restores the mtime still changes the ctime, which no one can set); files over 512 MB
+    are digested from 256 blocks of 1 MiB spread over the file and its size, which any rewrite of the file changes
+    with overwhelming probability (zeros, another entry's content) at a fraction of the reading."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        h = hashlib.sha256(str(stat.st_size).encode())
+        with open(path, "rb") as fh:
+            if stat.st_size <= FULL_HASH_BYTES:
+                for chunk in iter(lambda: fh.read(16 << 20), b""):
+                    h.update(chunk)
+            else:
+                for k in range(SAMPLE_BLOCKS):
+                    fh.seek(k * (stat.st_size - BLOCK) // (SAMPLE_BLOCKS - 1))
+                    h.update(fh.read(BLOCK))
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def pd_bytes(df) -> bytes:
@@ -125,17 +162,41 @@ def pd_bytes(df) -> bytes:
     return pd.util.hash_pandas_object(df[cols], index=False).values.tobytes()
 
 
-class FeatureCache:
-    """Per split: ``offsets`` (n + 1) and the hidden states of every token (sum of lengths x hidden), memory-mapped."""
+class CacheInvalid(Exception):
+    """A cache entry that does not prove it is what it claims: rebuilt, never used."""
 
-    def __init__(self, root: Path):
+
+_VERIFIED: set[str] = set()  # entries whose files were checked against their digests in this process
+
+
+class FeatureCache:
+    """Per split: ``offsets`` (n + 1) and the hidden states of every token (sum of lengths x hidden), memory-mapped.
+
+    Opening an entry checks it: meta.json readable, every split's offsets and states present, each states file exactly
+    the size its offsets and width say, and (first use in this process) each file's digest equal to the one recorded
+    when it was built. Anything else raises ``CacheInvalid``."""
+
+    def __init__(self, root: Path, splits=("train", "validation", "test")):
         self.root = root
-        self.offsets = {s: np.load(root / f"{s}.offsets.npy") for s in ("train", "validation", "test")
-                        if (root / f"{s}.offsets.npy").is_file()}
-        meta = json.loads((root / "meta.json").read_text())
-        self.hidden, self.dtype = meta["hidden"], np.dtype(meta["dtype"])
-        self.data = {s: np.memmap(root / f"{s}.states", dtype=self.dtype, mode="r", shape=(int(o[-1]), self.hidden))
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+            self.hidden, self.dtype = int(meta["hidden"]), np.dtype(meta["dtype"])
+            self.offsets = {s: np.load(root / f"{s}.offsets.npy") for s in splits}
+            for s, o in self.offsets.items():
+                expected = max(int(o[-1]), 1) * self.hidden * self.dtype.itemsize
+                size = (root / f"{s}.states").stat().st_size
+                if size != expected:
+                    raise CacheInvalid(f"{s}.states holds {size:,} bytes where its offsets say {expected:,}")
+            if str(root) not in _VERIFIED:
+                for s in splits:
+                    if file_digest(root / f"{s}.states") != meta["digests"][s]:
+                        raise CacheInvalid(f"{s}.states does not match the digest recorded when it was built")
+                _VERIFIED.add(str(root))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CacheInvalid(f"{type(exc).__name__}: {exc}") from exc
+        self.data = {s: np.memmap(root / f"{s}.states", dtype=self.dtype, mode="r", shape=(max(int(o[-1]), 1), self.hidden))
                      for s, o in self.offsets.items()}
+        self.tuple_len = int(meta.get("tuple_len") or 0)
 
     def batch(self, split: str, indices, length: int, device) -> torch.Tensor:
         """The cached states of these examples, zero-padded to ``length`` tokens (padding is masked in attention)."""
@@ -147,10 +208,43 @@ class FeatureCache:
         return torch.from_numpy(out).to(device)
 
 
+def _writable(directory: Path) -> str | None:
+    """None when a cache entry can be written under ``directory``, else why not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(dir=directory, prefix=".probe."))
+        probe.rmdir()
+        return None
+    except OSError as exc:
+        return f"{directory} is not writable ({exc.strerror or exc})"
+
+
+def open_or_build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device,
+                  dtype: str) -> tuple[FeatureCache | None, str | None]:
+    """The cache entry for this key, built if absent, rebuilt if it fails its checks; (None, why) when the cache
+    directory cannot be written (the run then recomputes its frozen layers). The note says what happened."""
+    note = None
+    if root.exists():
+        try:
+            return FeatureCache(root, tuple(encoded)), None
+        except CacheInvalid as exc:
+            note = f"the cached frozen-layer states in {root} failed their check ({exc}): rebuilt"
+            log.warning(note)
+            aside = root.with_name(f".{root.name}.invalid-{os.getpid()}")
+            try:
+                os.replace(root, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            except OSError as move_error:
+                return None, f"{note[:-len(': rebuilt')]}, and cannot be removed ({move_error}): layers recomputed"
+    why = _writable(root.parent)
+    if why is not None:
+        return None, f"feature cache off for this run: {why}; the frozen layers are recomputed every step"
+    return build(root, model, arch, edge, encoded, collate, batch_size, device, dtype), note
+
+
 def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device, dtype: str) -> FeatureCache:
-    """Compute the hidden states entering layer ``edge`` for every example of every split, once; reuse if present."""
-    if (root / "meta.json").is_file():
-        return FeatureCache(root)
+    """Compute the hidden states entering layer ``edge`` for every example of every split, and write them as one
+    cache entry (a temporary directory renamed into place; the digests of its states files in meta.json)."""
     from tuneoff.data.batches import eval_loader
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -195,7 +289,9 @@ def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size
                     position += h.shape[0]
             states.flush()
             del states
-        (tmp / "meta.json").write_text(json.dumps({"hidden": hidden, "dtype": dtype, "tuple_len": tuple_len, "edge": edge}))
+        digests = {split: file_digest(tmp / f"{split}.states") for split in encoded}
+        (tmp / "meta.json").write_text(json.dumps({"hidden": hidden, "dtype": dtype, "tuple_len": tuple_len, "edge": edge,
+                                                   "digests": digests}))
         try:
             os.replace(tmp, root)
         except OSError:  # another process finished the same cache first: its copy is complete and identical
@@ -207,8 +303,4 @@ def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size
     finally:
         handle.remove()
         model.train(was_training)
-    return FeatureCache(root)
-
-
-def tuple_length(root: Path) -> int:
-    return int(json.loads((root / "meta.json").read_text()).get("tuple_len") or 0)
+    return FeatureCache(root, tuple(encoded))

@@ -45,7 +45,7 @@ from tuneoff.training.resources import (
     device_name,
     dir_size,
 )
-from tuneoff.training.session import Session, feature_cache_reason, prepare
+from tuneoff.training.session import Session, feature_cache_status, prepare
 from tuneoff.training.tracking import Trackers
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ def _resources(s: Session, p: Progress) -> dict:
             "effective_batch_size": s.tc.batch_size * s.tc.grad_accum * s.world,
             "resumed_from_step": p.restored.path.name if p.restored else None,
             "fp16_skipped_steps": p.skips.total if p.scaled else None,
-            "frozen_below_layer": s.edge, "feature_cache": feature_cache_reason(s) or "used"}
+            "frozen_below_layer": s.edge, "feature_cache": feature_cache_status(s)}
 
 
 def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resources: dict, test_logits,
@@ -385,7 +385,7 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
         "data_notes": corpus.notes, "lr": s.lr, "total_steps": s.total_steps, "device": device_name(s.device),
         "mixed_precision": s.accelerator.mixed_precision, "versions": versions(),
         "distributed": {"type": s.accelerator.distributed_type.name, "processes": s.world},
-        "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_reason(s) or "used"},
+        "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_status(s)},
         "sizes": {k: len(df) for k, df in corpus.splits.items()}, "augmentation": state.augmentation,
         "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
         "batch_order_digest": state.order_digest, "host": socket.gethostname(), "convergence": converged,

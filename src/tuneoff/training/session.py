@@ -67,6 +67,7 @@ class Session:
     edge: int | None = None    # frozen boundary: layers below it are frozen, in eval mode, and may be cached
     features: Any = None       # FeatureCache when the frozen part is replayed from the cache
     replay: Any = None
+    cache_note: str | None = None  # the feature cache was rebuilt, or could not be used (run.json says which)
 
     @property
     def tc(self):
@@ -204,7 +205,17 @@ def feature_cache_reason(s: Session) -> str | None:
         return "augmented copies are new inputs every epoch"
     if tc.compile:
         return "train.compile=true"
+    if s.features is None and s.cache_note:
+        return s.cache_note
     return None
+
+
+def feature_cache_status(s: Session) -> str:
+    """What run.json says of the cache: why it was not used, or "used" (with a note when it was rebuilt)."""
+    reason = feature_cache_reason(s)
+    if reason is not None:
+        return reason
+    return f"used; {s.cache_note}" if s.cache_note else "used"
 
 
 def _attach_features(s: Session) -> None:
@@ -212,9 +223,10 @@ def _attach_features(s: Session) -> None:
         return
     dtype = s.tc.feature_cache_dtype
     key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype)
-
     root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
     model = s.model.to(s.device)
-    s.features = frozen.build(root, model, s.arch, s.edge, s.encoded, s.collate, s.tc.eval_batch_size, s.device, dtype)
-    s.replay = frozen.Replay(model, s.arch, s.edge)
-    s.replay.tuple_len = frozen.tuple_length(root)
+    s.features, s.cache_note = frozen.open_or_build(root, model, s.arch, s.edge, s.encoded, s.collate,
+                                                    s.tc.eval_batch_size, s.device, dtype)
+    if s.features is not None:
+        s.replay = frozen.Replay(model, s.arch, s.edge)
+        s.replay.tuple_len = s.features.tuple_len
