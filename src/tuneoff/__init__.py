@@ -5,7 +5,9 @@ The Python API (``tuneoff.api``, re-exported here): ``train`` one run, ``run_stu
 heavy; torch and transformers are imported when a function that needs them is first called.
 """
 
-__version__ = "0.2.0"
+from tuneoff.core.provenance import VERSION
+
+__version__ = VERSION
 
 __all__ = ["Run", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "run_study", "train"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ import yaml
 
 from tuneoff.analysis.significance import expected_calibration_error
 from tuneoff.core.errors import TuneoffError
-from tuneoff.results.store import Store
+from tuneoff.results.store import Store, loads
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
     except (OSError, ValueError) as exc:
         raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "
                            "`tuneoff run <study> --resume` after removing its row, or delete the study.") from exc
-    info = json.loads(row["run_info"]) if "run_info" in row.keys() and row["run_info"] else {}
+    info = loads(row, "run_info", {}) or {}
     if not info and (run_dir / "run.json").is_file():
         info = json.loads((run_dir / "run.json").read_text())
     return predictions, history, info
@@ -116,14 +119,24 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
         raise TuneoffError(f"Study {study!r} has no finished runs yet: nothing to analyse. Run it first (tuneoff run).")
     conditions: dict[str, Condition] = {}
     for row in rows:
-        params = json.loads(row["params"])
+        params, metrics, resources = (loads(row, key) for key in ("params", "metrics", "resources"))
+        try:
+            config = yaml.safe_load(row["config_yaml"])
+        except yaml.YAMLError:
+            config = None
+        if params is None or not metrics or not resources or not isinstance(config, dict):
+            log.warning("run %s/%s: its stored record is damaged; it is left out of the analysis (`tuneoff runs "
+                        "rebuild` re-reads it from its run directory)", study, row["run_id"])
+            continue
         name = condition_name(row["variant"], params)
         predictions, history, info = _read_run(row, Path(row["run_dir"]))
-        config = yaml.safe_load(row["config_yaml"])
         cond = conditions.setdefault(name, Condition(name, row["variant"], params, config["method"]["name"]))
-        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": json.loads(row["metrics"]),
-                          "resources": json.loads(row["resources"]), "predictions": predictions, "history": history,
-                          "device": row["device"], "config": config, "info": info})
+        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": metrics, "resources": resources,
+                          "predictions": predictions, "history": history, "device": row["device"], "config": config,
+                          "info": info})
+    if not conditions:
+        raise TuneoffError(f"Study {study!r}: every stored record is damaged. Rebuild the store from the run directories: "
+                           f"tuneoff runs rebuild --results {store.root}.")
     return list(conditions.values())
 
 

@@ -32,6 +32,7 @@ from tuneoff.core.files import atomic_write_text
 from tuneoff.data.builtins import BUILTIN_DATASETS
 from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
+from tuneoff.results.store import DB_NAME, Store, loads
 from tuneoff.study.spec import dry_run as plan_runs
 from tuneoff.study.spec import expand, load_spec
 from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
@@ -264,8 +265,6 @@ RESULTS = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", h
 
 
 def _open_store(results: Path):
-    from tuneoff.results.store import DB_NAME, Store
-
     if not (results / DB_NAME).is_file():
         raise TuneoffError(f"No results store in {results} ({DB_NAME} missing): run a study first (tuneoff run), or pass --results.")
     return Store(results)
@@ -359,36 +358,52 @@ def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None,
         table.add_column(col, **kw)
     store = _open_store(results)
     for row in store.runs(study, status):
-        m = json.loads(row["metrics"]) if row["metrics"] else {}
-        r = json.loads(row["resources"]) if row["resources"] else {}
-        table.add_row(row["study"], row["run_id"], row["status"], f"{m['test']['accuracy']:.4f}" if m else "",
-                      f"{r['trainable_params']:,}" if r else "", f"{r['train_seconds']:.0f}" if r else "")
+        m, r = loads(row, "metrics", {}) or {}, loads(row, "resources", {}) or {}
+        accuracy = (m.get("test") or {}).get("accuracy")
+        table.add_row(row["study"], row["run_id"], row["status"], f"{accuracy:.4f}" if accuracy is not None else "",
+                      f"{r['trainable_params']:,}" if "trainable_params" in r else "",
+                      f"{r['train_seconds']:.0f}" if "train_seconds" in r else "")
     store.close()
     console().print(table)
 
 
 @runs_app.command("show")
 @user_errors
-def runs_show(run_id: str = typer.Argument(..., help="Run id (or a unique prefix)."), results: Path = RESULTS,
+def runs_show(run_id: str = typer.Argument(..., help="Run id, a unique prefix, or <study>/<run id>."), results: Path = RESULTS,
+              study: Optional[str] = typer.Option(None, help="The study the run belongs to (run ids repeat across studies)."),
               as_json: bool = typer.Option(False, "--json", help="The raw stored record as JSON.")) -> None:
     """One run: what it was, how it did, what it cost, where it is."""
     store = _open_store(results)
-    rows = store.run(run_id)
+    rows = store.run(run_id, study)
     store.close()
     if not rows:
-        raise TuneoffError(f"No run {run_id!r} in {results}. `tuneoff runs list` shows the runs.")
+        raise TuneoffError(f"No run {run_id!r} in {results}{f' (study {study!r})' if study else ''}. `tuneoff runs list` "
+                           "shows the runs.")
     if len(rows) > 1:
-        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({', '.join(r['run_id'] for r in rows[:5])}...); be more specific.")
+        where = ", ".join(f"{r['study']}/{r['run_id']}" for r in rows[:5])
+        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({where}{'...' if len(rows) > 5 else ''}). Say which: "
+                           f"`tuneoff runs show <study>/<run id>` or --study <study>.")
     row = dict(rows[0])
     for key in ("metrics", "resources", "versions", "params", "run_info"):
-        if row.get(key):
-            row[key] = json.loads(row[key])
+        row[key] = loads(rows[0], key, None)
     if as_json:
         if row.get("metrics"):
-            row["metrics"]["test"].pop("confusion_matrix", None)
+            row["metrics"].get("test", {}).pop("confusion_matrix", None)
         console().print_json(json.dumps(row, default=str))
         return
     console().print(run_summary(row))
+
+
+@runs_app.command("rebuild")
+@user_errors
+def runs_rebuild(results: Path = RESULTS) -> None:
+    """Index every study run directory under --results again into a new store (the run directories are the source of
+    truth); the old store file is kept aside."""
+    from tuneoff.study.execution import rebuild_store
+
+    logs.terminal(_verbosity())
+    path, count = rebuild_store(results)
+    say(f"{count} run(s) indexed into {path}")
 
 
 def main() -> None:  # pragma: no cover

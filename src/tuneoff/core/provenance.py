@@ -14,13 +14,12 @@ import platform
 import subprocess
 from pathlib import Path
 
-from tuneoff import __version__
-
+VERSION = "0.2.0"  # the package's version (pyproject reads it); bumped when what results mean changes
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/tuneoff
 
 
 def tuneoff_version() -> str:
-    return __version__
+    return VERSION
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,6 +54,6 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"tuneoff": __version__, "tuneoff_commit": tuneoff_commit(), "torch": torch.__version__,
+    return {"tuneoff": VERSION, "tuneoff_commit": tuneoff_commit(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
             "python": platform.python_version()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,7 +22,6 @@ from pathlib import Path
 import yaml
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import read_json
 from tuneoff.core.provenance import tuneoff_commit, tuneoff_version
 
 log = logging.getLogger(__name__)
@@ -260,41 +258,3 @@ class Store:
             return exact
         pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         return self.db.execute(f"SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' {where}", [pattern, *args]).fetchall()
-
-
-def rebuild(root: str | Path) -> tuple[Path, int]:
-    """A new store indexing every study run directory under ``root`` (``<study>/study.yaml`` and
-    ``<study>/runs/<run id>/run.json``); the old file, if any, is kept aside as ``tuneoff.sqlite.damaged-<time>``.
-    Returns the store's path and the number of runs indexed. Single runs of ``tuneoff train`` live in their own
-    output directories and are indexed again when they are next trained or evaluated, not here."""
-    root = Path(root)
-    path = root / DB_NAME
-    if path.exists():
-        aside = path.with_name(f"{DB_NAME}.damaged-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-        os.replace(path, aside)
-        for extra in ("-wal", "-shm"):
-            Path(str(path) + extra).unlink(missing_ok=True)
-    store, count = Store(root), 0
-    try:
-        for spec_file in sorted(root.glob("*/study.yaml")):
-            directory = spec_file.parent
-            spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) or {}
-            name = str(spec.get("name") or directory.name)
-            store.add_study(name, spec_file.read_text(encoding="utf-8"), "", directory)
-            for info_file in sorted((directory / "runs").glob("*/run.json")):
-                run_dir = info_file.parent
-                try:
-                    info = read_json(info_file)
-                    metrics, resources = read_json(run_dir / "metrics.json"), read_json(run_dir / "resources.json")
-                    config = (run_dir / "config.yaml").read_text(encoding="utf-8")
-                except (OSError, ValueError) as exc:
-                    log.warning("rebuild: %s skipped (%s)", run_dir, exc)
-                    continue
-                study_info = info.get("study") or {}
-                store.plan_run(name, run_dir.name, study_info.get("variant") or info.get("method", ""),
-                               study_info.get("params") or {}, yaml_seed(config), config, study_info.get("phase") or "final")
-                store.mark_done(name, run_dir.name, run_dir.resolve(), metrics, resources, info)
-                count += 1
-    finally:
-        store.close()
-    return path, count

@@ -16,12 +16,19 @@ from pathlib import Path
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import safe_name
-from tuneoff.results.store import Store
+from tuneoff.core.files import read_json, safe_name
+from tuneoff.results.store import DB_NAME, Store
 from tuneoff.study import protocol
 from tuneoff.study.executors import Job, LocalExecutor, drive
 from tuneoff.study.search import run_search
-from tuneoff.study.spec import PlannedRun, StudySpec, expand, require_hub, study_dir
+from tuneoff.study.spec import (
+    PlannedRun,
+    StudySpec,
+    expand,
+    load_spec,
+    require_hub,
+    study_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +195,46 @@ def hold_study(directory: Path, name: str):
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     handle.flush()
     return handle
+
+
+def rebuild_store(results: str | Path) -> tuple[Path, int]:
+    """A new results store indexing every finished study run under ``results`` (``<study>/study.yaml`` and
+    ``<study>/runs/<run id>/run.json``: the run directories are the source of truth), each run with its variant, grid
+    point, seed and protocol phase from the study's own expansion. The old file, if any, is kept aside as
+    ``tuneoff.sqlite.damaged-<time>``. Single runs of ``tuneoff train`` live in their own output directories and are
+    indexed again when they are next trained, not here. Returns the store's path and the number of runs indexed."""
+    results = Path(results)
+    path = results / DB_NAME
+    if path.exists():
+        aside = path.with_name(f"{DB_NAME}.damaged-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        os.replace(path, aside)
+        for extra in ("-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+        log.warning(f"the old store is kept as {aside}")
+    store, count = Store(results), 0
+    try:
+        for spec_file in sorted(results.glob("*/study.yaml")):
+            try:
+                spec = load_spec(spec_file)
+                planned = {r.run_id: r for c in protocol.conditions(spec, expand(spec)) for r in [*c.trials, *c.runs]}
+            except TuneoffError as exc:
+                log.warning(f"rebuild: {spec_file} skipped ({str(exc).splitlines()[0]})")
+                continue
+            store.add_study(spec.name, spec.to_yaml(), spec.digest(), spec_file.parent)
+            for info_file in sorted((spec_file.parent / "runs").glob("*/run.json")):
+                run_dir, run = info_file.parent, planned.get(info_file.parent.name)
+                if run is None:
+                    log.warning(f"rebuild: {run_dir} is not a run of study {spec.name!r} as it is written now; skipped")
+                    continue
+                try:
+                    info, metrics, resources = (read_json(run_dir / f) for f in ("run.json", "metrics.json", "resources.json"))
+                    config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+                except (OSError, ValueError) as exc:
+                    log.warning(f"rebuild: {run_dir} skipped ({exc})")
+                    continue
+                store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, config, run.phase)
+                store.mark_done(spec.name, run.run_id, run_dir.resolve(), metrics, resources, info)
+                count += 1
+    finally:
+        store.close()
+    return path, count

@@ -19,8 +19,8 @@ concurrent processes. Saved models are unchanged: the layers' own forward is bac
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import shutil
 import tempfile

@@ -31,7 +31,7 @@ from tuneoff.models.assets import cache_dir
 from tuneoff.models.loading import (
     load_tokenizer,
 )
-from tuneoff.training import frozen
+from tuneoff.training import frozen, tracking
 from tuneoff.training.frozen import pd_bytes
 from tuneoff.training.launcher import check_sharding
 from tuneoff.training.model import adapt, load_base, make_optimizer
@@ -137,6 +137,8 @@ def accelerator_for(tc):
 def prepare(cfg: RunConfig) -> Session:
     """Data, model, method, optimizer, schedule: everything that can fail on bad input fails here."""
     tc = cfg.train
+    if tc.report_to:
+        tracking.check(cfg)  # an unreachable tracking server fails now, before anything trains
     accelerator = accelerator_for(tc)
     device, world = accelerator.device, accelerator.num_processes
     corpus = load_corpus(cfg.data)

@@ -11,9 +11,15 @@ TensorBoard event files go to ``<output_dir>/tensorboard/<run id>``.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tuneoff.core.errors import TuneoffError
+
+log = logging.getLogger(__name__)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -46,6 +52,30 @@ def use_experiment(mlflow, uri: str, name: str) -> None:
         except mlflow.exceptions.MlflowException:
             pass  # another process of the study created it first
     mlflow.set_experiment(name)
+
+
+def check(cfg) -> None:
+    """Before anything trains: every tracking destination of ``train.report_to`` can be reached and written. A refused
+    connection or an unwritable SQLite directory is an error now (exit 2), not four minutes of MLflow's retries and a
+    lost run; a destination that fails later, mid-run, only warns (see ``Trackers``)."""
+    if "mlflow" in cfg.train.report_to:
+        uri = mlflow_uri(cfg.train.tracking_uri, cfg.output_dir)
+        parsed = urlparse(uri)
+        if parsed.scheme in ("http", "https"):
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            try:
+                socket.create_connection((parsed.hostname, port), timeout=3).close()
+            except OSError as exc:
+                raise TuneoffError(f"train.tracking_uri={uri}: the MLflow server does not answer ({exc.strerror or exc}). "
+                                   "Start it, fix the URI, or drop mlflow from train.report_to; nothing was trained.") from None
+        elif parsed.scheme.startswith("sqlite") or parsed.scheme in ("", "file"):
+            target = Path(uri.split("///", 1)[1] if "///" in uri else parsed.path)
+            directory = target.parent if parsed.scheme.startswith("sqlite") else target
+            existing = next((d for d in [directory, *directory.parents] if d.exists()), directory)
+            if not os.access(existing, os.W_OK):
+                raise TuneoffError(f"train.tracking_uri={uri}: {existing} is not writable, so MLflow cannot keep its store "
+                                   "there. Choose a writable place (train.tracking_uri) or drop mlflow from "
+                                   "train.report_to; nothing was trained.")
 
 
 class MLflow:
@@ -97,19 +127,28 @@ class TensorBoard:
 
 
 class Trackers:
-    """The run's trackers, called at every evaluation and at the end; nothing when ``report_to`` is empty."""
+    """The run's trackers, called at every evaluation and at the end; nothing when ``report_to`` is empty. A tracker
+    that fails mid-run (its server went away, its disk filled) is dropped with a warning: the run goes on and is
+    published; only the tracking record is incomplete."""
 
     def __init__(self, cfg, run_id: str, main: bool):
         kinds = {"mlflow": MLflow, "tensorboard": TensorBoard}
         self.all = [kinds[k](cfg, run_id) for k in (cfg.train.report_to if main else [])]
 
+    def _each(self, call) -> None:
+        for tracker in list(self.all):
+            try:
+                call(tracker)
+            except Exception as exc:  # noqa: BLE001 - MLflow's and TensorBoard's many error types; the run matters more
+                log.warning("%s stopped working (%s: %s); the run goes on without it", type(tracker).__name__,
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self.all.remove(tracker)
+
     def evaluation(self, step: int, validation: dict) -> None:
-        for t in self.all:
-            t.evaluation(step, validation)
+        self._each(lambda t: t.evaluation(step, validation))
 
     def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
-        for t in self.all:
-            t.finish(metrics, resources, model_dir)
+        self._each(lambda t: t.finish(metrics, resources, model_dir))
         self.all = []
 
     def abort(self) -> None:
