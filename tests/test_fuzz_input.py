@@ -85,3 +85,26 @@ def test_cli_exits_2_without_traceback_on_bad_files(tmp_path, content):
     result = CliRunner().invoke(app, ["train", "--data", str(path), f"output_dir={tmp_path / 'out'}", "--no-progress"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+@FUZZ
+@given(header=st.lists(st.sampled_from(["text", "label", "id", "x"]), min_size=2, max_size=5),
+       values=st.lists(st.one_of(ODD_TEXT, st.integers(), st.lists(st.integers(), max_size=2), st.none()), min_size=8,
+                       max_size=20),
+       labels=st.lists(st.sampled_from(["pos", "pos ", " neg", "neg", "NEG"]), min_size=8, max_size=20))
+def test_repeated_columns_non_text_cells_and_spaced_labels(tmp_path, header, values, labels):
+    """The round-3 input classes: a header that repeats a name, JSON text fields that are numbers or lists, labels that
+    differ only by surrounding whitespace. Each file loads clean (spaced labels merged and noted) or fails with
+    tuneoff's error naming the problem; nothing else escapes."""
+    csv_path = tmp_path / "f.csv"
+    csv_path.write_text(",".join(header) + "\n" + "\n".join(f"t{i},{labels[i % len(labels)]},{i},y" for i in range(8)))
+    corpus = check(csv_path)
+    if len(set(header)) < len(header):
+        assert corpus is None
+    json_path = tmp_path / "f.jsonl"
+    json_path.write_text("\n".join(json.dumps({"text": v, "label": labels[i % len(labels)]}) for i, v in enumerate(values)))
+    corpus = check(json_path)
+    if corpus is not None:
+        assert all(isinstance(v, str) for v in values if v is not None), "a non-text cell never trains"
+        if any(lab != lab.strip() for lab in labels[:len(values)]):
+            assert any("surrounding whitespace removed" in note for note in corpus.notes)

@@ -15,6 +15,7 @@ import time
 import weakref
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import tiny_overrides, write_study
@@ -418,3 +419,182 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(TuneoffError, match="already exists; choose another name="):
         RunDirectory.open(tmp_path, "mine", "a: 1\n", resume=False, find=False)
+
+
+# --- round 3: the store and its readers, tracking, outputs, inputs, resume -----------------------------------------
+
+
+def test_a_store_that_is_not_a_database_is_a_clean_error_with_the_rebuild(tmp_path):
+    (tmp_path / "tuneoff.sqlite").write_text("not a database " * 200)
+    for args in (["runs", "list"], ["runs", "show", "x-s1"]):
+        assert_clean_exit_2(cli(*args, "--results", str(tmp_path)), "cannot be read as an SQLite database",
+                            "tuneoff runs rebuild")
+
+
+def test_study_runs_survive_a_damaged_store_and_are_rebuilt(tiny_bert, toy_csv, tmp_path):
+    from tuneoff.results.store import Store
+
+    results = tmp_path / "r"
+    for name in ("one", "two"):
+        assert cli("run", str(_study(tmp_path, tiny_bert, toy_csv, name, epochs=1)), "--results", str(results)).exit_code == 0
+    store = Store(results)
+    store.db.execute("UPDATE runs SET metrics='{broken' WHERE study='one' AND run_id='head-s1'")
+    store.close()
+    listed = cli("runs", "list", "--results", str(results))
+    assert listed.exit_code == 0 and "one/head-s1" in listed.output and "not valid JSON" in listed.output
+    ambiguous = cli("runs", "show", "lora-s1", "--results", str(results))
+    assert_clean_exit_2(ambiguous, "matches 2 runs", "one/lora-s1", "--study")
+    assert cli("runs", "show", "two/lora-s1", "--results", str(results)).exit_code == 0
+    assert cli("runs", "show", "lora-s1", "--study", "one", "--results", str(results)).exit_code == 0
+    report = cli("report", str(results / "one"))
+    assert report.exit_code == 0 and "damaged" in report.output, "the bad row is named and left out"
+    (results / "tuneoff.sqlite").write_text("garbage")
+    rebuilt = cli("runs", "rebuild", "--results", str(results))
+    assert rebuilt.exit_code == 0 and "4 run(s) indexed" in rebuilt.output
+    assert list(results.glob("tuneoff.sqlite.damaged-*")), "the damaged file is kept aside"
+    store = Store(results)
+    rows = {(r["study"], r["run_id"]): r for r in store.runs(status="done")}
+    store.close()
+    assert sorted(rows) == [("one", "head-s1"), ("one", "lora-s1"), ("two", "head-s1"), ("two", "lora-s1")]
+    assert json.loads(rows[("one", "head-s1")]["metrics"])["test"]["accuracy"] >= 0, "re-read from the run directory"
+
+
+@pytest.mark.parametrize("uri, message", [("http://127.0.0.1:1", "does not answer"),
+                                          ("sqlite:///{tmp}/afile/mlflow.db", "not a directory")])
+def test_an_unreachable_tracking_destination_fails_before_training(uri, message, tiny_bert, toy_csv, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = cli(*train_args(tiny_bert, toy_csv, out), "train.report_to=[mlflow]", f"train.tracking_uri={uri.format(tmp=tmp_path)}")
+    assert_clean_exit_2(result, message, "nothing was trained")
+    assert time.monotonic() - started < 60 and not (out.exists() and any(out.iterdir())), "no run directory, no retries"
+
+
+def test_outputs_are_safe_to_open(tiny_bert, tmp_path):
+    """Formula-looking cells are escaped in predictions.csv and predict's output (--raw keeps them), and user-given
+    names are escaped in the Markdown summary; tuneoff reads its own files back unescaped."""
+    rows = [{"text": f"=cmd|' /C calc'!A0 good {i}" if i % 2 else f"@SUM(1) bad {i}", "label": "<b>pos</b>" if i % 2 else "-neg"}
+            for i in range(60)]
+    data = tmp_path / "evil.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    spec = write_study(tmp_path, tiny_bert, str(data), "<script>alert(1)</script>", seeds=[1], train={"epochs": 1},
+                       variants={"head": {"method": {"name": "head"}}})
+    results = tmp_path / "r"
+    assert cli("run", str(spec), "--results", str(results)).exit_code == 0
+    study_dir = next(p for p in results.iterdir() if p.is_dir())
+    (run_dir,) = list((study_dir / "runs").iterdir())
+    cells = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
+    assert all(not c.startswith(("=", "+", "@")) and not (c.startswith("-") and not c[1:].replace(".", "").isdigit())
+               for c in cells.to_numpy().ravel()), "no cell starts a formula"
+    assert (cells["true_label"].str.startswith("'-neg") | (cells["true_label"] == "<b>pos</b>")).all()
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert "<script>" not in summary and "&lt;script&gt;" in summary and "<b>pos</b>" not in summary
+    unlabeled = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["=1+1 good", "+44 20 bad", "-12"]}).to_csv(unlabeled, index=False)
+    out = tmp_path / "pred.csv"
+    assert cli("predict", str(run_dir), str(unlabeled), "--out", str(out), "--id-column", "text").exit_code == 0
+    ids = pd.read_csv(out, dtype=str)["id"].tolist()
+    assert ids == ["'=1+1 good", "'+44 20 bad", "-12"], "numbers stay, formulas are defused"
+    assert cli("predict", str(run_dir), str(unlabeled), "--out", str(out), "--id-column", "text", "--raw").exit_code == 0
+    assert pd.read_csv(out, dtype=str)["id"].tolist()[0] == "=1+1 good"
+
+
+def test_evaluating_two_files_of_one_name_keeps_both_results(tiny_bert, toy_csv, tmp_path):
+    out = tmp_path / "runs"
+    assert cli(*train_args(tiny_bert, toy_csv, out)).exit_code == 0
+    run = finished_run(out)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        pd.read_csv(toy_csv).head(40 if folder == "a" else 50).to_csv(tmp_path / folder / "train.csv", index=False)
+        assert cli("evaluate", str(run), "--data", str(tmp_path / folder / "train.csv")).exit_code == 0
+    assert cli("evaluate", str(run), "--data", str(tmp_path / "a" / "train.csv")).exit_code == 0
+    results = sorted(run.glob("eval-train-*.json"))
+    assert len(results) == 3, "nothing overwritten"
+    recorded = sorted({json.loads(p.read_text())["data_path"] for p in results})
+    assert recorded == [str(tmp_path / "a" / "train.csv"), str(tmp_path / "b" / "train.csv")]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n", "has a header but no rows"),
+    ("text,text,label\na,b,pos\nc,d,neg\ne,f,pos\ng,h,neg\n", "repeats the column name(s) ['text']"),
+])
+def test_bad_files_for_predict_and_evaluate(content, message, tiny_bert, toy_csv, tmp_path):
+    out = tmp_path / "runs"
+    assert cli(*train_args(tiny_bert, toy_csv, out)).exit_code == 0
+    run = finished_run(out)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    assert_clean_exit_2(cli("predict", str(run), str(bad), "--out", str(tmp_path / "p.csv")), message)
+    assert_clean_exit_2(cli("evaluate", str(run), "--data", str(bad)), message)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    import tuneoff.training.saved as saved
+
+    out = tmp_path / "runs"
+    assert cli(*train_args(tiny_bert, toy_csv, out)).exit_code == 0
+    run = finished_run(out)
+    big = tmp_path / "big.csv"
+    pd.DataFrame({"text": [f"good movie number {i}" for i in range(2500)]}).to_csv(big, index=False)
+    sizes = []
+    real = saved.score_frame
+    monkeypatch.setattr(saved, "score_frame", lambda *a, **k: sizes.append(len(a[2])) or real(*a, **k))
+    n = saved.predict_file(run, big, tmp_path / "p.csv", "text", None, None, chunk_rows=1000, progress=False)
+    assert n == 2500 and sizes == [1000, 1000, 500], "never more than a chunk in memory"
+    ids = pd.read_csv(tmp_path / "p.csv", dtype=str)["id"]
+    assert ids.tolist() == [str(i) for i in range(1, 2501)]
+
+
+def test_yaml_that_repeats_a_key_is_refused_with_its_lines(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n")
+    assert_clean_exit_2(cli("train", "-c", str(config)), "the key 'lr' appears twice (lines 2 and 4)")
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nvariants:\n  a: {method: {name: lora}}\n  a: {method: {name: full}}\n")
+    assert_clean_exit_2(cli("run", str(study), "--dry-run"), "the key 'a' appears twice (lines 3 and 4)")
+
+
+def test_small_input_mistakes_say_what_they_are(tiny_bert, toy_csv, tmp_path):
+    assert_clean_exit_2(cli("train", "--data", str(tmp_path)), "is a directory")
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text("\n".join(json.dumps({"text": ["a", "b"] if i == 3 else f"text {i}", "label": i % 2}) for i in range(20)))
+    assert_clean_exit_2(cli(*train_args(tiny_bert, str(lists), tmp_path / "o")), "holds list values, not text", "4")
+    from tuneoff.core.files import safe_name
+
+    assert safe_name("研究 一") == "研究-一" and safe_name("étude/../x") == "étude-..-x", "letters of any script kept"
+
+
+def test_spaced_labels_are_merged_and_said(tiny_bert, tmp_path):
+    rows = [{"text": f"good {i}" if i % 2 else f"bad {i}", "label": ("pos " if i % 4 == 1 else "pos") if i % 2 else "neg"}
+            for i in range(80)]
+    data = tmp_path / "spaced.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    out = tmp_path / "o"
+    assert cli(*train_args(tiny_bert, str(data), out)).exit_code == 0
+    info = json.loads((finished_run(out) / "run.json").read_text())
+    assert info["label_names"] == ["neg", "pos"]
+    assert any("surrounding whitespace removed" in note for note in info["data_notes"])
+
+
+def test_an_oversized_adapter_is_warned_about(tiny_bert, toy_csv, tmp_path):
+    result = cli(*train_args(tiny_bert, toy_csv, tmp_path), "method.r=64", "train.epochs=1")
+    assert result.exit_code == 0 and "more than the" in result.output and "is method.r too large?" in result.output
+
+
+def test_resume_with_a_changed_config_names_the_differences(tiny_bert, toy_csv, tmp_path):
+    killed = subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress",
+                             *tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE)],
+                            env={**os.environ, "TUNEOFF_CRASH_AT": "step:5"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    changed = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.lr=0.05", "--resume")
+    assert_clean_exit_2(changed, "found no interrupted run of this exact config", "train.lr: 0.01 -> 0.05")
+    fresh = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.lr=0.05")
+    assert fresh.exit_code == 0 and "an interrupted run of a similar config exists" in fresh.output
+
+
+def test_the_effective_batch_is_what_the_steps_used(tiny_bert, toy_csv, tmp_path):
+    result = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.grad_accum=1000", "train.epochs=1")
+    assert result.exit_code == 0 and "train.grad_accum=1000 but an epoch has only" in result.output
+    resources = json.loads((finished_run(tmp_path) / "resources.json").read_text())
+    assert resources["effective_batch_size"] == resources["per_device_batch_size"] * -(-194 // resources["per_device_batch_size"])

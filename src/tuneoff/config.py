@@ -201,6 +201,26 @@ class RunConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last one silently: `lr` twice,
+    or two `method:` sections, would train with whichever came last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """Set ``tree["a"]["b"] = value`` for ``"a.b"``, creating sections as needed."""
     *parents, leaf = dotted.split(".")
@@ -222,7 +242,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise TuneoffError(f"Override `{item}` is not of the form key=value (e.g. method.r=8, train.lr=1e-4).")
         check_tree(item, f"override `{key}`")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise TuneoffError(f"Override `{item}`: the value is not valid YAML ({problem}).") from exc
@@ -265,7 +285,7 @@ def read_yaml(path: str | Path) -> dict:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise TuneoffError(f"Config file {path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise TuneoffError(f"Config file {path} is not valid UTF-8 YAML: {exc}") from exc
     check_tree(data, f"Config file {path}")

@@ -23,6 +23,7 @@ import yaml
 
 from tuneoff.analysis.significance import expected_calibration_error
 from tuneoff.core.errors import TuneoffError
+from tuneoff.core.files import from_spreadsheet
 from tuneoff.results.store import Store, loads
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def _short_name(name: str) -> str:
 
 def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
     try:
-        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"id": str, "true_label": str, "pred_label": str,
-                                                                      "text": str, "text_pair": str}, keep_default_na=False)
+        predictions = from_spreadsheet(pd.read_csv(run_dir / "predictions.csv", dtype={
+            "id": str, "true_label": str, "pred_label": str, "text": str, "text_pair": str}, keep_default_na=False))
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError) as exc:
         raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "

@@ -153,6 +153,7 @@ def predict(
     text_pair_column: Optional[str] = typer.Option(None, help="Column holding the second text (pair tasks)."),
     id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
     format: str = typer.Option("full", "--format", help="full: id, predicted label, each class's probability. submission: a competition's id,label with integer labels."),
+    raw: bool = typer.Option(False, "--raw", help="Write cells as they are; by default a cell a spreadsheet would run as a formula (=, +, -, @) is written with a leading apostrophe."),
 ) -> None:
     """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
     if format not in ("full", "submission"):
@@ -160,7 +161,7 @@ def predict(
     _quiet_libraries()
     from tuneoff.training.saved import predict_file
 
-    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format)
+    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format, raw=raw)
     console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
 
 

@@ -147,6 +147,10 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
     parts = {SPLIT_ALIASES.get(k, k): v for k, v in raw.items() if SPLIT_ALIASES.get(k, k) in SPLITS or k == "all"}
     parts = {k: clean_split(v, f"{name}:{k}") for k, v in parts.items()}
     notes = []
+    stripped = {k: v.attrs.get("stripped_labels", 0) for k, v in parts.items() if v.attrs.get("stripped_labels")}
+    if stripped:
+        notes.append("surrounding whitespace removed from " + ", ".join(f"{n} {k} label(s)" for k, n in stripped.items())
+                     + " ('pos ' and 'pos' are one class)")
     if "all" in parts:
         parts["train"] = parts.pop("all")
     if "train" not in parts:

@@ -6,6 +6,7 @@ writes anything, so a bad file can never leave half-written output behind.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -21,24 +22,55 @@ def is_table_path(name: str) -> bool:
     return Path(name).suffix.lower() in FORMATS
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a table with every column as string (so ``NA`` stays text and ids keep their leading zeros)."""
+def _checked(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
+    if path.is_dir():
+        raise TuneoffError(f"{path} is a directory; give a file ({', '.join(sorted(FORMATS))}), e.g. {path / 'train.csv'}.")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TuneoffError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}.")
     if not path.is_file():
         raise TuneoffError(f"{path}: file not found.")
+    return path, fmt
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table with every column as string (so ``NA`` stays text and ids keep their leading zeros)."""
+    frames = list(iter_table(path, chunk_rows=None))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def iter_table(path: str | Path, chunk_rows: int | None = 10_000):
+    """The table in frames of at most ``chunk_rows`` rows (None: one frame), read as it goes: a 200 MB file never
+    sits in memory whole. Each frame's ``attrs["first_row"]`` is the 0-based row number of its first row. A header
+    without rows, a repeated column name, bad UTF-8 and malformed lines are errors naming the file and the place."""
+    path, fmt = _checked(path)
     try:
         if fmt in ("csv", "tsv"):
-            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
-                             encoding="utf-8", engine="c")
+            _unique_header(path, "," if fmt == "csv" else "\t")
+            reader = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
+                                 encoding="utf-8", engine="c", chunksize=chunk_rows or 1 << 62)
+            chunks = iter(reader)
         elif fmt == "jsonl":
-            df = _read_jsonl(path)
+            chunks = _jsonl_chunks(path, chunk_rows)
         elif fmt == "json":
-            df = pd.DataFrame(json.loads(path.read_text(encoding="utf-8")))
+            chunks = iter([pd.DataFrame(json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates(path)))])
         else:
-            df = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            chunks = (batch.to_pandas() for batch in parquet.iter_batches(batch_size=chunk_rows or 1 << 30))
+        first, seen = 0, False
+        for frame in chunks:
+            if frame.empty:
+                continue
+            frame.columns = [str(c) for c in frame.columns]
+            frame.attrs["first_row"] = first
+            first += len(frame)
+            seen = True
+            yield frame
+        if not seen:
+            raise TuneoffError(f"{path}: the file has a header but no rows.")
     except UnicodeDecodeError as exc:
         raise TuneoffError(
             f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}). "
@@ -46,30 +78,53 @@ def read_table(path: str | Path) -> pd.DataFrame:
         ) from exc
     except TuneoffError:
         raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+    except pd.errors.EmptyDataError as exc:
+        raise TuneoffError(f"{path}: the file is empty (no header, no rows).") from exc
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
         raise TuneoffError(f"{path}: cannot be read as {fmt.upper()}: {str(exc).strip().splitlines()[0]}") from exc
-    except Exception as exc:  # pyarrow raises its own error types for corrupt Parquet
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for corrupt Parquet
         raise TuneoffError(f"{path}: cannot be read as {fmt.upper()}: {exc}") from exc
-    df.columns = [str(c) for c in df.columns]
-    return df
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _unique_header(path: Path, sep: str) -> None:
+    """pandas renames a repeated column to ``name.1``: a file whose header repeats a name is refused instead."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise TuneoffError(f"{path}: the header repeats the column name(s) {repeated}; each column needs its own name.")
+
+
+def _no_duplicates(path: Path, line: int | None = None):
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            where = f"line {line}" if line else "an object"
+            raise TuneoffError(f"{path}: {where} repeats the key(s) {repeated}; the JSON parser would keep only the last.")
+        return dict(pairs)
+
+    return hook
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int | None):
     rows = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_no_duplicates(path, number))
             except json.JSONDecodeError as exc:
                 raise TuneoffError(f"{path}: line {number} is not valid JSON ({exc.msg}).") from exc
             if not isinstance(row, dict):
                 raise TuneoffError(f"{path}: line {number} is not a JSON object ({{\"text\": ..., \"label\": ...}}).")
             rows.append(row)
-    if not rows:
-        raise TuneoffError(f"{path}: the file has no rows.")
-    return pd.DataFrame(rows)
+            if chunk_rows and len(rows) >= chunk_rows:
+                yield pd.DataFrame(rows)
+                rows = []
+    if rows:
+        yield pd.DataFrame(rows)
 
 
 def require_columns(df: pd.DataFrame, where: str, columns: dict[str, str | None]) -> None:
@@ -83,25 +138,30 @@ def require_columns(df: pd.DataFrame, where: str, columns: dict[str, str | None]
 
 
 def text_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
-    """The column as clean strings; empty or missing cells are an error that lists the rows."""
-    def as_text(v):
-        if v is None or (isinstance(v, float) and pd.isna(v)):
-            return None
-        v = v if isinstance(v, str) else str(v)
-        return v if v.strip() else None
-
-    values = [as_text(v) for v in df[column].tolist()]  # a list: pandas would turn None back into NaN
+    """The column as clean strings. Empty or missing cells, and cells that are not text (a number or a list in a
+    JSON field), are errors that list the rows (1-based, counted from the file's first data row)."""
+    first = df.attrs.get("first_row", 0)
+    raw = df[column].tolist()  # a list: pandas would turn None back into NaN
+    not_text = [i for i, v in enumerate(raw) if v is not None and not isinstance(v, str) and not (isinstance(v, float) and pd.isna(v))]
+    if not_text:
+        example = raw[not_text[0]]
+        raise TuneoffError(
+            f"{where}: column {column!r} holds {type(example).__name__} values, not text, in {len(not_text)} row(s): "
+            f"{_rows(not_text, first)} (e.g. {str(example)[:40]!r}). Give each text as a string.")
+    values = [v if isinstance(v, str) and v.strip() else None for v in raw]
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
         raise TuneoffError(
-            f"{where}: column {column!r} is empty or missing in {len(bad)} row(s): {_rows(bad)} "
+            f"{where}: column {column!r} is empty or missing in {len(bad)} row(s): {_rows(bad, first)} "
             "(1-based, header not counted). Fill or remove those rows."
         )
     return pd.Series(values, index=df.index, dtype=object)
 
 
 def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
-    """Labels as strings (``1`` and ``1.0`` from a JSON file both become ``1``); missing ones are an error."""
+    """Labels as strings (``1`` and ``1.0`` from a JSON file both become ``1``); missing ones are an error. Surrounding
+    whitespace is not part of a label (``pos`` and ``pos `` are one class): the returned series' ``attrs["stripped"]``
+    counts the labels it was removed from, which the data notes report."""
 
     def as_label(v):
         if v is None or (isinstance(v, float) and pd.isna(v)):
@@ -113,18 +173,21 @@ def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
         s = str(v).strip()
         return s or None
 
-    labels = [as_label(v) for v in df[column].tolist()]
+    raw = df[column].tolist()
+    labels = [as_label(v) for v in raw]
     bad = [i for i, v in enumerate(labels) if v is None]
     if bad:
         raise TuneoffError(
-            f"{where}: label column {column!r} is missing in {len(bad)} row(s): {_rows(bad)}. "
+            f"{where}: label column {column!r} is missing in {len(bad)} row(s): {_rows(bad, df.attrs.get('first_row', 0))}. "
             "Every training/evaluation row needs a label; remove the rows or fill them in."
         )
-    return pd.Series(labels, index=df.index, dtype=object)
+    series = pd.Series(labels, index=df.index, dtype=object)
+    series.attrs["stripped"] = sum(isinstance(v, str) and v != v.strip() for v in raw)
+    return series
 
 
-def _rows(indices: list[int]) -> str:
-    shown = ", ".join(str(i + 1) for i in indices[:10])
+def _rows(indices: list[int], first: int = 0) -> str:
+    shown = ", ".join(str(first + i + 1) for i in indices[:10])
     return shown + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
 
 
@@ -170,5 +233,7 @@ def clean_split(df: pd.DataFrame, where: str) -> pd.DataFrame:
     out["text"] = text_column(df, "text", where).values
     if "text_pair" in df.columns:
         out["text_pair"] = text_column(df, "text_pair", where).values
-    out["label"] = label_column(df, "label", where).values
+    labels = label_column(df, "label", where)
+    out["label"] = labels.values
+    out.attrs["stripped_labels"] = labels.attrs["stripped"]
     return out

@@ -27,7 +27,7 @@ from tuneoff.analysis.tuning import expected_best, tuning_trials
 from tuneoff.analysis.verdict import analyse
 from tuneoff.config import RunConfig, format_validation_error
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.core.files import atomic_write_text, markdown_text, safe_name
 from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
@@ -87,31 +87,31 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     out = results / safe_name(study) / "report"
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, verdicts)
-    md = [f"# Study {study}", "", sections.HOW_TO_READ_MD.format(margin=100 * settings.margin), ""]
+    md = [f"# Study {markdown_text(study)}", "", sections.HOW_TO_READ_MD.format(margin=100 * settings.margin), ""]
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
-        md += [f"## {v.group.title}", "", *v.lines, "", shown.to_markdown(index=False, floatfmt=".4g"), ""]
+        md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
         if v.decisions is not None and len(v.decisions):
             md += ["The decision (each condition against the best on validation and against the majority-class baseline; "
                    "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",
-                   v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
-                                "significant"]].to_markdown(index=False, floatfmt=".4g"), ""]
+                   _md_table(v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
+                                          "significant"]]), ""]
         if len(v.pairs):
             md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
-                   v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "mcnemar"]]
-                   .to_markdown(index=False, floatfmt=".4g"), ""]
+                   _md_table(v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+                                      "mcnemar"]]), ""]
     if len(tuning):
         tuning.to_csv(out / "tuning_trials.csv", index=False)
         chosen = tuning[tuning.chosen.astype(bool)][["condition", "lr", "val_accuracy", "trial"]]
         md += ["## Tuning", "", "Each condition's learning rate, chosen on validation among its tuning trials (the seeds "
-               "above trained at it):", "", chosen.to_markdown(index=False, floatfmt=".4g"), "",
+               "above trained at it):", "", _md_table(chosen), "",
                "Expected best validation accuracy after k trials (Dodge et al., 2019):", "",
-               expected_best(tuning).pivot(index="trials", columns="condition", values="expected_best_val_accuracy")
-               .reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
+               _md_table(expected_best(tuning).pivot(index="trials", columns="condition",
+                                                     values="expected_best_val_accuracy").reset_index()), ""]
     if trials is not None:
         trials.to_csv(out / "search_trials.csv", index=False)
         md += ["## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
-               "comparison above uses each variant's best feasible trial.", "", trials.to_markdown(index=False, floatfmt=".4g")]
+               "comparison above uses each variant's best feasible trial.", "", _md_table(trials)]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
     parts = [("How to read this report", sections.how_to_read(settings))]
@@ -138,6 +138,16 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
            f"{len(failed)} failed · device: {device} · {stamp}")
     atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
     return out / "report.html", verdicts, tuning
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    """A table for summary.md: user-given names (conditions, labels) escaped for Markdown, numbers to 4 digits."""
+    frame = frame.copy()
+    frame.columns = [markdown_text(c) for c in frame.columns]
+    for column in frame.columns:
+        if frame[column].dtype.kind == "O":
+            frame[column] = frame[column].map(lambda v: markdown_text(v) if isinstance(v, str) else v)
+    return frame.to_markdown(index=False, floatfmt=".4g")
 
 
 def _write_tables(out: Path, verdicts) -> None:
@@ -265,7 +275,7 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     started = min((r["started"] for r in rows if r["started"]), default="?")
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
     header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
-              f"# Result: study {study}", "",
+              f"# Result: study {markdown_text(study)}", "",
               f"- runs: {len(rows)} finished, {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
               f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",

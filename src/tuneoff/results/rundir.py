@@ -17,10 +17,13 @@ so ``runs/`` never holds a half-written run.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import (
@@ -31,6 +34,7 @@ from tuneoff.core.files import (
     write_json,
 )
 
+log = logging.getLogger(__name__)
 MODEL_DIR = "model"
 # The run directory's format: 1 (tuneoff 0.1, no format_version in run.json); 2 (tuneoff 0.2: train.log, convergence,
 # seconds per phase). Readers of older runs fill what they lack.
@@ -62,6 +66,45 @@ def _claim(root: Path, run_id: str) -> str:
     raise TuneoffError(f"{root} holds 999 runs named {run_id}*; choose another name= or output_dir=.")
 
 
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(old_yaml: str, new_yaml: str) -> list[str]:
+    """The fields two run configs differ in, as ``key: old -> new``."""
+    old, new = _flat(yaml.safe_load(old_yaml)), _flat(yaml.safe_load(new_yaml))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _interrupted_similar(root: Path, config_yaml: str, resume: bool) -> None:
+    """An interrupted run (a working directory with checkpoints) of the same model, data and method but another
+    config: with --resume that is an error naming the differing fields (resuming would silently start afresh at step
+    0); without, a warning that it exists."""
+    now = _flat(yaml.safe_load(config_yaml))
+    same = ("model.name", "data.name", "method.name")
+    for tmp in sorted(root.glob(".*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not (tmp / "checkpoints").is_dir() or not (tmp / "config.yaml").is_file():
+            continue
+        old_yaml = (tmp / "config.yaml").read_text(encoding="utf-8")
+        if any(_flat(yaml.safe_load(old_yaml)).get(k) != now.get(k) for k in same):
+            continue
+        diffs = "; ".join(config_differences(old_yaml, config_yaml)[:8])
+        if resume:
+            raise TuneoffError(
+                f"--resume found no interrupted run of this exact config in {root}. The interrupted run {tmp.name[1:-4]} "
+                f"({tmp}) has another config ({diffs}). Run again with its settings to continue it, or without --resume "
+                "to start a new run (its working directory is then left as it is).")
+        log.warning("an interrupted run of a similar config exists: %s (%s); `--resume` with its settings continues it",
+                    tmp, diffs)
+        return
+
+
 class RunDirectory:
     """Builds a run in ``<output_dir>/.<run_id>.tmp`` and publishes it as ``<output_dir>/<run_id>``.
 
@@ -90,6 +133,8 @@ class RunDirectory:
                 if (tmp / "config.yaml").is_file() and (tmp / "config.yaml").read_text(encoding="utf-8") == config_yaml:
                     run_id, found = tmp.name[1:-len(".tmp")], True
                     break
+        if find and not found:
+            _interrupted_similar(root, config_yaml, resume)
         claimed = find and not found
         if claimed:  # a generated name: two runs started in the same second (a script, a fast GPU) get -2, -3, ...
             run_id = _claim(root, run_id)

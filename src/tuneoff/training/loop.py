@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, disk_full, write_json
+from tuneoff.core.files import (
+    atomic_write_text,
+    disk_full,
+    spreadsheet_safe,
+    write_json,
+)
 from tuneoff.core.logs import PROGRESS, run_log
 from tuneoff.core.provenance import versions
 from tuneoff.data.augment import augmented_copies
@@ -362,7 +367,8 @@ def _resources(s: Session, p: Progress) -> dict:
         own = combine_processes(gather_object([own]))
     return {**s.counts, **own, "optimizer_steps": p.state.step, "eval_seconds": p.state.eval_seconds,
             "processes": s.world, "per_device_batch_size": s.tc.batch_size,
-            "effective_batch_size": s.tc.batch_size * s.tc.grad_accum * s.world,
+            # What an optimizer step actually averaged: an epoch shorter than grad_accum micro-batches steps on fewer.
+            "effective_batch_size": s.tc.batch_size * min(s.tc.grad_accum, s.micro_batches) * s.world,
             "resumed_from_step": p.restored.path.name if p.restored else None,
             "fp16_skipped_steps": p.skips.total if p.scaled else None,
             "frozen_below_layer": s.edge, "feature_cache": feature_cache_status(s)}
@@ -376,7 +382,8 @@ def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resour
                                  "device": s.device.type})
     atomic_write_text(run.path / "config.yaml", s.cfg.model_copy(update={"train": used}).to_yaml())
     atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
-    predictions_frame(corpus.splits["test"], test_logits, corpus.label_names).to_csv(run.path / "predictions.csv", index=False)
+    predictions = predictions_frame(corpus.splits["test"], test_logits, corpus.label_names)
+    spreadsheet_safe(predictions).to_csv(run.path / "predictions.csv", index=False)
     write_json(run.path / "metrics.json", metrics)
     write_json(run.path / "resources.json", resources)
     write_json(run.path / "run.json", {

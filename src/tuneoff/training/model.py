@@ -5,11 +5,15 @@ counts exactly the model, gradients and optimizer state that ``tuneoff train`` w
 
 from __future__ import annotations
 
+import logging
+
 from tuneoff.config import RunConfig
 from tuneoff.methods import Method, check_budget, get_method
 from tuneoff.models.assets import resolve_model
 from tuneoff.models.loading import enable_gradient_checkpointing, load_classifier
 from tuneoff.training.resources import param_counts
+
+log = logging.getLogger(__name__)
 
 
 def load_base(cfg: RunConfig, label_names: list[str]):
@@ -29,6 +33,7 @@ def adapt(cfg: RunConfig, method: Method, model, arch):
     """The method applied (exactly its parameters left trainable), its budget checked, checkpointing switched on."""
     model = method.prepare(model, cfg.method, arch)
     check_budget(param_counts(model)["trainable_params"], cfg.method.max_trainable_params, method.name)
+    _warn_oversized_adapters(model, method.name)
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model
@@ -41,3 +46,19 @@ def make_optimizer(cfg: RunConfig, method: Method, model, device_type: str):
     optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device_type == "cuda", kind=tc.optimizer,
                                  momentum=tc.momentum)
     return lr, optimizer
+
+
+def _warn_oversized_adapters(model, method: str) -> None:
+    """An adapter larger than the layer it adapts (``method.r=100000`` on a 384-wide layer) defeats its purpose: it
+    trains, but say so."""
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", None)
+        if base is None or not hasattr(base, "weight"):
+            continue
+        own = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer.") and p.requires_grad)
+        adapted = sum(p.numel() for p in base.parameters())
+        if own > adapted:
+            log.warning("method %s: the adapter on %s trains %s parameters, more than the %s of the layer it adapts "
+                        "(is method.r too large?); a full fine-tune of that layer would train fewer", method, name,
+                        f"{own:,}", f"{adapted:,}")
+            return

@@ -4,6 +4,10 @@ labeled file, predict an unlabeled file.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +16,10 @@ import torch
 
 from tuneoff.config import build_config, read_yaml
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, safe_name, write_json
+from tuneoff.core.files import safe_name, spreadsheet_safe, write_json
 from tuneoff.data.batches import collator, encode
 from tuneoff.data.corpus import SPLITS, load_corpus
-from tuneoff.data.files import is_table_path, labeled_file, read_table, require_columns
+from tuneoff.data.files import is_table_path, iter_table, labeled_file, require_columns
 from tuneoff.data.files import text_column as clean_text
 from tuneoff.methods import get_method
 from tuneoff.results.rundir import MODEL_DIR
@@ -100,35 +104,69 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size)
     metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
     metrics.update(dataset=name, split=split, rows_scored=len(frame))
-    out = run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json"
+    if split == "all rows":  # a file: its absolute path is recorded, and two files of one name never share a result
+        metrics["data_path"] = str(Path(data).resolve())
+        name = f"{Path(data).stem}-{hashlib.sha256(metrics['data_path'].encode()).hexdigest()[:8]}"
+    out = _unclaimed(run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json")
     write_json(out, metrics)
     return metrics, out
 
 
+def _unclaimed(path: Path) -> Path:
+    """``path``, or ``name-2.json``, ``name-3.json``...: a finished evaluation is never overwritten."""
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None,
-                 fmt: str = "full") -> int:
-    """Predictions for an unlabeled table, written atomically to ``out`` (CSV). ``fmt="submission"`` writes a
-    competition's ``id,label`` with integer labels: the label itself when the labels are integers (as the data
-    gave them), else the model's label index (``config.json`` id2label)."""
+                 fmt: str = "full", raw: bool = False, chunk_rows: int = 10_000, progress: bool = True) -> int:
+    """Predictions for an unlabeled table, streamed in chunks of ``chunk_rows`` (memory stays bounded however large
+    the file) into a temporary file renamed to ``out`` when complete. ``fmt="submission"`` writes a competition's
+    ``id,label`` with integer labels: the label itself when the labels are integers (as the data gave them), else the
+    model's label index (``config.json`` id2label). Cells that a spreadsheet would run as formulas are escaped unless
+    ``raw``."""
+    from tqdm.auto import tqdm
 
     run_dir, out = Path(run_dir), Path(out)
-    table = read_table(file)
-    require_columns(table, str(file), {"--text-column": text_column, "--text-pair-column": pair_column, "--id-column": id_column})
-    df = pd.DataFrame({"id": table[id_column].astype(str) if id_column else [str(i + 1) for i in range(len(table))]})
-    df["text"] = clean_text(table, text_column, str(file)).values
-    if pair_column:
-        df["text_pair"] = clean_text(table, pair_column, str(file)).values
     if not out.parent.is_dir():
         raise TuneoffError(f"--out {out}: directory {out.parent} does not exist.")
+    columns = {"--text-column": text_column, "--text-pair-column": pair_column, "--id-column": id_column}
+    chunks = iter_table(file, chunk_rows)
+    first = next(chunks)  # reading fails here, before the model loads, on a bad file
+    require_columns(first, str(file), columns)
     model, tokenizer = load_saved_model(run_dir, _device())
     cfg = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     max_length = cfg.get("data", {}).get("max_length", 512)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    logits = _score(model, tokenizer, df, max_length, 64)
-    frame = predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
-    if fmt == "submission":
-        numeric = all(name.lstrip("-").isdigit() for name in label_names)
-        index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
-        frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
-    atomic_write_text(out, frame.to_csv(index=False))
-    return len(frame)
+    numeric = all(name.lstrip("-").isdigit() for name in label_names)
+    index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    written = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh, \
+                tqdm(desc="predict", unit=" rows", disable=not progress, dynamic_ncols=True) as bar:
+            for table in itertools.chain([first], chunks):
+                require_columns(table, str(file), columns)
+                start = table.attrs.get("first_row", written)
+                df = pd.DataFrame({"id": table[id_column].astype(str).values if id_column else
+                                   [str(start + i + 1) for i in range(len(table))]})
+                df["text"] = clean_text(table, text_column, str(file)).values
+                if pair_column:
+                    df["text_pair"] = clean_text(table, pair_column, str(file)).values
+                frame = score_frame(model, tokenizer, df, max_length, 64)
+                if fmt == "submission":
+                    frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
+                (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
+                written += len(frame)
+                bar.update(len(frame))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return written

@@ -9,6 +9,7 @@ which method it holds.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from tuneoff.training.frozen import pd_bytes
 from tuneoff.training.launcher import check_sharding
 from tuneoff.training.model import adapt, load_base, make_optimizer
 from tuneoff.training.resources import param_counts
+
+log = logging.getLogger(__name__)
 from tuneoff.training.schedule import make_scheduler
 
 
@@ -162,6 +165,10 @@ def prepare(cfg: RunConfig) -> Session:
         wordnet()  # a missing WordNet is a clear error now, not after the first epoch
     micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)
     steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
+    if tc.grad_accum > micro_batches:
+        log.warning("train.grad_accum=%d but an epoch has only %d micro-batch(es) of %d: each optimizer step averages "
+                    "those %d, an effective batch of %d", tc.grad_accum, micro_batches, tc.batch_size, micro_batches,
+                    micro_batches * tc.batch_size * world)
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
     scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)

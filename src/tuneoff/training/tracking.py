@@ -72,6 +72,10 @@ def check(cfg) -> None:
             target = Path(uri.split("///", 1)[1] if "///" in uri else parsed.path)
             directory = target.parent if parsed.scheme.startswith("sqlite") else target
             existing = next((d for d in [directory, *directory.parents] if d.exists()), directory)
+            if not existing.is_dir():
+                raise TuneoffError(f"train.tracking_uri={uri}: {existing} is not a directory, so MLflow cannot keep its "
+                                   "store under it. Choose a writable place (train.tracking_uri) or drop mlflow from "
+                                   "train.report_to; nothing was trained.")
             if not os.access(existing, os.W_OK):
                 raise TuneoffError(f"train.tracking_uri={uri}: {existing} is not writable, so MLflow cannot keep its store "
                                    "there. Choose a writable place (train.tracking_uri) or drop mlflow from "
