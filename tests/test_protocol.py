@@ -137,8 +137,8 @@ def test_a_pruned_trial_is_recorded_with_what_it_reached(tiny_bert, toy_csv, tmp
 
 H = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.7, 0.8, 0.85, 0.9])]
 FLAT = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.8, 0.85, 0.85, 0.849])]
-CONFIDENT = np.log(np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.2, 0.8]]))
-LABELS = [0, 1, 0, 1]
+CONFIDENT = np.log(np.tile([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.2, 0.8]], (100, 1)))  # 400 validation examples
+LABELS = [0, 1, 0, 1] * 100
 
 
 def test_convergence_by_hand():
@@ -147,12 +147,15 @@ def test_convergence_by_hand():
     assert plateau["converged"] and plateau["status"] == "plateau"
     assert assess(H, "accuracy", 3, True, CONFIDENT, LABELS)["status"] == "plateau", "early stopping is a plateau"
     assert assess(H[:2], "accuracy", None, False, CONFIDENT, LABELS)["status"] == "too few evaluations"
-    one_class = np.log(np.array([[0.9, 0.1]] * 4))
+    one_class = np.log(np.array([[0.9, 0.1]] * 400))
     assert assess(FLAT, "accuracy", None, False, one_class, LABELS)["status"] == "collapsed"
-    timid = np.log(np.array([[0.52, 0.48], [0.48, 0.52], [0.52, 0.48], [0.48, 0.52]]))  # right, at 52% confidence
+    timid = np.log(np.tile([[0.52, 0.48], [0.48, 0.52]], (200, 1)))  # right, at 52% confidence
     under = assess(FLAT, "accuracy", None, False, timid, LABELS)
     assert under["status"] == "under-confident" and not under["converged"] and "0.52" in under["reason"]
     assert assess(H, "loss", None, False, CONFIDENT, LABELS)["status"] == "still improving"
+    one_example = [{**h, "val_accuracy": 0.8 + (0.0025 if i == 4 else 0)} for i, h in enumerate(FLAT)]
+    assert assess(one_example, "accuracy", None, False, CONFIDENT, LABELS)["status"] == "plateau", \
+        "one more example right in 400 is not progress"
 
 
 def test_early_stopping_waits_for_min_epochs(tiny_bert, toy_csv, tmp_path):

@@ -344,7 +344,7 @@ def _recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict
     if cheaper:
         return (f"**Use {rec.condition}**: the best on validation, and every cheaper method is worse by more than the "
                 f"{100 * margin:g}-point margin; {', '.join(costs)}.")
-    return f"**Use {rec.condition}**: the best on validation and the cheapest of those compared, {', '.join(costs)}."
+    return f"**Use {rec.condition}**: the best on validation, and no method that qualified is cheaper; {', '.join(costs)}."
 
 
 def _seed_caveats(v: GroupVerdict, runs: pd.DataFrame) -> list[str]:
@@ -354,6 +354,10 @@ def _seed_caveats(v: GroupVerdict, runs: pd.DataFrame) -> list[str]:
                 f"{100 * seeds.sd:.0f} accuracy points (analysis.assumed_seed_sd), so intervals are wide and only large "
                 "differences can be called; run at least two seeds per condition to measure it."]
     if runs.seeds.min() < 3 or seeds.df < 4:
+        if seeds.tau2 == 0:
+            return [f"No systematic seed-to-seed variation was detected ({seeds.df:g} degree(s) of freedom pooled over this "
+                    f"group's conditions, {int(runs.seeds.min())} seed(s) each): the intervals are test sampling's; with "
+                    "so few seeds that is an estimate, and more seeds would make it firm."]
         return [f"The seed-to-seed variation is estimated at {100 * seeds.sd:.1f} points from {seeds.df:g} degree(s) of "
                 "freedom pooled over this group's conditions; with so few seeds the intervals use a wide t quantile, and "
                 "more seeds would narrow them."]

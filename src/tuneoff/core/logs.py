@@ -86,7 +86,7 @@ def run_log(run_path: Path, rank: int = 0):
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     root.addHandler(handler)
-    before = _open_level(root, logging.INFO)
+    before = _open_level(root, logging.DEBUG)  # the run's log keeps debug records; the terminal handler filters its own
     try:
         yield handler
     finally:

@@ -161,8 +161,6 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
 
     def start(job) -> None:
         store.mark_running(spec.name, job.run_id)
-        if executor.name == "local":
-            log.info(f"    start {job.run_id}")
 
     drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start)
 

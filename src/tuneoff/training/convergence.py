@@ -6,7 +6,8 @@ evaluations without improvement), or it ran out of budget (``train.epochs`` / ``
 evaluation stopped improving. It did **not** converge when:
 
 - it was **still improving** at the end of its budget: its best evaluation is among the last ``window`` and beats
-  everything before them by more than ``MIN_DELTA`` (then more epochs would likely change the comparison);
+  everything before them by more than ``MIN_DELTA`` (half a point), and for accuracy and macro-F1 by more than two
+  validation examples' worth (then more epochs would likely change the comparison);
 - it had **too few evaluations** to tell (fewer than ``window`` + 1: evaluate more often with ``train.eval_every``);
 - it **collapsed**: it predicts one class for every validation example;
 - it is **grossly under-confident**: its mean top-class probability on validation is more than
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MIN_DELTA = 0.002         # an improvement of the validation metric smaller than this is a plateau, not progress
+MIN_DELTA = 0.005         # an improvement of the validation metric smaller than this is a plateau, not progress
 UNDER_CONFIDENCE = 0.25   # accuracy minus mean confidence above this: grossly under-confident
 
 
@@ -49,12 +50,13 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
     sign = -1.0 if metric == "loss" else 1.0
     scores = sign * np.asarray(values, dtype=float)
     gain = float(scores[-window:].max() - scores[:-window].max())
-    if gain > MIN_DELTA:
+    min_delta = MIN_DELTA if metric == "loss" else max(MIN_DELTA, 2 / max(len(labels), 1))  # one flip is 1/n
+    if gain > min_delta:
         return {**out, "converged": False, "status": "still improving",
                 "reason": f"still improving when its budget ended: its last {window} evaluations beat the earlier "
                           f"best by {gain:.3f} {metric}"}
     return {**out, "converged": True, "status": "plateau",
-            "reason": f"no gain over {MIN_DELTA} {metric} in its last {window} evaluations"}
+            "reason": f"no gain over {min_delta:.3g} {metric} in its last {window} evaluations"}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

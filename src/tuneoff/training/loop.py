@@ -96,7 +96,7 @@ def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluat
              s.method.name, s.cfg.model.name, s.corpus.name, s.total_steps, s.lr, device_name(s.device),
              s.accelerator.mixed_precision, versions()["tuneoff"])
     for note in s.corpus.notes:
-        log.info("data: %s", note)
+        log.debug("data: %s", note)  # in train.log; on the terminal with -v
     p = start(s, run, resume, progress)
     try:
         loop(s, run, p, on_evaluate)
