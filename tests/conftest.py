@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # `tuneoff train` indexes its runs in the results store (default ./results): keep the tests' out of the checkout.
 os.environ.setdefault("TUNEOFF_RESULTS", __import__("tempfile").mkdtemp(prefix="tuneoff-results-"))
+# Studies run one run at a time in the tests (packing several into worker processes is tested on its own, in
+# tests/test_packing.py): spawning workers for every tiny study would only slow the suite.
+os.environ.setdefault("TUNEOFF_PARALLEL", "1")
 
 POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "boring", "dull"]

@@ -28,7 +28,8 @@ from tuneoff.config import build_config
 from tuneoff.core import logs
 from tuneoff.core.errors import TuneoffError
 from tuneoff.training import checkpoint, guards
-from tuneoff.training.loop import train, train_with_oom_retry
+from tuneoff.training.loop import train
+from tuneoff.training.retry import train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

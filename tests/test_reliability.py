@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from tuneoff.config import build_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.training import checkpoint
-from tuneoff.training.loop import train, train_with_oom_retry
+from tuneoff.training.loop import train
+from tuneoff.training.retry import train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
 # LoRA with dropout (so the RNG state matters), checkpoints every 2 steps, evaluation every 4; 15 steps in all.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ from tuneoff.report.build import build_report
 from tuneoff.report.plots import plot_lengths
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
-from tuneoff.study.executors import make_executor
-from tuneoff.study.spec import StudySpec, load_spec, spec_from_dict
+from tuneoff.study.packing import make_executor
+from tuneoff.study.spec import StudySpec, expand, load_spec, spec_from_dict
 from tuneoff.training.launcher import is_main_process
 
 # --- overrides -------------------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
 
     ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name;
     ``overrides`` and ``section__key=value`` keywords set any field (``train__epochs=1``)."""
-    from tuneoff.training.loop import train_with_oom_retry
+    from tuneoff.training.retry import train_with_oom_retry
 
     cfg = _run_config(config, model, data, method, _overrides(overrides, dotted))
     result = train_with_oom_retry(cfg, progress=progress, resume=resume)
@@ -212,14 +213,36 @@ def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def run_study(study: str | Path | dict | None = None, *, results: str | Path = "results", resume: bool = False,
               yes: bool = False, overrides: dict | list | None = None, executor: str = "local", progress: bool = False,
-              **executor_options) -> StudyResult:
+              parallel: int | str | None = None, threads: int | None = None, **executor_options) -> StudyResult:
     """Run a study (a YAML path, a mapping, or None for the built-in default), store every run, build its report
-    and return the analysed results. ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``,
-    ``max_retries``, ``processes_per_run`` (as the command line's options)."""
+    and return the analysed results. ``parallel``: runs at once on this machine (``auto``, the default unless
+    ``TUNEOFF_PARALLEL`` says otherwise, packs as many as the cores, memory or GPU hold); ``threads`` per run.
+    ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``processes_per_run``
+    (as the command line's options)."""
     spec = study_spec(study, _overrides(overrides, {}))
-    runner = make_executor(executor, progress=progress, **executor_options)
+    parallel = parallel or os.environ.get("TUNEOFF_PARALLEL", "auto")
+    runs = expand(spec)
+    runner = make_executor(executor, progress=progress, parallel=parallel, threads=threads, jobs=len(runs),
+                           gpu_peak_mb=_gpu_peak(runs) if executor == "local" and parallel == "auto" else None,
+                           **executor_options)
     execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
     return load_study(Path(results) / safe_name(spec.name))
+
+
+def _gpu_peak(runs) -> float | None:
+    """The largest planned peak memory (MB) of the study's runs on this machine's GPU, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from tuneoff.training.planner import plan_as_trained
+
+    configs = {r.variant: r.config for r in runs}
+    peaks = []
+    for name, config in configs.items():
+        config = config.model_copy(update={"train": config.train.model_copy(update={"device": "cuda"})})
+        peaks.append(plan_as_trained(config, name).total_mb)
+    return max(peaks)
 
 
 def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str] = ()) -> StudySpec:

@@ -31,7 +31,6 @@ from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import read_json
 from tuneoff.core.logs import RUN_LOG
 from tuneoff.training.launcher import (
-    check_processes,
     launch_command,
     tied_to_this_process,
 )
@@ -80,7 +79,7 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     process (a crash, a preempted node) makes Ray retry the task, which then resumes from the last checkpoint.
     With ``processes`` > 1 the run trains data-parallel in that many processes started with ``accelerate launch``
     (see worker.py); they run this same function."""
-    from tuneoff.training.loop import train_with_oom_retry
+    from tuneoff.training.retry import train_with_oom_retry
 
     run_dir = Path(job.config.output_dir) / job.run_id
     if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
@@ -125,14 +124,18 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
 
 
 class LocalExecutor:
-    """Runs jobs in this process, one at a time, in submission order."""
+    """Runs jobs in this process, one at a time, in submission order (``study.packing`` runs several at once)."""
 
     name = "local"
     slots = 1
 
-    def __init__(self, progress: bool = False, processes_per_run: int = 1):
+    def __init__(self, progress: bool = False, processes_per_run: int = 1, threads: int | None = None):
         self.progress, self.processes = progress, processes_per_run
         self.queue: deque[Job] = deque()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
 
     def submit(self, job: Job) -> None:
         self.queue.append(job)
@@ -235,16 +238,6 @@ def task_resources(nodes: list[dict], cpus: float, gpus: float | None, processes
 def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return run_job(job, processes=processes)
-
-
-def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                  max_retries: int = 3, progress: bool = False, processes_per_run: int = 1):
-    if name == "local":
-        check_processes(processes_per_run, "--processes-per-run")
-        return LocalExecutor(progress, processes_per_run)
-    if name == "ray":
-        return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, processes_per_run)
-    raise TuneoffError(f"--executor {name!r}: choose local or ray.")
 
 
 def drive(executor, jobs, total: int, on_outcome, before_submit=None) -> None:

@@ -6,18 +6,20 @@ dropout is off there (the usual convention for frozen modules: they run in eval 
 not; ``run.json`` says so). So the hidden states entering the boundary layer are computed once for every
 training and evaluation example (batched, ``inference_mode``), kept on disk (float16 by default), and each
 training step runs only the layers above: the frozen layers' forward is replaced by a replay of their output.
-They are computed in float32 whatever the run's mixed precision, so one cache serves runs of any precision; on a
-GPU under bf16 a cached run's frozen states are therefore more exact than an uncached run's (bf16 autocast).
+They are computed at the run's precision (bf16 autocast where the run trains in bf16: the speed of an inference pass,
+the same numbers the uncached run's frozen layers give), in length-sorted batches of the evaluation batch size.
 
-The cache is keyed by everything it depends on (model weights, revision, depth and attention kernel, tokenizer,
-max_length, the split's examples, the boundary, the storage dtype), lives under ``$TUNEOFF_CACHE/features``, is
-written atomically (temporary directory, then rename) and only read afterwards, so every run of a study with the
-same model, data and boundary (every seed, learning rate and search trial) shares one computation, and so do
-concurrent processes. Saved models are unchanged: the layers' own forward is back before anything is saved.
+The cache is keyed by everything it depends on (the model's files by content, revision, depth and attention kernel,
+max_length, the split's examples, the boundary, the precision, the storage dtype), lives under
+``$TUNEOFF_CACHE/features``, is written atomically (temporary directory, then rename) and only read afterwards, so
+every run of a study with the same model, data and boundary (every seed, learning rate and search trial) shares one
+computation, and so do concurrent processes (the first builds under a lock, the others wait for it). Saved models are unchanged: the layers' own forward is back before anything is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -114,7 +116,7 @@ class Replay:
 MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.txt", "*.model")  # weights, config, tokenizer
 
 
-def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str) -> str:
+def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str, precision: str = "no") -> str:
     """Everything the cached states depend on: the model's files by content (weights, the whole config.json, the
     tokenizer), revision, depth, attention kernel, max_length, each split's examples, the boundary, the storage."""
     files = {}
@@ -125,7 +127,7 @@ def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str) -> st
     data = {s: hashlib.sha256(pd_bytes(df)).hexdigest() for s, df in split_frames.items()}
     parts = {"source": source, "files": files, "revision": cfg.model.revision, "layers": cfg.model.num_hidden_layers,
              "attn": cfg.model.attn_implementation, "max_length": cfg.data.max_length, "data": data, "edge": edge,
-             "dtype": dtype, "version": 2}
+             "dtype": dtype, "precision": precision, "version": 3}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -220,29 +222,38 @@ def _writable(directory: Path) -> str | None:
 
 
 def open_or_build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device,
-                  dtype: str) -> tuple[FeatureCache | None, str | None]:
+                  dtype: str, autocast=contextlib.nullcontext) -> tuple[FeatureCache | None, str | None]:
     """The cache entry for this key, built if absent, rebuilt if it fails its checks; (None, why) when the cache
-    directory cannot be written (the run then recomputes its frozen layers). The note says what happened."""
-    note = None
-    if root.exists():
-        try:
-            return FeatureCache(root, tuple(encoded)), None
-        except CacheInvalid as exc:
-            note = f"the cached frozen-layer states in {root} failed their check ({exc}): rebuilt"
-            log.warning(note)
-            aside = root.with_name(f".{root.name}.invalid-{os.getpid()}")
-            try:
-                os.replace(root, aside)
-                shutil.rmtree(aside, ignore_errors=True)
-            except OSError as move_error:
-                return None, f"{note[:-len(': rebuilt')]}, and cannot be removed ({move_error}): layers recomputed"
+    directory cannot be written (the run then recomputes its frozen layers). The note says what happened.
+
+    Runs packed side by side (``study.packing``) often want the same entry at once: the first takes the entry's lock
+    (``flock`` on ``.<key>.lock``) and builds, the others wait on the lock and then open what it built."""
     why = _writable(root.parent)
     if why is not None:
+        if root.exists():  # a read-only cache can still serve an entry that proves itself
+            try:
+                return FeatureCache(root, tuple(encoded)), None
+            except CacheInvalid:
+                pass
         return None, f"feature cache off for this run: {why}; the frozen layers are recomputed every step"
-    return build(root, model, arch, edge, encoded, collate, batch_size, device, dtype), note
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        note = None
+        if root.exists():
+            try:
+                return FeatureCache(root, tuple(encoded)), None
+            except CacheInvalid as exc:
+                note = f"the cached frozen-layer states in {root} failed their check ({exc}): rebuilt"
+                log.warning(note)
+                aside = root.with_name(f".{root.name}.invalid-{os.getpid()}")
+                os.replace(root, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+        return build(root, model, arch, edge, encoded, collate, batch_size, device, dtype, autocast), (
+            f"{note}; " if note else "") + "built by this run"
 
 
-def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device, dtype: str) -> FeatureCache:
+def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device, dtype: str,
+          autocast=contextlib.nullcontext) -> FeatureCache:
     """Compute the hidden states entering layer ``edge`` for every example of every split, and write them as one
     cache entry (a temporary directory renamed into place; the digests of its states files in meta.json)."""
     from tuneoff.data.batches import eval_loader
@@ -268,7 +279,7 @@ def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size
             states = None
             loader, order = eval_loader(enc, batch_size, collate)
             position = 0
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():  # the run's precision: an inference pass's speed
                 for batch in loader:
                     batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                     try:

@@ -11,12 +11,9 @@ cache instead of recomputed (``frozen``).
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
-import json
 import logging
 import math
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +26,7 @@ from tqdm.auto import tqdm
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import (
-    atomic_write_text,
     disk_full,
-    spreadsheet_safe,
     write_json,
 )
 from tuneoff.core.logs import PROGRESS, run_log
@@ -39,18 +34,18 @@ from tuneoff.core.provenance import versions
 from tuneoff.data.augment import augmented_copies
 from tuneoff.data.batches import encode, train_loader, train_order
 from tuneoff.data.batches import micro_batches as micro_batches_of
-from tuneoff.results.rundir import FORMAT_VERSION, MODEL_DIR, RunDirectory, new_run_id
+from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
 from tuneoff.training import checkpoint, convergence, guards, serving
-from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
-from tuneoff.training.launcher import launched, on_main_process, open_run_directory
+from tuneoff.training.evaluate import compute_metrics, predict_logits
+from tuneoff.training.launcher import on_main_process, open_run_directory
+from tuneoff.training.record import resources_of, write_run
 from tuneoff.training.resources import (
     MemoryMeter,
     Throughput,
-    combine_processes,
     device_name,
     dir_size,
 )
-from tuneoff.training.session import Session, feature_cache_status, prepare
+from tuneoff.training.session import Session, prepare
 from tuneoff.training.tracking import Trackers
 
 log = logging.getLogger(__name__)
@@ -78,6 +73,7 @@ class Progress:
     scaled: bool
     restored: object = None
     trackers: object = None    # MLflow / TensorBoard (train.report_to)
+    best_validation: tuple | None = None  # (logits, metrics) of the best evaluation, when this process saw it
 
 
 def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
@@ -282,7 +278,7 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
     tc, state = s.tc, p.state
     p.speed.pause()
     t0 = time.perf_counter()
-    _, val = evaluate(s, "validation")
+    val_logits, val = evaluate(s, "validation")
     checkpoint.crash_point("eval", state.step)
     if not math.isfinite(val["loss"]):
         raise guards.non_finite("validation loss", state.step, s.lr)
@@ -305,6 +301,7 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
     if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
         state.best, state.best_step, state.stale = value, state.step, 0
         p.best = [q.detach().to("cpu", copy=True) for q in s.trainable]
+        p.best_validation = (val_logits, val)  # the final metrics: the model the run ends with is this one
     else:
         state.stale += 1
         # Not before train.min_epochs: a run often sits at the majority class for its first evaluations.
@@ -315,8 +312,18 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
 
 
 def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
-    """Best weights back, the model saved, final evaluation in fp32 as a reload predicts, the run written."""
-    resources = _resources(s, p)
+    """Best weights back, the model saved, the test split predicted in fp32 as a reload predicts, the run written.
+    Nothing is computed twice: the validation metrics are the best evaluation's (the model the run ends with)."""
+    clock = time.perf_counter()
+    seconds = {**s.seconds, "train": p.speed.seconds, "evaluations": p.state.eval_seconds}
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = seconds.get(phase, 0.0) + now - clock
+        clock = now
+
+    resources = resources_of(s, p)
     with torch.no_grad():  # frozen weights never change: restoring the trainable ones restores the model
         for param, saved in zip(s.trainable, p.best):
             param.copy_(saved.to(param.device))
@@ -326,6 +333,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
         s.method.save(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict,
                       trained_only=s.tc.save == "trained_only")
         resources["checkpoint_bytes"] = dir_size(model_dir)
+    lap("save")
     # Predicted with LoRA merged into the weights, as fast as the full model, in fp32 without the feature cache:
     # predictions.csv is what `tuneoff predict`, from_pretrained and pipeline() give. keep_fp32_wrapper=False
     # removes the autocast Accelerate wrapped around forward in prepare().
@@ -338,101 +346,32 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
         resources.update(latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"], **serving.deploy_bytes(model_dir, s.counts))
         if deployed is not unwrapped:  # what serving the adapter unmerged would cost
             resources.update(latency_unmerged_ms_p50=trained["p50"], latency_unmerged_ms_p95=trained["p95"])
+    lap("latency")
     final_model = s.model if s.fsdp else deployed
     checkpoint.crash_point("final", p.state.step)
-    val_logits, val_metrics = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
+    if p.best_validation is None:  # resumed after its best evaluation: that evaluation's logits were not kept
+        p.best_validation = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
+    val_logits, val_metrics = p.best_validation
     converged = convergence.assess(p.state.history, s.tc.metric_for_best, s.tc.patience, p.state.stopped_early,
                                    val_logits, s.corpus.label_ids("validation"))
-    t0 = time.perf_counter()
+    lap("final_validation")
     test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)
-    resources["test_eval_seconds"] = time.perf_counter() - t0
-    resources["test_samples_per_s"] = len(s.encoded["test"]) / max(resources["test_eval_seconds"], 1e-9)
+    lap("test_evaluation")
+    resources["test_eval_seconds"] = seconds["test_evaluation"]
+    resources["test_samples_per_s"] = len(s.encoded["test"]) / max(seconds["test_evaluation"], 1e-9)
     metrics = {"best_step": p.state.best_step, "metric_for_best": s.tc.metric_for_best,
                "stopped_early": p.state.stopped_early, "validation": val_metrics, "test": test_metrics}
+    resources["seconds"] = seconds
     if not s.main:  # process 0 writes the run; the others wait until it is published
         s.accelerator.wait_for_everyone()
         return RunResult(run.final, metrics, resources)
-    _write_run(s, run, p, metrics, resources, test_logits, converged)
+    write_run(s, run, p, metrics, resources, test_logits, converged)
+    lap("write")
+    resources["seconds"] = {**seconds, "total": sum(seconds.values())}
+    write_json(run.path / "resources.json", resources)
     final = run.publish()
     p.trackers.finish(metrics, resources, final / MODEL_DIR)
     s.accelerator.wait_for_everyone()
     return RunResult(final, metrics, resources)
 
 
-def _resources(s: Session, p: Progress) -> dict:
-    own = {**p.speed.read(), **p.meter.read()}
-    if s.world > 1:
-        from accelerate.utils import gather_object
-
-        own = combine_processes(gather_object([own]))
-    return {**s.counts, **own, "optimizer_steps": p.state.step, "eval_seconds": p.state.eval_seconds,
-            "processes": s.world, "per_device_batch_size": s.tc.batch_size,
-            # What an optimizer step actually averaged: an epoch shorter than grad_accum micro-batches steps on fewer.
-            "effective_batch_size": s.tc.batch_size * min(s.tc.grad_accum, s.micro_batches) * s.world,
-            "resumed_from_step": p.restored.path.name if p.restored else None,
-            "fp16_skipped_steps": p.skips.total if p.scaled else None,
-            "frozen_below_layer": s.edge, "feature_cache": feature_cache_status(s)}
-
-
-def _write_run(s: Session, run: RunDirectory, p: Progress, metrics: dict, resources: dict, test_logits,
-               converged: dict) -> None:
-    tc, corpus, state = s.tc, s.corpus, p.state
-    # The resolved config: every value the run used, including what "auto" and the method's defaults chose.
-    used = tc.model_copy(update={"lr": s.lr, "warmup_steps": s.warmup, "mixed_precision": s.accelerator.mixed_precision,
-                                 "device": s.device.type})
-    atomic_write_text(run.path / "config.yaml", s.cfg.model_copy(update={"train": used}).to_yaml())
-    atomic_write_text(run.path / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
-    predictions = predictions_frame(corpus.splits["test"], test_logits, corpus.label_names)
-    spreadsheet_safe(predictions).to_csv(run.path / "predictions.csv", index=False)
-    write_json(run.path / "metrics.json", metrics)
-    write_json(run.path / "resources.json", resources)
-    write_json(run.path / "run.json", {
-        "format_version": FORMAT_VERSION, "run_id": run.run_id, "status": "done", "method": s.method.name, "model": s.cfg.model.name,
-        "model_source": s.source, "dataset": corpus.name, "label_names": corpus.label_names,
-        "data_notes": corpus.notes, "lr": s.lr, "total_steps": s.total_steps, "device": device_name(s.device),
-        "mixed_precision": s.accelerator.mixed_precision, "versions": versions(),
-        "distributed": {"type": s.accelerator.distributed_type.name, "processes": s.world},
-        "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_status(s)},
-        "sizes": {k: len(df) for k, df in corpus.splits.items()}, "augmentation": state.augmentation,
-        "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
-        "batch_order_digest": state.order_digest, "host": socket.gethostname(), "convergence": converged,
-    })
-
-
-def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
-                         on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
-    """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
-    unchanged, so the retry resumes the same run from its last checkpoint), down to ``train.min_batch_size``.
-
-    The failed attempt's memory is released before the retry: the exception is not kept (its traceback holds the
-    frames that hold the model), and garbage collection breaks the model <-> forward cycle Accelerate's prepare
-    makes, then the CUDA cache is emptied (what Accelerate's ``release_memory`` does)."""
-    while True:
-        try:
-            return train(cfg, progress, run_id, resume, on_evaluate)
-        except torch.cuda.OutOfMemoryError as exc:
-            failed_run = getattr(exc, "tuneoff_run_id", None)
-        release_memory()
-        tc = cfg.train
-
-        if launched():  # the other processes are inside a collective: a lone retry would deadlock them
-            raise TuneoffError(
-                f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
-                f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
-                "and --resume, or shard the model with FSDP (--accelerate-config).")
-        if tc.batch_size // 2 < tc.min_batch_size:
-            raise TuneoffError(
-                f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
-                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size.")
-        smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
-        log.warning(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
-            f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
-        cfg = cfg.model_copy(update={"train": smaller})
-        if failed_run is not None:
-            run_id, resume = failed_run, True
-
-
-def release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

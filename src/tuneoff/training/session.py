@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class Session:
     features: Any = None       # FeatureCache when the frozen part is replayed from the cache
     replay: Any = None
     cache_note: str | None = None  # the feature cache was rebuilt, or could not be used (run.json says which)
+    seconds: dict = field(default_factory=dict)  # wall time per phase (resources.json "seconds")
 
     @property
     def tc(self):
@@ -140,6 +142,7 @@ def accelerator_for(tc):
 def prepare(cfg: RunConfig) -> Session:
     """Data, model, method, optimizer, schedule: everything that can fail on bad input fails here."""
     tc = cfg.train
+    started = time.perf_counter()
     if tc.report_to:
         tracking.check(cfg)  # an unreachable tracking server fails now, before anything trains
     accelerator = accelerator_for(tc)
@@ -176,7 +179,10 @@ def prepare(cfg: RunConfig) -> Session:
     s = Session(cfg, accelerator, corpus, source, tokenizer, model, arch, method, lr, warmup, optimizer, scheduler,
                 counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda"), micro_batches, steps_per_epoch,
                 total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge)
+    s.seconds["load"] = time.perf_counter() - started
+    started = time.perf_counter()
     _attach_features(s)
+    s.seconds["feature_cache"] = time.perf_counter() - started
     s.model, s.optimizer = accelerator.prepare(s.model, s.optimizer)
     s.named = {n: p for n, p in accelerator.unwrap_model(s.model).named_parameters() if p.requires_grad}
     s.forward = torch.compile(s.model) if tc.compile else s.model  # compiled forward, same parameters
@@ -231,11 +237,11 @@ def _attach_features(s: Session) -> None:
     if feature_cache_reason(s) is not None:
         return
     dtype = s.tc.feature_cache_dtype
-    key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype)
+    key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype, s.accelerator.mixed_precision)
     root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
     model = s.model.to(s.device)
     s.features, s.cache_note = frozen.open_or_build(root, model, s.arch, s.edge, s.encoded, s.collate,
-                                                    s.tc.eval_batch_size, s.device, dtype)
+                                                    s.tc.eval_batch_size, s.device, dtype, s.accelerator.autocast)
     if s.features is not None:
         s.replay = frozen.Replay(model, s.arch, s.edge)
         s.replay.tuple_len = s.features.tuple_len

@@ -1,0 +1,90 @@
+"""Packing a study's runs onto the machine: several runs at once in worker processes give the same results as one
+after another, each run recorded once, the cores split and never oversubscribed, the shared feature cache built once,
+and a study killed mid-way resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import write_study
+from tuneoff.core import logs
+from tuneoff.results.store import Store
+from tuneoff.study.execution import execute
+from tuneoff.study.executors import LocalExecutor
+from tuneoff.study.packing import PackedExecutor, choose, cpu_cores
+from tuneoff.study.spec import load_spec
+
+VARIANTS = {"partial": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+            "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+
+
+def test_choosing_how_many_runs_at_once():
+    cores = len(cpu_cores())
+    assert choose(2, None) == (2, max(1, cores // 2)), "the cores split between the runs"
+    assert choose("3", 1) == (3, 1)
+    n, threads = choose("auto", None, jobs=100)
+    assert n >= 1 and n * threads <= max(cores, threads), "never more threads than cores"
+    assert choose("auto", None, jobs=1)[0] == 1, "no more runs at once than jobs"
+    from tuneoff.core.errors import TuneoffError
+
+    with pytest.raises(TuneoffError, match="--parallel 0"):
+        choose(0, None)
+
+
+def _finished(results, study):
+    store = Store(results)
+    rows = {r["run_id"]: r for r in store.runs(study)}
+    store.close()
+    return rows
+
+
+def test_packed_runs_equal_sequential_runs_and_are_recorded_once(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
+    path = write_study(tmp_path, tiny_bert, toy_csv, "packed", variants=VARIANTS, train={"epochs": 2})
+    execute(load_spec(path), tmp_path / "one", executor=LocalExecutor(threads=1))
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache-packed"))  # the workers build theirs afresh
+    with logs.captured() as lines:
+        execute(load_spec(path), tmp_path / "two", executor=PackedExecutor(2, 1))
+    one, two = _finished(tmp_path / "one", "packed"), _finished(tmp_path / "two", "packed")
+    assert sorted(one) == sorted(two) == ["lora-s1", "lora-s2", "partial-s1", "partial-s2"]
+    assert {r["status"] for r in two.values()} == {"done"}
+    assert sum(line.startswith("[") for line in lines) == 4, "each run reported, and recorded, once"
+    for run_id, row in one.items():
+        a, b = json.loads(row["metrics"]), json.loads(two[run_id]["metrics"])
+        assert a["test"]["accuracy"] == b["test"]["accuracy"], run_id
+        assert a["validation"]["loss"] == pytest.approx(b["validation"]["loss"], abs=1e-5), run_id
+        info = json.loads(two[run_id]["run_info"])
+        assert info["device"].endswith("1 threads)"), "a worker uses exactly the threads it was given"
+    built = [json.loads(r["resources"])["feature_cache"] for k, r in two.items() if k.startswith("partial")]
+    assert sorted(built) == ["used", "used; built by this run"], "the shared cache is built once, the other run waits"
+    resources = json.loads(two["lora-s1"]["resources"])
+    assert resources["peak_rss_mb"] > 0 and set(resources["seconds"]) >= {"load", "train", "evaluations", "save",
+                                                                          "latency", "test_evaluation", "total"}
+
+
+@pytest.mark.slow
+def test_a_packed_study_killed_mid_way_resumes(tiny_bert, toy_csv, tmp_path):
+    path = write_study(tmp_path, tiny_bert, toy_csv, "killed", variants=VARIANTS, train={"epochs": 3}, seeds=[1, 2, 3])
+    env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = tmp_path / "r" / "killed" / "runs"
+    deadline = time.monotonic() + 300
+    while len([p for p in runs.glob("*") if not p.name.startswith(".")] if runs.exists() else []) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the study ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers
+    proc.wait()
+    resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _finished(tmp_path / "r", "killed")
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"done"}
+    assert sorted(p.name for p in runs.iterdir() if not p.name.startswith(".")) == sorted(rows)
+    assert "already done" in resumed.stderr
