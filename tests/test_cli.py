@@ -88,7 +88,8 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     scored = invoke("evaluate", run_dir, "--data", labeled)
     assert scored.exit_code == 0, scored.output
     assert "scored 20 rows of labeled.csv" in " ".join(scored.output.split())
-    assert json.loads((run_dir / "eval-labeled.csv-all-rows.json").read_text())["n"] == 20
+    (result_file,) = run_dir.glob("eval-labeled-*-all-rows.json")  # the file named by its stem and a digest of its path
+    assert json.loads(result_file.read_text())["n"] == 20
 
 
 def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path):

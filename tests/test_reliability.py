@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoin
 
 
 def test_oom_retry_halves_batch_and_doubles_accumulation(monkeypatch):
-    import tuneoff.training.loop as train_module
+    import tuneoff.training.retry as train_module
 
     seen = []
 

@@ -114,7 +114,7 @@ def test_same_seed_same_results(tiny_bert, toy_csv, tmp_path):
 
 def test_early_stopping_and_best_checkpoint(tiny_bert, toy_csv, tmp_path):
     # lr 0 never improves after the first evaluation: patience 2 stops after 3 evaluations, best is the first.
-    result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"train.lr": 1e-12, "train.patience": 2,
+    result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"train.lr": 1e-12, "train.patience": 2, "train.min_epochs": 0,
                                                            "train.metric_for_best": "loss", "train.eval_every": 3})
     assert result.metrics["stopped_early"]
     assert result.resources["optimizer_steps"] == 9 and result.metrics["best_step"] <= 3
