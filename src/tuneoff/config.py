@@ -145,6 +145,11 @@ class TrainConfig(Section):
     def _yaml_no(cls, value):
         return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_bool_compile(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("feature_cache", mode="before")
     @classmethod
     def _yaml_off(cls, value):
@@ -165,7 +170,10 @@ class TrainConfig(Section):
         "auto", description="auto: layers a method leaves frozen (head, partial, LoRA on top layers) run once, their "
         "output cached on disk and replayed each step; off: recomputed every step.")
     feature_cache_dtype: Literal["float16", "float32"] = Field("float16", description="Storage of the cached states.")
-    compile: bool = Field(False, description="torch.compile the model (GPU; pays off on long runs).")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the training forward (dynamic shapes, batches padded to multiples of 32 so it "
+        "compiles a handful of times). auto: off, because on a CPU it measured slower than eager (bench/results/"
+        "compile-*.md) and it is unmeasured on a GPU here; on: compile anyway.")
     deterministic: bool = Field(False, description="Deterministic GPU kernels (slower); CPU runs are deterministic anyway.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when one is visible, else the CPU.")
 

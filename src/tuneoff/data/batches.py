@@ -48,11 +48,13 @@ def encode(df: pd.DataFrame, tokenizer, max_length: int, label_ids: list[int] | 
     return Encoded(features, [len(f["input_ids"]) for f in features])
 
 
-def collator(tokenizer, on_gpu: bool):
+def collator(tokenizer, on_gpu: bool, bucket: int | None = None):
     from transformers import DataCollatorWithPadding
 
-    # Multiples of 8 let fp16/bf16 matmuls use tensor cores; on CPU they would only add padding.
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None, return_tensors="pt")
+    # Multiples of 8 let fp16/bf16 matmuls use tensor cores; on CPU they would only add padding. A compiled forward
+    # pads to ``bucket`` so that it sees a handful of shapes, not one per length.
+    multiple = bucket or (8 if on_gpu else None)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple, return_tensors="pt")
 
 
 def train_order(encoded: Encoded, batch_size: int, group_by_length: bool, seed: int, epoch: int) -> list[int]:

@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import warnings
 from concurrent.futures.process import BrokenProcessPool
 
 from tuneoff.core.errors import TuneoffError
@@ -72,7 +73,11 @@ def _init_worker(threads: int, cores, level: int) -> None:
     """A worker's settings before it imports torch: its thread count, its own cores, the driver's log level."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Quiet libraries, as the command line keeps them: no loading bars or load reports from every worker.
+    for var, value in (("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(var, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if cores is not None:
         try:
             os.sched_setaffinity(0, cores.get())
