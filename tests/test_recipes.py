@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 import torch
 from typer.testing import CliRunner
 
@@ -149,3 +150,39 @@ def test_submission_format_has_integer_labels(tiny_bert, toy_csv, tmp_path):
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == [17, 18, 19]
     assert set(sub["label"]) <= {0, 1}  # neg = 0, pos = 1: the model's label index (config.json id2label)
+
+
+REPORTS = yaml.safe_load((REPO / "studies" / "recipes" / "reports.yaml").read_text())
+
+
+def _value(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = (node or {}).get(part) if isinstance(node, dict) else None
+    return node
+
+
+@pytest.mark.parametrize("report", sorted(REPORTS))
+def test_each_hub_study_names_every_difference_from_its_reports_recipe(report):
+    """Every field of the report's recipe that the study sets otherwise, and every field the study sets that the
+    recipe is not known for, is named in the study's `differences:` (with a reason)."""
+    from tuneoff.study.spec import expand, load_spec
+
+    entry = REPORTS[report]
+    spec = load_spec(REPO / entry["study"])
+    runs = expand(spec)
+    unnamed = set()
+    for line in entry["recipe"]:
+        for run in runs:
+            if "variants" in line and run.variant not in line["variants"]:
+                continue
+            config = run.config.model_dump(mode="json")
+            for key, want in line["keys"].items():
+                got = _value(config, key)
+                if got != want and not (isinstance(want, float) and isinstance(got, float) and abs(got - want) < 1e-12):
+                    unnamed.add(f"{key} ({run.variant}: {got!r}, the report {want!r})")
+    named = {d.split(" ")[0] for d in unnamed if d.split(" ")[0] in spec.differences}
+    assert sorted(d for d in unnamed if d.split(" ")[0] not in named) == []
+    assert sorted(k for k in entry.get("unknown", []) if k not in spec.differences) == [], \
+        "fields the report's recipe is not known for are the study's choice: say so"
+    assert all(reason.strip() for reason in spec.differences.values())

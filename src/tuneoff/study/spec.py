@@ -60,6 +60,8 @@ class StudySpec(BaseModel):
                                   "validation, then train its seeds at the best (see protocol.py).")
     analysis: AnalysisSettings = AnalysisSettings()
     decide: Decide = Decide()
+    differences: dict[str, str] = Field(default_factory=dict, description="Where a study reproducing a published recipe "
+                                        "departs from it: config key -> why (studies/recipes/reports.yaml; tests check it).")
 
     @model_validator(mode="after")
     def _search_or_grid(self) -> StudySpec:
@@ -94,7 +96,7 @@ class StudySpec(BaseModel):
     def digest(self) -> str:
         """What identifies the study's runs: how verdicts are read from them (analysis, decide) is left out, so a
         changed margin re-reads the results instead of refusing them as another study's."""
-        runs = self.model_dump(mode="json", exclude={"analysis", "decide"})
+        runs = self.model_dump(mode="json", exclude={"analysis", "decide", "differences", "description"})
         return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
 
 
