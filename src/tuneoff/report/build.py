@@ -265,8 +265,10 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     store = Store(results)
     try:
         rows = store.runs(study, "done")
+        pruned = len(store.runs(study, "pruned"))
     finally:
         store.close()
+    trials = sum(r["phase"] == "tune" for r in rows)
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})
     commits = sorted({(r["tuneoff_commit"] or "")[:19] for r in rows if r["tuneoff_commit"]})
@@ -276,7 +278,8 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
     header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
               f"# Result: study {markdown_text(study)}", "",
-              f"- runs: {len(rows)} finished, {started} to {finished} (UTC)",
+              f"- runs: {len(rows) - trials} compared" + (f", after {trials + pruned} learning-rate trials ({pruned} pruned)"
+                                                          if trials + pruned else "") + f", {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
               f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
               f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}",

@@ -14,9 +14,11 @@ from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
 
-SHOWN = ["condition", "method", "seeds", "lr", "converged_runs", "accuracy", "accuracy_std", "accuracy_per_seed",
-         "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best", "trainable_params",
-         "trainable_pct", "trained_mb", "peak_memory_mb", "train_seconds", "train_samples_per_s"]
+QUALITY = ["condition", "method", "seeds", "lr", "converged_runs", "accuracy", "accuracy_std", "accuracy_per_seed",
+           "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best"]
+COST = ["condition", "trainable_params", "trainable_pct", "trained_mb", "peak_memory_mb", "train_seconds",
+        "train_samples_per_s"]
+SHOWN = QUALITY + COST[1:]  # the Markdown summary's one table; the HTML report shows QUALITY and COST side by side
 
 HOW_TO_READ_MD = (
     "How to read the verdict: each method's learning rate was tuned on validation where the study asked for it, and "
@@ -33,7 +35,7 @@ HOW_TO_READ_MD = (
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}.sub{color:#666}
 table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t th,table.t td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;vertical-align:top}
-table.t td{max-width:32em;overflow-wrap:anywhere}table.t th{background:#f4f4f4}img{max-width:100%;height:auto;margin:.5em 0}
+table.t td{max-width:32em;overflow-wrap:break-word}table.t th{background:#f4f4f4}img{max-width:100%;height:auto;margin:.5em 0}
 .head{background:#f5f9ff;border-left:4px solid #36c;padding:.6em 1em}.note{color:#555;font-size:13px}
 code{background:#f2f2f2;padding:0 .3em}.scroll{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;overflow-wrap:anywhere}"""
 
@@ -76,7 +78,9 @@ def group_html(v) -> str:
            "<h3>Quality</h3>", img(plots.plot_quality(table, colors, baseline)),
            "<p class='note'>Test accuracy per seed beside the mean; <i>vs_best</i> is the non-inferiority call against "
            "the best on validation. The last row is the majority-class baseline.</p>",
-           table_html(v.table[[c for c in SHOWN if c in v.table.columns]]),
+           table_html(v.table[[c for c in QUALITY if c in v.table.columns]]),
+           "<p class='note'>What each condition cost (mean over its runs):</p>",
+           table_html(v.table[[c for c in COST if c in v.table.columns]]),
            "<h3>Learning curves</h3>", img(plots.plot_curves(order, colors)),
            "<p class='note'>Time to target: the first evaluation at which validation accuracy reached 95% / 99% of the "
            "run's best (mean over seeds; seconds of training, evaluation excluded).</p>",

@@ -84,8 +84,11 @@ def _init_worker(threads: int, cores, level: int) -> None:
         except (AttributeError, OSError):
             pass
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     logging.getLogger("tuneoff").setLevel(level)
 
 
