@@ -30,3 +30,12 @@ def test_every_cited_result_file_is_tracked():
     assert not set(cited) - tracked, f"cited but not committed: {sorted(set(cited) - tracked)}"
     ignored = subprocess.run(["git", "check-ignore", *cited], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert not ignored, f"ignored by .gitignore: {ignored}"
+
+
+def test_ci_runs_the_readmes_test_command_verbatim():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    test_commands = [line for block in blocks for line in block.splitlines() if "pytest" in line]
+    assert len(test_commands) == 1, test_commands
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert test_commands[0].strip() in [line.strip() for line in ci.splitlines()]
