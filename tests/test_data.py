@@ -82,6 +82,16 @@ def test_max_samples_are_stratified_caps():
     assert set(corpus.splits["train"]["label"]) == {"fresh", "rotten"}
 
 
+def test_validation_and_test_caps_override_the_shared_one():
+    corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=100, max_eval_samples=50,
+                                    max_validation_samples=30, max_test_samples=1000))
+    sizes = {split: len(df) for split, df in corpus.splits.items()}
+    assert sizes["validation"] == 30 and sizes["test"] == 1000
+    same = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=100, max_validation_samples=30))
+    assert same.splits["validation"]["text"].tolist() == corpus.splits["validation"]["text"].tolist()
+    assert len(same.splits["test"]) == 1277  # uncapped: the corpus's whole test split
+
+
 def write(tmp_path, name, text, mode="w"):
     path = tmp_path / name
     if isinstance(text, bytes):

@@ -3,6 +3,8 @@ the reports' studies, and the offline pair task: exact values asserted where the
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import pandas as pd
@@ -126,6 +128,26 @@ def test_bbc_pairs_is_split_by_article_and_balanced():
     assert len(train) > 3000 and not corpus.notes  # official splits: nothing carved, nothing moved
     again = load_corpus(DataConfig(name="bbc_pairs")).splits["test"]
     pd.testing.assert_frame_equal(again, corpus.splits["test"])  # fixed construction
+    test = corpus.splits["test"]  # the pairs the committed results were trained on, unchanged by any refactoring
+    digest = hashlib.sha256("\n".join(test.id + "\t" + test.text + "\t" + test.text_pair + "\t" + test.label).encode())
+    assert digest.hexdigest()[:16] == "9dacd084a111de5a"
+
+
+def test_reuters_pairs_keep_the_official_test_stories_apart_and_are_large_enough_to_decide():
+    from tuneoff.data.corpus import load_corpus
+
+    corpus = load_corpus(DataConfig(name="reuters_pairs"))
+    sizes = {s: len(df) for s, df in corpus.splits.items()}
+    assert sizes["test"] > 5000 and sizes["train"] > 13000 and sizes["validation"] > 1000 and not corpus.notes
+    stories = {s: {i.split("-same")[0].split("-other")[0] for i in df["id"]} for s, df in corpus.splits.items()}
+    assert all(story.startswith("r52-test-") for story in stories["test"])
+    assert not (stories["train"] & stories["validation"]) and not ((stories["train"] | stories["validation"]) & stories["test"])
+    for df in corpus.splits.values():
+        assert abs((df["label"] == "same_story").mean() - 0.5) < 0.01
+        assert (df["text"].str.split().str.len() == 24).all() and (df["text_pair"].str.split().str.len() == 24).all()
+        assert (df["text"] != df["text_pair"]).all()
+    texts = {s: set(df["text"]) | set(df["text_pair"]) for s, df in corpus.splits.items()}
+    assert len(texts["test"] & texts["train"]) < 0.01 * len(texts["test"])  # only passages repeated across stories
 
 
 @pytest.mark.parametrize("study", sorted((REPO / "studies").glob("*.yaml")) + sorted((REPO / "studies/offline").glob("*.yaml")),

@@ -85,6 +85,10 @@ class DataConfig(Section):
     max_train_samples: int | None = Field(None, ge=2, description="Train on a prefix of one seeded, stratified order of the "
                                           "training split: a smaller set is inside every larger one.")
     max_eval_samples: int | None = Field(None, ge=1, description="Caps validation and test each.")
+    max_validation_samples: int | None = Field(
+        None, ge=1, description="Caps validation alone (overrides max_eval_samples): validation is evaluated many "
+        "times a run, the test set once, so a study can keep validation small and the test set large.")
+    max_test_samples: int | None = Field(None, ge=1, description="Caps test alone (overrides max_eval_samples).")
     augment: AugmentConfig = Field(AugmentConfig(), description="Augmented copies of the training split (see below).")
     max_length: int | Literal["auto"] = Field(
         128, description="Truncation length in tokens (batches pad dynamically); auto = cover the training set's p99 "

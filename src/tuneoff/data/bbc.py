@@ -4,13 +4,7 @@ corpus and the sentence-pair task built from it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tuneoff.models.assets import package_file
-
-if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` must not wait for it
-    pass
-
 
 
 def bbc_files() -> list[tuple[str, str, str]]:

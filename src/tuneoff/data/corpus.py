@@ -171,8 +171,9 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
         notes.append(f"validation = {cfg.validation_fraction:.0%} of train, stratified (split_seed={cfg.split_seed})"
                      + (f"; {moved} validation row(s) whose text is also in train moved to train" if moved else ""))
     parts["train"] = _cap(parts["train"], cfg.max_train_samples, cfg.split_seed)
-    for split in ("validation", "test"):
-        parts[split] = _cap(parts[split], cfg.max_eval_samples, cfg.split_seed)
+    caps = {"validation": cfg.max_validation_samples, "test": cfg.max_test_samples}
+    for split, cap in caps.items():
+        parts[split] = _cap(parts[split], cap or cfg.max_eval_samples, cfg.split_seed)
     _check_sizes(name, parts, notes)
 
     known = set(label_names) if label_names else set(parts["train"]["label"])
