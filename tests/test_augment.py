@@ -52,11 +52,18 @@ def test_synonym_replacement_uses_wordnet_synonyms_of_the_same_pos():
                 senses = [s for s in wn.synsets(rep.word.lower()) if (s.pos() if s.pos() != "s" else "a") == rep.pos]
                 assert rep.synonym.lower() in {l.name().lower() for s in senses for l in s.lemmas()}, rep
                 assert rep.synonym.lower() != rep.word.lower()
+                assert rep.synonym.lower() != (wn.morphy(rep.word.lower(), rep.pos) or "").lower(), rep  # not its lemma
                 # the claimed POS is the word's most frequent sense's
                 first = wn.synsets(rep.word.lower())[0].pos()
                 assert rep.pos == ("a" if first == "s" else first)
                 seen += 1
     assert seen > 5
+
+
+@needs_wordnet
+def test_an_inflected_word_is_never_replaced_by_its_own_base_form():
+    assert "react" not in augment.synonyms("reacted")[1] and "respond" in augment.synonyms("reacted")[1]
+    assert "market" not in augment.synonyms("markets")[1] and "marketplace" in augment.synonyms("markets")[1]
 
 
 @needs_wordnet

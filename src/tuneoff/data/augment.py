@@ -137,7 +137,10 @@ def synonyms(word: str) -> tuple[str, list[str]]:
     pos = "a" if senses[0].pos() == "s" else senses[0].pos()  # satellite adjectives are adjectives
     same = [s for s in senses if (("a" if s.pos() == "s" else s.pos()) == pos)]
     lemmas = {l.name() for s in same for l in s.lemmas() if "_" not in l.name() and l.name().isalpha()}
-    return pos, sorted(l for l in lemmas if l.lower() != word.lower())
+    # The word's own base form ("reacted" -> "react") is not a synonym: replacing with it changes nothing but the
+    # inflection. Synonyms are WordNet lemmas, uninflected, as in EDA (Wei & Zou, 2019).
+    own = {word.lower(), (wn.morphy(word.lower(), pos) or word).lower()}
+    return pos, sorted(l for l in lemmas if l.lower() not in own)
 
 
 def replace_synonyms(text: str, fraction: float, cap: int | None, rng: random.Random) -> tuple[str, list[Replacement]]:
