@@ -545,6 +545,18 @@ def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, mo
     assert n == 2500 and sizes == [1000, 1000, 500], "never more than a chunk in memory"
     ids = pd.read_csv(tmp_path / "p.csv", dtype=str)["id"]
     assert ids.tolist() == [str(i) for i in range(1, 2501)]
+    before = (tmp_path / "p.csv").read_bytes()
+
+    def fails_on_the_second_chunk(*a, **k):
+        if sizes[-1] == 1000 and len(sizes) > 3:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(saved, "score_frame", lambda *a, **k: sizes.append(len(a[2])) or fails_on_the_second_chunk(*a, **k))
+    with pytest.raises(OSError):
+        saved.predict_file(run, big, tmp_path / "p.csv", "text", None, None, chunk_rows=1000, progress=False)
+    assert (tmp_path / "p.csv").read_bytes() == before, "a failed predict leaves the earlier output as it was"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".p.csv")) == [], "no temporary file left"
 
 
 def test_yaml_that_repeats_a_key_is_refused_with_its_lines(tmp_path):

@@ -11,27 +11,39 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from tuneoff.core.errors import TuneoffError
 
 UMASK = os.umask(0)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename: readers see old or new, never half."""
+@contextmanager
+def atomic_open(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A text file handle whose content appears at ``path`` only when the block ends without error: written to a
+    temporary file in the same directory, fsynced, then renamed over ``path`` (readers see old or new, never half);
+    on an error the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never half (``atomic_open``)."""
+    with atomic_open(path) as fh:
+        fh.write(text)
 
 
 def write_json(path: Path, data) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 
 from tuneoff.config import build_config, read_yaml
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import safe_name, spreadsheet_safe, write_json
+from tuneoff.core.files import atomic_open, safe_name, spreadsheet_safe, write_json
 from tuneoff.data.batches import collator, encode
 from tuneoff.data.corpus import SPLITS, load_corpus
 from tuneoff.data.files import is_table_path, iter_table, labeled_file, require_columns
@@ -144,29 +142,21 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     numeric = all(name.lstrip("-").isdigit() for name in label_names)
     index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     written = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh, \
-                tqdm(desc="predict", unit=" rows", disable=not progress, dynamic_ncols=True) as bar:
-            for table in itertools.chain([first], chunks):
-                require_columns(table, str(file), columns)
-                start = table.attrs.get("first_row", written)
-                df = pd.DataFrame({"id": table[id_column].astype(str).values if id_column else
-                                   [str(start + i + 1) for i in range(len(table))]})
-                df["text"] = clean_text(table, text_column, str(file)).values
-                if pair_column:
-                    df["text_pair"] = clean_text(table, pair_column, str(file)).values
-                frame = score_frame(model, tokenizer, df, max_length, 64)
-                if fmt == "submission":
-                    frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
-                (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
-                written += len(frame)
-                bar.update(len(frame))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, newline="") as fh, \
+            tqdm(desc="predict", unit=" rows", disable=not progress, dynamic_ncols=True) as bar:
+        for table in itertools.chain([first], chunks):
+            require_columns(table, str(file), columns)
+            start = table.attrs.get("first_row", written)
+            df = pd.DataFrame({"id": table[id_column].astype(str).values if id_column else
+                               [str(start + i + 1) for i in range(len(table))]})
+            df["text"] = clean_text(table, text_column, str(file)).values
+            if pair_column:
+                df["text_pair"] = clean_text(table, pair_column, str(file)).values
+            frame = score_frame(model, tokenizer, df, max_length, 64)
+            if fmt == "submission":
+                frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
+            (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
+            written += len(frame)
+            bar.update(len(frame))
     return written
