@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TWO_VARIANTS
+from conftest import TWO_VARIANTS, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,3 +89,29 @@ def test_the_example_notebook_runs_headless(tiny_bert, toy_csv, tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     rendered = " ".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert "Best on validation" in rendered or "No method learned" in rendered
+
+
+def test_a_gpu_study_packs_by_the_planned_peak_of_its_largest_run(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    """The GPU path of `run_study(parallel="auto")`, checked on a CPU: each variant planned for CUDA, the largest peak
+    chosen, and the executor asked to pack by it."""
+    import torch
+
+    import tuneoff.api as api
+    from tuneoff.study.spec import expand
+    from tuneoff.training.planner import plan_as_trained
+
+    spec = api.study_spec(write_study(tmp_path, tiny_bert, toy_csv, "gpu", variants={
+        **TWO_VARIANTS, "full": {"method": {"name": "full"}, "train": {"lr": 1e-3}}}))
+    runs = expand(spec)
+    assert api._gpu_peak(runs) is None, "no GPU here: nothing planned"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    peak = api._gpu_peak(runs)
+    cuda = {r.variant: r.config.model_copy(update={"train": r.config.train.model_copy(update={"device": "cuda"})})
+            for r in runs}
+    each = {name: plan_as_trained(config, name).total_mb for name, config in cuda.items()}
+    assert peak == max(each.values()) == each["full"] > each["lora"], each
+    asked = {}
+    monkeypatch.setattr(api, "make_executor", lambda *a, **k: asked.update(k) or (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        api.run_study(spec, results=tmp_path / "r", parallel="auto")
+    assert asked["gpu_peak_mb"] == peak and asked["parallel"] == "auto"

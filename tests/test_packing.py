@@ -38,6 +38,19 @@ def test_choosing_how_many_runs_at_once():
         choose(0, None)
 
 
+def test_on_a_gpu_as_many_runs_as_the_planned_peak_fits_in_its_free_memory(monkeypatch):
+    import torch
+
+    free = {"bytes": 10 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free["bytes"], 80 * 2**30))
+    assert choose("auto", None, gpu_peak_mb=4000)[0] == 2, "80% of 10 GiB holds two 4,000 MB runs"
+    assert choose("auto", None, gpu_peak_mb=9000)[0] == 1, "one run even when the plan exceeds 80% of free memory"
+    free["bytes"] = 79 * 2**30
+    assert choose("auto", None, gpu_peak_mb=1000)[0] == 8, "at most 8 runs on one device"
+    assert choose("auto", None, jobs=3, gpu_peak_mb=1000)[0] == 3, "no more runs than jobs"
+    assert choose(2, None, gpu_peak_mb=1000)[0] == 2, "--parallel N is taken as given"
+
+
 def _finished(results, study):
     store = Store(results)
     rows = {r["run_id"]: r for r in store.runs(study)}
