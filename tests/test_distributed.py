@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import toy_frame
+from conftest import crashing_env, toy_frame
 from safetensors.torch import load_file
 
 
@@ -31,7 +31,7 @@ CPU_ONLY = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 def run_tuneoff(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **CPU_ONLY, **(env or {})})
+                          timeout=600, env={**crashing_env(), **CPU_ONLY, **(env or {})})
 
 
 def overrides(model, files, out, name, batch, **extra):

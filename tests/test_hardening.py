@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_overrides, write_study
+from conftest import crashing_env, tiny_overrides, write_study
 from safetensors.torch import load_file
 from test_reliability import RESUMABLE, cli_train, finished_run, reference  # noqa: F401 (a fixture)
 from typer.testing import CliRunner
@@ -598,7 +598,7 @@ def test_an_oversized_adapter_is_warned_about(tiny_bert, toy_csv, tmp_path):
 def test_resume_with_a_changed_config_names_the_differences(tiny_bert, toy_csv, tmp_path):
     killed = subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress",
                              *tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE)],
-                            env={**os.environ, "TUNEOFF_CRASH_AT": "step:5"}, capture_output=True, text=True, timeout=300)
+                            env=crashing_env("step:5"), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
     changed = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.lr=0.05", "--resume")
     assert_clean_exit_2(changed, "found no interrupted run of this exact config", "train.lr: 0.01 -> 0.05")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import crashing_env, tiny_overrides
 from safetensors.torch import load_file
 
 from tuneoff.config import build_config
@@ -30,10 +30,7 @@ RESUMABLE = {"train.epochs": 3, "train.checkpoint_every": 2, "train.eval_every":
 
 
 def cli_train(model, data, out, crash_at=None, resume=False):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    env.pop("TUNEOFF_CRASH_AT", None)
-    if crash_at:
-        env["TUNEOFF_CRASH_AT"] = crash_at
+    env = crashing_env(crash_at, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     args = [sys.executable, "-m", "tuneoff", "train", "--no-progress", *tiny_overrides(model, data, out, **RESUMABLE)]
     return subprocess.run(args + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 

@@ -18,6 +18,7 @@ from tuneoff.study.execution import execute
 from tuneoff.study.executors import Job, run_job
 from tuneoff.study.search import JOURNAL, _storage
 from tuneoff.study.spec import expand, load_spec
+from conftest import crashing_env
 
 
 def search_study(tmp_path, model, data, name="s", **search):
@@ -123,7 +124,7 @@ def test_search_killed_mid_trial_resumes_that_trial(tiny_bert, toy_csv, tmp_path
     spec["base"]["train"]["checkpoint_every"] = 3
     path.write_text(yaml.safe_dump(spec))
     killed = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
-                            env={**os.environ, "TUNEOFF_CRASH_AT": "step:5"}, capture_output=True, text=True, timeout=300)
+                            env=crashing_env("step:5"), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     first_lr = optuna.load_study(study_name="s:base", storage=_storage(tmp_path / "res")).trials[0].params["train.lr"]
     execute(load_spec(path), tmp_path / "res", resume=True)

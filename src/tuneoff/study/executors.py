@@ -174,7 +174,10 @@ class RayExecutor:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
             try:
-                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                # No address means a cluster of our own ("local"), not whatever /tmp/ray last recorded: a stale or
+                # foreign cluster there would be joined silently. RAY_ADDRESS (set by `ray job submit`) still counts.
+                own = None if os.environ.get("RAY_ADDRESS") else "local"
+                ray.init(address=address or own, log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
                                    "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
