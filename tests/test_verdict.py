@@ -290,6 +290,27 @@ def test_a_budget_limited_condition_is_never_called_worse():
     assert v.budget_limited == ["lora"]
 
 
+def test_a_budget_limited_leader_on_validation_leaves_the_converged_pick_and_its_runner_up():
+    """The method zoo's case: the validation leader did not converge, so the pick is the best converged condition and
+    the runner-up line compares it with the next one on validation (once crashed on an empty decision row)."""
+    n = 2000
+    truth = truth_of(n)
+    still = {"converged": False, "status": "still improving", "reason": "still improving when its budget ended"}
+    done = {"converged": True, "status": "plateau", "reason": "early stopping"}
+    runs = {"leader": (0.95, still, 1800), "pick": (0.90, done, 1780), "third": (0.85, done, 1700)}
+    conds = []
+    for i, (name, (val, conv, k)) in enumerate(runs.items()):
+        rs = [fake_run(s, rights(n, k, 10 * i + s), truth, val=val) for s in (1, 2, 3)]
+        for r in rs:
+            r["info"]["convergence"] = conv
+        conds.append(condition(name, "lora", rs))
+    v = analyse(conds)[0]
+    assert v.best == "pick"
+    line = next(line for line in v.lines if line.startswith("Against the runner-up"))
+    assert line.startswith("Against the runner-up on validation, leader:")
+    assert v.budget_limited == ["leader"]
+
+
 def test_winner_is_chosen_on_validation_and_conflicting_seeds_are_said():
     n = 6000
     truth = truth_of(n)

@@ -252,9 +252,11 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         calls[name] = (call, d)
         v.table.loc[v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"]] = (
             call, d["diff"], d["ci_low"], d["ci_high"])
-    ranked = _rank(fitting)
-    if len(ranked) > 1:
-        lines.append(_runner_up_line(v, best, ranked.iloc[1]))
+    # The runner-up is the next on validation after the best, not the second overall: a budget-limited condition
+    # can rank first on validation and still not be the pick (converged conditions lead).
+    others = _rank(fitting.drop(index=best.condition))
+    if len(others):
+        lines.append(_runner_up_line(v, best, others.iloc[0]))
     lines += _contradictions(v, best, runs)
     as_good = [best.condition] + [n for n, (call, _) in calls.items() if call == "as good" and not t.loc[n].budget_limited]
     pool = t.loc[as_good]
