@@ -84,6 +84,18 @@ def test_four_seeds_ci_carries_the_seed_spread_with_a_t_quantile():
     assert lo == pytest.approx(0.775 - 0.1026, abs=0.003) and hi == pytest.approx(0.775 + 0.1026, abs=0.003)
 
 
+def test_an_accuracy_interval_never_passes_100_percent():
+    """97% on 206 examples with a wide seed spread (the method zoo's BBC News case): the t interval is clipped to what
+    an accuracy can be, the lower end unchanged."""
+    n = 206
+    mat = np.stack([rights(n, k, s) for s, k in ((1, 200), (2, 185), (3, 204))], axis=1)
+    res = compare({"a": mat})
+    low, high = res.interval("a")
+    assert high == 1.0 and 0.8 < low < res.estimate("a")
+    d = compare({"a": mat, "b": np.zeros_like(mat)}).difference("a", "b")
+    assert d["ci_high"] <= 1.0
+
+
 def test_paired_difference_by_hand():
     # a alone right on 62 examples, b alone on 39, of 1,000: diff 0.023, per-example sd sqrt((101/1000 - 0.023^2) *
     # 1000/999) = 0.31715, se 0.010029, t(999) 1.9623: 95% CI [0.0033, 0.0427]; p = 2 P(T > 2.2934) = 0.0220.

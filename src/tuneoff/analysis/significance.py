@@ -131,7 +131,9 @@ class Comparisons:
         spread = self._spread(m.reshape(len(m), -1).mean(axis=1), self._seed_factor(name))
         half = _quantile(confidence, spread["df"]) * spread["se"]
         estimate = self.estimate(name)
-        return estimate - half, estimate + half
+        # Accuracy is a proportion: a t interval near 100% (few seeds, a wide seed spread) spills past it; clipping
+        # to [0, 1] only removes impossible values, so the coverage is unchanged.
+        return max(0.0, estimate - half), min(1.0, estimate + half)
 
     def difference(self, a: str, b: str, confidence: float = 0.95) -> dict:
         """a - b: estimate, t interval, two-sided p-value of "no difference", and the variance parts behind them."""
@@ -144,7 +146,7 @@ class Comparisons:
             return {"diff": diff, "ci_low": diff, "ci_high": diff, "p_value": p, **spread}
         half = _quantile(confidence, spread["df"]) * spread["se"]
         p = float(2 * stats.t.sf(abs(diff) / spread["se"], spread["df"]))
-        return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p_value": p, **spread}
+        return {"diff": diff, "ci_low": max(-1.0, diff - half), "ci_high": min(1.0, diff + half), "p_value": p, **spread}
 
 
 def _quantile(confidence: float, df: float) -> float:
