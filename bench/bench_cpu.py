@@ -179,8 +179,8 @@ def main() -> None:
         for c in contenders:
             precision = next(r["precision"] for r in rows if r["method"] == method and r["contender"] == c)
             summary.append({"method": method, "contender": c, "precision": precision, **med[c],
-                            "speedup_vs_trainer_report": ratio(med, "trainer_report") if c == "tuneoff" else None,
-                            "speedup_vs_trainer_tuned": ratio(med, "trainer_tuned") if c == "tuneoff" else None})
+                            # against every other contender that ran (trainer_tuned_bf16 included)
+                            "speedup_vs": {o: ratio(med, o) for o in contenders if o != "tuneoff"} if c == "tuneoff" else {}})
     import peft
     import torch
     import transformers
@@ -202,8 +202,7 @@ def main() -> None:
              "| method | contender | precision | job s | samples/s | tokens/s | val accuracy | peak RSS MB | tuneoff speed-up (job) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        speed = ", ".join(f"{s[key]:.2f}x vs {name}" for key, name in (("speedup_vs_trainer_report", "report"),
-                                                                       ("speedup_vs_trainer_tuned", "tuned")) if s[key])
+        speed = ", ".join(f"{value:.2f}x vs {name}" for name, value in s["speedup_vs"].items() if value)
         lines.append(f"| {s['method']} | {s['contender']} | {s['precision']} | {s['job_seconds']:.1f} | {s['samples_per_s']:.1f} | "
                      f"{s['tokens_per_s']:.0f} | {s['accuracy']:.3f} | {s['peak_rss_mb']:.0f} | {speed} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -68,7 +68,8 @@ def trainer_run(run_id: str, config_json: str) -> None:
     out = tempfile.mkdtemp()
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=tc.batch_size, per_device_eval_batch_size=64,
-        num_train_epochs=tc.epochs, learning_rate=tc.lr, warmup_ratio=tc.warmup_ratio, weight_decay=tc.weight_decay,
+        num_train_epochs=tc.epochs, learning_rate=tc.lr, weight_decay=tc.weight_decay,
+        warmup_steps=tc.warmup_ratio if tc.warmup_steps is None else tc.warmup_steps,  # a float is a ratio in transformers 5
         lr_scheduler_type="linear", seed=tc.seed, eval_strategy="steps", eval_steps=tc.eval_every or 50,
         save_strategy="steps", save_steps=tc.eval_every or 50, save_total_limit=1, load_best_model_at_end=True,
         metric_for_best_model="accuracy", logging_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,

@@ -23,3 +23,17 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     assert all(r["planned_mb"] > 0 and r["tflops"] > 0 for r in at8.values())
     assert at8["head"]["planned_mb"] < at8["lora"]["planned_mb"] < at8["full"]["planned_mb"]
     assert "| lora | 8 |" in out.with_suffix(".md").read_text()
+
+
+def test_study_benchmark_trainer_script_runs_each_kind_of_run(tiny_bert, toy_csv):
+    """bench_study.py's Trainer side, one run per kind (plain, with its own optimizer, with early stopping), on a tiny
+    BERT: its first real use lost a 12-minute tuneoff side to a renamed TrainingArguments keyword."""
+    for method, extra in (("lora", {}), ("lora_plus", {"loraplus_lr_ratio": 4}), ("full", {})):
+        config = {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
+                  "method": {"name": method, **extra},
+                  "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_every": 4, "patience": 2, "seed": 1}}
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_study.py"), "--one", f"r-{method}",
+                               json.dumps(config)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (line,) = [entry for entry in proc.stdout.splitlines() if entry.startswith("RESULT ")]
+        assert 0.0 <= json.loads(line[7:])["test_accuracy"] <= 1.0
