@@ -225,7 +225,7 @@ def _flip(r, i):
 
 def test_twelve_conditions_with_one_forty_point_gap_call_it():
     """No resampling floor: with 12 conditions (66 pairs; 23 decision comparisons) a 40-point gap is significant."""
-    n, truth = 500, truth_of(500)
+    n = 500
     runs = {f"m{k}": [rights(n, 430 + k, 10 * k + s) for s in range(2)] for k in range(11)}
     runs["bad"] = [rights(n, 230, 200 + s) for s in range(2)]
     vals = {**{f"m{k}": 0.80 + k / 1000 for k in range(11)}, "bad": 0.45}

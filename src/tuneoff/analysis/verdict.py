@@ -252,9 +252,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         calls[name] = (call, d)
         v.table.loc[v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"]] = (
             call, d["diff"], d["ci_low"], d["ci_high"])
-    # The runner-up is the next on validation after the best, not the second overall: a budget-limited condition
-    # can rank first on validation and still not be the pick (converged conditions lead).
-    others = _rank(fitting.drop(index=best.condition))
+    others = _rank(fitting.drop(index=best.condition))  # not the second overall: a budget-limited leader is no pick
     if len(others):
         lines.append(_runner_up_line(v, best, others.iloc[0]))
     lines += _contradictions(v, best, runs)
