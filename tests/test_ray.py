@@ -31,22 +31,20 @@ def marker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(marker):
-    saved = {k: os.environ.get(k) for k in ("TUNEOFF_CRASH_AT", "TUNEOFF_CRASH_ONCE", "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(TUNEOFF_CRASH_AT="step:7", TUNEOFF_CRASH_ONCE=str(marker), RAY_USAGE_STATS_ENABLED="0")
-    marker.touch()  # armed only by the test that removes it
-    try:
-        # "local": a fresh cluster even where another one (RAY_ADDRESS, /tmp/ray) is running on the machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
-                 log_to_driver=False)
-        yield
-    finally:
-        # Restored even when ray.init fails: leaked crash settings would disarm every later crash test.
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # MonkeyPatch restores the environment even when ray.init fails: leaked crash settings would disarm every later
+    # crash test.
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"TUNEOFF_CRASH_AT": "step:7", "TUNEOFF_CRASH_ONCE": str(marker),
+                           "RAY_USAGE_STATS_ENABLED": "0"}.items():
+            mp.setenv(key, value)
+        marker.touch()  # armed only by the test that removes it
+        try:
+            # "local": a fresh cluster even where another one (RAY_ADDRESS, /tmp/ray) is running on the machine.
+            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+                     log_to_driver=False)
+            yield
+        finally:
+            ray.shutdown()
 
 
 def finished(results: Path, study: str) -> dict:
