@@ -168,6 +168,42 @@ def test_runs_no_node_can_hold_are_refused(nodes, asked, message):
         task_resources(nodes, *asked)
 
 
+class _RayStandIn:
+    """Just enough of ``ray`` to see which cluster RayExecutor asks ``ray.init`` for (no cluster started)."""
+
+    def __init__(self):
+        self.addresses = []
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address=None, **_):
+        self.addresses.append(address)
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": CPU_NODE}]
+
+    def remote(self, fn):
+        return type("Task", (), {"options": lambda self, **_: self})()
+
+
+@pytest.mark.parametrize("ray_address, given, expected", [
+    (None, None, "local"),                        # a cluster of our own, never a stale one /tmp/ray recorded
+    ("ray://head:10001", None, None),             # `ray job submit` sets RAY_ADDRESS: ray.init reads it
+    (None, "auto", "auto"),                       # --address wins
+    ("ray://head:10001", "ray://other:10001", "ray://other:10001"),
+])
+def test_which_cluster_ray_executor_joins(monkeypatch, ray_address, given, expected):
+    stand_in = _RayStandIn()
+    monkeypatch.setitem(sys.modules, "ray", stand_in)
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    RayExecutor(address=given)
+    assert stand_in.addresses == [expected]
+
+
 def test_a_run_no_node_can_place_is_refused(cluster):
     with pytest.raises(TuneoffError, match="no run could ever be placed"):
         RayExecutor(cpus_per_run=64)
