@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import sys
 import warnings
@@ -11,18 +9,22 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneoff.cli.runs import RESULTS, runs_app
 from tuneoff.cli.terminal import (
+    console,
     inspect_tables,
     metrics_table,
     next_steps,
     plan_markdown,
     plan_table,
     plan_title,
-    run_summary,
+    say,
+    set_verbosity,
+    user_errors,
+    verbosity,
     verdict_lines,
 )
 from tuneoff.config import load_config, read_yaml
@@ -32,7 +34,6 @@ from tuneoff.core.files import atomic_write_text
 from tuneoff.data.builtins import BUILTIN_DATASETS
 from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
-from tuneoff.results.store import DB_NAME, Store, loads
 from tuneoff.study.spec import dry_run as plan_runs
 from tuneoff.study.spec import expand, load_spec
 from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
@@ -45,43 +46,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-_VERBOSITY = {"level": 0}
 
 
 @app.callback()
 def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug records and every evaluation."),
              quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors (results are still printed).")) -> None:
     """How much of tuneoff's log reaches the terminal; each run's train.log always gets everything."""
-    _VERBOSITY["level"] = 1 if verbose else -1 if quiet else 0
+    set_verbosity(1 if verbose else -1 if quiet else 0)
 
-
-def _verbosity() -> int:
-    return _VERBOSITY["level"]
-
-
-def console() -> Console:
-    return Console()  # made per call so the terminal width (COLUMNS) is read when printing
-
-
-def say(message: str) -> None:
-    """Progress lines hold run ids, paths and error text: printed as they are, never read as rich markup."""
-    console().print(message, markup=False, highlight=False, soft_wrap=True)
 
 OVERRIDES = typer.Argument(None, help="Dotted overrides key=value, e.g. method.r=8 train.epochs=2 data.max_train_samples=2000.")
-
-
-def user_errors(fn):
-    """Bad input -> one paragraph on stderr and exit code 2; anything else is a bug and keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TuneoffError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _quiet_libraries() -> None:
@@ -115,7 +89,7 @@ def train(
     _quiet_libraries()
     from tuneoff import api
 
-    logs.terminal(_verbosity(), progress_lines=not progress)  # --no-progress: one line per evaluation instead of a bar
+    logs.terminal(verbosity(), progress_lines=not progress)  # --no-progress: one line per evaluation instead of a bar
     try:
         run = api.train(cfg, results=results, progress=progress, resume=resume)
     finally:
@@ -262,15 +236,6 @@ def models() -> None:
     console().print("Also: any Hugging Face hub id or local model directory.")
 
 
-RESULTS = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results root: holds tuneoff.sqlite and one directory per study.")
-
-
-def _open_store(results: Path):
-    if not (results / DB_NAME).is_file():
-        raise TuneoffError(f"No results store in {results} ({DB_NAME} missing): run a study first (tuneoff run), or pass --results.")
-    return Store(results)
-
-
 @app.command("run")
 @user_errors
 def run_study(
@@ -309,7 +274,7 @@ def run_study(
     _quiet_libraries()
     from tuneoff import api
 
-    logs.terminal(_verbosity(), progress_lines=False)
+    logs.terminal(verbosity(), progress_lines=False)
     result = api.run_study(spec, results=results, resume=resume, yes=yes, executor=executor, progress=progress,
                            address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
                            max_retries=max_retries, processes_per_run=processes_per_run, parallel=parallel,
@@ -347,67 +312,7 @@ def report(
         console().print(f"exported: [bold]{escape(str(export_report(result.name, study_dir.parent, export)))}[/]")
 
 
-runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-
-
-@runs_app.command("list")
-@user_errors
-def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
-              status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
-    """List runs: study, run id, status, test accuracy, trainable params, train time."""
-    table = Table(title="runs", expand=False)
-    for col, kw in (("study", {"overflow": "fold"}), ("run", {"overflow": "fold"}), ("status", {}),
-                    ("acc.", {"justify": "right"}), ("trainable", {"justify": "right"}), ("train s", {"justify": "right"})):
-        table.add_column(col, **kw)
-    store = _open_store(results)
-    for row in store.runs(study, status):
-        m, r = loads(row, "metrics", {}) or {}, loads(row, "resources", {}) or {}
-        accuracy = (m.get("test") or {}).get("accuracy")
-        table.add_row(row["study"], row["run_id"], row["status"], f"{accuracy:.4f}" if accuracy is not None else "",
-                      f"{r['trainable_params']:,}" if "trainable_params" in r else "",
-                      f"{r['train_seconds']:.0f}" if "train_seconds" in r else "")
-    store.close()
-    console().print(table)
-
-
-@runs_app.command("show")
-@user_errors
-def runs_show(run_id: str = typer.Argument(..., help="Run id, a unique prefix, or <study>/<run id>."), results: Path = RESULTS,
-              study: Optional[str] = typer.Option(None, help="The study the run belongs to (run ids repeat across studies)."),
-              as_json: bool = typer.Option(False, "--json", help="The raw stored record as JSON.")) -> None:
-    """One run: what it was, how it did, what it cost, where it is."""
-    store = _open_store(results)
-    rows = store.run(run_id, study)
-    store.close()
-    if not rows:
-        raise TuneoffError(f"No run {run_id!r} in {results}{f' (study {study!r})' if study else ''}. `tuneoff runs list` "
-                           "shows the runs.")
-    if len(rows) > 1:
-        where = ", ".join(f"{r['study']}/{r['run_id']}" for r in rows[:5])
-        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({where}{'...' if len(rows) > 5 else ''}). Say which: "
-                           f"`tuneoff runs show <study>/<run id>` or --study <study>.")
-    row = dict(rows[0])
-    for key in ("metrics", "resources", "versions", "params", "run_info"):
-        row[key] = loads(rows[0], key, None)
-    if as_json:
-        if row.get("metrics"):
-            row["metrics"].get("test", {}).pop("confusion_matrix", None)
-        console().print_json(json.dumps(row, default=str))
-        return
-    console().print(run_summary(row))
-
-
-@runs_app.command("rebuild")
-@user_errors
-def runs_rebuild(results: Path = RESULTS) -> None:
-    """Index every study run directory under --results again into a new store (the run directories are the source of
-    truth); the old store file is kept aside."""
-    from tuneoff.study.execution import rebuild_store
-
-    logs.terminal(_verbosity())
-    path, count = rebuild_store(results)
-    say(f"{count} run(s) indexed into {path}")
 
 
 def main() -> None:  # pragma: no cover

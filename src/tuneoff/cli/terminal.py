@@ -1,7 +1,9 @@
-"""What the terminal shows: tables and summaries the CLI prints (rich), kept readable at 80 columns."""
+"""What the terminal shows: tables and summaries the CLI prints (rich), kept readable at 80 columns; how much it shows
+(--quiet, --verbose) and how a user error reaches it (one paragraph, exit code 2)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shlex
@@ -9,9 +11,47 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import typer
 import yaml
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from tuneoff.core.errors import TuneoffError
+
+_VERBOSITY = {"level": 0}
+
+
+def set_verbosity(level: int) -> None:
+    """-1 quiet, 0 normal, 1 verbose (the --quiet / --verbose flags)."""
+    _VERBOSITY["level"] = level
+
+
+def verbosity() -> int:
+    return _VERBOSITY["level"]
+
+
+def console() -> Console:
+    return Console()  # made per call so the terminal width (COLUMNS) is read when printing
+
+
+def say(message: str) -> None:
+    """Progress lines hold run ids, paths and error text: printed as they are, never read as rich markup."""
+    console().print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def user_errors(fn):
+    """Bad input -> one paragraph on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TuneoffError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
 
 
 def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> Table:

@@ -1,0 +1,85 @@
+"""`tuneoff runs`: query the results store (list, show, rebuild), and the --results option every command shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from tuneoff.cli.terminal import console, run_summary, say, user_errors, verbosity
+from tuneoff.core import logs
+from tuneoff.core.errors import TuneoffError
+from tuneoff.results.store import DB_NAME, Store, loads
+
+RESULTS = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results root: holds tuneoff.sqlite and one directory per study.")
+
+
+def open_store(results: Path):
+    if not (results / DB_NAME).is_file():
+        raise TuneoffError(f"No results store in {results} ({DB_NAME} missing): run a study first (tuneoff run), or pass --results.")
+    return Store(results)
+
+
+runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+@user_errors
+def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
+              status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
+    """List runs: study, run id, status, test accuracy, trainable params, train time."""
+    table = Table(title="runs", expand=False)
+    for col, kw in (("study", {"overflow": "fold"}), ("run", {"overflow": "fold"}), ("status", {}),
+                    ("acc.", {"justify": "right"}), ("trainable", {"justify": "right"}), ("train s", {"justify": "right"})):
+        table.add_column(col, **kw)
+    store = open_store(results)
+    for row in store.runs(study, status):
+        m, r = loads(row, "metrics", {}) or {}, loads(row, "resources", {}) or {}
+        accuracy = (m.get("test") or {}).get("accuracy")
+        table.add_row(row["study"], row["run_id"], row["status"], f"{accuracy:.4f}" if accuracy is not None else "",
+                      f"{r['trainable_params']:,}" if "trainable_params" in r else "",
+                      f"{r['train_seconds']:.0f}" if "train_seconds" in r else "")
+    store.close()
+    console().print(table)
+
+
+@runs_app.command("show")
+@user_errors
+def runs_show(run_id: str = typer.Argument(..., help="Run id, a unique prefix, or <study>/<run id>."), results: Path = RESULTS,
+              study: Optional[str] = typer.Option(None, help="The study the run belongs to (run ids repeat across studies)."),
+              as_json: bool = typer.Option(False, "--json", help="The raw stored record as JSON.")) -> None:
+    """One run: what it was, how it did, what it cost, where it is."""
+    store = open_store(results)
+    rows = store.run(run_id, study)
+    store.close()
+    if not rows:
+        raise TuneoffError(f"No run {run_id!r} in {results}{f' (study {study!r})' if study else ''}. `tuneoff runs list` "
+                           "shows the runs.")
+    if len(rows) > 1:
+        where = ", ".join(f"{r['study']}/{r['run_id']}" for r in rows[:5])
+        raise TuneoffError(f"{run_id!r} matches {len(rows)} runs ({where}{'...' if len(rows) > 5 else ''}). Say which: "
+                           f"`tuneoff runs show <study>/<run id>` or --study <study>.")
+    row = dict(rows[0])
+    for key in ("metrics", "resources", "versions", "params", "run_info"):
+        row[key] = loads(rows[0], key, None)
+    if as_json:
+        if row.get("metrics"):
+            row["metrics"].get("test", {}).pop("confusion_matrix", None)
+        console().print_json(json.dumps(row, default=str))
+        return
+    console().print(run_summary(row))
+
+
+@runs_app.command("rebuild")
+@user_errors
+def runs_rebuild(results: Path = RESULTS) -> None:
+    """Index every study run directory under --results again into a new store (the run directories are the source of
+    truth); the old store file is kept aside."""
+    from tuneoff.study.execution import rebuild_store
+
+    logs.terminal(verbosity())
+    path, count = rebuild_store(results)
+    say(f"{count} run(s) indexed into {path}")
