@@ -235,8 +235,7 @@ def condition_row(c: Condition) -> dict:
         "lr": _mean((r["config"].get("train") or {}).get("lr") for r in c.runs),
         "converged_runs": sum(bool(conv.get("converged")) for conv in convs if conv),
         "convergence_known": sum(bool(conv) for conv in convs),
-        "not_converged": "; ".join(sorted({f"{conv['status']}: {conv['reason']}" for conv in convs
-                                           if conv and not conv.get("converged")})),
+        "not_converged": "; ".join(sorted({_convergence_text(conv) for conv in convs if conv and not conv.get("converged")})),
         "train_examples": (c.runs[0]["info"].get("sizes") or {}).get("train"),
         "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),
@@ -259,3 +258,9 @@ def per_class(conditions: list[Condition]) -> pd.DataFrame:
                          "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
                          "support": vals[0]["support"]})
     return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])
+
+
+def _convergence_text(conv: dict) -> str:
+    """"status: reason", the status left out where the reason already opens with it ("still improving when ...")."""
+    reason = conv["reason"]
+    return reason if reason.startswith(conv["status"]) else f"{conv['status']}: {reason}"

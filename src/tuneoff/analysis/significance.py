@@ -17,19 +17,24 @@ without counting anything twice:
 - **seed part**: the ANOVA (method-of-moments) estimator of the seed variance component in the crossed
   seed x example design without replication (Searle, Casella & McCulloch, 1992, "Variance Components", ch. 4):
   ``tau2 = (MS_seed - MS_seed:example) / n``, which removes the interaction that ``MS_seed`` also contains. It is
-  **pooled across the group's conditions** (weighted by their seed degrees of freedom), so a study of five
-  conditions with two seeds each estimates it on five degrees of freedom instead of one per pair.
+  estimated **per condition**, not pooled over the group: methods differ in how much a seed moves them (prompt
+  tuning's seeds spanned 16 points in the method zoo, LoRA's one), and a group-wide pool under-states an erratic
+  condition's variance and over-states every stable one's (simulated, 14 conditions x 3 seeds, one with 8 points of
+  seed sd against 1: 39% false positives at the 5% level for the erratic one against a stable one, 1% instead of 5%
+  between two stable ones). A one-seed condition borrows the estimate of the conditions it is compared with (or the
+  group's); with none measured anywhere it is assumed (below).
 
 The interval is ``D +- t * sqrt(Var)`` with Satterthwaite's degrees of freedom (Satterthwaite, 1946) for the sum of
-the two estimated parts (the test part on n - 1 df; the seed part as the difference of the pooled mean squares, on
-sum(S_c - 1) and sum(S_c - 1)(n - 1) df): with few seeds the seed part is uncertain and the t quantile widens the interval honestly
+the estimated parts (Welch-Satterthwaite: the test part on n - 1 df; each condition's seed part as the difference of
+its mean squares, on S_c - 1 and (S_c - 1)(n - 1) df): with few seeds the seed part is uncertain and the t quantile widens the interval honestly
 (two conditions x two seeds: df about 2, t about 4.3). p-values come from the same t distribution, so they
 are resolved finely (no resampling floor) and Holm's correction can still find a difference among hundreds of
 comparisons. Where no condition has two seeds, the seed part cannot be measured: it is taken as
 ``assumed_seed_sd`` (default 5 accuracy points, the largest seed-to-seed spread the calibration covers), so a
 one-seed verdict is conservative instead of blind to seed luck, and the verdict says so.
 ``bench/calibration.py`` simulates null studies (1, 2, 3, 5 seeds; seed sd 0 to 5 points; 400 to 5,000 test
-examples) and records the false-positive rate and the interval coverage (``bench/results/calibration-*.md``).
+examples; and groups where one condition's seeds scatter far more than the rest) and records the false-positive
+rate and the interval coverage (``bench/results/calibration-*.md``).
 """
 
 from __future__ import annotations
@@ -100,8 +105,18 @@ class Comparisons:
     """Means, intervals and paired differences of a group's conditions (every matrix scored on the same examples)."""
 
     mats: dict[str, np.ndarray]       # condition -> (n, seeds) 0/1 correctness; a baseline has one "seed" and no spread
-    seeds: SeedVariance
+    seeds: SeedVariance               # pooled over the whole group: what the verdict reports of seed-to-seed spread
     fixed: frozenset = frozenset()    # conditions without seed variance (the majority-class baseline)
+    assumed_sd: float = ASSUMED_SEED_SD
+
+    def seeds_of(self, name: str, others: tuple = ()) -> SeedVariance:
+        """The seed variance of one condition: its own (see the module's docstring for why not the group's); for a
+        condition with one seed, pooled over ``others`` (the conditions it is compared with), else the group's."""
+        for pool in ((name,), others):
+            own = seed_variance({k: self.mats[k] for k in pool if k not in self.fixed}, self.assumed_sd)
+            if not own.assumed:
+                return own
+        return self.seeds
 
     def estimate(self, name: str) -> float:
         return float(np.asarray(self.mats[name], dtype=np.float64).mean())
@@ -109,26 +124,34 @@ class Comparisons:
     def n_seeds(self, name: str) -> int:
         return np.asarray(self.mats[name]).reshape(len(self.mats[name]), -1).shape[1]
 
-    def _seed_factor(self, *names: str) -> float:
-        return sum(0.0 if name in self.fixed else 1.0 / self.n_seeds(name) for name in names)
+    def _seed_parts(self, *names: str) -> list[tuple[float, SeedVariance]]:
+        """(1 / S_c, seed variance) per condition with seed variance; one estimate shared by several (a one-seed
+        condition borrowing another's) is one term, so Satterthwaite counts its degrees of freedom once."""
+        parts: dict[int, list] = {}
+        for name in names:
+            if name not in self.fixed:
+                seeds = self.seeds_of(name, tuple(k for k in names if k != name))
+                parts.setdefault(id(seeds), [0.0, seeds])[0] += 1.0 / self.n_seeds(name)
+        return [tuple(p) for p in parts.values()]
 
-    def _spread(self, per_example: np.ndarray, factor: float) -> dict:
-        """Variance parts and Satterthwaite df of a mean of ``per_example`` plus ``factor`` x the seed variance."""
+    def _spread(self, per_example: np.ndarray, parts: list[tuple[float, SeedVariance]]) -> dict:
+        """Variance parts and Satterthwaite df of a mean of ``per_example`` plus each part's factor x its seed variance:
+        the test part on n - 1 df, each seed part on its own (Welch-Satterthwaite, so one erratic condition's few
+        degrees of freedom are not credited with a stable one's)."""
         n = len(per_example)
         test = float(np.var(per_example, ddof=1) / n) if n > 1 else 0.0
-        seed = factor * self.seeds.tau2
+        seed = sum(factor * seeds.tau2 for factor, seeds in parts)
         total = test + seed
         if total <= 0:
             return {"test": 0.0, "seed": 0.0, "se": 0.0, "df": float("inf")}
         denominator = (test ** 2 / (n - 1) if n > 1 else 0.0)
-        if seed > 0 and not self.seeds.assumed:
-            denominator += self.seeds.variance_of(factor)
+        denominator += sum(seeds.variance_of(factor) for factor, seeds in parts if seeds.tau2 > 0 and not seeds.assumed)
         df = total ** 2 / denominator if denominator > 0 else float("inf")
         return {"test": test, "seed": seed, "se": float(np.sqrt(total)), "df": float(df)}
 
     def interval(self, name: str, confidence: float = 0.95) -> tuple[float, float]:
         m = np.asarray(self.mats[name], dtype=np.float64)
-        spread = self._spread(m.reshape(len(m), -1).mean(axis=1), self._seed_factor(name))
+        spread = self._spread(m.reshape(len(m), -1).mean(axis=1), self._seed_parts(name))
         half = _quantile(confidence, spread["df"]) * spread["se"]
         estimate = self.estimate(name)
         # Accuracy is a proportion: a t interval near 100% (few seeds, a wide seed spread) spills past it; clipping
@@ -139,7 +162,7 @@ class Comparisons:
         """a - b: estimate, t interval, two-sided p-value of "no difference", and the variance parts behind them."""
         ma, mb = (np.asarray(self.mats[k], dtype=np.float64) for k in (a, b))
         per_example = ma.reshape(len(ma), -1).mean(axis=1) - mb.reshape(len(mb), -1).mean(axis=1)
-        spread = self._spread(per_example, self._seed_factor(a, b))
+        spread = self._spread(per_example, self._seed_parts(a, b))
         diff = float(per_example.mean())
         if spread["se"] == 0:
             p = 1.0 if diff == 0 else 0.0
@@ -162,7 +185,7 @@ def compare(mats: dict[str, np.ndarray], fixed=(), assumed_sd: float = ASSUMED_S
     if any(len(m) != n for m in mats.values()):
         raise ValueError("every condition must be scored on the same test examples")
     seeds = seed_variance({k: v for k, v in mats.items() if k not in fixed}, assumed_sd)
-    return Comparisons(mats, seeds, frozenset(fixed))
+    return Comparisons(mats, seeds, frozenset(fixed), assumed_sd)
 
 
 def holm(p_values: list[float], alpha: float = ALPHA) -> list[float]:

@@ -5,7 +5,7 @@ The rules, each there because the naive version misleads:
 - **chosen on validation, confirmed on test**: the best condition is ranked by validation accuracy; the test set
   confirms, and when it significantly contradicts the pick the verdict says so;
 - **both sources of noise, calibrated**: intervals and p-values come from ``significance`` (test-sampling variance
-  plus the pooled seed variance component, t with Satterthwaite degrees of freedom), so a method whose seeds
+  plus each condition's seed variance component, t with Welch-Satterthwaite degrees of freedom), so a method whose seeds
   scatter is not called better on one lucky seed, and two seeds are not treated as if they were ten;
 - **Holm over the decision's comparisons**: each condition against the validation-best and against the
   majority-class baseline is one family, adjusted together across the study; the all-pairs table is exploratory,
@@ -353,14 +353,17 @@ def _seed_caveats(v: GroupVerdict, runs: pd.DataFrame) -> list[str]:
         return [f"With one seed per condition the seed-to-seed variation cannot be measured: it is assumed to be "
                 f"{100 * seeds.sd:.0f} accuracy points (analysis.assumed_seed_sd), so intervals are wide and only large "
                 "differences can be called; run at least two seeds per condition to measure it."]
-    if runs.seeds.min() < 3 or seeds.df < 4:
-        if seeds.tau2 == 0:
-            return [f"No systematic seed-to-seed variation was detected ({seeds.df:g} degree(s) of freedom pooled over this "
-                    f"group's conditions, {int(runs.seeds.min())} seed(s) each): the intervals are test sampling's; with "
-                    "so few seeds that is an estimate, and more seeds would make it firm."]
-        return [f"The seed-to-seed variation is estimated at {100 * seeds.sd:.1f} points from {seeds.df:g} degree(s) of "
-                "freedom pooled over this group's conditions; with so few seeds the intervals use a wide t quantile, and "
-                "more seeds would narrow them."]
+    if runs.seeds.min() < 3:
+        cmp, few = v.comparisons, int(runs.seeds.min())
+        spread = {c: cmp.seeds_of(c).sd for c in runs.condition if cmp.n_seeds(c) > 1}
+        widest = max(spread, key=spread.get, default=None)
+        if widest is None or spread[widest] == 0:
+            return [f"No systematic seed-to-seed variation was detected in any condition ({few} seed(s) each): the "
+                    "intervals are mostly test sampling's; with so few seeds that is an estimate, and more seeds would "
+                    "make it firm."]
+        return [f"Each condition's seed-to-seed variation is estimated from its own seeds, {few} or more (up to "
+                f"{100 * spread[widest]:.1f} points, {widest}): with so few seeds the intervals use a wide t quantile, "
+                "and more seeds would narrow them."]
     return []
 
 
