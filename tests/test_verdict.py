@@ -483,3 +483,42 @@ def test_ece_is_per_run_then_averaged():
     row = condition_row(c)
     assert row["ece"] == pytest.approx(0.1) and row["ece_std"] == pytest.approx(np.sqrt(0.02))
     assert row["accuracy_per_seed"] == "0.900 / 0.700"
+
+
+def _curve(reach_step, plateau, every=20, last=200):
+    """A validation curve that jumps to ``plateau`` at ``reach_step`` (0.5 before), evaluated every ``every`` steps."""
+    return [{"step": s, "val_accuracy": plateau if s >= reach_step else 0.5} for s in range(every, last + 1, every)]
+
+
+def _speed_of(curves: dict) -> pd.DataFrame:
+    n = 400
+    truth = truth_of(n)
+    conds = [condition(name, name, [fake_run(s, rights(n, 340, 10 * i + s), truth, val=0.9 - 0.01 * i, history=h)
+                                    for s, h in enumerate(hs, 1)]) for i, (name, hs) in enumerate(curves.items())]
+    return analyse(conds)[0].speed
+
+
+def test_speed_is_compared_over_seeds_and_never_below_the_evaluation_interval():
+    """The best on validation (a) reaches its plateau at step 20 in every seed; b at 100/120/100: b is slower (Welch
+    over seeds, Holm). c's 40/40/40 is one 20-step evaluation behind: never called, even though identical seeds make
+    its p-value tiny."""
+    speed = _speed_of({"a": [_curve(20, 0.8)] * 3,
+                       "b": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
+                       "c": [_curve(40, 0.8)] * 3})
+    own = speed[speed.target == "own plateau"].set_index("condition")
+    assert own.loc["b", "steps_per_seed"] == "100 / 120 / 100" and own.loc["b", "call"] == "slower"
+    assert own.loc["b", "diff_vs_best"] == pytest.approx(320 / 3 - 20) and own.loc["b", "ci_low"] > 0
+    assert own.loc["c", "call"] == "cannot tell" and own.loc["c", "p_value"] < 0.05
+    assert speed.attrs["resolution_steps"] == 20
+
+
+def test_speed_to_a_common_bar_does_not_credit_a_lower_plateau():
+    """d plateaus at 0.6 from step 20: it reaches its own plateau first, but the common bar (95% of the weakest
+    eligible plateau) only the others reach; a seed that never does is shown as 'never' and not tested."""
+    speed = _speed_of({"a": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
+                       "d": [_curve(20, 0.6), _curve(20, 0.6), _curve(20, 0.7)]})
+    own = speed[speed.target == "own plateau"].set_index("condition")
+    assert own.loc["d", "diff_vs_best"] < 0
+    bar = speed[speed.target != "own plateau"].set_index("condition")
+    assert bar.index.tolist() == ["a", "d"] and "never" in bar.loc["d", "steps_per_seed"]
+    assert pd.isna(bar.loc["d", "p_value"]) and bar.loc["d", "call"] == ""

@@ -96,6 +96,9 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                    "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",
                    _md_table(v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
                                           "significant"]]), ""]
+        if v.speed is not None and len(v.speed):
+            md += [sections.SPEED_NOTE.format(resolution=v.speed.attrs.get("resolution_steps", float("nan"))), "",
+                   _md_table(v.speed), ""]
         if len(v.pairs):
             md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
                    _md_table(v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
@@ -160,6 +163,7 @@ def _write_tables(out: Path, verdicts) -> None:
 
     stacked(tagged(v, v.table) for v in verdicts).to_csv(out / "summary.csv", index=False)
     stacked(tagged(v, v.pairs) for v in verdicts).to_csv(out / "comparisons.csv", index=False)
+    stacked(tagged(v, v.speed) for v in verdicts if v.speed is not None).to_csv(out / "speed.csv", index=False)
     stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
     stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),

@@ -66,6 +66,13 @@ def how_to_read(settings) -> str:
     return f"<p class='note'>{md_inline(HOW_TO_READ_MD.format(margin=100 * settings.margin))}</p>"
 
 
+SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95% of the run's own best (*own plateau*) "
+              "and a bar common to every condition (95% of the weakest eligible condition's plateau), per seed; each "
+              "condition against the best on validation by Welch's t test over seeds, Holm-adjusted over this table. "
+              "Steps are read at evaluations every {resolution:g} steps, so a difference of one evaluation or less is "
+              "never called faster or slower.")
+
+
 def group_html(v) -> str:
     """Everything about one group: the verdict first, the evidence after."""
     conds = v.group.conditions
@@ -83,8 +90,11 @@ def group_html(v) -> str:
            "<h3>Learning curves</h3>", img(plots.plot_curves(order, colors)),
            "<p class='note'>Time to target: the first evaluation at which validation accuracy reached 95% / 99% of the "
            "run's best (mean over seeds; seconds of training, evaluation excluded).</p>",
-           table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]]),
-           "<h3>Cost</h3>", img(plots.plot_costs(table, colors)), img(plots.plot_pareto(table, colors))]
+           table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]])]
+    if v.speed is not None and len(v.speed):
+        out += [f"<p class='note'>{md_inline(SPEED_NOTE.format(resolution=v.speed.attrs.get('resolution_steps')))}</p>",
+                table_html(v.speed)]
+    out += ["<h3>Cost</h3>", img(plots.plot_costs(table, colors)), img(plots.plot_pareto(table, colors))]
     sweep = plots.plot_sweeps(table, conds)
     if sweep:
         out += ["<h3>Sweeps</h3>", img(sweep)]
