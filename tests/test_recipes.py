@@ -36,13 +36,33 @@ def test_dropout_keys_reach_each_architecture(encoder, keys, request):
     assert head_dropout is not None and head_dropout.p == 0.5  # the classifier's own dropout module
 
 
-def test_a_dropout_an_architecture_lacks_is_a_clear_error():
-    from transformers import MPNetConfig
+def test_a_classifier_dropout_without_a_config_key_is_set_on_the_head_alone(tmp_path):
+    """MPNet's config has no classifier-dropout key (its head reuses hidden_dropout_prob): the rate goes to the
+    head's own dropout layer, the encoder's stay as they were (report 1's MPNet runs asked for 0.5 before the head)."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from tuneoff.models.architecture import dropout_overrides
+    from tuneoff.models.loading import load_classifier
 
-    with pytest.raises(TuneoffError, match="model.classifier_dropout: a mpnet model has no classifier dropout"):
-        dropout_overrides(MPNetConfig(), {"classifier": 0.5})
+    config = MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         max_position_embeddings=64, hidden_dropout_prob=0.1)
+    MPNetForSequenceClassification(config).save_pretrained(tmp_path / "mpnet")
+    model, _ = load_classifier(str(tmp_path / "mpnet"), ["neg", "pos"], dropout={"classifier": 0.5})
+    assert model.classifier.dropout.p == 0.5
+    encoder = [m.p for m in model.mpnet.modules() if isinstance(m, torch.nn.Dropout)]
+    assert encoder and set(encoder) == {0.1} and model.config.hidden_dropout_prob == 0.1
+
+
+def test_a_dropout_an_architecture_lacks_is_a_clear_error(tiny_bert):
+    from transformers import PretrainedConfig
+
+    from tuneoff.models.architecture import dropout_overrides, set_head_dropout
+    from tuneoff.models.loading import load_classifier
+
+    with pytest.raises(TuneoffError, match="model.hidden_dropout: a .* model has no hidden dropout setting"):
+        dropout_overrides(PretrainedConfig(), {"hidden": 0.5})
+    model, arch = load_classifier(tiny_bert, ["neg", "pos"])  # BERT's head is a Linear: its dropout sits outside it
+    with pytest.raises(TuneoffError, match="no classifier dropout setting .* or a dropout layer in the head"):
+        set_head_dropout(model, arch, 0.5)
 
 
 def test_sgd_and_step_decay_reach_the_optimizer(tiny_bert):

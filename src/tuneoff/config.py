@@ -46,7 +46,8 @@ class ModelConfig(Section):
     attention_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on attention probabilities; None "
                                             "keeps the model's.")
     classifier_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout before the classification head "
-                                             "(classifier_dropout, seq_classif_dropout, cls_dropout); None keeps the model's.")
+                                             "(classifier_dropout, seq_classif_dropout, cls_dropout; else the "
+                                             "head's own dropout layer, as MPNet's); None keeps the model's.")
 
     @model_validator(mode="after")
     def _remote_code_needs_pin(self) -> ModelConfig:

@@ -80,15 +80,36 @@ DROPOUT_KEYS = {
 }
 
 
-def dropout_overrides(config, dropout: dict[str, float | None]) -> dict[str, float]:
-    """Config attributes for the requested dropout rates of this architecture; a rate it has no place for is an error."""
-    out = {}
+def dropout_overrides(config, dropout: dict[str, float | None]) -> tuple[dict[str, float], float | None]:
+    """Config attributes for the requested dropout rates of this architecture, and a classifier rate its config has
+    no key for (MPNet's head reuses ``hidden_dropout_prob``): that one is set on the head's own dropout layers after
+    loading (``set_head_dropout``). Any other rate the architecture has no place for is an error."""
+    out, head_rate = {}, None
     for what, rate in (dropout or {}).items():
         if rate is None:
             continue
         key = next((k for k in DROPOUT_KEYS[what] if hasattr(config, k)), None)
-        if key is None:
-            raise TuneoffError(f"model.{what}_dropout: a {config.model_type} model has no {what} dropout setting "
-                               f"(looked for {', '.join(DROPOUT_KEYS[what])}). Leave it unset for this model.")
-        out[key] = rate
-    return out
+        if key is None and what == "classifier":
+            head_rate = rate
+        elif key is None:
+            raise TuneoffError(_no_dropout(config.model_type, what))
+        else:
+            out[key] = rate
+    return out, head_rate
+
+
+def set_head_dropout(model, arch: Architecture, rate: float) -> None:
+    """Dropout ``rate`` on every dropout layer inside the classification head's modules (not the encoder's)."""
+    import torch.nn as nn
+
+    layers = [m for name in arch.head_modules for m in model.get_submodule(name).modules() if isinstance(m, nn.Dropout)]
+    if not layers:
+        raise TuneoffError(_no_dropout(arch.model_type, "classifier"))
+    for layer in layers:
+        layer.p = rate
+
+
+def _no_dropout(model_type: str, what: str) -> str:
+    where = ", ".join(DROPOUT_KEYS[what]) + (" or a dropout layer in the head" if what == "classifier" else "")
+    return (f"model.{what}_dropout: a {model_type} model has no {what} dropout setting (looked for {where}). Leave "
+            "it unset for this model.")

@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tuneoff.core.errors import TuneoffError
-from tuneoff.models.architecture import Architecture, describe, dropout_overrides
+from tuneoff.models.architecture import (
+    Architecture,
+    describe,
+    dropout_overrides,
+    set_head_dropout,
+)
 from tuneoff.models.assets import BUILTIN_MODELS
 
 if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` must not wait for it
@@ -42,12 +47,14 @@ def load_classifier(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     extra = {**(extra or {}), **({"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {})}
+    head_rate = None
     if dropout and any(v is not None for v in dropout.values()):
         try:
             config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise TuneoffError(_load_failure(source, "config", exc)) from exc
-        extra.update(dropout_overrides(config, dropout))
+        overrides, head_rate = dropout_overrides(config, dropout)
+        extra.update(overrides)
     if attn_implementation:
         extra["attn_implementation"] = attn_implementation
     try:
@@ -66,7 +73,10 @@ def load_classifier(
         )
     except (OSError, ValueError) as exc:
         raise TuneoffError(_load_failure(source, "model", exc)) from exc
-    return model, describe(model, info.get("missing_keys", []))
+    arch = describe(model, info.get("missing_keys", []))
+    if head_rate is not None:
+        set_head_dropout(model, arch, head_rate)
+    return model, arch
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
