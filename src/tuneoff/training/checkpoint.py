@@ -53,6 +53,7 @@ class LoopState:
     step: int = 0            # optimizer steps done
     best: float | None = None
     best_step: int = 0
+    best_loss: float | None = None  # lowest validation loss so far: a run whose loss still falls is still learning
     stale: int = 0
     stopped_early: bool = False
     history: list = field(default_factory=list)

@@ -297,13 +297,10 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
     state.running_loss, state.running_n = 0.0, 0
     if on_evaluate is not None:  # process 0 reports (once, to a search); every process stops with it
         on_main_process(s.accelerator, on_evaluate, state.step, {**val, "epoch": state.history[-1]["epoch"]})
-    value = val[tc.metric_for_best]
-    if state.best is None or (value < state.best if tc.metric_for_best == "loss" else value > state.best):
-        state.best, state.best_step, state.stale = value, state.step, 0
+    if convergence.observe(state, val[tc.metric_for_best], val["loss"], tc.metric_for_best):
         p.best = [q.detach().to("cpu", copy=True) for q in s.trainable]
         p.best_validation = (val_logits, val)  # the final metrics: the model the run ends with is this one
     else:
-        state.stale += 1
         # Not before train.min_epochs: a run often sits at the majority class for its first evaluations.
         state.stopped_early = (tc.patience is not None and state.stale >= tc.patience
                                and state.step >= tc.min_epochs * s.steps_per_epoch)
