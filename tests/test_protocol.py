@@ -176,17 +176,19 @@ def test_early_stopping_waits_for_min_epochs(tiny_bert, toy_csv, tmp_path):
 
 def test_a_falling_validation_loss_is_progress_for_early_stopping():
     """Report 2's analogue: accuracy stuck at the majority class (0.534) for four evaluations while the validation
-    loss fell from 1.95 to 1.02. Those evaluations are not stale: patience counts only evaluations where neither the
-    metric nor the loss (by 0.5%) improved; the weights kept stay the best by the metric."""
+    loss fell from 1.95 to 1.02. Before the metric first improves, such evaluations are not stale (patience counts
+    only evaluations where neither the metric nor the loss, by 0.5%, improved); once it has moved, only the metric
+    counts, so a noisy loss does not keep a run going. The weights kept stay the best by the metric."""
     from tuneoff.training.checkpoint import LoopState
     from tuneoff.training.convergence import observe
 
-    state = LoopState()
-    kept = [observe(state, acc, loss, "accuracy") for acc, loss in
-            [(0.538, 1.95), (0.534, 1.41), (0.534, 1.19), (0.534, 1.02)]]
-    assert kept == [True, False, False, False] and state.stale == 0 and state.best_loss == 1.02
-    stale = []
-    for acc, loss in [(0.534, 1.019), (0.536, 1.03), (0.9, 0.5), (0.89, 0.499)]:  # 1.019, 0.499: under 0.5% better
-        observe(state, acc, loss, "accuracy")
+    state, kept, stale = LoopState(), [], []
+    for step, (acc, loss) in enumerate([(0.538, 1.95), (0.534, 1.41), (0.534, 1.19), (0.534, 1.02), (0.534, 1.019),
+                                        (0.9, 0.5), (0.89, 0.45), (0.88, 0.4)], start=1):
+        state.step = 25 * step
+        state.history.append({"step": state.step, "val_accuracy": acc, "val_loss": loss})
+        kept.append(observe(state, acc, loss, "accuracy"))
         stale.append(state.stale)
-    assert stale == [1, 2, 0, 1] and state.best == 0.9 and state.best_step == 0
+    assert kept == [True, False, False, False, False, True, False, False]
+    # falling loss before accuracy moved: not stale; 1.019 is under 0.5% better: stale; after 0.9 the loss is ignored
+    assert stale == [0, 0, 0, 0, 1, 0, 1, 2] and state.best == 0.9 and state.best_step == 150

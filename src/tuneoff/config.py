@@ -161,8 +161,8 @@ class TrainConfig(Section):
         return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value  # YAML 1.1 `off`
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = Field("accuracy", description="Validation metric that picks "
                                                                      "the best checkpoint, early stopping and a tuning trial.")
-    patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without improvement "
-                                 "(neither train.metric_for_best nor the validation loss, by 0.5%, improved).")
+    patience: int | None = Field(None, ge=1, description="Early stopping after N evaluations without a better "
+                                 "train.metric_for_best (before it first improves, a 0.5% lower validation loss counts).")
     min_epochs: float = Field(1.0, ge=0, description="Early stopping never ends a run before this many epochs (a run often "
                               "sits at the majority class for its first evaluations).")
     seed: int = Field(42, description="Training seed: initialisation of the head, data order, dropout.")

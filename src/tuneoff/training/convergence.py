@@ -20,21 +20,25 @@ import numpy as np
 
 MIN_DELTA = 0.005         # an improvement of the validation metric smaller than this is a plateau, not progress
 UNDER_CONFIDENCE = 0.25   # accuracy minus mean confidence above this: grossly under-confident
-LOSS_PROGRESS = 0.005     # a validation loss 0.5% under its best so far is progress too, for early stopping
+LOSS_PROGRESS = 0.005     # before the metric first improves, a validation loss 0.5% under its best is progress
 
 
 def observe(state, value: float, loss: float, metric: str) -> bool:
-    """Record one evaluation in the loop's ``state`` (best, best_step, best_loss, stale); True when it is the best by
-    ``metric`` (its weights are the ones kept). An evaluation is stale, counting towards ``train.patience``, only
-    when neither the metric nor the validation loss improved: runs sit at the majority class for their first
-    evaluations while the loss drops (report 2's analogue lost full fine-tuning and LoRA trials that way, stopped
-    at the end of epoch 1 with the validation loss down a third), and that is learning, not a plateau."""
+    """Record one evaluation in the loop's ``state`` (best, best_step, best_loss, stale; ``state.history`` already
+    holds it); True when it is the best by ``metric`` (its weights are the ones kept).
+
+    While the metric has not improved on the run's first evaluation, a falling validation loss (0.5% under its best)
+    is progress too and the evaluation is not stale: runs sit at the majority class for their first evaluations while
+    the loss drops (report 2's analogue lost full fine-tuning and LoRA tuning trials that way, stopped at the end of
+    epoch 1 with the validation loss down a third). Once the metric has moved, only the metric counts (a noisy
+    validation loss would otherwise keep every run going to its cap)."""
     loss_falls = state.best_loss is None or loss < state.best_loss * (1 - LOSS_PROGRESS)
     state.best_loss = loss if state.best_loss is None else min(state.best_loss, loss)
+    not_started = bool(state.history) and state.best_step == state.history[0]["step"]
     if state.best is None or (value < state.best if metric == "loss" else value > state.best):
         state.best, state.best_step, state.stale = value, state.step, 0
         return True
-    state.stale = 0 if loss_falls else state.stale + 1
+    state.stale = 0 if loss_falls and not_started else state.stale + 1
     return False
 
 
