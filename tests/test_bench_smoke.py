@@ -37,3 +37,27 @@ def test_study_benchmark_trainer_script_runs_each_kind_of_run(tiny_bert, toy_csv
         assert proc.returncode == 0, proc.stderr[-3000:]
         (line,) = [entry for entry in proc.stdout.splitlines() if entry.startswith("RESULT ")]
         assert 0.0 <= json.loads(line[7:])["test_accuracy"] <= 1.0
+
+
+def test_early_stopping_replay_finds_a_run_stopped_while_its_loss_fell(tmp_path):
+    """bench/replay_early_stopping.py on two hand-made runs: one stopped at the majority class while its validation
+    loss fell (it would go on), one stopped at a real plateau (it would not)."""
+    import yaml
+
+    def run(name, accuracies, losses):
+        d = tmp_path / "study" / "runs" / name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"stopped_early": True, "test": {"accuracy": 0.5}}))
+        (d / "config.yaml").write_text(yaml.safe_dump({"train": {"patience": 3}}))
+        (d / "history.jsonl").write_text("".join(json.dumps({"step": 25 * i, "epoch": i / 4, "val_accuracy": a,
+                                                             "val_loss": l}) + "\n"
+                                                 for i, (a, l) in enumerate(zip(accuracies, losses), 1)))
+
+    run("stuck", [0.538, 0.534, 0.534, 0.534], [1.95, 1.41, 1.19, 1.02])
+    run("plateau", [0.7, 0.9, 0.89, 0.88, 0.9], [0.9, 0.5, 0.45, 0.4, 0.38])
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "replay_early_stopping.py"), str(tmp_path / "study"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = next((tmp_path / "out").glob("early-stopping-replay-*.md")).read_text()
+    assert "## study: 1 of 2 early-stopped runs would have gone on" in text and "| stuck |" in text
+    assert "| plateau |" not in text
