@@ -155,6 +155,7 @@ def test_a_one_seed_condition_borrows_the_seed_variance_it_is_compared_with():
     d = cmp.difference("a", "one")
     assert d["seed"] == pytest.approx(compare({"a": a}).seeds.tau2 * (1 / 3 + 1))
     assert not cmp.seeds_of("one", ("a",)).assumed
+    assert len(cmp._seed_parts("a", "one")) == 1, "one estimate, used twice: one term for Satterthwaite, not two"
 
 
 def test_memory_is_bounded_at_25000_examples():

@@ -39,7 +39,7 @@ rate and the interval coverage (``bench/results/calibration-*.md``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -108,14 +108,18 @@ class Comparisons:
     seeds: SeedVariance               # pooled over the whole group: what the verdict reports of seed-to-seed spread
     fixed: frozenset = frozenset()    # conditions without seed variance (the majority-class baseline)
     assumed_sd: float = ASSUMED_SEED_SD
+    _pools: dict = field(default_factory=dict, repr=False, compare=False)  # pooled names -> their SeedVariance
 
     def seeds_of(self, name: str, others: tuple = ()) -> SeedVariance:
         """The seed variance of one condition: its own (see the module's docstring for why not the group's); for a
-        condition with one seed, pooled over ``others`` (the conditions it is compared with), else the group's."""
+        condition with one seed, pooled over ``others`` (the conditions it is compared with), else the group's.
+        One pool gives one object, so an estimate two conditions share is recognised as one."""
         for pool in ((name,), others):
-            own = seed_variance({k: self.mats[k] for k in pool if k not in self.fixed}, self.assumed_sd)
-            if not own.assumed:
-                return own
+            names = tuple(sorted(k for k in pool if k not in self.fixed and self.n_seeds(k) > 1))
+            if names:
+                if names not in self._pools:
+                    self._pools[names] = seed_variance({k: self.mats[k] for k in names}, self.assumed_sd)
+                return self._pools[names]
         return self.seeds
 
     def estimate(self, name: str) -> float:
