@@ -28,6 +28,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from tuneoff.analysis import sentences
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.analysis.significance import (
@@ -202,13 +203,6 @@ def _fits(row: dict, decide: Decide) -> bool:
     return all(limit is None or pd.isna(row.get(key)) or row[key] <= limit for key, limit in limits)
 
 
-def _ratio(value: float, ref: float) -> str:
-    if pd.isna(value) or pd.isna(ref) or not ref:
-        return "n/a"
-    r = value / ref
-    return f"1/{1 / r:,.0f}" if r < 0.5 else f"{r:.2f}x"
-
-
 def _overall_cost(row: pd.Series, ref: pd.Series) -> float:
     """Geometric mean of the cost ratios against the reference (costs a run did not measure left out)."""
     logs = [np.log(row[k] / ref[k]) for k in RATIO_COSTS if pd.notna(row.get(k)) and pd.notna(ref.get(k)) and row[k] > 0 and ref[k] > 0]
@@ -229,20 +223,20 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     v.budget_limited = list(runs[runs.budget_limited.astype(bool)].condition)
     if ok.empty:
         v.lines = [f"**No method learned more than the majority-class baseline** ({base.condition}, test accuracy "
-                   f"{_pct(base.accuracy)}): none is recommended. " + _flag_text(flagged)
-                   + _budget_text(runs) + " Train longer (train.epochs), on more data, or let the study tune each "
-                   "method's learning rate (tune: {lr: true}), then re-run."]
+                   f"{sentences.pct(base.accuracy)}): none is recommended. " + sentences.flag_text(flagged)
+                   + sentences.budget_text(runs) + " Train longer (train.epochs), on more data, or let the study tune "
+                   "each method's learning rate (tune: {lr: true}), then re-run."]
         return
     overall = _rank(ok).iloc[0]
     if fitting.empty:
-        v.lines = [f"**No method fits the constraints** ({_constraint_text(settings.decide)}); the best without them is "
-                   f"{overall.condition}."]
+        v.lines = [f"**No method fits the constraints** ({sentences.constraint_text(settings.decide)}); the best "
+                   f"without them is {overall.condition}."]
         return
     best = t.loc[v.best]
     fulls = _rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING])  # full fine-tuning, whatever the method is called
     ref = fulls.iloc[0] if len(fulls) else best
     v.reference = ref.condition
-    lines = [_best_line(best)]
+    lines = [sentences.best_line(best)]
     calls = {}
     for col in ("vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"):
         v.table[col] = None if col == "vs_best" else np.nan
@@ -258,152 +252,37 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
             call, d["diff"], d["ci_low"], d["ci_high"])
     others = _rank(fitting.drop(index=best.condition))  # not the second overall: a budget-limited leader is no pick
     if len(others):
-        lines.append(_runner_up_line(v, best, others.iloc[0]))
-    lines += _contradictions(v, best, runs)
+        lines.append(sentences.runner_up_line(v, best, others.iloc[0]))
+    lines += sentences.contradictions(v, best, runs)
     as_good = [best.condition] + [n for n, (call, _) in calls.items() if call == "as good" and not t.loc[n].budget_limited]
     pool = t.loc[as_good]
     score = (pool.apply(lambda r: _overall_cost(r, ref), axis=1) if settings.prefer == "overall" else pool[settings.prefer])
     rec = t.loc[score.astype(float).idxmin()] if score.notna().any() else best
     v.recommended = rec.condition
     cheaper = {n: c for n, c in calls.items() if _overall_cost(t.loc[n], ref) < _overall_cost(rec, ref)}
-    lines.append(_recommendation(rec, best, ref, calls, cheaper, margin))
+    lines.append(sentences.recommendation(rec, best, ref, calls, cheaper, margin))
     for name, (call, d) in cheaper.items():
         if call == "undecided":
             lines.append(f"Cannot decide whether cheaper {name} is as good: the 95% CI of its difference from "
-                         f"{best.condition} ({_pts(d['ci_low'])} to {_pts(d['ci_high'])} points) crosses the "
-                         f"−{100 * margin:g}-point margin; {what_would_decide(d, margin)}.")
+                         f"{best.condition} ({sentences.pts(d['ci_low'])} to {sentences.pts(d['ci_high'])} points) "
+                         f"crosses the −{100 * margin:g}-point margin; {what_would_decide(d, margin)}.")
     worse = [n for n, (call, _) in calls.items() if call == "worse"]
     if worse:
         lines.append(f"Worse than {best.condition} by more than the {100 * margin:g}-point margin: {', '.join(worse)}.")
     limited = [n for n in v.budget_limited if n in t.index]
     if limited:
         lines.append("**Budget-limited** (a run did not reach its validation plateau, so none of these is called worse; "
-                     "a longer budget may change the comparison): " + "; ".join(
-                         f"{n} ({t.loc[n].not_converged})" for n in limited) + ". " + _budget_advice(t.loc[limited]))
+                     "a longer budget may change the comparison): "
+                     + "; ".join(f"{n} ({t.loc[n].not_converged})" for n in limited) + ". "
+                     + sentences.budget_advice(t.loc[limited]))
     if len(flagged):
-        lines.append("Not recommended: " + _flag_text(flagged))
+        lines.append("Not recommended: " + sentences.flag_text(flagged))
     excluded = ok[~ok.fits.astype(bool)]
     if len(excluded):
-        lines.append(f"Over the constraints ({_constraint_text(settings.decide)}): {', '.join(excluded.condition)}"
+        lines.append(f"Over the constraints ({sentences.constraint_text(settings.decide)}): "
+                     f"{', '.join(excluded.condition)}"
                      + (f"; the best without them would be {overall.condition}." if overall.condition != best.condition else "."))
-    lines += _seed_caveats(v, runs)
+    lines += sentences.seed_caveats(v, runs)
     v.lines = lines
 
 
-def _best_line(best: pd.Series) -> str:
-    lr = f"; learning rate {best.lr:.3g}" if pd.notna(best.get("lr")) else ""
-    return (f"**Best on validation: {best.condition}** (validation accuracy {_pct(best.val_accuracy)}{lr}); on test "
-            f"{_pct(best.accuracy)} (95% CI {_pct(best.accuracy_ci_low)}–{_pct(best.accuracy_ci_high)}, covering "
-            f"{best.ci_covers}; {best.seeds} seed(s): {best.accuracy_per_seed}).")
-
-
-def _runner_up_line(v: GroupVerdict, best: pd.Series, runner: pd.Series) -> str:
-    d = v.decisions
-    row = d[(d.condition == runner.condition) & (d.against == "best")].iloc[0]
-    p = v.pairs
-    pair = p[((p.a == best.condition) & (p.b == runner.condition)) | ((p.b == best.condition) & (p.a == runner.condition))]
-    mc = conflict = ""
-    if len(pair) and pair.iloc[0].paired_seeds:
-        pair = pair.iloc[0]
-        mc = f"; McNemar per seed: {pair.mcnemar}"
-        conflict = " (the seeds disagree on the direction)" if pair.mcnemar_favours_a and pair.mcnemar_favours_b else ""
-    verdict = "a **significant** difference" if row.significant else "**not a significant** difference"
-    return (f"Against the runner-up on validation, {runner.condition}: {_pts(-row['diff'])} points on test for "
-            f"{best.condition} (95% CI {_pts(-row.ci_high)} to {_pts(-row.ci_low)}), {verdict} (Holm-adjusted p = "
-            f"{row.p_holm:.3g} over the {v.family} comparisons of the decision){mc}{conflict}.")
-
-
-def _contradictions(v: GroupVerdict, best: pd.Series, runs: pd.DataFrame) -> list[str]:
-    """Conditions significantly better than the validation pick on test: the test set contradicts the choice."""
-    d = v.decisions
-    if d is None or d.empty:
-        return []
-    ahead = d[(d.against == "best") & d.significant & (d["diff"] > 0)]
-    return [f"**The test set contradicts the validation pick**: {r.condition} is better than {best.condition} on test by "
-            f"{_pts(r['diff'])} points (95% CI {_pts(r.ci_low)} to {_pts(r.ci_high)}, Holm-adjusted p = {r.p_holm:.3g}) "
-            "though it ranked lower on validation. The validation split may be too small or unlike the test split: "
-            "read the recommendation with care, or enlarge validation (data.validation_fraction)."
-            for _, r in ahead.iterrows()]
-
-
-def _recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float) -> str:
-    costs = [f"{rec.trainable_pct:.3g}% of the parameters trained"]
-    if rec.condition != ref.condition:
-        costs += [f"{_ratio(rec.trained_mb, ref.trained_mb)} the trained weights to keep",
-                  f"{_ratio(rec.peak_memory_mb, ref.peak_memory_mb)} the peak memory",
-                  f"{_ratio(rec.train_seconds, ref.train_seconds)} the training time of {ref.condition}"]
-    if rec.condition != best.condition:
-        d = calls[rec.condition][1]
-        how = (f"better by {100 * d['diff']:.1f} points than" if d["diff"] > 0 else
-               f"within {abs(100 * d['diff']):.1f} points of")
-        quality = (f"{how} {best.condition} on test (non-inferior at a {100 * margin:g}-point margin: 95% CI of the "
-                   f"difference {_pts(d['ci_low'])} to {_pts(d['ci_high'])}, {rec.seeds} seed(s))")
-        return f"**Use {rec.condition}**: {quality}, {', '.join(costs)}."
-    open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited")]
-    if open_:
-        return (f"**Use {rec.condition} by default**: it is the best on validation, but this study could not decide "
-                f"whether cheaper {', '.join(open_)} {'is' if len(open_) == 1 else 'are'} as good (see below): the "
-                f"default for lack of evidence, not a finding that {'it is' if len(open_) == 1 else 'they are'} worse; "
-                f"{', '.join(costs)}.")
-    if cheaper:
-        return (f"**Use {rec.condition}**: the best on validation, and every cheaper method is worse by more than the "
-                f"{100 * margin:g}-point margin; {', '.join(costs)}.")
-    return f"**Use {rec.condition}**: the best on validation, and no method that qualified is cheaper; {', '.join(costs)}."
-
-
-def _seed_caveats(v: GroupVerdict, runs: pd.DataFrame) -> list[str]:
-    seeds = v.comparisons.seeds
-    if seeds.assumed:
-        return [f"With one seed per condition the seed-to-seed variation cannot be measured: it is assumed to be "
-                f"{100 * seeds.sd:.0f} accuracy points (analysis.assumed_seed_sd), so intervals are wide and only large "
-                "differences can be called; run at least two seeds per condition to measure it."]
-    if runs.seeds.min() < 3:
-        cmp, few = v.comparisons, int(runs.seeds.min())
-        spread = {c: cmp.seeds_of(c).sd for c in runs.condition if cmp.n_seeds(c) > 1}
-        widest = max(spread, key=spread.get, default=None)
-        if widest is None or spread[widest] == 0:
-            return [f"No systematic seed-to-seed variation was detected in any condition ({few} seed(s) each): the "
-                    "intervals are mostly test sampling's; with so few seeds that is an estimate, and more seeds would "
-                    "make it firm."]
-        return [f"Each condition's seed-to-seed variation is estimated from its own seeds, {few} or more (up to "
-                f"{100 * spread[widest]:.1f} points, {widest}): with so few seeds the intervals use a wide t quantile, "
-                "and more seeds would narrow them."]
-    return []
-
-
-def _budget_text(runs: pd.DataFrame) -> str:
-    limited = runs[runs.budget_limited.astype(bool)]
-    return (" Budget-limited (not converged): " + ", ".join(limited.condition) + "." if len(limited) else "")
-
-
-def _budget_advice(limited: pd.DataFrame) -> str:
-    reasons = " ".join(limited.not_converged.astype(str))
-    if "too few evaluations" in reasons:
-        return "Evaluate more often (train.eval_every) and train longer (train.epochs) with early stopping (train.patience)."
-    if "still improving" in reasons or "under-confident" in reasons:
-        return "Raise train.epochs (early stopping with train.patience ends each run at its plateau), or tune the learning rate."
-    return "Tune the learning rate (tune: {lr: true}) or train longer."
-
-
-def _flag_text(flagged: pd.DataFrame) -> str:
-    parts = []
-    for _, r in flagged.iterrows():
-        why = []
-        if r.collapsed_runs:
-            why.append(f"predicted a single class in {int(r.collapsed_runs)} of {int(r.seeds)} run(s)")
-        if not r.beats_baseline:
-            why.append("does not beat the majority-class baseline significantly")
-        parts.append(f"{r.condition} ({'; '.join(why)})")
-    return "; ".join(parts) + "." if parts else ""
-
-
-def _constraint_text(decide: Decide) -> str:
-    return ", ".join(f"{k} ≤ {v:g}" for k, v in decide.model_dump().items() if v is not None) or "none"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
