@@ -185,6 +185,11 @@ def run_ece(run: dict, labels: list[str]) -> tuple[float, pd.DataFrame]:
     return expected_calibration_error(probs.max(1), (p["true_label"] == p["pred_label"]).to_numpy())
 
 
+def first_reaching(history: list[dict], target: float) -> dict | None:
+    """The first evaluation whose validation accuracy reaches ``target`` (None if none does)."""
+    return next((e for e in history if e.get("val_accuracy") is not None and e["val_accuracy"] >= target), None)
+
+
 def time_to_target(history: list[dict], fractions=(0.95, 0.99)) -> dict:
     """First evaluation at which validation accuracy reached each fraction of the run's best: step and training
     seconds (None for runs written before the history recorded time)."""
@@ -194,7 +199,7 @@ def time_to_target(history: list[dict], fractions=(0.95, 0.99)) -> dict:
     best = max(e["val_accuracy"] for e in h)
     out = {}
     for f in fractions:
-        hit = next(e for e in h if e["val_accuracy"] >= f * best)
+        hit = first_reaching(h, f * best)
         out[f"steps_to_{round(f * 100)}"] = hit["step"]
         out[f"seconds_to_{round(f * 100)}"] = hit.get("seconds")
     return out

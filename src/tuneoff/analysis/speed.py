@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tuneoff.analysis.groups import Condition
+from tuneoff.analysis.groups import Condition, first_reaching
 from tuneoff.analysis.significance import ALPHA, holm
 
 OWN, COMMON = 0.95, 0.95
@@ -28,7 +28,8 @@ OWN, COMMON = 0.95, 0.95
 
 def steps_to(history: list[dict], target: float) -> float:
     """First evaluated step whose validation accuracy reaches ``target`` (nan if none does)."""
-    return next((float(e["step"]) for e in history if (e.get("val_accuracy") or 0.0) >= target), float("nan"))
+    hit = first_reaching(history, target)
+    return float(hit["step"]) if hit else float("nan")
 
 
 def _evaluations(history: list[dict]) -> list[dict]:

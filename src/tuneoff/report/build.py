@@ -97,8 +97,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                    _md_table(v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
                                           "significant"]]), ""]
         if v.speed is not None and len(v.speed):
-            md += [sections.SPEED_NOTE.format(resolution=v.speed.attrs.get("resolution_steps", float("nan"))), "",
-                   _md_table(v.speed), ""]
+            md += [sections.speed_note(v.speed), "", _md_table(v.speed), ""]
         if len(v.pairs):
             md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
                    _md_table(v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",

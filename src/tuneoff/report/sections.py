@@ -25,7 +25,8 @@ HOW_TO_READ_MD = (
     "each run trained to its validation plateau; a condition whose runs did not converge is **budget-limited** and "
     "never called worse. Conditions are ranked on **validation** accuracy and the test set confirms. Intervals are 95% "
     "t intervals over both sources of noise: the test examples and the training seeds (each condition's own seed "
-    "variance, Welch-Satterthwaite degrees of freedom; assumed, not measured, when every condition has one seed). A cheaper method is called **as good** as the best (non-inferior) only when the whole interval of its "
+    "variance, Welch-Satterthwaite degrees of freedom; assumed, not measured, when every condition has one seed). "
+    "A cheaper method is called **as good** as the best (non-inferior) only when the whole interval of its "
     "difference from the best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or "
     "that it is worse. The decision's p-values (each condition against the best and against the majority-class "
     "baseline) are Holm-adjusted together; the all-pairs table is exploratory, with its own Holm adjustment. Runs that "
@@ -66,6 +67,11 @@ def how_to_read(settings) -> str:
     return f"<p class='note'>{md_inline(HOW_TO_READ_MD.format(margin=100 * settings.margin))}</p>"
 
 
+def speed_note(speed) -> str:
+    """The paragraph above a speed table (``analysis.speed``), in Markdown."""
+    return SPEED_NOTE.format(resolution=speed.attrs.get("resolution_steps", float("nan")))
+
+
 SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95% of the run's own best (*own plateau*) "
               "and a bar common to every condition (95% of the weakest eligible condition's plateau), per seed; each "
               "condition against the best on validation by Welch's t test over seeds, Holm-adjusted over this table. "
@@ -92,8 +98,7 @@ def group_html(v) -> str:
            "run's best (mean over seeds; seconds of training, evaluation excluded).</p>",
            table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]])]
     if v.speed is not None and len(v.speed):
-        out += [f"<p class='note'>{md_inline(SPEED_NOTE.format(resolution=v.speed.attrs.get('resolution_steps')))}</p>",
-                table_html(v.speed)]
+        out += [f"<p class='note'>{md_inline(speed_note(v.speed))}</p>", table_html(v.speed)]
     out += ["<h3>Cost</h3>", img(plots.plot_costs(table, colors)), img(plots.plot_pareto(table, colors))]
     sweep = plots.plot_sweeps(table, conds)
     if sweep:
