@@ -111,6 +111,13 @@ BAD = [
     ("broken.jsonl", '{"text": "good", "label": 1}\n{"text": bad}\n', {}, r"line 2 is not valid JSON"),
     ("notobj.jsonl", '{"text": "good", "label": 1}\n[1, 2]\n', {}, r"line 2 is not a JSON object"),
     ("headonly.csv", "text,label\n", {}, r"header but no rows"),
+    # a row error names the file's own columns, not the names tuneoff gives them inside
+    ("renamed.csv", "Review Text,Sentiment\ngood,pos\n,neg\n", {"text_column": "Review Text", "label_column": "Sentiment"},
+     r"column 'Review Text' is empty or missing in 1 row\(s\): 2"),
+    ("renamed_label.csv", "Review Text,Sentiment\ngood,pos\nbad,\n", {"text_column": "Review Text", "label_column": "Sentiment"},
+     r"label column 'Sentiment' is missing in 1 row\(s\): 2"),
+    ("renamed_pair.jsonl", '{"q": "a", "p": "b", "y": 1}\n{"q": "a", "p": 3, "y": 0}\n',
+     {"text_column": "q", "text_pair_column": "p", "label_column": "y"}, r"column 'p' holds int values, not text, in 1 row"),
 ]
 
 

@@ -137,28 +137,30 @@ def require_columns(df: pd.DataFrame, where: str, columns: dict[str, str | None]
             )
 
 
-def text_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
+def text_column(df: pd.DataFrame, column: str, where: str, shown: str | None = None) -> pd.Series:
     """The column as clean strings. Empty or missing cells, and cells that are not text (a number or a list in a
-    JSON field), are errors that list the rows (1-based, counted from the file's first data row)."""
+    JSON field), are errors that list the rows (1-based, counted from the file's first data row) and name the column
+    as ``shown`` (the file's own name for it, where the frame renamed it)."""
+    shown = shown or column
     first = df.attrs.get("first_row", 0)
     raw = df[column].tolist()  # a list: pandas would turn None back into NaN
     not_text = [i for i, v in enumerate(raw) if v is not None and not isinstance(v, str) and not (isinstance(v, float) and pd.isna(v))]
     if not_text:
         example = raw[not_text[0]]
         raise TuneoffError(
-            f"{where}: column {column!r} holds {type(example).__name__} values, not text, in {len(not_text)} row(s): "
+            f"{where}: column {shown!r} holds {type(example).__name__} values, not text, in {len(not_text)} row(s): "
             f"{_rows(not_text, first)} (e.g. {str(example)[:40]!r}). Give each text as a string.")
     values = [v if isinstance(v, str) and v.strip() else None for v in raw]
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
         raise TuneoffError(
-            f"{where}: column {column!r} is empty or missing in {len(bad)} row(s): {_rows(bad, first)} "
+            f"{where}: column {shown!r} is empty or missing in {len(bad)} row(s): {_rows(bad, first)} "
             "(1-based, header not counted). Fill or remove those rows."
         )
     return pd.Series(values, index=df.index, dtype=object)
 
 
-def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
+def label_column(df: pd.DataFrame, column: str, where: str, shown: str | None = None) -> pd.Series:
     """Labels as strings (``1`` and ``1.0`` from a JSON file both become ``1``); missing ones are an error. Surrounding
     whitespace is not part of a label (``pos`` and ``pos `` are one class): the returned series' ``attrs["stripped"]``
     counts the labels it was removed from, which the data notes report."""
@@ -178,7 +180,7 @@ def label_column(df: pd.DataFrame, column: str, where: str) -> pd.Series:
     bad = [i for i, v in enumerate(labels) if v is None]
     if bad:
         raise TuneoffError(
-            f"{where}: label column {column!r} is missing in {len(bad)} row(s): {_rows(bad, df.attrs.get('first_row', 0))}. "
+            f"{where}: label column {(shown or column)!r} is missing in {len(bad)} row(s): {_rows(bad, df.attrs.get('first_row', 0))}. "
             "Every training/evaluation row needs a label; remove the rows or fill them in."
         )
     series = pd.Series(labels, index=df.index, dtype=object)
@@ -217,6 +219,8 @@ def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
                                         "data.text_pair_column": cfg.text_pair_column})
         frame = pd.DataFrame({"id": [f"{Path(path).stem}-{i + 1}" for i in range(len(df))]})
         frame.attrs["source"] = str(path)
+        # The file's own column names, for errors about a row (the frame calls them text / text_pair / label).
+        frame.attrs["columns"] = {"text": cfg.text_column, "text_pair": cfg.text_pair_column, "label": cfg.label_column}
         for target, column in (("text", cfg.text_column), ("text_pair", cfg.text_pair_column), ("label", cfg.label_column)):
             if column is not None:
                 frame[target] = df[column].values
@@ -228,12 +232,13 @@ def clean_split(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Validate one split: texts present, labels present; every value becomes a string."""
 
     where = df.attrs.get("source", where)
+    named = df.attrs.get("columns", {})
     out = pd.DataFrame({"id": df["id"].astype(str).values})
     out.attrs["source"] = where
-    out["text"] = text_column(df, "text", where).values
+    out["text"] = text_column(df, "text", where, named.get("text")).values
     if "text_pair" in df.columns:
-        out["text_pair"] = text_column(df, "text_pair", where).values
-    labels = label_column(df, "label", where)
+        out["text_pair"] = text_column(df, "text_pair", where, named.get("text_pair")).values
+    labels = label_column(df, "label", where, named.get("label"))
     out["label"] = labels.values
     out.attrs["stripped_labels"] = labels.attrs["stripped"]
     return out
