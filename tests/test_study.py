@@ -58,6 +58,7 @@ def test_expansion_variants_grid_seeds():
     ({"name": "x", "grid": {"method.r": []}}, "grid.method.r: must be a non-empty list"),
     ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
     ({"name": "x", "seeds": []}, "seeds"),
+    ({"name": "x", "seeds": [1, 2, 1]}, r"seeds: \[1\] appear more than once"),
 ])
 def test_bad_study_files(tmp_path, body, message):
     path = tmp_path / "s.yaml"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.config import (
@@ -62,6 +62,15 @@ class StudySpec(BaseModel):
     decide: Decide = Decide()
     differences: dict[str, str] = Field(default_factory=dict, description="Where a study reproducing a published recipe "
                                         "departs from it: config key -> why (studies/recipes/reports.yaml; tests check it).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} appear more than once; a repeated seed is the same run again, not another "
+                             "sample (give distinct seeds, e.g. [1, 2, 3])")
+        return seeds
 
     @model_validator(mode="after")
     def _search_or_grid(self) -> StudySpec:
