@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TWO_VARIANTS, write_study
+from conftest import TWO_VARIANTS, toy_frame, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,38 @@ def test_train_predict_and_the_run_object(tiny_bert, toy_csv, tmp_path):
     store = Store(tmp_path / "r")
     assert [r["run_id"] for r in store.runs()] == [run.path.name], "indexed like `tuneoff train`'s runs"
     store.close()
+
+
+def test_a_dataframe_is_data(tiny_bert, tmp_path, monkeypatch):
+    """A notebook's DataFrame trains, evaluates and names its rows in errors like a file; the run config names the file
+    it was stored as (content-addressed: the same frame is one file), so the run can be resumed and re-evaluated."""
+    import tuneoff
+    from tuneoff.api import study_spec
+    from tuneoff.study.spec import expand
+
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
+    frame = toy_frame(240, seed=3).rename(columns={"text": "review", "label": "stars"}).set_index(pd.Index(range(100, 340)))
+    run = tuneoff.train(model=tiny_bert, data=frame, method="lora", method__r=4, train__epochs=6, train__lr=2e-2,
+                        data__max_length=16, data__text_column="review", data__label_column="stars",
+                        output_dir=str(tmp_path / "runs"), results=tmp_path / "r", progress=False)
+    stored = Path(run.config["data"]["name"])
+    assert stored.parent == tmp_path / "cache" / "frames" and stored.suffix == ".jsonl"
+    assert pd.read_json(stored, lines=True).equals(frame.reset_index(drop=True)), "every row, the index dropped"
+    assert run.test_accuracy >= 0.75 and run.label_names == ["neg", "pos"]
+    held_out = toy_frame(40, seed=4).rename(columns={"text": "review", "label": "stars"})
+    assert run.evaluate(held_out)["accuracy"] >= 0.75
+    assert len(list(stored.parent.iterdir())) == 2, "one file per distinct frame"
+    spec = study_spec({"name": "s", "base": {"model": {"name": tiny_bert}, "data": {
+        "name": frame, "text_column": "review", "label_column": "stars"}}, "variants": {"h": {"method": {"name": "head"}}}})
+    assert expand(spec)[0].config.data.name == str(stored), "a study's DataFrame is the same file"
+    broken = frame.copy()
+    broken.iloc[4, 0] = None
+    with pytest.raises(tuneoff.TuneoffError, match=r"column 'review' is empty or missing in 1 row\(s\): 5 "):
+        tuneoff.train(model=tiny_bert, data=broken, method="head", data__text_column="review",
+                      data__label_column="stars", output_dir=str(tmp_path / "runs"), progress=False)
+    with pytest.raises(tuneoff.TuneoffError, match="data.test_file: the DataFrame has no rows"):
+        tuneoff.train(model=tiny_bert, data=frame, data__test_file=frame.iloc[:0], method="head",
+                      output_dir=str(tmp_path / "runs"), progress=False)
 
 
 def test_a_study_from_a_dict_with_its_verdict_and_tables(tiny_bert, toy_csv, tmp_path):

@@ -14,7 +14,9 @@ tuneoff.load_study("results/default", margin=0.02)   # the stored results read a
 ```
 
 Keyword arguments with a double underscore are dotted config keys (``method__r=8`` is ``method.r=8``); ``overrides``
-takes them as a dict or as ``key=value`` strings. The command line calls these same functions.
+takes them as a dict or as ``key=value`` strings. Wherever a data file is named (``data``, ``data__test_file``, a
+study's ``base.data.name``), a pandas DataFrame may stand in for it (stored once as a file the run config names:
+``tuneoff.data.frames``). The command line calls these same functions.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tuneoff.config import RunConfig, build_config, load_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, read_json, safe_name
 from tuneoff.data.corpus import load_corpus
+from tuneoff.data.frames import stored_frames
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
 from tuneoff.models.loading import load_tokenizer
@@ -54,6 +57,7 @@ def _overrides(overrides: dict | list[str] | None, dotted: dict) -> list[str]:
     items = list(overrides.items()) if isinstance(overrides, dict) else []
     out = [str(o) for o in overrides] if isinstance(overrides, (list, tuple)) else []
     items += [(k.replace("__", "."), v) for k, v in dotted.items()]
+    items = [(k, stored_frames(v, k)) for k, v in items]
     return out + [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items]
 
 
@@ -100,12 +104,12 @@ class Run:
         out = score_frame(*self._model, frame, self.config.get("data", {}).get("max_length", 512), batch_size)
         return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
 
-    def evaluate(self, data: str | None = None, split: str = "test", overrides: dict | list | None = None,
+    def evaluate(self, data: str | pd.DataFrame | None = None, split: str = "test", overrides: dict | list | None = None,
                  **dotted) -> dict:
         """Metrics of the saved model on a split of its own or another dataset, or on every row of a labeled file."""
         from tuneoff.training.saved import evaluate_run
 
-        metrics, _ = evaluate_run(self.path, data, split, _overrides(overrides, dotted))
+        metrics, _ = evaluate_run(self.path, stored_frames(data), split, _overrides(overrides, dotted))
         return metrics
 
     def _repr_html_(self) -> str:
@@ -125,13 +129,15 @@ def load_run(path: str | Path) -> Run:
                yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
 
 
-def train(config: str | Path | dict | RunConfig | None = None, *, model: str | None = None, data: str | None = None,
+def train(config: str | Path | dict | RunConfig | None = None, *, model: str | None = None,
+          data: str | pd.DataFrame | None = None,
           method: str | None = None, overrides: dict | list | None = None, results: str | Path = "results",
           progress: bool = True, resume: bool = False, **dotted) -> Run:
     """Fine-tune one model with one method; the run is written to its directory and indexed in ``results``.
 
-    ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name;
-    ``overrides`` and ``section__key=value`` keywords set any field (``train__epochs=1``)."""
+    ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name
+    (``data`` may be a DataFrame with ``text`` and ``label`` columns, or others named by ``data__text_column`` and
+    ``data__label_column``); ``overrides`` and ``section__key=value`` keywords set any field (``train__epochs=1``)."""
     from tuneoff.training.retry import train_with_oom_retry
 
     cfg = _run_config(config, model, data, method, _overrides(overrides, dotted))
@@ -148,11 +154,11 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
 
 
 def _run_config(config, model, data, method, overrides: list[str]) -> RunConfig:
-    names = {"model": model, "data": data, "method": method}
+    names = {"model": model, "data": stored_frames(data), "method": method}
     if isinstance(config, RunConfig):
         config = config.model_dump(mode="json")
     if isinstance(config, dict):
-        return build_config(config, overrides, "the config mapping", names=names)
+        return build_config(stored_frames(config, ""), overrides, "the config mapping", names=names)
     return load_config(config, overrides, names=names)
 
 
@@ -249,7 +255,7 @@ def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str]
     if isinstance(study, StudySpec):
         return study
     if isinstance(study, dict):
-        return spec_from_dict(study, overrides)
+        return spec_from_dict(stored_frames(study, ""), overrides)
     return load_spec(study, overrides)
 
 
@@ -267,7 +273,7 @@ def load_study(directory: str | Path, **analysis) -> StudyResult:
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-def inspect(data: str, model: str = "minilm", overrides: dict | list | None = None, out: str | Path | None = None,
+def inspect(data: str | pd.DataFrame, model: str = "minilm", overrides: dict | list | None = None, out: str | Path | None = None,
             **dotted) -> tuple[dict, Path]:
     """Know a dataset before training: per-split counts, labels, token lengths, duplicates, leakage and the
     ``max_length`` to use; writes ``inspect.json`` and two plots into ``out`` (default ``inspect/<dataset>``)."""
@@ -277,7 +283,7 @@ def inspect(data: str, model: str = "minilm", overrides: dict | list | None = No
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise TuneoffError(f"inspect takes only data.* overrides, not {bad}.")
-    cfg = build_config({}, overrides, names={"data": data, "model": model})
+    cfg = build_config({}, overrides, names={"data": stored_frames(data), "model": model})
     corpus = load_corpus(cfg.data)
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
