@@ -11,7 +11,6 @@ passed, and the file is read by the same loader, with the same checks and row nu
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pandas as pd
 
