@@ -530,6 +530,23 @@ def test_bad_files_for_predict_and_evaluate(content, message, tiny_bert, toy_csv
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_predict_reads_the_column_the_run_trained_on(tiny_bert, toy_csv, tmp_path):
+    renamed = tmp_path / "reviews.csv"
+    pd.read_csv(toy_csv).rename(columns={"text": "review", "label": "stars"}).to_csv(renamed, index=False)
+    out = tmp_path / "runs"
+    args = train_args(tiny_bert, str(renamed), out, **{"data.text_column": "review", "data.label_column": "stars"})
+    assert cli(*args).exit_code == 0
+    run = finished_run(out)
+    unlabeled = tmp_path / "new.csv"
+    pd.DataFrame({"review": ["good great", "bad awful"]}).to_csv(unlabeled, index=False)
+    assert cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "p.csv")).exit_code == 0, "no option needed"
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2
+    pd.DataFrame({"text": ["good great"]}).to_csv(unlabeled, index=False)
+    assert_clean_exit_2(cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv")),
+                        "no column 'review' (--text-column)")
+    assert cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv"), "--text-column", "text").exit_code == 0
+
+
 def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, monkeypatch):
     import tuneoff.training.saved as saved
 

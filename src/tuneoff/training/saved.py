@@ -120,7 +120,7 @@ def _unclaimed(path: Path) -> Path:
     return candidate
 
 
-def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, id_column: str | None,
+def predict_file(run_dir, file, out, text_column: str | None, pair_column: str | None, id_column: str | None,
                  fmt: str = "full", raw: bool = False, chunk_rows: int = 10_000, progress: bool = True) -> int:
     """Predictions for an unlabeled table, streamed in chunks of ``chunk_rows`` (memory stays bounded however large
     the file) into a temporary file renamed to ``out`` when complete. ``fmt="submission"`` writes a competition's
@@ -132,13 +132,17 @@ def predict_file(run_dir, file, out, text_column: str, pair_column: str | None, 
     run_dir, out = Path(run_dir), Path(out)
     if not out.parent.is_dir():
         raise TuneoffError(f"--out {out}: directory {out.parent} does not exist.")
+    cfg = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    data = cfg.get("data", {})
+    # Unnamed, the columns are the ones the run trained on: a file like the training file needs no options.
+    text_column = text_column or data.get("text_column") or "text"
+    pair_column = pair_column or data.get("text_pair_column")
     columns = {"--text-column": text_column, "--text-pair-column": pair_column, "--id-column": id_column}
     chunks = iter_table(file, chunk_rows)
     first = next(chunks)  # reading fails here, before the model loads, on a bad file
     require_columns(first, str(file), columns)
     model, tokenizer = load_saved_model(run_dir, _device())
-    cfg = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    max_length = cfg.get("data", {}).get("max_length", 512)
+    max_length = data.get("max_length", 512)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     numeric = all(name.lstrip("-").isdigit() for name in label_names)
     index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
