@@ -31,14 +31,16 @@ def test_yaml_file_then_command_line(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["train.learning_rate=1e-4"], r"train.learning_rate: unknown key"),
+        (["train.learning_rate=1e-4"], r"train.learning_rate: unknown key; this section takes batch_size, .*, lr, "),
+        (["train.epoch=3"], r"train.epoch: unknown key; did you mean 'epochs'\?"),
+        (["data.max_len=64"], r"data.max_len: unknown key; did you mean 'max_length'\?"),
         (["train.lr=-1"], r"train.lr: Input should be greater than 0"),
         (["method.r=0"], r"r: Input should be greater than or equal to 1"),
         (["method.rank=8"], r"rank: unknown parameter for this method \(parameters of lora: .*r, alpha"),
         (["method.name=qloraa"], r"unknown method 'qloraa'; choose one of: adalora, bitfit, full"),
         (["train.scheduler=exponential"], r"train.scheduler: Input should be 'linear', 'cosine', 'constant' or 'step'"),
         (["model.trust_remote_code=true"], r"needs model.revision pinned"),
-        (["epochs=3"], r"epochs: unknown key"),
+        (["epochs=3"], r"epochs: unknown key; the top level takes .*train"),
         (["train.epochs"], r"not of the form key=value"),
         (["train.lr=[1"], r"not valid YAML"),
         (["train.epochs.x=1"], r"`epochs` is a value, not a section|train.epochs"),

@@ -54,7 +54,8 @@ def test_expansion_variants_grid_seeds():
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"name": "x", "grids": {}}, "grids: unknown key"),
+    ({"name": "x", "grids": {}}, "grids: unknown key; did you mean 'grid'"),
+    ({"name": "x", "tune": {"lr_range": [1e-5, 1e-3]}}, r"tune.lr_range: unknown key; this section takes lr, .*trials"),
     ({"name": "x", "grid": {"method.r": []}}, "grid.method.r: must be a non-empty list"),
     ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
     ({"name": "x", "seeds": []}, "seeds"),

@@ -6,8 +6,9 @@ than a silently ignored setting. The resolved config is written next to every ru
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -310,15 +311,35 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per error, at its dotted location; an unknown key lists the keys its section takes (from ``model``,
+    the schema that was validated) so a misplaced key is found, not only a misspelt one."""
     lines = [f"Invalid configuration ({source}):"]
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+        parts = [part for part in err["loc"] if not str(part).startswith("function-")]
+        loc = ".".join(map(str, parts))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `tuneoff methods` lists method parameters)"
+            known = _keys_at(model, parts[:-1])
+            close = difflib.get_close_matches(str(parts[-1]), known or [], n=1)
+            msg = ("unknown key (check the spelling; `tuneoff methods` lists method parameters)" if not known
+                   else f"unknown key; did you mean {close[0]!r}?" if close
+                   else f"unknown key; {'this section' if parts[:-1] else 'the top level'} takes {', '.join(known)}")
         lines.append(f"  {loc or '<root>'}: {msg}")
     return "\n".join(lines)
+
+
+def _keys_at(model: type[BaseModel] | None, path: list) -> list[str] | None:
+    """The field names of the (sub-)model at ``path`` inside ``model``, or None where the path leaves the schema
+    (a method's parameters, a free mapping)."""
+    for part in path:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return None
+        candidates = [a for a in (get_args(field.annotation) or (field.annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if len(candidates) == 1 else None
+    return sorted(model.model_fields) if model is not None else None
 
 
 def build_config(
@@ -344,7 +365,7 @@ def build_config(
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        raise TuneoffError(format_validation_error(exc, source)) from exc
+        raise TuneoffError(format_validation_error(exc, source, RunConfig)) from exc
 
 
 def load_config(

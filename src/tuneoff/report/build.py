@@ -50,7 +50,8 @@ def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettin
     try:
         return AnalysisSettings.model_validate(tree)
     except ValidationError as exc:
-        raise TuneoffError(format_validation_error(exc, "the study's analysis: / decide: sections and report flags")) from None
+        raise TuneoffError(format_validation_error(exc, "the study's analysis: / decide: sections and report flags",
+                                                    AnalysisSettings)) from None
 
 
 def build(study: str, results: str | Path, overrides: dict | None = None) -> Path:

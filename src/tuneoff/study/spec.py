@@ -129,7 +129,7 @@ def spec_from_dict(tree: dict, overrides: list[str] | tuple[str, ...] = (), sour
     try:
         return StudySpec.model_validate(tree)
     except ValidationError as exc:
-        raise TuneoffError(format_validation_error(exc, source)) from exc
+        raise TuneoffError(format_validation_error(exc, source, StudySpec)) from exc
 
 
 def _nested(tree: dict) -> dict:
