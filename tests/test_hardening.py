@@ -547,6 +547,25 @@ def test_predict_reads_the_column_the_run_trained_on(tiny_bert, toy_csv, tmp_pat
     assert cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv"), "--text-column", "text").exit_code == 0
 
 
+def test_evaluating_on_the_training_file_scores_its_own_split(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    """Scored whole, the file a run trained on would count its training rows: its carved split is scored instead,
+    reached however the path is written (here relative), and the result says so."""
+    out = tmp_path / "runs"
+    assert cli(*train_args(tiny_bert, toy_csv, out)).exit_code == 0
+    run = finished_run(out)
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    monkeypatch.chdir(Path(toy_csv).parent)
+    result = cli("evaluate", str(run), "--data", Path(toy_csv).name)
+    assert result.exit_code == 0 and "is the file this run trained on" in result.output
+    (written,) = run.glob("eval-*-test.json")
+    scored = json.loads(written.read_text())
+    assert scored["rows_scored"] == test["n"] < 240 and scored["accuracy"] == pytest.approx(test["accuracy"])
+    other = tmp_path / "copy.csv"
+    other.write_text(Path(toy_csv).read_text())
+    assert cli("evaluate", str(run), "--data", str(other)).exit_code == 0
+    assert json.loads(next(run.glob("eval-copy-*-all-rows.json")).read_text())["rows_scored"] == 240, "another file: every row"
+
+
 def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, monkeypatch):
     import tuneoff.training.saved as saved
 

@@ -104,7 +104,7 @@ def train(
 @user_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
-    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row."),
+    data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row (the run's own training file: its --split)."),
     split: str = typer.Option("test", help="Split of a built-in or hub dataset: train, validation or test (a file given to --data is scored whole)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
 ) -> None:
@@ -113,7 +113,9 @@ def evaluate(
     from tuneoff.training.saved import evaluate_run
 
     metrics, out = evaluate_run(run_dir, data, split, overrides or [])
-    console().print(metrics_table(f"{metrics['dataset']} / {metrics['split']}", metrics))
+    console().print(metrics_table(f"{metrics['dataset']} / {metrics['split']}", {k: v for k, v in metrics.items() if k != "note"}))
+    if metrics.get("note"):
+        say(metrics["note"])
     say(f"scored {metrics['rows_scored']:,} rows of {metrics['dataset']} ({metrics['split']}); written to {out}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,12 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         raise TuneoffError(f"evaluate takes only data.* overrides, not {bad}.")
+    note = None
+    if data is not None and _same_file(data, (base.get("data") or {}).get("name")):
+        # Scored whole, the file the run trained on would count its training rows as evaluation: its own split is meant.
+        note = (f"{data} is the file this run trained on: scored its {split} split as the run carved it, not every row "
+                "(those include the training rows)")
+        data = None
     cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
     model, tokenizer = load_saved_model(run_dir, _device())
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -101,13 +108,21 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     index = {label: i for i, label in enumerate(label_names)}
     logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size)
     metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
-    metrics.update(dataset=name, split=split, rows_scored=len(frame))
+    metrics.update(dataset=name, split=split, rows_scored=len(frame), **({"note": note} if note else {}))
     if split == "all rows":  # a file: its absolute path is recorded, and two files of one name never share a result
         metrics["data_path"] = str(Path(data).resolve())
         name = f"{Path(data).stem}-{hashlib.sha256(metrics['data_path'].encode()).hexdigest()[:8]}"
     out = _unclaimed(run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json")
     write_json(out, metrics)
     return metrics, out
+
+
+def _same_file(a: str, b) -> bool:
+    """Whether two data names are one file on disk (however each was written: relative, absolute, via a link)."""
+    try:
+        return isinstance(b, str) and is_table_path(a) and os.path.samefile(a, b)
+    except OSError:  # either is not a file here (a built-in or hub name, or moved since)
+        return False
 
 
 def _unclaimed(path: Path) -> Path:
