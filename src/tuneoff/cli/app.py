@@ -105,7 +105,7 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
     data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row (the run's own training file: its --split)."),
-    split: str = typer.Option("test", help="Split of a built-in or hub dataset: train, validation or test (a file given to --data is scored whole)."),
+    split: str = typer.Option("test", help="Split of a built-in or hub dataset, or of the file the run trained on: train, validation or test (any other file given to --data is scored whole)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
 ) -> None:
     """Evaluate a saved run on a dataset split; writes eval-<dataset>-<split>.json into the run directory."""
