@@ -110,6 +110,45 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert len(db.execute("SELECT * FROM runs WHERE status='done'").fetchall()) == 4
 
 
+def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_csv, tmp_path):
+    """`tuneoff runs rerun <study>/<run>`: the run's directory moves aside, the next --resume trains it again (and only
+    it) at the same config; tuning trials, unknown runs and a running study are refused."""
+    from tuneoff.study.execution import hold_study
+
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv, variants={"h": {"method": {"name": "head"}}}, seeds=[1, 2],
+                            tune={"lr": True, "trials": 2, "pruning": False})
+    results = tmp_path / "results"
+    assert runner.invoke(app, ["run", str(spec_path), "--results", str(results)]).exit_code == 0
+    runs = results / "tiny" / "runs"
+    before = json.loads((runs / "h-s2" / "metrics.json").read_text())
+    config = (runs / "h-s2" / "config.yaml").read_text()
+    done = runner.invoke(app, ["runs", "rerun", "tiny/h-s2", "--results", str(results)], env={"COLUMNS": "200"})
+    assert done.exit_code == 0 and "--resume" in done.output, done.output
+    (kept,) = (results / "tiny" / "replaced").iterdir()
+    assert kept.name.startswith("h-s2-") and json.loads((kept / "metrics.json").read_text()) == before
+    assert not (runs / "h-s2").exists()
+    db = sqlite3.connect(results / "tuneoff.sqlite")
+    assert db.execute("SELECT status, metrics FROM runs WHERE run_id='h-s2'").fetchone() == ("pending", None)
+    started = {r: (runs / r / "run.json").stat().st_mtime for r in ("h-s1", "h-tune0", "h-tune1")}
+    again = runner.invoke(app, ["run", str(spec_path), "--results", str(results), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert db.execute("SELECT status FROM runs WHERE run_id='h-s2'").fetchone() == ("done",)
+    assert (runs / "h-s2" / "config.yaml").read_text() == config, "the same config, its tuned learning rate included"
+    assert json.loads((runs / "h-s2" / "metrics.json").read_text())["test"]["accuracy"] == before["test"]["accuracy"]
+    assert {r: (runs / r / "run.json").stat().st_mtime for r in started} == started, "nothing else trained again"
+    for ref, message in (("tiny/h-tune0", "is a tuning trial"), ("tiny/h-s9", "has no run 'h-s9'"),
+                         ("other/h-s1", "No study 'other'"), ("h-s1", "name the run as <study>/<run id>")):
+        result = runner.invoke(app, ["runs", "rerun", ref, "--results", str(results)])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), (ref, result.output)
+    lock = hold_study(results / "tiny", "tiny")
+    try:
+        result = runner.invoke(app, ["runs", "rerun", "tiny/h-s1", "--results", str(results)])
+        assert result.exit_code == 2 and "is being run by another process" in " ".join(result.output.split())
+    finally:
+        lock.close()
+    assert (runs / "h-s1").is_dir()
+
+
 def test_max_runs_needs_yes(tiny_bert, toy_csv, tmp_path):
     spec_path = write_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")])

@@ -73,6 +73,29 @@ def runs_show(run_id: str = typer.Argument(..., help="Run id, a unique prefix, o
     console().print(run_summary(row))
 
 
+@runs_app.command("rerun")
+@user_errors
+def runs_rerun(runs: list[str] = typer.Argument(..., help="<study>/<run id> of each run to train again."),
+               results: Path = RESULTS) -> None:
+    """Mark finished runs of a study to be trained again by the next `tuneoff run <study> --resume` (their measurements
+    were disturbed: the machine slept, other work shared the cores); their directories are kept under
+    <study>/replaced/."""
+    from tuneoff.study.execution import rerun
+
+    by_study: dict[str, list[str]] = {}
+    for ref in runs:
+        if "/" not in ref:
+            raise TuneoffError(f"{ref!r}: name the run as <study>/<run id> (`tuneoff runs list` shows both).")
+        study, run_id = ref.rsplit("/", 1)
+        by_study.setdefault(study, []).append(run_id)
+    open_store(results).close()
+    for study, run_ids in by_study.items():
+        moved = rerun(results, study, run_ids)
+        kept = f"; their directories kept aside in {moved[0].parent}" if moved else ""
+        say(f"{study}: {len(run_ids)} run(s) to train again ({', '.join(run_ids)}){kept}. "
+            f"`tuneoff run <its study file> --results {results} --resume` trains them.")
+
+
 @runs_app.command("rebuild")
 @user_errors
 def runs_rebuild(results: Path = RESULTS) -> None:

@@ -236,6 +236,12 @@ class Store:
             db.execute("UPDATE runs SET status='pruned', error=?, finished=?, metrics=? WHERE study=? AND run_id=?",
                        (reason, now(), json.dumps(metrics) if metrics else None, study, run_id))
 
+    def mark_pending(self, study: str, run_id: str) -> None:
+        """To be trained again: the next ``tuneoff run --resume`` runs it; its stored results are cleared with it."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='pending', metrics=NULL, resources=NULL, run_dir=NULL, error=NULL, "
+                       "started=NULL, finished=NULL WHERE study=? AND run_id=?", (study, run_id))
+
     def mark_failed(self, study: str, run_id: str, error: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE study=? AND run_id=?", (error, now(), study, run_id))

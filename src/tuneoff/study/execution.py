@@ -236,3 +236,44 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
     finally:
         store.close()
     return path, count
+
+
+def rerun(results: str | Path, study: str, run_ids: list[str]) -> list[Path]:
+    """Mark finished comparison runs of a study to be trained again by the next ``tuneoff run --resume`` (a run whose
+    measurements were disturbed: the machine slept, or other work shared its cores). Each run's directory is moved
+    aside to ``<study>/replaced/<run id>-<time>``, never deleted; returns where they went. Refused while the study
+    runs (its lock), for unknown ids, and for tuning trials (a trial chose its condition's learning rate: the seeds
+    already trained at it)."""
+    results = Path(results)
+    store = Store(results)
+    lock = None
+    try:
+        if store.study(study) is None:
+            known = ", ".join(s["name"] for s in store.studies()) or "none"
+            raise TuneoffError(f"No study {study!r} in {results} (studies: {known}).")
+        directory = study_dir(results, study)
+        lock = hold_study(directory, study)
+        rows = []
+        for run_id in run_ids:
+            row = next((r for r in store.runs(study) if r["run_id"] == run_id), None)
+            if row is None:
+                raise TuneoffError(f"Study {study!r} has no run {run_id!r}; `tuneoff runs list --study {study}` lists them.")
+            if row["phase"] == protocol.PHASE_TUNE:
+                raise TuneoffError(f"{study}/{run_id} is a tuning trial: it chose the learning rate its condition's seeds "
+                                   "trained at, so it is not re-run alone; re-run the study in a new --results instead.")
+            rows.append(row)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for row in rows:
+            run_dir = directory / "runs" / row["run_id"]
+            if run_dir.exists():
+                aside = directory / "replaced" / f"{row['run_id']}-{stamp}"
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(run_dir, aside)  # first: a crash before the store changes leaves a run to mark again
+                moved.append(aside)
+            store.mark_pending(study, row["run_id"])
+        return moved
+    finally:
+        store.close()
+        if lock is not None:
+            lock.close()
