@@ -32,14 +32,21 @@ def tuned_study(tmp_path, model, data, name="fair", trials=3, pruning=False, see
                        tune={"lr": True, "trials": trials, "pruning": pruning, "seed": 0})
 
 
-def test_trial_rates_are_independent_log_uniform_draws_and_reproducible():
-    a = trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 0)
-    assert a == trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 0), "a resumed study asks for the same rates"
-    assert a != trial_lrs("lora_r8-data", 1e-4, 5e-3, 200, 1) and a != trial_lrs("full-data", 1e-4, 5e-3, 200, 0)
-    assert min(a) >= 1e-4 * 0.999 and max(a) <= 5e-3 * 1.001
-    logs_ = (np.log(a) - math.log(1e-4)) / (math.log(5e-3) - math.log(1e-4))
-    assert 0.4 < np.mean(logs_) < 0.6 and np.mean(logs_ < 0.5) == pytest.approx(0.5, abs=0.12)
-    assert a[:5] == trial_lrs("lora_r8-data", 1e-4, 5e-3, 5, 0), "more trials extend the same sequence"
+def test_trial_rates_are_stratified_log_uniform_draws_shared_by_one_prior_and_reproducible():
+    a = trial_lrs(1e-4, 5e-3, 3, 0)
+    assert a == trial_lrs(1e-4, 5e-3, 3, 0), "a resumed study asks for the same rates; one prior, the same rates"
+    assert a != trial_lrs(1e-4, 5e-3, 3, 1) and a != trial_lrs(1e-5, 3e-4, 3, 0)
+    span = math.log(5e-3) - math.log(1e-4)
+    for seed in range(50):  # three trials always span the range: one in each third of its log
+        parts = sorted(int(3 * (math.log(x) - math.log(1e-4)) / span) for x in trial_lrs(1e-4, 5e-3, 3, seed))
+        assert parts == [0, 1, 2], (seed, parts)
+    many = trial_lrs(1e-4, 5e-3, 200, 0)
+    assert min(many) >= 1e-4 * 0.999 and max(many) <= 5e-3 * 1.001
+    logs_ = (np.log(many) - math.log(1e-4)) / span
+    assert np.histogram(logs_, bins=10, range=(0, 1))[0].tolist() == [20] * 10, "stratified: each tenth holds a tenth"
+    assert not np.all(np.diff(logs_) > 0), "in a random order, not swept from low to high"
+    firsts = [(math.log(trial_lrs(1e-4, 5e-3, 3, s)[0]) - math.log(1e-4)) / span for s in range(300)]
+    assert np.mean(np.array(firsts) < 0.5) == pytest.approx(0.5, abs=0.1), "each draw is log-uniform on its own"
 
 
 def test_conditions_pin_a_given_learning_rate_and_tune_the_rest(tiny_bert, toy_csv, tmp_path):

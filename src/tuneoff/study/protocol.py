@@ -7,9 +7,15 @@ point) goes through two phases:
 
 1. **tune**: ``trials`` runs at learning rates drawn log-uniformly from the method's prior range (``Method.lr_range``,
    or the variant's ``lr_range: [low, high]``), one training seed (``tune.seed``), each trained like a final run (to
-   its validation plateau: early stopping with ``train.patience``, ``train.epochs`` as the cap). The draws are a pure
-   function of the condition and ``tune.seed`` (a resumed study asks for the same rates) and independent, so the
-   expected best validation accuracy after k trials (Dodge et al., 2019, "Show Your Work") can be read off them.
+   its validation plateau: early stopping with ``train.patience``, ``train.epochs`` as the cap). The draws are
+   *stratified* (Latin hypercube sampling in one dimension, McKay, Beckman & Conover, 1979): the log range is cut
+   into ``trials`` equal parts and one rate is drawn in each, in a random order, so three trials always span the
+   range; independent draws could put all three in one corner (report 2's analogue drew 4.0e-4 to 6.3e-4 from
+   1e-4..5e-3 for one LoRA condition while its sibling's best rate was 3.1e-3). Each draw is still log-uniform, so
+   the expected best validation accuracy after k trials (Dodge et al., 2019, "Show Your Work") is read off them as
+   before. The draws are a pure function of the prior, ``trials`` and ``tune.seed``: a resumed study asks for the
+   same rates, and conditions with one prior (LoRA with and without label smoothing) try the *same* rates, so an
+   ablation's difference is not a difference of draws (common random numbers).
    With ``pruning``, the median stopping rule (Golovin et al., 2017, "Google Vizier", sec. 3.2) stops a trial whose
    best validation accuracy so far is below the median of the finished trials' at the same step: the search costs
    little more than a few runs.
@@ -56,7 +62,8 @@ class TuneSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     lr: bool = Field(True, description="Tune each condition's learning rate on validation before its seeds run.")
-    trials: int = Field(6, ge=1, le=100, description="Learning rates tried per condition (log-uniform over the prior).")
+    trials: int = Field(6, ge=1, le=100, description="Learning rates tried per condition (log-uniform over the prior, "
+                        "one in each of `trials` equal parts of its log range).")
     pruning: bool = Field(True, description="Median stopping rule: stop a trial below the median of finished trials.")
     seed: int = Field(0, description="Training seed of the trials (the final runs use the study's seeds).")
     min_trials_to_prune: int = Field(2, ge=1, description="Finished trials needed before the median rule applies.")
@@ -115,18 +122,20 @@ def _prior(spec, run) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def trial_lrs(key: str, low: float, high: float, trials: int, seed: int) -> list[float]:
-    """``trials`` independent log-uniform draws over [low, high], a pure function of the condition and the seed,
-    rounded to three significant digits (readable in run records, identical on every machine)."""
-    rng = np.random.default_rng(int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16))
-    draws = np.exp(rng.uniform(math.log(low), math.log(high), trials))
+def trial_lrs(low: float, high: float, trials: int, seed: int) -> list[float]:
+    """``trials`` log-uniform draws over [low, high], one in each of ``trials`` equal parts of the log range, in a
+    random order (see the module's docstring); a pure function of its arguments, rounded to three significant digits
+    (readable in run records, identical on every machine)."""
+    rng = np.random.default_rng(int(hashlib.sha256(f"{seed}:{low:.6g}:{high:.6g}:{trials}".encode()).hexdigest()[:12], 16))
+    fractions = (rng.permutation(trials) + rng.uniform(0.0, 1.0, trials)) / trials
+    draws = np.exp(math.log(low) + fractions * (math.log(high) - math.log(low)))
     return [float(f"{x:.3g}") for x in draws]
 
 
 def trial_runs(cond: Condition, tune: TuneSpec) -> list:
     base = cond.runs[0].config
     out = []
-    for k, lr in enumerate(trial_lrs(cond.key, *cond.lr_range, tune.trials, tune.seed)):
+    for k, lr in enumerate(trial_lrs(*cond.lr_range, tune.trials, tune.seed)):
         train = base.train.model_copy(update={"lr": lr, "seed": tune.seed})
         out.append(PlannedRun(f"{cond.key}-tune{k}", cond.variant, {**cond.params, "trial": k, "train.lr": lr}, tune.seed,
                               base.model_copy(update={"train": train}), phase=PHASE_TUNE))
