@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.study.executors import Job, LocalExecutor, Outcome, RayExecutor, run_job
-from tuneoff.training.launcher import check_processes
+from tuneoff.training.launcher import check_processes, die_with_parent
 
 log = logging.getLogger(__name__)
 GB_PER_CPU_RUN = 2.0  # resident memory one small-model run needs (MiniLM peaks near 1.4 GB), for the automatic choice
@@ -70,7 +70,14 @@ def choose(parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_pe
 
 
 def _init_worker(threads: int, cores, level: int) -> None:
-    """A worker's settings before it imports torch: its thread count, its own cores, the driver's log level."""
+    """A worker's settings before it imports torch: its thread count, its own cores, the driver's log level; and its
+    life tied to the driver's: a driver stopped by a signal it cannot clean up after (``kill``, SIGKILL, an out of
+    memory kill) would otherwise leave its workers training on, orphaned, writing into the study beside the next
+    ``--resume``."""
+    die_with_parent()
+    driver = multiprocessing.parent_process()
+    if driver is not None and os.getppid() != driver.pid:  # the driver died before the tie was made
+        os._exit(1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     # Quiet libraries, as the command line keeps them: no loading bars or load reports from every worker.
