@@ -511,6 +511,14 @@ def test_speed_is_compared_over_seeds_and_never_below_the_evaluation_interval():
     assert own.loc["b", "diff_vs_best"] == pytest.approx(320 / 3 - 20) and own.loc["b", "ci_low"] > 0
     assert own.loc["c", "call"] == "cannot tell" and own.loc["c", "p_value"] < 0.05
     assert speed.attrs["resolution_steps"] == 20
+    # An extra evaluation at an epoch's end (step 94, 6 before 100) does not make the resolution 6 steps.
+    def with_epoch_end(h):
+        return sorted(h + [{"step": 94, "val_accuracy": next(e["val_accuracy"] for e in h if e["step"] == 100)}],
+                      key=lambda e: e["step"])
+
+    speed = _speed_of({"a": [with_epoch_end(_curve(20, 0.8))] * 3, "c": [with_epoch_end(_curve(40, 0.8))] * 3})
+    assert speed.attrs["resolution_steps"] == 20
+    assert speed[speed.target == "own plateau"].set_index("condition").loc["c", "call"] == "cannot tell"
 
 
 def test_speed_to_a_common_bar_does_not_credit_a_lower_plateau():
