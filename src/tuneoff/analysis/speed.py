@@ -37,10 +37,11 @@ def _evaluations(history: list[dict]) -> list[dict]:
 
 
 def _interval(history: list[dict]) -> float:
-    """The widest gap between evaluations: a crossing is known only to within it. Not the narrowest: an evaluation
-    at an epoch's end 6 steps before a regular one (report 2's 94 and 100) does not make every step count exact."""
+    """The run's usual gap between evaluations (the median): a crossing is known only to within it. Not the
+    narrowest: an evaluation at an epoch's end 6 steps before a regular one (report 2's 94 and 100) does not make
+    every step count exact; nor one odd gap (an evaluation lost to a resumed run) every count coarse."""
     steps = sorted({e["step"] for e in history})
-    return float(np.max(np.diff(steps))) if len(steps) > 1 else float(steps[0]) if steps else float("nan")
+    return float(np.median(np.diff(steps))) if len(steps) > 1 else float(steps[0]) if steps else float("nan")
 
 
 def speed_table(conditions: list[Condition], best: str | None, eligible: set[str], alpha: float = ALPHA) -> pd.DataFrame:
