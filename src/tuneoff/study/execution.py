@@ -253,9 +253,9 @@ def rerun(results: str | Path, study: str, run_ids: list[str]) -> list[Path]:
             raise TuneoffError(f"No study {study!r} in {results} (studies: {known}).")
         directory = study_dir(results, study)
         lock = hold_study(directory, study)
-        rows = []
+        known_runs, rows = {r["run_id"]: r for r in store.runs(study)}, []
         for run_id in run_ids:
-            row = next((r for r in store.runs(study) if r["run_id"] == run_id), None)
+            row = known_runs.get(run_id)
             if row is None:
                 raise TuneoffError(f"Study {study!r} has no run {run_id!r}; `tuneoff runs list --study {study}` lists them.")
             if row["phase"] == protocol.PHASE_TUNE:
