@@ -69,7 +69,8 @@ def test_bad_study_files(tmp_path, body, message):
 
 
 def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_path):
-    spec_path = write_study(tmp_path, tiny_bert, toy_csv)
+    spec_path = write_study(tmp_path, tiny_bert, toy_csv, description="A toy:\n  sized for a test, not evidence.",
+                            differences={"train.epochs": "4, where the recipe ran 3"})
     results = tmp_path / "results"
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(results)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -95,6 +96,15 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     before = (report / "summary.csv").read_text()
     assert runner.invoke(app, ["report", str(results / "tiny")]).exit_code == 0
     assert (report / "summary.csv").read_text() == before
+    # Exported as evidence: headed with what the study says about itself (its size and why), what ran it, and the
+    # recipe differences it names; the tables travel with it.
+    exported = runner.invoke(app, ["report", str(results / "tiny"), "--export", str(tmp_path / "cite")])
+    assert exported.exit_code == 0, exported.output
+    header = (tmp_path / "cite" / "tiny.md").read_text().split("\n---\n")[0]
+    assert "- study: A toy: sized for a test, not evidence." in header
+    assert "\n  - `train.epochs`: 4, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
+    assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
+    assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
     assert "lora-s1" in out and "done" in out
     out = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results), "--json"]).output
@@ -246,6 +256,15 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
     again = runner.invoke(app, ["report", str(results / "two")], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
     assert again.exit_code == 0, again.output
     assert (report / "summary.csv").read_text() == before
+    # Exported as evidence: headed with what the study says about itself (its size and why), what ran it, and the
+    # recipe differences it names; the tables travel with it.
+    exported = runner.invoke(app, ["report", str(results / "tiny"), "--export", str(tmp_path / "cite")])
+    assert exported.exit_code == 0, exported.output
+    header = (tmp_path / "cite" / "tiny.md").read_text().split("\n---\n")[0]
+    assert "- study: A toy: sized for a test, not evidence." in header
+    assert "\n  - `train.epochs`: 4, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
+    assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
+    assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     rebuilt = (report / "report.html").read_text()
     assert rebuilt.count("data:image/png") == html.count("data:image/png")  # plan and data came from report/derived
 

@@ -254,6 +254,19 @@ def _inspect(cfg) -> dict:
     return report
 
 
+def _spec_lines(spec_file: Path) -> list[str]:
+    """What the study says about itself, for a result file's header: its description (what it compares, at what
+    size, and why that size) and where it departs from a published recipe it reproduces. Read from the spec the runs
+    were registered under, so the header describes what ran, not a later edit of the YAML."""
+    spec = yaml.safe_load(spec_file.read_text(encoding="utf-8")) if spec_file.is_file() else {}
+    spec = spec if isinstance(spec, dict) else {}
+    lines = [f"- study: {' '.join(str(spec['description']).split())}"] if spec.get("description") else []
+    if spec.get("differences"):
+        lines.append("- differences from the recipe it reproduces:"
+                     + "".join(f"\n  - `{key}`: {why}" for key, why in spec["differences"].items()))
+    return lines
+
+
 EXPORT_FORMAT = 2  # 2: tuneoff 0.2 (tuned learning rates, convergence, calibrated intervals)
 
 
@@ -281,7 +294,7 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     started = min((r["started"] for r in rows if r["started"]), default="?")
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
     header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
-              f"# Result: study {markdown_text(study)}", "",
+              f"# Result: study {markdown_text(study)}", "", *_spec_lines(results / safe_name(study) / "study.yaml"),
               f"- runs: {len(rows) - trials} compared" + (f", after {trials + pruned} learning-rate trials ({pruned} pruned)"
                                                           if trials + pruned else "") + f", {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
