@@ -410,6 +410,32 @@ def test_recommendation_with_cost_ratios_against_full():
     assert v.table.set_index("condition").loc["lora r8", "vs_best"] == "as good"
 
 
+def test_cheaper_means_cheaper_by_the_cost_margin():
+    """Two runs of full fine-tuning at two rates, identical on test: the one 4% quicker is not a cheaper method (time
+    noise), so the validation-best stays the pick and nothing is listed as cheaper; 30% quicker is; so is 4% when the
+    study sets cost_margin to 0."""
+    n = 20_000
+    truth = truth_of(n)
+    full = rights(n, 18_000, 1)
+    res = {"trainable_pct": 100.0, "trained_bytes": 90_800_000, "peak_rss_mb": 2000.0}
+
+    def verdict(seconds_b, **settings):
+        conds = [condition("full_a", "full", [fake_run(s, full, truth, val=0.90, resources={**res, "train_seconds": 100.0})
+                                              for s in (1, 2, 3)]),
+                 condition("full_b", "full", [fake_run(s, full, truth, val=0.89, resources={
+                     **res, "train_seconds": seconds_b}) for s in (1, 2, 3)])]
+        return analyse(conds, AnalysisSettings(**settings))[0]
+
+    near = verdict(96.0)
+    assert near.recommended == "full_a" and near.table.set_index("condition").loc["full_b", "vs_best"] == "as good"
+    assert any(line.startswith("**Use full_a**: the best on validation, and no method that qualified is cheaper by 10% "
+                               "or more") for line in near.lines)
+    assert verdict(70.0).recommended == "full_b"
+    assert verdict(96.0, cost_margin=0.0).recommended == "full_b"
+    with pytest.raises(ValueError):
+        AnalysisSettings(cost_margin=1.0)
+
+
 def test_a_four_point_gap_on_400_examples_is_not_a_tie():
     n = 400
     truth = truth_of(n)

@@ -52,7 +52,8 @@ def contradictions(v, best: pd.Series, runs: pd.DataFrame) -> list[str]:
             for _, r in ahead.iterrows()]
 
 
-def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float) -> str:
+def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float,
+                   cost_margin: float = 0.0) -> str:
     costs = [f"{rec.trainable_pct:.3g}% of the parameters trained"]
     if rec.condition != ref.condition:
         costs += [f"{ratio(rec.trained_mb, ref.trained_mb)} the trained weights to keep",
@@ -74,7 +75,8 @@ def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict,
     if cheaper:
         return (f"**Use {rec.condition}**: the best on validation, and every cheaper method is worse by more than the "
                 f"{100 * margin:g}-point margin; {', '.join(costs)}.")
-    return f"**Use {rec.condition}**: the best on validation, and no method that qualified is cheaper; {', '.join(costs)}."
+    by = f" by {100 * cost_margin:g}% or more" if cost_margin else ""
+    return f"**Use {rec.condition}**: the best on validation, and no method that qualified is cheaper{by}; {', '.join(costs)}."
 
 
 def seed_caveats(v, runs: pd.DataFrame) -> list[str]:

@@ -27,6 +27,9 @@ class AnalysisSettings(BaseModel):
     prefer: Literal["overall", "trained_mb", "peak_memory_mb", "train_seconds", "trainable_params"] = Field(
         "overall", description="Among methods as good as the best, the cheapest on: overall (geometric mean of the "
         "cost ratios against the reference), trained_mb, peak_memory_mb, train_seconds or trainable_params.")
+    cost_margin: float = Field(0.1, ge=0, lt=1, description="A method counts as cheaper than another only when its "
+                               "cost (overall, or the one preferred) is lower by at least this fraction (0.1 = 10%): "
+                               "smaller gaps are within the run-to-run noise of time and memory.")
     assumed_seed_sd: float = Field(0.05, ge=0, lt=0.5, description="Seed-to-seed sd of accuracy assumed where no "
                                    "condition has two seeds to measure it (0.05 = 5 points: conservative).")
     decide: Decide = Decide()  # also accepted at the study's top level (``decide:``)

@@ -293,6 +293,7 @@ def report(
     study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default."),
     margin: Optional[float] = typer.Option(None, help="Non-inferiority margin in accuracy (default: the study's analysis.margin, else 0.01)."),
     prefer: Optional[str] = typer.Option(None, help="Among methods as good as the best, the cheapest on: overall, trained_mb, peak_memory_mb, train_seconds, trainable_params."),
+    cost_margin: Optional[float] = typer.Option(None, help="A method counts as cheaper only when its cost is lower by at least this fraction (default: the study's analysis.cost_margin, else 0.1)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Recommend only methods whose peak memory is at most this."),
     max_train_seconds: Optional[float] = typer.Option(None, help="Recommend only methods that trained in at most this many seconds."),
     max_trainable_params: Optional[int] = typer.Option(None, help="Recommend only methods that train at most this many parameters."),
@@ -302,7 +303,7 @@ def report(
     _quiet_libraries()
     from tuneoff import api
 
-    flags = {"margin": margin, "prefer": prefer, "max_peak_memory_mb": max_peak_memory_mb,
+    flags = {"margin": margin, "prefer": prefer, "cost_margin": cost_margin, "max_peak_memory_mb": max_peak_memory_mb,
              "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
     result = api.load_study(study_dir, **{k: v for k, v in flags.items() if v is not None})
     for line in verdict_lines(result.report.parent):
