@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -81,8 +83,6 @@ def main() -> None:
     meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "device": device, "load": os.getloadavg(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}}
     stem = HERE / "results" / f"compile-{stamp:%Y%m%d}"
-    stem.parent.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows, "summary": summary}, indent=2) + "\n")
     lines = [f"# train.compile on this machine ({stamp:%Y-%m-%d})", "", f"`{command}` on {device}; torch {torch.__version__}, "
              f"transformers {transformers.__version__}, peft {peft.__version__}; load {meta['load'][0]:.1f} at the end. "
              f"MiniLM, Rotten Tomatoes, {args.examples} examples x {args.epochs} epoch(s), batch 16, feature cache off; "
@@ -91,8 +91,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {e['method']} | {e['off_wall']:.1f} | {e['on_wall']:.1f} | {e['off_loop']:.1f} | {e['on_loop']:.1f} | "
               f"{e['loop_ratio']:.2f}x |" for e in summary]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"meta": meta, "runs": rows, "summary": summary}, lines)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("tuneoff", "trainer_report", "trainer_tuned", "trainer_tuned_bf16")
 METHODS = {"lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}, "partial": {"name": "partial", "k": 2},
@@ -189,10 +191,7 @@ def main() -> None:
            "device": f"cpu {platform.machine()}, {args.threads} threads", "versions": {
                "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
            "settings": vars(args), "summary": summary, "runs": rows}
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    stem = results / f"cpu-{datetime.now(timezone.utc):%Y%m%d}{'-' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
+    stem = HERE / "results" / f"cpu-{datetime.now(timezone.utc):%Y%m%d}{'-' + args.tag if args.tag else ''}"
     lines = [f"# CPU benchmark ({out['date']})", "", f"`{command}` — {out['device']}, torch {torch.__version__}, "
              f"transformers {transformers.__version__}, peft {peft.__version__}; median of {args.repeats}, interleaved; "
              f"{args.model}, Rotten Tomatoes, " + (f"{args.examples} examples x {args.epochs} epochs" if args.examples else
@@ -205,8 +204,7 @@ def main() -> None:
         speed = ", ".join(f"{value:.2f}x vs {name}" for name, value in s["speedup_vs"].items() if value)
         lines.append(f"| {s['method']} | {s['contender']} | {s['precision']} | {s['job_seconds']:.1f} | {s['samples_per_s']:.1f} | "
                      f"{s['tokens_per_s']:.0f} | {s['accuracy']:.3f} | {s['peak_rss_mb']:.0f} | {speed} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, out, lines)
 
 
 if __name__ == "__main__":

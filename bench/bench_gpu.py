@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 METHODS = {"full": {"name": "full"}, "partial_top2": {"name": "partial", "k": 2}, "head": {"name": "head"},
            "lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}, "lora_fa": {"name": "lora_fa", "r": 8, "alpha": 16},
@@ -154,8 +156,6 @@ def main() -> None:
            "bf16_matmul_peak_tflops": peak, "seq": args.seq,
            "rows": rows, "plan_within_10pct": all(abs(e) <= 0.10 for e in errors) if errors else None}
     stem = Path(args.out) if args.out else HERE / "results" / f"gpu-{datetime.now(timezone.utc):%Y%m%d}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
     def num(value, fmt):
         return format(value, fmt) if value is not None else "n/a"
 
@@ -168,8 +168,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['batch']}{' (best)' if r.get('best') else ''} | {r['samples_per_s']:.0f} | "
                      f"{num(r['max_allocated_mb'], '.0f')} | {num(r.get('planned_mb'), '.0f')} | {r['tflops']:.2f} | "
                      f"{num(r['mfu'], '.1%')} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, out, lines)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 SEARCH16 = {"name": "search16", "description": "a 16-trial learning-rate search for head and partial top-2",
             "base": {"model": {"name": "minilm"}, "data": {"name": "rotten_tomatoes", "max_train_samples": 2000,
@@ -138,8 +140,6 @@ def main() -> None:
            "tuneoff_packing": packing, "runs": len(rows), "tuneoff_seconds": tuneoff_seconds, "trainer_seconds": trainer_seconds,
            "speedup": trainer_seconds / tuneoff_seconds, "trainer_test_accuracy": accuracies, "tuneoff_verdict": verdict}
     stem = HERE / "results" / f"study-{name}-{stamp:%Y%m%d}"
-    stem.parent.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=2))
     lines = [f"# A study end to end against its runs as Trainer scripts: {name} ({stamp:%Y-%m-%d})", "",
              f"`{command}` on {device}; torch {torch.__version__}, transformers {transformers.__version__}, peft "
              f"{peft.__version__}; load {out['load_at_end']:.1f} at the end. tuneoff {packing.removeprefix('local: ')}.", "",
@@ -150,8 +150,7 @@ def main() -> None:
              f"grouping, bf16 where native, early stopping, best checkpoint) | {trainer_seconds:.0f} |",
              "", f"tuneoff speed-up: **{out['speedup']:.2f}x**.", "",
              "Trainer test accuracy per run: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items())]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, out, lines)
 
 
 if __name__ == "__main__":

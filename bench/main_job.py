@@ -18,6 +18,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,8 +43,6 @@ def main() -> None:
             "load_before": load_before, "wall_seconds": seconds, "sizes": info["sizes"], "seconds": resources.get("seconds"),
             "test": json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"], "stdout": printed}
     stem = HERE / "results" / f"main-job-{stamp:%Y%m%d}"
-    stem.parent.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     v = info["versions"]
     lines = [f"# The main job: `tuneoff train` ({stamp:%Y-%m-%d})", "",
              f"Recorded by `python bench/main_job.py` on {info['device']} ({platform.machine()}), {info['mixed_precision']} "
@@ -52,8 +52,7 @@ def main() -> None:
              f"{info['sizes']['validation']:,} validation and {info['sizes']['test']:,} test examples). Seconds per phase "
              "(resources.json): " + ", ".join(f"{k} {val:.1f}" for k, val in (resources.get("seconds") or {}).items()) + ".",
              "", "What it printed (standard output):", "", "```", printed, "```"]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, meta, lines)
 
 
 if __name__ == "__main__":

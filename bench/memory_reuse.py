@@ -20,6 +20,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from record import write_result
+
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
@@ -69,8 +71,6 @@ def main() -> None:
             "device": lora_fresh["device"], "versions": lora_fresh["versions"], "load_before": load_before,
             "fresh": fresh, "reused": reused}
     stem = HERE / "results" / f"memory-reuse-{stamp:%Y%m%d}"
-    stem.parent.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     v = lora_fresh["versions"]
     anon = left["Anonymous"] - base["Anonymous"]
     files = (left["Shared_Clean"] + left["Private_Clean"]) - (base["Shared_Clean"] + base["Private_Clean"])
@@ -90,8 +90,7 @@ def main() -> None:
              f"The reused process's LoRA peak is {extra:+,.0f} MB ({100 * extra / lora_fresh['peak_rss_mb']:+.1f}%) from "
              "the fresh one: a packed study's CPU peaks are upper bounds that depend on what the worker ran before; "
              "compare conditions seed by seed, or plan them (`tuneoff plan`)."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, meta, lines)
 
 
 if __name__ == "__main__":

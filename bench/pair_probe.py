@@ -12,11 +12,12 @@ fits); every validation and test pair.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
+
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("reuters_pairs", "bbc_pairs")
@@ -77,8 +78,6 @@ def main() -> None:
             "device": f"cpu ({platform.machine()}, 1 thread)", "versions": versions(), "load_before": load_before,
             "rows": rows}
     stem = HERE / "results" / f"pair-probe-{stamp:%Y%m%d}"
-    stem.parent.mkdir(exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     v = meta["versions"]
     lines = [f"# How far frozen MiniLM embeddings separate the offline pair tasks ({stamp:%Y-%m-%d})", "",
              f"Recorded by `python bench/pair_probe.py` on {meta['device']}; tuneoff {v['tuneoff']} "
@@ -91,8 +90,7 @@ def main() -> None:
     lines += ["", "A task a frozen encoder separates this far carries signal: a fine-tuned cross-encoder near chance on it "
               "is short of training (steps, data), not facing noise. The pairs of one document share it, so the "
               "interval is somewhat too narrow."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, meta, lines)
 
 
 if __name__ == "__main__":

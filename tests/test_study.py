@@ -256,15 +256,6 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
     again = runner.invoke(app, ["report", str(results / "two")], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
     assert again.exit_code == 0, again.output
     assert (report / "summary.csv").read_text() == before
-    # Exported as evidence: headed with what the study says about itself (its size and why), what ran it, and the
-    # recipe differences it names; the tables travel with it.
-    exported = runner.invoke(app, ["report", str(results / "tiny"), "--export", str(tmp_path / "cite")])
-    assert exported.exit_code == 0, exported.output
-    header = (tmp_path / "cite" / "tiny.md").read_text().split("\n---\n")[0]
-    assert "- study: A toy: sized for a test, not evidence." in header
-    assert "\n  - `train.epochs`: 4, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
-    assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
-    assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     rebuilt = (report / "report.html").read_text()
     assert rebuilt.count("data:image/png") == html.count("data:image/png")  # plan and data came from report/derived
 
