@@ -94,6 +94,14 @@ def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
             assert config["train"]["lr"] == best["lr"] and config["train"]["seed"] == seed
         assert any(line.startswith(f"{variant}: learning rate {best['lr']:g} (best of its trials") for line in lines)
     assert yaml.safe_load(finals["pinned-s1"]["config_yaml"])["train"]["lr"] == 2e-2
+    # The first phase says what comes after it, and its time left counts those runs: read during the trials, the
+    # estimate is the study's, not the phase's.
+    assert any(line.endswith("8 to run on local; then 4 comparison runs at the learning rates the trials choose")
+               for line in lines), lines
+    assert any(line.startswith("[1/8]") and "min (then about" in line and "for the 4 runs after them)" in line
+               for line in lines), lines
+    assert any(line.startswith("[8/8]") and line.endswith("for the 4 runs after these") for line in lines), lines
+    assert not any(line.startswith("[4/4]") and "then about" in line for line in lines), lines
     info = json.loads(finals["lora-s1"]["run_info"])
     assert info["convergence"]["status"] in ("plateau", "still improving", "too few evaluations", "collapsed",
                                              "under-confident") and "reason" in info["convergence"]

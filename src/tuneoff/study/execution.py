@@ -117,8 +117,8 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
             run_search(spec, bases, store, directory, Path(results), executor)
             return directory
-        _run_phase(spec, store, directory, executor, first_phase(conds), conds)
         tuned = [c for c in conds if c.tuned]
+        _run_phase(spec, store, directory, executor, first_phase(conds), conds, later=sum(len(c.runs) for c in tuned))
         if tuned:
             finals = []
             for cond in tuned:
@@ -139,13 +139,17 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
     return directory
 
 
-def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list) -> None:
-    """Run what is not finished yet (a pruned trial is finished: it is not tried again)."""
+def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list,
+               later: int = 0) -> None:
+    """Run what is not finished yet (a pruned trial is finished: it is not tried again). ``later``: the comparison
+    runs planned once these trials have chosen their learning rates."""
     finished = {r["run_id"] for r in store.runs(spec.name) if r["status"] in ("done", "pruned")}
     todo = [r for r in runs if r.run_id not in finished]
     trials = sum(r.phase == protocol.PHASE_TUNE for r in runs)
-    what = f"{len(runs)} runs" + (f" ({trials} tuning trials, {len(runs) - trials} comparison runs)" if trials else "")
-    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}")
+    parts = [f"{trials} tuning trials"] * bool(trials) + [f"{len(runs) - trials} comparison runs"] * (len(runs) > trials)
+    what = f"{len(runs)} runs" + (f" ({', '.join(parts)})" if trials else "")
+    then = f"; then {later} comparison runs at the learning rates the trials choose" if later else ""
+    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}{then}")
     trials_of = {c.key: [t.run_id for t in c.trials] for c in conds if c.tuned}
     tune = spec.tune
 
@@ -162,7 +166,8 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
     def start(job) -> None:
         store.mark_running(spec.name, job.run_id)
 
-    drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start)
+    drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start,
+          later)
 
 
 def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:

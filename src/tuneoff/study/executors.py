@@ -243,8 +243,10 @@ def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
     return run_job(job, processes=processes)
 
 
-def drive(executor, jobs, total: int, on_outcome, before_submit=None) -> None:
-    """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives."""
+def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int = 0) -> None:
+    """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives. ``later``: runs the
+    study will plan after these (the comparison runs after the tuning trials), counted in the time left at this pace,
+    so an estimate read during the trials is the study's, not the phase's."""
     started, finished, durations = time.perf_counter(), 0, []
     jobs = iter(jobs)
     exhausted = False
@@ -263,7 +265,11 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None) -> None:
         finished += 1
         durations.append(outcome.seconds)
         wall = time.perf_counter() - started
-        eta = f", ETA {wall / finished * (total - finished) / 60:.1f} min" if total > finished else ""
+        pace = wall / finished / 60
+        eta = f", ETA {pace * (total - finished):.1f} min" if total > finished else ""
+        if later:
+            eta += (f"{' (' if eta else ', '}then about {pace * later:.0f} min for the {later} runs after "
+                    f"{'them' if eta else 'these'}{')' if eta else ''}")
         where = f" on {outcome.host}" if executor.name != "local" else ""
         log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
         on_outcome(job, outcome)
