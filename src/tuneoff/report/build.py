@@ -88,7 +88,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     out = results / safe_name(study) / "report"
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, verdicts)
-    md = [f"# Study {markdown_text(study)}", "", sections.HOW_TO_READ_MD.format(margin=100 * settings.margin), ""]
+    md = [f"# Study {markdown_text(study)}", "", sections.how_to_read_md(settings), ""]
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]

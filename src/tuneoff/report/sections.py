@@ -26,7 +26,9 @@ HOW_TO_READ_MD = (
     "never called worse. Conditions are ranked on **validation** accuracy and the test set confirms. Intervals are 95% "
     "t intervals over both sources of noise: the test examples and the training seeds (each condition's own seed "
     "variance, Welch-Satterthwaite degrees of freedom; assumed, not measured, when every condition has one seed). "
-    "A cheaper method is called **as good** as the best (non-inferior) only when the whole interval of its "
+    "A method is cheaper when its cost (`analysis.prefer`; overall: the geometric mean of its trained-weights, "
+    "peak-memory and training-time ratios) is at least {cost_margin:g}% lower; a cheaper method is called **as good** "
+    "as the best (non-inferior) only when the whole interval of its "
     "difference from the best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or "
     "that it is worse. The decision's p-values (each condition against the best and against the majority-class "
     "baseline) are Holm-adjusted together; the all-pairs table is exploratory, with its own Holm adjustment. Runs that "
@@ -63,8 +65,12 @@ def md_inline(text: str) -> str:
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def how_to_read_md(settings) -> str:
+    return HOW_TO_READ_MD.format(margin=100 * settings.margin, cost_margin=100 * settings.cost_margin)
+
+
 def how_to_read(settings) -> str:
-    return f"<p class='note'>{md_inline(HOW_TO_READ_MD.format(margin=100 * settings.margin))}</p>"
+    return f"<p class='note'>{md_inline(how_to_read_md(settings))}</p>"
 
 
 def speed_note(speed) -> str:
