@@ -1,5 +1,5 @@
 """The layout keeps its shape: no import circles (function-local and string imports counted), no pointless
-function-local imports, and the README's Layout section names every package."""
+function-local imports, and the layout tables (README, docs/architecture.md) name every package and module."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import ast
 import re
 import sys
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -118,3 +120,19 @@ def test_readme_layout_names_every_package():
     packages = sorted(p.parent.name for p in (SRC / "tuneoff").glob("*/__init__.py"))
     assert len(packages) >= 10
     assert [p for p in packages if f"`{p}/`" not in layout] == []
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/architecture.md"])
+def test_layout_tables_name_every_module(page):
+    """Each layer's row names every module it holds (methods/: one file per method, named by `tuneoff methods`): a
+    reader looking for where a thing lives finds it; a module added without a row entry fails here."""
+    text = (SRC.parent / page).read_text()
+    rows = {line.split("|")[1].strip(" `/"): line for line in text.splitlines() if line.startswith("| `")}
+    missing = []
+    for init in sorted((SRC / "tuneoff").glob("*/__init__.py")):
+        package = init.parent.name
+        if package in ("methods", "studies"):
+            continue
+        stems = sorted(p.stem for p in init.parent.glob("*.py") if p.stem != "__init__")
+        missing += [f"{package}/{s}" for s in stems if f"`{s}`" not in rows.get(package, "")]
+    assert missing == []
