@@ -281,5 +281,9 @@ def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv
         assert "the peak memory" in use and "the training time of full" in use
     # Another margin re-reads the stored results; it is not another study.
     assert runner.invoke(app, ["report", str(tmp_path / "r" / "ratios"), "--margin", "0.001"]).exit_code == 0
+    # Nothing here is 99% cheaper than the best overall: with that cost margin the best on validation is the pick.
+    assert runner.invoke(app, ["report", str(tmp_path / "r" / "ratios"), "--cost-margin", "0.99"]).exit_code == 0
+    strict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())["groups"][0]
+    assert strict["recommended"] == strict["best_on_validation"]
     resumed = runner.invoke(app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"])
     assert resumed.exit_code == 0, resumed.output
