@@ -19,7 +19,7 @@ from tuneoff.core import logs
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
 from tuneoff.study.executors import LocalExecutor
-from tuneoff.study.packing import PackedExecutor, choose, cpu_cores
+from tuneoff.study.packing import PackedExecutor, choose, cpu_cores, make_executor
 from tuneoff.study.spec import load_spec
 
 VARIANTS = {"partial": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
@@ -81,6 +81,17 @@ def test_packed_runs_equal_sequential_runs_and_are_recorded_once(tiny_bert, toy_
     resources = json.loads(two["lora-s1"]["resources"])
     assert resources["peak_rss_mb"] > 0 and set(resources["seconds"]) >= {"load", "train", "evaluations", "save",
                                                                           "latency", "test_evaluation", "total"}
+    # Four runs on at most two reused workers: some run was measured after another in its process, and says so.
+    before = [json.loads(r["resources"])["runs_before_in_process"] for r in two.values()]
+    assert min(before) == 0 and max(before) >= 1, before
+
+    # --isolate-runs: every run in a new worker, measured alone; the same results.
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache-isolated"))
+    execute(load_spec(path), tmp_path / "three", executor=make_executor("local", parallel=2, threads=1, isolate=True))
+    three = _finished(tmp_path / "three", "packed")
+    assert [json.loads(r["resources"])["runs_before_in_process"] for r in three.values()] == [0, 0, 0, 0]
+    for run_id, row in one.items():
+        assert json.loads(row["metrics"])["test"]["accuracy"] == json.loads(three[run_id]["metrics"])["test"]["accuracy"]
 
 
 @pytest.mark.slow
@@ -150,3 +161,21 @@ def test_workers_die_with_a_killed_driver(tiny_bert, toy_csv, tmp_path):
         except ProcessLookupError:
             pass
 
+
+
+def test_isolate_runs_from_the_command_line(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    """`--isolate-runs` with one run at a time still gives each run a new process; Ray refuses it by name."""
+    from typer.testing import CliRunner
+
+    from tuneoff.cli.app import app
+
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
+    path = write_study(tmp_path, tiny_bert, toy_csv, "alone", variants={"lora": VARIANTS["lora"]}, train={"epochs": 1})
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "r"), "--parallel", "1", "--isolate-runs"])
+    assert result.exit_code == 0, result.output
+    rows = _finished(tmp_path / "r", "alone")
+    assert [json.loads(r["resources"])["runs_before_in_process"] for r in rows.values()] == [0, 0]
+    refused = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "ray"), "--executor", "ray",
+                                  "--isolate-runs"])
+    assert refused.exit_code == 2 and "--isolate-runs is for the local executor" in refused.output

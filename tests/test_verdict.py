@@ -436,6 +436,22 @@ def test_cheaper_means_cheaper_by_the_cost_margin():
         AnalysisSettings(cost_margin=1.0)
 
 
+def test_cpu_peaks_measured_after_other_runs_in_one_process_are_called_upper_bounds():
+    n = 2000
+    truth = truth_of(n)
+
+    def verdict(before_per_seed, cuda=None):
+        conds = [condition(name, name, [fake_run(s, rights(n, k, s), truth, val=k / n, resources={
+                     "runs_before_in_process": before_per_seed[s - 1], "cuda_max_allocated_mb": cuda})
+                     for s in (1, 2)]) for name, k in (("full", 1800), ("lora", 1700))]
+        return " ".join(analyse(conds)[0].lines)
+
+    assert "Peak memory: 2 of 4 runs were measured on the CPU in a worker process that had trained other runs " \
+           "before" in verdict([0, 1]) and "--isolate-runs" in verdict([0, 1])
+    assert "Peak memory" not in verdict([0, 0])              # each run measured alone (or in a fresh worker)
+    assert "Peak memory" not in verdict([0, 1], cuda=900.0)  # GPU peaks are reset per run: nothing carried
+
+
 def test_a_four_point_gap_on_400_examples_is_not_a_tie():
     n = 400
     truth = truth_of(n)

@@ -223,8 +223,8 @@ def run_study(study: str | Path | dict | None = None, *, results: str | Path = "
     """Run a study (a YAML path, a mapping, or None for the built-in default), store every run, build its report
     and return the analysed results. ``parallel``: runs at once on this machine (``auto``, the default unless
     ``TUNEOFF_PARALLEL`` says otherwise, packs as many as the cores, memory or GPU hold); ``threads`` per run.
-    ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``processes_per_run``
-    (as the command line's options)."""
+    ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``processes_per_run``,
+    ``isolate`` (each run in a new process: exact CPU peaks; as the command line's options)."""
     spec = study_spec(study, _overrides(overrides, {}))
     parallel = parallel or os.environ.get("TUNEOFF_PARALLEL", "auto")
     runs = expand(spec)

@@ -99,6 +99,19 @@ def seed_caveats(v, runs: pd.DataFrame) -> list[str]:
     return []
 
 
+def memory_caveat(conditions) -> list[str]:
+    """CPU peaks measured after other runs in one process (a packed study's reused worker) count what those left
+    resident: say how many, and how to measure each alone. (Runs recorded before tuneoff counted them say nothing.)"""
+    cpu = [r["resources"] for c in conditions for r in c.runs
+           if r["resources"].get("peak_rss_mb") and not r["resources"].get("cuda_max_allocated_mb")]
+    reused = sum(bool(res.get("runs_before_in_process")) for res in cpu)
+    if not reused:
+        return []
+    return [f"Peak memory: {reused} of {len(cpu)} runs were measured on the CPU in a worker process that had trained "
+            "other runs before, so their peaks count what those runs left resident and are upper bounds; "
+            "`tuneoff run --isolate-runs` measures each run in a process of its own."]
+
+
 def budget_text(runs: pd.DataFrame) -> str:
     limited = runs[runs.budget_limited.astype(bool)]
     return (" Budget-limited (not converged): " + ", ".join(limited.condition) + "." if len(limited) else "")

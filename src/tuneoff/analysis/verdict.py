@@ -292,7 +292,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         lines.append(f"Over the constraints ({sentences.constraint_text(settings.decide)}): "
                      f"{', '.join(excluded.condition)}"
                      + (f"; the best without them would be {overall.condition}." if overall.condition != best.condition else "."))
-    lines += sentences.seed_caveats(v, runs)
+    lines += sentences.seed_caveats(v, runs) + sentences.memory_caveat(v.group.conditions)
     v.lines = lines
 
 

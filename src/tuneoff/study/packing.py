@@ -10,7 +10,11 @@ Every guarantee of a run holds, because each run is still one ``run_job`` call: 
 its checkpoints let ``--resume`` continue it, only the driver writes the results store (outcomes come back to it),
 the shared feature cache is built once (concurrent builders wait on its lock, ``training.frozen``), and a run's peak
 memory is its own process's (``VmHWM`` on a CPU, ``max_memory_allocated`` per process on a GPU), not its neighbours'.
-Workers live as long as the study: imports and the tokenized data are paid once per worker, not once per run.
+Workers live as long as the study: imports and the tokenized data are paid once per worker, not once per run. The
+price: a run's CPU peak counts what the worker's earlier runs left resident (about 4% for LoRA after full
+fine-tuning, bench/results/memory-reuse-20261129.md), and each run records how many ran before it in its process.
+``isolate`` (``tuneoff run --isolate-runs``) gives every run a new worker instead, for a study whose claim is memory:
+each peak is that run's alone, for the imports paid again (a few seconds a run).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import platform
+import sys
 import warnings
 from concurrent.futures.process import BrokenProcessPool
 
@@ -69,11 +75,10 @@ def choose(parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_pe
     return n, per_run
 
 
-def _init_worker(threads: int, cores, level: int) -> None:
-    """A worker's settings before it imports torch: its thread count, its own cores, the driver's log level; and its
-    life tied to the driver's: a driver stopped by a signal it cannot clean up after (``kill``, SIGKILL, an out of
-    memory kill) would otherwise leave its workers training on, orphaned, writing into the study beside the next
-    ``--resume``."""
+def _init_worker(threads: int, level: int) -> None:
+    """A worker's settings before it imports torch: its thread count and the driver's log level; and its life tied to
+    the driver's: a driver stopped by a signal it cannot clean up after (``kill``, SIGKILL, an out of memory kill)
+    would otherwise leave its workers training on, orphaned, writing into the study beside the next ``--resume``."""
     die_with_parent()
     driver = multiprocessing.parent_process()
     if driver is not None and os.getppid() != driver.pid:  # the driver died before the tie was made
@@ -85,11 +90,6 @@ def _init_worker(threads: int, cores, level: int) -> None:
                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
         os.environ.setdefault(var, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if cores is not None:
-        try:
-            os.sched_setaffinity(0, cores.get())
-        except (AttributeError, OSError):
-            pass
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -99,30 +99,50 @@ def _init_worker(threads: int, cores, level: int) -> None:
     logging.getLogger("tuneoff").setLevel(level)
 
 
+def _pin(cores: set[int] | None) -> None:
+    """Every thread of this process onto ``cores`` (threads started later inherit it): a worker may hold a different
+    core set for each run, and a thread left on the last run's cores would share them with a neighbour's."""
+    if cores is None:
+        return
+    try:
+        for task in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(task), cores)
+    except (AttributeError, OSError):  # not Linux, or a thread that ended meanwhile: the run still trains
+        pass
+
+
+def _pinned_run(job: Job, progress: bool, processes: int, cores: set[int] | None) -> Outcome:
+    _pin(cores)
+    return run_job(job, progress, processes)
+
+
 class PackedExecutor:
-    """``parallel`` runs at once, each in a worker process with ``threads`` threads pinned to its own cores."""
+    """``parallel`` runs at once, each in a worker process with ``threads`` threads pinned to cores of its own (the
+    driver hands each run a free core set and takes it back when the run ends); ``isolate``: a new worker per run."""
 
     name = "local"
 
-    def __init__(self, parallel: int, threads: int, progress: bool = False, processes_per_run: int = 1):
+    def __init__(self, parallel: int, threads: int, progress: bool = False, processes_per_run: int = 1,
+                 isolate: bool = False):
         self.slots, self.threads, self.progress, self.processes = parallel, threads, progress, processes_per_run
-        self.inflight: dict[cf.Future, Job] = {}
+        self.isolate = isolate
+        self.inflight: dict[cf.Future, tuple[Job, set[int] | None]] = {}
+        cores = cpu_cores()  # consecutive cores per run, when every run can have its own
+        fits = threads * parallel <= len(cores)
+        self.free: list[set[int]] | None = [set(cores[k * threads:(k + 1) * threads]) for k in range(parallel)] if fits else None
         self.pool = self._pool()
-        log.info(f"local: {parallel} runs at once, {threads} thread(s) each (on {len(cpu_cores())} cores)")
+        log.info(f"local: {parallel} runs at once, {threads} thread(s) each (on {len(cores)} cores)"
+                 + (", each run in a new process" if isolate else ""))
 
     def _pool(self) -> cf.ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited OpenMP or CUDA state
-        cores = cpu_cores()
-        sets = context.Queue()
-        for k in range(self.slots):  # consecutive cores per worker; more workers than core sets share round-robin
-            chunk = cores[(k * self.threads) % len(cores):][: self.threads] or cores[: self.threads]
-            sets.put(set(chunk))
+        fresh = {"max_tasks_per_child": 1} if self.isolate else {}  # Python >= 3.11 (checked by make_executor)
         return cf.ProcessPoolExecutor(max_workers=self.slots, mp_context=context, initializer=_init_worker,
-                                      initargs=(self.threads, sets if self.threads * self.slots <= len(cores) else None,
-                                                logging.getLogger("tuneoff").getEffectiveLevel()))
+                                      initargs=(self.threads, logging.getLogger("tuneoff").getEffectiveLevel()), **fresh)
 
     def submit(self, job: Job) -> None:
-        self.inflight[self.pool.submit(run_job, job, self.progress, self.processes)] = job
+        cores = self.free.pop(0) if self.free else None
+        self.inflight[self.pool.submit(_pinned_run, job, self.progress, self.processes, cores)] = (job, cores)
 
     @property
     def pending(self) -> int:
@@ -131,15 +151,19 @@ class PackedExecutor:
     def next_done(self) -> tuple[Job, Outcome]:
         done, _ = cf.wait(list(self.inflight), return_when=cf.FIRST_COMPLETED)
         future = next(iter(done))
-        job = self.inflight.pop(future)
+        job, cores = self.inflight.pop(future)
+        if cores is not None:
+            self.free.append(cores)
         try:
             return job, future.result()
         except BrokenProcessPool:  # a worker was killed (out of memory, a signal): its run resumes from its checkpoint
             self.pool.shutdown(wait=False, cancel_futures=True)
-            lost = list(self.inflight.values())
+            lost = [(other, cores) for other, cores in self.inflight.values()]
             self.inflight.clear()
             self.pool = self._pool()
-            for other in lost:  # runs that were in flight beside it start again (from their checkpoints)
+            for other, cores in lost:  # runs that were in flight beside it start again (from their checkpoints)
+                if cores is not None:
+                    self.free.append(cores)
                 self.submit(other)
             return job, Outcome(job.run_id, "failed", error="its worker process died (killed, or out of memory); "
                                 "`--resume` continues it from its last checkpoint")
@@ -153,17 +177,23 @@ class PackedExecutor:
 
 def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
                   max_retries: int = 3, progress: bool = False, processes_per_run: int = 1, parallel: int | str = 1,
-                  threads: int | None = None, jobs: int = 1 << 30, gpu_peak_mb: float | None = None):
+                  threads: int | None = None, jobs: int = 1 << 30, gpu_peak_mb: float | None = None,
+                  isolate: bool = False):
     """The executor a study runs on: ``local`` (one run at a time here, or ``parallel`` at once in worker processes;
-    ``auto`` chooses from the machine, see ``choose``) or ``ray``."""
+    ``auto`` chooses from the machine, see ``choose``; ``isolate``: each run in a new process) or ``ray``."""
     if name == "local":
         check_processes(processes_per_run, "--processes-per-run")
-        if processes_per_run > 1:  # a run that is itself several processes takes the machine
+        if processes_per_run > 1:  # a run that is itself several processes takes the machine (each run new ones)
             return LocalExecutor(progress, processes_per_run)
+        if isolate and sys.version_info < (3, 11):
+            raise TuneoffError("--isolate-runs needs Python 3.11 or later (a worker process per run); this is "
+                               f"{platform.python_version()}. Run without it: CPU peaks are then upper bounds.")
         n, per_run = choose(parallel, threads, jobs, gpu_peak_mb)
-        if n > 1:
-            return PackedExecutor(n, per_run, progress)
+        if n > 1 or isolate:
+            return PackedExecutor(n, per_run, progress, isolate=isolate)
         return LocalExecutor(progress, threads=threads)
+    if isolate:
+        raise TuneoffError("--isolate-runs is for the local executor (Ray schedules its own worker processes).")
     if name == "ray":
         return RayExecutor(address, cpus_per_run, gpus_per_run, max_retries, processes_per_run)
     raise TuneoffError(f"--executor {name!r}: choose local or ray.")

@@ -51,13 +51,18 @@ def _release_freed_memory() -> None:
 
 
 class MemoryMeter:
-    """Peak memory between ``start()`` and ``read()``."""
+    """Peak memory between ``start()`` and ``read()``, and how many runs this process measured before it: a CPU peak
+    taken after others in one process (a packed study's worker) counts what they left resident, an upper bound."""
+
+    started = 0  # meters started in this process
 
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda" and torch.cuda.is_available()
 
     def start(self) -> MemoryMeter:
+        self.runs_before = MemoryMeter.started
+        MemoryMeter.started += 1
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -70,7 +75,8 @@ class MemoryMeter:
         return self
 
     def read(self) -> dict:
-        out = {"cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None, "peak_rss_mb": None}
+        out = {"cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None, "peak_rss_mb": None,
+               "runs_before_in_process": getattr(self, "runs_before", 0)}
         if self.cuda:
             torch.cuda.synchronize(self.device)
             out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
