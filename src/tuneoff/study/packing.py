@@ -102,13 +102,13 @@ def _init_worker(threads: int, level: int) -> None:
 def _pin(cores: set[int] | None) -> None:
     """Every thread of this process onto ``cores`` (threads started later inherit it): a worker may hold a different
     core set for each run, and a thread left on the last run's cores would share them with a neighbour's."""
-    if cores is None:
+    if cores is None or not hasattr(os, "sched_setaffinity"):  # not Linux: the run trains unpinned
         return
-    try:
-        for task in os.listdir("/proc/self/task"):
+    for task in os.listdir("/proc/self/task"):
+        try:
             os.sched_setaffinity(int(task), cores)
-    except (AttributeError, OSError):  # not Linux, or a thread that ended meanwhile: the run still trains
-        pass
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 def _pinned_run(job: Job, progress: bool, processes: int, cores: set[int] | None) -> Outcome:
