@@ -179,3 +179,28 @@ def test_isolate_runs_from_the_command_line(tiny_bert, toy_csv, tmp_path, monkey
     refused = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "ray"), "--executor", "ray",
                                   "--isolate-runs"])
     assert refused.exit_code == 2 and "--isolate-runs is for the local executor" in refused.output
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="affinity is Linux's")
+def test_a_run_pins_every_thread_of_its_worker_and_the_core_sets_never_overlap(monkeypatch):
+    """A reused worker may hold another core set for its next run: every thread it already has moves with it (an
+    OpenMP thread left on the last run's cores would share them with a neighbour)."""
+    import threading
+
+    from tuneoff.study import packing
+
+    monkeypatch.setattr(packing, "cpu_cores", lambda: [0, 1, 2, 3])
+    executor = PackedExecutor(2, 2)
+    assert executor.free == [{0, 1}, {2, 3}]
+    executor.close()
+    before, stop = os.sched_getaffinity(0), threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        target = {min(before)}
+        packing._pin(target)
+        assert os.sched_getaffinity(0) == target and os.sched_getaffinity(worker.native_id) == target
+    finally:
+        stop.set()
+        worker.join()
+        packing._pin(before)  # every thread of the test process back where it was

@@ -268,8 +268,8 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         pace = wall / finished / 60
         eta = f", ETA {pace * (total - finished):.1f} min" if total > finished else ""
         if later:
-            eta += (f"{' (' if eta else ', '}then about {pace * later:.0f} min for the {later} runs after "
-                    f"{'them' if eta else 'these'}{')' if eta else ''}")
+            after = f"then about {pace * later:.0f} min for the {later} runs after {'them' if eta else 'these'}"
+            eta = f"{eta} ({after})" if eta else f", {after}"
         where = f" on {outcome.host}" if executor.name != "local" else ""
         log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
         on_outcome(job, outcome)

@@ -158,12 +158,12 @@ class PackedExecutor:
             return job, future.result()
         except BrokenProcessPool:  # a worker was killed (out of memory, a signal): its run resumes from its checkpoint
             self.pool.shutdown(wait=False, cancel_futures=True)
-            lost = [(other, cores) for other, cores in self.inflight.values()]
+            lost = list(self.inflight.values())
             self.inflight.clear()
             self.pool = self._pool()
-            for other, cores in lost:  # runs that were in flight beside it start again (from their checkpoints)
-                if cores is not None:
-                    self.free.append(cores)
+            for other, held in lost:  # runs that were in flight beside it start again (from their checkpoints)
+                if held is not None:
+                    self.free.append(held)
                 self.submit(other)
             return job, Outcome(job.run_id, "failed", error="its worker process died (killed, or out of memory); "
                                 "`--resume` continues it from its last checkpoint")

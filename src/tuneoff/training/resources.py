@@ -59,9 +59,9 @@ class MemoryMeter:
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda" and torch.cuda.is_available()
+        self.runs_before = MemoryMeter.started
 
     def start(self) -> MemoryMeter:
-        self.runs_before = MemoryMeter.started
         MemoryMeter.started += 1
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -76,7 +76,7 @@ class MemoryMeter:
 
     def read(self) -> dict:
         out = {"cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None, "peak_rss_mb": None,
-               "runs_before_in_process": getattr(self, "runs_before", 0)}
+               "runs_before_in_process": self.runs_before}
         if self.cuda:
             torch.cuda.synchronize(self.device)
             out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
