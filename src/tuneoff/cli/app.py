@@ -255,7 +255,7 @@ def run_study(
     processes_per_run: int = typer.Option(1, help="Train each run data-parallel on this many processes (one per GPU; CPU processes without GPUs)."),
     parallel: str = typer.Option("auto", envvar="TUNEOFF_PARALLEL", help="Local executor: runs at once, each in its own process with the cores split between them (auto: as many as the cores, memory or GPU hold; 1: one after another here)."),
     threads: Optional[int] = typer.Option(None, help="Local executor: threads per run (default: the cores split between the runs at once)."),
-    isolate_runs: bool = typer.Option(False, "--isolate-runs", help="Local executor: each run in a new worker process, so its CPU peak memory is its own (a reused worker's peak counts what its earlier runs left resident); costs the imports, a few seconds a run."),
+    isolate_runs: bool = typer.Option(False, "--isolate-runs", help="Local executor: each run in a new worker process, so its CPU peak memory is its own (a reused worker's peak counts what its earlier runs left resident); costs the library imports again for every run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""

@@ -14,7 +14,7 @@ Workers live as long as the study: imports and the tokenized data are paid once 
 price: a run's CPU peak counts what the worker's earlier runs left resident (about 4% for LoRA after full
 fine-tuning, bench/results/memory-reuse-20261129.md), and each run records how many ran before it in its process.
 ``isolate`` (``tuneoff run --isolate-runs``) gives every run a new worker instead, for a study whose claim is memory:
-each peak is that run's alone, for the imports paid again (a few seconds a run).
+each peak is that run's alone, for the library imports paid again per run (not benchmarked).
 """
 
 from __future__ import annotations
