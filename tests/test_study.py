@@ -285,5 +285,6 @@ def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv
     assert runner.invoke(app, ["report", str(tmp_path / "r" / "ratios"), "--cost-margin", "0.99"]).exit_code == 0
     strict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())["groups"][0]
     assert strict["recommended"] == strict["best_on_validation"]
+    assert "at least 99% lower" in (tmp_path / "r" / "ratios" / "report" / "report.html").read_text()  # the margin used
     resumed = runner.invoke(app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"])
     assert resumed.exit_code == 0, resumed.output
