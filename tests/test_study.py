@@ -265,6 +265,36 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
     assert "not inspected" in (report / "report.html").read_text()
 
 
+def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(tiny_bert, toy_csv, tmp_path):
+    """How many labelled examples a user has is their situation, not a method choice: a grid over
+    data.max_train_samples gets one verdict per size (never "use full with the most data"), smallest first, and the
+    report lines them up (a matrix per test set and a plot of accuracy against training examples)."""
+    variants = {"full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
+                "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+    path = write_study(tmp_path, tiny_bert, toy_csv, name="sizes", variants=variants, seeds=(1, 2),
+                       train={"epochs": 2}, grid={"data.max_train_samples": [96, 48]})
+    result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "r")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "(48 training examples, " in result.output and "(96 training examples, " in result.output
+    report = tmp_path / "r" / "sizes" / "report"
+    verdicts = json.loads((report / "verdict.json").read_text())["groups"]
+    assert [v["train_examples"] for v in verdicts] == [48, 96]
+    pairs = pd.read_csv(report / "comparisons.csv")
+    assert len(pairs) == 2  # full vs lora at each size, never across sizes
+    for v, size in zip(verdicts, (48, 96)):
+        for name in (v["best_on_validation"], v["recommended"]):
+            assert name is None or f"max_train_samples={size}" in name
+    md = (report / "summary.md").read_text()
+    start = md.index("## Accuracy by training-set size")
+    overview = md[md.index("\n\n", md.index("**", start)):md.index("\n## ", start)]  # the matrices, after the note
+    assert "| 48 examples" in overview and "| 96 examples" in overview
+    assert overview.count("**") == 2 * sum(v["recommended"] is not None for v in verdicts)
+    assert md.count(" training examples · ") == 2
+    html = (report / "report.html").read_text()
+    section = html[html.index("Accuracy by training-set size"):html.index("Verdict</h3>")]
+    assert "data:image/png" in section and "**" not in section  # the plot; bold rendered, not shown as asterisks
+
+
 def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv, tmp_path):
     spec_path = write_study(tmp_path, tiny_bert, toy_csv, name="ratios")
     spec = yaml.safe_load(spec_path.read_text())
@@ -274,7 +304,7 @@ def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")], env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     verdict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())["groups"][0]
-    assert verdict["reference"] == "full"
+    assert verdict["reference"] == "full" and "train_examples" not in verdict  # one size: titles as before
     use = next(line for line in verdict["lines"] if line.startswith("**Use"))
     assert use.replace("**", "") in result.output
     if verdict["recommended"] != "full":

@@ -4,7 +4,10 @@ A *condition* is a variant at one grid point; its runs differ only by seed. A *g
 were tested on the same examples: the same model, the same dataset and label set, and the same test split
 (fingerprinted from the stored predictions: ids, texts and true labels). Pairs are formed only inside a group,
 so two local ``test.csv`` files that happen to share row ids are never paired, and a study over two datasets
-gets one verdict per dataset. Everything is read from the results store and the run directories' text files
+gets one verdict per dataset. Conditions trained on different numbers of training examples are different groups
+too: how much labelled data a user has is their situation, not a choice among methods, so a study over training-set
+sizes (``data.max_train_samples``) gets one verdict per size ("with 300 examples, use ..."), never "use full with
+3,000 examples" (the sizes are counted before augmentation, which adds copies of the same examples). Everything is read from the results store and the run directories' text files
 (predictions, history): no model and no dataset is loaded, so a report can be rebuilt anywhere.
 """
 
@@ -76,10 +79,13 @@ class Group:
     majority: str                    # the training split's most common class (the baseline predicts it)
     majority_source: str             # "training split" or "test split" (older runs without label counts)
     conditions: list[Condition] = field(default_factory=list)
+    train_examples: int | None = None  # the training examples its conditions had (before augmentation)
+    by_size: bool = False            # one of several groups that differ only in train_examples
 
     @property
     def title(self) -> str:
-        return f"{self.dataset} · {self.model} · {len(self.ids):,} test examples"
+        size = f" · {self.train_examples:,} training examples" if self.by_size and self.train_examples else ""
+        return f"{self.dataset} · {self.model}{size} · {len(self.ids):,} test examples"
 
     def baseline_correct(self) -> np.ndarray:
         return (self.truth.loc[self.ids] == self.majority).to_numpy(dtype=np.float32)[:, None]
@@ -152,7 +158,7 @@ def _model_label(config: dict) -> str:
 
 
 def groups(conditions: list[Condition]) -> list[Group]:
-    """Split conditions into groups of the same (dataset, model, test examples, label set)."""
+    """Split conditions into groups of the same (dataset, model, test examples, label set, training-set size)."""
     found: dict[tuple, Group] = {}
     for cond in conditions:
         by_key: dict[tuple, list[dict]] = {}
@@ -160,7 +166,7 @@ def groups(conditions: list[Condition]) -> list[Group]:
             p = run["predictions"]
             labels = tuple(c[len("prob_"):] for c in p.columns if c.startswith("prob_"))
             dataset = run["info"].get("dataset") or _short_name(str(run["config"]["data"]["name"]))
-            key = (dataset, _model_label(run["config"]), labels, _fingerprint(p))
+            key = (dataset, _model_label(run["config"]), labels, _fingerprint(p), train_size(run))
             by_key.setdefault(key, []).append(run)
         for key, runs in by_key.items():
             if key not in found:
@@ -169,10 +175,20 @@ def groups(conditions: list[Condition]) -> list[Group]:
                 majority, source = ((max(counts, key=lambda k: (counts[k], k)), "training split") if counts else
                                     (Counter(first["true_label"]).most_common(1)[0][0], "test split"))
                 found[key] = Group(key[0], key[1], list(key[2]), sorted(first["id"]), first.set_index("id")["true_label"],
-                                   majority, source)
+                                   majority, source, train_examples=key[4])
             name = cond.name if len(by_key) == 1 else f"{cond.name} [{key[0]}]"
             found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs))
-    return list(found.values())
+    sizes = Counter(key[:4] for key in found)
+    first_seen: dict[tuple, int] = {}  # a test set's groups stay where it was first met, its sizes smallest first
+    for key, group in found.items():
+        group.by_size = sizes[key[:4]] > 1
+        first_seen.setdefault(key[:4], len(first_seen))
+    return [g for _, g in sorted(found.items(), key=lambda kv: (first_seen[kv[0][:4]], kv[0][4] or 0))]
+
+
+def train_size(run: dict) -> int | None:
+    """How many training examples a run had (before augmentation); None for runs stored before this was recorded."""
+    return (run["info"].get("sizes") or {}).get("train")
 
 
 # --- per-run readings -------------------------------------------------------------------------------------------
@@ -241,7 +257,7 @@ def condition_row(c: Condition) -> dict:
         "converged_runs": sum(bool(conv.get("converged")) for conv in convs if conv),
         "convergence_known": sum(bool(conv) for conv in convs),
         "not_converged": "; ".join(sorted({_convergence_text(conv) for conv in convs if conv and not conv.get("converged")})),
-        "train_examples": (c.runs[0]["info"].get("sizes") or {}).get("train"),
+        "train_examples": train_size(c.runs[0]),
         "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),
         "checkpoint_mb": _mean(r["checkpoint_bytes"] / 1e6 for r in res),

@@ -80,7 +80,8 @@ def verdict_lines(report_dir: Path) -> list[str]:
     lines = []
     verdict = json.loads((report_dir / "verdict.json").read_text())
     for group in verdict["groups"] if isinstance(verdict, dict) else verdict:  # a list: reports of tuneoff 0.1
-        lines.append(f"== {group['dataset']} · {group['model']} ({group['test_examples']:,} test examples)")
+        size = f"{group['train_examples']:,} training examples, " if group.get("train_examples") else ""
+        lines.append(f"== {group['dataset']} · {group['model']} ({size}{group['test_examples']:,} test examples)")
         lines += ["  " + line.replace("**", "") for line in group["lines"]]
     return lines
 

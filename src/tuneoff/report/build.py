@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from tuneoff.analysis import groups as analysis
+from tuneoff.analysis.data_size import size_matrix, size_table
 from tuneoff.analysis.settings import AnalysisSettings
 from tuneoff.analysis.tuning import expected_best, tuning_trials
 from tuneoff.analysis.verdict import analyse
@@ -89,6 +90,11 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, verdicts)
     md = [f"# Study {markdown_text(study)}", "", sections.how_to_read_md(settings), ""]
+    by_size = size_table(verdicts)
+    if len(by_size):
+        md += ["## Accuracy by training-set size", "", sections.DATA_SIZE_NOTE, ""]
+        for (dataset, model), sub in by_size.groupby(["dataset", "model"], sort=False):
+            md += [f"{markdown_text(dataset)} · {markdown_text(model)}:", "", _md_table(size_matrix(sub)), ""]
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
@@ -118,6 +124,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
     parts = [("How to read this report", sections.how_to_read(settings))]
+    if len(by_size):
+        parts.append(("Accuracy by training-set size", sections.data_size_html(by_size)))
     for v in verdicts:
         parts.append((v.group.title, sections.group_html(v)))
     if len(tuning):
@@ -167,6 +175,7 @@ def _write_tables(out: Path, verdicts) -> None:
     stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
     stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
+                **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
                 "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}
                for v in verdicts]
     atomic_write_text(out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n")

@@ -112,7 +112,7 @@ def plot_pareto(table: pd.DataFrame, colors) -> str:
 
 
 def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
-    params = [c for c in table.columns if c.startswith("param:") and pd.to_numeric(table[c], errors="coerce").notna().sum() > 1]
+    params = [c for c in table.columns if c.startswith("param:") and pd.to_numeric(table[c], errors="coerce").nunique() > 1]
     if not params:
         return None
     fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 3.8), squeeze=False)
@@ -128,6 +128,32 @@ def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
         if sub[p].astype(float).min() > 0 and sub[p].astype(float).max() / sub[p].astype(float).min() >= 8:
             ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_data_size(table: pd.DataFrame) -> str:
+    """Test accuracy against training examples, one panel per test set, a line per condition with its 95% interval;
+    the majority class dotted, each size's recommended condition ringed."""
+    sets = list(dict.fromkeys(zip(table.dataset, table.model)))
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
+    lines = [n for n in dict.fromkeys(table.line) if n != "majority class"]
+    colors = _colors(lines)
+    for ax, (dataset, model) in zip(axes[0], sets):
+        sub = table[(table.dataset == dataset) & (table.model == model)].sort_values("train_examples")
+        for name, g in sub.groupby("line", sort=False):
+            if name == "majority class":
+                ax.plot(g.train_examples, g.accuracy, "k:", lw=1, label=name)
+                continue
+            ax.errorbar(g.train_examples, g.accuracy, yerr=[g.accuracy - g.ci_low, g.ci_high - g.accuracy], marker="o",
+                        capsize=3, color=colors[name], label=name)
+            picked = g[g.recommended.astype(bool)]
+            ax.scatter(picked.train_examples, picked.accuracy, s=160, facecolors="none", edgecolors="black", zorder=3)
+        ax.set_xscale("log")
+        sizes = sorted(sub.train_examples.unique())
+        ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])  # the sizes trained, not powers of ten
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="training examples", ylabel="test accuracy", title=f"{dataset} · {model}")
+    axes[0][0].legend(fontsize=7)
     return _png(fig)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tuneoff.analysis import mistakes
+from tuneoff.analysis.data_size import size_matrix
 from tuneoff.analysis.groups import per_class
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
@@ -49,11 +50,14 @@ def page(title: str, sub: str, parts: list[tuple[str, str]]) -> str:
             f"<p class='sub'>{html.escape(sub)}</p>{body}</body></html>")
 
 
-def table_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+def table_html(df: pd.DataFrame, floatfmt: str = "{:.4g}", bold: bool = False) -> str:
+    """An HTML table, every cell escaped; with ``bold``, text cells' **…** turn bold (after escaping)."""
     df = df.astype(object).where(df.notna(), None).replace({None: ""}) if len(df) else df
     df.columns.name = None
+    if bold:
+        df = df.map(lambda x: md_inline(x) if isinstance(x, str) else x)
     return "<div class='scroll'>" + df.to_html(index=False, float_format=lambda x: floatfmt.format(x), border=0,
-                                               classes="t", escape=True, na_rep="") + "</div>"
+                                               classes="t", escape=not bold, na_rep="") + "</div>"
 
 
 def img(b64: str) -> str:
@@ -83,6 +87,20 @@ SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95
               "condition against the best on validation by Welch's t test over seeds, Holm-adjusted over this table. "
               "Steps are read at evaluations every {resolution:g} steps, so a difference of one evaluation or less is "
               "never called faster or slower.")
+
+
+DATA_SIZE_NOTE = ("Each training-set size has its own verdict (below): how much labelled data there is is the "
+                  "user's situation, not a choice among methods. Test accuracy in percent with its 95% interval over "
+                  "seeds and test examples; **bold**: the condition that size's verdict recommends; *: budget-limited "
+                  "(runs still improving when they stopped), never called worse.")
+
+
+def data_size_html(table) -> str:
+    """The verdicts of a study over training-set sizes side by side: where the methods' curves cross."""
+    out = [f"<p class='note'>{md_inline(DATA_SIZE_NOTE)}</p>", img(plots.plot_data_size(table))]
+    for (dataset, model), sub in table.groupby(["dataset", "model"], sort=False):
+        out += [f"<p>{html.escape(f'{dataset} · {model}')}:</p>", table_html(size_matrix(sub), bold=True)]
+    return "".join(out)
 
 
 def group_html(v) -> str:
