@@ -42,10 +42,10 @@ def size_table(verdicts) -> pd.DataFrame:
 
 def size_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """The table as a reader scans it: a row per line, a column per size, each cell "accuracy (interval)" in
-    percent, **bold** where that size's verdict recommends it, * where its runs were budget-limited."""
+    percent, **bold** where that size's verdict recommends it, † where its runs were budget-limited."""
     def cell(r) -> str:
         text = f"{100 * r.accuracy:.1f} ({100 * r.ci_low:.1f}–{100 * r.ci_high:.1f})"
-        return (f"**{text}**" if r.recommended else text) + ("*" if r.budget_limited else "")
+        return (f"**{text}**" if r.recommended else text) + (" †" if r.budget_limited else "")
 
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])
     out = cells.pivot_table(index="line", columns="train_examples", values="cell", aggfunc="first", sort=False)

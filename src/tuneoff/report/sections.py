@@ -91,7 +91,7 @@ SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95
 
 DATA_SIZE_NOTE = ("Each training-set size has its own verdict (below): how much labelled data there is is the "
                   "user's situation, not a choice among methods. Test accuracy in percent with its 95% interval over "
-                  "seeds and test examples; **bold**: the condition that size's verdict recommends; *: budget-limited "
+                  "seeds and test examples; **bold**: the condition that size's verdict recommends; †: budget-limited "
                   "(runs still improving when they stopped), never called worse.")
 
 
