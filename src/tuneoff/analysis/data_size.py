@@ -32,10 +32,9 @@ def size_table(verdicts) -> pd.DataFrame:
         labels = {c.name: curve_label(c) for c in g.conditions}
         for r in v.table.itertuples():
             baseline = r.method == "baseline"
-            rows.append({"dataset": g.dataset, "model": g.model, "test_examples": len(g.ids),
-                         "train_examples": g.train_examples, "line": "majority class" if baseline else labels[r.condition],
-                         "condition": r.condition, "accuracy": r.accuracy, "ci_low": r.accuracy_ci_low,
-                         "ci_high": r.accuracy_ci_high, "seeds": r.seeds,
+            rows.append({"dataset": g.dataset, "model": g.model, "train_examples": g.train_examples,
+                         "line": "majority class" if baseline else labels[r.condition], "accuracy": r.accuracy,
+                         "ci_low": r.accuracy_ci_low, "ci_high": r.accuracy_ci_high,
                          "budget_limited": bool(r.budget_limited), "recommended": r.condition == v.recommended})
     return pd.DataFrame(rows)
 

@@ -7,8 +7,9 @@ so two local ``test.csv`` files that happen to share row ids are never paired, a
 gets one verdict per dataset. Conditions trained on different numbers of training examples are different groups
 too: how much labelled data a user has is their situation, not a choice among methods, so a study over training-set
 sizes (``data.max_train_samples``) gets one verdict per size ("with 300 examples, use ..."), never "use full with
-3,000 examples" (the sizes are counted before augmentation, which adds copies of the same examples). Everything is read from the results store and the run directories' text files
-(predictions, history): no model and no dataset is loaded, so a report can be rebuilt anywhere.
+3,000 examples" (the sizes are counted before augmentation, which adds copies of the same examples). Everything is
+read from the results store and the run directories' text files (predictions, history): no model and no dataset is
+loaded, so a report can be rebuilt anywhere.
 """
 
 from __future__ import annotations
