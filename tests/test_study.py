@@ -293,6 +293,7 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
     html = (report / "report.html").read_text()
     section = html[html.index("Accuracy by training-set size"):html.index("Verdict</h3>")]
     assert "data:image/png" in section and "**" not in section  # the plot; bold rendered, not shown as asterisks
+    assert "<h3>Sweeps</h3>" not in html  # within a size nothing varies: no one-point sweep plot
 
 
 def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv, tmp_path):
