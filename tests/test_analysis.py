@@ -92,6 +92,27 @@ def test_words_read_both_texts_of_a_pair():
     assert stability["mean"] is None or stability["mean"] == pytest.approx(1.0)
 
 
+def test_word_rank_stability_by_hand_and_undefined_pairs():
+    import warnings
+
+    x = pd.DataFrame({"word": ["a", "b", "c"], "rank": [1, 2, 3]})
+    y = pd.DataFrame({"word": ["c", "b", "a"], "rank": [1, 2, 3]})
+    z = pd.DataFrame({"word": ["d", "e", "f"], "rank": [1, 2, 3]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an undefined correlation is skipped, not computed with a warning
+        out = word_rank_stability({"x": x, "y": y, "z": z})
+    # x, y: the same three words in reverse order, rho = -1. x, z: no shared word, so over the union a..f x ranks
+    # [1, 2, 3, 4, 4, 4] and z [4, 4, 4, 1, 2, 3] (a word a side never tested ranks last); as midranks [1, 2, 3, 5, 5, 5]
+    # and [5, 5, 5, 1, 2, 3], Pearson's r = -13.5 / 15.5 = -27/31.
+    assert out["pairs"][("x", "y")] == pytest.approx(-1.0)
+    assert out["pairs"][("x", "z")] == pytest.approx(-27 / 31)
+    # A side with only tied ranks (it ranks none of the words) gives no value at all.
+    empty = pd.DataFrame({"word": pd.Series([], dtype=str), "rank": pd.Series([], dtype=int)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert word_rank_stability({"x": x, "e": empty}) == {"mean": None, "pairs": {}}
+
+
 def test_overlap_and_disagreements_by_hand():
     c = _condition(ROWS, name="m")
     other = _condition([(i, t, y, "a", 0.9, 0.1) for i, t, y, *_ in ROWS], name="n")  # always predicts a

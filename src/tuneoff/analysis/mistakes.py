@@ -108,9 +108,9 @@ def word_rank_stability(tables: dict[str, pd.DataFrame], top_k: int = 15) -> dic
             continue
         rank_a = [ta.set_index("word")["rank"].get(w, len(ta) + 1) for w in words]
         rank_b = [tb.set_index("word")["rank"].get(w, len(tb) + 1) for w in words]
-        rho = spearmanr(rank_a, rank_b).statistic
-        if np.isfinite(rho):
-            pairs[(a, b)] = float(rho)
+        if len(set(rank_a)) < 2 or len(set(rank_b)) < 2:
+            continue  # one side ranks none of these words (all tied last): the correlation is undefined, not zero
+        pairs[(a, b)] = float(spearmanr(rank_a, rank_b).statistic)
     return {"mean": float(np.mean(list(pairs.values()))) if pairs else None, "pairs": pairs}
 
 
