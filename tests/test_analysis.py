@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.stats import hypergeom
 
 from tuneoff.analysis.groups import Condition
@@ -122,3 +125,39 @@ def test_overlap_and_disagreements_by_hand():
     dis = disagreements([c, other])
     assert set(dis["id"]) == {"1", "2", "5", "6"}
     assert dis.set_index("id").loc["1", "right"] == "n" and dis.set_index("id").loc["5", "wrong"] == "n"
+
+
+def _trial_row(variant, cell, trial, lr, accuracy, status="done"):
+    suffix = "".join(f"-{v}" for v in cell.values())
+    return {"run_id": f"{variant}{suffix}-tune{trial}", "variant": variant, "status": status,
+            "params": json.dumps({**cell, "train.lr": lr, "trial": trial}),
+            "metrics": json.dumps({"validation": {"accuracy": accuracy}, "best_step": 10}),
+            "config_yaml": yaml.safe_dump({"train": {"lr": lr}})}
+
+
+def test_tuning_is_drawn_one_plot_per_grid_cell_in_a_palette_png():
+    """A study over sizes tunes each method once per size: one plot per cell holds only the methods a reader compares
+    there (one plot of every cell drew 32 curves in 10 repeating colours under a legend that covered them)."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from tuneoff.analysis.tuning import expected_best, tuning_trials
+    from tuneoff.report.sections import tuning_html
+
+    rows = [_trial_row(v, {"data.max_train_samples": n}, k, lr, acc)
+            for n in (100, 300) for v in ("head", "lora") for k, (lr, acc) in enumerate([(1e-3, 0.6), (1e-2, 0.7)])]
+    trials = tuning_trials(rows)
+    assert list(dict.fromkeys(trials.cell)) == ["data.max_train_samples=100", "data.max_train_samples=300"]
+    assert trials[trials.chosen].lr.tolist() == [1e-2] * 4, "each condition's best trial on validation"
+    html = tuning_html(trials, expected_best(trials))
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(images) == 2
+    image = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    assert image.mode == "P" and image.width > 1000, "quantised to a palette, at full size"
+    # Without a grid the cell is empty and every condition shares one plot.
+    single = tuning_trials([_trial_row(v, {}, 0, 1e-3, 0.6) for v in ("head", "lora")])
+    assert single.cell.tolist() == ["", ""]
+    assert len(re.findall("data:image/png", tuning_html(single, expected_best(single)))) == 1

@@ -13,7 +13,8 @@ import yaml
 from tuneoff.analysis.significance import expected_max
 from tuneoff.results.store import loads
 
-COLUMNS = ["condition", "variant", "trial", "lr", "status", "val_accuracy", "test_accuracy", "steps", "chosen"]
+COLUMNS = ["condition", "variant", "cell", "trial", "lr", "status", "val_accuracy", "test_accuracy", "steps", "chosen"]
+TRIAL_KEYS = ("train.lr", "trial")  # what a trial's params add to its grid cell's values
 
 
 def tuning_trials(rows) -> pd.DataFrame:
@@ -25,7 +26,10 @@ def tuning_trials(rows) -> pd.DataFrame:
         metrics = loads(row, "metrics", {}) or {}
         config = yaml.safe_load(row["config_yaml"]) or {}
         validation = metrics.get("validation") or {}
-        out.append({"condition": row["run_id"].rsplit("-tune", 1)[0], "variant": row["variant"],
+        # The grid cell (e.g. "data.name=bbc_news, data.max_train_samples=100"): the situation whose methods a
+        # reader compares, so the report draws one tuning plot per cell; "" for a study without a grid.
+        cell = ", ".join(f"{k}={v}" for k, v in params.items() if k not in TRIAL_KEYS)
+        out.append({"condition": row["run_id"].rsplit("-tune", 1)[0], "variant": row["variant"], "cell": cell,
                     "trial": params.get("trial"), "lr": (config.get("train") or {}).get("lr"), "status": row["status"],
                     "val_accuracy": validation.get("accuracy"), "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
                     "steps": metrics.get("pruned_at_step") or metrics.get("best_step"), "chosen": False})

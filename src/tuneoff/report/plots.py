@@ -7,6 +7,7 @@ import io
 
 import matplotlib
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+from PIL import Image
 
 from tuneoff.analysis.groups import run_ece
 from tuneoff.analysis.significance import expected_calibration_error
@@ -23,7 +24,12 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    # A plot has few colours besides anti-aliasing: a 256-colour palette looks the same and takes about a third of
+    # the bytes (a 192-run study's self-contained report.html: 7.4 MB in full colour).
+    buf.seek(0)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256).save(small, format="png", optimize=True)
+    return base64.b64encode(small.getvalue()).decode()
 
 
 def _few_ticks(ax, log: bool = False) -> None:
@@ -37,8 +43,9 @@ def _few_ticks(ax, log: bool = False) -> None:
 
 
 def _colors(names: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {n: cmap(i % 10) for i, n in enumerate(names)}
+    # tab10 while it has a colour for each; tab20 beyond (the method zoo has 14 conditions), so no two share one
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
 def plot_curves(conditions, colors) -> str:
@@ -293,19 +300,22 @@ def plot_lengths(report: dict) -> tuple[str, str]:
     return histogram, _png(fig)
 
 
-def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame) -> str:
-    """Left: expected best validation accuracy after k trials per condition (Dodge et al., 2019): a curve that keeps
+def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame, title: str = "") -> str:
+    """One grid cell's tuning (the report draws one per cell, so a plot holds only the methods a reader compares).
+    Left: expected best validation accuracy after k trials per condition (Dodge et al., 2019): a curve that keeps
     rising needs many trials to show its best. Right: each trial's validation accuracy against its learning rate
-    (pruned trials as crosses at what they reached, the chosen rate starred)."""
+    (pruned trials as crosses at what they reached, the chosen rate starred). The legend, outside the axes, names
+    each condition by its variant."""
     names = list(dict.fromkeys(trials.condition))
+    variants = dict(zip(trials.condition, trials.variant))
     colors = _colors(names)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
     for name in names:
         e = emp[emp.condition == name]
-        ax1.plot(e.trials, e.expected_best_val_accuracy, marker="o", color=colors[name], label=name)
+        ax1.plot(e.trials, e.expected_best_val_accuracy, marker="o", color=colors[name], label=variants[name])
         t = trials[trials.condition == name]
         done, pruned, chosen = t[t.status == "done"], t[t.status == "pruned"], t[t.chosen.astype(bool)]
-        ax2.scatter(done.lr, done.val_accuracy, color=colors[name], label=name, zorder=3)
+        ax2.scatter(done.lr, done.val_accuracy, color=colors[name], zorder=3)
         ax2.scatter(pruned.lr, pruned.val_accuracy, color=colors[name], marker="x", zorder=3)
         ax2.scatter(chosen.lr, chosen.val_accuracy, color=colors[name], marker="*", s=220, edgecolors="black", zorder=4)
     ax1.set(title="expected best validation accuracy after k trials", xlabel="trials (k)", ylabel="validation accuracy")
@@ -314,5 +324,7 @@ def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame) -> str:
     _few_ticks(ax2, log=True)
     ax2.set(title="validation accuracy by learning rate (x: pruned, *: chosen)", xlabel="learning rate",
             ylabel="validation accuracy")
-    ax1.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    ax2.legend(*ax1.get_legend_handles_labels(), fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left")
     return _png(fig)

@@ -195,7 +195,9 @@ def tuning_html(trials: pd.DataFrame, emp: pd.DataFrame) -> str:
             "draws over the method's prior range, one seed of their own; pruned trials were stopped below the median of "
             f"the finished ones): {', '.join(f'{n} {s}' for s, n in counts.items())}. The seeds compared above trained at "
             "the chosen rate. A method whose expected best keeps rising with k wins only when tuned hard.</p>"
-            + img(plots.plot_tuning(trials, emp)) + "<p class='note'>Chosen learning rates:</p>" + table_html(chosen)
+            + "".join(img(plots.plot_tuning(t, emp[emp.condition.isin(t.condition)], cell))
+                      for cell, t in trials.groupby("cell", sort=False))
+            + "<p class='note'>Chosen learning rates:</p>" + table_html(chosen)
             + table_html(gains) + "<details><summary>every trial</summary>" + table_html(trials) + "</details>")
 
 
