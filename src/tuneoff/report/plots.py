@@ -42,6 +42,12 @@ def _few_ticks(ax, log: bool = False) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(5))
 
 
+def _legend_outside(ax, *args, **kw) -> None:
+    """The legend to the right of ``ax``, outside it (the PNG is cropped to fit): inside, a study's long condition
+    names covered the curves and points it names."""
+    ax.legend(*args, fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left", **kw)
+
+
 def _colors(names: list[str]) -> dict[str, tuple]:
     # tab10 while it has a colour for each; tab20 beyond (the method zoo has 14 conditions), so no two share one
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
@@ -50,7 +56,7 @@ def _colors(names: list[str]) -> dict[str, tuple]:
 
 def plot_curves(conditions, colors) -> str:
     """Training loss, validation loss and validation accuracy per evaluation (each seed a line)."""
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     for c in conditions:
         for j, run in enumerate(c.runs):
             h = pd.DataFrame(run["history"])
@@ -64,7 +70,7 @@ def plot_curves(conditions, colors) -> str:
     ax1.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     ax2.set(title="validation loss", xlabel="optimizer step", ylabel="loss")
     ax3.set(title="validation accuracy", xlabel="optimizer step", ylabel="accuracy")
-    ax3.legend(fontsize=7, loc="lower right")
+    _legend_outside(ax3)
     return _png(fig)
 
 
@@ -103,7 +109,7 @@ def plot_costs(table: pd.DataFrame, colors) -> str:
 
 def plot_pareto(table: pd.DataFrame, colors) -> str:
     keys = [k for k in ("train_seconds", "peak_memory_mb", "trained_mb") if table[k].notna().any()]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for r in table.itertuples():
             ax.scatter(getattr(r, key), r.accuracy, color=colors[r.condition], s=60, label=r.condition,
@@ -114,7 +120,7 @@ def plot_pareto(table: pd.DataFrame, colors) -> str:
         if key == "trained_mb":
             ax.set_xscale("log")
         _few_ticks(ax, key == "trained_mb")
-    axes[0][0].legend(fontsize=7)
+    _legend_outside(axes[0][-1])
     return _png(fig)
 
 
@@ -213,7 +219,7 @@ def plot_reliability(conditions, colors) -> str:
         spread = f" ± {np.std(eces, ddof=1):.3f}" if len(eces) > 1 else ""
         ax.plot(bins["confidence"], bins["accuracy"], marker="o", color=colors[c.name], label=f"{c.name} (ECE {np.mean(eces):.3f}{spread})")
     ax.set(xlabel="confidence (max probability)", ylabel="accuracy", title="reliability (runs pooled)", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return _png(fig)
 
 
@@ -304,12 +310,12 @@ def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame, title: str = "") -> str
     """One grid cell's tuning (the report draws one per cell, so a plot holds only the methods a reader compares).
     Left: expected best validation accuracy after k trials per condition (Dodge et al., 2019): a curve that keeps
     rising needs many trials to show its best. Right: each trial's validation accuracy against its learning rate
-    (pruned trials as crosses at what they reached, the chosen rate starred). The legend, outside the axes, names
-    each condition by its variant."""
+    (pruned trials as crosses at what they reached, the chosen rate starred). The legend names each condition by
+    its variant."""
     names = list(dict.fromkeys(trials.condition))
     variants = dict(zip(trials.condition, trials.variant))
     colors = _colors(names)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
     for name in names:
         e = emp[emp.condition == name]
         ax1.plot(e.trials, e.expected_best_val_accuracy, marker="o", color=colors[name], label=variants[name])
@@ -326,5 +332,5 @@ def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame, title: str = "") -> str
             ylabel="validation accuracy")
     if title:
         fig.suptitle(title, fontsize=10)
-    ax2.legend(*ax1.get_legend_handles_labels(), fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left")
+    _legend_outside(ax2, *ax1.get_legend_handles_labels())
     return _png(fig)
