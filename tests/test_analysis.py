@@ -161,3 +161,15 @@ def test_tuning_is_drawn_one_plot_per_grid_cell_in_a_palette_png():
     single = tuning_trials([_trial_row(v, {}, 0, 1e-3, 0.6) for v in ("head", "lora")])
     assert single.cell.tolist() == ["", ""]
     assert len(re.findall("data:image/png", tuning_html(single, expected_best(single)))) == 1
+
+
+def test_plots_name_conditions_by_what_differs_within_their_group():
+    from tuneoff.report.plots import short_names
+
+    sized = ["lora_r8 max_train_samples=300 data=bbc_news", "full max_train_samples=300 data=bbc_news"]
+    assert short_names(sized) == {sized[0]: "lora_r8", sized[1]: "full"}
+    swept = ["lora r=8 lr=0.001", "lora r=16 lr=0.001"]  # the variant stays, though both share it
+    assert short_names(swept) == {swept[0]: "lora r=8", swept[1]: "lora r=16"}
+    assert short_names(["head", "full"]) == {"head": "head", "full": "full"}
+    alike = ["a x=1 y=2", "a y=2 x=1"]  # dropping the shared words would leave two "a": keep the full names
+    assert short_names(alike) == {n: n for n in alike}

@@ -42,6 +42,16 @@ def _few_ticks(ax, log: bool = False) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(5))
 
 
+def short_names(names: list[str]) -> dict[str, str]:
+    """Each condition name without the words every name shares (``lora_r8 max_train_samples=300 data=bbc_news`` ->
+    ``lora_r8`` when all share the rest), the first word (the variant) always kept; the full names where that would
+    make two alike."""
+    words = [n.split(" ") for n in names]
+    shared = set.intersection(*(set(w[1:]) for w in words)) if words else set()
+    short = {n: " ".join([w[0]] + [x for x in w[1:] if x not in shared]) for n, w in zip(names, words)}
+    return short if len(set(short.values())) == len(names) else {n: n for n in names}
+
+
 def _legend_outside(ax, *args, **kw) -> None:
     """The legend to the right of ``ax``, outside it (the PNG is cropped to fit): inside, a study's long condition
     names covered the curves and points it names."""
@@ -225,7 +235,7 @@ def plot_reliability(conditions, colors) -> str:
 
 def plot_errors(shares: dict[str, dict], overlap: pd.DataFrame, labels: list[str]) -> str:
     names = list(shares)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(names) + 2.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(names) + 2.4), layout="constrained")
     y = np.arange(len(names))
     for ax, key, title in ((axes[0], "from_share", "errors come from (true label)"), (axes[1], "to_share", "errors go to (predicted label)")):
         left = np.zeros(len(names))
@@ -248,7 +258,6 @@ def plot_errors(shares: dict[str, dict], overlap: pd.DataFrame, labels: list[str
         for i in range(len(names)):
             for j in range(len(names)):
                 axes[2].text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.tight_layout()
     return _png(fig)
 
 

@@ -4,6 +4,7 @@ cost, significance, per-class metrics, confusions, calibration, mistakes), the s
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -108,23 +109,28 @@ def group_html(v) -> str:
     conds = v.group.conditions
     table = v.table[v.table.method != "baseline"]
     order = [next(c for c in conds if c.name == n) for n in table.sort_values("val_accuracy", ascending=False).condition]
-    colors = plots._colors([c.name for c in order])
+    # The plots name each condition by what sets it apart in this group (its title names the rest): the full names
+    # of a study over sizes ("lora_r8_qv max_train_samples=3000 data=rotten_tomatoes") crowded the axes out.
+    short = plots.short_names([c.name for c in order])
+    shown = [replace(c, name=short[c.name]) for c in order]
+    ptable = table.assign(condition=table.condition.map(short))
+    colors = plots._colors([c.name for c in shown])
     baseline = float(v.table[v.table.method == "baseline"].accuracy.iloc[0])
     out = ["<h3>Verdict</h3><div class='head'>" + "".join(f"<p>{md_inline(l)}</p>" for l in v.lines) + "</div>",
-           "<h3>Quality</h3>", img(plots.plot_quality(table, colors, baseline)),
+           "<h3>Quality</h3>", img(plots.plot_quality(ptable, colors, baseline)),
            "<p class='note'>Test accuracy per seed beside the mean; <i>vs_best</i> is the non-inferiority call against "
            "the best on validation. The last row is the majority-class baseline.</p>",
            table_html(v.table[[c for c in QUALITY if c in v.table.columns]]),
            "<p class='note'>What each condition cost (mean over its runs):</p>",
            table_html(v.table[[c for c in COST if c in v.table.columns]]),
-           "<h3>Learning curves</h3>", img(plots.plot_curves(order, colors)),
+           "<h3>Learning curves</h3>", img(plots.plot_curves(shown, colors)),
            "<p class='note'>Time to target: the first evaluation at which validation accuracy reached 95% / 99% of the "
            "run's best (mean over seeds; seconds of training, evaluation excluded).</p>",
            table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]])]
     if v.speed is not None and len(v.speed):
         out += [f"<p class='note'>{md_inline(speed_note(v.speed))}</p>", table_html(v.speed)]
-    out += ["<h3>Cost</h3>", img(plots.plot_costs(table, colors)), img(plots.plot_pareto(table, colors))]
-    sweep = plots.plot_sweeps(table, conds)
+    out += ["<h3>Cost</h3>", img(plots.plot_costs(ptable, colors)), img(plots.plot_pareto(ptable, colors))]
+    sweep = plots.plot_sweeps(ptable, shown)
     if sweep:
         out += ["<h3>Sweeps</h3>", img(sweep)]
     if v.decisions is not None and len(v.decisions):
@@ -141,10 +147,10 @@ def group_html(v) -> str:
             "<details><summary>precision and recall per class</summary>"
             + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"]).reset_index()
                          .pipe(_flat)) + "</details>",
-            "<h3>Confusion matrices</h3>", img(plots.plot_confusions(order)),
+            "<h3>Confusion matrices</h3>", img(plots.plot_confusions(shown)),
             "<h3>Calibration</h3><p class='note'>Expected calibration error of each run's model (15 bins), mean ± std over "
-            "seeds; the diagram pools the runs of a condition.</p>", img(plots.plot_reliability(order, colors))]
-    out.append(mistakes_html(order, colors))
+            "seeds; the diagram pools the runs of a condition.</p>", img(plots.plot_reliability(shown, colors))]
+    out.append(mistakes_html(order, shown, colors))
     return "".join(out)
 
 
@@ -157,13 +163,14 @@ def _flat(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def mistakes_html(order, colors) -> str:
-    shares = {c.name: mistakes.error_shares(c) for c in order}
-    overlap = mistakes.error_overlap(order)
+def mistakes_html(order, shown, colors) -> str:
+    """``order``: the group's conditions, best on validation first; ``shown``: the same under their plots' names."""
+    shares = {c.name: mistakes.error_shares(c) for c in shown}
+    overlap = mistakes.error_overlap(shown)
     words = {c.name: mistakes.word_statistics(c) for c in order}
     stability = mistakes.word_rank_stability(words)
     out = ["<h3>Mistakes</h3>", img(plots.plot_errors(shares, overlap, order[0].label_names)),
-           img(plots.plot_gaps({c.name: mistakes.probability_gaps(c) for c in order}, colors)),
+           img(plots.plot_gaps({c.name: mistakes.probability_gaps(c) for c in shown}, colors)),
            "<h4>Most confidently wrong examples</h4>"]
     for c in order:
         wrong = mistakes.confident_errors(c)
