@@ -282,6 +282,14 @@ def per_class(conditions: list[Condition]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])
 
 
+def f1_by_class(classes: pd.DataFrame) -> pd.DataFrame:
+    """``per_class``'s F1 as a row per class (label order) and a column per condition (group order), with each class's
+    number of test examples: where a method's accuracy hides a class it never predicts."""
+    f1 = classes.pivot_table(index="class", columns="condition", values="f1", sort=False)
+    f1.columns.name = None
+    return f1.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
+
+
 def _convergence_text(conv: dict) -> str:
     """"status: reason", the status left out where the reason already opens with it ("still improving when ...")."""
     reason = conv["reason"]

@@ -98,6 +98,9 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
+        classes = analysis.per_class(v.group.conditions)
+        if len(classes):
+            md += ["F1 per class on test (mean over seeds):", "", _md_table(analysis.f1_by_class(classes)), ""]
         if v.decisions is not None and len(v.decisions):
             md += ["The decision (each condition against the best on validation and against the majority-class baseline; "
                    "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",

@@ -11,7 +11,7 @@ import pandas as pd
 
 from tuneoff.analysis import mistakes
 from tuneoff.analysis.data_size import size_matrix
-from tuneoff.analysis.groups import per_class
+from tuneoff.analysis.groups import f1_by_class, per_class
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
@@ -143,7 +143,7 @@ def group_html(v) -> str:
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
     classes = _per_class(conds)
     out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
-            "below).</p>", table_html(classes.pivot_table(index="class", columns="condition", values="f1").reset_index()),
+            "below).</p>", table_html(f1_by_class(classes)),
             "<details><summary>precision and recall per class</summary>"
             + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"]).reset_index()
                          .pipe(_flat)) + "</details>",
