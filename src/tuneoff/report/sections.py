@@ -141,7 +141,7 @@ def group_html(v) -> str:
         out += ["<p class='note'>Exploratory: every pair (a − b), Holm-adjusted over every pair of the study (a family "
                 "of its own); McNemar's exact test on each seed both ran, with the direction it favours.</p>",
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
-    classes = _per_class(conds)
+    classes = per_class(conds)
     out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
             "below).</p>", table_html(f1_by_class(classes)),
             "<details><summary>precision and recall per class</summary>"
@@ -152,10 +152,6 @@ def group_html(v) -> str:
             "seeds; the diagram pools the runs of a condition.</p>", img(plots.plot_reliability(shown, colors))]
     out.append(mistakes_html(order, shown, colors))
     return "".join(out)
-
-
-def _per_class(conds) -> pd.DataFrame:
-    return per_class(conds)
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
