@@ -39,7 +39,7 @@ from tuneoff.analysis.significance import (
     pareto_front,
     what_would_decide,
 )
-from tuneoff.analysis.speed import speed_table
+from tuneoff.analysis.speed import speed_pairs, speed_table
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
@@ -64,6 +64,7 @@ class GroupVerdict:
     against_baseline: dict = field(default_factory=dict)  # condition -> its difference from the majority class
     budget_limited: list[str] = field(default_factory=list)
     speed: pd.DataFrame = None           # steps to a target accuracy per condition, against the best (analysis.speed)
+    speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
 
 
 def _pair_rows(group: Group, cmp, mats: dict, alpha: float) -> list[dict]:
@@ -118,6 +119,7 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         _decide(v, settings)
         eligible = set(v.table.condition[v.table.eligible.astype(bool)])
         v.speed = speed_table(v.group.conditions, v.best, eligible, settings.alpha)
+        v.speed_pairs = speed_pairs(v.group.conditions, eligible, settings.alpha)
     return verdicts
 
 

@@ -108,6 +108,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                                           "significant"]]), ""]
         if v.speed is not None and len(v.speed):
             md += [sections.speed_note(v.speed), "", _md_table(v.speed), ""]
+        if sections.speed_pairs_shown(v):
+            md += [sections.speed_pairs_note(v.speed_pairs), "", _md_table(v.speed_pairs.drop(columns="target")), ""]
         if len(v.pairs):
             md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
                    _md_table(v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
@@ -175,6 +177,8 @@ def _write_tables(out: Path, verdicts) -> None:
     stacked(tagged(v, v.table) for v in verdicts).to_csv(out / "summary.csv", index=False)
     stacked(tagged(v, v.pairs) for v in verdicts).to_csv(out / "comparisons.csv", index=False)
     stacked(tagged(v, v.speed) for v in verdicts if v.speed is not None).to_csv(out / "speed.csv", index=False)
+    stacked(tagged(v, v.speed_pairs) for v in verdicts if v.speed_pairs is not None).to_csv(out / "speed_pairs.csv",
+                                                                                             index=False)
     stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
     stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),

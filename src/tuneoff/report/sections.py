@@ -89,6 +89,21 @@ SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95
               "Steps are read at evaluations every {resolution:g} steps, so a difference of one evaluation or less is "
               "never called faster or slower.")
 
+SPEED_PAIRS_NOTE = ("Exploratory, every pair at the common bar ({target}): steps of a minus steps of b over seeds, Welch's "
+                    "95% interval, p Holm-adjusted over this table; for questions the decision does not ask (is one "
+                    "cheaper method faster than another?). A difference of one evaluation ({resolution:g} steps) or less "
+                    "is never called.")
+
+
+def speed_pairs_shown(v) -> bool:
+    """The all-pairs speed table adds something only beyond the comparisons with the best (three conditions or more)."""
+    return v.speed_pairs is not None and len(v.speed_pairs) > 0 and len(v.group.conditions) > 2
+
+
+def speed_pairs_note(pairs) -> str:
+    return SPEED_PAIRS_NOTE.format(target=pairs.target.iloc[0],
+                                   resolution=pairs.attrs.get("resolution_steps", float("nan")))
+
 
 DATA_SIZE_NOTE = ("Each training-set size has its own verdict (below): how much labelled data there is is the "
                   "user's situation, not a choice among methods. Test accuracy in percent with its 95% interval over "
@@ -129,6 +144,9 @@ def group_html(v) -> str:
            table_html(table[["condition", "steps_to_95", "seconds_to_95", "steps_to_99", "seconds_to_99"]])]
     if v.speed is not None and len(v.speed):
         out += [f"<p class='note'>{md_inline(speed_note(v.speed))}</p>", table_html(v.speed)]
+    if speed_pairs_shown(v):
+        out += [f"<p class='note'>{md_inline(speed_pairs_note(v.speed_pairs))}</p>",
+                table_html(v.speed_pairs.drop(columns="target"))]
     out += ["<h3>Cost</h3>", img(plots.plot_costs(ptable, colors)), img(plots.plot_pareto(ptable, colors))]
     sweep = plots.plot_sweeps(ptable, shown)
     if sweep:
