@@ -208,3 +208,21 @@ def test_a_falling_validation_loss_is_progress_for_early_stopping():
     assert kept == [True, False, False, False, False, True, False, False]
     # falling loss before accuracy moved: not stale; 1.019 is under 0.5% better: stale; after 0.9 the loss is ignored
     assert stale == [0, 0, 0, 0, 1, 0, 1, 2] and state.best == 0.9 and state.best_step == 150
+
+
+def test_a_condition_says_how_many_of_its_runs_did_not_converge_and_why():
+    """One clause per status with its count of the condition's runs, each run's detail once (the method zoo's line
+    repeated "under-confident: grossly under-confident: ..." per run without a count)."""
+    from tuneoff.analysis.groups import _convergence_text
+
+    timid = np.log(np.tile([[0.52, 0.48], [0.48, 0.52]], (200, 1)))
+    still = assess(H, "accuracy", None, False, CONFIDENT, LABELS)
+    under = assess(FLAT, "accuracy", None, False, timid, LABELS)
+    plateau = assess(FLAT, "accuracy", None, False, CONFIDENT, LABELS)
+    few = assess(H[:2], "accuracy", None, False, CONFIDENT, LABELS)
+    text = _convergence_text([still, dict(still), under, plateau, few, None])
+    assert text == ("2 of 5 runs still improving: its last 2 evaluations beat the earlier best by 0.100 accuracy; "
+                    "1 of 5 runs too few evaluations: " + few["reason"] + "; "
+                    "1 of 5 runs under-confident: mean confidence 0.52 against validation accuracy 1.00 "
+                    "(training stopped early in its descent)")
+    assert _convergence_text([plateau, plateau]) == "" and _convergence_text([None]) == ""

@@ -346,7 +346,7 @@ def test_a_budget_limited_condition_is_never_called_worse():
     assert table.loc["lora", "vs_best"] == "budget-limited" and table.loc["lora", "budget_limited"]
     assert not any(line.startswith("Worse than") for line in v.lines)
     line = next(line for line in v.lines if line.startswith("**Budget-limited**"))
-    assert "lora (still improving when its budget ended)" in line and "train.epochs" in line
+    assert "lora (2 of 2 runs still improving: still improving when its budget ended)" in line and "train.epochs" in line
     assert v.budget_limited == ["lora"]
 
 

@@ -257,7 +257,7 @@ def condition_row(c: Condition) -> dict:
         "lr": _mean((r["config"].get("train") or {}).get("lr") for r in c.runs),
         "converged_runs": sum(bool(conv.get("converged")) for conv in convs if conv),
         "convergence_known": sum(bool(conv) for conv in convs),
-        "not_converged": "; ".join(sorted({_convergence_text(conv) for conv in convs if conv and not conv.get("converged")})),
+        "not_converged": _convergence_text(convs),
         "train_examples": train_size(c.runs[0]),
         "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),
@@ -290,7 +290,17 @@ def f1_by_class(classes: pd.DataFrame) -> pd.DataFrame:
     return f1.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
 
 
-def _convergence_text(conv: dict) -> str:
-    """"status: reason", the status left out where the reason already opens with it ("still improving when ...")."""
-    reason = conv["reason"]
-    return reason if reason.startswith(conv["status"]) else f"{conv['status']}: {reason}"
+def _convergence_text(convs: list[dict | None]) -> str:
+    """Why a condition's runs did not converge, one clause per status with how many of its runs it covers: "2 of 3
+    runs still improving: ...", each run's detail after it (the method zoo's lines repeated the same words per run,
+    without saying how many runs of the condition had converged)."""
+    known = [conv for conv in convs if conv]
+    by_status: dict[str, list[str]] = {}
+    for conv in known:
+        if not conv.get("converged"):
+            head, sep, detail = conv["reason"].partition(": ")
+            # The reason opens with its status in other words ("grossly under-confident: mean confidence ..."):
+            # keep the detail only; a reason without that opening stays whole.
+            by_status.setdefault(conv["status"], []).append(detail if sep and conv["status"] in head else conv["reason"])
+    return "; ".join(f"{len(details)} of {len(known)} run{'s' if len(known) > 1 else ''} {status}: "
+                     + "; ".join(dict.fromkeys(details)) for status, details in sorted(by_status.items()))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tuneoff.analysis import sentences
-from tuneoff.analysis.groups import Condition, Group, condition_row, groups
+from tuneoff.analysis.groups import Condition, Group, condition_row, groups, per_class
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.analysis.significance import (
     compare,
@@ -65,6 +65,7 @@ class GroupVerdict:
     budget_limited: list[str] = field(default_factory=list)
     speed: pd.DataFrame = None           # steps to a target accuracy per condition, against the best (analysis.speed)
     speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
+    per_class: pd.DataFrame = None       # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
 
 
 def _pair_rows(group: Group, cmp, mats: dict, alpha: float) -> list[dict]:
@@ -120,6 +121,7 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         eligible = set(v.table.condition[v.table.eligible.astype(bool)])
         v.speed = speed_table(v.group.conditions, v.best, eligible, settings.alpha)
         v.speed_pairs = speed_pairs(v.group.conditions, eligible, settings.alpha)
+        v.per_class = per_class(v.group.conditions)
     return verdicts
 
 

@@ -98,7 +98,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     for v in verdicts:
         shown = v.table[[c for c in sections.SHOWN if c in v.table.columns]]
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
-        classes = analysis.per_class(v.group.conditions)
+        classes = v.per_class
         if len(classes):
             md += ["F1 per class on test (mean over seeds):", "", _md_table(analysis.f1_by_class(classes)), ""]
         if v.decisions is not None and len(v.decisions):
@@ -180,7 +180,7 @@ def _write_tables(out: Path, verdicts) -> None:
     stacked(tagged(v, v.speed_pairs) for v in verdicts if v.speed_pairs is not None).to_csv(out / "speed_pairs.csv",
                                                                                              index=False)
     stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
-    stacked(tagged(v, analysis.per_class(v.group.conditions)) for v in verdicts).to_csv(out / "per_class.csv", index=False)
+    stacked(tagged(v, v.per_class) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
                 "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}

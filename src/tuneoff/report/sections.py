@@ -11,7 +11,7 @@ import pandas as pd
 
 from tuneoff.analysis import mistakes
 from tuneoff.analysis.data_size import size_matrix
-from tuneoff.analysis.groups import f1_by_class, per_class
+from tuneoff.analysis.groups import f1_by_class
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
@@ -159,7 +159,7 @@ def group_html(v) -> str:
         out += ["<p class='note'>Exploratory: every pair (a − b), Holm-adjusted over every pair of the study (a family "
                 "of its own); McNemar's exact test on each seed both ran, with the direction it favours.</p>",
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
-    classes = per_class(conds)
+    classes = v.per_class
     out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
             "below).</p>", table_html(f1_by_class(classes)),
             "<details><summary>precision and recall per class</summary>"
