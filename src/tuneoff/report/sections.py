@@ -92,7 +92,7 @@ SPEED_NOTE = ("Speed: optimizer steps until validation accuracy first reached 95
 SPEED_PAIRS_NOTE = ("Exploratory, every pair at the common bar ({target}): steps of a minus steps of b over seeds, Welch's "
                     "95% interval, p Holm-adjusted over this table; for questions the decision does not ask (is one "
                     "cheaper method faster than another?). A difference of one evaluation ({resolution:g} steps) or less "
-                    "is never called.")
+                    "is never called; a pair with a seed that never reached the bar is left out.")
 
 
 def speed_pairs_shown(v) -> bool:
