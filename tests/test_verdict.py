@@ -593,3 +593,12 @@ def test_speed_pairs_give_every_pair_its_interval_at_the_common_bar():
     # a and d both cross at step 20 in every seed: no difference, never called.
     assert pairs.loc[("a", "d")].call == "cannot tell" and pairs.loc[("a", "d")].steps_diff == 0
     assert pairs.attrs["resolution_steps"] == 20
+
+
+def test_speed_pairs_leave_out_a_pair_with_a_seed_that_never_reached_the_bar():
+    """b's third seed stays at 0.5, under the common bar (95% of b's mean plateau, 0.665): its pairs are left out, not
+    compared on the seeds that got there; a and c, both there in every seed, keep theirs."""
+    pairs = _verdict_of({"a": [_curve(20, 0.8)] * 3, "b": [_curve(100, 0.8), _curve(100, 0.8), _curve(1000, 0.8)],
+                         "c": [_curve(60, 0.8)] * 3}).speed_pairs
+    assert pairs.target.iloc[0] == "validation accuracy 0.665"
+    assert list(zip(pairs.a, pairs.b)) == [("a", "c")]
