@@ -59,7 +59,7 @@ def main() -> None:
 
     shared, isolated = side(False), side(True)
     both = sorted(set(shared["peaks"]) & set(isolated["peaks"]))
-    over = [shared["peaks"][k] - isolated["peaks"][k] for k in both]
+    over = [shared["peaks"][k] - isolated["peaks"][k] for k in both] or [float("nan")]  # none finished on both: nan
     stamp = datetime.now(timezone.utc)
     command = "python bench/bench_isolate.py"
     device = (f"{platform.machine()} CPU, {os.cpu_count()} cores, bf16 native: "
@@ -68,7 +68,7 @@ def main() -> None:
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
            "shared_workers": shared, "isolated_runs": isolated, "runs_compared": len(both),
            "peak_overstatement_mb": dict(zip(both, over))}
-    worst = max(zip(over, both)) if over else (float("nan"), "")
+    worst = max(zip(over, both)) if both else (float("nan"), "")
     lines = [f"# `--isolate-runs`: its cost in wall time and the peak memory it corrects ({stamp:%Y-%m-%d})", "",
              f"`{command}` on {device}; torch {torch.__version__}, transformers {transformers.__version__}, peft "
              f"{peft.__version__}; the built-in default study from an empty results directory and feature cache on each "

@@ -163,7 +163,7 @@ def group_html(v) -> str:
     out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
             "below).</p>", table_html(f1_by_class(classes)),
             "<details><summary>precision and recall per class</summary>"
-            + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"]).reset_index()
+            + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"], sort=False).reset_index()
                          .pipe(_flat)) + "</details>",
             "<h3>Confusion matrices</h3>", img(plots.plot_confusions(shown)),
             "<h3>Calibration</h3><p class='note'>Expected calibration error of each run's model (15 bins), mean ± std over "
