@@ -191,13 +191,13 @@ def test_resume_at_half_the_batch_and_twice_the_accumulation(reference, tiny_ber
 def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, toy_csv, tmp_path, monkeypatch):
     """The first attempt runs out of memory at step 3 (after a checkpoint at step 2); the retry must find the first
     model garbage-collected, and continue the same run from its checkpoint at half the batch."""
-    import tuneoff.training.loop as train_module
+    import tuneoff.training.loss as loss_module
 
     models, dead_at_retry, calls = [], [], {"n": 0}
     import tuneoff.training.model as model_module
 
     real_load = model_module.load_classifier
-    real_loss = train_module.F.cross_entropy
+    real_loss = loss_module.F.cross_entropy
 
     def load(*args, **kwargs):
         if models:
@@ -216,7 +216,7 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(model_module, "load_classifier", load)
-    monkeypatch.setattr(train_module.F, "cross_entropy", loss)
+    monkeypatch.setattr(loss_module.F, "cross_entropy", loss)
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.checkpoint_every": 2}))
     with logs.captured() as said:
         result = train_with_oom_retry(cfg, progress=False)

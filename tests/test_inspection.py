@@ -75,3 +75,13 @@ def test_max_length_auto_is_resolved_and_saved(tiny_bert, toy_csv, tmp_path):
     saved = (result.run_dir / "config.yaml").read_text()
     # toy texts are 4-9 words + [CLS]/[SEP]: p99 is 11 tokens -> 16
     assert "max_length: 16" in saved
+
+
+def test_inspect_points_an_imbalanced_training_split_at_class_weight(tiny_bert, tmp_path):
+    path = tmp_path / "skewed.csv"
+    pd.DataFrame({"text": [f"good film {i}" for i in range(40)] + [f"bad film {i}" for i in range(10)],
+                  "label": ["good"] * 40 + ["bad"] * 10}).to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["inspect", str(path), "--model", tiny_bert, "--out", str(tmp_path / "i")],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "train is imbalanced" in result.output and "train.class_weight=balanced" in " ".join(result.output.split())

@@ -86,9 +86,9 @@ def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoint(tiny_bert, toy_csv, tmp_path, monkeypatch):
-    import tuneoff.training.loop as train_module
+    import tuneoff.training.loss as loss_module
 
-    real = train_module.F.cross_entropy
+    real = loss_module.F.cross_entropy
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -97,7 +97,7 @@ def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoin
         return loss * float("nan") if calls["n"] > 7 else loss
 
     # Only the training loop's loss is poisoned (from the 8th micro-batch on); evaluation is untouched.
-    monkeypatch.setattr(train_module, "F", SimpleNamespace(cross_entropy=poisoned))
+    monkeypatch.setattr(loss_module, "F", SimpleNamespace(cross_entropy=poisoned))
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.checkpoint_every": 1}))
     with pytest.raises(TuneoffError, match=r"non-finite \(NaN/inf\) by optimizer step 8\. Lower train.lr"):
         train(cfg, progress=False)

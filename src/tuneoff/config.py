@@ -129,6 +129,10 @@ class TrainConfig(Section):
                                   "one epoch).")
     gamma: float = Field(0.1, gt=0, le=1, description="scheduler=step: the factor the lr is multiplied by at each decay.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    class_weight: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="Weight of each class in the training loss: none; balanced (scikit-learn's n / (classes x "
+        "count): a rare class weighs as much in total as a common one); or {label: weight}, unlisted labels 1. "
+        "Validation loss, metrics and early stopping stay unweighted.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; None turns clipping off.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on GPUs that support it, fp16 on older GPUs; on CPU bf16 where it is native "
@@ -145,6 +149,18 @@ class TrainConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment; a study sets its name (default: tuneoff).")
     max_skipped_steps: int = Field(50, ge=1, description="fp16: stop after this many optimizer steps in a row that the "
                                    "gradient scaler skipped (overflow); occasional skips are normal.")
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _class_weight(cls, value):
+        if value is None:
+            return "none"
+        if isinstance(value, dict):  # YAML reads a label 1 as an int; labels are strings
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
+                       for w in value.values()):
+                raise ValueError(f"each weight must be a positive number, got {value}")
+            return {str(k): float(w) for k, w in value.items()}
+        return value
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

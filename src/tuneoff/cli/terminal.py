@@ -144,7 +144,9 @@ def inspect_tables(c, report: dict, model: str) -> None:
     c.print(trunc)
     for split, s in report["splits"].items():
         if s["imbalanced"]:
-            c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest).")
+            c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest)"
+                    + ("; train.class_weight=balanced weighs each class equally in the loss, and "
+                       "train.metric_for_best=macro_f1 picks checkpoints for every class." if split == "train" else "."))
     leaks = {k: v for k, v in report["leakage"].items() if v}
     if leaks:
         c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")

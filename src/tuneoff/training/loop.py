@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tuneoff.config import RunConfig
@@ -38,6 +37,7 @@ from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
 from tuneoff.training import checkpoint, convergence, guards, serving
 from tuneoff.training.evaluate import compute_metrics, predict_logits
 from tuneoff.training.launcher import on_main_process, open_run_directory
+from tuneoff.training.loss import training_loss
 from tuneoff.training.record import resources_of, write_run
 from tuneoff.training.resources import (
     MemoryMeter,
@@ -214,7 +214,7 @@ def _micro_step(s: Session, p: Progress, i: int, batch: dict, rounds) -> bool:
     with s.accelerator.no_sync(s.model) if i + 1 < group_start + group_size else contextlib.nullcontext():
         with s.accelerator.autocast():
             logits = s.forward(**batch).logits
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+        loss = training_loss(logits, labels, s.class_weight, tc.label_smoothing)
         extra = s.method.regularizer(s.accelerator.unwrap_model(s.model))  # e.g. AdaLoRA's orthogonality term
         s.accelerator.backward((loss if extra is None else loss + extra) / group_size)
     p.running_loss += loss.detach()

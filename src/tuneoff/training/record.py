@@ -59,5 +59,6 @@ def write_run(s: Session, run: RunDirectory, p, metrics: dict, resources: dict, 
         "frozen": {"below_layer": s.edge, "eval_mode": s.edge is not None, "feature_cache": feature_cache_status(s)},
         "sizes": {k: len(df) for k, df in corpus.splits.items()}, "augmentation": state.augmentation,
         "label_counts": {k: {str(a): int(b) for a, b in df["label"].value_counts().items()} for k, df in corpus.splits.items()},
+        "class_weights": None if s.class_weights is None else dict(zip(corpus.label_names, s.class_weights)),
         "batch_order_digest": state.order_digest, "host": socket.gethostname(), "convergence": converged,
     })

@@ -36,11 +36,12 @@ from tuneoff.models.loading import (
 from tuneoff.training import frozen, tracking
 from tuneoff.training.frozen import pd_bytes
 from tuneoff.training.launcher import check_sharding
+from tuneoff.training.loss import class_weights
 from tuneoff.training.model import adapt, load_base, make_optimizer
 from tuneoff.training.resources import param_counts
+from tuneoff.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
-from tuneoff.training.schedule import make_scheduler
 
 
 @dataclass
@@ -73,6 +74,8 @@ class Session:
     replay: Any = None
     cache_note: str | None = None  # the feature cache was rebuilt, or could not be used (run.json says which)
     seconds: dict = field(default_factory=dict)  # wall time per phase (resources.json "seconds")
+    class_weights: list[float] | None = None  # train.class_weight resolved, in label order (run.json records it)
+    class_weight: Any = None   # the same on the device, for the loss
 
     @property
     def tc(self):
@@ -148,6 +151,7 @@ def prepare(cfg: RunConfig) -> Session:
     accelerator = accelerator_for(tc)
     device, world = accelerator.device, accelerator.num_processes
     corpus = load_corpus(cfg.data)
+    weights = class_weights(tc.class_weight, corpus.label_names, corpus.label_ids("train"))  # bad labels fail here
     source, method, model, arch = load_base(cfg, corpus.label_names)
     tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
@@ -178,7 +182,9 @@ def prepare(cfg: RunConfig) -> Session:
     method.begin(model, cfg.method, total_steps)
     s = Session(cfg, accelerator, corpus, source, tokenizer, model, arch, method, lr, warmup, optimizer, scheduler,
                 counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda", bucket=32 if compiles(tc) else None), micro_batches, steps_per_epoch,
-                total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge)
+                total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge, class_weights=weights)
+    if weights is not None:
+        s.class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     s.seconds["load"] = time.perf_counter() - started
     started = time.perf_counter()
     _attach_features(s)
