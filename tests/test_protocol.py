@@ -66,6 +66,10 @@ def test_conditions_pin_a_given_learning_rate_and_tune_the_rest(tiny_bert, toy_c
     final = next(r for r in rows if r["run"] == "lora-s1")
     assert final["lr"].startswith("tuned: the best of the 3 trials on validation (prior 0.005 to 0.05)")
     assert final["budget"] == "8 epoch(s)" and final["stop"] == ", early stopping after 3 evaluations without gain"
+    assert final["schedule"] == "adamw linear, warmup 6%"
+    spec.variants["lora"]["train"] = {"label_smoothing": 0.1, "class_weight": "balanced"}  # the loss is in the recipe
+    final = next(r for r in dry_run(spec) if r["run"] == "lora-s1")
+    assert final["schedule"] == "adamw linear, warmup 6%, label smoothing 0.1, class_weight balanced"
 
 
 def test_dry_run_on_the_command_line_shows_both_phases(tiny_bert, toy_csv, tmp_path):

@@ -235,11 +235,13 @@ def _recipe(run: PlannedRun, phase: str, lr: str | None) -> dict:
     params = ", ".join(f"{k}={v}" for k, v in c.method.model_dump(exclude_defaults=True).items() if k != "name")
     hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
     stop = f", early stopping after {t.patience} evaluations without gain" if t.patience else ""
+    loss = (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else "") + (
+        f", class_weight {t.class_weight}" if t.class_weight != "none" else "")
     return {"run": run.run_id, "phase": phase, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name,
             "data": c.data.name, "budget": t.max_steps and f"{t.max_steps} steps" or f"{t.epochs} epoch(s)", "stop": stop,
             "lr": lr or t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
             "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
-            "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}",
+            "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}{loss}",
             "hub": ", ".join(hub) or "-"}
 
 
