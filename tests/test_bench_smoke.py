@@ -4,6 +4,7 @@ measuring, not debugging the script. Speed claims live in bench/results/, never 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,21 @@ def test_early_stopping_replay_finds_a_run_stopped_while_its_loss_fell(tmp_path)
     text = next((tmp_path / "out").glob("early-stopping-replay-*.md")).read_text()
     assert "## study: 1 of 2 early-stopped runs would have gone on" in text and "| stuck |" in text
     assert "| plateau |" not in text
+
+
+def test_isolate_benchmark_runs_a_given_study_on_both_sides(tiny_bert, toy_csv, tmp_path):
+    """bench_isolate.py on a two-run tiny study: both sides finish, every run's peak is compared, the table is written
+    where --out says (the real benchmark runs the default study for 11 minutes a side)."""
+    from conftest import write_study
+
+    study = write_study(tmp_path, tiny_bert, toy_csv, "isolate_smoke", seeds=(1,), train={"epochs": 1})
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_isolate.py"), str(study), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TUNEOFF_PARALLEL": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = (tmp_path / "out").glob("isolate-isolate_smoke-*.json")
+    data = json.loads(result.read_text())
+    assert data["runs_compared"] == 2 and set(data["peak_overstatement_mb"]) == {"partial_top1-s1", "lora-s1"}
+    assert data["shared_workers"]["runs_in_a_reused_worker"] == 1  # one worker: the second run follows the first
+    assert data["isolated_runs"]["runs_in_a_reused_worker"] == 0
+    assert "study isolate_smoke" in result.with_suffix(".md").read_text()
