@@ -39,7 +39,7 @@ from tuneoff.analysis.significance import (
     pareto_front,
     what_would_decide,
 )
-from tuneoff.analysis.speed import speed_pairs, speed_table
+from tuneoff.analysis.speed import common_steps, speed_pairs, speed_table
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
          "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
@@ -119,8 +119,9 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
     for v in verdicts:
         _decide(v, settings)
         eligible = set(v.table.condition[v.table.eligible.astype(bool)])
-        v.speed = speed_table(v.group.conditions, v.best, eligible, settings.alpha)
-        v.speed_pairs = speed_pairs(v.group.conditions, eligible, settings.alpha)
+        common = common_steps(v.group.conditions, eligible)  # each run's evaluation history, read once
+        v.speed = speed_table(v.group.conditions, v.best, eligible, settings.alpha, common)
+        v.speed_pairs = speed_pairs(v.group.conditions, eligible, settings.alpha, common)
         v.per_class = per_class(v.group.conditions)
     return verdicts
 
