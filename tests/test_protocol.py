@@ -178,6 +178,20 @@ def test_convergence_by_hand():
         "one more example right in 400 is not progress"
 
 
+def test_a_class_weighted_run_is_judged_with_its_weights_divided_out():
+    """A weighted loss lowers the common class's confidence by design: class 0 (weight 0.4) at an unweighted 0.96
+    reads 0.65 (0.96 x 0.4 against 0.02 x 5 twice). Divided out, the run is confident; a run timid under its weights
+    (0.52 on its right class, weights 2 and 1: 0.35 or 0.68 once divided out) is still called under-confident."""
+    weighted = np.log(np.tile(np.array([[0.96 * 0.4, 0.02 * 5, 0.02 * 5], [0.02 * 0.4, 0.96 * 5, 0.02 * 5],
+                                        [0.96 * 0.4, 0.02 * 5, 0.02 * 5], [0.96 * 0.4, 0.02 * 5, 0.02 * 5]]), (100, 1)))
+    labels = [0, 1, 0, 0] * 100
+    assert assess(FLAT, "accuracy", None, False, weighted, labels)["status"] == "under-confident"
+    assert assess(FLAT, "accuracy", None, False, weighted, labels, [0.4, 5.0, 5.0])["status"] == "plateau"
+    timid = np.log(np.tile([[0.52, 0.48], [0.48, 0.52]], (200, 1)))
+    under = assess(FLAT, "accuracy", None, False, timid, LABELS, [2.0, 1.0])
+    assert under["status"] == "under-confident" and "with the class weights divided out" in under["reason"]
+
+
 def test_early_stopping_waits_for_min_epochs(tiny_bert, toy_csv, tmp_path):
     """patience 1 would stop at the second evaluation; min_epochs 3 keeps the run going to the end of its third epoch
     at least, and the run says it stopped early."""

@@ -12,6 +12,11 @@ evaluation stopped improving. It did **not** converge when:
 - it **collapsed**: it predicts one class for every validation example;
 - it is **grossly under-confident**: its mean top-class probability on validation is more than
   ``UNDER_CONFIDENCE`` below its validation accuracy (a model stopped early in its descent: the logits never grew).
+  A run trained with class weights is judged on its probabilities with the weights divided out: weighting class c by
+  w_c trains a model for a prior proportional to w_c times c's share, which lowers its confidence on the common
+  classes by design, and dividing by w_c and renormalising is the prior correction of Saerens, Latinne and
+  Decaestecker ("Adjusting the outputs of a classifier to new a priori probabilities", 2002). Measured: report 2's
+  LoRA with balanced weights, 0.48 mean confidence at 0.95 accuracy, 0.87 corrected.
 """
 
 from __future__ import annotations
@@ -43,9 +48,9 @@ def observe(state, value: float, loss: float, metric: str) -> bool:
 
 
 def assess(history: list[dict], metric: str, patience: int | None, stopped_early: bool, logits: np.ndarray,
-           labels: list[int]) -> dict:
+           labels: list[int], class_weights: list[float] | None = None) -> dict:
     """{"converged": bool, "status": ..., "reason": ...} for a finished run (``logits`` and ``labels`` of its
-    validation split, the model it ended with)."""
+    validation split, the model it ended with; ``class_weights``: the training loss's, in label order)."""
     key = {"accuracy": "val_accuracy", "macro_f1": "val_macro_f1", "loss": "val_loss"}[metric]
     values = [h[key] for h in history if h.get(key) is not None]
     window = max(2, patience or 2)
@@ -54,12 +59,17 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
     if len(set(predicted.tolist())) <= 1 < len(set(labels)):
         return {**out, "converged": False, "status": "collapsed",
                 "reason": "predicts one class for every validation example"}
-    confidence = float(_softmax(logits).max(-1).mean())
+    probs = _softmax(logits)
+    if class_weights is not None:  # the weights' own shift of confidence divided out (the module's note)
+        probs = probs / np.asarray(class_weights, dtype=float)
+        probs /= probs.sum(-1, keepdims=True)
+    confidence = float(probs.max(-1).mean())
     accuracy = float((predicted == np.asarray(labels)).mean())
     if accuracy - confidence > UNDER_CONFIDENCE:
+        weighted = " with the class weights divided out" if class_weights is not None else ""
         return {**out, "converged": False, "status": "under-confident",
-                "reason": f"grossly under-confident: mean confidence {confidence:.2f} against validation accuracy "
-                          f"{accuracy:.2f} (training stopped early in its descent)"}
+                "reason": f"grossly under-confident: mean confidence {confidence:.2f}{weighted} against validation "
+                          f"accuracy {accuracy:.2f} (training stopped early in its descent)"}
     if stopped_early:
         return {**out, "converged": True, "status": "plateau",
                 "reason": f"early stopping: {patience} evaluations without improvement"}

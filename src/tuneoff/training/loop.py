@@ -350,7 +350,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
         p.best_validation = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
     val_logits, val_metrics = p.best_validation
     converged = convergence.assess(p.state.history, s.tc.metric_for_best, s.tc.patience, p.state.stopped_early,
-                                   val_logits, s.corpus.label_ids("validation"))
+                                   val_logits, s.corpus.label_ids("validation"), s.class_weights)
     lap("final_validation")
     test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)
     lap("test_evaluation")
