@@ -214,7 +214,7 @@ def _micro_step(s: Session, p: Progress, i: int, batch: dict, rounds) -> bool:
     with s.accelerator.no_sync(s.model) if i + 1 < group_start + group_size else contextlib.nullcontext():
         with s.accelerator.autocast():
             logits = s.forward(**batch).logits
-        loss = training_loss(logits, labels, s.class_weight, tc.label_smoothing)
+        loss = training_loss(logits, labels, s.loss_weight, tc.label_smoothing)
         extra = s.method.regularizer(s.accelerator.unwrap_model(s.model))  # e.g. AdaLoRA's orthogonality term
         s.accelerator.backward((loss if extra is None else loss + extra) / group_size)
     p.running_loss += loss.detach()

@@ -75,7 +75,7 @@ class Session:
     cache_note: str | None = None  # the feature cache was rebuilt, or could not be used (run.json says which)
     seconds: dict = field(default_factory=dict)  # wall time per phase (resources.json "seconds")
     class_weights: list[float] | None = None  # train.class_weight resolved, in label order (run.json records it)
-    class_weight: Any = None   # the same on the device, for the loss
+    loss_weight: Any = None    # the same as a tensor on the device, for the loss
 
     @property
     def tc(self):
@@ -184,7 +184,7 @@ def prepare(cfg: RunConfig) -> Session:
                 counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda", bucket=32 if compiles(tc) else None), micro_batches, steps_per_epoch,
                 total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge, class_weights=weights)
     if weights is not None:
-        s.class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
+        s.loss_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     s.seconds["load"] = time.perf_counter() - started
     started = time.perf_counter()
     _attach_features(s)
