@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -64,6 +66,7 @@ def test_early_stopping_replay_finds_a_run_stopped_while_its_loss_fell(tmp_path)
     assert "| plateau |" not in text
 
 
+@pytest.mark.slow
 def test_isolate_benchmark_runs_a_given_study_on_both_sides(tiny_bert, toy_csv, tmp_path):
     """bench_isolate.py on a two-run tiny study: both sides finish, every run's peak is compared, the table is written
     where --out says (the real benchmark runs the default study for 11 minutes a side)."""
