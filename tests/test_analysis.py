@@ -175,13 +175,14 @@ def test_plots_name_conditions_by_what_differs_within_their_group():
     assert short_names(alike) == {n: n for n in alike}
 
 
-def test_f1_by_class_lines_conditions_up_per_class_with_test_support():
-    from tuneoff.analysis.groups import f1_by_class
+def test_by_class_lines_conditions_up_per_class_with_test_support():
+    from tuneoff.analysis.groups import by_class
 
     classes = pd.DataFrame({"condition": ["lora"] * 2 + ["full"] * 2, "class": ["ship", "grain"] * 2,
                             "precision": [1.0, 0.0, 1.0, 0.9], "recall": [0.5, 0.0, 1.0, 0.9],
                             "f1": [2 / 3, 0.0, 1.0, 0.9], "support": [36.0, 10.0, 36.0, 10.0]})
-    table = f1_by_class(classes)
+    table = by_class(classes)
     assert list(table.columns) == ["class", "lora", "full", "test_examples"], "label and group order, not sorted"
     assert table["class"].tolist() == ["ship", "grain"]
     assert table.loc[1, ["lora", "full", "test_examples"]].tolist() == [0.0, 0.9, 10]
+    assert by_class(classes, "recall").loc[0, ["lora", "full"]].tolist() == [0.5, 1.0]

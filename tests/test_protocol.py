@@ -117,7 +117,8 @@ def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
     table = (report.parent / "summary.csv").read_text()
     assert "tune" not in table, "trials choose the rate; they are not compared"
     assert "Tuning" in report.read_text() and summary["groups"][0]["best_on_validation"] is not None
-    assert "F1 per class on test" in (report.parent / "summary.md").read_text()
+    summary_md = (report.parent / "summary.md").read_text()
+    assert "F1 per class on test" in summary_md and "Recall per class on test" in summary_md
 
     with logs.captured() as again:
         execute(load_spec(path), tmp_path / "r", resume=True)

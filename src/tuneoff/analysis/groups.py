@@ -282,12 +282,13 @@ def per_class(conditions: list[Condition]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])
 
 
-def f1_by_class(classes: pd.DataFrame) -> pd.DataFrame:
-    """``per_class``'s F1 as a row per class (label order) and a column per condition (group order), with each class's
-    number of test examples: where a method's accuracy hides a class it never predicts."""
-    f1 = classes.pivot_table(index="class", columns="condition", values="f1", sort=False)
-    f1.columns.name = None
-    return f1.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
+def by_class(classes: pd.DataFrame, value: str = "f1") -> pd.DataFrame:
+    """One of ``per_class``'s metrics (f1, recall, precision) as a row per class (label order) and a column per
+    condition (group order), with each class's number of test examples: where a method's accuracy hides a class it
+    never predicts."""
+    table = classes.pivot_table(index="class", columns="condition", values=value, sort=False)
+    table.columns.name = None
+    return table.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
 
 
 def _convergence_text(convs: list[dict | None]) -> str:

@@ -100,7 +100,9 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
         classes = v.per_class
         if len(classes):
-            md += ["F1 per class on test (mean over seeds):", "", _md_table(analysis.f1_by_class(classes)), ""]
+            md += ["F1 per class on test (mean over seeds):", "", _md_table(analysis.by_class(classes)), "",
+                   "Recall per class on test (mean over seeds; the share of each class's test examples predicted as it):",
+                   "", _md_table(analysis.by_class(classes, "recall")), ""]
         if v.decisions is not None and len(v.decisions):
             md += ["The decision (each condition against the best on validation and against the majority-class baseline; "
                    "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",
