@@ -53,6 +53,19 @@ def test_expansion_variants_grid_seeds():
     assert {r.seed for r in default} == {7}
 
 
+def test_a_variant_merges_into_the_base_key_by_key_mappings_included():
+    """What docs/studies.md says of a variant's settings: a class_weight mapping adds to the base's, a string
+    replaces it."""
+    from tuneoff.study.spec import spec_from_dict
+
+    base = {"model": {"name": "minilm"}, "data": {"name": "bbc_news"}, "train": {"class_weight": {"sport": 2}}}
+    spec = spec_from_dict({"name": "m", "base": base, "seeds": [1], "variants": {
+        "more": {"method": {"name": "lora"}, "train": {"class_weight": {"tech": 3}}},
+        "balanced": {"method": {"name": "lora"}, "train": {"class_weight": "balanced"}}}}, (), "test")
+    weights = {r.variant: r.config.train.class_weight for r in expand(spec)}
+    assert weights == {"more": {"sport": 2.0, "tech": 3.0}, "balanced": "balanced"}
+
+
 @pytest.mark.parametrize("body, message", [
     ({"name": "x", "grids": {}}, "grids: unknown key; did you mean 'grid'"),
     ({"name": "x", "tune": {"lr_range": [1e-5, 1e-3]}}, r"tune.lr_range: unknown key; this section takes lr, .*trials"),
