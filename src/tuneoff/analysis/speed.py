@@ -76,12 +76,10 @@ def _per_seed(values: np.ndarray) -> str:
     return " / ".join("never" if np.isnan(s) else f"{s:g}" for s in values)
 
 
-def speed_table(conditions: list[Condition], best: str | None, eligible: set[str], alpha: float = ALPHA,
-                common=None) -> pd.DataFrame:
+def speed_table(common, best: str | None, alpha: float = ALPHA) -> pd.DataFrame:
     """Per condition and target: steps per seed, their mean, and the difference from ``best`` (Welch 95% CI, p, Holm,
-    and the call: faster, slower, or cannot tell). Empty when the runs recorded no evaluation history. ``common``:
-    ``common_steps`` of the same conditions, when the caller has it already."""
-    common = common_steps(conditions, eligible) if common is None else common
+    and the call: faster, slower, or cannot tell), from ``common_steps`` of a group's conditions. Empty when the runs
+    recorded no evaluation history."""
     if common is None:
         return pd.DataFrame()
     histories, bar_steps, bar, resolution = common
@@ -108,11 +106,11 @@ def speed_table(conditions: list[Condition], best: str | None, eligible: set[str
     return table
 
 
-def speed_pairs(conditions: list[Condition], eligible: set[str], alpha: float = ALPHA, common=None) -> pd.DataFrame:
+def speed_pairs(common, alpha: float = ALPHA) -> pd.DataFrame:
     """Exploratory, every pair of conditions at the common bar: steps of a minus steps of b (Welch 95% CI, p, Holm over
     the pairs of this table) and the call. A question the decision does not ask, such as "does LoRA+ learn faster than
-    LoRA?" when neither is the best, gets its interval here. Pairs where a seed never reached the bar are left out."""
-    common = common_steps(conditions, eligible) if common is None else common
+    LoRA?" when neither is the best, gets its interval here. Pairs where a seed never reached the bar are left out.
+    ``common``: ``common_steps`` of a group's conditions."""
     if common is None:
         return pd.DataFrame()
     _, steps, bar, resolution = common

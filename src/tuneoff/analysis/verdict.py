@@ -120,8 +120,8 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         _decide(v, settings)
         eligible = set(v.table.condition[v.table.eligible.astype(bool)])
         common = common_steps(v.group.conditions, eligible)  # each run's evaluation history, read once
-        v.speed = speed_table(v.group.conditions, v.best, eligible, settings.alpha, common)
-        v.speed_pairs = speed_pairs(v.group.conditions, eligible, settings.alpha, common)
+        v.speed = speed_table(common, v.best, settings.alpha)
+        v.speed_pairs = speed_pairs(common, settings.alpha)
         v.per_class = per_class(v.group.conditions)
     return verdicts
 
