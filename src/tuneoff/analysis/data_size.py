@@ -1,4 +1,4 @@
-"""Accuracy against the number of training examples: the groups of one test set that differ only in training size.
+"""Accuracy (or the verdict's metric) against the number of training examples: the groups of one test set that differ only in training size.
 
 A study over training-set sizes (``data.max_train_samples``) gets one verdict per size (``groups``); this module
 lines those verdicts up so a reader sees where the methods' curves cross: each condition's test accuracy with its
@@ -33,17 +33,18 @@ def size_table(verdicts) -> pd.DataFrame:
         for r in v.table.itertuples():
             baseline = r.method == "baseline"
             rows.append({"dataset": g.dataset, "model": g.model, "train_examples": g.train_examples,
-                         "line": "majority class" if baseline else labels[r.condition], "accuracy": r.accuracy,
-                         "ci_low": r.accuracy_ci_low, "ci_high": r.accuracy_ci_high,
+                         "line": "majority class" if baseline else labels[r.condition], "metric": v.metric,
+                         "score": getattr(r, v.metric), "ci_low": getattr(r, f"{v.metric}_ci_low"),
+                         "ci_high": getattr(r, f"{v.metric}_ci_high"),
                          "budget_limited": bool(r.budget_limited), "recommended": r.condition == v.recommended})
     return pd.DataFrame(rows)
 
 
 def size_matrix(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as a reader scans it: a row per line, a column per size, each cell "accuracy (interval)" in
+    """The table as a reader scans it: a row per line, a column per size, each cell "score (interval)" in
     percent, **bold** where that size's verdict recommends it, † where its runs were budget-limited."""
     def cell(r) -> str:
-        text = f"{100 * r.accuracy:.1f} ({100 * r.ci_low:.1f}–{100 * r.ci_high:.1f})"
+        text = f"{100 * r.score:.1f} ({100 * r.ci_low:.1f}–{100 * r.ci_high:.1f})"
         return (f"**{text}**" if r.recommended else text) + (" †" if r.budget_limited else "")
 
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuneoff.analysis.significance import expected_calibration_error
+from tuneoff.analysis.significance import expected_calibration_error, macro_f1_values
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import from_spreadsheet
 from tuneoff.results.store import Store, loads
@@ -47,12 +47,14 @@ class Condition:
 
     def correct(self, ids: list[str] | None = None) -> np.ndarray:
         """(n, seeds) 0/1 matrix: test example right in each run, rows in the order of ``ids``."""
+        return self.scores(ids, "accuracy")
+
+    def scores(self, ids: list[str] | None = None, metric: str = "accuracy") -> np.ndarray:
+        """(n, seeds) per-example values whose column means are each run's test ``metric``: 0/1 correctness for
+        accuracy, the linearised macro-F1 (``significance.macro_f1_values``) for macro_f1; rows in ``ids``' order."""
         ids = list(self.runs[0]["predictions"]["id"]) if ids is None else ids
-        cols = []
-        for r in self.runs:
-            p = r["predictions"].set_index("id").loc[ids]
-            cols.append((p["true_label"] == p["pred_label"]).to_numpy(dtype=np.float32))
-        return np.stack(cols, axis=1)
+        return np.stack([example_scores(r["predictions"].set_index("id").loc[ids], self.label_names, metric)
+                         for r in self.runs], axis=1)
 
     def seed_values(self, split: str, metric: str) -> np.ndarray:
         return np.array([r["metrics"][split][metric] for r in self.runs], dtype=float)
@@ -89,7 +91,22 @@ class Group:
         return f"{self.dataset} · {self.model}{size} · {len(self.ids):,} test examples"
 
     def baseline_correct(self) -> np.ndarray:
-        return (self.truth.loc[self.ids] == self.majority).to_numpy(dtype=np.float32)[:, None]
+        return self.baseline_scores("accuracy")
+
+    def baseline_scores(self, metric: str = "accuracy") -> np.ndarray:
+        """The majority-class baseline's per-example values (one column: it has no seeds)."""
+        truth = self.truth.loc[self.ids]
+        frame = pd.DataFrame({"true_label": truth.to_numpy(), "pred_label": self.majority})
+        return example_scores(frame, self.label_names, metric)[:, None]
+
+
+def example_scores(predictions: pd.DataFrame, labels: list[str], metric: str) -> np.ndarray:
+    """One run's per-example values of ``metric`` (see ``Condition.scores``) from its true and predicted labels."""
+    if metric == "accuracy":
+        return (predictions["true_label"] == predictions["pred_label"]).to_numpy(dtype=np.float32)
+    index = {name: i for i, name in enumerate(labels)}
+    return macro_f1_values(predictions["true_label"].map(index).to_numpy(), predictions["pred_label"].map(index).to_numpy(),
+                           len(labels))
 
 
 def condition_name(variant: str, params: dict) -> str:
@@ -249,6 +266,7 @@ def condition_row(c: Condition) -> dict:
         "condition": c.name, "method": c.method, "seeds": len(c.runs),
         "accuracy": float(acc.mean()), "accuracy_std": std(acc),
         "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in acc),
+        "macro_f1_per_seed": " / ".join(f"{f:.3f}" for f in f1),
         "val_accuracy": float(c.seed_values("validation", "accuracy").mean()),
         "val_macro_f1": float(c.seed_values("validation", "macro_f1").mean()),
         "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),

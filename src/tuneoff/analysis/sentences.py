@@ -8,6 +8,13 @@ import pandas as pd
 
 from tuneoff.analysis.settings import Decide
 
+LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def unit(metric: str) -> str:
+    """What a difference is counted in: accuracy's "points" as the reports wrote them, else the metric's points."""
+    return "points" if metric == "accuracy" else f"{LABELS[metric]} points"
+
 
 def ratio(value: float, ref: float) -> str:
     if pd.isna(value) or pd.isna(ref) or not ref:
@@ -16,11 +23,12 @@ def ratio(value: float, ref: float) -> str:
     return f"1/{1 / r:,.0f}" if r < 0.5 else f"{r:.2f}x"
 
 
-def best_line(best: pd.Series) -> str:
+def best_line(best: pd.Series, metric: str = "accuracy") -> str:
     lr = f"; learning rate {best.lr:.3g}" if pd.notna(best.get("lr")) else ""
-    return (f"**Best on validation: {best.condition}** (validation accuracy {pct(best.val_accuracy)}{lr}); on test "
-            f"{pct(best.accuracy)} (95% CI {pct(best.accuracy_ci_low)}–{pct(best.accuracy_ci_high)}, covering "
-            f"{best.ci_covers}; {best.seeds} seed(s): {best.accuracy_per_seed}).")
+    name = "" if metric == "accuracy" else f"{LABELS[metric]} "
+    return (f"**Best on validation: {best.condition}** (validation {LABELS[metric]} {pct(best[f'val_{metric}'])}{lr}); "
+            f"on test {name}{pct(best[metric])} (95% CI {pct(best[f'{metric}_ci_low'])}–{pct(best[f'{metric}_ci_high'])}, "
+            f"covering {best.ci_covers}; {best.seeds} seed(s): {best[f'{metric}_per_seed']}).")
 
 
 def runner_up_line(v, best: pd.Series, runner: pd.Series) -> str:
@@ -34,7 +42,7 @@ def runner_up_line(v, best: pd.Series, runner: pd.Series) -> str:
         mc = f"; McNemar per seed: {pair.mcnemar}"
         conflict = " (the seeds disagree on the direction)" if pair.mcnemar_favours_a and pair.mcnemar_favours_b else ""
     verdict = "a **significant** difference" if row.significant else "**not a significant** difference"
-    return (f"Against the runner-up on validation, {runner.condition}: {pts(-row['diff'])} points on test for "
+    return (f"Against the runner-up on validation, {runner.condition}: {pts(-row['diff'])} {unit(v.metric)} on test for "
             f"{best.condition} (95% CI {pts(-row.ci_high)} to {pts(-row.ci_low)}), {verdict} (Holm-adjusted p = "
             f"{row.p_holm:.3g} over the {v.family} comparisons of the decision){mc}{conflict}.")
 
@@ -46,14 +54,14 @@ def contradictions(v, best: pd.Series, runs: pd.DataFrame) -> list[str]:
         return []
     ahead = d[(d.against == "best") & d.significant & (d["diff"] > 0)]
     return [f"**The test set contradicts the validation pick**: {r.condition} is better than {best.condition} on test by "
-            f"{pts(r['diff'])} points (95% CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = {r.p_holm:.3g}) "
+            f"{pts(r['diff'])} {unit(v.metric)} (95% CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = {r.p_holm:.3g}) "
             "though it ranked lower on validation. The validation split may be too small or unlike the test split: "
             "read the recommendation with care, or enlarge validation (data.validation_fraction)."
             for _, r in ahead.iterrows()]
 
 
 def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float,
-                   cost_margin: float = 0.0) -> str:
+                   cost_margin: float = 0.0, metric: str = "accuracy") -> str:
     costs = [f"{rec.trainable_pct:.3g}% of the parameters trained"]
     if rec.condition != ref.condition:
         costs += [f"{ratio(rec.trained_mb, ref.trained_mb)} the trained weights to keep",
@@ -61,8 +69,8 @@ def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict,
                   f"{ratio(rec.train_seconds, ref.train_seconds)} the training time of {ref.condition}"]
     if rec.condition != best.condition:
         d = calls[rec.condition][1]
-        how = (f"better by {100 * d['diff']:.1f} points than" if d["diff"] > 0 else
-               f"within {abs(100 * d['diff']):.1f} points of")
+        how = (f"better by {100 * d['diff']:.1f} {unit(metric)} than" if d["diff"] > 0 else
+               f"within {abs(100 * d['diff']):.1f} {unit(metric)} of")
         quality = (f"{how} {best.condition} on test (non-inferior at a {100 * margin:g}-point margin: 95% CI of the "
                    f"difference {pts(d['ci_low'])} to {pts(d['ci_high'])}, {rec.seeds} seed(s))")
         return f"**Use {rec.condition}**: {quality}, {', '.join(costs)}."
@@ -83,7 +91,7 @@ def seed_caveats(v, runs: pd.DataFrame) -> list[str]:
     seeds = v.comparisons.seeds
     if seeds.assumed:
         return [f"With one seed per condition the seed-to-seed variation cannot be measured: it is assumed to be "
-                f"{100 * seeds.sd:.0f} accuracy points (analysis.assumed_seed_sd), so intervals are wide and only large "
+                f"{100 * seeds.sd:.0f} {LABELS[v.metric]} points (analysis.assumed_seed_sd), so intervals are wide and only large "
                 "differences can be called; run at least two seeds per condition to measure it."]
     if runs.seeds.min() < 3:
         cmp, few = v.comparisons, int(runs.seeds.min())
@@ -94,7 +102,7 @@ def seed_caveats(v, runs: pd.DataFrame) -> list[str]:
                     "intervals are mostly test sampling's; with so few seeds that is an estimate, and more seeds would "
                     "make it firm."]
         return [f"Each condition's seed-to-seed variation is estimated from its own seeds, {few} or more (up to "
-                f"{100 * spread[widest]:.1f} points, {widest}): with so few seeds the intervals use a wide t quantile, "
+                f"{100 * spread[widest]:.1f} {unit(v.metric)}, {widest}): with so few seeds the intervals use a wide t quantile, "
                 "and more seeds would narrow them."]
     return []
 

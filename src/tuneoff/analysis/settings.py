@@ -22,7 +22,12 @@ class AnalysisSettings(BaseModel):
     """A study's ``analysis:`` section: how verdicts are reached (changing it re-reads results, never re-runs)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    margin: float = Field(0.01, gt=0, lt=1, description="Non-inferiority margin in accuracy (0.01 = one point).")
+    metric: Literal["accuracy", "macro_f1"] = Field(
+        "accuracy", description="What the verdict ranks (on validation), compares and decides on: accuracy, or "
+        "macro_f1 (each class weighs the same however rare: for imbalanced classes; pair it with "
+        "train.metric_for_best: macro_f1 so that early stopping and the tuned rates follow it too). The margin and "
+        "the intervals are in its points.")
+    margin: float = Field(0.01, gt=0, lt=1, description="Non-inferiority margin in the metric (0.01 = one point).")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Family-wise error rate (Holm) and 1 - CI level.")
     prefer: Literal["overall", "trained_mb", "peak_memory_mb", "train_seconds", "trainable_params"] = Field(
         "overall", description="Among methods as good as the best, the cheapest on: overall (geometric mean of the "

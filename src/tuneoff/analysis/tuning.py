@@ -13,13 +13,23 @@ import yaml
 from tuneoff.analysis.significance import expected_max
 from tuneoff.results.store import loads
 
-COLUMNS = ["condition", "variant", "cell", "trial", "lr", "status", "val_accuracy", "test_accuracy", "steps", "chosen"]
+COLUMNS = ["condition", "variant", "cell", "trial", "lr", "status", "val_accuracy", "val_score", "test_accuracy", "steps",
+           "chosen"]
 TRIAL_KEYS = ("train.lr", "trial")  # what a trial's params add to its grid cell's values
+
+
+def validation_score(metrics: dict, config: dict) -> float | None:
+    """A finished trial's score on validation, higher is better: its ``train.metric_for_best`` (loss negated), the
+    rule the study's tuning phase chooses a rate by (``study.protocol.best_trial``) and the report marks as chosen."""
+    metric = (config.get("train") or {}).get("metric_for_best") or "accuracy"
+    value = (metrics.get("validation") or {}).get(metric)
+    return None if value is None else float(value) * (-1 if metric == "loss" else 1)
 
 
 def tuning_trials(rows) -> pd.DataFrame:
     """One row per tuning trial of a study (store rows of phase ``tune``); ``chosen`` marks each condition's best
-    finished trial on validation, the rate its seeds trained at."""
+    finished trial on validation (by its ``val_score``: a study that stops on macro-F1 tunes on it too), the rate its
+    seeds trained at."""
     out = []
     for row in rows:
         params = json.loads(row["params"])
@@ -31,12 +41,13 @@ def tuning_trials(rows) -> pd.DataFrame:
         cell = ", ".join(f"{k}={v}" for k, v in params.items() if k not in TRIAL_KEYS)
         out.append({"condition": row["run_id"].rsplit("-tune", 1)[0], "variant": row["variant"], "cell": cell,
                     "trial": params.get("trial"), "lr": (config.get("train") or {}).get("lr"), "status": row["status"],
-                    "val_accuracy": validation.get("accuracy"), "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+                    "val_accuracy": validation.get("accuracy"), "val_score": validation_score(metrics, config),
+                    "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
                     "steps": metrics.get("pruned_at_step") or metrics.get("best_step"), "chosen": False})
     frame = pd.DataFrame(out, columns=COLUMNS)
-    done = frame[(frame.status == "done") & frame.val_accuracy.notna()]
+    done = frame[(frame.status == "done") & frame.val_score.notna()].astype({"val_score": float})
     if len(done):
-        frame.loc[done.groupby("condition").val_accuracy.idxmax(), "chosen"] = True
+        frame.loc[done.groupby("condition").val_score.idxmax(), "chosen"] = True
     return frame
 
 

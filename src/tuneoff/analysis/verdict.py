@@ -2,7 +2,8 @@
 
 The rules, each there because the naive version misleads:
 
-- **chosen on validation, confirmed on test**: the best condition is ranked by validation accuracy; the test set
+- **chosen on validation, confirmed on test**: the best condition is ranked by validation accuracy (or macro-F1:
+  ``analysis.metric``, for imbalanced classes; every interval and difference is then in macro-F1); the test set
   confirms, and when it significantly contradicts the pick the verdict says so;
 - **both sources of noise, calibrated**: intervals and p-values come from ``significance`` (test-sampling variance
   plus each condition's seed variance component, t with Welch-Satterthwaite degrees of freedom), so a method whose seeds
@@ -47,6 +48,7 @@ RATIO_COSTS = ("trained_mb", "peak_memory_mb", "train_seconds")
 BASELINE = "baseline"
 DECISION_KEYS = ("diff", "ci_low", "ci_high", "df", "p_value", "test", "seed")
 TRAINS_EVERYTHING = 99.999  # trainable_pct of a condition that is the cost reference
+METRICS = ("accuracy", "macro_f1")  # each gets intervals; analysis.metric's decides
 
 
 @dataclass
@@ -66,17 +68,19 @@ class GroupVerdict:
     speed: pd.DataFrame = None           # steps to a target accuracy per condition, against the best (analysis.speed)
     speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
     per_class: pd.DataFrame = None       # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
+    metric: str = "accuracy"             # what the decision ranks and compares (analysis.metric)
 
 
 def _pair_rows(group: Group, cmp, mats: dict, alpha: float) -> list[dict]:
-    """Every pair of the group: the difference with its interval, and McNemar on each seed both have run."""
+    """Every pair of the group: the difference in the decision's metric with its interval, and McNemar (on the 0/1
+    correctness ``mats``) on each seed both have run."""
     rows = []
     for a, b in combinations(group.conditions, 2):
         d = cmp.difference(a.name, b.name, 1 - alpha)
         seeds_b = [r["seed"] for r in b.runs]
         tests = [(r["seed"], mcnemar_exact(mats[a.name][:, i], mats[b.name][:, seeds_b.index(r["seed"])]))
                  for i, r in enumerate(a.runs) if r["seed"] in seeds_b]
-        rows.append({"a": a.name, "b": b.name, "n": len(group.ids), "accuracy_diff": d["diff"], "ci_low": d["ci_low"],
+        rows.append({"a": a.name, "b": b.name, "n": len(group.ids), "diff": d["diff"], "ci_low": d["ci_low"],
                      "ci_high": d["ci_high"], "df": d["df"], "p_value": d["p_value"],
                      "mcnemar": "; ".join(f"seed {s}: {_favour(t, a.name, b.name)} (p={t['p_value']:.3g})" for s, t in tests),
                      "mcnemar_favours_a": sum(t["favours"] == "a" and t["p_value"] < alpha for _, t in tests),
@@ -95,24 +99,31 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
     confidence = 1 - settings.alpha
     verdicts = []
     for group in groups(conditions):
-        mats = {c.name: c.correct(group.ids) for c in group.conditions}
-        cmp = compare({**mats, BASELINE: group.baseline_correct()}, fixed={BASELINE}, assumed_sd=settings.assumed_seed_sd)
+        # Both metrics get their intervals; the decision (ranking, differences, eligibility) uses analysis.metric's.
+        by_metric = {m: compare({**{c.name: c.scores(group.ids, m) for c in group.conditions},
+                                 BASELINE: group.baseline_scores(m)}, fixed={BASELINE}, assumed_sd=settings.assumed_seed_sd)
+                     for m in METRICS}
+        cmp = by_metric[settings.metric]
         rows, against_baseline = [condition_row(c) for c in group.conditions], {}
         for row, c in zip(rows, group.conditions):
-            row["accuracy_ci_low"], row["accuracy_ci_high"] = cmp.interval(c.name, confidence)
+            for m, stats in by_metric.items():
+                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = stats.interval(c.name, confidence)
             row["ci_covers"] = "seeds and test examples" + (" (seed variance assumed)" if cmp.seeds.assumed else "")
             vs = cmp.difference(c.name, BASELINE, confidence)
             row["vs_baseline"], row["p_vs_baseline"] = vs["diff"], vs["p_value"]
             against_baseline[c.name] = vs
             row["budget_limited"] = bool(row["convergence_known"]) and row["converged_runs"] < row["convergence_known"]
             row["fits"] = _fits(row, settings.decide)
-        low, high = cmp.interval(BASELINE, confidence)
-        rows.append({"condition": f"majority class ({group.majority})", "method": BASELINE, "seeds": 0,
-                     "accuracy": cmp.estimate(BASELINE), "accuracy_ci_low": low, "accuracy_ci_high": high,
-                     "ci_covers": "test examples", "eligible": False, "fits": False, "beats_baseline": False,
-                     "collapsed_runs": 0, "budget_limited": False})
-        v = GroupVerdict(group, pd.DataFrame(rows), pd.DataFrame(_pair_rows(group, cmp, mats, settings.alpha)),
-                         comparisons=cmp, against_baseline=against_baseline)
+        baseline = {"condition": f"majority class ({group.majority})", "method": BASELINE, "seeds": 0,
+                    "ci_covers": "test examples", "eligible": False, "fits": False, "beats_baseline": False,
+                    "collapsed_runs": 0, "budget_limited": False}
+        for m, stats in by_metric.items():
+            baseline[m] = stats.estimate(BASELINE)
+            baseline[f"{m}_ci_low"], baseline[f"{m}_ci_high"] = stats.interval(BASELINE, confidence)
+        rows.append(baseline)
+        correct = {k: m for k, m in by_metric["accuracy"].mats.items() if k != BASELINE}
+        v = GroupVerdict(group, pd.DataFrame(rows), pd.DataFrame(_pair_rows(group, cmp, correct, settings.alpha)),
+                         comparisons=cmp, against_baseline=against_baseline, metric=settings.metric)
         verdicts.append(v)
     _adjust_pairs(verdicts, settings.alpha)
     _decision_family(verdicts, settings)
@@ -135,18 +146,20 @@ def _adjust_pairs(verdicts: list[GroupVerdict], alpha: float) -> None:
             v.pairs["significant"] = v.pairs["p_holm"] < alpha
 
 
-def _rank(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(["val_accuracy", "val_macro_f1"], ascending=False, kind="stable")
+def _rank(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Validation's order on the decision metric, the other breaking ties."""
+    return frame.sort_values([f"val_{m}" for m in sorted(METRICS, key=lambda m: m != metric)], ascending=False,
+                             kind="stable")
 
 
-def _choose_best(t: pd.DataFrame) -> str | None:
+def _choose_best(t: pd.DataFrame, metric: str) -> str | None:
     """The validation-best among eligible conditions that fit; converged ones first (a budget-limited condition
     leads only when no converged one qualifies)."""
     pool = t[(t.method != BASELINE) & t.eligible.astype(bool) & t.fits.astype(bool)]
     if pool.empty:
         return None
     converged = pool[~pool.budget_limited.astype(bool)]
-    return _rank(converged if len(converged) else pool).iloc[0].condition
+    return _rank(converged if len(converged) else pool, metric).iloc[0].condition
 
 
 def _decision_family(verdicts: list[GroupVerdict], settings: AnalysisSettings) -> None:
@@ -164,7 +177,7 @@ def _decision_family(verdicts: list[GroupVerdict], settings: AnalysisSettings) -
         entries = []
         for gi, v in enumerate(verdicts):
             t = v.table
-            v.best = _choose_best(t)
+            v.best = _choose_best(t, v.metric)
             for _, row in t[t.method != BASELINE].iterrows():
                 entries.append((gi, "baseline", row.condition, v.against_baseline[row.condition]))
                 if v.best is not None and row.condition != v.best:
@@ -223,8 +236,9 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     t = v.table.set_index("condition", drop=False)
     runs = t[t.method != BASELINE]
     margin = settings.margin
-    for key in COSTS:  # Pareto fronts of accuracy against each cost
-        pts = [(r.condition, r.accuracy, r[key]) for _, r in runs.iterrows() if pd.notna(r.get(key))]
+    metric = v.metric
+    for key in COSTS:  # Pareto fronts of the metric against each cost
+        pts = [(r.condition, r[metric], r[key]) for _, r in runs.iterrows() if pd.notna(r.get(key))]
         v.table[f"pareto_{key}"] = v.table["condition"].isin(pareto_front(pts))
     flagged = runs[~runs.eligible.astype(bool)]
     ok = runs[runs.eligible.astype(bool)]
@@ -232,21 +246,21 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     base = t[t.method == BASELINE].iloc[0]
     v.budget_limited = list(runs[runs.budget_limited.astype(bool)].condition)
     if ok.empty:
-        v.lines = [f"**No method learned more than the majority-class baseline** ({base.condition}, test accuracy "
-                   f"{sentences.pct(base.accuracy)}): none is recommended. " + sentences.flag_text(flagged)
+        v.lines = [f"**No method learned more than the majority-class baseline** ({base.condition}, test "
+                   f"{sentences.LABELS[metric]} {sentences.pct(base[metric])}): none is recommended. " + sentences.flag_text(flagged)
                    + sentences.budget_text(runs) + " Train longer (train.epochs), on more data, or let the study tune "
                    "each method's learning rate (tune: {lr: true}), then re-run."]
         return
-    overall = _rank(ok).iloc[0]
+    overall = _rank(ok, metric).iloc[0]
     if fitting.empty:
         v.lines = [f"**No method fits the constraints** ({sentences.constraint_text(settings.decide)}); the best "
                    f"without them is {overall.condition}."]
         return
     best = t.loc[v.best]
-    fulls = _rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING])  # full fine-tuning, whatever the method is called
+    fulls = _rank(runs[runs.trainable_pct >= TRAINS_EVERYTHING], metric)  # full fine-tuning, whatever the method is called
     ref = fulls.iloc[0] if len(fulls) else best
     v.reference = ref.condition
-    lines = [sentences.best_line(best)]
+    lines = [sentences.best_line(best, metric)]
     calls = {}
     for col in ("vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"):
         v.table[col] = None if col == "vs_best" else np.nan
@@ -260,7 +274,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         calls[name] = (call, d)
         v.table.loc[v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high"]] = (
             call, d["diff"], d["ci_low"], d["ci_high"])
-    others = _rank(fitting.drop(index=best.condition))  # not the second overall: a budget-limited leader is no pick
+    others = _rank(fitting.drop(index=best.condition), metric)  # not the second overall: a budget-limited leader is no pick
     if len(others):
         lines.append(sentences.runner_up_line(v, best, others.iloc[0]))
     lines += sentences.contradictions(v, best, runs)
@@ -275,11 +289,11 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     rec = t.loc[score.idxmin()] if score.notna().any() else best
     v.recommended = rec.condition
     cheaper = {n: c for n, c in calls.items() if cost(t.loc[n]) < bar * cost(rec)}
-    lines.append(sentences.recommendation(rec, best, ref, calls, cheaper, margin, settings.cost_margin))
+    lines.append(sentences.recommendation(rec, best, ref, calls, cheaper, margin, settings.cost_margin, metric))
     for name, (call, d) in cheaper.items():
         if call == "undecided":
             lines.append(f"Cannot decide whether cheaper {name} is as good: the 95% CI of its difference from "
-                         f"{best.condition} ({sentences.pts(d['ci_low'])} to {sentences.pts(d['ci_high'])} points) "
+                         f"{best.condition} ({sentences.pts(d['ci_low'])} to {sentences.pts(d['ci_high'])} {sentences.unit(metric)}) "
                          f"crosses the −{100 * margin:g}-point margin; {what_would_decide(d, margin)}.")
     worse = [n for n, (call, _) in calls.items() if call == "worse"]
     if worse:

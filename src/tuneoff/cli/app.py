@@ -35,7 +35,7 @@ from tuneoff.data.builtins import BUILTIN_DATASETS
 from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
 from tuneoff.study.spec import dry_run as plan_runs
-from tuneoff.study.spec import expand, load_spec
+from tuneoff.study.spec import expand, load_spec, metric_note
 from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
 from tuneoff.training.tracking import log_study_report
 
@@ -269,6 +269,9 @@ def run_study(
         say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)"
             + (f": phase 1 tunes the learning rate ({len(tune)} trials), phase 2 trains {len(rows) - len(tune)} runs "
                "at the rates it chose" if tune else ""))
+        note = metric_note(spec, expand(spec))
+        if note:
+            say(f"note: {note}")
         for r in rows:
             say(f"{r['run']} [{r['phase']}]: {r['method']} on {r['model']} / {r['data']}")
             say(f"    at most {r['budget']}{r['stop']}, lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
@@ -292,7 +295,8 @@ def run_study(
 @user_errors
 def report(
     study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default."),
-    margin: Optional[float] = typer.Option(None, help="Non-inferiority margin in accuracy (default: the study's analysis.margin, else 0.01)."),
+    metric: Optional[str] = typer.Option(None, help="What the verdict ranks and decides on: accuracy, or macro_f1 (each class weighs the same: imbalanced classes). Default: the study's analysis.metric, else accuracy."),
+    margin: Optional[float] = typer.Option(None, help="Non-inferiority margin in the metric (default: the study's analysis.margin, else 0.01)."),
     prefer: Optional[str] = typer.Option(None, help="Among methods as good as the best, the cheapest on: overall, trained_mb, peak_memory_mb, train_seconds, trainable_params."),
     cost_margin: Optional[float] = typer.Option(None, help="A method counts as cheaper only when its cost is lower by at least this fraction (default: the study's analysis.cost_margin, else 0.1)."),
     max_peak_memory_mb: Optional[float] = typer.Option(None, help="Recommend only methods whose peak memory is at most this."),
@@ -304,7 +308,7 @@ def report(
     _quiet_libraries()
     from tuneoff import api
 
-    flags = {"margin": margin, "prefer": prefer, "cost_margin": cost_margin, "max_peak_memory_mb": max_peak_memory_mb,
+    flags = {"metric": metric, "margin": margin, "prefer": prefer, "cost_margin": cost_margin, "max_peak_memory_mb": max_peak_memory_mb,
              "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
     result = api.load_study(study_dir, **{k: v for k, v in flags.items() if v is not None})
     for line in verdict_lines(result.report.parent):

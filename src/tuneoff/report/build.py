@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from tuneoff.analysis import groups as analysis
 from tuneoff.analysis.data_size import size_matrix, size_table
+from tuneoff.analysis.sentences import LABELS
 from tuneoff.analysis.settings import AnalysisSettings
 from tuneoff.analysis.tuning import expected_best, tuning_trials
 from tuneoff.analysis.verdict import analyse
@@ -92,7 +93,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     md = [f"# Study {markdown_text(study)}", "", sections.how_to_read_md(settings), ""]
     by_size = size_table(verdicts)
     if len(by_size):
-        md += ["## Accuracy by training-set size", "", sections.DATA_SIZE_NOTE, ""]
+        md += [f"## {sections.data_size_title(by_size)}", "", sections.data_size_note(by_size), ""]
         for (dataset, model), sub in by_size.groupby(["dataset", "model"], sort=False):
             md += [f"{markdown_text(dataset)} · {markdown_text(model)}:", "", _md_table(size_matrix(sub)), ""]
     for v in verdicts:
@@ -113,8 +114,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         if sections.speed_pairs_shown(v):
             md += [sections.speed_pairs_note(v.speed_pairs), "", _md_table(v.speed_pairs.drop(columns="target")), ""]
         if len(v.pairs):
-            md += ["Exploratory, every pair (test accuracy a − b; p Holm-adjusted over every pair of the study):", "",
-                   _md_table(v.pairs[["a", "b", "accuracy_diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+            md += [f"Exploratory, every pair (test {LABELS[v.metric]} a − b; p Holm-adjusted over every pair of the study):", "",
+                   _md_table(v.pairs[["a", "b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
                                       "mcnemar"]]), ""]
     if len(tuning):
         tuning.to_csv(out / "tuning_trials.csv", index=False)
@@ -132,7 +133,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
 
     parts = [("How to read this report", sections.how_to_read(settings))]
     if len(by_size):
-        parts.append(("Accuracy by training-set size", sections.data_size_html(by_size)))
+        parts.append((sections.data_size_title(by_size), sections.data_size_html(by_size)))
     for v in verdicts:
         parts.append((v.group.title, sections.group_html(v)))
     if len(tuning):

@@ -155,7 +155,7 @@ def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
 
 
 def plot_data_size(table: pd.DataFrame) -> str:
-    """Test accuracy against training examples, one panel per test set, a line per condition with its 95% interval;
+    """Test accuracy (or the verdict's metric) against training examples, one panel per test set, a line per condition with its 95% interval;
     the majority class dotted, each size's recommended condition ringed."""
     sets = list(dict.fromkeys(zip(table.dataset, table.model)))
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
@@ -165,17 +165,17 @@ def plot_data_size(table: pd.DataFrame) -> str:
         sub = table[(table.dataset == dataset) & (table.model == model)].sort_values("train_examples")
         for name, g in sub.groupby("line", sort=False):
             if name == "majority class":
-                ax.plot(g.train_examples, g.accuracy, "k:", lw=1, label=name)
+                ax.plot(g.train_examples, g.score, "k:", lw=1, label=name)
                 continue
-            ax.errorbar(g.train_examples, g.accuracy, yerr=[g.accuracy - g.ci_low, g.ci_high - g.accuracy], marker="o",
+            ax.errorbar(g.train_examples, g.score, yerr=[g.score - g.ci_low, g.ci_high - g.score], marker="o",
                         capsize=3, color=colors[name], label=name)
             picked = g[g.recommended.astype(bool)]
-            ax.scatter(picked.train_examples, picked.accuracy, s=160, facecolors="none", edgecolors="black", zorder=3)
+            ax.scatter(picked.train_examples, picked.score, s=160, facecolors="none", edgecolors="black", zorder=3)
         ax.set_xscale("log")
         sizes = sorted(sub.train_examples.unique())
         ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])  # the sizes trained, not powers of ten
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="training examples", ylabel="test accuracy", title=f"{dataset} · {model}")
+        ax.set(xlabel="training examples", ylabel=f"test {sub.metric.iloc[0].replace('_', '-')}", title=f"{dataset} · {model}")
     axes[0][0].legend(fontsize=7)
     return _png(fig)
 

@@ -12,12 +12,14 @@ import pandas as pd
 from tuneoff.analysis import mistakes
 from tuneoff.analysis.data_size import size_matrix
 from tuneoff.analysis.groups import by_class
+from tuneoff.analysis.sentences import LABELS
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
 
 QUALITY = ["condition", "method", "seeds", "lr", "converged_runs", "accuracy", "accuracy_std", "accuracy_per_seed",
-           "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "ece", "vs_best"]
+           "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "ece",
+           "vs_best"]
 COST = ["condition", "trainable_params", "trainable_pct", "trained_mb", "peak_memory_mb", "train_seconds",
         "train_samples_per_s"]
 SHOWN = QUALITY + COST[1:]  # the Markdown summary's one table; the HTML report shows QUALITY and COST side by side
@@ -25,13 +27,13 @@ SHOWN = QUALITY + COST[1:]  # the Markdown summary's one table; the HTML report 
 HOW_TO_READ_MD = (
     "How to read the verdict: each method's learning rate was tuned on validation where the study asked for it, and "
     "each run trained to its validation plateau; a condition whose runs did not converge is **budget-limited** and "
-    "never called worse. Conditions are ranked on **validation** accuracy and the test set confirms. Intervals are 95% "
+    "never called worse. Conditions are ranked on **validation** {metric} and the test set confirms. Intervals are 95% "
     "t intervals over both sources of noise: the test examples and the training seeds (each condition's own seed "
     "variance, Welch-Satterthwaite degrees of freedom; assumed, not measured, when every condition has one seed). "
     "A method is cheaper when its cost (`analysis.prefer`; overall: the geometric mean of its trained-weights, "
     "peak-memory and training-time ratios) is at least {cost_margin:g}% lower; a cheaper method is called **as good** "
     "as the best (non-inferior) only when the whole interval of its "
-    "difference from the best lies above −{margin:g} accuracy points; otherwise the report says it cannot decide, or "
+    "difference from the best lies above −{margin:g} {metric} points; otherwise the report says it cannot decide, or "
     "that it is worse. The decision's p-values (each condition against the best and against the majority-class "
     "baseline) are Holm-adjusted together; the all-pairs table is exploratory, with its own Holm adjustment. Runs that "
     "collapsed to one class, or do not beat the baseline significantly, are never recommended.")
@@ -71,7 +73,8 @@ def md_inline(text: str) -> str:
 
 
 def how_to_read_md(settings) -> str:
-    return HOW_TO_READ_MD.format(margin=100 * settings.margin, cost_margin=100 * settings.cost_margin)
+    return HOW_TO_READ_MD.format(margin=100 * settings.margin, cost_margin=100 * settings.cost_margin,
+                                 metric=LABELS[settings.metric])
 
 
 def how_to_read(settings) -> str:
@@ -105,15 +108,22 @@ def speed_pairs_note(pairs) -> str:
                                    resolution=pairs.attrs.get("resolution_steps", float("nan")))
 
 
-DATA_SIZE_NOTE = ("Each training-set size has its own verdict (below): how much labelled data there is is the "
-                  "user's situation, not a choice among methods. Test accuracy in percent with its 95% interval over "
-                  "seeds and test examples; **bold**: the condition that size's verdict recommends; †: budget-limited "
-                  "(runs still improving when they stopped), never called worse.")
+def data_size_title(table) -> str:
+    """The section's title: the verdict's metric by training-set size ("Accuracy by training-set size")."""
+    label = LABELS[table.metric.iloc[0]]
+    return f"{label[0].upper()}{label[1:]} by training-set size"
+
+
+def data_size_note(table) -> str:
+    return ("Each training-set size has its own verdict (below): how much labelled data there is is the user's "
+            f"situation, not a choice among methods. Test {LABELS[table.metric.iloc[0]]} in percent with its 95% "
+            "interval over seeds and test examples; **bold**: the condition that size's verdict recommends; †: "
+            "budget-limited (runs still improving when they stopped), never called worse.")
 
 
 def data_size_html(table) -> str:
     """The verdicts of a study over training-set sizes side by side: where the methods' curves cross."""
-    out = [f"<p class='note'>{md_inline(DATA_SIZE_NOTE)}</p>", img(plots.plot_data_size(table))]
+    out = [f"<p class='note'>{md_inline(data_size_note(table))}</p>", img(plots.plot_data_size(table))]
     for (dataset, model), sub in table.groupby(["dataset", "model"], sort=False):
         out += [f"<p>{html.escape(f'{dataset} · {model}')}:</p>", table_html(size_matrix(sub), bold=True)]
     return "".join(out)
@@ -153,10 +163,10 @@ def group_html(v) -> str:
         out += ["<h3>Sweeps</h3>", img(sweep)]
     if v.decisions is not None and len(v.decisions):
         out += ["<h3>Significance</h3><p class='note'>The decision: each condition against the best on validation and "
-                "against the majority-class baseline (difference in test accuracy, 95% t interval, t degrees of freedom, "
+                f"against the majority-class baseline (difference in test {LABELS[v.metric]}, 95% t interval, t degrees of freedom, "
                 "p-value raw and Holm-adjusted over the study's decision comparisons).</p>", table_html(v.decisions)]
     if len(v.pairs):
-        out += ["<p class='note'>Exploratory: every pair (a − b), Holm-adjusted over every pair of the study (a family "
+        out += [f"<p class='note'>Exploratory: every pair (test {LABELS[v.metric]} a − b), Holm-adjusted over every pair of the study (a family "
                 "of its own); McNemar's exact test on each seed both ran, with the direction it favours.</p>",
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
     classes = v.per_class

@@ -26,6 +26,7 @@ from tuneoff.study.spec import (
     StudySpec,
     expand,
     load_spec,
+    metric_note,
     require_hub,
     study_dir,
 )
@@ -117,6 +118,9 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
             run_search(spec, bases, store, directory, Path(results), executor)
             return directory
+        note = metric_note(spec, [r for c in conds for r in (*c.trials, *c.runs)])
+        if note:
+            log.warning(note)
         tuned = [c for c in conds if c.tuned]
         _run_phase(spec, store, directory, executor, first_phase(conds), conds, later=sum(len(c.runs) for c in tuned))
         if tuned:

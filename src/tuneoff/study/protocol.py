@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneoff.analysis.tuning import validation_score
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import get_method
@@ -148,11 +149,9 @@ def best_trial(rows) -> dict | None:
     for row in rows:
         if row["status"] != "done" or not row["metrics"]:
             continue
-        metrics = json.loads(row["metrics"])
         config = RunConfig.model_validate(yaml.safe_load(row["config_yaml"]))
-        metric = config.train.metric_for_best
-        value = metrics["validation"][metric] * (-1 if metric == "loss" else 1)
-        if best is None or value > best["value"]:
+        value = validation_score(json.loads(row["metrics"]), config.model_dump())
+        if value is not None and (best is None or value > best["value"]):
             best = {"value": value, "lr": config.train.lr, "run_id": row["run_id"]}
     return best
 

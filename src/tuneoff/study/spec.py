@@ -216,6 +216,19 @@ def study_dir(results: str | Path, name: str) -> Path:
     return Path(results) / safe_name(name)
 
 
+def metric_note(spec: StudySpec, runs: list[PlannedRun]) -> str | None:
+    """A warning when training chooses on another measure than the verdict decides on: runs stop early and the
+    tuning phase picks rates on ``train.metric_for_best``, the verdict ranks on ``analysis.metric``."""
+    other = sorted({r.config.train.metric_for_best for r in runs} - {spec.analysis.metric})
+    if not other:
+        return None
+    count = sum(r.config.train.metric_for_best != spec.analysis.metric for r in runs)
+    return (f"study {spec.name!r}: analysis.metric is {spec.analysis.metric} but {count} of {len(runs)} runs stop early "
+            f"and have their learning rates tuned on train.metric_for_best {' / '.join(other)}: the verdict would rank "
+            f"on one measure what training chose on another. Set base.train.metric_for_best: {spec.analysis.metric} "
+            "unless that is what you mean.")
+
+
 def dry_run(spec: StudySpec) -> list[dict]:
     """Each run of the study with its recipe and its protocol phase (validated, nothing loaded or downloaded): with
     ``tune:``, a condition's tuning trials at their learning rates, then its seeds at the best of them."""
