@@ -307,6 +307,17 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
     section = html[html.index("Accuracy by training-set size"):html.index("Verdict</h3>")]
     assert "data:image/png" in section and "**" not in section  # the plot; bold rendered, not shown as asterisks
     assert "<h3>Sweeps</h3>" not in html  # within a size nothing varies: no one-point sweep plot
+    # The same runs read on macro-F1: every section says so, and the matrix holds each condition's test macro-F1.
+    reread = runner.invoke(app, ["report", str(tmp_path / "r" / "sizes"), "--metric", "macro_f1"])
+    assert reread.exit_code == 0, reread.output
+    md = (report / "summary.md").read_text()
+    assert "## Macro-F1 by training-set size" in md and "ranked on **validation** macro-F1" in md
+    assert "validation macro-F1" in md and "Accuracy by training-set size" not in md
+    summary = pd.read_csv(report / "summary.csv")
+    run = summary[summary.method != "baseline"].iloc[0]
+    assert f"{100 * run.macro_f1:.1f} ({100 * run.macro_f1_ci_low:.1f}–" in md
+    bad = runner.invoke(app, ["report", str(tmp_path / "r" / "sizes"), "--metric", "f1"])
+    assert bad.exit_code != 0 and "metric" in bad.output
 
 
 def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv, tmp_path):

@@ -85,16 +85,17 @@ def plot_curves(conditions, colors) -> str:
 
 
 def plot_quality(table: pd.DataFrame, colors, baseline: float | None = None) -> str:
-    """Test accuracy with its two-level 95% CI (the majority-class baseline dashed), macro-F1 with its seed std."""
+    """Test accuracy and macro-F1, each with its two-level 95% CI (the majority-class baseline's accuracy dashed)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(table) + 1.8))
     y = np.arange(len(table))
     c = [colors[n] for n in table["condition"]]
     err = [table["accuracy"] - table["accuracy_ci_low"], table["accuracy_ci_high"] - table["accuracy"]]
     axes[0].barh(y, table["accuracy"], xerr=np.clip(err, 0, None), color=c, capsize=3)
     axes[0].set(title="test accuracy (95% CI over seeds and test examples)", yticks=y, yticklabels=table["condition"])
-    axes[1].barh(y, table["macro_f1"], xerr=table["macro_f1_std"].fillna(0), color=c, capsize=3)
-    axes[1].set(title="macro-F1 (± std over seeds)", yticks=y, yticklabels=[])
-    lo = max(0.0, min(table["accuracy_ci_low"].min(), table["macro_f1"].min(), baseline or 1.0) - 0.05)
+    err = [table["macro_f1"] - table["macro_f1_ci_low"], table["macro_f1_ci_high"] - table["macro_f1"]]
+    axes[1].barh(y, table["macro_f1"], xerr=np.clip(err, 0, None), color=c, capsize=3)
+    axes[1].set(title="test macro-F1 (95% CI over seeds and test examples)", yticks=y, yticklabels=[])
+    lo = max(0.0, min(table["accuracy_ci_low"].min(), table["macro_f1_ci_low"].min(), baseline or 1.0) - 0.05)
     for ax in axes:
         ax.set_xlim(lo, 1.0)
         ax.invert_yaxis()
@@ -117,16 +118,18 @@ def plot_costs(table: pd.DataFrame, colors) -> str:
     return _png(fig)
 
 
-def plot_pareto(table: pd.DataFrame, colors) -> str:
+def plot_pareto(table: pd.DataFrame, colors, metric: str = "accuracy") -> str:
+    """The verdict's metric against each cost, each cost's Pareto front (the verdict's ``pareto_<cost>``) dashed."""
+    label = metric.replace("_", "-")
     keys = [k for k in ("train_seconds", "peak_memory_mb", "trained_mb") if table[k].notna().any()]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for r in table.itertuples():
-            ax.scatter(getattr(r, key), r.accuracy, color=colors[r.condition], s=60, label=r.condition,
+            ax.scatter(getattr(r, key), getattr(r, metric), color=colors[r.condition], s=60, label=r.condition,
                        edgecolors="black" if getattr(r, f"pareto_{key}") else "none", linewidths=1.5)
         front = table[table[f"pareto_{key}"]].sort_values(key)
-        ax.plot(front[key], front["accuracy"], "k--", lw=1, label="Pareto front")
-        ax.set(xlabel=COSTS[key], ylabel="test accuracy", title=f"accuracy vs {COSTS[key]}")
+        ax.plot(front[key], front[metric], "k--", lw=1, label="Pareto front")
+        ax.set(xlabel=COSTS[key], ylabel=f"test {label}", title=f"{label} vs {COSTS[key]}")
         if key == "trained_mb":
             ax.set_xscale("log")
         _few_ticks(ax, key == "trained_mb")

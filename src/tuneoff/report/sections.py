@@ -133,7 +133,7 @@ def group_html(v) -> str:
     """Everything about one group: the verdict first, the evidence after."""
     conds = v.group.conditions
     table = v.table[v.table.method != "baseline"]
-    order = [next(c for c in conds if c.name == n) for n in table.sort_values("val_accuracy", ascending=False).condition]
+    order = [next(c for c in conds if c.name == n) for n in table.sort_values(f"val_{v.metric}", ascending=False).condition]
     # The plots name each condition by what sets it apart in this group (its title names the rest): the full names
     # of a study over sizes ("lora_r8_qv max_train_samples=3000 data=rotten_tomatoes") crowded the axes out.
     short = plots.short_names([c.name for c in order])
@@ -157,7 +157,7 @@ def group_html(v) -> str:
     if speed_pairs_shown(v):
         out += [f"<p class='note'>{md_inline(speed_pairs_note(v.speed_pairs))}</p>",
                 table_html(v.speed_pairs.drop(columns="target"))]
-    out += ["<h3>Cost</h3>", img(plots.plot_costs(ptable, colors)), img(plots.plot_pareto(ptable, colors))]
+    out += ["<h3>Cost</h3>", img(plots.plot_costs(ptable, colors)), img(plots.plot_pareto(ptable, colors, v.metric))]
     sweep = plots.plot_sweeps(ptable, shown)
     if sweep:
         out += ["<h3>Sweeps</h3>", img(sweep)]
