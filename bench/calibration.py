@@ -13,7 +13,8 @@ A third table gives one condition of the group seeds that scatter far more than 
 against 1, as prompt tuning's against LoRA's in the method zoo): the coverage of the true difference (the seed
 spread moves the population accuracy a little, through the logit) between two stable conditions and between a
 stable and the erratic one, with the seed variance per condition (tuneoff's) and pooled over the group (the first
-version's, for comparison).
+version's, for comparison). A fourth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
+3-class task.
 
     python bench/calibration.py --reps 2000          # the full table (a few minutes on 2 cores)
     python bench/calibration.py --reps 200 --quick   # a slice
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit, logit
 
-from tuneoff.analysis.significance import ASSUMED_SEED_SD, Comparisons, compare
+from tuneoff.analysis.significance import ASSUMED_SEED_SD, Comparisons, compare, macro_f1_values
 
 A, B = 4.0, 1.0
 
@@ -112,6 +113,35 @@ def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope:
             "erratic_sd": erratic_sd, **{f"coverage_{k}": v / reps for k, v in hits.items()}}
 
 
+def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int) -> np.ndarray:
+    """(n, seeds) class predictions: example i right with chance (u_i + v_i) / 2 as above, a seed moving the whole
+    logit by N(0, sigma^2); a wrong prediction is another class drawn uniformly."""
+    n = len(truth)
+    right = _draw(rng, rng.beta(A, B, n), sigma, seeds).astype(bool)
+    k = int(truth.max()) + 1
+    wrong = (truth[:, None] + rng.integers(1, k, (n, seeds))) % k
+    return np.where(right, truth[:, None], wrong)
+
+
+def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: float,
+                      shares=(0.6, 0.3, 0.1)) -> dict:
+    """Null studies on macro-F1 (``analysis.metric: macro_f1``): two conditions from the same process on an
+    imbalanced 3-class task (class shares ``shares``), each seed's macro-F1 linearised per example
+    (``significance.macro_f1_values``). The true difference is 0: false-positive rate and coverage of 0."""
+    rejected = covered = 0
+    for _ in range(reps):
+        truth = rng.choice(len(shares), n, p=shares)
+        mats = {}
+        for name in ("a", "b"):
+            pred = _class_predictions(rng, truth, seed_sd / slope, seeds)
+            mats[name] = np.stack([macro_f1_values(truth, pred[:, s], len(shares)) for s in range(seeds)], axis=1)
+        d = compare(mats).difference("a", "b")
+        rejected += d["p_value"] < 0.05
+        covered += d["ci_low"] <= 0 <= d["ci_high"]
+    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
+            "false_positive_rate": rejected / reps, "coverage": covered / reps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2000)
@@ -136,6 +166,12 @@ def main() -> None:
         print(f"n={n:5d} seeds={s} conditions={k}, one erratic: coverage stable {e['coverage_stable']:.3f} "
               f"(pooled {e['coverage_stable_pooled']:.3f}), erratic {e['coverage_erratic']:.3f} "
               f"(pooled {e['coverage_erratic_pooled']:.3f})", flush=True)
+    macro = []
+    for n, s, sd in itertools.product(ns[:1] + ns[-1:], (2, 3, 5), (0.0, 0.03)):
+        macro.append(simulate_macro_f1(n, s, sd, args.reps // 2, rng, slope))
+        m = macro[-1]
+        print(f"macro-F1 n={n:5d} seeds={s} sd={sd:.2f}: false positives {m['false_positive_rate']:.3f}, coverage "
+              f"{m['coverage']:.3f}", flush=True)
     minutes = (time.time() - t0) / 60
     mc = float(np.sqrt(0.05 * 0.95 / args.reps))
     stamp = datetime.now(timezone.utc)
@@ -147,7 +183,8 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
             "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps,
             "monte_carlo_sd_at_5pct": mc}
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "macro_f1": macro},
+                                                 indent=2) + "\n")
     lines = [f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})", "",
              f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
              f"{args.reps} simulated studies per row (Monte Carlo sd of a 5% rate: {100 * mc:.1f} points; of a 95% "
@@ -170,6 +207,15 @@ def main() -> None:
     for e in erratic:
         lines.append(f"| {e['n']:,} | {e['seeds']} | {e['conditions']} | {e['coverage_stable']:.3f} | "
                      f"{e['coverage_stable_pooled']:.3f} | {e['coverage_erratic']:.3f} | {e['coverage_erratic_pooled']:.3f} |")
+    lines += ["", "## Macro-F1 (analysis.metric: macro_f1)", "",
+              f"{args.reps // 2} simulated null studies per row: two conditions from the same process on a 3-class task "
+              "whose classes are 60 / 30 / 10% of the test examples (a wrong prediction another class at random), each "
+              "seed's macro-F1 linearised per example (`significance.macro_f1_values`), the seeds moving the logit so "
+              "that accuracy's seed sd is `seed sd`. Target: at most 5% false positives, 95% coverage of the true 0.", "",
+              "| test examples | seeds | seed sd (points of accuracy) | false-positive rate | coverage |", "|---|---|---|---|---|"]
+    for m in macro:
+        lines.append(f"| {m['n']:,} | {m['seeds']} | {100 * m['seed_sd']:g} | {m['false_positive_rate']:.3f} | "
+                     f"{m['coverage']:.3f} |")
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
 

@@ -107,3 +107,32 @@ def test_training_with_augmentation_records_it_and_never_touches_eval_data(tiny_
     assert not preds.id.str.contains("~aug").any()
     toy = pd.read_csv(toy_csv)
     assert set(preds.text) <= set(toy.text), "test texts are the originals"
+
+
+def test_importing_tuneoff_leaves_the_umask_alone():
+    """Reading the umask sets it; tuneoff.core.files once left it at 0 in any process that did not also import the
+    run-directory module, so every file written after was world-writable (and NLTK refused the WordNet copy)."""
+    import subprocess
+    import sys
+
+    code = "import os; os.umask(0o022); import tuneoff.data.augment; print(oct(os.umask(0o022)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0o22"
+
+
+@pytest.mark.skipif(not (augment.DEBIAN_WORDNET / "data.noun").is_file(), reason="no Debian wordnet-base")
+def test_the_debian_wordnet_copy_is_private_and_nltk_reads_it(tmp_path, monkeypatch):
+    """NLTK 3.10 reads no data another account could have written: a copy left group- or world-writable (by the
+    umask bug above, or a umask of 0) is made private again, and NLTK finds it."""
+    import nltk
+
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path))
+    root = augment._debian_corpus_root()
+    corpus = root / "corpora" / "wordnet"
+    tree = [root, root / "corpora", corpus, *corpus.iterdir()]
+    for path in tree:
+        path.chmod(path.stat().st_mode | 0o022)
+    assert augment._debian_corpus_root() == root
+    assert not [p.name for p in tree if p.stat().st_mode & 0o022]
+    monkeypatch.setattr(nltk.data, "path", [str(root)])
+    assert nltk.data.find("corpora/wordnet").path == str(corpus)

@@ -18,7 +18,10 @@ from typing import IO
 
 from tuneoff.core.errors import TuneoffError
 
+# Reading the umask means setting it: put it back at once. Left at 0 until another module restored it, every file
+# and directory the process wrote meanwhile was world-writable (NLTK 3.10 refuses such a WordNet copy as unsafe).
 UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 @contextmanager

@@ -58,6 +58,12 @@ def _debian_corpus_root() -> Path:
     lexnames = corpus / "lexnames"
     if not lexnames.exists():
         lexnames.write_text("".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)))
+    # NLTK (3.10 on) reads no data that another account could have written: whatever the umask was (a copy made
+    # world-writable by an older tuneoff included), the copy is writable by its owner only.
+    for path in (root, root / "corpora", corpus):
+        path.chmod(path.stat().st_mode & ~0o022)
+    for path in corpus.iterdir():
+        path.chmod(path.stat().st_mode & ~0o022)
     return root
 
 

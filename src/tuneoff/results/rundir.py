@@ -27,7 +27,6 @@ import yaml
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import (
-    UMASK,
     atomic_write_text,
     disk_full,
     safe_name,
@@ -39,7 +38,6 @@ MODEL_DIR = "model"
 # The run directory's format: 1 (tuneoff 0.1, no format_version in run.json); 2 (tuneoff 0.2: train.log, convergence,
 # seconds per phase). Readers of older runs fill what they lack.
 FORMAT_VERSION = 2
-os.umask(UMASK)
 
 
 def new_run_id(name: str | None, model: str, data: str, method: str) -> str:
