@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 
 from tuneoff.analysis.groups import Condition
 from tuneoff.analysis.settings import AnalysisSettings
-from tuneoff.analysis.significance import compare, macro_f1_values
+from tuneoff.analysis.significance import class_f1_values, compare, macro_f1_values
 from tuneoff.analysis.tuning import tuning_trials
 from tuneoff.analysis.verdict import analyse
 from tuneoff.study.protocol import best_trial
@@ -32,6 +32,11 @@ def test_the_values_average_to_scikit_learns_macro_f1_with_absent_classes():
         assert values.shape == (n,)
         expected = f1_score(truth, pred, labels=list(range(k)), average="macro", zero_division=0)
         assert values.mean() == pytest.approx(expected, abs=1e-6)
+        # per class: each column's mean is that class's F1, and the columns average to the macro values
+        per_class = class_f1_values(truth, pred, k)
+        expected = f1_score(truth, pred, labels=list(range(k)), average=None, zero_division=0)
+        np.testing.assert_allclose(per_class.mean(axis=0), expected, atol=2e-5)  # float32 storage, as compare()
+        np.testing.assert_allclose(per_class.mean(axis=1), values, atol=1e-5)
 
 
 def test_the_values_spread_like_a_bootstrap_over_examples():
@@ -129,6 +134,11 @@ def test_a_verdict_on_macro_f1_picks_the_method_that_finds_the_rare_class():
     decision = by_f1.decisions.set_index(["condition", "against"]).loc[("ignores", "best")]
     assert decision["diff"] == pytest.approx(table.loc["ignores", "macro_f1"] - table.loc["finds", "macro_f1"], abs=1e-6)
     assert decision.significant and decision.ci_high < -0.1
+    # F1 per class with its interval: on the rare class (1 to 3 of its 50 examples found by "ignores", 41 to 43 by
+    # "finds") the intervals hold each estimate and lie far apart
+    classes = by_f1.per_class.set_index(["condition", "class"])
+    ignores, finds = classes.loc[("ignores", "rare")], classes.loc[("finds", "rare")]
+    assert 0 <= ignores.f1_ci_low < ignores.f1 < ignores.f1_ci_high < 0.3 < finds.f1_ci_low < finds.f1 < finds.f1_ci_high <= 1
     assert "macro-F1 points" in " ".join(by_f1.lines) and "macro-F1" not in " ".join(by_accuracy.lines)
     # the majority class (predicts "common" for all) has macro-F1 (2 x 0.7 / 1.7) / 3 and is beaten by both
     base = by_f1.table[by_f1.table.method == "baseline"].iloc[0]

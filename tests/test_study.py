@@ -313,6 +313,7 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
     md = (report / "summary.md").read_text()
     assert "## Macro-F1 by training-set size" in md and "ranked on **validation** macro-F1" in md
     assert "validation macro-F1" in md and "Accuracy by training-set size" not in md
+    assert {v["metric"] for v in json.loads((report / "verdict.json").read_text())["groups"]} == {"macro_f1"}
     summary = pd.read_csv(report / "summary.csv")
     run = summary[summary.method != "baseline"].iloc[0]
     assert f"{100 * run.macro_f1:.1f} ({100 * run.macro_f1_ci_low:.1f}–" in md

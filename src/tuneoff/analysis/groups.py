@@ -25,7 +25,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tuneoff.analysis.significance import expected_calibration_error, macro_f1_values
+from tuneoff.analysis.significance import (
+    class_f1_values,
+    compare,
+    expected_calibration_error,
+    macro_f1_values,
+)
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import from_spreadsheet
 from tuneoff.results.store import Store, loads
@@ -289,15 +294,27 @@ def condition_row(c: Condition) -> dict:
     }
 
 
-def per_class(conditions: list[Condition]) -> pd.DataFrame:
+def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd: float = 0.05) -> pd.DataFrame:
+    """Precision, recall and F1 per class and condition (mean over seeds), F1 with its interval over seeds and test
+    examples (``significance.class_f1_values``: a rare class's F1 rests on few examples, and the interval says how few)."""
     rows = []
     for c in conditions:
-        for name in c.label_names:
+        ids = list(c.runs[0]["predictions"]["id"])
+        index = {name: i for i, name in enumerate(c.label_names)}
+        values = []
+        for r in c.runs:
+            p = r["predictions"].set_index("id").loc[ids]
+            values.append(class_f1_values(p["true_label"].map(index).to_numpy(), p["pred_label"].map(index).to_numpy(),
+                                          len(index)))
+        stacked = np.stack(values, axis=1)  # (n, seeds, classes)
+        for k, name in enumerate(c.label_names):
             vals = [r["metrics"]["test"]["per_class"][name] for r in c.runs]
+            low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd).interval(c.name, confidence)
             rows.append({"condition": c.name, "class": name, "precision": np.mean([v["precision"] for v in vals]),
                          "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
-                         "support": vals[0]["support"]})
-    return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "support"])
+                         "f1_ci_low": low, "f1_ci_high": high, "support": vals[0]["support"]})
+    return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "f1_ci_low", "f1_ci_high",
+                                       "support"])
 
 
 def by_class(classes: pd.DataFrame, value: str = "f1") -> pd.DataFrame:
@@ -306,6 +323,15 @@ def by_class(classes: pd.DataFrame, value: str = "f1") -> pd.DataFrame:
     never predicts."""
     table = classes.pivot_table(index="class", columns="condition", values=value, sort=False)
     table.columns.name = None
+    return table.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
+
+
+def f1_by_class_with_intervals(classes: pd.DataFrame) -> pd.DataFrame:
+    """``by_class(classes, "f1")`` with each cell "F1 (low–high)", the 95% interval over seeds and test examples."""
+    cells = classes.assign(cell=[f"{r.f1:.2f} ({r.f1_ci_low:.2f}–{r.f1_ci_high:.2f})" for r in classes.itertuples()])
+    table = cells.pivot_table(index="class", columns="condition", values="cell", aggfunc="first", sort=False)
+    table.columns.name = None
+    table = table[list(dict.fromkeys(classes.condition))]  # group order, as by_class
     return table.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
 
 

@@ -199,6 +199,18 @@ def macro_f1_values(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.n
     return (f1.mean() + influence / n_classes).astype(np.float32)
 
 
+def class_f1_values(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, n_classes): column k holds per-example values whose mean is class k's F1, the per-class terms of
+    ``macro_f1_values`` (whose mean over columns it is), so each class's F1 gets the same two-level interval."""
+    truth, pred = np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    n = len(truth)
+    t, p = np.eye(n_classes)[truth], np.eye(n_classes)[pred]
+    mean_a, mean_b = (t * p).mean(axis=0), (t + p).mean(axis=0)
+    f1 = np.divide(2 * mean_a, mean_b, out=np.zeros(n_classes), where=mean_b > 0)
+    safe = np.where(mean_b > 0, mean_b, 1.0)
+    return (f1 + (2 * t * p - f1 * (t + p)) / safe).astype(np.float32) if n else np.zeros((0, n_classes), np.float32)
+
+
 def _quantile(confidence: float, df: float) -> float:
     q = 0.5 + confidence / 2
     return float(stats.norm.ppf(q) if not np.isfinite(df) else stats.t.ppf(q, df))

@@ -133,7 +133,7 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         common = common_steps(v.group.conditions, eligible)  # each run's evaluation history, read once
         v.speed = speed_table(common, v.best, settings.alpha)
         v.speed_pairs = speed_pairs(common, settings.alpha)
-        v.per_class = per_class(v.group.conditions)
+        v.per_class = per_class(v.group.conditions, 1 - settings.alpha, settings.assumed_seed_sd)
     return verdicts
 
 

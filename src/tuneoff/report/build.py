@@ -101,7 +101,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
         classes = v.per_class
         if len(classes):
-            md += ["F1 per class on test (mean over seeds):", "", _md_table(analysis.by_class(classes)), "",
+            md += ["F1 per class on test (mean over seeds; 95% interval over seeds and test examples):", "",
+                   _md_table(analysis.f1_by_class_with_intervals(classes)), "",
                    "Recall per class on test (mean over seeds; the share of each class's test examples predicted as it):",
                    "", _md_table(analysis.by_class(classes, "recall")), ""]
         if v.decisions is not None and len(v.decisions):
@@ -186,7 +187,8 @@ def _write_tables(out: Path, verdicts) -> None:
     stacked(tagged(v, v.per_class) for v in verdicts).to_csv(out / "per_class.csv", index=False)
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
-                "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference, "lines": v.lines}
+                "metric": v.metric, "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference,
+                "lines": v.lines}
                for v in verdicts]
     atomic_write_text(out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n")
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from tuneoff.analysis import mistakes
 from tuneoff.analysis.data_size import size_matrix
-from tuneoff.analysis.groups import by_class
+from tuneoff.analysis.groups import f1_by_class_with_intervals
 from tuneoff.analysis.sentences import LABELS
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
@@ -170,8 +170,8 @@ def group_html(v) -> str:
                 "of its own); McNemar's exact test on each seed both ran, with the direction it favours.</p>",
                 table_html(v.pairs.drop(columns=["mcnemar_favours_a", "mcnemar_favours_b"]))]
     classes = v.per_class
-    out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds (precision and recall "
-            "below).</p>", table_html(by_class(classes)),
+    out += ["<h3>Per-class metrics</h3><p class='note'>F1 per class on test, mean over seeds, with its 95% interval "
+            "over seeds and test examples (precision and recall below).</p>", table_html(f1_by_class_with_intervals(classes)),
             "<details><summary>precision and recall per class</summary>"
             + table_html(classes.pivot_table(index="class", columns="condition", values=["precision", "recall"], sort=False).reset_index()
                          .pipe(_flat)) + "</details>",
