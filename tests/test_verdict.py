@@ -602,3 +602,17 @@ def test_speed_pairs_leave_out_a_pair_with_a_seed_that_never_reached_the_bar():
                          "c": [_curve(60, 0.8)] * 3}).speed_pairs
     assert pairs.target.iloc[0] == "validation accuracy 0.665"
     assert list(zip(pairs.a, pairs.b)) == [("a", "c")]
+
+
+def test_a_condition_that_passes_only_in_the_smaller_family_is_called_borderline():
+    """Eligibility is only ever withdrawn: a (64 / 100 right in both seeds, raw p 0.024 against the majority class)
+    fails Holm while the family holds b's comparison with it as the best (3 comparisons), and with no best left the
+    2-comparison family would pass it. It stays unrecommended, and the flag says why instead of an empty "()"."""
+    n = 100
+    truth = truth_of(n, 0.5)
+    a = condition("a", "x", [fake_run(s, rights(n, 64, 10 + s), truth, val=0.7) for s in (1, 2)])
+    b = condition("b", "y", [fake_run(s, rights(n, 55, 20 + s), truth, val=0.6) for s in (1, 2)])
+    (v,) = analyse([a, b])
+    assert v.best is None and v.recommended is None
+    assert "a (beats the majority-class baseline only narrowly" in v.lines[0] and "()" not in v.lines[0]
+    assert "b (does not beat the majority-class baseline significantly)" in v.lines[0]

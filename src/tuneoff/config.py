@@ -201,6 +201,13 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when one is visible, else the CPU.")
 
 
+def validation_score(validation: dict, metric: str) -> float | None:
+    """A finished run's score on validation under ``train.metric_for_best`` = ``metric``, higher is better (loss
+    negated): how a study's tuning phase chooses a rate and how its report marks the trial it chose."""
+    value = (validation or {}).get(metric)
+    return None if value is None else float(value) * (-1 if metric == "loss" else 1)
+
+
 class RunConfig(Section):
     name: str | None = Field(None, description="Run name; default <model>-<data>-<method>-<timestamp>.")
     output_dir: str = Field("runs", description="Directory that holds run directories.")

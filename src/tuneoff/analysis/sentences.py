@@ -142,6 +142,11 @@ def flag_text(flagged: pd.DataFrame) -> str:
             why.append(f"predicted a single class in {int(r.collapsed_runs)} of {int(r.seeds)} run(s)")
         if not r.beats_baseline:
             why.append("does not beat the majority-class baseline significantly")
+        elif not r.collapsed_runs:
+            # Eligibility is only ever withdrawn (verdict._decision_family): it failed Holm while the family held its
+            # comparison with a best; with no best left, the smaller family would pass it. Borderline, said as such.
+            why.append("beats the majority-class baseline only narrowly: significant in the smaller family of "
+                       "comparisons left when no method qualifies, not in the one with its comparison against a best")
         parts.append(f"{r.condition} ({'; '.join(why)})")
     return "; ".join(parts) + "." if parts else ""
 

@@ -11,19 +11,12 @@ import pandas as pd
 import yaml
 
 from tuneoff.analysis.significance import expected_max
+from tuneoff.config import validation_score
 from tuneoff.results.store import loads
 
 COLUMNS = ["condition", "variant", "cell", "trial", "lr", "status", "val_accuracy", "val_score", "test_accuracy", "steps",
            "chosen"]
 TRIAL_KEYS = ("train.lr", "trial")  # what a trial's params add to its grid cell's values
-
-
-def validation_score(metrics: dict, config: dict) -> float | None:
-    """A finished trial's score on validation, higher is better: its ``train.metric_for_best`` (loss negated), the
-    rule the study's tuning phase chooses a rate by (``study.protocol.best_trial``) and the report marks as chosen."""
-    metric = (config.get("train") or {}).get("metric_for_best") or "accuracy"
-    value = (metrics.get("validation") or {}).get(metric)
-    return None if value is None else float(value) * (-1 if metric == "loss" else 1)
 
 
 def tuning_trials(rows) -> pd.DataFrame:
@@ -36,12 +29,13 @@ def tuning_trials(rows) -> pd.DataFrame:
         metrics = loads(row, "metrics", {}) or {}
         config = yaml.safe_load(row["config_yaml"]) or {}
         validation = metrics.get("validation") or {}
+        metric = (config.get("train") or {}).get("metric_for_best") or "accuracy"
         # The grid cell (e.g. "data.name=bbc_news, data.max_train_samples=100"): the situation whose methods a
         # reader compares, so the report draws one tuning plot per cell; "" for a study without a grid.
         cell = ", ".join(f"{k}={v}" for k, v in params.items() if k not in TRIAL_KEYS)
         out.append({"condition": row["run_id"].rsplit("-tune", 1)[0], "variant": row["variant"], "cell": cell,
                     "trial": params.get("trial"), "lr": (config.get("train") or {}).get("lr"), "status": row["status"],
-                    "val_accuracy": validation.get("accuracy"), "val_score": validation_score(metrics, config),
+                    "val_accuracy": validation.get("accuracy"), "val_score": validation_score(validation, metric),
                     "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
                     "steps": metrics.get("pruned_at_step") or metrics.get("best_step"), "chosen": False})
     frame = pd.DataFrame(out, columns=COLUMNS)

@@ -38,8 +38,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneoff.analysis.tuning import validation_score
-from tuneoff.config import RunConfig
+from tuneoff.config import RunConfig, validation_score
 from tuneoff.core.errors import TuneoffError
 from tuneoff.methods import get_method
 
@@ -150,7 +149,7 @@ def best_trial(rows) -> dict | None:
         if row["status"] != "done" or not row["metrics"]:
             continue
         config = RunConfig.model_validate(yaml.safe_load(row["config_yaml"]))
-        value = validation_score(json.loads(row["metrics"]), config.model_dump())
+        value = validation_score(json.loads(row["metrics"]).get("validation"), config.train.metric_for_best)
         if value is not None and (best is None or value > best["value"]):
             best = {"value": value, "lr": config.train.lr, "run_id": row["run_id"]}
     return best
