@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import FILLER, tiny_overrides
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+import tuneoff
+from tuneoff.cli.app import app
 from tuneoff.config import TrainConfig, build_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.training.loop import train
@@ -62,6 +66,26 @@ def test_the_weights_reach_the_loss(tiny_bert, noise_csv, tmp_path, weights, sha
     assert low <= (predicted["pred_label"] == "b").mean() <= high
     recorded = json.loads((result.run_dir / "run.json").read_text())["class_weights"]
     assert recorded == (None if weights is None else {"a": 1.0, "b": 9.0})
+    run, texts = tuneoff.load_run(result.run_dir), predicted["text"].tolist()
+    if weights is None:
+        with pytest.raises(TuneoffError, match="trained without class weights"):
+            run.predict(texts, undo_class_weights=True)
+        return
+    # Dividing the weights out gives back the data's own posterior: p(b) about the prior 0.25, "a" predicted again,
+    # exactly the weighted probabilities / w renormalised; the CLI's evaluate and predict do the same.
+    weighted, undone = run.predict(texts), run.predict(texts, undo_class_weights=True)
+    expected = weighted[["prob_a", "prob_b"]].to_numpy() / [1.0, 9.0]
+    np.testing.assert_allclose(undone[["prob_a", "prob_b"]].to_numpy(), expected / expected.sum(axis=1, keepdims=True),
+                               atol=1e-5)
+    assert (undone["label"] == "a").mean() >= 0.9 and 0.1 < undone["prob_b"].mean() < 0.4
+    metrics = run.evaluate(undo_class_weights=True)
+    assert metrics["class_weights_undone"] and metrics["accuracy"] > run.evaluate()["accuracy"] + 0.3  # a, not b
+    table = tmp_path / "texts.csv"
+    pd.DataFrame({"text": texts}).to_csv(table, index=False)
+    done = CliRunner().invoke(app, ["predict", str(result.run_dir), str(table), "--out", str(tmp_path / "p.csv"),
+                                    "--undo-class-weights"])
+    assert done.exit_code == 0, done.output
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["prob_b"], undone["prob_b"], atol=1e-4)
 
 
 def test_a_run_naming_an_unknown_label_fails_before_anything_is_written(tiny_bert, toy_csv, tmp_path):

@@ -88,10 +88,15 @@ class Run:
         rows = [{"class": name, **values} for name, values in self.metrics["test"]["per_class"].items()]
         return pd.DataFrame(rows).rename(columns={"f1-score": "f1"})
 
-    def predict(self, texts, text_pairs=None, batch_size: int = 64) -> pd.DataFrame:
+    def predict(self, texts, text_pairs=None, batch_size: int = 64, undo_class_weights: bool = False) -> pd.DataFrame:
         """Labels and class probabilities for a list of strings (or a Series), with the run's saved model (loaded
-        once, with the loader its method needs)."""
-        from tuneoff.training.saved import load_saved_model, score_frame
+        once, with the loader its method needs). ``undo_class_weights``: a run trained with ``train.class_weight``
+        gives the probabilities of the data as it is, the weights divided out (``saved.class_weight_shift``)."""
+        from tuneoff.training.saved import (
+            class_weight_shift,
+            load_saved_model,
+            score_frame,
+        )
 
         if isinstance(texts, str):
             raise TuneoffError("predict takes a list of texts, not one string: run.predict([text]).")
@@ -101,15 +106,19 @@ class Run:
         frame = pd.DataFrame({"id": [str(i + 1) for i in range(len(texts))], "text": texts})
         if text_pairs is not None:
             frame["text_pair"] = [str(t) for t in text_pairs]
-        out = score_frame(*self._model, frame, self.config.get("data", {}).get("max_length", 512), batch_size)
+        model, tokenizer = self._model
+        shift = (class_weight_shift(self.path, [model.config.id2label[i] for i in range(model.config.num_labels)])
+                 if undo_class_weights else None)
+        out = score_frame(model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift)
         return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
 
     def evaluate(self, data: str | pd.DataFrame | None = None, split: str = "test", overrides: dict | list | None = None,
-                 **dotted) -> dict:
-        """Metrics of the saved model on a split of its own or another dataset, or on every row of a labeled file."""
+                 undo_class_weights: bool = False, **dotted) -> dict:
+        """Metrics of the saved model on a split of its own or another dataset, or on every row of a labeled file
+        (``undo_class_weights``: as ``predict``'s)."""
         from tuneoff.training.saved import evaluate_run
 
-        metrics, _ = evaluate_run(self.path, stored_frames(data), split, _overrides(overrides, dotted))
+        metrics, _ = evaluate_run(self.path, stored_frames(data), split, _overrides(overrides, dotted), undo_class_weights)
         return metrics
 
     def _repr_html_(self) -> str:

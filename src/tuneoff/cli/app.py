@@ -107,12 +107,13 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="Dataset to evaluate on (default: the run's own). A CSV/JSONL/Parquet file is scored whole: every row (the run's own training file: its --split)."),
     split: str = typer.Option("test", help="Split of a built-in or hub dataset, or of the file the run trained on: train, validation or test (any other file given to --data is scored whole)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.max_eval_samples=500."),
+    undo_class_weights: bool = typer.Option(False, "--undo-class-weights", help="A run trained with train.class_weight: divide the weights out of its probabilities (the data's own posterior, calibrated; the rare-class recall the weights bought is given back)."),
 ) -> None:
     """Evaluate a saved run on a dataset split; writes eval-<dataset>-<split>.json into the run directory."""
     _quiet_libraries()
     from tuneoff.training.saved import evaluate_run
 
-    metrics, out = evaluate_run(run_dir, data, split, overrides or [])
+    metrics, out = evaluate_run(run_dir, data, split, overrides or [], undo_class_weights)
     console().print(metrics_table(f"{metrics['dataset']} / {metrics['split']}", {k: v for k, v in metrics.items() if k != "note"}))
     if metrics.get("note"):
         say(metrics["note"])
@@ -130,6 +131,7 @@ def predict(
     id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
     format: str = typer.Option("full", "--format", help="full: id, predicted label, each class's probability. submission: a competition's id,label with integer labels."),
     raw: bool = typer.Option(False, "--raw", help="Write cells as they are; by default a cell a spreadsheet would run as a formula (=, +, -, @) is written with a leading apostrophe."),
+    undo_class_weights: bool = typer.Option(False, "--undo-class-weights", help="A run trained with train.class_weight: divide the weights out of its probabilities (the data's own posterior, calibrated; the rare-class recall the weights bought is given back)."),
 ) -> None:
     """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
     if format not in ("full", "submission"):
@@ -137,7 +139,8 @@ def predict(
     _quiet_libraries()
     from tuneoff.training.saved import predict_file
 
-    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format, raw=raw)
+    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format, raw=raw,
+                     undo_class_weights=undo_class_weights)
     console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
 
 

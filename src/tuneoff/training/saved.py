@@ -15,7 +15,13 @@ import torch
 
 from tuneoff.config import build_config, read_yaml
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_open, safe_name, spreadsheet_safe, write_json
+from tuneoff.core.files import (
+    atomic_open,
+    read_json,
+    safe_name,
+    spreadsheet_safe,
+    write_json,
+)
 from tuneoff.data.batches import collator, encode
 from tuneoff.data.corpus import SPLITS, load_corpus
 from tuneoff.data.files import is_table_path, iter_table, labeled_file, require_columns
@@ -60,17 +66,39 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
-def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None) -> np.ndarray:
+def class_weight_shift(run_dir, label_names: list[str]) -> np.ndarray:
+    """log w_k per class (label order) of a run trained with ``train.class_weight``, to subtract from its logits.
+
+    The weighted loss is minimised by q(k|x) proportional to w_k p(k|x): a weighted model's probabilities answer the
+    weighted question. Dividing the weights out, p(k|x) proportional to q(k|x) / w_k, recovers the posterior of the
+    data as it is (the prior correction of Saerens, Latinne and Decaestecker, 2002, "Adjusting the outputs of a
+    classifier to new a priori probabilities"), and with it the unweighted decision rule: the rare-class recall the
+    weights bought is given back for calibrated probabilities."""
+    run_json = Path(run_dir) / "run.json"
+    weights = (read_json(run_json) if run_json.is_file() else {}).get("class_weights")
+    if not weights:
+        raise TuneoffError(f"{run_dir} trained without class weights (train.class_weight: none): there is nothing to "
+                           "undo; leave out --undo-class-weights (undo_class_weights).")
+    missing = [name for name in label_names if name not in weights]
+    if missing:
+        raise TuneoffError(f"{run_json}: class_weights has no weight for {missing}; its labels are {sorted(weights)}.")
+    return np.log(np.array([weights[name] for name in label_names], dtype=np.float64))
+
+
+def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None,
+           shift: np.ndarray | None = None) -> np.ndarray:
     device = next(model.parameters()).device
     encoded = encode(df, tokenizer, max_length, label_ids)
-    return predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
+    logits = predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
+    return logits if shift is None else logits - shift
 
 
-def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64) -> pd.DataFrame:
+def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64,
+                shift: np.ndarray | None = None) -> pd.DataFrame:
     """Predictions for a frame of texts (``id``, ``text``, optional ``text_pair``): id, predicted label and each
-    class's probability."""
+    class's probability (``shift``, subtracted from the logits: ``class_weight_shift``)."""
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    logits = _score(model, tokenizer, df, max_length, batch_size)
+    logits = _score(model, tokenizer, df, max_length, batch_size, shift=shift)
     return predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
 
 
@@ -78,8 +106,10 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) -> tuple[dict, Path]:
-    """Metrics of a saved run on a split of its own or another dataset with the same labels."""
+def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str],
+                 undo_class_weights: bool = False) -> tuple[dict, Path]:
+    """Metrics of a saved run on a split of its own or another dataset with the same labels (with
+    ``undo_class_weights``, of its probabilities with the training loss's class weights divided out)."""
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -99,6 +129,7 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
     cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
     model, tokenizer = load_saved_model(run_dir, _device())
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    shift = class_weight_shift(run_dir, label_names) if undo_class_weights else None
     if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
 
         frame, name, split = labeled_file(data, cfg.data, label_names), Path(data).name, "all rows"
@@ -106,13 +137,15 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str]) ->
         corpus = load_corpus(cfg.data, label_names=label_names)
         frame, name = corpus.splits[split], corpus.name
     index = {label: i for i, label in enumerate(label_names)}
-    logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size)
+    logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size, shift=shift)
     metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
-    metrics.update(dataset=name, split=split, rows_scored=len(frame), **({"note": note} if note else {}))
+    metrics.update(dataset=name, split=split, rows_scored=len(frame), **({"note": note} if note else {}),
+                   **({"class_weights_undone": True} if undo_class_weights else {}))
     if split == "all rows":  # a file: its absolute path is recorded, and two files of one name never share a result
         metrics["data_path"] = str(Path(data).resolve())
         name = f"{Path(data).stem}-{hashlib.sha256(metrics['data_path'].encode()).hexdigest()[:8]}"
-    out = _unclaimed(run_dir / f"eval-{safe_name(name)}-{safe_name(split)}.json")
+    undone = "-weights-undone" if undo_class_weights else ""
+    out = _unclaimed(run_dir / f"eval-{safe_name(name)}-{safe_name(split)}{undone}.json")
     write_json(out, metrics)
     return metrics, out
 
@@ -136,7 +169,8 @@ def _unclaimed(path: Path) -> Path:
 
 
 def predict_file(run_dir, file, out, text_column: str | None, pair_column: str | None, id_column: str | None,
-                 fmt: str = "full", raw: bool = False, chunk_rows: int = 10_000, progress: bool = True) -> int:
+                 fmt: str = "full", raw: bool = False, chunk_rows: int = 10_000, progress: bool = True,
+                 undo_class_weights: bool = False) -> int:
     """Predictions for an unlabeled table, streamed in chunks of ``chunk_rows`` (memory stays bounded however large
     the file) into a temporary file renamed to ``out`` when complete. ``fmt="submission"`` writes a competition's
     ``id,label`` with integer labels: the label itself when the labels are integers (as the data gave them), else the
@@ -159,6 +193,7 @@ def predict_file(run_dir, file, out, text_column: str | None, pair_column: str |
     model, tokenizer = load_saved_model(run_dir, _device())
     max_length = data.get("max_length", 512)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    shift = class_weight_shift(run_dir, label_names) if undo_class_weights else None
     numeric = all(name.lstrip("-").isdigit() for name in label_names)
     index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
     written = 0
@@ -172,7 +207,7 @@ def predict_file(run_dir, file, out, text_column: str | None, pair_column: str |
             df["text"] = clean_text(table, text_column, str(file)).values
             if pair_column:
                 df["text_pair"] = clean_text(table, pair_column, str(file)).values
-            frame = score_frame(model, tokenizer, df, max_length, 64)
+            frame = score_frame(model, tokenizer, df, max_length, 64, shift=shift)
             if fmt == "submission":
                 frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
             (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
