@@ -81,7 +81,9 @@ def test_dry_run_on_the_command_line_shows_both_phases(tiny_bert, toy_csv, tmp_p
 
 
 def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
-    path = tuned_study(tmp_path, tiny_bert, toy_csv)
+    # 3 seeds: with 2, one seed's 75% against the other's 92% on the 24 test examples (a CPU without native bf16)
+    # left a t quantile on 1 degree of freedom, no condition significantly above the majority class, and no best
+    path = tuned_study(tmp_path, tiny_bert, toy_csv, seeds=(1, 2, 3))
     with logs.captured() as lines:
         execute(load_spec(path), tmp_path / "r")
     store = Store(tmp_path / "r")
@@ -89,23 +91,23 @@ def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
     finals = {r["run_id"]: r for r in store.runs("fair", phase="final")}
     store.close()
     assert sorted(trials) == [f"{v}-tune{k}" for v in ("head", "lora") for k in range(3)]
-    assert sorted(finals) == [f"{v}-s{s}" for v in ("head", "lora", "pinned") for s in (1, 2)]
+    assert sorted(finals) == [f"{v}-s{s}" for v in ("head", "lora", "pinned") for s in (1, 2, 3)]
     assert {r["status"] for r in [*trials.values(), *finals.values()]} == {"done"}
     for variant in ("head", "lora"):
         best = best_trial([r for k, r in trials.items() if k.startswith(variant)])
-        for seed in (1, 2):
+        for seed in (1, 2, 3):
             config = yaml.safe_load(finals[f"{variant}-s{seed}"]["config_yaml"])
             assert config["train"]["lr"] == best["lr"] and config["train"]["seed"] == seed
         assert any(line.startswith(f"{variant}: learning rate {best['lr']:g} (best of its trials") for line in lines)
     assert yaml.safe_load(finals["pinned-s1"]["config_yaml"])["train"]["lr"] == 2e-2
     # The first phase says what comes after it, and its time left counts those runs: read during the trials, the
     # estimate is the study's, not the phase's.
-    assert any(line.endswith("8 to run on local; then 4 comparison runs at the learning rates the trials choose")
+    assert any(line.endswith("9 to run on local; then 6 comparison runs at the learning rates the trials choose")
                for line in lines), lines
-    assert any(line.startswith("[1/8]") and "min (then about" in line and "for the 4 runs after them)" in line
+    assert any(line.startswith("[1/9]") and "min (then about" in line and "for the 6 runs after them)" in line
                for line in lines), lines
-    assert any(line.startswith("[8/8]") and line.endswith("for the 4 runs after these") for line in lines), lines
-    assert not any(line.startswith("[4/4]") and "then about" in line for line in lines), lines
+    assert any(line.startswith("[9/9]") and line.endswith("for the 6 runs after these") for line in lines), lines
+    assert not any(line.startswith("[6/6]") and "then about" in line for line in lines), lines
     info = json.loads(finals["lora-s1"]["run_info"])
     assert info["convergence"]["status"] in ("plateau", "still improving", "too few evaluations", "collapsed",
                                              "under-confident") and "reason" in info["convergence"]
@@ -122,8 +124,8 @@ def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
 
     with logs.captured() as again:
         execute(load_spec(path), tmp_path / "r", resume=True)
-    assert any("8 runs (6 tuning trials, 2 comparison runs), 8 already done, 0 to run" in line for line in again), again
-    assert any("study fair: 4 runs, 4 already done, 0 to run" in line for line in again), again
+    assert any("9 runs (6 tuning trials, 3 comparison runs), 9 already done, 0 to run" in line for line in again), again
+    assert any("study fair: 6 runs, 6 already done, 0 to run" in line for line in again), again
 
 
 def test_the_median_rule_stops_a_trial_below_the_finished_ones(tmp_path):
