@@ -105,13 +105,17 @@ class Group:
         return example_scores(frame, self.label_names, metric)[:, None]
 
 
+def label_ids(predictions: pd.DataFrame, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The true and predicted labels of a predictions frame as class indices in ``labels``' order."""
+    index = {name: i for i, name in enumerate(labels)}
+    return predictions["true_label"].map(index).to_numpy(), predictions["pred_label"].map(index).to_numpy()
+
+
 def example_scores(predictions: pd.DataFrame, labels: list[str], metric: str) -> np.ndarray:
     """One run's per-example values of ``metric`` (see ``Condition.scores``) from its true and predicted labels."""
     if metric == "accuracy":
         return (predictions["true_label"] == predictions["pred_label"]).to_numpy(dtype=np.float32)
-    index = {name: i for i, name in enumerate(labels)}
-    return macro_f1_values(predictions["true_label"].map(index).to_numpy(), predictions["pred_label"].map(index).to_numpy(),
-                           len(labels))
+    return macro_f1_values(*label_ids(predictions, labels), len(labels))
 
 
 def condition_name(variant: str, params: dict) -> str:
@@ -299,14 +303,9 @@ def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd:
     examples (``significance.class_f1_values``: a rare class's F1 rests on few examples, and the interval says how few)."""
     rows = []
     for c in conditions:
-        ids = list(c.runs[0]["predictions"]["id"])
-        index = {name: i for i, name in enumerate(c.label_names)}
-        values = []
-        for r in c.runs:
-            p = r["predictions"].set_index("id").loc[ids]
-            values.append(class_f1_values(p["true_label"].map(index).to_numpy(), p["pred_label"].map(index).to_numpy(),
-                                          len(index)))
-        stacked = np.stack(values, axis=1)  # (n, seeds, classes)
+        ids, labels = list(c.runs[0]["predictions"]["id"]), c.label_names
+        stacked = np.stack([class_f1_values(*label_ids(r["predictions"].set_index("id").loc[ids], labels), len(labels))
+                            for r in c.runs], axis=1)  # (n, seeds, classes)
         for k, name in enumerate(c.label_names):
             vals = [r["metrics"]["test"]["per_class"][name] for r in c.runs]
             low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd).interval(c.name, confidence)
@@ -321,18 +320,16 @@ def by_class(classes: pd.DataFrame, value: str = "f1") -> pd.DataFrame:
     """One of ``per_class``'s metrics (f1, recall, precision) as a row per class (label order) and a column per
     condition (group order), with each class's number of test examples: where a method's accuracy hides a class it
     never predicts."""
-    table = classes.pivot_table(index="class", columns="condition", values=value, sort=False)
+    table = classes.pivot_table(index="class", columns="condition", values=value, aggfunc="first", sort=False)
     table.columns.name = None
+    table = table[list(dict.fromkeys(classes.condition))]  # group order
     return table.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
 
 
 def f1_by_class_with_intervals(classes: pd.DataFrame) -> pd.DataFrame:
     """``by_class(classes, "f1")`` with each cell "F1 (low–high)", the 95% interval over seeds and test examples."""
-    cells = classes.assign(cell=[f"{r.f1:.2f} ({r.f1_ci_low:.2f}–{r.f1_ci_high:.2f})" for r in classes.itertuples()])
-    table = cells.pivot_table(index="class", columns="condition", values="cell", aggfunc="first", sort=False)
-    table.columns.name = None
-    table = table[list(dict.fromkeys(classes.condition))]  # group order, as by_class
-    return table.assign(test_examples=classes.groupby("class", sort=False).support.first().astype(int)).reset_index()
+    cells = [f"{r.f1:.2f} ({r.f1_ci_low:.2f}–{r.f1_ci_high:.2f})" for r in classes.itertuples()]
+    return by_class(classes.assign(f1_interval=cells), "f1_interval")
 
 
 def _convergence_text(convs: list[dict | None]) -> str:
