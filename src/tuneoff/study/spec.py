@@ -223,10 +223,11 @@ def metric_note(spec: StudySpec, runs: list[PlannedRun]) -> str | None:
     if not other:
         return None
     count = sum(r.config.train.metric_for_best != spec.analysis.metric for r in runs)
-    return (f"study {spec.name!r}: analysis.metric is {spec.analysis.metric} but {count} of {len(runs)} runs stop early "
-            f"and have their learning rates tuned on train.metric_for_best {' / '.join(other)}: the verdict would rank "
-            f"on one measure what training chose on another. Set base.train.metric_for_best: {spec.analysis.metric} "
-            "unless that is what you mean.")
+    tuned = " (and, tuned, their learning rate)" if spec.tune is not None and spec.tune.lr else ""
+    return (f"study {spec.name!r}: analysis.metric is {spec.analysis.metric} but {count} of {len(runs)} runs choose "
+            f"their best checkpoint{tuned} on train.metric_for_best {' / '.join(other)}: the verdict would rank on one "
+            f"measure what training chose on another. Set base.train.metric_for_best: {spec.analysis.metric} unless "
+            "that is what you mean.")
 
 
 def dry_run(spec: StudySpec) -> list[dict]:
