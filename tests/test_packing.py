@@ -60,6 +60,16 @@ def _finished(results, study):
 
 
 def test_packed_runs_equal_sequential_runs_and_are_recorded_once(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        _packed_equal_sequential(tiny_bert, toy_csv, tmp_path, monkeypatch)
+    finally:  # LocalExecutor(threads=1) sets this process's thread count: later tests get theirs back
+        torch.set_num_threads(threads)
+
+
+def _packed_equal_sequential(tiny_bert, toy_csv, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
     path = write_study(tmp_path, tiny_bert, toy_csv, "packed", variants=VARIANTS, train={"epochs": 2})
     execute(load_spec(path), tmp_path / "one", executor=LocalExecutor(threads=1))

@@ -199,11 +199,14 @@ def test_failed_run_is_recorded_and_study_goes_on(tiny_bert, toy_csv, tmp_path):
 @pytest.mark.slow
 def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, tmp_path):
     spec_path = write_study(tmp_path, tiny_bert, toy_csv, train={"epochs": 25})
-    # The reference: the same study, uninterrupted.
-    execute(load_spec(spec_path), tmp_path / "ref")
+    # The reference: the same study, uninterrupted, run the way the killed one is (its runs in fresh worker
+    # processes): in this process the runs would train at whatever thread count earlier tests left behind, and over
+    # 25 epochs another thread count's float sums flip predictions (3 of 24 after test_packing's threads=1).
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run([sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(tmp_path / "ref")],
+                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
 
     results = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(results)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db_path = results / "tuneoff.sqlite"
