@@ -95,6 +95,7 @@ class Run:
         from tuneoff.training.saved import (
             class_weight_shift,
             load_saved_model,
+            model_labels,
             score_frame,
         )
 
@@ -107,8 +108,7 @@ class Run:
         if text_pairs is not None:
             frame["text_pair"] = [str(t) for t in text_pairs]
         model, tokenizer = self._model
-        shift = (class_weight_shift(self.path, [model.config.id2label[i] for i in range(model.config.num_labels)])
-                 if undo_class_weights else None)
+        shift = class_weight_shift(self.path, model_labels(model)) if undo_class_weights else None
         out = score_frame(model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift)
         return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
 

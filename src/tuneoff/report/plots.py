@@ -10,6 +10,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
 from tuneoff.analysis.groups import run_ece
+from tuneoff.analysis.sentences import LABELS
 from tuneoff.analysis.significance import expected_calibration_error
 
 matplotlib.use("Agg")  # no display: render to PNG in memory
@@ -120,7 +121,7 @@ def plot_costs(table: pd.DataFrame, colors) -> str:
 
 def plot_pareto(table: pd.DataFrame, colors, metric: str = "accuracy") -> str:
     """The verdict's metric against each cost, each cost's Pareto front (the verdict's ``pareto_<cost>``) dashed."""
-    label = metric.replace("_", "-")
+    label = LABELS[metric]
     keys = [k for k in ("train_seconds", "peak_memory_mb", "trained_mb") if table[k].notna().any()]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
@@ -178,7 +179,7 @@ def plot_data_size(table: pd.DataFrame) -> str:
         sizes = sorted(sub.train_examples.unique())
         ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])  # the sizes trained, not powers of ten
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel="training examples", ylabel=f"test {sub.metric.iloc[0].replace('_', '-')}", title=f"{dataset} · {model}")
+        ax.set(xlabel="training examples", ylabel=f"test {LABELS[sub.metric.iloc[0]]}", title=f"{dataset} · {model}")
     axes[0][0].legend(fontsize=7)
     return _png(fig)
 

@@ -66,6 +66,11 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
+def model_labels(model) -> list[str]:
+    """A saved model's class names in the order of its logits (``config.json``'s id2label)."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
 def class_weight_shift(run_dir, label_names: list[str]) -> np.ndarray:
     """log w_k per class (label order) of a run trained with ``train.class_weight``, to subtract from its logits.
 
@@ -97,7 +102,7 @@ def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size:
                 shift: np.ndarray | None = None) -> pd.DataFrame:
     """Predictions for a frame of texts (``id``, ``text``, optional ``text_pair``): id, predicted label and each
     class's probability (``shift``, subtracted from the logits: ``class_weight_shift``)."""
-    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    label_names = model_labels(model)
     logits = _score(model, tokenizer, df, max_length, batch_size, shift=shift)
     return predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
 
@@ -128,7 +133,7 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str],
         data = None
     cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
     model, tokenizer = load_saved_model(run_dir, _device())
-    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    label_names = model_labels(model)
     shift = class_weight_shift(run_dir, label_names) if undo_class_weights else None
     if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
 
@@ -192,7 +197,7 @@ def predict_file(run_dir, file, out, text_column: str | None, pair_column: str |
     require_columns(first, str(file), columns)
     model, tokenizer = load_saved_model(run_dir, _device())
     max_length = data.get("max_length", 512)
-    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    label_names = model_labels(model)
     shift = class_weight_shift(run_dir, label_names) if undo_class_weights else None
     numeric = all(name.lstrip("-").isdigit() for name in label_names)
     index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
