@@ -17,7 +17,8 @@ from tuneoff.cli.app import app
 from tuneoff.config import TrainConfig, build_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.training.loop import train
-from tuneoff.training.loss import class_weights
+from tuneoff.training.convergence import _softmax
+from tuneoff.training.loss import class_weights, prior_shift
 
 
 def test_balanced_is_n_over_classes_times_count():
@@ -34,6 +35,15 @@ def test_a_mapping_weighs_unlisted_labels_one_and_names_an_unknown_label():
     assert class_weights({"b": 3.0}, ["a", "b", "c"], [0, 1, 2]) == [1.0, 3.0, 1.0]
     with pytest.raises(TuneoffError, match=r"train.class_weight names label\(s\) \['grain'\].*labels are \['a', 'b'\]"):
         class_weights({"grain": 2.0}, ["a", "b"], [0, 1])
+
+
+def test_the_prior_shift_divides_the_weights_out_of_the_probabilities():
+    # Saerens et al. 2002: p(k|x) proportional to q(k|x) / w_k. Subtracting log w from the logits does exactly that
+    rng = np.random.default_rng(0)
+    logits, weights = rng.normal(size=(5, 3)) * 3, [0.5, 1.0, 7.0]
+    divided = _softmax(logits) / np.array(weights)
+    np.testing.assert_allclose(_softmax(logits - prior_shift(weights)), divided / divided.sum(-1, keepdims=True))
+    assert prior_shift([1.0, 1.0]).tolist() == [0.0, 0.0]  # unweighted: nothing moves
 
 
 def test_the_config_reads_yaml_spellings_and_refuses_bad_weights():

@@ -15,13 +15,15 @@ evaluation stopped improving. It did **not** converge when:
   A run trained with class weights is judged on its probabilities with the weights divided out: weighting class c by
   w_c trains a model for a prior proportional to w_c times c's share, which lowers its confidence on the common
   classes by design, and dividing by w_c and renormalising is the prior correction of Saerens, Latinne and
-  Decaestecker ("Adjusting the outputs of a classifier to new a priori probabilities", 2002). Without it, every
+  Decaestecker (2002; ``loss.prior_shift``). Without it, every
   run of studies/offline/rare_classes.yaml with balanced weights was first called under-confident.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from tuneoff.training.loss import prior_shift
 
 MIN_DELTA = 0.005         # an improvement of the validation metric smaller than this is a plateau, not progress
 UNDER_CONFIDENCE = 0.25   # accuracy minus mean confidence above this: grossly under-confident
@@ -59,10 +61,8 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
     if len(set(predicted.tolist())) <= 1 < len(set(labels)):
         return {**out, "converged": False, "status": "collapsed",
                 "reason": "predicts one class for every validation example"}
-    probs = _softmax(logits)
-    if class_weights is not None:  # the weights' own shift of confidence divided out (the module's note)
-        probs = probs / np.asarray(class_weights, dtype=float)
-        probs /= probs.sum(-1, keepdims=True)
+    # a weighted run's own shift of confidence divided out (the module's note)
+    probs = _softmax(logits if class_weights is None else logits - prior_shift(class_weights))
     confidence = float(probs.max(-1).mean())
     accuracy = float((predicted == np.asarray(labels)).mean())
     if accuracy - confidence > UNDER_CONFIDENCE:

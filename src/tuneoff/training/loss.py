@@ -31,6 +31,18 @@ def class_weights(setting, label_names: list[str], train_ids: list[int]) -> list
     return [float(weights.get(i, 1.0)) for i in range(len(label_names))]
 
 
+def prior_shift(weights) -> np.ndarray:
+    """log w_k per class (label order): subtracted from a class-weighted model's logits, it divides the weights out of
+    its probabilities.
+
+    The weighted loss is minimised by q(k|x) proportional to w_k p(k|x): a weighted model's probabilities answer the
+    weighted question (and its confidence on the common classes is lowered by design). Dividing the weights out,
+    p(k|x) proportional to q(k|x) / w_k, recovers the posterior of the data as it is: the prior correction of Saerens,
+    Latinne and Decaestecker ("Adjusting the outputs of a classifier to new a priori probabilities", 2002), and with
+    it the unweighted decision rule."""
+    return np.log(np.asarray(weights, dtype=np.float64))
+
+
 def training_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
                   label_smoothing: float) -> torch.Tensor:
     """Mean cross-entropy in fp32; with weights, torch's weighted mean (divided by the batch's summed weights)."""

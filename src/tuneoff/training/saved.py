@@ -29,6 +29,7 @@ from tuneoff.data.files import text_column as clean_text
 from tuneoff.methods import get_method
 from tuneoff.results.rundir import MODEL_DIR
 from tuneoff.training.evaluate import compute_metrics, predict_logits, predictions_frame
+from tuneoff.training.loss import prior_shift
 
 
 def method_of(run_dir: Path):
@@ -72,13 +73,8 @@ def model_labels(model) -> list[str]:
 
 
 def class_weight_shift(run_dir, label_names: list[str]) -> np.ndarray:
-    """log w_k per class (label order) of a run trained with ``train.class_weight``, to subtract from its logits.
-
-    The weighted loss is minimised by q(k|x) proportional to w_k p(k|x): a weighted model's probabilities answer the
-    weighted question. Dividing the weights out, p(k|x) proportional to q(k|x) / w_k, recovers the posterior of the
-    data as it is (the prior correction of Saerens, Latinne and Decaestecker, 2002, "Adjusting the outputs of a
-    classifier to new a priori probabilities"), and with it the unweighted decision rule: the rare-class recall the
-    weights bought is given back for calibrated probabilities."""
+    """log w_k per class (label order) of a run trained with ``train.class_weight``, to subtract from its logits: the
+    data's own posterior, calibrated, for the rare-class recall the weights bought (``loss.prior_shift``)."""
     run_json = Path(run_dir) / "run.json"
     weights = (read_json(run_json) if run_json.is_file() else {}).get("class_weights")
     if not weights:
@@ -87,7 +83,7 @@ def class_weight_shift(run_dir, label_names: list[str]) -> np.ndarray:
     missing = [name for name in label_names if name not in weights]
     if missing:
         raise TuneoffError(f"{run_json}: class_weights has no weight for {missing}; its labels are {sorted(weights)}.")
-    return np.log(np.array([weights[name] for name in label_names], dtype=np.float64))
+    return prior_shift([weights[name] for name in label_names])
 
 
 def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None,
