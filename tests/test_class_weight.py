@@ -103,3 +103,15 @@ def test_a_run_naming_an_unknown_label_fails_before_anything_is_written(tiny_ber
     with pytest.raises(TuneoffError, match="grain"):
         train(cfg, progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_report_says_a_weighted_models_calibration_is_that_of_the_weighted_question():
+    from types import SimpleNamespace
+
+    from tuneoff.report.sections import weighted_note
+
+    plain = SimpleNamespace(name="lora", runs=[{"info": {"class_weights": None}}, {"info": {}}])
+    weighted = SimpleNamespace(name="lora_<w>", runs=[{"info": {"class_weights": {"a": 0.6, "b": 3.0}}}])
+    assert weighted_note([plain]) == ""
+    note = weighted_note([plain, weighted])
+    assert "class weights (train.class_weight): lora_<w>;" in note and "--undo-class-weights" in note

@@ -118,6 +118,8 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     header = (tmp_path / "cite" / "tiny.md").read_text().split("\n---\n")[0]
     assert "- study: A toy: sized for a test, not evidence." in header
     assert "\n  - `train.epochs`: 8, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
+    from tuneoff.training.session import cpu_has_native_bf16  # auto: bf16 where the CPU has it natively, else fp32
+    assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
     assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output

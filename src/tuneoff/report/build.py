@@ -309,6 +309,8 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     trials = sum(r["phase"] == "tune" for r in rows)
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})
+    # machines differ (a CPU without native bf16 trains in fp32, about 3x slower): say which the runs used
+    precisions = sorted({str(json.loads(r["run_info"]).get("mixed_precision")) for r in rows if r["run_info"]} - {"None"})
     commits = sorted({(r["tuneoff_commit"] or "")[:19] for r in rows if r["tuneoff_commit"]})
     log = results / safe_name(study) / "commands.log"
     commands = log.read_text().strip().splitlines() if log.is_file() else []
@@ -320,7 +322,8 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
                                                           if trials + pruned else "") + f", {started} to {finished} (UTC)",
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
               f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
-              f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}",
+              f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}"
+              + (f"; mixed precision: {', '.join(precisions)}" if precisions else ""),
               "- versions: " + "; ".join(versions),
               f"- tuneoff commit(s) of the runs: {', '.join(commits) or 'unknown'}", "", "---", ""]
     body = (report / "summary.md").read_text().split("\n", 1)[1]  # its own title is replaced by the header

@@ -177,9 +177,21 @@ def group_html(v) -> str:
                          .pipe(_flat)) + "</details>",
             "<h3>Confusion matrices</h3>", img(plots.plot_confusions(shown)),
             "<h3>Calibration</h3><p class='note'>Expected calibration error of each run's model (15 bins), mean ± std over "
-            "seeds; the diagram pools the runs of a condition.</p>", img(plots.plot_reliability(shown, colors))]
+            "seeds; the diagram pools the runs of a condition." + md_inline(weighted_note(order)) + "</p>",
+            img(plots.plot_reliability(shown, colors))]
     out.append(mistakes_html(order, shown, colors))
     return "".join(out)
+
+
+def weighted_note(conditions) -> str:
+    """A class-weighted model's probabilities answer the weighted question (its confidence on the common classes is
+    lowered by design), so its calibration is not comparable as it stands: say so, and how to divide them out."""
+    weighted = [c.name for c in conditions if any(r["info"].get("class_weights") for r in c.runs)]
+    if not weighted:
+        return ""
+    return (f" Trained with class weights (train.class_weight): {', '.join(weighted)}; this is the calibration of the "
+            "model as trained, whose probabilities the weights shift by design (tuneoff predict and evaluate with "
+            "--undo-class-weights divide them out, for the data's own posterior).")
 
 
 def _flat(df: pd.DataFrame) -> pd.DataFrame:
