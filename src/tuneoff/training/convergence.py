@@ -22,6 +22,7 @@ evaluation stopped improving. It did **not** converge when:
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from tuneoff.training.loss import prior_shift
 
@@ -62,7 +63,7 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
         return {**out, "converged": False, "status": "collapsed",
                 "reason": "predicts one class for every validation example"}
     # a weighted run's own shift of confidence divided out (the module's note)
-    probs = _softmax(logits if class_weights is None else logits - prior_shift(class_weights))
+    probs = softmax(logits if class_weights is None else logits - prior_shift(class_weights), axis=-1)
     confidence = float(probs.max(-1).mean())
     accuracy = float((predicted == np.asarray(labels)).mean())
     if accuracy - confidence > UNDER_CONFIDENCE:
@@ -87,9 +88,3 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
                           f"best by {gain:.3f} {metric}"}
     return {**out, "converged": True, "status": "plateau",
             "reason": f"no gain over {min_delta:.3g} {metric} in its last {window} evaluations"}
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
