@@ -13,7 +13,9 @@ A third table gives one condition of the group seeds that scatter far more than 
 against 1, as prompt tuning's against LoRA's in the method zoo): the coverage of the true difference (the seed
 spread moves the population accuracy a little, through the logit) between two stable conditions and between a
 stable and the erratic one, with the seed variance per condition (tuneoff's) and pooled over the group (the first
-version's, for comparison). A fourth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
+version's, for comparison). A fourth gives two conditions trained with the same seeds and as alike as LoRA and DoRA
+(their seeds flip the same examples), with Satterthwaite's degrees of freedom floored at the seed parts' S - 1 and
+without (the floor's effect). A fifth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
 3-class task.
 
     python bench/calibration.py --reps 2000          # the full table (a few minutes on 2 cores)
@@ -113,6 +115,40 @@ def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope:
             "erratic_sd": erratic_sd, **{f"coverage_{k}": v / reps for k, v in hits.items()}}
 
 
+class Unfloored(Comparisons):
+    """The statistics before the degrees-of-freedom floor (``Comparisons._floor``), for comparison."""
+
+    @staticmethod
+    def _floor(df, measured):
+        return float(df)
+
+
+def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: int, rng, slope: float) -> dict:
+    """Two conditions of one population accuracy trained with the same seeds, as alike as LoRA and DoRA: the same
+    example chances (u + v) / 2, seed shifts correlated by ``rho``, and each prediction the same random draw as the
+    other's with chance ``rho`` (a seed flips the same examples in both). False-positive rate, coverage of the true 0
+    and the median half-width of the 95% interval, with the degrees-of-freedom floor (tuneoff's) and without."""
+    sigma = seed_sd / slope
+    hits = {"fp": 0, "covered": 0, "fp_unfloored": 0, "covered_unfloored": 0}
+    widths: dict[str, list] = {"": [], "_unfloored": []}
+    for _ in range(reps):
+        p = np.clip((rng.beta(A, B, n) + rng.beta(A, B, n)) / 2, 1e-4, 1 - 1e-4)
+        za = rng.normal(0, 1, seeds)
+        zb = rho * za + np.sqrt(1 - rho ** 2) * rng.normal(0, 1, seeds)
+        ra = rng.random((n, seeds))
+        rb = np.where(rng.random((n, seeds)) < rho, ra, rng.random((n, seeds)))
+        mats = {name: (r < expit(logit(p)[:, None] + sigma * z[None, :])).astype(np.float32)
+                for name, r, z in (("a", ra, za), ("b", rb, zb))}
+        cmp = compare(mats)
+        for suffix, stats in (("", cmp), ("_unfloored", Unfloored(cmp.mats, cmp.seeds, cmp.fixed, cmp.assumed_sd))):
+            d = stats.difference("a", "b")
+            hits["fp" + suffix] += d["p_value"] < 0.05
+            hits["covered" + suffix] += d["ci_low"] <= 0 <= d["ci_high"]
+            widths[suffix].append((d["ci_high"] - d["ci_low"]) / 2)
+    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "rho": rho, "reps": reps,
+            **{k: v / reps for k, v in hits.items()}, **{f"half_width{k}": float(np.median(v)) for k, v in widths.items()}}
+
+
 def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int) -> np.ndarray:
     """(n, seeds) class predictions: example i right with chance (u_i + v_i) / 2 as above, a seed moving the whole
     logit by N(0, sigma^2); a wrong prediction is another class drawn uniformly."""
@@ -166,6 +202,13 @@ def main() -> None:
         print(f"n={n:5d} seeds={s} conditions={k}, one erratic: coverage stable {e['coverage_stable']:.3f} "
               f"(pooled {e['coverage_stable_pooled']:.3f}), erratic {e['coverage_erratic']:.3f} "
               f"(pooled {e['coverage_erratic_pooled']:.3f})", flush=True)
+    correlated = []
+    for s, sd, rho in itertools.product((2, 3, 5), (0.01, 0.03), (0.0, 0.9, 0.99)):
+        correlated.append(simulate_correlated(1000, s, sd, rho, args.reps // 2, rng, slope))
+        c = correlated[-1]
+        print(f"correlated seeds={s} sd={sd:.2f} rho={rho}: false positives {c['fp']:.3f} (unfloored "
+              f"{c['fp_unfloored']:.3f}), half-width {100 * c['half_width']:.2f} (unfloored "
+              f"{100 * c['half_width_unfloored']:.2f}) points", flush=True)
     macro = []
     for n, s, sd in itertools.product(ns[:1] + ns[-1:], (2, 3, 5), (0.0, 0.03)):
         macro.append(simulate_macro_f1(n, s, sd, args.reps // 2, rng, slope))
@@ -183,7 +226,8 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
             "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps,
             "monte_carlo_sd_at_5pct": mc}
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "macro_f1": macro},
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "correlated": correlated,
+                                                 "macro_f1": macro},
                                                  indent=2) + "\n")
     lines = [f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})", "",
              f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
@@ -207,6 +251,18 @@ def main() -> None:
     for e in erratic:
         lines.append(f"| {e['n']:,} | {e['seeds']} | {e['conditions']} | {e['coverage_stable']:.3f} | "
                      f"{e['coverage_stable_pooled']:.3f} | {e['coverage_erratic']:.3f} | {e['coverage_erratic_pooled']:.3f} |")
+    lines += ["", "## Two conditions trained with the same seeds, as alike as LoRA and DoRA", "",
+              f"{args.reps // 2} simulated null studies per row, 1,000 test examples: two conditions with the same example "
+              "chances, their seed shifts correlated by `rho` and each prediction the same random draw as the other's "
+              "with chance `rho` (a seed flips the same examples in both). Satterthwaite's degrees of freedom with the "
+              "floor at the seed parts' S - 1 (tuneoff) and without it (before): false-positive rate and the median "
+              "half-width of the 95% interval.", "",
+              "| seeds | seed sd (points) | rho | false-positive rate | (unfloored) | coverage | (unfloored) | "
+              "median half-width (points) | (unfloored) |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in correlated:
+        lines.append(f"| {c['seeds']} | {100 * c['seed_sd']:g} | {c['rho']:g} | {c['fp']:.3f} | {c['fp_unfloored']:.3f} | "
+                     f"{c['covered']:.3f} | {c['covered_unfloored']:.3f} | {100 * c['half_width']:.2f} | "
+                     f"{100 * c['half_width_unfloored']:.2f} |")
     lines += ["", "## Macro-F1 (analysis.metric: macro_f1)", "",
               f"{args.reps // 2} simulated null studies per row: two conditions from the same process on a 3-class task "
               "whose classes are 60 / 30 / 10% of the test examples (a wrong prediction another class at random), each "

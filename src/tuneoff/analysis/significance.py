@@ -26,8 +26,9 @@ without counting anything twice:
 
 The interval is ``D +- t * sqrt(Var)`` with Satterthwaite's degrees of freedom (Satterthwaite, 1946) for the sum of
 the estimated parts (Welch-Satterthwaite: the test part on n - 1 df; each condition's seed part as the difference of
-its mean squares, on S_c - 1 and (S_c - 1)(n - 1) df): with few seeds the seed part is uncertain and the t quantile widens the interval honestly
-(two conditions x two seeds: df about 2, t about 4.3). p-values come from the same t distribution, so they
+its mean squares, on S_c - 1 and (S_c - 1)(n - 1) df, never below the fewest S_c - 1 of a measured seed part:
+``Comparisons._floor`` says why): with few seeds the seed part is uncertain and the t quantile widens the interval
+honestly (two conditions x two seeds: df about 2, t about 4.3). p-values come from the same t distribution, so they
 are resolved finely (no resampling floor) and Holm's correction can still find a difference among hundreds of
 comparisons. Where no condition has two seeds, the seed part cannot be measured: it is taken as
 ``assumed_seed_sd`` (default 5 accuracy points, the largest seed-to-seed spread the calibration covers), so a
@@ -148,10 +149,24 @@ class Comparisons:
         total = test + seed
         if total <= 0:
             return {"test": 0.0, "seed": 0.0, "se": 0.0, "df": float("inf")}
+        measured = [(factor, seeds) for factor, seeds in parts if seeds.tau2 > 0 and not seeds.assumed]
         denominator = (test ** 2 / (n - 1) if n > 1 else 0.0)
-        denominator += sum(seeds.variance_of(factor) for factor, seeds in parts if seeds.tau2 > 0 and not seeds.assumed)
+        denominator += sum(seeds.variance_of(factor) for factor, seeds in measured)
         df = total ** 2 / denominator if denominator > 0 else float("inf")
-        return {"test": test, "seed": seed, "se": float(np.sqrt(total)), "df": float(df)}
+        return {"test": test, "seed": seed, "se": float(np.sqrt(total)), "df": self._floor(df, measured)}
+
+    @staticmethod
+    def _floor(df: float, measured: list[tuple[float, SeedVariance]]) -> float:
+        """Satterthwaite's df, at least the fewest seed degrees of freedom of a measured part (S - 1).
+
+        A seed part is a *difference* of mean squares, (MS_seed - MS_res) / n, and Satterthwaite's formula charges
+        it the noise of MS_seed on S - 1 df even when the difference is small: for two conditions whose seeds flip
+        the same examples (methods this alike, trained with the same seeds: LoRA and DoRA at r=8 in the method zoo)
+        the test part lacks the interaction, the total is small beside MS_seed, and df fell below 1 (0.82: an
+        interval of +-11 points for seed accuracies within 2 points of each other). The floor reads the seed part
+        as its seed mean square's own chi-square, on S - 1 df; ``bench/calibration.py``'s correlated-seed table
+        shows the false-positive rate unchanged by it and the intervals no longer absurd."""
+        return float(max(df, min(seeds.df for _, seeds in measured))) if measured else float(df)
 
     def interval(self, name: str, confidence: float = 0.95) -> tuple[float, float]:
         m = np.asarray(self.mats[name], dtype=np.float64)
