@@ -106,12 +106,23 @@ def test_a_run_naming_an_unknown_label_fails_before_anything_is_written(tiny_ber
 
 
 def test_the_report_says_a_weighted_models_calibration_is_that_of_the_weighted_question():
-    from types import SimpleNamespace
+    """Through the verdict and the report's group section, as `tuneoff report` builds it: the calibration section
+    names the condition that trained with class weights, and says nothing when none did."""
+    from test_verdict import condition, fake_run, rights, truth_of
 
-    from tuneoff.report.sections import weighted_note
+    from tuneoff.analysis.verdict import analyse
+    from tuneoff.report.sections import group_html, weighted_note
 
-    plain = SimpleNamespace(name="lora", runs=[{"info": {"class_weights": None}}, {"info": {}}])
-    weighted = SimpleNamespace(name="lora_<w>", runs=[{"info": {"class_weights": {"a": 0.6, "b": 3.0}}}])
+    n, truth = 200, truth_of(200)
+    plain = condition("lora", "lora", [fake_run(s, rights(n, 160 + s, s), truth) for s in range(2)])
+    weighted = condition("lora_weighted", "lora", [fake_run(s, rights(n, 150 + s, 10 + s), truth) for s in range(2)])
+    for run in weighted.runs:
+        run["info"]["class_weights"] = {"neg": 0.83, "pos": 1.25}
+    (without,) = analyse([plain])
+    assert "Trained with class weights" not in group_html(without)
+    (with_weights,) = analyse([plain, weighted])
+    html = group_html(with_weights)
+    calibration = html[html.index("<h3>Calibration</h3>"):]
+    assert "Trained with class weights (train.class_weight): lora_weighted;" in calibration
+    assert "--undo-class-weights" in calibration and "lora;" not in calibration
     assert weighted_note([plain]) == ""
-    note = weighted_note([plain, weighted])
-    assert "class weights (train.class_weight): lora_<w>;" in note and "--undo-class-weights" in note
