@@ -121,6 +121,8 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     from tuneoff.training.session import cpu_has_native_bf16  # auto: bf16 where the CPU has it natively, else fp32
     assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
     assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
+    from tuneoff.core.provenance import tuneoff_commit, tuneoff_version  # the code that analysed it: re-exported later, it may read differently
+    assert f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}." in (tmp_path / "cite" / "tiny.md").read_text()
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
     assert "lora-s1" in out and "done" in out

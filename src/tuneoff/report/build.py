@@ -30,6 +30,7 @@ from tuneoff.analysis.verdict import analyse
 from tuneoff.config import RunConfig, format_validation_error
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, markdown_text, safe_name
+from tuneoff.core.provenance import tuneoff_commit, tuneoff_version
 from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
@@ -90,7 +91,11 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     out = results / safe_name(study) / "report"
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, verdicts)
-    md = [f"# Study {markdown_text(study)}", "", sections.how_to_read_md(settings), ""]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
+    analysed_by = f"tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}"
+    md = [f"# Study {markdown_text(study)}", "", f"Analysed {stamp} by {analysed_by}.", "",
+          sections.how_to_read_md(settings), ""]
     by_size = size_table(verdicts)
     if len(by_size):
         md += [f"## {sections.data_size_title(by_size)}", "", sections.data_size_note(by_size), ""]
@@ -153,9 +158,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                      "above):</p><pre>" + html.escape("\n".join(commands)) + "</pre>" if commands else "")
                   + f"<p class='note'>The spec as run:</p><pre>{html.escape(spec_yaml)}</pre>"))
     device = conditions[0].runs[0]["device"]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sub = (f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "
-           f"{len(failed)} failed · device: {device} · {stamp}")
+           f"{len(failed)} failed · device: {device} · analysed {stamp} by {analysed_by}")
     atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
     return out / "report.html", verdicts, tuning
 
