@@ -97,7 +97,7 @@ def toy_csv(tmp_path_factory):
 def crashing_env(crash_at: str | None = None, **extra: str) -> dict[str, str]:
     """This process's environment for a child that dies (SIGKILL) at ``crash_at``; without it, one that never does.
     TUNEOFF_CRASH_ONCE is always dropped: inherited from a Ray test's driver, it would disarm the crash."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TUNEOFF_CRASH_AT", "TUNEOFF_CRASH_ONCE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNEOFF_CRASH_AT", "TUNEOFF_CRASH_ONCE", "TUNEOFF_CRASH_SIGNAL")}
     return {**env, **({"TUNEOFF_CRASH_AT": crash_at} if crash_at else {}), **extra}
 
 

@@ -147,8 +147,8 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_workers_die_with_a_killed_driver(tiny_bert, toy_csv, tmp_path):
-    """`kill <driver>` (SIGTERM) or SIGKILL to the driver alone, not its process group: its packed workers must not
-    train on, orphaned, into the study's directory."""
+    """SIGKILL to the driver alone, not its process group (a driver that cannot clean up): its packed workers must not
+    train on, orphaned, into the study's directory. (SIGTERM asks the study to stop: the test below.)"""
     path = write_study(tmp_path, tiny_bert, toy_csv, "orphans", variants=VARIANTS, train={"epochs": 50}, seeds=[1, 2])
     env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
@@ -214,3 +214,41 @@ def test_a_run_pins_every_thread_of_its_worker_and_the_core_sets_never_overlap(m
         stop.set()
         worker.join()
         packing._pin(before)  # every thread of the test process back where it was
+
+
+@pytest.mark.slow
+def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_resumes(tiny_bert, toy_csv, tmp_path):
+    """`kill <driver>` (SIGTERM to the driver alone, as a scheduler's time limit or a user would): it starts no new run,
+    forwards the request to its workers, whose runs save a checkpoint where they are; the study exits 143 saying how
+    to continue, the stopped runs pending (not failed), and --resume finishes the study."""
+    path = write_study(tmp_path, tiny_bert, toy_csv, "stopped", variants=VARIANTS, train={"epochs": 30}, seeds=[1, 2])
+    env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    runs = tmp_path / "r" / "stopped" / "runs"
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(runs.glob(".*.tmp/checkpoints/step-*"))) < 2:  # both runs in flight have trained an epoch
+            assert proc.poll() is None and time.monotonic() < deadline, "the study ended before it could be stopped"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
+    rows = _finished(tmp_path / "r", "stopped")
+    stopped = {k: r for k, r in rows.items() if r["error"] and "stopped by SIGTERM at step" in r["error"]}
+    assert len(stopped) == 2 and {r["status"] for r in rows.values()} == {"pending"}, {k: r["status"] for k, r in rows.items()}
+    for run_id, row in stopped.items():
+        step = int(row["error"].split("at step ")[1].split()[0])
+        newest = sorted((runs / f".{run_id}.tmp" / "checkpoints").glob("step-*"))[-1]
+        assert newest.name == f"step-{step:07d}", "saved where it stopped"
+    resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _finished(tmp_path / "r", "stopped")
+    assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"done"}
+    for run_id in stopped:
+        assert json.loads(rows[run_id]["resources"])["resumed_from_step"].startswith("step-")

@@ -29,8 +29,9 @@ RESUMABLE = {"train.epochs": 3, "train.checkpoint_every": 2, "train.eval_every":
              "method.dropout": 0.2, "train.batch_size": 40}
 
 
-def cli_train(model, data, out, crash_at=None, resume=False):
-    env = crashing_env(crash_at, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+def cli_train(model, data, out, crash_at=None, resume=False, **env_extra):
+    env = crashing_env(crash_at, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+                       **env_extra)
     args = [sys.executable, "-m", "tuneoff", "train", "--no-progress", *tiny_overrides(model, data, out, **RESUMABLE)]
     return subprocess.run(args + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 
@@ -72,6 +73,74 @@ def test_sigkill_then_resume_equals_uninterrupted(crash_at, reference, tiny_bert
         assert json.loads(a)["val_accuracy"] == json.loads(b)["val_accuracy"]
     assert json.loads((run / "resources.json").read_text())["resumed_from_step"].startswith("step-")
     assert not (run / "checkpoints").exists() and not list(tmp_path.glob(".*")), "published without checkpoints"
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+    info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
+    assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
+    assert [json.loads(h)["val_accuracy"] for h in (run / "history.jsonl").read_text().splitlines()] == [
+        json.loads(h)["val_accuracy"] for h in (reference / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_run_at_its_step_with_a_checkpoint_and_resume_equals_uninterrupted(
+        signal_name, reference, tiny_bert, toy_csv, tmp_path):
+    """SIGTERM (a scheduler's time limit, `kill`) or Ctrl-C at step 5, between the checkpoints every 2 steps: the run
+    saves one at step 5 (not back at 4), says so and exits 128 + the signal; --resume then equals an uninterrupted run."""
+    stopped = cli_train(tiny_bert, toy_csv, tmp_path, crash_at="step:5", TUNEOFF_CRASH_SIGNAL=signal_name)
+    assert stopped.returncode == 128 + getattr(signal, signal_name), stopped.stderr
+    assert f"stopped by {signal_name} at step 5 of 15" in " ".join(stopped.stderr.split()) and "--resume" in stopped.stderr
+    (work,) = list(tmp_path.iterdir())
+    assert sorted(p.name for p in (work / "checkpoints").iterdir())[-1] == "step-0000005"
+    assert not (work / "failed.json").exists(), "stopped on request is not a failure"
+    resumed = cli_train(tiny_bert, toy_csv, tmp_path, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    run = finished_run(tmp_path)
+    assert json.loads((run / "resources.json").read_text())["resumed_from_step"] == "step-0000005"
+    assert_same_run(run, reference)
+
+
+def test_in_a_notebook_an_interrupt_stops_the_run_and_the_next_call_is_not_stopped_by_it(tiny_bert, toy_csv, tmp_path):
+    """The Python API in-process (a notebook's *interrupt* is SIGINT): RunStopped with the checkpoint kept, the
+    previous handlers back afterwards, and the request does not outlive the call: --resume trains to the end."""
+    from tuneoff.core.errors import Stopped
+    from tuneoff.training import stop
+
+    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE))
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt(step, metrics):
+        if step == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Stopped, match="stopped by SIGINT at step 8 of 15") as stopped:
+        train(cfg, progress=False, run_id="nb", on_evaluate=interrupt)
+    assert isinstance(stopped.value, stop.RunStopped) and stopped.value.signal_name == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is not stop.request
+    assert (tmp_path / ".nb.tmp" / "checkpoints" / "step-0000008").is_dir()
+    result = train(cfg, progress=False, run_id="nb", resume=True)
+    assert json.loads((result.run_dir / "resources.json").read_text())["resumed_from_step"] == "step-0000008"
+    steps = [json.loads(h)["step"] for h in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert steps == [4, 5, 8, 10, 12, 15], "every 4 steps and at epoch ends, step 8's once"
+
+
+def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_or_a_workers_sigint_never_does(monkeypatch):
+    from tuneoff.training import stop
+
+    monkeypatch.setitem(stop._state, "requested", None)
+    monkeypatch.setitem(stop._state, "worker", False)
+    stop.request(signal.SIGTERM)
+    stop.request(signal.SIGTERM)  # a driver forwarding what the process group already got
+    assert stop.requested() == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        stop.request(signal.SIGINT)
+    monkeypatch.setitem(stop._state, "worker", True)
+    stop.request(signal.SIGINT)
+    assert stop.requested() == "SIGINT"
 
 
 def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):

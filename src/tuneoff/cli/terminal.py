@@ -7,6 +7,7 @@ import functools
 import json
 import platform
 import shlex
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuneoff.core.errors import TuneoffError
+from tuneoff.core.errors import Stopped, TuneoffError
 
 _VERBOSITY = {"level": 0}
 
@@ -47,6 +48,10 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Stopped as exc:  # asked to stop: not an error, and the shell learns which signal it was
+            Console(stderr=True).print(f"[bold yellow]stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            number = getattr(signal.Signals, exc.signal_name or "", signal.SIGTERM)
+            raise typer.Exit(128 + int(number)) from None
         except TuneoffError as exc:
             Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -222,11 +222,15 @@ class Store:
         self.mark_done(SINGLE_RUNS, run_dir.name, run_dir, metrics, resources, run_info)
 
     def record(self, study: str, outcome) -> None:
-        """How a run of the study ended (an executor's Outcome: done, pruned or failed)."""
+        """How a run of the study ended (an executor's Outcome: done, pruned, failed, or stopped on request)."""
         if outcome.status == "done":
             self.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
         elif outcome.status == "pruned":
             self.mark_pruned(study, outcome.run_id, outcome.error or "", outcome.metrics)
+        elif outcome.status == "stopped":  # not failed: the next --resume continues it from its checkpoint
+            with self.transaction() as db:
+                db.execute("UPDATE runs SET status='pending', error=? WHERE study=? AND run_id=?",
+                           (outcome.error, study, outcome.run_id))
         else:
             self.mark_failed(study, outcome.run_id, outcome.error or "")
 

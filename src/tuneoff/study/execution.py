@@ -4,6 +4,7 @@ executor; a failed run is recorded and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -30,6 +31,7 @@ from tuneoff.study.spec import (
     require_hub,
     study_dir,
 )
+from tuneoff.training import stop
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,8 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
     except BaseException:
         executor.close()
         raise
-    try:
+    # SIGTERM or Ctrl-C: no run starts, the runs in flight save a checkpoint where they are (training.stop)
+    with stop.on_signals(), _closing(executor, store, lock):
         if spec.search is not None:
             bases = {r.variant: r.config for r in expand(spec) if r.seed == spec.seeds[0]}
             run_search(spec, bases, store, directory, Path(results), executor)
@@ -136,11 +139,17 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             for run in finals:
                 store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
             _run_phase(spec, store, directory, executor, finals, conds)
+    return directory
+
+
+@contextlib.contextmanager
+def _closing(executor, store: Store, lock):
+    try:
+        yield
     finally:
         executor.close()
         store.close()
         lock.close()
-    return directory
 
 
 def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list,

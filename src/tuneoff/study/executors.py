@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 from tuneoff.config import RunConfig
-from tuneoff.core.errors import TuneoffError
+from tuneoff.core.errors import Stopped, TuneoffError
 from tuneoff.core.files import read_json
 from tuneoff.core.logs import RUN_LOG
+from tuneoff.training import stop
 from tuneoff.training.launcher import (
     launch_command,
     tied_to_this_process,
@@ -52,7 +53,7 @@ class Job:
 @dataclass
 class Outcome:
     run_id: str
-    status: str  # done | failed | pruned
+    status: str  # done | failed | pruned | stopped (asked to by a signal: its checkpoint kept, --resume continues it)
     run_dir: str | None = None
     metrics: dict | None = None
     resources: dict | None = None
@@ -80,6 +81,7 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     With ``processes`` > 1 the run trains data-parallel in that many processes started with ``accelerate launch``
     (see worker.py); they run this same function."""
     from tuneoff.training.retry import train_with_oom_retry
+    from tuneoff.training.stop import RunStopped
 
     run_dir = Path(job.config.output_dir) / job.run_id
     if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
@@ -91,6 +93,8 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     try:
         result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True,
                                       on_evaluate=on_evaluate)
+    except RunStopped as exc:
+        return Outcome(job.run_id, "stopped", error=str(exc), seconds=time.perf_counter() - t0)
     except TuneoffError as exc:
         return Outcome(job.run_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - a pruned trial, a bug or a library error: recorded, the study goes on
@@ -113,7 +117,7 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
     # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective
     # ("connection reset by peer") and process 0 may report that failure. Only a clean exit (or a finished run) is
     # the run's own outcome; anything else is a dead process, retried like a dead worker.
-    if outcome is not None and (done.returncode == 0 or outcome.status == "done"):
+    if outcome is not None and (done.returncode == 0 or outcome.status in ("done", "stopped")):
         outcome.seconds = time.perf_counter() - t0
         return outcome
     tail = "\n".join(done.stdout.strip().splitlines()[-15:])
@@ -150,6 +154,10 @@ class LocalExecutor:
             return job, run_job(job, self.progress, self.processes)
         except RunProcessesDied as exc:  # no retries here: recorded as failed, `--resume` continues its checkpoint
             return job, Outcome(job.run_id, "failed", error=str(exc))
+
+    def stop(self) -> None:
+        """The run in flight here stops itself (its process got the signal); nothing queued starts."""
+        self.queue.clear()
 
     def close(self) -> None:
         pass
@@ -209,6 +217,11 @@ class RayExecutor:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return job, Outcome(job.run_id, "failed", error=f"Ray task failed after {self.max_retries} retries: {first}")
 
+    def stop(self) -> None:
+        """Ray interrupts each run in flight (KeyboardInterrupt in its task): it resumes from its last checkpoint."""
+        for ref in self.inflight:
+            self.ray.cancel(ref, force=False)
+
     def close(self) -> None:
         for ref in self.inflight:
             self.ray.cancel(ref, force=True)
@@ -249,8 +262,14 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
     so an estimate read during the trials is the study's, not the phase's."""
     started, finished, durations = time.perf_counter(), 0, []
     jobs = iter(jobs)
-    exhausted = False
+    exhausted = stopping = False
+    kept = 0
     while True:
+        if not stopping and stop.requested():
+            stopping = exhausted = True
+            log.warning(f"{stop.requested()}: stopping; no run starts, and the {executor.pending} in flight save a "
+                        "checkpoint where they are")
+            executor.stop()
         while not exhausted and executor.pending < executor.slots:
             job = next(jobs, None)
             if job is None:
@@ -260,8 +279,9 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
                 before_submit(job)
             executor.submit(job)
         if executor.pending == 0:
-            return
+            break
         job, outcome = executor.next_done()
+        kept += outcome.status == "stopped"
         finished += 1
         durations.append(outcome.seconds)
         wall = time.perf_counter() - started
@@ -273,6 +293,10 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         where = f" on {outcome.host}" if executor.name != "local" else ""
         log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
         on_outcome(job, outcome)
+    if stopping:
+        raise Stopped(f"Stopped by {stop.requested()}: {finished - kept} run(s) ended before it, {kept} saved where "
+                      f"they stopped and {total - finished} not started. Run the same command with --resume to continue: "
+                      "finished runs are kept, stopped ones continue from their checkpoints.", stop.requested())
 
 
 def describe(outcome) -> str:

@@ -20,16 +20,19 @@ each peak is that run's alone, for the library imports paid again per run (not b
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import warnings
 from concurrent.futures.process import BrokenProcessPool
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.study.executors import Job, LocalExecutor, Outcome, RayExecutor, run_job
+from tuneoff.training import stop
 from tuneoff.training.launcher import check_processes, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ def _init_worker(threads: int, level: int) -> None:
     the driver's: a driver stopped by a signal it cannot clean up after (``kill``, SIGKILL, an out of memory kill)
     would otherwise leave its workers training on, orphaned, writing into the study beside the next ``--resume``."""
     die_with_parent()
+    stop.in_worker()  # SIGTERM: the run saves a checkpoint and stops; Ctrl-C is the driver's to forward
     driver = multiprocessing.parent_process()
     if driver is not None and os.getppid() != driver.pid:  # the driver died before the tie was made
         os._exit(1)
@@ -125,7 +129,7 @@ class PackedExecutor:
     def __init__(self, parallel: int, threads: int, progress: bool = False, processes_per_run: int = 1,
                  isolate: bool = False):
         self.slots, self.threads, self.progress, self.processes = parallel, threads, progress, processes_per_run
-        self.isolate = isolate
+        self.isolate, self.stopping = isolate, False
         self.inflight: dict[cf.Future, tuple[Job, set[int] | None]] = {}
         cores = cpu_cores()  # consecutive cores per run, when every run can have its own
         fits = threads * parallel <= len(cores)
@@ -149,7 +153,11 @@ class PackedExecutor:
         return len(self.inflight)
 
     def next_done(self) -> tuple[Job, Outcome]:
-        done, _ = cf.wait(list(self.inflight), return_when=cf.FIRST_COMPLETED)
+        done = set()
+        while not done:  # a signal the driver alone got (`kill <pid>`) reaches the workers within a second
+            done, _ = cf.wait(list(self.inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+            if stop.requested() and not self.stopping:
+                self.stop()
         future = next(iter(done))
         job, cores = self.inflight.pop(future)
         if cores is not None:
@@ -157,6 +165,9 @@ class PackedExecutor:
         try:
             return job, future.result()
         except BrokenProcessPool:  # a worker was killed (out of memory, a signal): its run resumes from its checkpoint
+            if self.stopping:  # the others are stopping too: none starts again
+                return job, Outcome(job.run_id, "failed", error="its worker process died while the study stopped; "
+                                    "`--resume` continues it from its last checkpoint")
             self.pool.shutdown(wait=False, cancel_futures=True)
             lost = list(self.inflight.values())
             self.inflight.clear()
@@ -169,6 +180,13 @@ class PackedExecutor:
                                 "`--resume` continues it from its last checkpoint")
         except Exception as exc:  # noqa: BLE001 - run_job reports its own failures; this is the pool's (pickling, ...)
             return job, Outcome(job.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        """SIGTERM to every worker: each run in flight saves a checkpoint at its next step and comes back stopped."""
+        self.stopping = True
+        for worker in multiprocessing.active_children():  # this driver's children: the pool's workers
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGTERM)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -216,6 +216,8 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
     def on_outcome(job: Job, outcome) -> None:
         store.record(spec.name, outcome)
         variant, trial = asked.pop(job.run_id)
+        if outcome.status == "stopped":  # left running: --resume asks it again, same parameters, from its checkpoint
+            return
         study = studies[variant]
         if outcome.status == "done":
             value = lookup(search.metric, outcome.metrics, outcome.resources)

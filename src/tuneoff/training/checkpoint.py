@@ -68,9 +68,10 @@ class LoopState:
 
 
 def crash_point(name: str, step: int) -> None:
-    """Fault injection for the crash tests: ``TUNEOFF_CRASH_AT=checkpoint:6`` kills the process (SIGKILL) there.
-    With ``TUNEOFF_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a retried
-    run gets past the point."""
+    """Fault injection for the crash tests: ``TUNEOFF_CRASH_AT=checkpoint:6`` kills the process (SIGKILL) there;
+    ``TUNEOFF_CRASH_SIGNAL=SIGTERM`` sends that signal instead (a request to stop, ``training.stop``). With
+    ``TUNEOFF_CRASH_ONCE=<file>`` only the first process to get there dies (it creates the file), so a retried run
+    gets past the point."""
     if os.environ.get("TUNEOFF_CRASH_AT") != f"{name}:{step}":
         return
     once = os.environ.get("TUNEOFF_CRASH_ONCE")
@@ -79,7 +80,7 @@ def crash_point(name: str, step: int) -> None:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal.Signals, os.environ.get("TUNEOFF_CRASH_SIGNAL", "SIGKILL")))
 
 
 def _fsync_dir(path: Path) -> None:

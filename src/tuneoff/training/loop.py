@@ -34,7 +34,7 @@ from tuneoff.data.augment import augmented_copies
 from tuneoff.data.batches import encode, train_loader, train_order
 from tuneoff.data.batches import micro_batches as micro_batches_of
 from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
-from tuneoff.training import checkpoint, convergence, guards, serving
+from tuneoff.training import checkpoint, convergence, guards, serving, stop
 from tuneoff.training.evaluate import compute_metrics, predict_logits
 from tuneoff.training.launcher import on_main_process, open_run_directory
 from tuneoff.training.loss import training_loss
@@ -83,7 +83,7 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
     s = prepare(cfg)
     run = open_run_directory(s.cfg, run_id or new_run_id(cfg.name, cfg.model.name, s.corpus.name, s.method.name),
                              resume, run_id is None, s.accelerator)
-    with run_log(run.path, s.rank):
+    with run_log(run.path, s.rank), stop.on_signals():
         return _run(s, run, resume, progress, on_evaluate)
 
 
@@ -97,6 +97,11 @@ def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluat
     try:
         loop(s, run, p, on_evaluate)
         return finish(s, run, p)
+    except stop.RunStopped as exc:  # not a failure: the run continues with --resume
+        log.warning("%s", exc)
+        p.trackers.abort()
+        p.bar.close()
+        raise
     except TuneoffError as exc:
         log.error("stopped: %s", exc)
         p.trackers.abort()
@@ -252,11 +257,35 @@ def _after_step(s: Session, run: RunDirectory, p: Progress, epoch_end: bool, on_
     if epoch_end:
         state.epoch, state.batch = state.epoch + 1, 0
     if should_save:
-        p.speed.pause()
-        state.samples, state.tokens, state.train_seconds = p.speed.samples, p.speed.tokens, p.speed.seconds
-        checkpoint.save(run.path, s.named, p.best, s.optimizer, s.scheduler, s.accelerator.scaler, state,
-                        tc.keep_checkpoints, s.rank, s.accelerator.wait_for_everyone, s.geometry)
-        p.speed.resume()
+        _save(s, run, p)
+    synced = state.step % 10 == 0 or should_eval or should_save
+    if _stop_requested(s, synced):
+        if tc.checkpoints and not should_save:
+            _save(s, run, p)
+        where = (f"its checkpoint at this step is in {run.path / checkpoint.CHECKPOINTS}; the same command with --resume "
+                 "continues it from there" if tc.checkpoints else "train.checkpoints is off, so --resume starts it again")
+        raise stop.RunStopped(f"Run {run.run_id} stopped by {stop.requested()} at step {state.step} of "
+                              f"{s.total_steps}: {where}.", stop.requested())
+
+
+def _save(s: Session, run: RunDirectory, p: Progress) -> None:
+    p.speed.pause()
+    state = p.state
+    state.samples, state.tokens, state.train_seconds = p.speed.samples, p.speed.tokens, p.speed.seconds
+    checkpoint.save(run.path, s.named, p.best, s.optimizer, s.scheduler, s.accelerator.scaler, state,
+                    s.tc.keep_checkpoints, s.rank, s.accelerator.wait_for_everyone, s.geometry)
+    p.speed.resume()
+
+
+def _stop_requested(s: Session, synced: bool) -> bool:
+    """A signal asked to stop (``training.stop``). Several processes must stop at the same step (their collectives
+    would hang otherwise): they agree at the steps where they synchronise anyway, each one's request summed."""
+    if s.world == 1:
+        return stop.requested() is not None
+    if not synced:
+        return False
+    asked = torch.tensor(int(stop.requested() is not None), device=s.device)
+    return bool(s.accelerator.reduce(asked, "sum") > 0)
 
 
 def _check_finite(s: Session, p: Progress) -> None:
