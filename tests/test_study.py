@@ -158,9 +158,18 @@ def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_
     assert not (runs / "h-s2").exists()
     db = sqlite3.connect(results / "tuneoff.sqlite")
     assert db.execute("SELECT status, metrics FROM runs WHERE run_id='h-s2'").fetchone() == ("pending", None)
+    # Read before it is trained again, the study says it is not finished, in the report and in an exported result.
+    partial = runner.invoke(app, ["report", str(results / "tiny"), "--export", str(tmp_path / "cite")])
+    assert partial.exit_code == 0, partial.output
+    assert ("**Not finished**: 1 planned run(s) of this study have not finished (0 running or interrupted, 1 still to "
+            "run). The verdict reads only the finished runs") in (results / "tiny" / "report" / "summary.md").read_text()
+    assert "<h2>Not finished</h2>" in (results / "tiny" / "report" / "report.html").read_text()
+    assert "; **incomplete**: 1 planned run(s) not finished\n" in (tmp_path / "cite" / "tiny.md").read_text()
     started = {r: (runs / r / "run.json").stat().st_mtime for r in ("h-s1", "h-tune0", "h-tune1")}
     again = runner.invoke(app, ["run", str(spec_path), "--results", str(results), "--resume"])
     assert again.exit_code == 0, again.output
+    assert runner.invoke(app, ["report", str(results / "tiny")]).exit_code == 0
+    assert "Not finished" not in (results / "tiny" / "report" / "summary.md").read_text()
     assert db.execute("SELECT status FROM runs WHERE run_id='h-s2'").fetchone() == ("done",)
     assert (runs / "h-s2" / "config.yaml").read_text() == config, "the same config, its tuned learning rate included"
     assert json.loads((runs / "h-s2" / "metrics.json").read_text())["test"]["accuracy"] == before["test"]["accuracy"]

@@ -76,6 +76,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         spec_yaml = known["spec_yaml"]
         conditions = analysis.load_conditions(store, study)
         failed = store.runs(study, "failed")
+        unfinished = sections.unfinished_note([r for r in store.runs(study) if r["status"] in ("pending", "running")])
         tuning = tuning_trials(store.runs(study, phase="tune"))
         search, trials = _search_of(spec_yaml), None
         if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
@@ -95,7 +96,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
     analysed_by = f"tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}"
     md = [f"# Study {markdown_text(study)}", "", f"Analysed {stamp} by {analysed_by}.", "",
-          sections.how_to_read_md(settings), ""]
+          *([unfinished, ""] if unfinished else []), sections.how_to_read_md(settings), ""]
     by_size = size_table(verdicts)
     if len(by_size):
         md += [f"## {sections.data_size_title(by_size)}", "", sections.data_size_note(by_size), ""]
@@ -137,7 +138,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                "comparison above uses each variant's best feasible trial.", "", _md_table(trials)]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
-    parts = [("How to read this report", sections.how_to_read(settings))]
+    parts = [("Not finished", f"<div class='head'><p>{sections.md_inline(unfinished)}</p></div>")] if unfinished else []
+    parts.append(("How to read this report", sections.how_to_read(settings)))
     if len(by_size):
         parts.append((sections.data_size_title(by_size), sections.data_size_html(by_size)))
     for v in verdicts:
@@ -308,6 +310,7 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     try:
         rows = store.runs(study, "done")
         pruned = len(store.runs(study, "pruned"))
+        unfinished = sum(r["status"] in ("pending", "running") for r in store.runs(study))
     finally:
         store.close()
     trials = sum(r["phase"] == "tune" for r in rows)
@@ -323,7 +326,8 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
     header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
               f"# Result: study {markdown_text(study)}", "", *_spec_lines(results / safe_name(study) / "study.yaml"),
               f"- runs: {len(rows) - trials} compared" + (f", after {trials + pruned} learning-rate trials ({pruned} pruned)"
-                                                          if trials + pruned else "") + f", {started} to {finished} (UTC)",
+                                                          if trials + pruned else "") + f", {started} to {finished} (UTC)"
+              + (f"; **incomplete**: {unfinished} planned run(s) not finished" if unfinished else ""),
               "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
               f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
               f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}"

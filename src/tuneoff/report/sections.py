@@ -16,6 +16,7 @@ from tuneoff.analysis.sentences import LABELS
 from tuneoff.data.inspection import summary_rows
 from tuneoff.report import plots
 from tuneoff.report.plots import plot_lengths
+from tuneoff.study.protocol import PHASE_TUNE
 
 QUALITY = ["condition", "method", "seeds", "lr", "converged_runs", "accuracy", "accuracy_std", "accuracy_per_seed",
            "accuracy_ci_low", "accuracy_ci_high", "val_accuracy", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "ece",
@@ -181,6 +182,20 @@ def group_html(v) -> str:
             img(plots.plot_reliability(shown, colors))]
     out.append(mistakes_html(order, shown, colors))
     return "".join(out)
+
+
+def unfinished_note(rows) -> str:
+    """A study read before it finished (stopped, interrupted, or still running): the verdict covers only the runs that
+    have, and may change. ``rows``: the study's pending and running runs."""
+    if not rows:
+        return ""
+    running = sum(r["status"] == "running" for r in rows)
+    trials = sum(r["phase"] == PHASE_TUNE for r in rows)
+    return (f"**Not finished**: {len(rows)} planned run(s) of this study have not finished ({running} running or interrupted, "
+            f"{len(rows) - running} still to run" + (f"; {trials} of them tuning trials, whose conditions' seeds are "
+                                                     "planned once they end" if trials else "")
+            + "). The verdict reads only the finished runs and may change; `tuneoff run <study file> --resume` "
+            "continues the study.")
 
 
 def weighted_note(conditions) -> str:
