@@ -220,3 +220,27 @@ def test_a_run_s_processes_die_with_the_worker_that_started_them(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the run's process outlived the worker that started it")
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tiny_bert, split_files, tmp_path):
+    """SIGTERM reaches only the process that first gets to step 3: both stop at the next step where they synchronise
+    (step 6, an evaluation), with one checkpoint there, and --resume equals the uninterrupted run."""
+    args = ["--num-processes", "2", *overrides(tiny_bert, split_files, tmp_path / "ref", "r", 8)]
+    ref = run_tuneoff(args)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    stop_args = [a.replace(str(tmp_path / "ref"), str(tmp_path / "stop")) for a in args]
+    stopped = run_tuneoff(stop_args, {"TUNEOFF_CRASH_AT": "step:3", "TUNEOFF_CRASH_SIGNAL": "SIGTERM",
+                                      "TUNEOFF_CRASH_ONCE": str(tmp_path / "once")})
+    assert stopped.returncode != 0 and (tmp_path / "once").exists()
+    text = " ".join((stopped.stdout + stopped.stderr).split())
+    assert "stopped by SIGTERM at step 6 of 18" in text and "stopped by a signal to another of its processes at step 6" in text
+    [unfinished] = (tmp_path / "stop").iterdir()
+    assert sorted(p.name for p in (unfinished / "checkpoints").iterdir()) == ["step-0000006"]
+    resumed = run_tuneoff([*stop_args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref_dir, res_dir = the_run(tmp_path / "ref"), the_run(tmp_path / "stop")
+    w_ref = load_file(ref_dir / "model" / "adapter_model.safetensors")
+    w_res = load_file(res_dir / "model" / "adapter_model.safetensors")
+    for k in w_ref:
+        np.testing.assert_allclose(w_res[k].numpy(), w_ref[k].numpy(), atol=1e-6, err_msg=k)

@@ -81,7 +81,6 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     With ``processes`` > 1 the run trains data-parallel in that many processes started with ``accelerate launch``
     (see worker.py); they run this same function."""
     from tuneoff.training.retry import train_with_oom_retry
-    from tuneoff.training.stop import RunStopped
 
     run_dir = Path(job.config.output_dir) / job.run_id
     if (run_dir / "run.json").is_file():  # finished by an earlier attempt that died before reporting back
@@ -93,7 +92,7 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     try:
         result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True,
                                       on_evaluate=on_evaluate)
-    except RunStopped as exc:
+    except stop.RunStopped as exc:
         return Outcome(job.run_id, "stopped", error=str(exc), seconds=time.perf_counter() - t0)
     except TuneoffError as exc:
         return Outcome(job.run_id, "failed", error=str(exc), seconds=time.perf_counter() - t0)

@@ -258,14 +258,14 @@ def _after_step(s: Session, run: RunDirectory, p: Progress, epoch_end: bool, on_
         state.epoch, state.batch = state.epoch + 1, 0
     if should_save:
         _save(s, run, p)
-    synced = state.step % 10 == 0 or should_eval or should_save
-    if _stop_requested(s, synced):
+    if stop.agreed(s.accelerator, s.world, s.device, synced=state.step % 10 == 0 or should_eval or should_save):
         if tc.checkpoints and not should_save:
             _save(s, run, p)
         where = (f"its checkpoint at this step is in {run.path / checkpoint.CHECKPOINTS}; the same command with --resume "
                  "continues it from there" if tc.checkpoints else "train.checkpoints is off, so --resume starts it again")
-        raise stop.RunStopped(f"Run {run.run_id} stopped by {stop.requested()} at step {state.step} of "
-                              f"{s.total_steps}: {where}.", stop.requested())
+        asked = stop.requested() or "a signal to another of its processes"
+        raise stop.RunStopped(f"Run {run.run_id} stopped by {asked} at step {state.step} of {s.total_steps}: {where}.",
+                              stop.requested())
 
 
 def _save(s: Session, run: RunDirectory, p: Progress) -> None:
@@ -275,17 +275,6 @@ def _save(s: Session, run: RunDirectory, p: Progress) -> None:
     checkpoint.save(run.path, s.named, p.best, s.optimizer, s.scheduler, s.accelerator.scaler, state,
                     s.tc.keep_checkpoints, s.rank, s.accelerator.wait_for_everyone, s.geometry)
     p.speed.resume()
-
-
-def _stop_requested(s: Session, synced: bool) -> bool:
-    """A signal asked to stop (``training.stop``). Several processes must stop at the same step (their collectives
-    would hang otherwise): they agree at the steps where they synchronise anyway, each one's request summed."""
-    if s.world == 1:
-        return stop.requested() is not None
-    if not synced:
-        return False
-    asked = torch.tensor(int(stop.requested() is not None), device=s.device)
-    return bool(s.accelerator.reduce(asked, "sum") > 0)
 
 
 def _check_finite(s: Session, p: Progress) -> None:

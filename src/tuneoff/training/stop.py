@@ -63,6 +63,20 @@ def on_signals():
             signal.signal(s, handler)
 
 
+def agreed(accelerator, world: int, device, synced: bool) -> bool:
+    """Whether the run stops after this optimizer step. Several processes must stop at the same step (their
+    collectives would hang otherwise): they agree at the steps where they synchronise anyway (``synced``), each
+    one's request summed over them."""
+    if world == 1:
+        return requested() is not None
+    if not synced:
+        return False
+    import torch
+
+    asked = torch.tensor(int(requested() is not None), device=device)
+    return bool(accelerator.reduce(asked, "sum") > 0)
+
+
 def in_worker() -> None:
     """A study worker process: SIGTERM requests the stop for as long as it lives, SIGINT is left to the driver."""
     _state["worker"] = True
