@@ -107,7 +107,7 @@ def test_a_signal_stops_the_run_at_its_step_with_a_checkpoint_and_resume_equals_
 def test_in_a_notebook_an_interrupt_stops_the_run_and_the_next_call_is_not_stopped_by_it(tiny_bert, toy_csv, tmp_path):
     """The Python API in-process (a notebook's *interrupt* is SIGINT): RunStopped with the checkpoint kept, the
     previous handlers back afterwards, and the request does not outlive the call: --resume trains to the end."""
-    from tuneoff.core.errors import Stopped
+    import tuneoff
     from tuneoff.training import stop
 
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE))
@@ -117,7 +117,7 @@ def test_in_a_notebook_an_interrupt_stops_the_run_and_the_next_call_is_not_stopp
         if step == 8:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(Stopped, match="stopped by SIGINT at step 8 of 15") as stopped:
+    with pytest.raises(tuneoff.Stopped, match="stopped by SIGINT at step 8 of 15") as stopped:
         train(cfg, progress=False, run_id="nb", on_evaluate=interrupt)
     assert isinstance(stopped.value, stop.RunStopped) and stopped.value.signal_name == "SIGINT"
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is not stop.request

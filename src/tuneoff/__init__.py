@@ -9,14 +9,14 @@ from tuneoff.core.provenance import VERSION
 
 __version__ = VERSION
 
-__all__ = ["Run", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "run_study", "train"]
+__all__ = ["Run", "Stopped", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "run_study", "train"]
 
 
 def __getattr__(name: str):
-    if name == "TuneoffError":
-        from tuneoff.core.errors import TuneoffError
+    if name in ("TuneoffError", "Stopped"):
+        from tuneoff.core import errors
 
-        return TuneoffError
+        return getattr(errors, name)
     if name in __all__:
         from tuneoff import api
 
