@@ -129,6 +129,7 @@ def test_in_a_notebook_an_interrupt_stops_the_run_and_the_next_call_is_not_stopp
 
 
 def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_or_a_workers_sigint_never_does(monkeypatch):
+    """And the request lives as long as a study's worker does, but only as long as one call in the main process."""
     from tuneoff.training import stop
 
     monkeypatch.setitem(stop._state, "requested", None)
@@ -141,6 +142,11 @@ def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_or_a_workers_sigin
     monkeypatch.setitem(stop._state, "worker", True)
     stop.request(signal.SIGINT)
     assert stop.requested() == "SIGINT"
+    with stop.on_signals():  # a worker asked while it prepared its run: the run still stops
+        assert stop.requested() == "SIGINT" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    monkeypatch.setitem(stop._state, "worker", False)
+    with stop.on_signals():  # a new call in the main process starts without the last one's request
+        assert stop.requested() is None and signal.getsignal(signal.SIGTERM) is stop.request
 
 
 def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):

@@ -45,12 +45,11 @@ def request(signum: int, frame=None) -> None:
 @contextlib.contextmanager
 def on_signals():
     """SIGTERM and SIGINT request a stop while this is active (nested uses share one request; the outermost starts
-    with none and puts the previous handlers back)."""
+    with none, except in a study's worker, and puts the previous handlers back)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    outermost = _state["depth"] == 0
-    if outermost:
+    if _state["depth"] == 0 and not _state["worker"]:  # a worker's request may come while it prepares a run: kept
         _state["requested"] = None
     previous = {s: signal.signal(s, signal.SIG_IGN if s == signal.SIGINT and _state["worker"] else request)
                 for s in SIGNALS}
