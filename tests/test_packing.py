@@ -242,6 +242,9 @@ def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_re
     rows = _finished(tmp_path / "r", "stopped")
     stopped = {k: r for k, r in rows.items() if r["error"] and "stopped by SIGTERM at step" in r["error"]}
     assert len(stopped) == 2 and {r["status"] for r in rows.values()} == {"pending"}, {k: r["status"] for k, r in rows.items()}
+    listed = subprocess.run([sys.executable, "-m", "tuneoff", "runs", "list", "--results", str(tmp_path / "r")], env={
+        **env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120).stdout
+    assert listed.count("pending (stopped)") == 2, listed
     for run_id, row in stopped.items():
         step = int(row["error"].split("at step ")[1].split()[0])
         newest = sorted((runs / f".{run_id}.tmp" / "checkpoints").glob("step-*"))[-1]

@@ -39,7 +39,9 @@ def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None,
     for row in store.runs(study, status):
         m, r = loads(row, "metrics", {}) or {}, loads(row, "resources", {}) or {}
         accuracy = (m.get("test") or {}).get("accuracy")
-        table.add_row(row["study"], row["run_id"], row["status"], f"{accuracy:.4f}" if accuracy is not None else "",
+        # a pending run with a note was stopped on request (its checkpoint kept: the next --resume continues it)
+        state = "pending (stopped)" if row["status"] == "pending" and row["error"] else row["status"]
+        table.add_row(row["study"], row["run_id"], state, f"{accuracy:.4f}" if accuracy is not None else "",
                       f"{r['trainable_params']:,}" if "trainable_params" in r else "",
                       f"{r['train_seconds']:.0f}" if "train_seconds" in r else "")
     store.close()
