@@ -251,6 +251,7 @@ def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_re
         assert newest.name == f"step-{step:07d}", "saved where it stopped"
     resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "0 already done, 4 to run (2 stopped earlier continue from their checkpoints)" in resumed.stderr
     rows = _finished(tmp_path / "r", "stopped")
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"done"}
     for run_id in stopped:

@@ -158,11 +158,14 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
     runs planned once these trials have chosen their learning rates."""
     finished = {r["run_id"] for r in store.runs(spec.name) if r["status"] in ("done", "pruned")}
     todo = [r for r in runs if r.run_id not in finished]
+    stopped = {r["run_id"] for r in store.runs(spec.name, "pending") if r["error"]} & {r.run_id for r in todo}
     trials = sum(r.phase == protocol.PHASE_TUNE for r in runs)
     pinned = f", {len(runs) - trials} comparison runs" if len(runs) > trials else ""
     what = f"{len(runs)} runs" + (f" ({trials} tuning trials{pinned})" if trials else "")
     then = f"; then {later} comparison runs at the learning rates the trials choose" if later else ""
-    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run on {executor.name}{then}")
+    again = f" ({len(stopped)} stopped earlier continue from their checkpoints)" if stopped else ""
+    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run{again} on "
+             f"{executor.name}{then}")
     trials_of = {c.key: [t.run_id for t in c.trials] for c in conds if c.tuned}
     tune = spec.tune
 
