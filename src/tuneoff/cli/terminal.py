@@ -49,7 +49,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Stopped as exc:  # asked to stop: not an error, and the shell learns which signal it was
-            Console(stderr=True).print(f"[bold yellow]stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            Console(stderr=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
             number = getattr(signal.Signals, exc.signal_name or "", signal.SIGTERM)
             raise typer.Exit(128 + int(number)) from None
         except TuneoffError as exc:
