@@ -289,6 +289,8 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         if later:
             after = f"then about {pace * later:.0f} min for the {later} runs after {'them' if eta else 'these'}"
             eta = f"{eta} ({after})" if eta else f", {after}"
+        if stopping or outcome.status == "stopped":
+            eta = ""
         where = f" on {outcome.host}" if executor.name != "local" else ""
         log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
         on_outcome(job, outcome)
@@ -303,4 +305,6 @@ def describe(outcome) -> str:
         found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
         return (f"{found}validation accuracy {outcome.metrics['validation']['accuracy']:.4f}, test accuracy "
                 f"{outcome.metrics['test']['accuracy']:.4f}")
+    if outcome.status == "stopped":  # its message says so, and where its checkpoint is
+        return outcome.error or "stopped"
     return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"
