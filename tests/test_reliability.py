@@ -49,6 +49,17 @@ def reference(tiny_bert, toy_csv, tmp_path_factory):
     return finished_run(out)
 
 
+def assert_same_run(run: Path, reference: Path) -> None:
+    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
+    info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
+    assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
+    assert [json.loads(h)["val_accuracy"] for h in (run / "history.jsonl").read_text().splitlines()] == [
+        json.loads(h)["val_accuracy"] for h in (reference / "history.jsonl").read_text().splitlines()]
+
+
 # final:15 is a kill during the final evaluation, after model/ was saved once (the resume saves it again).
 @pytest.mark.parametrize("crash_at", ["step:5", "checkpoint:6", "eval:8", "step:14", "final:15"])
 def test_sigkill_then_resume_equals_uninterrupted(crash_at, reference, tiny_bert, toy_csv, tmp_path):
@@ -62,28 +73,9 @@ def test_sigkill_then_resume_equals_uninterrupted(crash_at, reference, tiny_bert
     resumed = cli_train(tiny_bert, toy_csv, tmp_path, resume=True)
     assert resumed.returncode == 0, resumed.stderr
     run = finished_run(tmp_path)
-    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
-    assert got.keys() == want.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
-    info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
-    assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
-    assert (run / "history.jsonl").read_text().count("\n") == (reference / "history.jsonl").read_text().count("\n")
-    for a, b in zip((run / "history.jsonl").read_text().splitlines(), (reference / "history.jsonl").read_text().splitlines()):
-        assert json.loads(a)["val_accuracy"] == json.loads(b)["val_accuracy"]
+    assert_same_run(run, reference)
     assert json.loads((run / "resources.json").read_text())["resumed_from_step"].startswith("step-")
     assert not (run / "checkpoints").exists() and not list(tmp_path.glob(".*")), "published without checkpoints"
-
-
-def assert_same_run(run: Path, reference: Path) -> None:
-    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
-    assert got.keys() == want.keys()
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
-    info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
-    assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
-    assert [json.loads(h)["val_accuracy"] for h in (run / "history.jsonl").read_text().splitlines()] == [
-        json.loads(h)["val_accuracy"] for h in (reference / "history.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
