@@ -256,3 +256,61 @@ def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_re
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"done"}
     for run_id in stopped:
         assert json.loads(rows[run_id]["resources"])["resumed_from_step"].startswith("step-")
+
+
+def test_a_stop_request_starts_no_run_and_names_what_ended_stopped_and_never_started(monkeypatch):
+    """drive() with an executor of two slots: the request comes while the first of two runs in flight ends; the
+    executor is told once, nothing more is submitted, and the study stops saying which is which."""
+    from types import SimpleNamespace
+
+    from tuneoff.core.errors import Stopped
+    from tuneoff.study.executors import Outcome, drive
+    from tuneoff.training import stop
+
+    monkeypatch.setitem(stop._state, "requested", None)
+
+    class Fake:
+        name, slots = "local", 2
+
+        def __init__(self):
+            self.inflight, self.submitted, self.told = [], [], 0
+
+        @property
+        def pending(self):
+            return len(self.inflight)
+
+        def submit(self, job):
+            self.inflight.append(job)
+            self.submitted.append(job.run_id)
+
+        def next_done(self):
+            job = self.inflight.pop(0)
+            if job.run_id == "r0":  # the first ends; the signal arrives after it
+                monkeypatch.setitem(stop._state, "requested", "SIGTERM")
+                return job, Outcome(job.run_id, "failed", error="boom")
+            return job, Outcome(job.run_id, "stopped" if self.told else "failed", error="stopped by SIGTERM at step 3")
+
+        def stop(self):
+            self.told += 1
+
+    executor, seen = Fake(), []
+    jobs = [SimpleNamespace(run_id=f"r{i}", config=SimpleNamespace(method=SimpleNamespace(name="lora"))) for i in range(5)]
+    with pytest.raises(Stopped, match=r"Stopped by SIGTERM: 1 run\(s\) ended before it, 1 saved where they stopped and "
+                                      r"3 not started") as stopped:
+        drive(executor, iter(jobs), len(jobs), lambda job, outcome: seen.append((job.run_id, outcome.status)))
+    assert stopped.value.signal_name == "SIGTERM" and executor.told == 1
+    assert executor.submitted == ["r0", "r1"], "r0's slot is not filled once the request came"
+    assert seen == [("r0", "failed"), ("r1", "stopped")]
+
+
+def test_ray_stops_its_runs_in_flight_without_force():
+    from types import SimpleNamespace
+
+    from tuneoff.study.executors import RayExecutor
+
+    cancelled = []
+    executor = RayExecutor.__new__(RayExecutor)  # no cluster: only what stop() touches
+    executor.ray = SimpleNamespace(cancel=lambda ref, force: cancelled.append((ref, force)))
+    executor.inflight = {"a": None, "b": None}
+    executor.stop()
+    assert cancelled == [("a", False), ("b", False)] and len(executor.inflight) == 2, "their outcomes still come back"
