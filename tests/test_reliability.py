@@ -136,6 +136,7 @@ def test_a_second_ctrl_c_stops_at_once_but_a_repeated_sigterm_or_a_workers_sigin
     assert stop.requested() == "SIGINT"
     with stop.on_signals():  # a worker asked while it prepared its run: the run still stops
         assert stop.requested() == "SIGINT" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert stop.requested() is None, "served: a worker someone signalled alone trains its next run"
     monkeypatch.setitem(stop._state, "worker", False)
     with stop.on_signals():  # a new call in the main process starts without the last one's request
         assert stop.requested() is None and signal.getsignal(signal.SIGTERM) is stop.request

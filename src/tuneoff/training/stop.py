@@ -45,7 +45,8 @@ def request(signum: int, frame=None) -> None:
 @contextlib.contextmanager
 def on_signals():
     """SIGTERM and SIGINT request a stop while this is active (nested uses share one request; the outermost starts
-    with none, except in a study's worker, and puts the previous handlers back)."""
+    with none and puts the previous handlers back). A study's worker keeps a request that came before its run began
+    (while it prepared the run) and forgets it once the run has ended."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -60,6 +61,8 @@ def on_signals():
         _state["depth"] -= 1
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if _state["worker"] and _state["depth"] == 0:  # served: a worker signalled alone trains its next run
+            _state["requested"] = None
 
 
 def agreed(accelerator, world: int, device, synced: bool) -> bool:
