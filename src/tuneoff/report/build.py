@@ -75,13 +75,14 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
             raise TuneoffError(f"No study {study!r} in {results}; studies there: {', '.join(names) or 'none'}.")
         spec_yaml = known["spec_yaml"]
         conditions = analysis.load_conditions(store, study)
-        failed = store.runs(study, "failed")
-        unfinished = sections.unfinished_note([r for r in store.runs(study) if r["status"] in ("pending", "running")])
-        tuning = tuning_trials(store.runs(study, phase="tune"))
+        runs = store.runs(study)
+        failed = [r for r in runs if r["status"] == "failed"]
+        unfinished = sections.unfinished_note([r for r in runs if r["status"] in ("pending", "running")])
+        tuning = tuning_trials([r for r in runs if r["phase"] == "tune"])
         search, trials = _search_of(spec_yaml), None
         if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
 
-            trials = trials_frame(store.runs(study), search)
+            trials = trials_frame(runs, search)
             best = best_run_ids(trials, search)
             conditions = [c for c in conditions if any(r["run_id"] in best for r in c.runs)] or conditions
     finally:
@@ -308,11 +309,12 @@ def export(study: str, results: str | Path, dest: str | Path) -> Path:
         raise TuneoffError(f"No built report in {report}: run `tuneoff report {results / safe_name(study)}` first.")
     store = Store(results)
     try:
-        rows = store.runs(study, "done")
-        pruned = len(store.runs(study, "pruned"))
-        unfinished = sum(r["status"] in ("pending", "running") for r in store.runs(study))
+        every = store.runs(study)
     finally:
         store.close()
+    rows = [r for r in every if r["status"] == "done"]
+    pruned = sum(r["status"] == "pruned" for r in every)
+    unfinished = sum(r["status"] in ("pending", "running") for r in every)
     trials = sum(r["phase"] == "tune" for r in rows)
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})

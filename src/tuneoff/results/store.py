@@ -227,10 +227,8 @@ class Store:
             self.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
         elif outcome.status == "pruned":
             self.mark_pruned(study, outcome.run_id, outcome.error or "", outcome.metrics)
-        elif outcome.status == "stopped":  # not failed: the next --resume continues it from its checkpoint
-            with self.transaction() as db:
-                db.execute("UPDATE runs SET status='pending', error=? WHERE study=? AND run_id=?",
-                           (outcome.error, study, outcome.run_id))
+        elif outcome.status == "stopped":
+            self.mark_stopped(study, outcome.run_id, outcome.error or "")
         else:
             self.mark_failed(study, outcome.run_id, outcome.error or "")
 
@@ -245,6 +243,12 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='pending', metrics=NULL, resources=NULL, run_dir=NULL, error=NULL, "
                        "started=NULL, finished=NULL WHERE study=? AND run_id=?", (study, run_id))
+
+    def mark_stopped(self, study: str, run_id: str, note: str) -> None:
+        """Stopped on request (a signal): pending, not failed, so the next ``--resume`` continues it from the checkpoint
+        it saved; unlike ``mark_pending`` its start time stays and ``note`` says where it stopped."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='pending', error=? WHERE study=? AND run_id=?", (note, study, run_id))
 
     def mark_failed(self, study: str, run_id: str, error: str) -> None:
         with self.transaction() as db:
