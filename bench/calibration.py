@@ -16,10 +16,12 @@ stable and the erratic one, with the seed variance per condition (tuneoff's) and
 version's, for comparison). A fourth gives two conditions trained with the same seeds and as alike as LoRA and DoRA
 (their seeds flip the same examples), with Satterthwaite's degrees of freedom floored at the seed parts' S - 1 and
 without (the floor's effect). A fifth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
-3-class task.
+3-class task, and a sixth one condition's own intervals (its accuracy, its rarest class's F1) against the
+population values.
 
     python bench/calibration.py --reps 2000          # the full table (a few minutes on 2 cores)
     python bench/calibration.py --reps 200 --quick   # a slice
+    python bench/calibration.py --only-single        # the sixth table alone
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit, logit
 
-from tuneoff.analysis.significance import ASSUMED_SEED_SD, Comparisons, compare, macro_f1_values
+from tuneoff.analysis.significance import (
+    ASSUMED_SEED_SD,
+    Comparisons,
+    class_f1_values,
+    compare,
+    macro_f1_values,
+)
 
 A, B = 4.0, 1.0
 
@@ -149,12 +157,12 @@ def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: in
             **{k: v / reps for k, v in hits.items()}, **{f"half_width{k}": float(np.median(v)) for k, v in widths.items()}}
 
 
-def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int) -> np.ndarray:
+def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int, classes: int | None = None) -> np.ndarray:
     """(n, seeds) class predictions: example i right with chance (u_i + v_i) / 2 as above, a seed moving the whole
-    logit by N(0, sigma^2); a wrong prediction is another class drawn uniformly."""
+    logit by N(0, sigma^2); a wrong prediction is another of the ``classes`` classes drawn uniformly."""
     n = len(truth)
     right = _draw(rng, rng.beta(A, B, n), sigma, seeds).astype(bool)
-    k = int(truth.max()) + 1
+    k = classes or int(truth.max()) + 1
     wrong = (truth[:, None] + rng.integers(1, k, (n, seeds))) % k
     return np.where(right, truth[:, None], wrong)
 
@@ -178,16 +186,85 @@ def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope:
             "false_positive_rate": rejected / reps, "coverage": covered / reps}
 
 
+def _rare_class_truth(sigma: float, shares, rng, draws: int = 200_000) -> tuple[float, float]:
+    """Population accuracy and the rarest class's population F1 of ``_class_predictions``, each averaged over seeds.
+    For a seed shift z, a(z) = E_p[expit(logit p + z)] is the chance of being right on any example; the rarest
+    class k (share s) then has TP = s a, FN = s (1 - a) and FP = (1 - s)(1 - a) / (K - 1) (a wrong prediction is
+    another class at random), so F1_k(z) = 2 TP / (2 TP + FP + FN); z is integrated on a Gauss-Hermite grid."""
+    p = np.clip((rng.beta(A, B, draws) + rng.beta(A, B, draws)) / 2, 1e-4, 1 - 1e-4)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(41) if sigma else (np.zeros(1), np.ones(1))
+    weights = weights / weights.sum()
+    a = np.array([expit(logit(p) + sigma * z).mean() for z in nodes])
+    share, k = min(shares), len(shares)
+    tp, fn, fp = share * a, share * (1 - a), (1 - share) * (1 - a) / (k - 1)
+    return float(weights @ a), float(weights @ (2 * tp / (2 * tp + fp + fn)))
+
+
+def simulate_single(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: float, shares=(0.6, 0.3, 0.1)) -> dict:
+    """One condition's own 95% intervals (the report's accuracy column and its per-class F1 table) on a 3-class task:
+    how often they cover the population accuracy and the rarest class's population F1 (both averaged over seeds),
+    and their median half-widths."""
+    sigma = seed_sd / slope
+    truth_acc, truth_f1 = _rare_class_truth(sigma, shares, rng)
+    rare = int(np.argmin(shares))
+    hits, widths = {"accuracy": 0, "rare_f1": 0}, {"accuracy": [], "rare_f1": []}
+    for _ in range(reps):
+        truth = rng.choice(len(shares), n, p=shares)
+        pred = _class_predictions(rng, truth, sigma, seeds, classes=len(shares))
+        mats = {"accuracy": (pred == truth[:, None]).astype(np.float32),
+                "rare_f1": np.stack([class_f1_values(truth, pred[:, s], len(shares))[:, rare] for s in range(seeds)], axis=1)}
+        for key, target in (("accuracy", truth_acc), ("rare_f1", truth_f1)):
+            low, high = compare({key: mats[key]}).interval(key)
+            hits[key] += low <= target <= high
+            widths[key].append((high - low) / 2)
+    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
+            "true_accuracy": truth_acc, "true_rare_f1": truth_f1,
+            **{f"coverage_{k}": v / reps for k, v in hits.items()},
+            **{f"half_width_{k}": float(np.median(v)) for k, v in widths.items()}}
+
+
+def _single_lines(single: list[dict], reps: int) -> list[str]:
+    lines = ["## One condition's own intervals (the accuracy column, the per-class F1 table)", "",
+             f"{reps} simulated studies per row: one condition on a 3-class task (60 / 30 / 10% of the test examples, a "
+             "wrong prediction another class at random), the seeds moving its logit so that accuracy's seed sd is "
+             "`seed sd`. Coverage (target 0.95) of the population value by the condition's 95% interval "
+             "(`Comparisons.interval`: over seeds and test examples, degrees of freedom floored at S - 1), for its "
+             "accuracy and for the rarest class's F1 (linearised per example, `significance.class_f1_values`, as the "
+             "report's per-class table); with one seed the seed sd is assumed "
+             f"({100 * ASSUMED_SEED_SD:g} points).", "",
+             "| test examples | seeds | seed sd (points) | accuracy: coverage | median half-width (points) | "
+             "rarest class F1: coverage | median half-width (points) |", "|---|---|---|---|---|---|---|"]
+    for r in single:
+        lines.append(f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['coverage_accuracy']:.3f} | "
+                     f"{100 * r['half_width_accuracy']:.1f} | {r['coverage_rare_f1']:.3f} | "
+                     f"{100 * r['half_width_rare_f1']:.1f} |")
+    return lines
+
+
+def _single_table(ns, reps: int, rng, slope: float) -> list[dict]:
+    single = []
+    for n, s, sd in itertools.product(ns, (1, 2, 3, 5), (0.0, 0.03)):
+        single.append(simulate_single(n, s, sd, reps, rng, slope))
+        r = single[-1]
+        print(f"single n={n:5d} seeds={s} sd={sd:.2f}: coverage accuracy {r['coverage_accuracy']:.3f}, rarest "
+              f"class F1 {r['coverage_rare_f1']:.3f}", flush=True)
+    return single
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="a slice: n 400 and 5,000, 1/2/5 seeds, sd 0/3/5")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--only-single", action="store_true", help="only the table of one condition's own intervals")
     args = parser.parse_args()
     ns, seed_counts, sds = ((400, 5000), (1, 2, 5), (0.0, 0.03, 0.05)) if args.quick else (
         (400, 1000, 5000), (1, 2, 3, 5), (0.0, 0.01, 0.03, 0.05))
     rng = np.random.default_rng(20261129)
     slope = _slope(rng)
+    if args.only_single:
+        _write_single(args, ns, rng, slope)
+        return
     t0, rows = time.time(), []
     for n, s, sd in itertools.product(ns, seed_counts, sds):
         null = simulate(n, s, sd, args.reps, rng=rng, slope=slope)
@@ -215,6 +292,7 @@ def main() -> None:
         m = macro[-1]
         print(f"macro-F1 n={n:5d} seeds={s} sd={sd:.2f}: false positives {m['false_positive_rate']:.3f}, coverage "
               f"{m['coverage']:.3f}", flush=True)
+    single = _single_table(ns, args.reps // 2, rng, slope)
     minutes = (time.time() - t0) / 60
     mc = float(np.sqrt(0.05 * 0.95 / args.reps))
     stamp = datetime.now(timezone.utc)
@@ -227,7 +305,7 @@ def main() -> None:
             "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps,
             "monte_carlo_sd_at_5pct": mc}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "correlated": correlated,
-                                                 "macro_f1": macro},
+                                                 "macro_f1": macro, "single": single},
                                                  indent=2) + "\n")
     lines = [f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})", "",
              f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
@@ -272,7 +350,28 @@ def main() -> None:
     for m in macro:
         lines.append(f"| {m['n']:,} | {m['seeds']} | {100 * m['seed_sd']:g} | {m['false_positive_rate']:.3f} | "
                      f"{m['coverage']:.3f} |")
+    lines += ["", *_single_lines(single, args.reps // 2)]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
+
+
+def _write_single(args, ns, rng, slope) -> None:
+    """``--only-single``: the one table, in a file of its own (the others' random streams come before it)."""
+    t0 = time.time()
+    single = _single_table(ns, args.reps // 2, rng, slope)
+    minutes, stamp, command = (time.time() - t0) / 60, datetime.now(timezone.utc), " ".join(["python", *sys.argv])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"calibration-single-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
+    meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
+            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
+            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps // 2}
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "single": single}, indent=2) + "\n")
+    head = [f"# Calibration of one condition's intervals ({stamp:%Y-%m-%d})", "",
+            f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}. "
+            "The other tables (differences, erratic and correlated seeds, macro-F1) are in the calibration file of the "
+            "same date or before; the full run (without `--only-single`) writes this table after them.", ""]
+    (out / f"{name}.md").write_text("\n".join(head + _single_lines(single, args.reps // 2)) + "\n")
     print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
 
 

@@ -190,6 +190,76 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
     assert (tmp_path / "res" / "procs" / "report" / "report.html").is_file()
 
 
+def _stop_when_saved(args: list[str], out: Path, cwd: Path | None = None) -> tuple[int, str]:
+    """Start ``tuneoff <args>`` (CPU processes), SIGTERM the command alone (``kill <pid>``, not its process group)
+    once a checkpoint is written under ``out``; its exit code and output."""
+    import signal
+    import time
+
+    log = (cwd or out.parent) / f"{out.name}.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "tuneoff", *args], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, **CPU_ONLY}, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(out.rglob("checkpoints/step-*")):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.1)
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, " ".join(log.read_text().split())
+
+
+@pytest.mark.slow
+def test_kill_to_a_command_on_two_processes_stops_them_where_they_are(tiny_bert, split_files, tmp_path):
+    """`kill <pid>` of `tuneoff train --num-processes 2` (torchrun starts its processes in sessions of their own and
+    would SIGKILL them 30 s after a signal of its own): both processes get the request, save a checkpoint at the
+    step where they stop, the command exits 143, and --resume finishes the run."""
+    args = ["train", "--no-progress", "--num-processes", "2",
+            *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8, **{"train.epochs": 40})]
+    code, text = _stop_when_saved(args, tmp_path / "out")
+    assert code == 143, text[-3000:]
+    step = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
+    assert "stopped by a signal to another of its processes" not in text, "each process got the request itself"
+    [unfinished] = (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in (unfinished / "checkpoints").iterdir())[-1] == f"step-{step:07d}"
+    resumed = run_tuneoff(["--num-processes", "2", *args[4:], "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = json.loads((the_run(tmp_path / "out") / "resources.json").read_text())
+    assert run["resumed_from_step"] == f"step-{step:07d}"
+
+
+@pytest.mark.slow
+def test_kill_to_a_study_stops_its_runs_on_two_processes_and_resume_finishes(tiny_bert, toy_csv, tmp_path):
+    """`kill <driver>` of a study with --processes-per-run 2: the run in flight saves where it stops (not killed and
+    retried as a dead run), recorded pending (stopped); --resume finishes the study."""
+    from conftest import write_study
+
+    path = write_study(tmp_path, tiny_bert, toy_csv, "procs", train={"epochs": 30}, seeds=[1],
+                       variants={"lora": {"method": {"name": "lora"}}})
+    args = ["run", str(path), "--results", "res", "--processes-per-run", "2"]
+    code, text = _stop_when_saved(args, tmp_path / "res", cwd=tmp_path)
+    assert code == 143 and "Stopped by SIGTERM: 0 run(s) ended before it, 1 saved where" in text, text[-3000:]
+    assert "died" not in text
+    from tuneoff.results.store import Store
+
+    store = Store(tmp_path / "res")
+    [row] = store.runs("procs")
+    store.close()
+    assert row["status"] == "pending" and "stopped by SIGTERM at step" in row["error"], dict(row)
+    resumed = subprocess.run([sys.executable, "-m", "tuneoff", *args, "--resume"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600, env={**os.environ, **CPU_ONLY})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(1 stopped earlier continue from their checkpoints)" in resumed.stderr
+    store = Store(tmp_path / "res")
+    [row] = store.runs("procs")
+    store.close()
+    assert row["status"] == "done" and json.loads(row["resources"])["resumed_from_step"].startswith("step-")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_run_s_processes_die_with_the_worker_that_started_them(tmp_path):
     """A Ray worker SIGKILLed mid-run must not leave the run's processes training on, racing its retry."""

@@ -36,7 +36,13 @@ from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
 from tuneoff.study.spec import dry_run as plan_runs
 from tuneoff.study.spec import expand, load_spec, metric_note
-from tuneoff.training.launcher import end_processes, is_main_process, launched, relaunch
+from tuneoff.training.launcher import (
+    announce_rank,
+    end_processes,
+    is_main_process,
+    launched,
+    relaunch,
+)
 from tuneoff.training.tracking import log_study_report
 
 app = typer.Typer(
@@ -86,6 +92,7 @@ def train(
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
     if num_processes > 1 and not launched():
         raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
+    announce_rank()  # relaunched: `kill` / Ctrl-C to the command that launched this process reaches it as SIGTERM
     _quiet_libraries()
     from tuneoff import api
 

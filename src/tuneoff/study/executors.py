@@ -17,7 +17,6 @@ import os
 import pickle
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import traceback
@@ -31,10 +30,7 @@ from tuneoff.core.errors import Stopped, TuneoffError
 from tuneoff.core.files import read_json
 from tuneoff.core.logs import RUN_LOG
 from tuneoff.training import stop
-from tuneoff.training.launcher import (
-    launch_command,
-    tied_to_this_process,
-)
+from tuneoff.training.launcher import launch_command, run_launched
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +106,20 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
         job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
         job_file.write_bytes(pickle.dumps(job))
-        cmd = tied_to_this_process(launch_command(processes, [str(job_file), str(outcome_file)], module="tuneoff.study.worker"))
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        code, output = run_launched(launch_command(processes, [str(job_file), str(outcome_file)],
+                                                   module="tuneoff.study.worker"), capture=True)
         outcome = pickle.loads(outcome_file.read_bytes()) if outcome_file.is_file() else None
     # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective
     # ("connection reset by peer") and process 0 may report that failure. Only a clean exit (or a finished run) is
     # the run's own outcome; anything else is a dead process, retried like a dead worker.
-    if outcome is not None and (done.returncode == 0 or outcome.status in ("done", "stopped")):
+    if outcome is not None and (code == 0 or outcome.status in ("done", "stopped")):
         outcome.seconds = time.perf_counter() - t0
         return outcome
-    tail = "\n".join(done.stdout.strip().splitlines()[-15:])
-    log.warning(f"    {job.run_id}: its {processes} processes died (exit code {done.returncode})")
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    log.warning(f"    {job.run_id}: its {processes} processes died (exit code {code})")
     log_file = Path(job.config.output_dir) / f".{job.run_id}.tmp" / RUN_LOG
     raise RunProcessesDied(f"the {processes} processes of run {job.run_id} died without reporting (exit code "
-                           f"{done.returncode}); every process's records are in {log_file}; last output:\n{tail}")
+                           f"{code}); every process's records are in {log_file}; last output:\n{tail}")
 
 
 class LocalExecutor:

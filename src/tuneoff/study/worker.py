@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 from tuneoff.study.executors import run_job
-from tuneoff.training.launcher import die_with_parent, end_processes, is_main_process
+from tuneoff.training.launcher import announce_rank, end_processes, is_main_process
 
 
 def main(job_file: str, outcome_file: str) -> None:
-    die_with_parent()
+    announce_rank()  # dies with its launcher; a stop request to the executor reaches this process as SIGTERM
     job = pickle.loads(Path(job_file).read_bytes())
     try:
         outcome = run_job(job)

@@ -7,16 +7,21 @@ launch command and tells a process whether it is the one that prints.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.results.rundir import RunDirectory
+from tuneoff.training import stop
+
+RANKS_DIR = "TUNEOFF_RANKS_DIR"  # where a launched run's processes write their pids (announce_rank)
 
 
 def launched() -> bool:
@@ -100,10 +105,65 @@ def check_processes(num_processes: int, option: str) -> None:
 
 
 def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
-    """Run this command again under ``accelerate launch``; returns its exit code."""
+    """Run this command again under ``accelerate launch``; returns its exit code (128 + the signal when this process
+    was asked to stop and the run's processes stopped)."""
     check_processes(num_processes, "--num-processes")
     args = _without_option(argv, "--num-processes")
-    return subprocess.call(launch_command(num_processes, args, accelerate_config))
+    with stop.on_signals():
+        code, _ = run_launched(launch_command(num_processes, args, accelerate_config))
+        asked = stop.requested()
+    return 128 + int(signal.Signals[asked]) if code and asked else code
+
+
+def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str]:
+    """Run an ``accelerate launch`` command to its end: its exit code, and its output when ``capture``.
+
+    A stop request to this process (``kill <pid>``, a scheduler's SIGTERM, Ctrl-C: see :mod:`tuneoff.training.stop`)
+    reaches each of the run's processes as SIGTERM: they agree on a step, save a checkpoint there and exit. The
+    launcher cannot pass it on: torchrun starts each process in a session of its own (a terminal's Ctrl-C never
+    reaches them) and on a signal of its own sends them one and SIGKILLs them 30 s later, before a long step ends.
+    So the launcher runs in a session of its own too, and each process writes its pid where this one finds it
+    (:func:`announce_rank`). Anything else that ends this wait (a second Ctrl-C) kills the launcher, and the
+    processes die with it (their parent-death signal)."""
+    # on_signals: in a study's worker the request is forgotten once this run has ended (its next run trains)
+    with stop.on_signals(), tempfile.TemporaryDirectory(prefix="tuneoff-ranks-") as ranks:
+        pipe = subprocess.PIPE if capture else None
+        proc = subprocess.Popen(tied_to_this_process(cmd), env={**os.environ, RANKS_DIR: ranks}, stdout=pipe,
+                                stderr=subprocess.STDOUT if capture else None, text=True, start_new_session=True)
+        told: set[str] = set()
+        try:
+            while True:
+                try:
+                    out, _ = proc.communicate(timeout=0.5)
+                    return proc.returncode, out or ""
+                except subprocess.TimeoutExpired:
+                    if stop.requested():
+                        told |= _signal_ranks(Path(ranks), told)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def _signal_ranks(ranks: Path, told: set[str]) -> set[str]:
+    """SIGTERM to each announced process not told yet (one that has not announced itself is told at a later poll)."""
+    now = set()
+    for pid in {p.name for p in ranks.iterdir()} - told:
+        with contextlib.suppress(ProcessLookupError):  # ended already
+            os.kill(int(pid), signal.SIGTERM)
+        now.add(pid)
+    return now
+
+
+def announce_rank() -> None:
+    """In a process started by :func:`run_launched` (nothing elsewhere: under a user's own ``accelerate launch`` the
+    launcher's signals keep their meaning): it dies with the launcher, from now on SIGTERM requests the stop (kept
+    while the run is prepared, as a study worker keeps it), and its pid is written where the parent finds it."""
+    where = os.environ.get(RANKS_DIR)
+    if where:
+        die_with_parent()
+        stop.in_worker()
+        (Path(where) / str(os.getpid())).touch()
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

@@ -10,7 +10,8 @@ second Ctrl-C in the main process stops at once, as without the handler (the run
 
 Handlers can only be set from a process's main thread; elsewhere (a thread of a Ray worker) the default behaviour
 stays. A study's worker processes ignore SIGINT (Ctrl-C reaches the whole process group: the driver forwards a
-SIGTERM to each of its workers, so a worker between runs is not killed by it).
+SIGTERM to each of its workers, so a worker between runs is not killed by it). A run of several processes gets it
+the same way from the process that launched it (``launcher.run_launched``), not through torchrun.
 """
 
 from __future__ import annotations
