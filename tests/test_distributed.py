@@ -224,6 +224,7 @@ def test_kill_to_a_command_on_two_processes_stops_them_where_they_are(tiny_bert,
     assert code == 143, text[-3000:]
     step = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
     assert "stopped by a signal to another of its processes" not in text, "each process got the request itself"
+    assert "FAILED" not in text and "Traceback" not in text, "the processes exit 0; the command says how it stopped"
     [unfinished] = (tmp_path / "out").iterdir()
     assert sorted(p.name for p in (unfinished / "checkpoints").iterdir())[-1] == f"step-{step:07d}"
     resumed = run_tuneoff(["--num-processes", "2", *args[4:], "--resume"])

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneoff.core.errors import Stopped, TuneoffError
+from tuneoff.training.launcher import stopped_rank
 
 _VERBOSITY = {"level": 0}
 
@@ -50,6 +51,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except Stopped as exc:  # asked to stop: not an error, and the shell learns which signal it was
             Console(stderr=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
+            if stopped_rank(exc.signal_name):  # one of a run's processes: the command that launched it exits so
+                raise typer.Exit(0) from None
             number = getattr(signal.Signals, exc.signal_name or "", signal.SIGTERM)
             raise typer.Exit(128 + int(number)) from None
         except TuneoffError as exc:

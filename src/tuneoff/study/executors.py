@@ -106,7 +106,7 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
         job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
         job_file.write_bytes(pickle.dumps(job))
-        code, output = run_launched(launch_command(processes, [str(job_file), str(outcome_file)],
+        code, output, _ = run_launched(launch_command(processes, [str(job_file), str(outcome_file)],
                                                    module="tuneoff.study.worker"), capture=True)
         outcome = pickle.loads(outcome_file.read_bytes()) if outcome_file.is_file() else None
     # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective

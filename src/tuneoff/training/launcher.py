@@ -22,6 +22,7 @@ from tuneoff.results.rundir import RunDirectory
 from tuneoff.training import stop
 
 RANKS_DIR = "TUNEOFF_RANKS_DIR"  # where a launched run's processes write their pids (announce_rank)
+STOPPED = "stopped"  # in RANKS_DIR: the run stopped on request; holds the signal's name (stopped_rank)
 
 
 def launched() -> bool:
@@ -105,18 +106,18 @@ def check_processes(num_processes: int, option: str) -> None:
 
 
 def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
-    """Run this command again under ``accelerate launch``; returns its exit code (128 + the signal when this process
-    was asked to stop and the run's processes stopped)."""
+    """Run this command again under ``accelerate launch``; returns its exit code (128 + the signal when the run's
+    processes stopped on request: they exit 0, see :func:`stopped_rank`)."""
     check_processes(num_processes, "--num-processes")
     args = _without_option(argv, "--num-processes")
     with stop.on_signals():
-        code, _ = run_launched(launch_command(num_processes, args, accelerate_config))
-        asked = stop.requested()
-    return 128 + int(signal.Signals[asked]) if code and asked else code
+        code, _, stopped = run_launched(launch_command(num_processes, args, accelerate_config))
+    return 128 + int(getattr(signal.Signals, stopped, signal.SIGTERM)) if stopped is not None else code
 
 
-def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str]:
-    """Run an ``accelerate launch`` command to its end: its exit code, and its output when ``capture``.
+def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str, str | None]:
+    """Run an ``accelerate launch`` command to its end: its exit code, its output when ``capture``, and the signal
+    that stopped the run on request (None if none did; see :func:`stopped_rank`).
 
     A stop request to this process (``kill <pid>``, a scheduler's SIGTERM, Ctrl-C: see :mod:`tuneoff.training.stop`)
     reaches each of the run's processes as SIGTERM: they agree on a step, save a checkpoint there and exit. The
@@ -135,7 +136,8 @@ def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str]:
             while True:
                 try:
                     out, _ = proc.communicate(timeout=0.5)
-                    return proc.returncode, out or ""
+                    stopped = Path(ranks, STOPPED)
+                    return proc.returncode, out or "", stopped.read_text() if stopped.is_file() else None
                 except subprocess.TimeoutExpired:
                     if stop.requested():
                         told |= _signal_ranks(Path(ranks), told)
@@ -148,7 +150,7 @@ def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str]:
 def _signal_ranks(ranks: Path, told: set[str]) -> set[str]:
     """SIGTERM to each announced process not told yet (one that has not announced itself is told at a later poll)."""
     now = set()
-    for pid in {p.name for p in ranks.iterdir()} - told:
+    for pid in {p.stem for p in ranks.glob("*.pid")} - told:
         with contextlib.suppress(ProcessLookupError):  # ended already
             os.kill(int(pid), signal.SIGTERM)
         now.add(pid)
@@ -163,7 +165,18 @@ def announce_rank() -> None:
     if where:
         die_with_parent()
         stop.in_worker()
-        (Path(where) / str(os.getpid())).touch()
+        (Path(where) / f"{os.getpid()}.pid").touch()
+
+
+def stopped_rank(signal_name: str | None) -> bool:
+    """In a process started by :func:`run_launched`, whose run stopped on request: tell the parent (which exits
+    128 + the signal) and return True, so that this process exits 0. A non-zero exit would make torchrun report
+    the run as failed (a traceback and "FAILED") and signal the other processes while they save. Elsewhere False."""
+    where = os.environ.get(RANKS_DIR)
+    marker = Path(where or ".", STOPPED)
+    if where and (signal_name or not marker.exists()):  # the process that got the signal names it
+        marker.write_text(signal_name or "")
+    return bool(where)
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
