@@ -300,10 +300,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"calibration-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
-    meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
-            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
-            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps,
-            "monte_carlo_sd_at_5pct": mc}
+    meta = {**_meta(command, stamp, minutes), "reps": args.reps, "monte_carlo_sd_at_5pct": mc}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "correlated": correlated,
                                                  "macro_f1": macro, "single": single},
                                                  indent=2) + "\n")
@@ -355,6 +352,13 @@ def main() -> None:
     print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
 
 
+def _meta(command: str, stamp: datetime, minutes: float) -> dict:
+    """What a results file says of the run that wrote it."""
+    return {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
+            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
+            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD}
+
+
 def _write_single(args, ns, rng, slope) -> None:
     """``--only-single``: the one table, in a file of its own (the others' random streams come before it)."""
     t0 = time.time()
@@ -363,9 +367,7 @@ def _write_single(args, ns, rng, slope) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"calibration-single-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
-    meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
-            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
-            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD, "reps": args.reps // 2}
+    meta = {**_meta(command, stamp, minutes), "reps": args.reps // 2}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "single": single}, indent=2) + "\n")
     head = [f"# Calibration of one condition's intervals ({stamp:%Y-%m-%d})", "",
             f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}. "

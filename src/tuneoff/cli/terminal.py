@@ -7,7 +7,6 @@ import functools
 import json
 import platform
 import shlex
-import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneoff.core.errors import Stopped, TuneoffError
+from tuneoff.training import stop
 from tuneoff.training.launcher import stopped_rank
 
 _VERBOSITY = {"level": 0}
@@ -53,8 +53,7 @@ def user_errors(fn):
             Console(stderr=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
             if stopped_rank(exc.signal_name):  # one of a run's processes: the command that launched it exits so
                 raise typer.Exit(0) from None
-            number = getattr(signal.Signals, exc.signal_name or "", signal.SIGTERM)
-            raise typer.Exit(128 + int(number)) from None
+            raise typer.Exit(stop.exit_code(exc.signal_name)) from None
         except TuneoffError as exc:
             Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -112,7 +112,7 @@ def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None 
     args = _without_option(argv, "--num-processes")
     with stop.on_signals():
         code, _, stopped = run_launched(launch_command(num_processes, args, accelerate_config))
-    return 128 + int(getattr(signal.Signals, stopped, signal.SIGTERM)) if stopped is not None else code
+    return stop.exit_code(stopped) if stopped is not None else code
 
 
 def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str, str | None]:
@@ -172,11 +172,12 @@ def stopped_rank(signal_name: str | None) -> bool:
     """In a process started by :func:`run_launched`, whose run stopped on request: tell the parent (which exits
     128 + the signal) and return True, so that this process exits 0. A non-zero exit would make torchrun report
     the run as failed (a traceback and "FAILED") and signal the other processes while they save. Elsewhere False."""
-    where = os.environ.get(RANKS_DIR)
-    marker = Path(where or ".", STOPPED)
-    if where and (signal_name or not marker.exists()):  # the process that got the signal names it
+    if not os.environ.get(RANKS_DIR):
+        return False
+    marker = Path(os.environ[RANKS_DIR], STOPPED)
+    if signal_name or not marker.exists():  # the process that got the signal names it
         marker.write_text(signal_name or "")
-    return bool(where)
+    return True
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:

@@ -35,6 +35,11 @@ def requested() -> str | None:
     return _state["requested"]
 
 
+def exit_code(signal_name: str | None) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended (SIGTERM's when the name is unknown)."""
+    return 128 + int(getattr(signal.Signals, signal_name or "", signal.SIGTERM))
+
+
 def request(signum: int, frame=None) -> None:
     """The handler: note the request; a second SIGINT in the main process stops at once (KeyboardInterrupt)."""
     again = _state["requested"] is not None
