@@ -139,3 +139,16 @@ def test_single_runs_are_in_the_store_and_log_their_evaluations(tiny_bert, toy_c
     assert "trainable" in text and run_dir.name in shown.output
     raw = invoke("runs", "show", run_dir.name, "--results", results, "--json")
     assert json.loads(raw.output)["run_info"]["label_names"] == ["neg", "pos"]
+
+
+def test_a_tuning_seed_among_the_final_seeds_exits_2_naming_both_keys(tmp_path):
+    """The winning trial would be trained again as a final run (and the pick made on the tuning phase would share its
+    luck): refused before anything loads, naming tune.seed and seeds, with the override that mends it."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\nbase: {model: {name: minilm}, data: {name: rotten_tomatoes}}\n"
+                    "tune: {lr: true, seed: 2}\nvariants: {head: {method: {name: head}}}\nseeds: [1, 2, 3]\n")
+    result = invoke("run", spec, "--dry-run", "--results", tmp_path / "r")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "tune.seed (2) is also in seeds [1, 2, 3]" in text and "Traceback" not in text
+    assert "tune: {seed: 0}" in text and not (tmp_path / "r").exists()
+    assert invoke("run", spec, "--dry-run", "--results", tmp_path / "r", "tune.seed=0").exit_code == 0

@@ -74,6 +74,8 @@ def test_a_variant_merges_into_the_base_key_by_key_mappings_included():
     ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
     ({"name": "x", "seeds": []}, "seeds"),
     ({"name": "x", "seeds": [1, 2, 1]}, r"seeds: \[1\] appear more than once"),
+    # the trial that won would be replayed as a final run (its condition's seeds then include the one it was chosen on)
+    ({"name": "x", "seeds": [0, 1], "tune": {"lr": True, "seed": 0}}, r"tune.seed \(0\) is also in seeds \[0, 1\]"),
 ])
 def test_bad_study_files(tmp_path, body, message):
     path = tmp_path / "s.yaml"

@@ -81,6 +81,14 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _search_or_grid(self) -> StudySpec:
+        if self.tune is not None and self.tune.lr and self.tune.seed in self.seeds:
+            # The trial that won on validation would be trained again as a final run: that condition's seeds would
+            # include the one its rate was chosen on (+0.8 to +1.1 points with 3 or 6 trials, measured from outside),
+            # and the verdict's pick, made on the tuning phase, would share that run's luck.
+            raise ValueError(f"tune.seed ({self.tune.seed}) is also in seeds {self.seeds}: the trials must use a seed "
+                             "of their own, or the final runs repeat the trial their rate was chosen on. Give tune.seed a "
+                             f"value outside seeds (e.g. tune: {{seed: {min(set(range(len(self.seeds) + 1)) - set(self.seeds))}}}) "
+                             "or drop it from seeds")
         if self.search is not None and self.tune is not None and self.tune.lr:
             raise ValueError("tune: and search: both choose hyper-parameters; use tune: {lr: true} for the learning rate "
                              "(search: is for other fields), or set tune: {lr: false}")
