@@ -14,8 +14,8 @@ against 1, as prompt tuning's against LoRA's in the method zoo): the coverage of
 spread moves the population accuracy a little, through the logit) between two stable conditions and between a
 stable and the erratic one, with the seed variance per condition (tuneoff's) and pooled over the group (the first
 version's, for comparison). A fourth gives two conditions trained with the same seeds and as alike as LoRA and DoRA
-(their seeds flip the same examples), with Satterthwaite's degrees of freedom floored at the seed parts' S - 1 and
-without (the floor's effect). A fifth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
+(their seeds flip the same examples), with the seed variances moderated by the prior and without it. Every
+comparison uses the seed-variance prior a study's report uses (``significance.SEED_PRIOR``). A fifth gives null studies on macro-F1 (``analysis.metric: macro_f1``) on an imbalanced
 3-class task, and a sixth one condition's own intervals (its accuracy, its rarest class's F1) against the
 population values.
 
@@ -40,11 +40,14 @@ from scipy.special import expit, logit
 
 from tuneoff.analysis.significance import (
     ASSUMED_SEED_SD,
+    SEED_PRIOR,
     Comparisons,
     class_f1_values,
     compare,
     macro_f1_values,
 )
+
+PRIOR, F1_PRIOR = SEED_PRIOR["accuracy"], SEED_PRIOR["macro_f1"]  # as a study's report moderates seed variances
 
 A, B = 4.0, 1.0
 
@@ -82,7 +85,7 @@ def simulate(n: int, seeds: int, seed_sd: float, reps: int, conditions: int = 4,
             shifts = rng.normal(0, sigma, seeds) if sigma else np.zeros(seeds)
             q = expit(logit(p)[:, None] + shifts[None, :])
             mats[f"c{c}"] = (rng.random((n, seeds)) < q).astype(np.float32)
-        d = compare(mats).difference("c0", "c1")
+        d = compare(mats, prior=PRIOR).difference("c0", "c1")
         rejected += d["p_value"] < 0.05
         covered += d["ci_low"] <= truth <= d["ci_high"]
     return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "shift": shift, "true_diff": truth, "reps": reps,
@@ -92,7 +95,7 @@ def simulate(n: int, seeds: int, seed_sd: float, reps: int, conditions: int = 4,
 class GroupPooled(Comparisons):
     """The first version's statistics: one seed variance pooled over the whole group, for every comparison."""
 
-    def seeds_of(self, name, others=()):
+    def seeds_of(self, name):
         return self.seeds
 
 
@@ -113,8 +116,8 @@ def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope:
     for _ in range(reps):
         u = rng.beta(A, B, n)
         mats = {f"c{c}": _draw(rng, u, sd / slope, seeds) for c, sd in enumerate(sds)}
-        cmp = compare(mats)
-        pooled = GroupPooled(cmp.mats, cmp.seeds, cmp.fixed, cmp.assumed_sd)
+        cmp = compare(mats, prior=PRIOR)
+        pooled = GroupPooled(cmp.mats, cmp.seeds, cmp.fixed, cmp.assumed_sd, cmp.prior)
         for suffix, stats in (("", cmp), ("_pooled", pooled)):
             for key, other in (("stable", 1), ("erratic", last)):
                 d = stats.difference("c0", f"c{other}")
@@ -123,22 +126,15 @@ def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope:
             "erratic_sd": erratic_sd, **{f"coverage_{k}": v / reps for k, v in hits.items()}}
 
 
-class Unfloored(Comparisons):
-    """The statistics before the degrees-of-freedom floor (``Comparisons._floor``), for comparison."""
-
-    @staticmethod
-    def _floor(df, measured):
-        return float(df)
-
-
 def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: int, rng, slope: float) -> dict:
     """Two conditions of one population accuracy trained with the same seeds, as alike as LoRA and DoRA: the same
     example chances (u + v) / 2, seed shifts correlated by ``rho``, and each prediction the same random draw as the
     other's with chance ``rho`` (a seed flips the same examples in both). False-positive rate, coverage of the true 0
-    and the median half-width of the 95% interval, with the degrees-of-freedom floor (tuneoff's) and without."""
+    and the median half-width of the 95% interval, with the seed variances moderated by the prior (tuneoff's) and
+    without it (each condition's own estimate alone)."""
     sigma = seed_sd / slope
-    hits = {"fp": 0, "covered": 0, "fp_unfloored": 0, "covered_unfloored": 0}
-    widths: dict[str, list] = {"": [], "_unfloored": []}
+    hits = {"fp": 0, "covered": 0, "fp_unmoderated": 0, "covered_unmoderated": 0}
+    widths: dict[str, list] = {"": [], "_unmoderated": []}
     for _ in range(reps):
         p = np.clip((rng.beta(A, B, n) + rng.beta(A, B, n)) / 2, 1e-4, 1 - 1e-4)
         za = rng.normal(0, 1, seeds)
@@ -147,8 +143,7 @@ def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: in
         rb = np.where(rng.random((n, seeds)) < rho, ra, rng.random((n, seeds)))
         mats = {name: (r < expit(logit(p)[:, None] + sigma * z[None, :])).astype(np.float32)
                 for name, r, z in (("a", ra, za), ("b", rb, zb))}
-        cmp = compare(mats)
-        for suffix, stats in (("", cmp), ("_unfloored", Unfloored(cmp.mats, cmp.seeds, cmp.fixed, cmp.assumed_sd))):
+        for suffix, stats in (("", compare(mats, prior=PRIOR)), ("_unmoderated", compare(mats))):
             d = stats.difference("a", "b")
             hits["fp" + suffix] += d["p_value"] < 0.05
             hits["covered" + suffix] += d["ci_low"] <= 0 <= d["ci_high"]
@@ -179,7 +174,7 @@ def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope:
         for name in ("a", "b"):
             pred = _class_predictions(rng, truth, seed_sd / slope, seeds)
             mats[name] = np.stack([macro_f1_values(truth, pred[:, s], len(shares)) for s in range(seeds)], axis=1)
-        d = compare(mats).difference("a", "b")
+        d = compare(mats, prior=F1_PRIOR).difference("a", "b")
         rejected += d["p_value"] < 0.05
         covered += d["ci_low"] <= 0 <= d["ci_high"]
     return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
@@ -214,7 +209,7 @@ def simulate_single(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: f
         mats = {"accuracy": (pred == truth[:, None]).astype(np.float32),
                 "rare_f1": np.stack([class_f1_values(truth, pred[:, s], len(shares))[:, rare] for s in range(seeds)], axis=1)}
         for key, target in (("accuracy", truth_acc), ("rare_f1", truth_f1)):
-            low, high = compare({key: mats[key]}).interval(key)
+            low, high = compare({key: mats[key]}, prior=PRIOR if key == "accuracy" else F1_PRIOR).interval(key)
             hits[key] += low <= target <= high
             widths[key].append((high - low) / 2)
     return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
@@ -228,7 +223,7 @@ def _single_lines(single: list[dict], reps: int) -> list[str]:
              f"{reps} simulated studies per row: one condition on a 3-class task (60 / 30 / 10% of the test examples, a "
              "wrong prediction another class at random), the seeds moving its logit so that accuracy's seed sd is "
              "`seed sd`. Coverage (target 0.95) of the population value by the condition's 95% interval "
-             "(`Comparisons.interval`: over seeds and test examples, degrees of freedom floored at S - 1), for its "
+             "(`Comparisons.interval`: over seeds and test examples, seed variance moderated by the prior), for its "
              "accuracy and for the rarest class's F1 (linearised per example, `significance.class_f1_values`, as the "
              "report's per-class table); with one seed the seed sd is assumed "
              f"({100 * ASSUMED_SEED_SD:g} points).", "",
@@ -283,9 +278,9 @@ def main() -> None:
     for s, sd, rho in itertools.product((2, 3, 5), (0.01, 0.03), (0.0, 0.9, 0.99)):
         correlated.append(simulate_correlated(1000, s, sd, rho, args.reps // 2, rng, slope))
         c = correlated[-1]
-        print(f"correlated seeds={s} sd={sd:.2f} rho={rho}: false positives {c['fp']:.3f} (unfloored "
-              f"{c['fp_unfloored']:.3f}), half-width {100 * c['half_width']:.2f} (unfloored "
-              f"{100 * c['half_width_unfloored']:.2f}) points", flush=True)
+        print(f"correlated seeds={s} sd={sd:.2f} rho={rho}: false positives {c['fp']:.3f} (unmoderated "
+              f"{c['fp_unmoderated']:.3f}), half-width {100 * c['half_width']:.2f} (unmoderated "
+              f"{100 * c['half_width_unmoderated']:.2f}) points", flush=True)
     macro = []
     for n, s, sd in itertools.product(ns[:1] + ns[-1:], (2, 3, 5), (0.0, 0.03)):
         macro.append(simulate_macro_f1(n, s, sd, args.reps // 2, rng, slope))
@@ -329,15 +324,15 @@ def main() -> None:
     lines += ["", "## Two conditions trained with the same seeds, as alike as LoRA and DoRA", "",
               f"{args.reps // 2} simulated null studies per row, 1,000 test examples: two conditions with the same example "
               "chances, their seed shifts correlated by `rho` and each prediction the same random draw as the other's "
-              "with chance `rho` (a seed flips the same examples in both). Satterthwaite's degrees of freedom with the "
-              "floor at the seed parts' S - 1 (tuneoff) and without it (before): false-positive rate and the median "
+              "with chance `rho` (a seed flips the same examples in both). The seed variances moderated by the prior "
+              "(tuneoff) and without it (each condition's own estimate): false-positive rate, coverage and the median "
               "half-width of the 95% interval.", "",
-              "| seeds | seed sd (points) | rho | false-positive rate | (unfloored) | coverage | (unfloored) | "
-              "median half-width (points) | (unfloored) |", "|---|---|---|---|---|---|---|---|---|"]
+              "| seeds | seed sd (points) | rho | false-positive rate | (unmoderated) | coverage | (unmoderated) | "
+              "median half-width (points) | (unmoderated) |", "|---|---|---|---|---|---|---|---|---|"]
     for c in correlated:
-        lines.append(f"| {c['seeds']} | {100 * c['seed_sd']:g} | {c['rho']:g} | {c['fp']:.3f} | {c['fp_unfloored']:.3f} | "
-                     f"{c['covered']:.3f} | {c['covered_unfloored']:.3f} | {100 * c['half_width']:.2f} | "
-                     f"{100 * c['half_width_unfloored']:.2f} |")
+        lines.append(f"| {c['seeds']} | {100 * c['seed_sd']:g} | {c['rho']:g} | {c['fp']:.3f} | {c['fp_unmoderated']:.3f} | "
+                     f"{c['covered']:.3f} | {c['covered_unmoderated']:.3f} | {100 * c['half_width']:.2f} | "
+                     f"{100 * c['half_width_unmoderated']:.2f} |")
     lines += ["", "## Macro-F1 (analysis.metric: macro_f1)", "",
               f"{args.reps // 2} simulated null studies per row: two conditions from the same process on a 3-class task "
               "whose classes are 60 / 30 / 10% of the test examples (a wrong prediction another class at random), each "
@@ -356,7 +351,8 @@ def _meta(command: str, stamp: datetime, minutes: float) -> dict:
     """What a results file says of the run that wrote it."""
     return {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
             "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
-            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD}
+            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD,
+            "seed_prior": {"accuracy": vars(PRIOR), "macro_f1": vars(F1_PRIOR)}}
 
 
 def _write_single(args, ns, rng, slope) -> None:

@@ -26,11 +26,13 @@ import pandas as pd
 import yaml
 
 from tuneoff.analysis.significance import (
+    SeedPrior,
     class_f1_values,
     compare,
     expected_calibration_error,
     macro_f1_values,
 )
+from tuneoff.config import validation_score
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import from_spreadsheet
 from tuneoff.results.store import Store, loads
@@ -45,6 +47,9 @@ class Condition:
     params: dict
     method: str
     runs: list[dict] = field(default_factory=list)  # one per seed: seed, metrics, resources, predictions, history, ...
+    # The held-apart run the verdict picks on: the tuning phase's chosen trial (run_id, seed, history, config), or
+    # None (a pinned rate, a study without tune:); its seed is never a final run's.
+    trial: dict | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -171,7 +176,36 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
     if not conditions:
         raise TuneoffError(f"Study {study!r}: every stored record is damaged. Rebuild the store from the run directories: "
                            f"tuneoff runs rebuild --results {store.root}.")
+    _attach_trials(list(conditions.values()), store.runs(study, "done", phase="tune"))
     return list(conditions.values())
+
+
+def _attach_trials(conditions: list[Condition], trial_rows) -> None:
+    """Give each condition its tuning phase's chosen trial (the best on validation among the trials of its runs'
+    common id prefix, as the protocol chose the rate its seeds trained at), with the trial's evaluation history."""
+    by_prefix: dict[str, list] = {}
+    for row in trial_rows:
+        by_prefix.setdefault(row["run_id"].rsplit("-tune", 1)[0], []).append(row)
+    for cond in conditions:
+        prefixes = {r["run_id"][: -len(f"-s{r['seed']}")] for r in cond.runs if r["run_id"].endswith(f"-s{r['seed']}")}
+        rows = [row for prefix in prefixes for row in by_prefix.get(prefix, [])]
+        scored = []
+        for row in rows:
+            metrics, config = loads(row, "metrics", {}) or {}, yaml.safe_load(row["config_yaml"] or "") or {}
+            by = (config.get("train") or {}).get("metric_for_best") or "accuracy"
+            value = validation_score(metrics.get("validation"), by)
+            if value is not None:
+                scored.append((value, row, config))
+        if len(prefixes) != 1 or not scored:
+            continue
+        value, row, config = max(scored, key=lambda item: item[0])
+        path = Path(row["run_dir"]) / "history.jsonl"
+        try:
+            history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            history = []  # a trial's directory cleaned away: its recorded validation is the pick's score
+        cond.trial = {"run_id": row["run_id"], "seed": row["seed"], "history": history, "config": config,
+                      "validation": (loads(row, "metrics", {}) or {}).get("validation") or {}}
 
 
 def _fingerprint(predictions: pd.DataFrame) -> str:
@@ -204,7 +238,7 @@ def groups(conditions: list[Condition]) -> list[Group]:
                 found[key] = Group(key[0], key[1], list(key[2]), sorted(first["id"]), first.set_index("id")["true_label"],
                                    majority, source, train_examples=key[4])
             name = cond.name if len(by_key) == 1 else f"{cond.name} [{key[0]}]"
-            found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs))
+            found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs, cond.trial))
     sizes = Counter(key[:4] for key in found)
     first_seen: dict[tuple, int] = {}  # a test set's groups stay where it was first met, its sizes smallest first
     for key, group in found.items():
@@ -263,6 +297,41 @@ def trained_mb(resources: dict) -> float:
     return (resources.get("trained_bytes") or resources["checkpoint_bytes"]) / 1e6
 
 
+def plateau(history: list[dict], metric: str, by: str = "accuracy", recorded: dict | None = None) -> float | None:
+    """A run's validation ``metric`` at its plateau: the mean from its best evaluation (on ``by``, the run's
+    ``metric_for_best``) to its last, not that best alone (the maximum of many noisy evaluations is optimistic, and
+    more so for runs evaluated more often). A run without a history: its ``recorded`` validation."""
+    key, best_key = f"val_{metric}", f"val_{by}"
+    evals = [e for e in history or [] if e.get(key) is not None and e.get(best_key) is not None]
+    if not evals:
+        value = (recorded or {}).get(metric)
+        return None if value is None else float(value)
+    scores = [e[best_key] for e in evals]
+    first = int(np.argmin(scores)) if by == "loss" else int(np.argmax(scores))
+    return float(np.mean([e[key] for e in evals[first:]]))
+
+
+def _by(config: dict) -> str:
+    return (config.get("train") or {}).get("metric_for_best") or "accuracy"
+
+
+def budget_reach(run: dict) -> tuple[float, str]:
+    """How much a budget as long again could add to a run still improving, at its recent rate (its best over the last
+    ``patience`` evaluations against its best before them, per evaluation, times its evaluations: a learning curve
+    flattens, so this is generous), in validation accuracy; inf when it cannot be read. And the cap that ended it:
+    ``train.max_steps`` when the run reached it, else ``train.epochs``."""
+    train = run["config"].get("train") or {}
+    evals = [e for e in run.get("history") or [] if e.get("val_accuracy") is not None]
+    last = evals[-1].get("step") if evals else None
+    cap = "train.max_steps" if train.get("max_steps") and last is not None and last >= train["max_steps"] else "train.epochs"
+    window = max(2, int(train.get("patience") or 2))
+    if len(evals) <= window:
+        return float("inf"), cap
+    values = [e["val_accuracy"] for e in evals]
+    gain = max(values[-window:]) - max(values[:-window])
+    return (max(gain, 0.0) / window * len(values) if gain > 0 else float("inf")), cap
+
+
 def condition_row(c: Condition) -> dict:
     """The per-condition numbers of a summary table (statistics across conditions are added by ``verdict``)."""
     acc, f1 = c.seed_values("test", "accuracy"), c.seed_values("test", "macro_f1")
@@ -270,6 +339,9 @@ def condition_row(c: Condition) -> dict:
     res = [r["resources"] for r in c.runs]
     times = [time_to_target(r["history"]) for r in c.runs]
     convs = [r["info"].get("convergence") for r in c.runs]  # None: a run written before tuneoff recorded it
+    still = [r for r, conv in zip(c.runs, convs) if conv and not conv.get("converged")]
+    reach = [budget_reach(r) for r in still]
+    trial = c.trial or {}
     std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))  # one seed: no spread to report, not 0
     return {
         "condition": c.name, "method": c.method, "seeds": len(c.runs),
@@ -278,6 +350,13 @@ def condition_row(c: Condition) -> dict:
         "macro_f1_per_seed": " / ".join(f"{f:.3f}" for f in f1),
         "val_accuracy": float(c.seed_values("validation", "accuracy").mean()),
         "val_macro_f1": float(c.seed_values("validation", "macro_f1").mean()),
+        **{f"plateau_{m}": _mean(plateau(r["history"], m, _by(r["config"]), r["metrics"].get("validation"))
+                                 for r in c.runs) for m in ("accuracy", "macro_f1")},
+        **{f"sel_{m}": (plateau(trial["history"], m, _by(trial["config"]), trial["validation"]) if trial else np.nan)
+           for m in ("accuracy", "macro_f1")},
+        "pick_seed": trial.get("seed"),
+        "budget_gain": max((g for g, _ in reach), default=np.nan),
+        "stopped_by": ", ".join(sorted({cap for _, cap in reach})),
         "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
         "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
         "collapsed_runs": c.collapsed_runs(),
@@ -298,7 +377,8 @@ def condition_row(c: Condition) -> dict:
     }
 
 
-def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd: float = 0.05) -> pd.DataFrame:
+def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd: float = 0.083,
+              prior: SeedPrior | None = None) -> pd.DataFrame:
     """Precision, recall and F1 per class and condition (mean over seeds), F1 with its interval over seeds and test
     examples (``significance.class_f1_values``: a rare class's F1 rests on few examples, and the interval says how few)."""
     rows = []
@@ -308,7 +388,7 @@ def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd:
                             for r in c.runs], axis=1)  # (n, seeds, classes)
         for k, name in enumerate(c.label_names):
             vals = [r["metrics"]["test"]["per_class"][name] for r in c.runs]
-            low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd).interval(c.name, confidence)
+            low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd, prior=prior).interval(c.name, confidence)
             rows.append({"condition": c.name, "class": name, "precision": np.mean([v["precision"] for v in vals]),
                          "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
                          "f1_ci_low": low, "f1_ci_high": high, "support": vals[0]["support"]})

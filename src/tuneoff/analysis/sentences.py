@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tuneoff.analysis import power
 from tuneoff.analysis.settings import Decide
 
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
@@ -23,88 +24,188 @@ def ratio(value: float, ref: float) -> str:
     return f"1/{1 / r:,.0f}" if r < 0.5 else f"{r:.2f}x"
 
 
-def best_line(best: pd.Series, metric: str = "accuracy") -> str:
+def best_line(best: pd.Series, metric: str = "accuracy", source: str = "final") -> str:
     lr = f"; learning rate {best.lr:.3g}" if pd.notna(best.get("lr")) else ""
     name = "" if metric == "accuracy" else f"{LABELS[metric]} "
-    return (f"**Best on validation: {best.condition}** (validation {LABELS[metric]} {pct(best[f'val_{metric}'])}{lr}); "
-            f"on test {name}{pct(best[metric])} (95% CI {pct(best[f'{metric}_ci_low'])}–{pct(best[f'{metric}_ci_high'])}, "
-            f"covering {best.ci_covers}; {best.seeds} seed(s): {best[f'{metric}_per_seed']}).")
+    if source == "held-apart":
+        head = (f"**Picked: {best.condition}** on held-apart validation (its tuning trial, seed {int(best.pick_seed)}, "
+                f"which no final run shares: validation {LABELS[metric]} {pct(best[f'sel_{metric}'])} at its plateau{lr})")
+    else:
+        head = (f"**Picked: {best.condition}** on its final runs' validation ({LABELS[metric]} "
+                f"{pct(best[f'plateau_{metric}'])} at their plateau{lr}; no tuning trial to pick on, so the test "
+                "comparison with it shares its seeds' luck: its lead below leans its way)")
+    return (f"{head}; on test {name}{pct(best[metric])} (95% CI {pct(best[f'{metric}_ci_low'])}–"
+            f"{pct(best[f'{metric}_ci_high'])}, covering {best.ci_covers}; {best.seeds} seed(s): {best[f'{metric}_per_seed']}).")
+
+
+def _decision_row(v, name: str):
+    d = v.decisions
+    hit = d[(d.condition == name) & (d.against == "pick")]
+    return hit.iloc[0] if len(hit) else None
 
 
 def runner_up_line(v, best: pd.Series, runner: pd.Series) -> str:
-    d = v.decisions
-    row = d[(d.condition == runner.condition) & (d.against == "best")].iloc[0]
+    row = _decision_row(v, runner.condition)
     p = v.pairs
-    pair = p[((p.a == best.condition) & (p.b == runner.condition)) | ((p.b == best.condition) & (p.a == runner.condition))]
+    pair = p[((p.a == best.condition) & (p.b == runner.condition)) | ((p.b == best.condition) & (p.a == runner.condition))
+             ] if len(p) else p
     mc = conflict = ""
     if len(pair) and pair.iloc[0].paired_seeds:
         pair = pair.iloc[0]
         mc = f"; McNemar per seed: {pair.mcnemar}"
         conflict = " (the seeds disagree on the direction)" if pair.mcnemar_favours_a and pair.mcnemar_favours_b else ""
-    verdict = "a **significant** difference" if row.significant else "**not a significant** difference"
-    return (f"Against the runner-up on validation, {runner.condition}: {pts(-row['diff'])} {unit(v.metric)} on test for "
-            f"{best.condition} (95% CI {pts(-row.ci_high)} to {pts(-row.ci_low)}), {verdict} (Holm-adjusted p = "
-            f"{row.p_holm:.3g} over the {v.family} comparisons of the decision){mc}{conflict}.")
+    verdict = (f"**significantly below** {best.condition}" if row.significant else f"not significantly below {best.condition}")
+    return (f"Against the runner-up, {runner.condition}: {pts(-row['diff'])} {unit(v.metric)} on test for "
+            f"{best.condition} (95% CI {pts(-row.ci_high)} to {pts(-row.ci_low)}); {runner.condition} is {verdict} "
+            f"(Holm-adjusted p = {row.p_adjusted:.3g} over the group's comparisons with the pick){mc}{conflict}.")
 
 
-def contradictions(v, best: pd.Series, runs: pd.DataFrame) -> list[str]:
-    """Conditions significantly better than the validation pick on test: the test set contradicts the choice."""
+def contradictions(v, best: pd.Series) -> list[str]:
+    """Conditions significantly better than the pick on test: the test set contradicts the choice."""
     d = v.decisions
     if d is None or d.empty:
         return []
-    ahead = d[(d.against == "best") & d.significant & (d["diff"] > 0)]
-    return [f"**The test set contradicts the validation pick**: {r.condition} is better than {best.condition} on test by "
-            f"{pts(r['diff'])} {unit(v.metric)} (95% CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = {r.p_holm:.3g}) "
-            "though it ranked lower on validation. The validation split may be too small or unlike the test split: "
-            "read the recommendation with care, or enlarge validation (data.validation_fraction)."
-            for _, r in ahead.iterrows()]
+    ahead = d[(d.against == "pick") & d.significant & (d["diff"] > 0)]
+    return [f"**The test set contradicts the pick**: {r.condition} is better than {best.condition} on test by "
+            f"{pts(r['diff'])} {unit(v.metric)} (95% CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = "
+            f"{r.p_adjusted:.3g}) though it ranked lower on validation. The validation evidence the pick rests on may be "
+            "too small or unlike the test split: read the recommendation with care, or enlarge validation "
+            "(data.validation_fraction)." for _, r in ahead.iterrows()]
 
 
-def recommendation(rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, margin: float,
-                   cost_margin: float = 0.0, metric: str = "accuracy") -> str:
+def _costs(rec: pd.Series, ref: pd.Series) -> list[str]:
     costs = [f"{rec.trainable_pct:.3g}% of the parameters trained"]
     if rec.condition != ref.condition:
         costs += [f"{ratio(rec.trained_mb, ref.trained_mb)} the trained weights to keep",
                   f"{ratio(rec.peak_memory_mb, ref.peak_memory_mb)} the peak memory",
                   f"{ratio(rec.train_seconds, ref.train_seconds)} the training time of {ref.condition}"]
+    return costs
+
+
+def recommendation(v, rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, settings) -> str:
+    margin, metric = settings.margin, v.metric
+    costs = ", ".join(_costs(rec, ref))
     if rec.condition != best.condition:
         d = calls[rec.condition][1]
-        how = (f"better by {100 * d['diff']:.1f} {unit(metric)} than" if d["diff"] > 0 else
-               f"within {abs(100 * d['diff']):.1f} {unit(metric)} of")
-        quality = (f"{how} {best.condition} on test (non-inferior at a {100 * margin:g}-point margin: 95% CI of the "
-                   f"difference {pts(d['ci_low'])} to {pts(d['ci_high'])}, {rec.seeds} seed(s))")
-        return f"**Use {rec.condition}**: {quality}, {', '.join(costs)}."
-    open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited")]
+        low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]
+        how = (f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test" if d["diff"] >= 0 else
+               f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test")
+        return (f"**Use {rec.condition}**: within the {100 * margin:g}-point margin of the best, whichever it is (it may "
+                f"lose at most {abs(100 * low):.1f} {unit(metric)} against it, 95% simultaneous over the candidates; "
+                f"{how}, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}, {rec.seeds} seed(s)); {costs}.")
+    open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited", "seeds disagree")]
     if open_:
-        return (f"**Use {rec.condition} by default**: it is the best on validation, but this study could not decide "
-                f"whether cheaper {', '.join(open_)} {'is' if len(open_) == 1 else 'are'} as good (see below): the "
+        return (f"**Use {rec.condition} by default**: the pick, but this study could not decide whether cheaper "
+                f"{', '.join(open_)} {'is' if len(open_) == 1 else 'are'} within the margin of the best (see below): the "
                 f"default for lack of evidence, not a finding that {'it is' if len(open_) == 1 else 'they are'} worse; "
-                f"{', '.join(costs)}.")
+                f"{costs}.")
+    if not v.decided:
+        return (f"**Use {rec.condition} by default**: the pick, and nothing that qualified is cheaper, but this study "
+                f"could not show it within the {100 * margin:g}-point margin of the best (a condition that cost more may be "
+                f"better by more); {costs}.")
     if cheaper:
-        return (f"**Use {rec.condition}**: the best on validation, and every cheaper method is worse by more than the "
-                f"{100 * margin:g}-point margin; {', '.join(costs)}.")
-    by = f" by {100 * cost_margin:g}% or more" if cost_margin else ""
-    return f"**Use {rec.condition}**: the best on validation, and no method that qualified is cheaper{by}; {', '.join(costs)}."
+        return (f"**Use {rec.condition}**: within the margin of the best, and every cheaper method is worse than the best "
+                f"by more than the {100 * margin:g}-point margin; {costs}.")
+    by = f" by {100 * settings.cost_margin:g}% or more" if settings.cost_margin else ""
+    return (f"**Use {rec.condition}**: within the margin of the best, and no method that qualified is cheaper{by}; "
+            f"{costs}.")
+
+
+def undecided_line(v, name: str, best: pd.Series, d: dict, margin: float) -> str:
+    low = v.with_best.set_index("condition").loc[name, "best_low"]
+    return (f"Cannot decide whether cheaper {name} is within the margin of the best: it may lose up to "
+            f"{abs(100 * low):.1f} {unit(v.metric)} against it (95%, simultaneous), past the −{100 * margin:g}-point margin "
+            f"({pts(d['diff'])} against {best.condition} on test, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}); "
+            f"{what_would_decide(v, name, best.condition, margin)}.")
+
+
+def what_would_decide(v, name: str, best: str, margin: float) -> str:
+    """The two levers, each alone: seeds per condition, and test examples (only where the data could have more), for
+    an 80% chance of deciding at the margin if the two were truly equal (``power``)."""
+    cmp = v.comparisons
+    d = cmp.difference(name, best)
+    n, seeds = len(next(iter(cmp.mats.values()))), min(cmp.n_seeds(name), cmp.n_seeds(best))
+    noise = power.Noise(d["test"] * n, cmp.seeds_of(name).tau2, cmp.seeds_of(best).tau2,
+                        cmp.prior.df if cmp.prior else 0.0)
+    k = len(v.with_best) if v.with_best is not None else 2
+    level = 0.05 / max(k - 1, 1)
+    more_seeds = power.seeds_for(noise, n, margin, level)
+    more_examples = power.examples_for(noise, seeds, margin, level)
+    now = power.chance(noise, seeds, n, margin, level)
+    share = d["seed"] / (d["seed"] + d["test"]) if d["seed"] + d["test"] > 0 else 0.0
+    parts = [f"between truly equal methods this design decides at the margin {100 * now:.0f}% of the time (the seeds "
+             f"make {100 * share:.0f}% of the interval's variance)"]
+    parts.append(f"about {more_seeds} seeds per condition would make it 80%" if more_seeds else
+                 f"more seeds alone would not make it 80% (the {n:,} test examples limit it)")
+    capped = test_capped(v)
+    if more_examples and capped is not False:
+        where = "" if capped else " if the data has that many"
+        parts.append(f"or about {more_examples:,} test examples{where} (now {n:,})")
+    elif more_examples is None:
+        parts.append("more test examples alone would not")
+    return "; ".join(parts)
+
+
+def test_capped(v) -> bool | None:
+    """Whether the group's test set was cut short by data.max_eval_samples / max_test_samples (the data has more),
+    None when unknown (no run config)."""
+    runs = [r for c in v.group.conditions for r in c.runs]
+    if not runs:
+        return None
+    data = runs[0]["config"].get("data") or {}
+    cap = data.get("max_test_samples") or data.get("max_eval_samples")
+    return bool(cap) and cap <= len(v.group.ids)
+
+
+def disagree_line(rows: pd.DataFrame, metric: str) -> str:
+    """Conditions with a seed far from their others (``significance.seeds_disagree``)."""
+    return ("**Seeds disagree**: " + "; ".join(f"{r.condition} ({r[f'{metric}_per_seed']})" for _, r in rows.iterrows())
+            + ": one seed lies far from the others, as when a method fails now and then. Such a seed distribution is "
+            "skewed, and an interval on a few seeds may miss its mean (most draws show no failure), so "
+            + ("these are" if len(rows) > 1 else "it is") + " never called within the margin of the best or worse, "
+            "nor recommended as a finding; more seeds would show how often the failure comes.")
+
+
+def none_above_baseline(base: pd.Series, metric: str, flagged: pd.DataFrame, runs: pd.DataFrame) -> str:
+    return (f"**No method could be shown above the majority-class baseline** ({base.condition}, test "
+            f"{LABELS[metric]} {pct(base[metric])}; Holm over the study's comparisons with it): none is recommended. "
+            + flag_text(flagged) + budget_text(runs) + " Train longer (train.epochs), on more data, with more test "
+            "examples or seeds, or let the study tune each method's learning rate (tune: {lr: true}), then re-run.")
+
+
+def budget_line(limited: pd.DataFrame, calls: dict) -> str:
+    """The budget-limited conditions: which a longer budget could change, and which it could not (their gap to the
+    best is beyond what their recent gain would add)."""
+    protected = [n for n in limited.condition if calls.get(n, ("",))[0] == "budget-limited"]
+    beyond = [n for n in limited.condition if calls.get(n, ("",))[0] == "worse"]
+    line = ("**Budget-limited** (a run did not reach its validation plateau): "
+            + "; ".join(f"{n} ({limited.loc[n].not_converged})" for n in limited.condition) + ". ")
+    if protected:
+        line += (f"A longer budget could change the comparison of {', '.join(protected)}, so it is not called worse. ")
+    if beyond:
+        line += (f"{', '.join(beyond)} {'is' if len(beyond) == 1 else 'are'} worse than the best by more than "
+                 "the margin even if "
+                 f"{'its' if len(beyond) == 1 else 'their'} runs kept their recent gain for as long again. ")
+    return line + budget_advice(limited)
 
 
 def seed_caveats(v, runs: pd.DataFrame) -> list[str]:
-    seeds = v.comparisons.seeds
-    if seeds.assumed:
-        return [f"With one seed per condition the seed-to-seed variation cannot be measured: it is assumed to be "
-                f"{100 * seeds.sd:.0f} {LABELS[v.metric]} points (analysis.assumed_seed_sd), so intervals are wide and only large "
-                "differences can be called; run at least two seeds per condition to measure it."]
-    if runs.seeds.min() < 3:
-        cmp, few = v.comparisons, int(runs.seeds.min())
-        spread = {c: cmp.seeds_of(c).sd for c in runs.condition if cmp.n_seeds(c) > 1}
-        widest = max(spread, key=spread.get, default=None)
-        if widest is None or spread[widest] == 0:
-            return [f"No systematic seed-to-seed variation was detected in any condition ({few} seed(s) each): the "
-                    "intervals are mostly test sampling's; with so few seeds that is an estimate, and more seeds would "
-                    "make it firm."]
-        return [f"Each condition's seed-to-seed variation is estimated from its own seeds, {few} or more (up to "
-                f"{100 * spread[widest]:.1f} {unit(v.metric)}, {widest}): with so few seeds the intervals use a wide t quantile, "
-                "and more seeds would narrow them."]
-    return []
+    cmp = v.comparisons
+    one = [c for c in runs.condition if cmp.n_seeds(c) < 2]
+    out = []
+    if one:
+        out.append(f"With one seed the seed-to-seed variation cannot be measured ({', '.join(one)}): it is taken as "
+                   f"{100 * cmp.assumed_sd:.1f} {LABELS[v.metric]} points, the largest any committed study measured "
+                   "(analysis.assumed_seed_sd), so only differences no seed could make are called; run at least three "
+                   "seeds per condition.")
+    few = [c for c in runs.condition if 1 < cmp.n_seeds(c) < 3]
+    if few:
+        quiet = [c for c in few if cmp.seeds_of(c).raw == 0]
+        out.append(f"Two seeds cannot show a condition's seed-to-seed variation ({', '.join(few)}"
+                   + (f"; {', '.join(quiet)} landed so close that on their own they would read as none" if quiet else "")
+                   + "): each is moderated toward the spread measured in earlier studies, so the intervals allow for "
+                   "seeds that scatter more than these did; run three or more.")
+    return out
 
 
 def memory_caveat(conditions) -> list[str]:
@@ -126,11 +227,15 @@ def budget_text(runs: pd.DataFrame) -> str:
 
 
 def budget_advice(limited: pd.DataFrame) -> str:
+    """What to change, naming the cap that ended the runs (``train.max_steps`` or ``train.epochs``)."""
     reasons = " ".join(limited.not_converged.astype(str))
+    caps = sorted({c for cell in limited.get("stopped_by", pd.Series(dtype=str)).fillna("") for c in str(cell).split(", ") if c})
+    cap = " and ".join(caps) or "train.epochs"
     if "too few evaluations" in reasons:
-        return "Evaluate more often (train.eval_every) and train longer (train.epochs) with early stopping (train.patience)."
+        return f"Evaluate more often (train.eval_every) and raise {cap} with early stopping (train.patience)."
     if "still improving" in reasons or "under-confident" in reasons:
-        return "Raise train.epochs (early stopping with train.patience ends each run at its plateau), or tune the learning rate."
+        return (f"Raise {cap}, which ended these runs (early stopping with train.patience ends each run at its "
+                "plateau), or tune the learning rate.")
     return "Tune the learning rate (tune: {lr: true}) or train longer."
 
 
@@ -141,12 +246,7 @@ def flag_text(flagged: pd.DataFrame) -> str:
         if r.collapsed_runs:
             why.append(f"predicted a single class in {int(r.collapsed_runs)} of {int(r.seeds)} run(s)")
         if not r.beats_baseline:
-            why.append("does not beat the majority-class baseline significantly")
-        elif not r.collapsed_runs:
-            # Eligibility is only ever withdrawn (verdict._decision_family): it failed Holm while the family held its
-            # comparison with a best; with no best left, the smaller family would pass it. Borderline, said as such.
-            why.append("beats the majority-class baseline only narrowly: significant in the smaller family of "
-                       "comparisons left when no method qualifies, not in the one with its comparison against a best")
+            why.append("could not be shown above the majority-class baseline")
         parts.append(f"{r.condition} ({'; '.join(why)})")
     return "; ".join(parts) + "." if parts else ""
 
