@@ -88,11 +88,10 @@ def recommendation(v, rec: pd.Series, best: pd.Series, ref: pd.Series, calls: di
     if rec.condition != best.condition:
         d = calls[rec.condition][1]
         low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]
-        how = (f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test" if d["diff"] >= 0 else
-               f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test")
         return (f"**Use {rec.condition}**: within the {100 * margin:g}-point margin of the best, whichever it is (it may "
                 f"lose at most {abs(100 * low):.1f} {unit(metric)} against it, 95% simultaneous over the candidates; "
-                f"{how}, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}, {rec.seeds} seed(s)); {costs}.")
+                f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test, 95% CI {pts(d['ci_low'])} to "
+                f"{pts(d['ci_high'])}, {rec.seeds} seed(s)); {costs}.")
     open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited", "seeds disagree")]
     if open_:
         return (f"**Use {rec.condition} by default**: the pick, but this study could not decide whether cheaper "
@@ -125,8 +124,10 @@ def what_would_decide(v, name: str, best: str, margin: float) -> str:
     cmp = v.comparisons
     d = cmp.difference(name, best)
     n, seeds = len(next(iter(cmp.mats.values()))), min(cmp.n_seeds(name), cmp.n_seeds(best))
-    noise = power.Noise(d["test"] * n, cmp.seeds_of(name).tau2, cmp.seeds_of(best).tau2,
-                        cmp.prior.df if cmp.prior else 0.0)
+    # the seed variance a run of more seeds would measure: a one-seed condition's assumed worst case is not it
+    typical = cmp.prior.sd ** 2 if cmp.prior else cmp.assumed_sd ** 2
+    tau2 = [typical if cmp.seeds_of(c).assumed else cmp.seeds_of(c).tau2 for c in (name, best)]
+    noise = power.Noise(d["test"] * n, *tau2, cmp.prior.df if cmp.prior else 0.0)
     k = len(v.with_best) if v.with_best is not None else 2
     level = 0.05 / max(k - 1, 1)
     more_seeds = power.seeds_for(noise, n, margin, level)

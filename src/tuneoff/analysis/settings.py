@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneoff.analysis.significance import ASSUMED_SEED_SD
+
 
 class Decide(BaseModel):
     """Constraints a recommended method must meet (a study's ``decide:``, or flags of ``tuneoff report``)."""
@@ -35,6 +37,8 @@ class AnalysisSettings(BaseModel):
     cost_margin: float = Field(0.1, ge=0, lt=1, description="A method counts as cheaper than another only when its "
                                "cost (overall, or the one preferred) is lower by at least this fraction (0.1 = 10%): "
                                "smaller gaps are within the run-to-run noise of time and memory.")
-    assumed_seed_sd: float = Field(0.05, ge=0, lt=0.5, description="Seed-to-seed sd of accuracy assumed where no "
-                                   "condition has two seeds to measure it (0.05 = 5 points: conservative).")
+    assumed_seed_sd: float = Field(ASSUMED_SEED_SD, ge=0, lt=0.5, description="Seed-to-seed sd of the metric assumed "
+                                   "for a condition with one seed, which cannot measure it (0.083 = 8.3 points: the "
+                                   "largest any committed study measured, so one seed decides only what no seed could "
+                                   "change).")
     decide: Decide = Decide()  # also accepted at the study's top level (``decide:``)
