@@ -93,11 +93,11 @@ def test_a_study_from_a_dict_with_its_verdict_and_tables(tiny_bert, toy_csv, tmp
     assert sorted(summary.condition) == ["lora", "majority class (neg)", "partial_top1"] or \
         sorted(summary.condition) == ["lora", "majority class (pos)", "partial_top1"]
     assert {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "trainable_params"} <= set(summary.columns)
-    assert set(study.decisions.against) == {"baseline", "best"} and len(study.comparisons) == 1
+    assert set(study.decisions.against) == {"baseline", "pick"} and len(study.comparisons) == 1
     text = study.verdict_text()
-    assert text.startswith("== toy.csv") and "Best on validation" in text
+    assert text.startswith("== toy.csv") and "Picked: " in text
     html = study._repr_html_()
-    assert "<table" in html and "Best on validation" in html
+    assert "<table" in html and "Picked: " in html
     tight = tuneoff.load_study(tmp_path / "r" / "api", max_trainable_params=1)  # read again under a constraint
     assert "No method fits the constraints (max_trainable_params ≤ 1)" in tight.verdict_text()
     with pytest.raises(tuneoff.TuneoffError, match="not a study results directory"):
@@ -122,7 +122,7 @@ def test_the_example_notebook_runs_headless(tiny_bert, toy_csv, tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     rendered = " ".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
-    assert "Best on validation" in rendered or "No method learned" in rendered
+    assert "Picked: " in rendered or "No method could be shown above" in rendered
 
 
 def test_a_gpu_study_packs_by_the_planned_peak_of_its_largest_run(tiny_bert, toy_csv, tmp_path, monkeypatch):

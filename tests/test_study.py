@@ -104,7 +104,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     # base64 payloads are stripped first: a plot's bytes spell "http" by chance (CI failed once on a PNG that did)
     page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:", html.split("<body>")[1].split("Study spec")[0])
     assert "http" not in page
-    assert "Best on validation" in html and "majority class" in html and "Most confidently wrong" in html
+    assert "Picked: " in html and "majority class" in html and "Most confidently wrong" in html
     pairs = pd.read_csv(report / "comparisons.csv")
     assert pairs["significant"].isin([True, False]).all() and "Holm" in (report / "summary.md").read_text()
     summary = pd.read_csv(report / "summary.csv")
@@ -125,7 +125,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert "\n  - `train.epochs`: 8, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
     from tuneoff.training.session import cpu_has_native_bf16  # auto: bf16 where the CPU has it natively, else fp32
     assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
-    assert "- runs: 4 compared" in header and "Best on validation" in (tmp_path / "cite" / "tiny.md").read_text()
+    assert "- runs: 4 compared" in header and "Picked: " in (tmp_path / "cite" / "tiny.md").read_text()
     from tuneoff.core.provenance import tuneoff_commit, tuneoff_version  # the code that analysed it: re-exported later, it may read differently
     assert f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}." in (tmp_path / "cite" / "tiny.md").read_text()
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
@@ -334,7 +334,7 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
     reread = runner.invoke(app, ["report", str(tmp_path / "r" / "sizes"), "--metric", "macro_f1"])
     assert reread.exit_code == 0, reread.output
     md = (report / "summary.md").read_text()
-    assert "## Macro-F1 by training-set size" in md and "ranked on **validation** macro-F1" in md
+    assert "## Macro-F1 by training-set size" in md and "the best on **validation** macro-F1" in md
     assert "validation macro-F1" in md and "Accuracy by training-set size" not in md
     assert {v["metric"] for v in json.loads((report / "verdict.json").read_text())["groups"]} == {"macro_f1"}
     summary = pd.read_csv(report / "summary.csv")

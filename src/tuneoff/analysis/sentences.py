@@ -31,7 +31,7 @@ def best_line(best: pd.Series, metric: str = "accuracy", source: str = "final") 
         head = (f"**Picked: {best.condition}** on held-apart validation (its tuning trial, seed {int(best.pick_seed)}, "
                 f"which no final run shares: validation {LABELS[metric]} {pct(best[f'sel_{metric}'])} at its plateau{lr})")
     else:
-        head = (f"**Picked: {best.condition}** on its final runs' validation ({LABELS[metric]} "
+        head = (f"**Picked: {best.condition}** on its final runs (validation {LABELS[metric]} "
                 f"{pct(best[f'plateau_{metric}'])} at their plateau{lr}; no tuning trial to pick on, so the test "
                 "comparison with it shares its seeds' luck: its lead below leans its way)")
     return (f"{head}; on test {name}{pct(best[metric])} (95% CI {pct(best[f'{metric}_ci_low'])}–"

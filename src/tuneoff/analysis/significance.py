@@ -57,10 +57,9 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 
+from tuneoff.analysis.settings import ASSUMED_SEED_SD
+
 ALPHA = 0.05
-# The largest seed-to-seed sd of accuracy any committed study measured (AdaLoRA on Rotten Tomatoes in the method zoo,
-# bench/results/seed-prior-20261207.md): what one seed, which measures nothing, is assumed to have.
-ASSUMED_SEED_SD = 0.083
 
 
 @dataclass(frozen=True)

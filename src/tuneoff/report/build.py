@@ -113,10 +113,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                    "Recall per class on test (mean over seeds; the share of each class's test examples predicted as it):",
                    "", _md_table(analysis.by_class(classes, "recall")), ""]
         if v.decisions is not None and len(v.decisions):
-            md += ["The decision (each condition against the best on validation and against the majority-class baseline; "
-                   "95% t interval over seeds and test examples; p Holm-adjusted over the study's decision comparisons):", "",
-                   _md_table(v.decisions[["condition", "against", "diff", "ci_low", "ci_high", "df", "p_value", "p_holm",
-                                          "significant"]]), ""]
+            md += [sections.decision_note(v.metric), "", _md_table(sections.decision_table(v.decisions)), ""]
         if v.speed is not None and len(v.speed):
             md += [sections.speed_note(v.speed), "", _md_table(v.speed), ""]
         if sections.speed_pairs_shown(v):
