@@ -432,7 +432,7 @@ def test_the_best_by_default_is_not_read_as_a_finding():
                                "as 8.3 accuracy points, the largest any committed study measured") for line in v.lines)
 
 
-def test_a_budget_limited_condition_is_never_called_worse():
+def test_a_budget_limited_condition_without_a_history_to_judge_is_not_called_worse():
     n = 2000
     truth = truth_of(n)
     still = {"converged": False, "status": "still improving", "reason": "still improving when its budget ended"}
@@ -451,6 +451,64 @@ def test_a_budget_limited_condition_is_never_called_worse():
     line = next(line for line in v.lines if line.startswith("**Budget-limited**"))
     assert "lora (2 of 2 runs still improving: still improving when its budget ended)" in line and "train.epochs" in line
     assert v.budget_limited == ["lora"]
+
+
+def _climbing(start, per_eval, evals=8, every=25):
+    return [{"step": every * (i + 1), "val_accuracy": start + per_eval * i, "val_macro_f1": start + per_eval * i}
+            for i in range(evals)]
+
+
+def test_budget_limited_is_protected_only_where_a_longer_budget_could_close_the_gap():
+    """A new user's head run was 17 points below the best (its whole interval far below) and never called worse
+    because one run was still improving. Now: "slow" gains half a point per evaluation at the end of its 8: kept up
+    for as long again, 4 points, not the 18 it is behind: worse. "steep" gains 5 points per evaluation: 40 more
+    could close it: protected. Both stopped at train.max_steps, and the advice says so, not train.epochs."""
+    n = 2000
+    truth = truth_of(n)
+    still = {"converged": False, "status": "still improving", "reason": "still improving when its budget ended"}
+    done = {"converged": True, "status": "plateau", "reason": "early stopping"}
+    capped = {"model": {"name": "m"}, "data": {"name": "d"}, "method": {"name": "x"},
+              "train": {"max_steps": 200, "patience": 2}}
+    best = [fake_run(s, rights(n, 1800, s), truth, val=0.9) for s in (1, 2, 3)]
+    slow = [fake_run(s, rights(n, 1440, 10 + s), truth, val=0.72, history=_climbing(0.685, 0.005)) for s in (1, 2, 3)]
+    steep = [fake_run(s, rights(n, 1440, 20 + s), truth, val=0.72, history=_climbing(0.37, 0.05)) for s in (1, 2, 3)]
+    for r in best:
+        r["info"]["convergence"] = done
+    for r in slow + steep:
+        r["info"]["convergence"], r["config"] = still, capped
+    v = analyse([condition("full", "full", best), condition("slow", "head", slow), condition("steep", "head", steep)])[0]
+    table = v.table.set_index("condition")
+    assert table.loc["slow", "budget_gain"] == pytest.approx(0.005 * 8) and table.loc["steep", "budget_gain"] > 0.3
+    assert table.loc["slow", "vs_best"] == "worse" and table.loc["steep", "vs_best"] == "budget-limited"
+    line = next(line for line in v.lines if line.startswith("**Budget-limited**"))
+    assert "A longer budget could change the comparison of steep" in line
+    assert "slow is worse than the best by more than the margin even if its runs kept their recent gain" in line
+    assert "Raise train.max_steps, which ended these runs" in line and "train.epochs" not in line
+
+
+def test_advice_never_asks_for_test_examples_the_data_does_not_have():
+    """An open comparison says what would settle it, seeds and test examples as separate levers, each for an 80%
+    chance of deciding between truly equal methods (analysis.power). At a 5-point margin on 150 test examples the test
+    set limits it; more test examples are offered only where data.max_eval_samples cut the test split short: a test
+    split that is all the data has no more to give."""
+    n = 150
+    truth = truth_of(n)
+
+    def line(data):
+        conds = []
+        for i, (name, k, pct) in enumerate((("full", 124, 100.0), ("lora", 122, 0.3))):
+            runs = [fake_run(s, rights(n, k, 10 * i + s), truth, val=0.84 - i / 100,
+                             resources={"trainable_pct": pct, "train_seconds": 300.0 if i == 0 else 100.0})
+                    for s in (1, 2, 3)]
+            for r in runs:
+                r["config"]["data"] = data
+            conds.append(condition(name, name, runs))
+        verdict = analyse(conds, AnalysisSettings(margin=0.05))[0]
+        return next(line for line in verdict.lines if line.startswith("Cannot decide whether cheaper lora"))
+
+    whole, capped = line({"name": "d"}), line({"name": "d", "max_eval_samples": 150})
+    assert "test examples (now 150)" in capped and "x the data" not in capped
+    assert "(now 150)" not in whole and "more seeds alone cannot (the 150 test examples limit it)" in whole
 
 
 def test_a_budget_limited_leader_on_validation_leaves_the_converged_pick_and_its_runner_up():

@@ -134,17 +134,20 @@ def what_would_decide(v, name: str, best: str, margin: float) -> str:
     more_examples = power.examples_for(noise, seeds, margin, level)
     now = power.chance(noise, seeds, n, margin, level)
     share = d["seed"] / (d["seed"] + d["test"]) if d["seed"] + d["test"] > 0 else 0.0
-    parts = [f"between truly equal methods this design decides at the margin {100 * now:.0f}% of the time (the seeds "
-             f"make {100 * share:.0f}% of the interval's variance)"]
-    parts.append(f"about {more_seeds} seeds per condition would make it 80%" if more_seeds else
-                 f"more seeds alone would not make it 80% (the {n:,} test examples limit it)")
+    now_text = (f"between truly equal methods this design decides at the margin {100 * now:.0f}% of the time (the "
+                f"seeds make {100 * share:.0f}% of the interval's variance)")
     capped = test_capped(v)
+    levers, limits = [], []
+    if more_seeds:
+        levers.append(f"about {more_seeds} seeds per condition")
+    else:
+        limits.append(f"more seeds alone cannot (the {n:,} test examples limit it)")
     if more_examples and capped is not False:
-        where = "" if capped else " if the data has that many"
-        parts.append(f"or about {more_examples:,} test examples{where} (now {n:,})")
+        levers.append(f"about {more_examples:,} test examples" + ("" if capped else " if the data has them") + f" (now {n:,})")
     elif more_examples is None:
-        parts.append("more test examples alone would not")
-    return "; ".join(parts)
+        limits.append("more test examples alone cannot (the seeds limit it)")
+    out = now_text + (f"; for 80%: {' or '.join(levers)}" if levers else "")
+    return out + (f"; {'; '.join(limits)}" if limits else "")
 
 
 def test_capped(v) -> bool | None:
