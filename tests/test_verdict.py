@@ -785,3 +785,30 @@ def test_a_condition_not_shown_above_the_baseline_is_flagged_in_words_that_say_s
     line = " ".join(v.lines)
     assert "b (could not be shown above the majority-class baseline)" in line
     assert "learned" not in line and "not detected" not in line
+
+
+def test_when_nothing_is_decided_the_default_is_the_cheapest_that_scored_within_the_margin():
+    """A new user's study (573 test examples, 2 seeds) read "use full by default" while partial top-2 scored higher
+    on test in a quarter of the time: the default went to the most expensive leader on validation. Now the default is
+    the cheapest condition within the margin of the pick on test whose worst case against the best is within
+    analysis.tolerance (5 points); with tolerance 0 the pick stays; a cheaper one 3 points behind on test is not it."""
+    n = 573
+    truth = truth_of(n)
+    full_res = {"trainable_pct": 100.0, "trained_bytes": 90_800_000, "train_seconds": 400.0, "peak_rss_mb": 2000.0}
+    part_res = {"trainable_pct": 16.0, "trained_bytes": 14_000_000, "train_seconds": 100.0, "peak_rss_mb": 1200.0}
+
+    def verdict(partial_right, **settings):
+        conds = [condition("full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res)
+                                            for s in (1, 2)]),
+                 condition("partial_top2", "partial", [fake_run(s, rights(n, partial_right, 10 + s), truth, val=0.94,
+                                                                resources=part_res) for s in (1, 2)])]
+        return analyse(conds, AnalysisSettings(**settings))[0]
+
+    v = verdict(537)
+    assert v.best == "full" and v.recommended == "partial_top2" and not v.decided
+    rec = next(line for line in v.lines if line.startswith("**Use"))
+    assert rec.startswith("**Use partial_top2 by default**: the study could not decide, and partial_top2 is the "
+                          "cheapest condition that scored within the margin of the pick full on test (+0.9 points")
+    assert "within the 5-point tolerance, analysis.tolerance" in rec
+    assert verdict(537, tolerance=0.0).recommended == "full"
+    assert verdict(515).recommended == "full", "3 points behind on test: not within the margin"

@@ -29,19 +29,27 @@ MAX_EXAMPLES = 10_000_000
 @dataclass(frozen=True)
 class Noise:
     """The variance parts of one comparison: per-example variance of the difference and each side's seed variance
-    (fractions squared), and the prior's weight the verdict moderates seed variances with."""
+    (fractions squared), and the prior the verdict moderates a measured seed variance with (``prior_sd`` 0: none)."""
 
     per_example: float
     seed_a: float
     seed_b: float
     prior_df: float = SEED_PRIOR["accuracy"].df
+    prior_sd: float = 0.0
+
+    def _seed(self, tau2: float, seeds: int) -> float:
+        """The seed variance the verdict will use with ``seeds`` seeds: the measured one, raised toward the prior's
+        with its weight (as ``significance.seed_variance``; the expectation of the measured part)."""
+        d = seeds - 1
+        return max(tau2, (d * tau2 + self.prior_df * self.prior_sd ** 2) / (d + self.prior_df)) if self.prior_sd else tau2
 
     def se(self, seeds: int, examples: int) -> float:
-        return float(np.sqrt(self.per_example / examples + (self.seed_a + self.seed_b) / seeds))
+        return float(np.sqrt(self.per_example / examples + (self._seed(self.seed_a, seeds) +
+                                                            self._seed(self.seed_b, seeds)) / seeds))
 
     def df(self, seeds: int, examples: int) -> float:
         test = self.per_example / examples
-        parts = [self.seed_a / seeds, self.seed_b / seeds]
+        parts = [self._seed(self.seed_a, seeds) / seeds, self._seed(self.seed_b, seeds) / seeds]
         denominator = test ** 2 / max(examples - 1, 1) + sum(p ** 2 / (seeds - 1 + self.prior_df) for p in parts)
         return float((test + sum(parts)) ** 2 / denominator) if denominator > 0 else float("inf")
 

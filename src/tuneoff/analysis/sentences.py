@@ -85,6 +85,14 @@ def _costs(rec: pd.Series, ref: pd.Series) -> list[str]:
 def recommendation(v, rec: pd.Series, best: pd.Series, ref: pd.Series, calls: dict, cheaper: dict, settings) -> str:
     margin, metric = settings.margin, v.metric
     costs = ", ".join(_costs(rec, ref))
+    if rec.condition != best.condition and not v.decided:
+        d = calls[rec.condition][1]
+        low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]
+        return (f"**Use {rec.condition} by default**: the study could not decide, and {rec.condition} is the cheapest "
+                f"condition that scored within the margin of the pick {best.condition} on test ({pts(d['diff'])} "
+                f"{unit(metric)}, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}) and may lose at most "
+                f"{abs(100 * low):.1f} {unit(metric)} against the best (95%, simultaneous; within the "
+                f"{100 * settings.tolerance:g}-point tolerance, analysis.tolerance); {costs}.")
     if rec.condition != best.condition:
         d = calls[rec.condition][1]
         low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]

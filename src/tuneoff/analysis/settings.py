@@ -40,6 +40,9 @@ class AnalysisSettings(BaseModel):
     cost_margin: float = Field(0.1, ge=0, lt=1, description="A method counts as cheaper than another only when its "
                                "cost (overall, or the one preferred) is lower by at least this fraction (0.1 = 10%): "
                                "smaller gaps are within the run-to-run noise of time and memory.")
+    tolerance: float = Field(0.05, ge=0, lt=1, description="When the study cannot decide, the default is the "
+                             "cheapest condition that scored within the margin of the pick on test and may lose at "
+                             "most this much against the best (95%, simultaneous); 0 keeps the pick (0.05 = 5 points).")
     assumed_seed_sd: float = Field(ASSUMED_SEED_SD, ge=0, lt=0.5, description="Seed-to-seed sd of the metric assumed "
                                    "for a condition with one seed, which cannot measure it (0.083 = 8.3 points: the "
                                    "largest any committed study measured, so one seed decides only what no seed could "

@@ -76,6 +76,9 @@ class SeedPrior:
 # seed sd measured, the mean seed variance (the likelihood's scale s0, 0.96 accuracy points, is the typical condition's:
 # shrinking toward it under-covers the conditions whose seeds sometimes fail, bench/results/verdict-simulation-*.md).
 SEED_PRIOR = {"accuracy": SeedPrior(0.0176, 2.47), "macro_f1": SeedPrior(0.0238, 2.58)}
+# The same fit's scale s0: the seed sd of a typical condition (half of them scatter less), what a plan expects a
+# condition to measure before it has run (``power``, ``study.design``).
+TYPICAL_SEED_SD = {"accuracy": 0.0096, "macro_f1": 0.0128}
 
 
 @dataclass

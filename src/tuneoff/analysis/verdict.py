@@ -265,6 +265,19 @@ def _against_pick(v: GroupVerdict, fitting: pd.DataFrame, settings: AnalysisSett
     return calls
 
 
+def _default(v: GroupVerdict, t: pd.DataFrame, calls: dict, cost, below: float, settings: AnalysisSettings):
+    """When nothing is decided, what a practitioner would act on instead of the most expensive leader: the cheapest
+    condition whose test difference from the (held-apart, so unbiased) pick is within the margin and whose worst case
+    against the best, at 95% simultaneous, is within ``analysis.tolerance``. None keeps the pick."""
+    if not settings.tolerance:
+        return None
+    worst = v.with_best.set_index("condition").best_low
+    fit = [n for n, (call, d) in calls.items() if call in ("undecided", "as good") and not t.loc[n].budget_limited
+           and not t.loc[n].seeds_disagree and d["diff"] >= -settings.margin and worst[n] >= -settings.tolerance
+           and cost(t.loc[n]) < below]
+    return t.loc[min(fit, key=lambda n: cost(t.loc[n]))] if fit else None
+
+
 def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     t = v.table.set_index("condition", drop=False)
     runs = t[t.method != BASELINE]
@@ -315,6 +328,10 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     pick_low = mcb.lower_bound(v.with_best, best.condition)
     v.decided = not best.seeds_disagree and (rec.condition != best.condition or (
         (len(fitting) == 1 or pick_low > -settings.margin) and all(c == "worse" for c, _ in cheaper.values())))
+    if not v.decided and rec.condition == best.condition:
+        default = _default(v, t, calls, cost, bar * cost(best), settings)
+        rec = rec if default is None else default
+        v.recommended = rec.condition
     lines.append(sentences.recommendation(v, rec, best, ref, calls, cheaper, settings))
     lines += [sentences.undecided_line(v, name, best, d, settings.margin) for name, (call, d) in cheaper.items()
               if call == "undecided"]

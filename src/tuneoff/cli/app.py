@@ -286,6 +286,10 @@ def run_study(
             say(f"{r['run']} [{r['phase']}]: {r['method']} on {r['model']} / {r['data']}")
             say(f"    at most {r['budget']}{r['stop']}, lr {r['lr']}, batch {r['batch']}, max_length {r['max_length']}, "
                 f"{r['schedule']}; hub: {r['hub']}")
+        from tuneoff.study.design import plan_lines
+
+        for line in plan_lines(spec):
+            say(line)
         return
     _quiet_libraries()
     from tuneoff import api
