@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as _html
+
 import json
 import os
 import re
@@ -112,6 +114,21 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert set(runs_only.condition) == {"lora", "partial_top1"} and (runs_only.seeds == 2).all()
     assert summary[summary.method == "baseline"].condition.str.startswith("majority class").all()
 
+    # The verdict card, the same in each front end: the terminal at the end of the run, the top of report.html and of
+    # summary.md, the exported Markdown (below) and the notebook display.
+    card = json.loads((report / "verdict.json").read_text())["groups"][0]["card_lines"]
+    plain = [line.replace("**", "") for line in card]
+    terminal = " ".join(result.output.split())
+    assert all(" ".join(line.split()) in terminal for line in plain), (plain, result.output)
+    assert html.index("The answer") < html.index("How to read this report")
+    assert all(_html.escape(line.split(": ", 1)[-1]) in html for line in plain[1:])
+    summary_md = (report / "summary.md").read_text()
+    assert all(f"- {line}" in summary_md for line in card) and summary_md.index("## The answer") < summary_md.index("How to read")
+    from tuneoff.api import load_study
+
+    shown = load_study(results / "tiny")._repr_html_()
+    assert all(_html.escape(line.split(": ", 1)[-1]) in shown for line in plain[1:])
+
     # Rebuilding the report trains nothing and gives the same tables.
     before = (report / "summary.csv").read_text()
     assert runner.invoke(app, ["report", str(results / "tiny")]).exit_code == 0
@@ -126,6 +143,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     from tuneoff.training.session import cpu_has_native_bf16  # auto: bf16 where the CPU has it natively, else fp32
     assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
     assert "- runs: 4 compared" in header and "Picked: " in (tmp_path / "cite" / "tiny.md").read_text()
+    assert all(f"- {line}" in (tmp_path / "cite" / "tiny.md").read_text() for line in card)
     from tuneoff.core.provenance import tuneoff_commit, tuneoff_version  # the code that analysed it: re-exported later, it may read differently
     assert f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}." in (tmp_path / "cite" / "tiny.md").read_text()
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
@@ -367,3 +385,13 @@ def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv
     assert "at least 99% lower" in (tmp_path / "r" / "ratios" / "report" / "report.html").read_text()  # the margin used
     resumed = runner.invoke(app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"])
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_trials_progress_line_shows_validation_only():
+    """Tuning trials are chosen on validation: their line as they finish shows nothing else (a test accuracy beside it
+    invited a reader to choose on test); a comparison run's shows both."""
+    from tuneoff.study.executors import Outcome, describe
+
+    outcome = Outcome("x", "done", metrics={"validation": {"accuracy": 0.81}, "test": {"accuracy": 0.79}}, seconds=12)
+    assert describe(outcome, trial=True) == "12s, validation accuracy 0.8100"
+    assert describe(outcome) == "12s, validation accuracy 0.8100, test accuracy 0.7900"

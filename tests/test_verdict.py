@@ -812,3 +812,28 @@ def test_when_nothing_is_decided_the_default_is_the_cheapest_that_scored_within_
     assert "within the 5-point tolerance, analysis.tolerance" in rec
     assert verdict(537, tolerance=0.0).recommended == "full"
     assert verdict(515).recommended == "full", "3 points behind on test: not within the margin"
+
+
+def test_the_verdict_card_says_the_answer_its_status_cost_worst_case_and_what_would_change_it():
+    """One screen per group (analysis.card): the method, decided or by default, its costs against the reference, the
+    most it may lose against the best (MCB's lower bound), what would change the answer, how it was chosen."""
+    n = 573
+    truth = truth_of(n)
+    full_res = {"trainable_pct": 100.0, "trained_bytes": 90_800_000, "train_seconds": 400.0, "peak_rss_mb": 2000.0}
+    part_res = {"trainable_pct": 16.0, "trained_bytes": 14_000_000, "train_seconds": 100.0, "peak_rss_mb": 1200.0}
+    conds = [condition("full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res)
+                                        for s in (1, 2)]),
+             condition("partial_top2", "partial", [fake_run(s, rights(n, 537, 10 + s), truth, val=0.94,
+                                                            resources=part_res) for s in (1, 2)])]
+    v = analyse(conds)[0]
+    card = v.card
+    low = v.with_best.set_index("condition").loc["partial_top2", "best_low"]
+    lines = card.lines()
+    assert lines[0].startswith("**Use partial_top2** (by default): the study could not decide; the cheapest that scored")
+    assert lines[1] == "Cost: 1/6 the trained weights, 0.60x the peak memory, 1/4 the training time of full"
+    assert lines[2] == (f"Worst case: it may lose up to {abs(100 * low):.1f} points of accuracy against the best (95%, "
+                        "simultaneous over the candidates)")
+    assert lines[3].startswith("What would change it: open: partial_top2; for partial_top2, between truly equal methods")
+    assert "the cheapest on overall cost" in lines[4] and "within the 1-point margin" in lines[4]
+    assert lines[5] == "Evidence: 2 conditions, 4 runs, 573 test examples; 17 minutes of training (summed over runs)"
+    assert card.as_dict()["recommended"] == v.recommended == "partial_top2" and card.status == "by default"

@@ -204,18 +204,21 @@ class StudyResult:
         return {v.group.title: v.recommended for v in self.verdicts}
 
     def verdict_text(self) -> str:
-        return "\n".join(f"== {v.group.title}\n" + "\n".join("  " + line.replace("**", "") for line in v.lines)
+        """Each group's verdict card, then its whole verdict."""
+        return "\n".join(f"== {v.group.title}\n" + "\n".join("  " + line.replace("**", "") for line in v.card.lines())
+                         + "\n  --\n" + "\n".join("  " + line.replace("**", "") for line in v.lines)
                          for v in self.verdicts)
 
     def __str__(self) -> str:
         return self.verdict_text()
 
     def _repr_html_(self) -> str:
-        from tuneoff.report.sections import SHOWN, md_inline, table_html
+        from tuneoff.report.sections import SHOWN, card_html, md_inline, table_html
 
         parts = [f"<h3>Study {html.escape(self.name)}</h3>"]
         for v in self.verdicts:
-            parts.append(f"<h4>{html.escape(v.group.title)}</h4>" + "".join(f"<p>{md_inline(line)}</p>" for line in v.lines))
+            parts.append(card_html(v) + "<details><summary>the whole verdict</summary>"
+                         + "".join(f"<p>{md_inline(line)}</p>" for line in v.lines) + "</details>")
             parts.append(table_html(v.table[[c for c in SHOWN if c in v.table.columns]]))
         parts.append(f"<p>Full report: <code>{html.escape(str(self.report))}</code></p>")
         return "".join(parts)

@@ -12,6 +12,11 @@ from tuneoff.analysis.settings import Decide
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
+def strip_bold(line: str) -> str:
+    """A Markdown line for a plain terminal or text."""
+    return line.replace("**", "")
+
+
 def unit(metric: str) -> str:
     """What a difference is counted in: accuracy's "points" as the reports wrote them, else the metric's points."""
     return "points" if metric == "accuracy" else f"{LABELS[metric]} points"

@@ -41,6 +41,7 @@ import pandas as pd
 
 from tuneoff.analysis import best as mcb
 from tuneoff.analysis import power, sentences
+from tuneoff.analysis.card import Card, card
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups, per_class
 from tuneoff.analysis.settings import AnalysisSettings, Decide
 from tuneoff.analysis.significance import SEED_PRIOR, Comparisons, compare, holm, mcnemar_exact, pareto_front
@@ -73,6 +74,7 @@ class GroupVerdict:
     budget_limited: list[str] = field(default_factory=list)
     pick_source: str = FINAL             # HELD_APART: the pick rests on the tuning phase's trials; FINAL: on the final runs
     with_best: pd.DataFrame = None       # best.with_the_best over the candidates: distance from the best, simultaneous
+    card: Card = None                    # the one-screen answer (analysis.card), the same in every front end
     speed: pd.DataFrame = None           # steps to a target accuracy per condition, against the best (analysis.speed)
     speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
     per_class: pd.DataFrame = None       # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
@@ -164,6 +166,7 @@ def decide(verdicts: list[GroupVerdict], settings: AnalysisSettings) -> None:
     _baseline_family(verdicts, settings)
     for v in verdicts:
         _decide(v, settings)
+        v.card = card(v, settings)
 
 
 def _adjust_pairs(verdicts: list[GroupVerdict], alpha: float) -> None:

@@ -89,7 +89,10 @@ def verdict_lines(report_dir: Path) -> list[str]:
     for group in verdict["groups"] if isinstance(verdict, dict) else verdict:  # a list: reports of tuneoff 0.1
         size = f"{group['train_examples']:,} training examples, " if group.get("train_examples") else ""
         lines.append(f"== {group['dataset']} · {group['model']} ({size}{group['test_examples']:,} test examples)")
-        lines += ["  " + line.replace("**", "") for line in group["lines"]]
+        # the verdict card where the report has one (tuneoff 0.3), else the verdict's lines
+        lines += ["  " + line.replace("**", "") for line in group.get("card_lines") or group["lines"]]
+    if any(g.get("card_lines") for g in (verdict["groups"] if isinstance(verdict, dict) else [])):
+        lines.append(f"the whole verdict, its tables and plots: {report_dir / 'summary.md'}")
     return lines
 
 

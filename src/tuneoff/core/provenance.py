@@ -14,7 +14,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-VERSION = "0.2.0"  # the package's version (pyproject reads it); bumped when what results mean changes
+VERSION = "0.3.0"  # the package's version (pyproject reads it); bumped when what results mean changes
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/tuneoff
 
 

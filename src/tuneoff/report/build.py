@@ -97,7 +97,10 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
     analysed_by = f"tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}"
     md = [f"# Study {markdown_text(study)}", "", f"Analysed {stamp} by {analysed_by}.", "",
-          *([unfinished, ""] if unfinished else []), sections.how_to_read_md(settings), ""]
+          *([unfinished, ""] if unfinished else []), "## The answer", ""]
+    for v in verdicts:
+        md += [f"{markdown_text(v.group.title)}:", "", *(f"- {markdown_text(line)}" for line in v.card.lines()), ""]
+    md += [sections.how_to_read_md(settings), ""]
     by_size = size_table(verdicts)
     if len(by_size):
         md += [f"## {sections.data_size_title(by_size)}", "", sections.data_size_note(by_size), ""]
@@ -137,6 +140,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
     parts = [("Not finished", f"<div class='head'><p>{sections.md_inline(unfinished)}</p></div>")] if unfinished else []
+    parts.append(("The answer", sections.cards_html(verdicts)))
     parts.append(("How to read this report", sections.how_to_read(settings)))
     if len(by_size):
         parts.append((sections.data_size_title(by_size), sections.data_size_html(by_size)))
@@ -192,7 +196,7 @@ def _write_tables(out: Path, verdicts) -> None:
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
                 "metric": v.metric, "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference,
-                "lines": v.lines}
+                "decided": v.decided, "card": v.card.as_dict(), "card_lines": v.card.lines(), "lines": v.lines}
                for v in verdicts]
     atomic_write_text(out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n")
 
@@ -292,7 +296,7 @@ def _spec_lines(spec_file: Path) -> list[str]:
     return lines
 
 
-EXPORT_FORMAT = 2  # 2: tuneoff 0.2 (tuned learning rates, convergence, calibrated intervals)
+EXPORT_FORMAT = 3  # 2: tuneoff 0.2 (tuned learning rates, convergence, calibrated intervals); 3: the held-apart pick, MCB, the verdict card
 
 
 def export(study: str, results: str | Path, dest: str | Path) -> Path:

@@ -67,7 +67,8 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.4em}.sub{color:#666}
 table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t th,table.t td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;vertical-align:top}
 table.t td{max-width:32em;overflow-wrap:break-word}table.t th{background:#f4f4f4}img{max-width:100%;height:auto;margin:.5em 0}
-.head{background:#f5f9ff;border-left:4px solid #36c;padding:.6em 1em}.note{color:#555;font-size:13px}
+.head{background:#f5f9ff;border-left:4px solid #36c;padding:.6em 1em}
+.card{border:2px solid #36c;border-radius:6px;padding:.4em 1em;margin:.6em 0;background:#fbfdff}.card ul{margin:.2em 0}.note{color:#555;font-size:13px}
 code{background:#f2f2f2;padding:0 .3em}.scroll{overflow-x:auto;max-width:100%}pre{white-space:pre-wrap;overflow-wrap:anywhere}"""
 
 
@@ -95,6 +96,17 @@ def img(b64: str) -> str:
 def md_inline(text: str) -> str:
     parts = html.escape(text).split("**")
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def card_html(v) -> str:
+    """One group's verdict card (``analysis.card``): its Markdown lines, in a box."""
+    lines = v.card.lines()
+    return (f"<div class='card'><p class='sub'>{html.escape(v.group.title)}</p><p>{md_inline(lines[0])}</p><ul>"
+            + "".join(f"<li>{md_inline(line)}</li>" for line in lines[1:]) + "</ul></div>")
+
+
+def cards_html(verdicts) -> str:
+    return "".join(card_html(v) for v in verdicts)
 
 
 def how_to_read_md(settings) -> str:

@@ -177,7 +177,7 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
             siblings = [r for r in trials_of.get(key, []) if r != run.run_id]
             on_evaluate = partial(protocol.MedianStop, config.output_dir, siblings, config.train.metric_for_best,
                                   tune.min_trials_to_prune, tune.prune_after_epochs)
-        return Job(run.run_id, config, on_evaluate)
+        return Job(run.run_id, config, on_evaluate, trial=run.phase == protocol.PHASE_TUNE)
 
     def start(job) -> None:
         store.mark_running(spec.name, job.run_id)

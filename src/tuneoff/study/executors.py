@@ -44,6 +44,7 @@ class Job:
     # Called where the run trains (here, a Ray worker, each process of a multi-process run) to make the train loop's
     # on_evaluate: a search's pruner, picklable. Executors call it; they know nothing of what it reports to.
     on_evaluate: Callable[[], Callable[[int, dict], None]] | None = None
+    trial: bool = False  # a tuning or search trial: it chooses on validation, and its progress line shows only that
 
 
 @dataclass
@@ -288,7 +289,7 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         if stopping or outcome.status == "stopped":
             eta = ""
         where = f" on {outcome.host}" if executor.name != "local" else ""
-        log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome)}{eta}")
+        log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome, job.trial)}{eta}")
         on_outcome(job, outcome)
     if stopping:
         raise Stopped(f"Stopped by {stop.requested()}: {finished - kept} run(s) ended before it, {kept} saved where "
@@ -296,11 +297,13 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
                       "finished runs are kept, stopped ones continue from their checkpoints.", stop.requested())
 
 
-def describe(outcome) -> str:
+def describe(outcome, trial: bool = False) -> str:
+    """A finished run's line. A trial's shows its validation alone: it is chosen on validation, and its test accuracy
+    beside it would invite a reader to choose on test."""
     if outcome.status == "done":
         found = "found complete on disk, " if outcome.found_on_disk else f"{outcome.seconds:.0f}s, "
-        return (f"{found}validation accuracy {outcome.metrics['validation']['accuracy']:.4f}, test accuracy "
-                f"{outcome.metrics['test']['accuracy']:.4f}")
+        test = "" if trial else f", test accuracy {outcome.metrics['test']['accuracy']:.4f}"
+        return f"{found}validation accuracy {outcome.metrics['validation']['accuracy']:.4f}{test}"
     if outcome.status == "stopped":  # its message says so, and where its checkpoint is
         return outcome.error or "stopped"
     return f"{outcome.status}: {(outcome.error or '').strip().splitlines()[-1] if outcome.error else ''}"

@@ -188,7 +188,7 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
         ref = {"results": str(results), "study": studies[variant].study_name, "trial_id": trial._trial_id,
                "metric": leaf if search.metric.startswith("validation.") else None, "pruning": search.pruning,
                "warmup": search.prune_after_steps}
-        return Job(run_id, config, partial(pruning_callback, ref) if ref["metric"] else None)
+        return Job(run_id, config, partial(pruning_callback, ref) if ref["metric"] else None, trial=True)
 
     def jobs():
         running = optuna.trial.TrialState.RUNNING
