@@ -69,7 +69,7 @@ def card(v, settings) -> Card:
     low = v.with_best.set_index("condition").best_low.get(v.recommended) if v.with_best is not None else None
     worst = ("" if low is None or pd.isna(low) else
              f"it may lose up to {abs(100 * low):.1f} {unit} of {sentences.LABELS[metric]} against the best "
-             "(95%, simultaneous over the candidates)")
+             f"({v.level}, simultaneous over the candidates)")
     costs = ("it is the reference" if rec.condition == ref.condition else
              f"{sentences.ratio(rec.trained_mb, ref.trained_mb)} the trained weights, "
              f"{sentences.ratio(rec.peak_memory_mb, ref.peak_memory_mb)} the peak memory, "

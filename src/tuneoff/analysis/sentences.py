@@ -29,7 +29,7 @@ def ratio(value: float, ref: float) -> str:
     return f"1/{1 / r:,.0f}" if r < 0.5 else f"{r:.2f}x"
 
 
-def best_line(best: pd.Series, metric: str = "accuracy", source: str = "final") -> str:
+def best_line(best: pd.Series, metric: str = "accuracy", source: str = "final", level: str = "95%") -> str:
     lr = f"; learning rate {best.lr:.3g}" if pd.notna(best.get("lr")) else ""
     name = "" if metric == "accuracy" else f"{LABELS[metric]} "
     if source == "held-apart":
@@ -39,7 +39,7 @@ def best_line(best: pd.Series, metric: str = "accuracy", source: str = "final") 
         head = (f"**Picked: {best.condition}** on its final runs (validation {LABELS[metric]} "
                 f"{pct(best[f'plateau_{metric}'])} at their plateau{lr}; no tuning trial to pick on, so the test "
                 "comparison with it shares its seeds' luck: its lead below leans its way)")
-    return (f"{head}; on test {name}{pct(best[metric])} (95% CI {pct(best[f'{metric}_ci_low'])}–"
+    return (f"{head}; on test {name}{pct(best[metric])} ({level} CI {pct(best[f'{metric}_ci_low'])}–"
             f"{pct(best[f'{metric}_ci_high'])}, covering {best.ci_covers}; {best.seeds} seed(s): {best[f'{metric}_per_seed']}).")
 
 
@@ -61,7 +61,7 @@ def runner_up_line(v, best: pd.Series, runner: pd.Series) -> str:
         conflict = " (the seeds disagree on the direction)" if pair.mcnemar_favours_a and pair.mcnemar_favours_b else ""
     verdict = (f"**significantly below** {best.condition}" if row.significant else f"not significantly below {best.condition}")
     return (f"Against the runner-up, {runner.condition}: {pts(-row['diff'])} {unit(v.metric)} on test for "
-            f"{best.condition} (95% CI {pts(-row.ci_high)} to {pts(-row.ci_low)}); {runner.condition} is {verdict} "
+            f"{best.condition} ({v.level} CI {pts(-row.ci_high)} to {pts(-row.ci_low)}); {runner.condition} is {verdict} "
             f"(Holm-adjusted p = {row.p_adjusted:.3g} over the group's comparisons with the pick){mc}{conflict}.")
 
 
@@ -72,7 +72,7 @@ def contradictions(v, best: pd.Series) -> list[str]:
         return []
     ahead = d[(d.against == "pick") & d.significant & (d["diff"] > 0)]
     return [f"**The test set contradicts the pick**: {r.condition} is better than {best.condition} on test by "
-            f"{pts(r['diff'])} {unit(v.metric)} (95% CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = "
+            f"{pts(r['diff'])} {unit(v.metric)} ({v.level} CI {pts(r.ci_low)} to {pts(r.ci_high)}, Holm-adjusted p = "
             f"{r.p_adjusted:.3g}) though it ranked lower on validation. The validation evidence the pick rests on may be "
             "too small or unlike the test split: read the recommendation with care, or enlarge validation "
             "(data.validation_fraction)." for _, r in ahead.iterrows()]
@@ -95,15 +95,15 @@ def recommendation(v, rec: pd.Series, best: pd.Series, ref: pd.Series, calls: di
         low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]
         return (f"**Use {rec.condition} by default**: the study could not decide, and {rec.condition} is the cheapest "
                 f"condition that scored within the margin of the pick {best.condition} on test ({pts(d['diff'])} "
-                f"{unit(metric)}, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}) and may lose at most "
-                f"{abs(100 * low):.1f} {unit(metric)} against the best (95%, simultaneous; within the "
+                f"{unit(metric)}, {v.level} CI {pts(d['ci_low'])} to {pts(d['ci_high'])}) and may lose at most "
+                f"{abs(100 * low):.1f} {unit(metric)} against the best ({v.level}, simultaneous; within the "
                 f"{100 * settings.tolerance:g}-point tolerance, analysis.tolerance); {costs}.")
     if rec.condition != best.condition:
         d = calls[rec.condition][1]
         low = v.with_best.set_index("condition").loc[rec.condition, "best_low"]
         return (f"**Use {rec.condition}**: within the {100 * margin:g}-point margin of the best, whichever it is (it may "
-                f"lose at most {abs(100 * low):.1f} {unit(metric)} against it, 95% simultaneous over the candidates; "
-                f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test, 95% CI {pts(d['ci_low'])} to "
+                f"lose at most {abs(100 * low):.1f} {unit(metric)} against it, {v.level} simultaneous over the candidates; "
+                f"{pts(d['diff'])} {unit(metric)} against {best.condition} on test, {v.level} CI {pts(d['ci_low'])} to "
                 f"{pts(d['ci_high'])}, {rec.seeds} seed(s)); {costs}.")
     open_ = [n for n, (call, _) in cheaper.items() if call in ("undecided", "budget-limited", "seeds disagree")]
     if open_:
@@ -126,8 +126,8 @@ def recommendation(v, rec: pd.Series, best: pd.Series, ref: pd.Series, calls: di
 def undecided_line(v, name: str, best: pd.Series, d: dict, margin: float) -> str:
     low = v.with_best.set_index("condition").loc[name, "best_low"]
     return (f"Cannot decide whether cheaper {name} is within the margin of the best: it may lose up to "
-            f"{abs(100 * low):.1f} {unit(v.metric)} against it (95%, simultaneous), past the −{100 * margin:g}-point margin "
-            f"({pts(d['diff'])} against {best.condition} on test, 95% CI {pts(d['ci_low'])} to {pts(d['ci_high'])}); "
+            f"{abs(100 * low):.1f} {unit(v.metric)} against it ({v.level}, simultaneous), past the −{100 * margin:g}-point margin "
+            f"({pts(d['diff'])} against {best.condition} on test, {v.level} CI {pts(d['ci_low'])} to {pts(d['ci_high'])}); "
             f"{what_would_decide(v, name, best.condition, margin)}.")
 
 
@@ -142,7 +142,7 @@ def what_would_decide(v, name: str, best: str, margin: float) -> str:
     tau2 = [typical if cmp.seeds_of(c).assumed else cmp.seeds_of(c).tau2 for c in (name, best)]
     noise = power.Noise(d["test"] * n, *tau2, cmp.prior.df if cmp.prior else 0.0)
     k = len(v.with_best) if v.with_best is not None else 2
-    level = 0.05 / max(k - 1, 1)
+    level = v.alpha / max(k - 1, 1)
     more_seeds = power.seeds_for(noise, n, margin, level)
     more_examples = power.examples_for(noise, seeds, margin, level)
     now = power.chance(noise, seeds, n, margin, level)

@@ -79,6 +79,12 @@ class GroupVerdict:
     speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
     per_class: pd.DataFrame = None       # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
     metric: str = "accuracy"             # what the decision ranks and compares (analysis.metric)
+    alpha: float = 0.05                  # the error rate of every call (a decide-mode look's share of analysis.alpha)
+
+    @property
+    def level(self) -> str:
+        """The confidence of the intervals and calls, as the sentences say it: "95%"."""
+        return f"{100 * (1 - self.alpha):.4g}%"
 
 
 def _pair_rows(group: Group, cmp: Comparisons, mats: dict, alpha: float) -> list[dict]:
@@ -148,7 +154,8 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         cmp = by_metric[settings.metric]
         correct = {k: m for k, m in by_metric["accuracy"].mats.items() if k != BASELINE}
         verdicts.append(GroupVerdict(group, table, pd.DataFrame(_pair_rows(group, cmp, correct, settings.alpha)),
-                                     comparisons=cmp, against_baseline=against, metric=settings.metric))
+                                     comparisons=cmp, against_baseline=against, metric=settings.metric,
+                                     alpha=settings.alpha))
     _adjust_pairs(verdicts, settings.alpha)
     decide(verdicts, settings)
     for v in verdicts:
@@ -310,7 +317,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     ref = fulls.iloc[0] if len(fulls) else best
     v.reference = ref.condition
     calls = _against_pick(v, fitting, settings)
-    lines = [sentences.best_line(best, metric, v.pick_source)]
+    lines = [sentences.best_line(best, metric, v.pick_source, v.level)]
     others = _rank(fitting.drop(index=best.condition), metric, v.pick_source)
     if len(others):
         lines.append(sentences.runner_up_line(v, best, others.iloc[0]))
@@ -340,7 +347,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
               if call == "undecided"]
     worse = [n for n, (call, _) in calls.items() if call == "worse"]
     if worse:
-        lines.append(f"Worse than the best by more than the {100 * settings.margin:g}-point margin (95%, simultaneous): "
+        lines.append(f"Worse than the best by more than the {100 * settings.margin:g}-point margin ({v.level}, simultaneous): "
                      f"{', '.join(worse)}.")
     erratic = runs[runs.seeds_disagree.astype(bool)]
     if len(erratic):

@@ -267,12 +267,15 @@ def run_study(
     threads: Optional[int] = typer.Option(None, help="Local executor: threads per run (default: the cores split between the runs at once)."),
     isolate_runs: bool = typer.Option(False, "--isolate-runs", help="Local executor: each run in a new worker process, so its CPU peak memory is its own (a reused worker's peak counts what its earlier runs left resident); costs the library imports again for every run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
+    until_decided: bool = typer.Option(False, "--until-decided", help="Decide mode: after its seeds, add seeds where they can settle an open comparison until the recommendation is decided (the study's until_decided: section, else max_seeds 10, no time budget)."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
 
     if study and "=" in study and not Path(study).exists():  # `tuneoff run seeds=[1,2]`: overrides of the default study
         overrides, study = [study, *(overrides or [])], None
     spec = load_spec(study, overrides or [])
+    if until_decided and spec.until_decided is None:
+        spec = load_spec(study, [*(overrides or []), "until_decided={}"])
     if dry_run:
         rows = plan_runs(spec)
         tune = [r for r in rows if r["phase"] == "tune"]

@@ -37,6 +37,7 @@ from tuneoff.models.assets import resolve_model
 from tuneoff.models.loading import load_tokenizer
 from tuneoff.report import sections
 from tuneoff.results.store import DB_NAME, Store
+from tuneoff.study.rounds import look_alpha
 from tuneoff.study.search import SearchSpec, best_run_ids, trials_frame
 from tuneoff.training.planner import plan_as_trained
 
@@ -89,7 +90,16 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         store.close()
 
     settings = settings_of(spec_yaml, overrides)
+    sequential = (yaml.safe_load(spec_yaml) or {}).get("until_decided")
+    if sequential:  # decide mode: read at the level of its last look, as its rounds did (study.rounds)
+        first, most = len((yaml.safe_load(spec_yaml) or {}).get("seeds") or [1]), max(len(c.runs) for c in conditions)
+        settings = settings.model_copy(update={"alpha": look_alpha(most, first, sequential.get("max_seeds", 10),
+                                                                   settings.alpha)})
     verdicts = analyse(conditions, settings)
+    if sequential:
+        for v in verdicts:
+            v.card.evidence += (f"; decide mode, its last look at {100 * settings.alpha:.2g}% (alpha spent over the looks "
+                                "so every call holds at 5%)")
     out = results / safe_name(study) / "report"
     out.mkdir(parents=True, exist_ok=True)
     _write_tables(out, verdicts)

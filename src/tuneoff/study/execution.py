@@ -19,7 +19,7 @@ from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import read_json, safe_name
 from tuneoff.results.store import DB_NAME, Store
-from tuneoff.study import protocol
+from tuneoff.study import protocol, rounds
 from tuneoff.study.executors import Job, LocalExecutor, drive
 from tuneoff.study.search import run_search
 from tuneoff.study.spec import (
@@ -139,7 +139,63 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
             for run in finals:
                 store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
             _run_phase(spec, store, directory, executor, finals, conds)
+        if spec.until_decided is not None:
+            _until_decided(spec, store, directory, executor, conds)
     return directory
+
+
+def look(spec: StudySpec, store: Store):
+    """The study's verdicts as they stand, at the level of this look (decide mode spends alpha over its looks), with
+    the look's seed count and level."""
+    from tuneoff.analysis.groups import load_conditions
+    from tuneoff.analysis.verdict import analyse
+
+    found = load_conditions(store, spec.name)
+    seeds = max(len(c.runs) for c in found)
+    level = rounds.look_alpha(seeds, len(spec.seeds), spec.until_decided.max_seeds, spec.analysis.alpha)
+    decide = {**spec.analysis.decide.model_dump(exclude_none=True), **spec.decide.model_dump(exclude_none=True)}
+    settings = spec.analysis.model_copy(update={"alpha": level, "decide": type(spec.decide)(**decide)})
+    return analyse(found, settings), seeds, level
+
+
+def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, conds: list) -> None:
+    """Decide mode's rounds (``rounds``): look, give one more seed to the conditions whose open comparisons seeds can
+    settle, run them, look again; until decided, max_seeds or the budget."""
+    clock, by_key = rounds.Clock(spec.until_decided.budget), {c.key: c for c in conds}
+    while True:
+        verdicts, seeds, level = look(spec, store)
+        chosen, notes = rounds.who_gets_a_seed(verdicts, spec.until_decided.max_seeds, spec.analysis.margin)
+        state = f"look with {seeds} seeds at level {level:.2g}"
+        if all(v.decided or v.recommended is None for v in verdicts):
+            log.info(f"decide mode: decided ({state})")
+            return
+        if not chosen or clock.spent():
+            why = "the budget is spent" if chosen else "no open comparison that seeds can settle is left"
+            log.info(f"decide mode: stopped undecided, {why} ({state})" + "".join(f"; {n}" for n in notes))
+            return
+        used = {r["seed"] for r in store.runs(spec.name)}
+        seed = rounds.round_seed(used, spec.tune.seed if spec.tune is not None else None)
+        runs = []
+        for v in verdicts:
+            for cond in v.group.conditions:
+                if cond.name in chosen:
+                    key = protocol.seedless_id(cond.runs[0]["run_id"], cond.runs[0]["seed"])
+                    runs.append(_another_seed(by_key[key], cond.runs[0], seed))
+        log.info(f"decide mode: {state}; another seed ({seed}) for {', '.join(sorted(chosen))}"
+                 + "".join(f"; {n}" for n in notes))
+        for run in runs:
+            store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
+        _run_phase(spec, store, directory, executor, runs, conds)
+        if any(r["status"] != "done" for r in store.runs(spec.name) if r["run_id"] in {p.run_id for p in runs}):
+            log.warning("decide mode: a run of this round did not finish; stopping the rounds (see the failed runs)")
+            return
+
+
+def _another_seed(cond, first: dict, seed: int) -> PlannedRun:
+    """The condition's run at ``seed``, with the config its other seeds trained with (the tuned learning rate)."""
+    config = RunConfig.model_validate(first["config"])
+    config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+    return PlannedRun(f"{cond.key}-s{seed}", cond.variant, cond.params, seed, config)
 
 
 @contextlib.contextmanager
@@ -242,6 +298,8 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
             store.add_study(spec.name, spec.to_yaml(), spec.digest(), spec_file.parent)
             for info_file in sorted((spec_file.parent / "runs").glob("*/run.json")):
                 run_dir, run = info_file.parent, planned.get(info_file.parent.name)
+                if run is None and spec.until_decided is not None:
+                    run = _round_run(planned, info_file.parent.name)
                 if run is None:
                     log.warning(f"rebuild: {run_dir} is not a run of study {spec.name!r} as it is written now; skipped")
                     continue
@@ -257,6 +315,16 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
     finally:
         store.close()
     return path, count
+
+
+def _round_run(planned: dict, run_id: str) -> PlannedRun | None:
+    """A run a decide-mode round added (``<condition>-s<seed>`` past the study's own seeds), as the study plans it."""
+    key, _, seed = run_id.rpartition("-s")
+    first = next((r for r in planned.values() if r.phase == protocol.PHASE_FINAL
+                  and protocol.seedless_id(r.run_id, r.seed) == key), None)
+    if first is None or not seed.isdigit():
+        return None
+    return PlannedRun(run_id, first.variant, first.params, int(seed), first.config)
 
 
 def rerun(results: str | Path, study: str, run_ids: list[str]) -> list[Path]:

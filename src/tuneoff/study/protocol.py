@@ -31,12 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneoff.config import RunConfig, validation_score
 from tuneoff.core.errors import TuneoffError
@@ -69,6 +70,31 @@ class TuneSpec(BaseModel):
     min_trials_to_prune: int = Field(2, ge=1, description="Finished trials needed before the median rule applies.")
     prune_after_epochs: float = Field(1.0, ge=0, description="The median rule judges a trial only from this epoch on "
                                       "(slow starters are not stopped at their first evaluations).")
+
+
+class UntilDecided(BaseModel):
+    """A study's ``until_decided:`` section: decide mode (``rounds``: after its seeds, the study adds seeds where they
+    can settle an open comparison, until its recommendation is decided)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    max_seeds: int = Field(10, ge=2, le=64, description="The most seeds any condition gets.")
+    budget: str | None = Field(None, description="Wall-clock budget of the rounds from the command's start: e.g. 2h, "
+                               "90m, 3600s; none: until decided or max_seeds.")
+
+    @field_validator("budget")
+    @classmethod
+    def _duration(cls, value):
+        if value is not None:
+            seconds(value)
+        return value
+
+
+def seconds(text: str) -> float:
+    """``2h``, ``90m``, ``3600s`` or ``3600`` as seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([hms]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"budget {text!r}: give a positive duration such as 2h, 90m or 3600s")
+    return float(match.group(1)) * {"h": 3600, "m": 60, "s": 1, "": 1}[match.group(2)]
 
 
 class TrialPruned(Exception):

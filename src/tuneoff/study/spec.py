@@ -47,7 +47,7 @@ from tuneoff.core.files import safe_name
 from tuneoff.data.builtins import hub_repo as data_repo
 from tuneoff.methods import get_method
 from tuneoff.models.assets import hub_repo as model_repo
-from tuneoff.study.protocol import PlannedRun, TuneSpec, check_lr_range, conditions
+from tuneoff.study.protocol import PlannedRun, TuneSpec, UntilDecided, check_lr_range, conditions
 from tuneoff.study.search import Dimension, SearchSpec
 
 DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "default.yaml"
@@ -65,6 +65,9 @@ class StudySpec(BaseModel):
     search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
     tune: TuneSpec | None = Field(None, description="The fair protocol: tune each condition's learning rate on "
                                   "validation, then train its seeds at the best (see protocol.py).")
+    until_decided: UntilDecided | None = Field(None, description="Decide mode: after its seeds, the study adds seeds "
+                                               "where they can settle an open comparison, until its recommendation is "
+                                               "decided, max_seeds or the budget (see rounds.py).")
     analysis: AnalysisSettings = AnalysisSettings()
     decide: Decide = Decide()
     differences: dict[str, str] = Field(default_factory=dict, description="Where a study reproducing a published recipe "
@@ -89,6 +92,12 @@ class StudySpec(BaseModel):
                              "of their own, or the final runs repeat the trial their rate was chosen on. Give tune.seed a "
                              f"value outside seeds (e.g. tune: {{seed: {min(set(range(len(self.seeds) + 1)) - set(self.seeds))}}}) "
                              "or drop it from seeds")
+        if self.until_decided is not None and self.search is not None:
+            raise ValueError("until_decided: decide mode adds seeds to a grid's conditions; a search: study has trials, "
+                             "not conditions. Drop one of the two")
+        if self.until_decided is not None and self.until_decided.max_seeds < len(self.seeds):
+            raise ValueError(f"until_decided.max_seeds ({self.until_decided.max_seeds}) is below the {len(self.seeds)} "
+                             "seeds the study starts with: raise it or give fewer seeds")
         if self.search is not None and self.tune is not None and self.tune.lr:
             raise ValueError("tune: and search: both choose hyper-parameters; use tune: {lr: true} for the learning rate "
                              "(search: is for other fields), or set tune: {lr: false}")

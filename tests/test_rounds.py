@@ -1,0 +1,107 @@
+"""Decide mode (study.rounds): the error spent across looks, who gets another seed, and a study that runs its rounds,
+resumes and rebuilds like a fixed one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_study
+from typer.testing import CliRunner
+
+from tuneoff.cli.app import app
+from tuneoff.study import rounds
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_verdict import condition, fake_run, rights, truth_of  # noqa: E402
+
+runner = CliRunner()
+
+
+def test_the_error_spent_over_every_look_is_alpha():
+    """O'Brien-Fleming-type spending (Lan & DeMets): the looks' levels, from the study's own seeds to max_seeds, sum
+    to alpha (so a false call at any look has chance at most alpha, by Bonferroni); early looks spend almost nothing;
+    the first look spends A(S0 / M) = 2 - 2 Phi(1.96 / sqrt(0.3)) = 0.00035 for 3 seeds of 10."""
+    levels = [rounds.look_alpha(s, 3, 10, 0.05) for s in range(3, 11)]
+    assert sum(levels) == pytest.approx(0.05)
+    assert levels[0] == pytest.approx(0.000346, abs=2e-6) and all(b > a for a, b in zip(levels, levels[1:]))
+    assert rounds.look_alpha(12, 3, 10, 0.05) == levels[-1], "past max_seeds: the last look's level"
+    assert rounds.seconds("2h") == 7200 and rounds.seconds("90m") == 5400 and rounds.seconds("45") == 45
+    with pytest.raises(ValueError):
+        rounds.seconds("soon")
+    assert rounds.round_seed({1, 2, 3}, 0) == 4 and rounds.round_seed({1, 2}, 7) == 8
+
+
+def test_seeds_go_where_they_can_settle_an_open_comparison():
+    """After a look: a condition shown worse than the best by more than the margin gets no seed (racing); one whose
+    comparison with the pick is open and dominated by seed variance gets one, and so does the pick; at max_seeds, none,
+    said; a comparison its test examples hold open gets none, said."""
+    from tuneoff.analysis.verdict import analyse
+
+    n = 2000
+    truth = truth_of(n)
+
+    base = rights(n, 1700, 0)
+
+    def moved(by, seed):
+        """``base`` with ``by`` more (or fewer) examples right: the two methods agree on the rest, so the test set
+        holds little of their difference and the seeds most of it."""
+        r, rng = base.copy(), np.random.default_rng(seed)
+        r[rng.choice(np.flatnonzero(r == (0 if by > 0 else 1)), abs(by), replace=False)] = 1 if by > 0 else 0
+        return r
+
+    def conds(k_open):
+        scatter = [-60, -20, 20]  # the open one's seeds scatter: seeds, not the test set, hold it open
+        return [condition("full", "full", [fake_run(s, moved(5, s), truth, val=0.9, resources={
+                    "trainable_pct": 100.0, "train_seconds": 300.0}) for s in range(k_open)]),
+                condition("lora", "lora", [fake_run(s, moved(scatter[s % 3], 10 + s), truth, val=0.85, resources={
+                    "trainable_pct": 0.3, "train_seconds": 100.0}) for s in range(k_open)]),
+                condition("head", "head", [fake_run(s, rights(n, 1300, 20 + s), truth, val=0.6, resources={
+                    "trainable_pct": 0.01, "train_seconds": 10.0}) for s in range(k_open)])]
+
+    verdicts = analyse(conds(3))
+    v = verdicts[0]
+    calls = v.decisions[v.decisions.against == "pick"].set_index("condition").call
+    assert calls["head"] == "worse" and calls["lora"] == "undecided"
+    chosen, notes = rounds.who_gets_a_seed(verdicts, 10, 0.01)
+    assert chosen == {"full", "lora"} and not notes
+    chosen, notes = rounds.who_gets_a_seed(verdicts, 3, 0.01)
+    assert chosen == set() and notes == ["lora against full: open at max_seeds (3)"]
+    small = analyse([condition(c.name, c.method, [dict(r, predictions=r["predictions"].iloc[:60]) for r in c.runs])
+                     for c in conds(3)])
+    chosen, notes = rounds.who_gets_a_seed(small, 10, 0.01)
+    assert chosen == set() and any("test examples limit it" in n for n in notes)
+
+
+def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, toy_csv, tmp_path):
+    """The tiny study, one seed each, until_decided with max_seeds 3: after its first look each open condition gets a
+    second seed, then a third, each round one seed shared by all (common random numbers); the log says why it stopped;
+    the report reads at the last look's level; --resume adds nothing; a rebuilt store indexes the rounds' runs."""
+    spec = write_study(tmp_path, tiny_bert, toy_csv, seeds=[1], until_decided={"max_seeds": 3},
+                       analysis={"margin": 0.25}, train={"epochs": 3})
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["run", str(spec), "--results", str(results)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "decide mode:" in text
+    import sqlite3
+
+    rows = sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT run_id, seed FROM runs ORDER BY run_id").fetchall()
+    seeds = {run_id.rsplit("-s", 1)[0]: set() for run_id, _ in rows}
+    for run_id, seed in rows:
+        seeds[run_id.rsplit("-s", 1)[0]].add(seed)
+    assert all(s <= {1, 2, 3} and 1 in s for s in seeds.values())
+    assert any(len(s) > 1 for s in seeds.values()) or "decided" in text, (seeds, text)
+    verdict = json.loads((results / "tiny" / "report" / "verdict.json").read_text())
+    assert "decide mode, its last look at" in verdict["groups"][0]["card"]["evidence"]
+    again = runner.invoke(app, ["run", str(spec), "--results", str(results), "--resume"])
+    assert again.exit_code == 0, again.output
+    assert sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == len(rows)
+    rebuilt = runner.invoke(app, ["runs", "rebuild", "--results", str(results)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == len(rows)
+    np.testing.assert_equal(sorted(r[0] for r in rows), sorted(r[0] for r in sqlite3.connect(
+        results / "tuneoff.sqlite").execute("SELECT run_id FROM runs").fetchall()))
