@@ -115,22 +115,40 @@ def truths(cell: Cell, rng, draws: int = 400_000) -> np.ndarray:
     return np.array(out)
 
 
-def one_study(cell: Cell, rng, settings: AnalysisSettings) -> GroupVerdict:
-    """Draw one study and decide it with tuneoff's own code."""
-    k, s = cell.conditions, cell.seeds
+@dataclass
+class Drawn:
+    """One simulated study's data, for up to ``seeds`` seeds a condition: per condition its (n, seeds) test correctness,
+    its per-seed validation accuracy and its best tuning trial's."""
+
+    test: list
+    val: list
+    trial: list
+
+
+def draw(cell: Cell, rng, seeds: int | None = None) -> Drawn:
+    """Draw one study (``seeds`` seeds a condition, default the cell's)."""
+    k, s = cell.conditions, seeds or cell.seeds
     gaps = cell.gaps or (0.0,) * k
-    costs = cell.costs or tuple(1.0 / (1 + c) for c in range(k))
     u_test, u_val = rng.beta(A, B, cell.n), rng.beta(A, B, cell.n_val)
     common, tune_common = rng.normal(0, 1, s), rng.normal(0, 1, TRIALS)
-    scores, readings = {}, []
+    out = Drawn([], [], [])
     for c in range(k):
         last = c == k - 1
         shifts = _seed_shifts(cell, rng, s, common, last)
-        test = _correct(rng, u_test, _shift(gaps[c]), shifts, cell.difficulty)
-        val = _correct(rng, u_val, _shift(gaps[c]), shifts, cell.difficulty).mean(axis=0)
+        out.test.append(_correct(rng, u_test, _shift(gaps[c]), shifts, cell.difficulty))
+        out.val.append(_correct(rng, u_val, _shift(gaps[c]), shifts, cell.difficulty).mean(axis=0))
         # the tuning phase: TRIALS rates at one tuning seed, each moved by its rate; the best on validation is kept
         trial_shift = _seed_shifts(cell, rng, 1, tune_common[:1], last)[0] + rng.normal(0, LR_SD / SLOPE, TRIALS)
-        trials = _correct(rng, u_val, _shift(gaps[c]), trial_shift, cell.difficulty).mean(axis=0)
+        out.trial.append(float(_correct(rng, u_val, _shift(gaps[c]), trial_shift, cell.difficulty).mean(axis=0).max()))
+    return out
+
+
+def decide_on(cell: Cell, data: Drawn, seeds: list[int], settings: AnalysisSettings) -> GroupVerdict:
+    """Decide a drawn study with tuneoff's own code, condition c on its first ``seeds[c]`` seeds."""
+    costs = cell.costs or tuple(1.0 / (1 + c) for c in range(cell.conditions))
+    scores, readings = {}, []
+    for c in range(cell.conditions):
+        test, val, s = data.test[c][:, :seeds[c]], data.val[c][:seeds[c]], seeds[c]
         name = f"c{c}"
         scores[name] = test
         acc = float(test.mean())
@@ -139,8 +157,8 @@ def one_study(cell: Cell, rng, settings: AnalysisSettings) -> GroupVerdict:
             "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in test.mean(axis=0)), "macro_f1_per_seed": "",
             "val_accuracy": float(val.mean()), "val_macro_f1": float(val.mean()),
             "plateau_accuracy": float(val.mean()), "plateau_macro_f1": float(val.mean()),
-            "sel_accuracy": float(trials.max()) if cell.held_apart else np.nan,
-            "sel_macro_f1": float(trials.max()) if cell.held_apart else np.nan, "pick_seed": 0,
+            "sel_accuracy": data.trial[c] if cell.held_apart else np.nan,
+            "sel_macro_f1": data.trial[c] if cell.held_apart else np.nan, "pick_seed": 0,
             "lr": 1e-4, "collapsed_runs": 0, "converged_runs": s, "convergence_known": s, "not_converged": "",
             "budget_gain": np.nan, "stopped_by": "", "trainable_params": int(1e6 * costs[c]),
             "trainable_pct": 100.0 if c == 0 else 1.0, "trained_mb": 100 * costs[c], "peak_memory_mb": 1000 * costs[c],
@@ -150,9 +168,15 @@ def one_study(cell: Cell, rng, settings: AnalysisSettings) -> GroupVerdict:
     cmp = comparisons(scores, baseline, "accuracy", settings)
     table, against = table_of(readings, {"accuracy": cmp}, settings, "neg")
     group = Group("sim", "sim", ["neg", "pos"], [str(i) for i in range(cell.n)], pd.Series(truth), "neg", "training split")
-    v = GroupVerdict(group, table, pd.DataFrame(), comparisons=cmp, against_baseline=against, metric="accuracy")
+    v = GroupVerdict(group, table, pd.DataFrame(), comparisons=cmp, against_baseline=against, metric="accuracy",
+                     alpha=settings.alpha)
     decide([v], settings)
     return v
+
+
+def one_study(cell: Cell, rng, settings: AnalysisSettings) -> GroupVerdict:
+    """Draw one study and decide it with tuneoff's own code."""
+    return decide_on(cell, draw(cell, rng), [cell.seeds] * cell.conditions, settings)
 
 
 def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
@@ -226,6 +250,73 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
             "failing_own_coverage": rate(own_cover) if cell.fail else (None, None),
             "failing_flagged": rate(flags) if cell.fail else (None, None),
             "failing_pair_coverage": rate(pair_cover) if cell.fail else (None, None)}
+
+
+def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
+    """Decide mode (``tuneoff.study.rounds``) against fixed designs on the same drawn studies: decide mode looks after
+    its first ``cell.seeds`` seeds and after every round, at the level ``rounds.look_alpha`` spends, giving one more seed
+    to the conditions ``rounds.who_gets_a_seed`` chooses; each fixed design gives every condition S seeds and decides
+    once at alpha. Rates with their Monte Carlo errors; runs counted as final runs (the tuning phase is the same)."""
+    from tuneoff.study.rounds import look_alpha, who_gets_a_seed
+
+    rng = np.random.default_rng(seed)
+    k, first = cell.conditions, cell.seeds
+    gaps = cell.gaps or (0.0,) * k
+    equal = not cell.gaps and not cell.fail
+    fixed_range = range(first, max_seeds + 1)
+    seq = {"decided": [], "wrong": [], "false": [], "runs": [], "looks": []}
+    fixed = {s: {"decided": [], "wrong": [], "false": []} for s in fixed_range}
+
+    def read(v):
+        below = v.recommended is not None and gaps[int(v.recommended[1:])] - min(gaps) >= cell.margin - 1e-12
+        d = v.decisions[v.decisions.against == "pick"] if v.decisions is not None and len(v.decisions) else pd.DataFrame()
+        false = equal and len(d) and bool(d.significant.any() or (d.call == "worse").any())
+        return bool(v.decided), bool(v.decided and below), bool(false)
+
+    for _ in range(reps):
+        data = draw(cell, rng, max_seeds)
+        seeds, looks = [first] * k, 0
+        while True:
+            looks += 1
+            level = look_alpha(max(seeds), first, max_seeds, 0.05)
+            v = decide_on(cell, data, seeds, AnalysisSettings(margin=cell.margin, alpha=level))
+            chosen, _ = who_gets_a_seed([v], max_seeds, cell.margin, look_alpha(max_seeds, first, max_seeds, 0.05))
+            if v.decided or v.recommended is None or not chosen:
+                break
+            for name in chosen:
+                seeds[int(name[1:])] += 1
+        for key, value in zip(("decided", "wrong", "false"), read(v)):
+            seq[key].append(value)
+        seq["runs"].append(sum(seeds))
+        seq["looks"].append(looks)
+        for s in fixed_range:
+            for key, value in zip(("decided", "wrong", "false"), read(decide_on(cell, data, [s] * k,
+                                                                               AnalysisSettings(margin=cell.margin)))):
+                fixed[s][key].append(value)
+
+    def rate(values):
+        values = np.asarray(values, dtype=float)
+        return float(values.mean()), float(np.sqrt(max(values.mean() * (1 - values.mean()), 1e-12) / len(values)))
+
+    chance = rate(seq["decided"])[0]
+    matched = next((s for s in fixed_range if rate(fixed[s]["decided"])[0] >= chance), None)
+    runs = float(np.mean(seq["runs"]))
+    return {"cell": cell.name, "conditions": k, "first_seeds": first, "max_seeds": max_seeds, "n": cell.n,
+            "margin": cell.margin, "reps": reps, "decide_mode": {
+                "decided": rate(seq["decided"]), "wrong_recommendation": rate(seq["wrong"]),
+                "false_call": rate(seq["false"]) if equal else None, "runs": (runs, float(np.std(seq["runs"]) / np.sqrt(reps))),
+                "looks": float(np.mean(seq["looks"]))},
+            "fixed": {s: {"decided": rate(f["decided"]), "wrong_recommendation": rate(f["wrong"]),
+                          "false_call": rate(f["false"]) if equal else None, "runs": k * s} for s, f in fixed.items()},
+            "matched_fixed_seeds": matched, "runs_ratio": runs / (k * matched) if matched else None}
+
+
+def sequential_cells() -> list[Cell]:
+    """Studies where racing and stopping can save runs, and the null ones where the looks could cost errors."""
+    mixed = (0.0, 0.0, 0.03, 0.15)  # the best (dearest), a cheaper one as good, one 3 points worse, a head far below
+    return [Cell("best, one as good, one worse, one far worse", 4, 3, n=2000, seed_sd=0.01, gaps=mixed, margin=0.02),
+            Cell("equal conditions", 4, 3, n=2000, seed_sd=0.01, margin=0.02),
+            Cell("3 cheaper at the margin", 4, 3, n=2000, seed_sd=0.01, gaps=(0.0, 0.02, 0.02, 0.02), margin=0.02)]
 
 
 def cells() -> list[Cell]:

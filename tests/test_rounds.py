@@ -22,12 +22,21 @@ runner = CliRunner()
 
 
 def test_the_error_spent_over_every_look_is_alpha():
-    """O'Brien-Fleming-type spending (Lan & DeMets): the looks' levels, from the study's own seeds to max_seeds, sum
-    to alpha (so a false call at any look has chance at most alpha, by Bonferroni); early looks spend almost nothing;
-    the first look spends A(S0 / M) = 2 - 2 Phi(1.96 / sqrt(0.3)) = 0.00035 for 3 seeds of 10."""
+    """O'Brien-Fleming-type spending (Lan & DeMets) turned into each look's nominal level: a statistic that is a
+    Brownian motion at fractions S / 10 of the seeds crosses some look's one-sided boundary with chance alpha / 2 over
+    the looks from 3 to 10 seeds (checked on 400,000 simulated paths); the first look spends A(0.3) = 2 - 2 Phi(1.96 /
+    sqrt(0.3)) = 0.00035, each later look a little more; the last tests near 3.4% instead of 5%."""
+    from scipy import stats
+
     levels = [rounds.look_alpha(s, 3, 10, 0.05) for s in range(3, 11)]
-    assert sum(levels) == pytest.approx(0.05)
     assert levels[0] == pytest.approx(0.000346, abs=2e-6) and all(b > a for a, b in zip(levels, levels[1:]))
+    assert 0.03 < levels[-1] < 0.04
+    rng = np.random.default_rng(0)
+    fractions = np.arange(3, 11) / 10
+    steps = rng.normal(0, 1, (400_000, 8)) * np.sqrt(np.diff(np.concatenate([[0], fractions])))
+    z = np.cumsum(steps, axis=1) / np.sqrt(fractions)
+    crossed = (z > stats.norm.isf(np.array(levels) / 2)).any(axis=1).mean()
+    assert crossed == pytest.approx(0.025, abs=0.001)
     assert rounds.look_alpha(12, 3, 10, 0.05) == levels[-1], "past max_seeds: the last look's level"
     assert rounds.seconds("2h") == 7200 and rounds.seconds("90m") == 5400 and rounds.seconds("45") == 45
     with pytest.raises(ValueError):
@@ -54,7 +63,7 @@ def test_seeds_go_where_they_can_settle_an_open_comparison():
         return r
 
     def conds(k_open):
-        scatter = [-60, -20, 20]  # the open one's seeds scatter: seeds, not the test set, hold it open
+        scatter = [-40, 0, 40]  # the open one's seeds scatter: seeds, not the test set, hold it open
         return [condition("full", "full", [fake_run(s, moved(5, s), truth, val=0.9, resources={
                     "trainable_pct": 100.0, "train_seconds": 300.0}) for s in range(k_open)]),
                 condition("lora", "lora", [fake_run(s, moved(scatter[s % 3], 10 + s), truth, val=0.85, resources={
@@ -66,14 +75,22 @@ def test_seeds_go_where_they_can_settle_an_open_comparison():
     v = verdicts[0]
     calls = v.decisions[v.decisions.against == "pick"].set_index("condition").call
     assert calls["head"] == "worse" and calls["lora"] == "undecided"
-    chosen, notes = rounds.who_gets_a_seed(verdicts, 10, 0.01)
+    chosen, notes = rounds.who_gets_a_seed(verdicts, 30, 0.01)
     assert chosen == {"full", "lora"} and not notes
+    chosen, notes = rounds.who_gets_a_seed(verdicts, 10, 0.01)  # 10 seeds would settle it one time in nine: futile
+    assert chosen == set() and notes == ["lora against full: more seeds would hardly settle it; it would need more "
+                                         "than max_seeds (10) seeds"]
     chosen, notes = rounds.who_gets_a_seed(verdicts, 3, 0.01)
     assert chosen == set() and notes == ["lora against full: open at max_seeds (3)"]
-    small = analyse([condition(c.name, c.method, [dict(r, predictions=r["predictions"].iloc[:60]) for r in c.runs])
-                     for c in conds(3)])
-    chosen, notes = rounds.who_gets_a_seed(small, 10, 0.01)
-    assert chosen == set() and any("test examples limit it" in n for n in notes)
+    # two methods whose errors fall on different examples, on 100 of them: the test set holds the comparison open
+    m = 100
+    few = truth_of(m)
+    small = analyse([condition(name, name, [fake_run(s, rights(m, 85, 10 * i + s), few, val=0.9 - i / 100, resources={
+        "trainable_pct": pct, "train_seconds": sec}) for s in range(3)])
+        for i, (name, pct, sec) in enumerate((("full", 100.0, 300.0), ("lora", 0.3, 100.0)))])
+    chosen, notes = rounds.who_gets_a_seed(small, 30, 0.01)
+    assert chosen == set() and notes == ["lora against full: more seeds would hardly settle it; its 100 test examples "
+                                         "limit it (more test examples would settle it)"], notes
 
 
 def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, toy_csv, tmp_path):

@@ -67,6 +67,18 @@ def chance(noise: Noise, seeds: int, examples: int, margin: float, level: float,
     return float(stats.norm.cdf((true_diff + margin) / se - quantile(level, noise.df(seeds, examples))))
 
 
+def settle(noise: Noise, seeds: int, examples: int, margin: float, level: float, true_diff: float) -> float:
+    """Chance that the comparison is settled either way: shown within the margin ("as good", as ``chance``) or shown
+    below it ("worse": the interval's upper end under -margin), when the true difference is ``true_diff`` (conditional
+    power under the current trend, for deciding whether more seeds are worth running)."""
+    se = noise.se(seeds, examples)
+    if se == 0:
+        return 1.0
+    q = quantile(level, noise.df(seeds, examples))
+    worse = stats.norm.cdf((-margin - true_diff) / se - q)
+    return float(min(1.0, chance(noise, seeds, examples, margin, level, true_diff) + worse))
+
+
 def resolvable(noise: Noise, seeds: int, examples: int, level: float, target: float = TARGET) -> float:
     """The smallest margin decided with chance ``target`` between truly equal conditions at this design."""
     return float((quantile(level, noise.df(seeds, examples)) + stats.norm.ppf(target)) * noise.se(seeds, examples))

@@ -164,7 +164,9 @@ def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, con
     clock, by_key = rounds.Clock(spec.until_decided.budget), {c.key: c for c in conds}
     while True:
         verdicts, seeds, level = look(spec, store)
-        chosen, notes = rounds.who_gets_a_seed(verdicts, spec.until_decided.max_seeds, spec.analysis.margin)
+        most = spec.until_decided.max_seeds
+        chosen, notes = rounds.who_gets_a_seed(verdicts, most, spec.analysis.margin,
+                                               rounds.look_alpha(most, len(spec.seeds), most, spec.analysis.alpha))
         state = f"look with {seeds} seeds at level {level:.2g}"
         if all(v.decided or v.recommended is None for v in verdicts):
             log.info(f"decide mode: decided ({state})")
