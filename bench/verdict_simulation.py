@@ -24,6 +24,7 @@ of its difference from the pick.
 
     python bench/verdict_simulation.py --reps 2000      # the committed table (bench/results/verdict-simulation-*.md)
     python bench/verdict_simulation.py --reps 100       # a quick look
+    python bench/verdict_simulation.py --decide --reps 500   # decide mode against fixed designs
 """
 
 from __future__ import annotations
@@ -314,7 +315,10 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
 def sequential_cells() -> list[Cell]:
     """Studies where racing and stopping can save runs, and the null ones where the looks could cost errors."""
     mixed = (0.0, 0.0, 0.03, 0.15)  # the best (dearest), a cheaper one as good, one 3 points worse, a head far below
+    like_default = (0.0, 0.0, 0.005, 0.05, 0.15, 0.15)  # full, partial, LoRA close; LoRA+ behind; two heads far below
     return [Cell("best, one as good, one worse, one far worse", 4, 3, n=2000, seed_sd=0.01, gaps=mixed, margin=0.02),
+            Cell("six: three close, one behind, two far below", 6, 3, n=2000, seed_sd=0.01, gaps=like_default,
+                 margin=0.02),
             Cell("equal conditions", 4, 3, n=2000, seed_sd=0.01, margin=0.02),
             Cell("3 cheaper at the margin", 4, 3, n=2000, seed_sd=0.01, gaps=(0.0, 0.02, 0.02, 0.02), margin=0.02)]
 
@@ -354,12 +358,62 @@ def fmt_points(value) -> str:
     return "" if v is None else f"{100 * v:+.2f} ± {100 * e:.2f}"
 
 
+def _run_sequential(args):
+    cell, reps, seed, max_seeds = args
+    return sequential(cell, reps, max_seeds, seed)
+
+
+def main_decide(args) -> None:
+    """``--decide``: decide mode against fixed designs (``sequential``), its own results file."""
+    from record import write_result
+
+    t0, stamp, command = time.time(), datetime.now(timezone.utc), " ".join(["python", *sys.argv])
+    jobs = [(cell, args.reps, 2000 + i, args.max_seeds) for i, cell in enumerate(sequential_cells())]
+    with multiprocessing.Pool(args.workers) as pool:
+        rows = pool.map(_run_sequential, jobs)
+    minutes = (time.time() - t0) / 60
+    lines = [f"# Decide mode against fixed designs, simulated ({stamp:%Y-%m-%d})", "",
+             f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
+             f"{platform.python_version()}; {args.reps} simulated studies per row, each drawn with {args.max_seeds} seeds "
+             "a condition and decided by `tuneoff.analysis.verdict.decide`: in decide mode (`tuneoff.study.rounds`: "
+             "3 seeds, then a look after each round of one more seed for the conditions `who_gets_a_seed` chooses, at "
+             "the level `look_alpha` spends) and in every fixed design of 3 to "
+             f"{args.max_seeds} seeds a condition, on the same draws. `matched` is the fewest fixed seeds whose chance of "
+             "deciding is at least decide mode's; `runs ratio` is decide mode's mean final runs over that design's. "
+             "Rates with their Monte Carlo standard errors (±). 2,000 test examples, 1 point of seed sd, a 2-point margin.", "",
+             "| study | decide mode: decided | wrong recommendation | false call | runs | looks | fixed (seeds: decided, "
+             "runs) | matched | runs ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["decide_mode"]
+        fixed = "; ".join(f"{s}: {f['decided'][0]:.2f}, {f['runs']}" for s, f in r["fixed"].items())
+        false = fmt(d["false_call"]) if d["false_call"] else ""
+        ratio = "" if r["runs_ratio"] is None else f"{r['runs_ratio']:.2f}"
+        lines.append(f"| {r['cell']} | {fmt(d['decided'])} | {fmt(d['wrong_recommendation'])} | {false} | "
+                     f"{d['runs'][0]:.1f} ± {d['runs'][1]:.1f} | {d['looks']:.1f} | {fixed} | {r['matched_fixed_seeds']} | "
+                     f"{ratio} |")
+    lines += ["", "Fixed designs' error rates on the same draws (wrong recommendation; false call where every condition "
+              "is equal):", ""]
+    for r in rows:
+        lines.append(f"- {r['cell']}: " + "; ".join(
+            f"{s} seeds {fmt(f['wrong_recommendation'])}" + (f", false {fmt(f['false_call'])}" if f["false_call"] else "")
+            for s, f in r["fixed"].items()))
+    write_result(Path(args.out) / f"decide-simulation-{stamp:%Y%m%d}",
+                 {"meta": {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
+                           "machine": platform.machine(), "python": platform.python_version(), "reps": args.reps},
+                  "rows": rows}, lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--decide", action="store_true", help="decide mode against fixed designs (its own file)")
+    parser.add_argument("--max-seeds", type=int, default=8, help="with --decide: decide mode's max_seeds")
     args = parser.parse_args()
+    if args.decide:
+        main_decide(args)
+        return
     t0, stamp, command = time.time(), datetime.now(timezone.utc), " ".join(["python", *sys.argv])
     jobs = [(cell, args.reps, 1000 + i) for i, cell in enumerate(cells())]
     with multiprocessing.Pool(args.workers) as pool:

@@ -78,7 +78,10 @@ def card(v, settings) -> Card:
               if getattr(r, "against", "") == "pick" and r.call in ("undecided", "budget-limited", "seeds disagree")]
     change = ""
     if opened:
-        first = min(opened, key=lambda r: r.best_low if pd.notna(r.best_low) else 0.0)
+        # the recommendation's own open comparison first (deciding it makes the default a finding), else the one
+        # closest to being decided
+        first = next((r for r in opened if r.condition == v.recommended), None) or max(
+            opened, key=lambda r: r.best_low if pd.notna(r.best_low) else -1.0)
         names = ", ".join(r.condition for r in opened)
         change = (f"open: {names}; for {first.condition}, "
                   + sentences.what_would_decide(v, first.condition, v.best, settings.margin))

@@ -36,6 +36,10 @@ class Noise:
     seed_b: float
     prior_df: float = SEED_PRIOR["accuracy"].df
     prior_sd: float = 0.0
+    per_example_per_seed: float = 0.0  # the part of the per-example variance that averaging over seeds shrinks
+
+    def test(self, seeds: int, examples: int) -> float:
+        return (self.per_example + self.per_example_per_seed / seeds) / examples
 
     def _seed(self, tau2: float, seeds: int) -> float:
         """The seed variance the verdict will use with ``seeds`` seeds: the measured one, raised toward the prior's
@@ -44,11 +48,11 @@ class Noise:
         return max(tau2, (d * tau2 + self.prior_df * self.prior_sd ** 2) / (d + self.prior_df)) if self.prior_sd else tau2
 
     def se(self, seeds: int, examples: int) -> float:
-        return float(np.sqrt(self.per_example / examples + (self._seed(self.seed_a, seeds) +
-                                                            self._seed(self.seed_b, seeds)) / seeds))
+        return float(np.sqrt(self.test(seeds, examples) + (self._seed(self.seed_a, seeds) +
+                                                           self._seed(self.seed_b, seeds)) / seeds))
 
     def df(self, seeds: int, examples: int) -> float:
-        test = self.per_example / examples
+        test = self.test(seeds, examples)
         parts = [self._seed(self.seed_a, seeds) / seeds, self._seed(self.seed_b, seeds) / seeds]
         denominator = test ** 2 / max(examples - 1, 1) + sum(p ** 2 / (seeds - 1 + self.prior_df) for p in parts)
         return float((test + sum(parts)) ** 2 / denominator) if denominator > 0 else float("inf")

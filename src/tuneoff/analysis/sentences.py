@@ -147,8 +147,10 @@ def what_would_decide(v, name: str, best: str, margin: float) -> str:
     more_examples = power.examples_for(noise, seeds, margin, level)
     now = power.chance(noise, seeds, n, margin, level)
     share = d["seed"] / (d["seed"] + d["test"]) if d["seed"] + d["test"] > 0 else 0.0
-    now_text = (f"between truly equal methods this design decides at the margin {100 * now:.0f}% of the time (the "
-                f"seeds make {100 * share:.0f}% of the interval's variance)")
+    resolves = power.resolvable(noise, seeds, n, level)
+    now_text = (f"between truly equal methods this design decides at the margin {100 * now:.0f}% of the time (it "
+                f"resolves about {100 * resolves:.1f} {unit(v.metric)} 80% of the time; the seeds make {100 * share:.0f}% "
+                "of the interval's variance)")
     capped = test_capped(v)
     levers, limits = [], []
     if more_seeds:
