@@ -58,3 +58,24 @@ def test_the_levers_by_hand():
     # the resolvable difference is the margin decided 80% of the time between equal conditions
     margin = power.resolvable(noise, 5, 1000, 0.05)
     assert power.chance(noise, 5, 1000, margin, 0.05) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_a_study_says_what_it_can_decide_before_it_trains():
+    """The built-in default study, planned without training or downloading: one group, 5 conditions x 3 seeds on its
+    400 test examples (read from the offline corpus, capped by max_eval_samples; the corpus has 1,277), a resolvable
+    difference of several points and little chance of deciding at its 1-point margin; the dry run says so with a
+    warning, and with more test examples the plan resolves less."""
+    from typer.testing import CliRunner
+
+    import tuneoff
+    from tuneoff.cli.app import app
+
+    plan = tuneoff.plan_study()
+    row = plan.iloc[0]
+    assert len(plan) == 1 and (row.conditions, row.seeds, row.examples, row.available) == (5, 3, 400, 1277)
+    assert 0.03 < row.resolvable < 0.09 and row.chance < 0.1 and row.margin == 0.01
+    wider = tuneoff.plan_study(None, ["base.data.max_eval_samples=1277"]).iloc[0]
+    assert wider.resolvable < row.resolvable and wider.chance >= row.chance
+    out = " ".join(CliRunner().invoke(app, ["run", "--dry-run"]).output.split())
+    assert "5 conditions x 3 seeds on 400 test examples resolve about" in out
+    assert "warning: 400 test examples and 3 seeds resolve about" in out and "expect 'cannot decide'" in out

@@ -1,7 +1,8 @@
 """tuneoff: which fine-tuning method should I use for my text classifier, and what will it cost?
 
 The Python API (``tuneoff.api``, re-exported here): ``train`` one run, ``run_study`` to compare methods,
-``load_study`` / ``load_run`` to read stored results, ``inspect`` a dataset. Importing ``tuneoff`` loads nothing
+``load_study`` / ``load_run`` to read stored results, ``plan_study`` to see what a study can decide before it runs,
+``inspect`` a dataset. Importing ``tuneoff`` loads nothing
 heavy; torch and transformers are imported when a function that needs them is first called.
 """
 
@@ -9,7 +10,8 @@ from tuneoff.core.provenance import VERSION
 
 __version__ = VERSION
 
-__all__ = ["Run", "Stopped", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "run_study", "train"]
+__all__ = ["Run", "Stopped", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "plan_study", "run_study",
+           "train"]
 
 
 def __getattr__(name: str):

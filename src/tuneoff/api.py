@@ -11,6 +11,7 @@ study = tuneoff.run_study()                      # the built-in default study (o
 study                                            # in Jupyter: the verdict and the summary table
 study.summary, study.decisions, study.trials     # pandas DataFrames
 tuneoff.load_study("results/default", margin=0.02)   # the stored results read again under other settings
+tuneoff.plan_study("studies/offline/report4_rank_sweep.yaml")   # what it can decide, before it trains
 ```
 
 Keyword arguments with a double underscore are dotted config keys (``method__r=8`` is ``method.r=8``); ``overrides``
@@ -269,6 +270,17 @@ def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str]
     if isinstance(study, dict):
         return spec_from_dict(stored_frames(study, ""), overrides)
     return load_spec(study, overrides)
+
+
+def plan_study(study: str | Path | dict | StudySpec | None = None, overrides: list[str] = ()) -> pd.DataFrame:
+    """What a study can decide before it trains (``study.design``): per group of conditions, its test examples and
+    seeds, the difference it resolves (80% chance), the chance that a method as good as the best is shown within the
+    margin, and the seeds or test examples that would make that chance 80%. Nothing is trained or downloaded."""
+    from dataclasses import asdict
+
+    from tuneoff.study.design import plan
+
+    return pd.DataFrame([asdict(p) for p in plan(study_spec(study, list(overrides)))])
 
 
 def load_study(directory: str | Path, **analysis) -> StudyResult:

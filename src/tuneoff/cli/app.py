@@ -202,6 +202,11 @@ def plan(
     plans = plan_configs(configs, batch_size, seq_len, precision, where)
     table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
     console().print(table)
+    if tree is None or "variants" in tree or "base" in tree:  # a study: what it can decide, too
+        from tuneoff.study.design import plan_lines
+
+        for line in plan_lines(load_spec(config, overrides or [])):
+            say(line)
     if out is not None:
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")

@@ -39,7 +39,7 @@ HOW_TO_READ_MD = (
     "whichever condition is the best) when the lower end of its interval of multiple comparisons with the best (Hsu's "
     "MCB, 95% simultaneous over the candidates) lies above the margin, and **worse** when its difference from the pick "
     "lies below it at 95% simultaneous over the comparisons with the pick; otherwise the report says it cannot decide. "
-    "The recommendation is the cheapest condition as good as the best, or the pick by default. Significance against "
+    "The recommendation is the cheapest condition as good as the best; when none is shown, by default the cheapest that scored within the margin of the pick on test and may lose at most `analysis.tolerance` against the best, else the pick. Significance against "
     "the pick is Holm-adjusted over the group's comparisons with it, against the majority-class baseline over the "
     "study's; the all-pairs table is exploratory, with its own Holm adjustment. Runs that collapsed to one class, or "
     "cannot be shown above the baseline, are never recommended; a condition whose seeds disagree (one far from the "
