@@ -282,7 +282,7 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
             level = look_alpha(max(seeds), first, max_seeds, 0.05)
             v = decide_on(cell, data, seeds, AnalysisSettings(margin=cell.margin, alpha=level))
             chosen, _ = who_gets_a_seed([v], max_seeds, cell.margin, look_alpha(max_seeds, first, max_seeds, 0.05))
-            if v.decided or v.recommended is None or not chosen:
+            if v.decided or not chosen:
                 break
             for name in chosen:
                 seeds[int(name[1:])] += 1

@@ -111,7 +111,9 @@ def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, to
     for run_id, seed in rows:
         seeds[run_id.rsplit("-s", 1)[0]].add(seed)
     assert all(s <= {1, 2, 3} and 1 in s for s in seeds.values())
-    assert any(len(s) > 1 for s in seeds.values()) or "decided" in text, (seeds, text)
+    # one seed shows nothing above the majority class on 24 examples: the rounds add seeds (2, then 3 where still open)
+    assert all({1, 2} <= s for s in seeds.values()), (seeds, text)
+    assert "another seed (2) for lora, partial_top1" in text
     verdict = json.loads((results / "tiny" / "report" / "verdict.json").read_text())
     assert "decide mode, its last look at" in verdict["groups"][0]["card"]["evidence"]
     again = runner.invoke(app, ["run", str(spec), "--results", str(results), "--resume"])

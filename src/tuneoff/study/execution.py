@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shlex
@@ -14,6 +15,8 @@ import sys
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
+
+import yaml
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
@@ -162,13 +165,21 @@ def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, con
     """Decide mode's rounds (``rounds``): look, give one more seed to the conditions whose open comparisons seeds can
     settle, run them, look again; until decided, max_seeds or the budget."""
     clock, by_key = rounds.Clock(spec.until_decided.budget), {c.key: c for c in conds}
+    # a round that a stop (or a crash) interrupted is finished first: its runs resume from their checkpoints
+    own = {r.run_id for r in expand(spec)}
+    left = [PlannedRun(r["run_id"], r["variant"], json.loads(r["params"]), r["seed"],
+                       RunConfig.model_validate(yaml.safe_load(r["config_yaml"])))
+            for r in store.runs(spec.name, phase=protocol.PHASE_FINAL) if r["run_id"] not in own and r["status"] != "done"]
+    if left:
+        log.info(f"decide mode: finishing the interrupted round first ({', '.join(r.run_id for r in left)})")
+        _run_phase(spec, store, directory, executor, left, conds)
     while True:
         verdicts, seeds, level = look(spec, store)
         most = spec.until_decided.max_seeds
         chosen, notes = rounds.who_gets_a_seed(verdicts, most, spec.analysis.margin,
                                                rounds.look_alpha(most, len(spec.seeds), most, spec.analysis.alpha))
         state = f"look with {seeds} seeds at level {level:.2g}"
-        if all(v.decided or v.recommended is None for v in verdicts):
+        if all(v.decided for v in verdicts):
             log.info(f"decide mode: decided ({state})")
             return
         if not chosen or clock.spent():

@@ -97,9 +97,19 @@ def who_gets_a_seed(verdicts, max_seeds: int, margin: float, last_alpha: float =
     the look at ``max_seeds`` (``look_alpha``), where seeds would have to settle it."""
     chosen, notes = set(), []
     for v in verdicts:
-        if v.recommended is None or v.decided or v.decisions is None:
+        if v.decided:
             continue
         cmp = v.comparisons
+        # ahead of the majority class but not shown above it yet (one seed measures no seed spread): more seeds may
+        t = v.table
+        ahead = t[(t.method != "baseline") & ~t.eligible.astype(bool) & (t.collapsed_runs == 0) & (t.vs_baseline > 0)]
+        for name in ahead.condition:
+            if cmp.n_seeds(name) < max_seeds:
+                chosen.add(name)
+            else:
+                notes.append(f"{name}: not shown above the majority class at max_seeds ({max_seeds})")
+        if v.recommended is None or v.decisions is None:
+            continue
         rows = v.decisions[(v.decisions.against == "pick") & v.decisions.call.isin(OPEN)]
         for r in rows.itertuples():
             seeds = min(cmp.n_seeds(r.condition), cmp.n_seeds(v.best))
