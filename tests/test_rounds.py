@@ -124,3 +124,43 @@ def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, to
     assert sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == len(rows)
     np.testing.assert_equal(sorted(r[0] for r in rows), sorted(r[0] for r in sqlite3.connect(
         results / "tuneoff.sqlite").execute("SELECT run_id FROM runs").fetchall()))
+
+
+@pytest.mark.slow
+def test_a_round_stopped_by_sigterm_is_finished_first_on_resume(tiny_bert, toy_csv, tmp_path):
+    """SIGTERM while a decide-mode round trains: the study exits 143 with the round's runs pending at their
+    checkpoints, and --resume finishes that round (from the checkpoints) before it looks again, instead of starting
+    another seed and leaving them behind."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tuneoff.results.store import Store
+
+    path = write_study(tmp_path, tiny_bert, toy_csv, "rounds", seeds=[1], until_decided={"max_seeds": 2},
+                       analysis={"margin": 0.25}, train={"epochs": 30})
+    env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    runs = tmp_path / "r" / "rounds" / "runs"
+    try:
+        deadline = time.monotonic() + 600
+        while not list(runs.glob(".*-s2.tmp/checkpoints/step-*")):  # a run of the first round has trained an epoch
+            assert proc.poll() is None and time.monotonic() < deadline, "the study ended before a round began"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    resumed = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "decide mode: finishing the interrupted round first" in resumed.stderr
+    store = Store(tmp_path / "r")
+    rows = {r["run_id"]: r for r in store.runs("rounds")}
+    store.close()
+    assert {r["seed"] for r in rows.values()} == {1, 2} and {r["status"] for r in rows.values()} == {"done"}, rows.keys()
+    assert any(json.loads(r["resources"]).get("resumed_from_step") for k, r in rows.items() if k.endswith("-s2"))
