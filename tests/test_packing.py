@@ -294,7 +294,7 @@ def test_a_stop_request_starts_no_run_and_names_what_ended_stopped_and_never_sta
             self.told += 1
 
     executor, seen = Fake(), []
-    jobs = [SimpleNamespace(run_id=f"r{i}", config=SimpleNamespace(method=SimpleNamespace(name="lora"))) for i in range(5)]
+    jobs = [SimpleNamespace(run_id=f"r{i}", trial=False, config=SimpleNamespace(method=SimpleNamespace(name="lora"))) for i in range(5)]
     with pytest.raises(Stopped, match=r"Stopped by SIGTERM: 1 run\(s\) ended before it, 1 saved where they stopped and "
                                       r"3 not started") as stopped:
         drive(executor, iter(jobs), len(jobs), lambda job, outcome: seen.append((job.run_id, outcome.status)))
@@ -334,3 +334,18 @@ def test_a_worker_signalled_alone_stops_its_run_and_the_study_goes_on(tiny_bert,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "(1 stopped earlier continue from their checkpoints)" in resumed.stderr, resumed.stderr[-3000:]
     assert {r["status"] for r in _finished(tmp_path / "r", "one").values()} == {"done"}
+
+
+def test_the_time_left_is_counted_per_method():
+    """A study's first runs are its cheapest: after a head trial of 6 s, the runs left (2 heads, 2 full) are not 4 x 6
+    s but heads at 6 s and full at least as slow as the slowest method so far; once a full run took 120 s, full's runs
+    take that. On 2 slots the minutes halve."""
+    from tuneoff.study.executors import Eta
+
+    eta = Eta(["head", "head", "head", "full", "full", "full"], slots=2)
+    eta.done("head", 6.0)
+    assert eta.minutes(eta.left) == (pytest.approx((6 * 2 + 6 * 3) / 2 / 60), True)
+    eta.done("full", 120.0)
+    minutes, low = eta.minutes(eta.left)
+    assert minutes == pytest.approx((6 * 2 + 120 * 2) / 2 / 60) and not low
+    assert eta.minutes(["lora"]) == (pytest.approx(120 / 2 / 60), True)

@@ -128,7 +128,8 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         if note:
             log.warning(note)
         tuned = [c for c in conds if c.tuned]
-        _run_phase(spec, store, directory, executor, first_phase(conds), conds, later=sum(len(c.runs) for c in tuned))
+        _run_phase(spec, store, directory, executor, first_phase(conds), conds,
+                   later=[r.config.method.name for c in tuned for r in c.runs])
         if tuned:
             finals = []
             for cond in tuned:
@@ -222,16 +223,16 @@ def _closing(executor, store: Store, lock):
 
 
 def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list,
-               later: int = 0) -> None:
-    """Run what is not finished yet (a pruned trial is finished: it is not tried again). ``later``: the comparison
-    runs planned once these trials have chosen their learning rates."""
+               later: list[str] = ()) -> None:
+    """Run what is not finished yet (a pruned trial is finished: it is not tried again). ``later``: the methods of the
+    comparison runs planned once these trials have chosen their learning rates."""
     finished = {r["run_id"] for r in store.runs(spec.name) if r["status"] in ("done", "pruned")}
     todo = [r for r in runs if r.run_id not in finished]
     stopped = {r["run_id"] for r in store.runs(spec.name, "pending") if r["error"]} & {r.run_id for r in todo}
     trials = sum(r.phase == protocol.PHASE_TUNE for r in runs)
     pinned = f", {len(runs) - trials} comparison runs" if len(runs) > trials else ""
     what = f"{len(runs)} runs" + (f" ({trials} tuning trials{pinned})" if trials else "")
-    then = f"; then {later} comparison runs at the learning rates the trials choose" if later else ""
+    then = f"; then {len(later)} comparison runs at the learning rates the trials choose" if later else ""
     again = f" ({len(stopped)} stopped earlier continue from their checkpoints)" if stopped else ""
     log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run{again} on "
              f"{executor.name}{then}")
@@ -252,7 +253,7 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
         store.mark_running(spec.name, job.run_id)
 
     drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start,
-          later)
+          len(later), [r.config.method.name for r in todo], list(later))
 
 
 def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:

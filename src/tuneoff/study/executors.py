@@ -252,11 +252,36 @@ def _remote_run_job(job: Job, processes: int = 1) -> Outcome:
     return run_job(job, processes=processes)
 
 
-def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int = 0) -> None:
+class Eta:
+    """The time left, method by method: a run takes what the finished runs of its method took (spread over the slots
+    running at once). A study's first runs are its cheapest (a head's trials take seconds, full fine-tuning's minutes):
+    one average over every finished run said 17 minutes for a study heading past an hour. A method with no finished
+    run yet is counted at the slowest method's pace so far, and the estimate says "at least"."""
+
+    def __init__(self, methods: list[str], slots: int):
+        self.left, self.slots, self.took = list(methods), max(1, slots), {}
+
+    def done(self, method: str, seconds: float) -> None:
+        if method in self.left:
+            self.left.remove(method)
+        self.took.setdefault(method, []).append(seconds)
+
+    def minutes(self, methods: list[str]) -> tuple[float, bool]:
+        """Minutes for ``methods``' runs, and whether a method among them has no finished run (a lower bound)."""
+        means = {m: sum(t) / len(t) for m, t in self.took.items()}
+        slowest = max(means.values(), default=0.0)
+        unknown = any(m not in means for m in methods)
+        return sum(means.get(m, slowest) for m in methods) / self.slots / 60, unknown
+
+
+def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int = 0, methods: list[str] | None = None,
+          later_methods: list[str] | None = None) -> None:
     """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives. ``later``: runs the
-    study will plan after these (the comparison runs after the tuning trials), counted in the time left at this pace,
-    so an estimate read during the trials is the study's, not the phase's."""
+    study will plan after these (the comparison runs after the tuning trials), counted in the time left, so an estimate
+    read during the trials is the study's, not the phase's. ``methods`` / ``later_methods``: each job's method, in order
+    (the time left is then estimated per method: ``Eta``); without them, at the pace of every run so far."""
     started, finished, durations = time.perf_counter(), 0, []
+    eta_model = Eta(methods, executor.slots) if methods is not None else None
     jobs = iter(jobs)
     exhausted = stopping = False
     kept = 0
@@ -282,9 +307,16 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         durations.append(outcome.seconds)
         wall = time.perf_counter() - started
         pace = wall / finished / 60
-        eta = f", ETA {pace * (total - finished):.1f} min" if total > finished else ""
+        if eta_model is not None:
+            eta_model.done(job.config.method.name, outcome.seconds)
+            now, low = eta_model.minutes(eta_model.left)
+            then, low_then = eta_model.minutes(later_methods or [])
+        else:
+            (now, low), (then, low_then) = (pace * (total - finished), False), (pace * later, False)
+        eta = f", ETA {'at least ' if low else ''}{now:.1f} min" if total > finished else ""
         if later:
-            after = f"then about {pace * later:.0f} min for the {later} runs after {'them' if eta else 'these'}"
+            after = (f"then {'at least' if low_then else 'about'} {then:.0f} min for the {later} runs after "
+                     f"{'them' if eta else 'these'}")
             eta = f"{eta} ({after})" if eta else f", {after}"
         if stopping or outcome.status == "stopped":
             eta = ""
