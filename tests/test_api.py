@@ -36,8 +36,14 @@ def test_train_predict_and_the_run_object(tiny_bert, toy_csv, tmp_path):
     assert list(got.columns) == ["label", "prob_neg", "prob_pos"]
     assert list(got["label"]) == list(saved["pred_label"][:8]), "the saved model predicts what the run predicted"
     assert "test accuracy" in run._repr_html_()
-    with pytest.raises(tuneoff.TuneoffError, match="a list of texts"):
+    with pytest.raises(tuneoff.TuneoffError, match="a list of strings"):
         run.predict("one string")
+    # what counts as text is decided where a data file's cells are checked: not None, not a number, not nothing
+    for bad, message in (([None], "'texts' is empty or missing in 1 row"), ([1, 2], "holds int values, not text"),
+                         ([], "predict got no texts"), (None, "a list of strings \\(got NoneType\\)"),
+                         (["a", "b"], "2 texts and 1 text_pairs")):
+        with pytest.raises(tuneoff.TuneoffError, match=message):
+            run.predict(bad, text_pairs=["x"] if bad == ["a", "b"] else None)
     again = tuneoff.load_run(run.path)
     assert again.metrics == run.metrics
     from tuneoff.results.store import Store

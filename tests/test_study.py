@@ -76,6 +76,11 @@ def test_a_variant_merges_into_the_base_key_by_key_mappings_included():
     ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
     ({"name": "x", "seeds": []}, "seeds"),
     ({"name": "x", "seeds": [1, 2, 1]}, r"seeds: \[1\] appear more than once"),
+    # a documented guarantee (docs/guarantees.md: inf and NaN refused everywhere): no rate is infinite, true is no number
+    ({"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [1e-4, float("inf")]}}},
+     r"variants.a.lr_range: give \[low, high\], two finite numbers"),
+    ({"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [True, 2]}}},
+     r"variants.a.lr_range: give \[low, high\], two finite numbers .*got \[True, 2\]"),
     # the trial that won would be replayed as a final run (its condition's seeds then include the one it was chosen on)
     ({"name": "x", "seeds": [0, 1], "tune": {"lr": True, "seed": 0}}, r"tune.seed \(0\) is also in seeds \[0, 1\]"),
 ])
@@ -395,3 +400,24 @@ def test_a_trials_progress_line_shows_validation_only():
     outcome = Outcome("x", "done", metrics={"validation": {"accuracy": 0.81}, "test": {"accuracy": 0.79}}, seconds=12)
     assert describe(outcome, trial=True) == "12s, validation accuracy 0.8100"
     assert describe(outcome) == "12s, validation accuracy 0.8100, test accuracy 0.7900"
+
+
+def test_a_link_planted_in_a_study_directory_is_never_written_through(tmp_path):
+    """Writes outside the output directory: <results>/<study>/.lock (and commands.log) as a symbolic link to another
+    file. The study refuses, names the link and what to do; the file it points at is untouched."""
+    from tuneoff.study.execution import hold_study
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    study = tmp_path / "results" / "s"
+    study.mkdir(parents=True)
+    (study / ".lock").symlink_to(victim)
+    with pytest.raises(TuneoffError, match=r"\.lock is a symbolic link; tuneoff does not write through links"):
+        hold_study(study, "s")
+    assert victim.read_text() == "keep me"
+    from tuneoff.core.files import open_own
+
+    (study / "commands.log").symlink_to(victim)
+    with pytest.raises(TuneoffError, match="commands.log is a symbolic link"):
+        open_own(study / "commands.log", "a")
+    assert victim.read_text() == "keep me"

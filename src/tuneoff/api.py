@@ -100,14 +100,9 @@ class Run:
             score_frame,
         )
 
-        if isinstance(texts, str):
-            raise TuneoffError("predict takes a list of texts, not one string: run.predict([text]).")
-        texts = [str(t) for t in texts]
+        frame = _texts_frame(texts, text_pairs)
         if self._model is None:
             self._model = load_saved_model(self.path, _device())
-        frame = pd.DataFrame({"id": [str(i + 1) for i in range(len(texts))], "text": texts})
-        if text_pairs is not None:
-            frame["text_pair"] = [str(t) for t in text_pairs]
         model, tokenizer = self._model
         shift = class_weight_shift(self.path, model_labels(model)) if undo_class_weights else None
         out = score_frame(model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift)
@@ -128,6 +123,32 @@ class Run:
                 ("macro-F1", f"{test['macro_f1']:.4f}"), ("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
                 ("train time", f"{r['train_seconds']:.1f} s"), ("directory", str(self.path))]
         return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _texts_frame(texts, text_pairs=None) -> pd.DataFrame:
+    """The texts ``predict`` was given, checked as a data file's are (``data.files.text_column``: the one place that
+    decides what counts as text): a list of strings, none empty, None or a number."""
+    from tuneoff.data.files import text_column
+
+    def listed(values, what: str) -> list:
+        if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+            raise TuneoffError(f"predict takes {what} as a list of strings (got {type(values).__name__}): "
+                               "run.predict([\"a triumph\", \"a mess\"]).")
+        values = list(values)
+        if not values:
+            raise TuneoffError(f"predict got no {what}: give at least one string.")
+        return values
+
+    texts = listed(texts, "texts")
+    frame = pd.DataFrame({"id": [str(i + 1) for i in range(len(texts))], "text": pd.Series(texts, dtype=object)})
+    frame["text"] = text_column(frame, "text", "run.predict's texts", "texts")
+    if text_pairs is not None:
+        pairs = listed(text_pairs, "text_pairs")
+        if len(pairs) != len(texts):
+            raise TuneoffError(f"predict got {len(texts)} texts and {len(pairs)} text_pairs: give one pair per text.")
+        frame["text_pair"] = text_column(frame.assign(text_pair=pd.Series(pairs, dtype=object)), "text_pair",
+                                         "run.predict's text_pairs", "text_pairs")
+    return frame
 
 
 def load_run(path: str | Path) -> Run:

@@ -43,6 +43,23 @@ def atomic_open(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
         raise
 
 
+def open_own(path: Path, mode: str = "a+") -> IO[str]:
+    """A file tuneoff keeps in its own directories (a lock, a log it appends to), opened so that it never follows a
+    symbolic link planted there: ``O_NOFOLLOW``, the link refused with what to do instead of truncating or appending
+    to the file it points at. (Files written whole go through ``atomic_open``, whose rename replaces a link, never
+    writes through it.)"""
+    path = Path(path)
+    flags = os.O_CREAT | os.O_NOFOLLOW | {"a+": os.O_RDWR | os.O_APPEND, "a": os.O_WRONLY | os.O_APPEND}[mode]
+    try:
+        fd = os.open(path, flags, 0o666 & ~UMASK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TuneoffError(f"{path} is a symbolic link; tuneoff does not write through links in its own "
+                               f"directories. Remove it (rm {path}) and run the command again.") from None
+        raise
+    return os.fdopen(fd, mode, encoding="utf-8")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` so that readers see the old file or the new one, never half (``atomic_open``)."""
     with atomic_open(path) as fh:

@@ -20,7 +20,7 @@ import yaml
 
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import read_json, safe_name
+from tuneoff.core.files import atomic_write_text, open_own, read_json, safe_name
 from tuneoff.results.store import DB_NAME, Store
 from tuneoff.study import protocol, rounds
 from tuneoff.study.executors import Job, LocalExecutor, drive
@@ -91,7 +91,7 @@ def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[Pla
                 "(finished runs are kept, not redone), or another --results directory."
             )
     (directory / "runs").mkdir(parents=True, exist_ok=True)
-    (directory / "study.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    atomic_write_text(directory / "study.yaml", spec.to_yaml())
     _log_command(directory)
     store.add_study(spec.name, spec.to_yaml(), spec.digest(), directory)
     for run in runs:
@@ -103,7 +103,7 @@ def _log_command(directory: Path) -> None:
     """Append the command that ran (or resumed) the study to ``commands.log``: a result file cites it."""
 
     argv = ["tuneoff", *sys.argv[1:]] if Path(sys.argv[0]).name in ("tuneoff", "__main__.py") else sys.argv
-    with open(directory / "commands.log", "a", encoding="utf-8") as log:
+    with open_own(directory / "commands.log", "a") as log:
         log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}  {shlex.join(argv)}\n")
 
 
@@ -268,7 +268,7 @@ def hold_study(directory: Path, name: str):
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle = open(directory / ".lock", "a+", encoding="utf-8")
+        handle = open_own(directory / ".lock", "a+")
     except (OSError, ValueError) as exc:
         raise TuneoffError(f"Cannot create the study directory {directory}: {exc}. Choose another --results.") from exc
     try:

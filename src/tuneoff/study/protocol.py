@@ -234,6 +234,9 @@ class MedianStop:
 
 
 def check_lr_range(name: str, value) -> None:
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
-            and 0 < value[0] < value[1]):
-        raise TuneoffError(f"variants.{name}.lr_range: give [low, high] with 0 < low < high, e.g. [1.0e-4, 5.0e-3].")
+    """[low, high], two finite numbers (a YAML ``true`` is not 1, ``.inf`` is no rate) with 0 < low < high."""
+    numbers = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not (numbers and 0 < value[0] < value[1]):
+        raise TuneoffError(f"variants.{name}.lr_range: give [low, high], two finite numbers with 0 < low < high, e.g. "
+                           f"[1.0e-4, 5.0e-3] (got {value!r}).")

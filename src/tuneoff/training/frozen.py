@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuneoff.core.files import open_own
+
 log = logging.getLogger(__name__)
 
 COMPUTED: list[str] = []  # keys computed by this process (tests count them)
@@ -236,7 +238,7 @@ def open_or_build(root: Path, model, arch, edge: int, encoded: dict, collate, ba
             except CacheInvalid:
                 pass
         return None, f"feature cache off for this run: {why}; the frozen layers are recomputed every step"
-    with open(root.parent / f".{root.name}.lock", "a") as lock:
+    with open_own(root.parent / f".{root.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         note = None
         if root.exists():
