@@ -152,3 +152,23 @@ def test_a_tuning_seed_among_the_final_seeds_exits_2_naming_both_keys(tmp_path):
     assert result.exit_code == 2 and "tune.seed (2) is also in seeds [1, 2, 3]" in text and "Traceback" not in text
     assert "tune: {seed: 0}" in text and not (tmp_path / "r").exists()
     assert invoke("run", spec, "--dry-run", "--results", tmp_path / "r", "tune.seed=0").exit_code == 0
+
+
+def test_what_a_user_typed_reaches_the_terminal_as_text_not_as_escape_sequences(tmp_path):
+    """An escape sequence in a path, a name or a file's content, echoed in an error, a progress line or a table, is
+    shown as its escape: it never rewrites the window title or clears the screen (core.outputs.terminal_text, applied by
+    the console every command prints through and by the log handler)."""
+    import logging
+
+    from tuneoff.cli.terminal import console
+    from tuneoff.core import logs
+
+    result = invoke("run", tmp_path / "x\x1b]0;pwned\x07.yaml", "--dry-run")
+    assert result.exit_code == 2 and "\x1b" not in result.output and "\\x1b]0;pwned\\x07" in result.output
+    c = console()
+    with c.capture() as captured:
+        c.print("[bold]a[/] \x1b[2J", markup=True)
+    assert "\x1b[2J" not in captured.get() and "\\x1b[2J" in captured.get()
+    handler = logs.terminal()
+    record = logging.LogRecord("tuneoff.x", logging.INFO, __file__, 1, "study \x1b[2Jname", None, None)
+    assert handler.format(record) == "study \\x1b[2Jname"

@@ -421,3 +421,44 @@ def test_a_link_planted_in_a_study_directory_is_never_written_through(tmp_path):
     with pytest.raises(TuneoffError, match="commands.log is a symbolic link"):
         open_own(study / "commands.log", "a")
     assert victim.read_text() == "keep me"
+
+
+def test_names_and_labels_cannot_inject_into_terminals_markdown_or_spreadsheets(tiny_bert, tmp_path):
+    """Injection, by output kind (core.outputs): escape sequences in a study's or variant's name or a label are refused
+    where they come in; one in a data file's column name reaches the terminal only as an escape (never as ESC); Markdown
+    link syntax in names stays text in summary.md and the exported result; spreadsheet formulas in names and labels
+    are text in every CSV."""
+    import csv
+
+    from conftest import toy_frame
+
+    esc = "\x1b]0;pwned\x07"
+    frame = toy_frame(240, seed=1)
+    frame["label"] = frame["label"].map({"pos": "=1+1", "neg": "[a](javascript:alert(1))"})
+    data = tmp_path / "toy.csv"
+    frame.to_csv(data, index=False)
+    variants = {"=HYPERLINK(\"http://x\")": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+                "[x](javascript:alert(1))": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+    for name, body in ((f"a{esc}", {}), ("b", {"variants": {f"v{esc}": {"method": {"name": "head"}}}})):
+        spec = write_study(tmp_path, tiny_bert, str(data), name, **body)
+        out = runner.invoke(app, ["run", str(spec), "--dry-run"])
+        assert out.exit_code == 2 and "control characters" in out.output and "\x1b" not in out.output, out.output
+    bad = tmp_path / "bad.csv"
+    frame.assign(label=frame.label.where(frame.index != 3, f"pos{esc}")).to_csv(bad, index=False)
+    spec = write_study(tmp_path, tiny_bert, str(bad), "c", variants=variants, train={"epochs": 1})
+    out = runner.invoke(app, ["run", str(spec), "--results", str(tmp_path / "x")])
+    assert out.exit_code == 2 and "control characters" in out.output and "row(s): 4" in out.output
+    assert "\x1b" not in out.output and "\\x1b" in out.output, out.output
+    spec = write_study(tmp_path, tiny_bert, str(data), "inject", variants=variants, seeds=[1], train={"epochs": 2})
+    results = tmp_path / "results"
+    out = runner.invoke(app, ["run", str(spec), "--results", str(results)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    report = results / "inject" / "report"
+    runner.invoke(app, ["report", str(results / "inject"), "--export", str(tmp_path / "cite")])
+    for md in (report / "summary.md", tmp_path / "cite" / "inject.md"):
+        text = md.read_text()
+        assert "](javascript:" not in text.replace("\\](javascript:", ""), md
+    for path in [*report.glob("*.csv"), tmp_path / "cite" / "inject.csv"]:
+        with open(path, newline="") as fh:
+            for row in csv.reader(fh):
+                assert not any(cell.startswith(("=", "+", "@")) for cell in row), (path, row)

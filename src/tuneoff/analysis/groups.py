@@ -34,7 +34,7 @@ from tuneoff.analysis.significance import (
 )
 from tuneoff.config import validation_score
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import from_spreadsheet
+from tuneoff.core.outputs import from_spreadsheet
 from tuneoff.results.store import Store, loads
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneoff.core.errors import Stopped, TuneoffError
+from tuneoff.core.outputs import terminal_text
 from tuneoff.training import stop
 from tuneoff.training.launcher import stopped_rank
 
@@ -33,8 +34,17 @@ def verbosity() -> int:
     return _VERBOSITY["level"]
 
 
-def console() -> Console:
-    return Console()  # made per call so the terminal width (COLUMNS) is read when printing
+class _Console(Console):
+    """Every string it prints (a line, a table's title, header or cell, an error) passes ``core.outputs.terminal_text``:
+    a study, variant or label name with escape sequences in it is shown, never run by the terminal (rich's own styles
+    are added after, as usual)."""
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(terminal_text(text), **kwargs)
+
+
+def console(stderr: bool = False) -> Console:
+    return _Console(stderr=stderr)  # made per call so the terminal width (COLUMNS) is read when printing
 
 
 def say(message: str) -> None:
@@ -50,12 +60,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Stopped as exc:  # asked to stop: not an error, and the shell learns which signal it was
-            Console(stderr=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
+            console(stderr=True).print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
             if stopped_rank(exc.signal_name):  # one of a run's processes: the command that launched it exits so
                 raise typer.Exit(0) from None
             raise typer.Exit(stop.exit_code(exc.signal_name)) from None
         except TuneoffError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

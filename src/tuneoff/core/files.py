@@ -1,11 +1,12 @@
 """Files written so that a reader never sees half of one: atomic writes (temporary file in the same directory, fsync,
-rename), JSON, recognising a full disk however the writing library reports it, and names safe as one path component.
+rename), files of tuneoff's own that never follow a planted link, JSON, recognising a full disk however the writing
+library reports it, and names safe as one path component. What each kind of output must neutralise in user-given text
+(terminal, Markdown, spreadsheet) is ``core.outputs``.
 """
 
 from __future__ import annotations
 
 import errno
-import html
 import json
 import os
 import re
@@ -98,55 +99,3 @@ def safe_name(name: str) -> str:
     if not cleaned:
         raise TuneoffError(f"Name {name!r} has no usable characters; use letters, digits, '.', '_', '-'.")
     return cleaned[:120]
-
-
-# Spreadsheet formula injection (OWASP "CSV Injection"): a cell that starts with = + - @ or a tab / carriage return is
-# run as a formula by Excel, LibreOffice and Sheets. Such a cell is written with a leading apostrophe, which those
-# programs display as text; numbers (-5, +3.2) are left alone. Readers of tuneoff's own files take the apostrophe off.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def escape_cell(value):
-    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _is_number(value):
-        return "'" + value
-    return value
-
-
-def unescape_cell(value):
-    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_START):
-        return value[1:]
-    return value
-
-
-def spreadsheet_safe(frame):
-    """A copy of ``frame`` whose text cells cannot run as spreadsheet formulas (column names included)."""
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype.kind == "O":  # object or pandas' string dtype: where text is
-            out[column] = out[column].map(escape_cell)
-    out.columns = [escape_cell(str(c)) for c in out.columns]
-    return out
-
-
-def from_spreadsheet(frame):
-    """``spreadsheet_safe`` undone: the values as they were (for tuneoff's own readers)."""
-    out = frame.copy()
-    for column in out.columns:
-        if out[column].dtype.kind == "O":
-            out[column] = out[column].map(unescape_cell)
-    out.columns = [unescape_cell(str(c)) for c in out.columns]
-    return out
-
-
-def markdown_text(text) -> str:
-    """User-given names (labels, studies, conditions) as Markdown text: HTML-escaped (a label `<script>` is shown, not
-    run, wherever the Markdown is rendered) and pipes escaped (they would split a table cell)."""
-    return html.escape(str(text), quote=False).replace("|", "\\|")

@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tuneoff.core.outputs import terminal_text
+
 ROOT = "tuneoff"
 RUN_LOG = "train.log"
 PROGRESS = {"progress": True}  # extra= of records a progress bar already shows
@@ -35,10 +37,14 @@ class _TerminalFilter(logging.Filter):
 
 
 class _Stderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a record arrives (a test's or Typer's capture replaces it)."""
+    """Writes to whatever ``sys.stderr`` is when a record arrives (a test's or Typer's capture replaces it), each
+    record's text through ``outputs.terminal_text`` (a study or variant name with escape sequences is shown, not run)."""
 
     def __init__(self):
         super().__init__()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record))
 
     @property
     def stream(self):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from tuneoff.config import DataConfig
 from tuneoff.core.errors import TuneoffError
+from tuneoff.core.outputs import CONTROL
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -160,6 +161,11 @@ def text_column(df: pd.DataFrame, column: str, where: str, shown: str | None = N
     return pd.Series(values, index=df.index, dtype=object)
 
 
+def has_control(text: str) -> bool:
+    """Whether a name or label holds a control character (``core.outputs``'s set): refused where names come in."""
+    return bool(CONTROL.search(text))
+
+
 def label_column(df: pd.DataFrame, column: str, where: str, shown: str | None = None) -> pd.Series:
     """Labels as strings (``1`` and ``1.0`` from a JSON file both become ``1``); missing ones are an error. Surrounding
     whitespace is not part of a label (``pos`` and ``pos `` are one class): the returned series' ``attrs["stripped"]``
@@ -177,6 +183,12 @@ def label_column(df: pd.DataFrame, column: str, where: str, shown: str | None = 
 
     raw = df[column].tolist()
     labels = [as_label(v) for v in raw]
+    control = [i for i, v in enumerate(labels) if v is not None and has_control(v)]
+    if control:
+        raise TuneoffError(
+            f"{where}: label column {(shown or column)!r} holds control characters (escape sequences, carriage returns) "
+            f"in {len(control)} row(s): {_rows(control, df.attrs.get('first_row', 0))} (e.g. "
+            f"{labels[control[0]][:40]!r}). A label is shown in terminals, tables and reports: remove them.")
     bad = [i for i, v in enumerate(labels) if v is None]
     if bad:
         raise TuneoffError(

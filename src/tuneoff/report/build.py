@@ -29,7 +29,8 @@ from tuneoff.analysis.tuning import expected_best, tuning_trials
 from tuneoff.analysis.verdict import analyse
 from tuneoff.config import RunConfig, format_validation_error
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import atomic_write_text, markdown_text, safe_name
+from tuneoff.core.files import atomic_write_text, safe_name
+from tuneoff.core.outputs import markdown_text, write_csv
 from tuneoff.core.provenance import tuneoff_commit, tuneoff_version
 from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import inspect_corpus, model_max_length
@@ -136,7 +137,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                    _md_table(v.pairs[["a", "b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
                                       "mcnemar"]]), ""]
     if len(tuning):
-        tuning.to_csv(out / "tuning_trials.csv", index=False)
+        write_csv(tuning, out / "tuning_trials.csv")
         chosen = tuning[tuning.chosen.astype(bool)][["condition", "lr", "val_accuracy", "trial"]]
         md += ["## Tuning", "", "Each condition's learning rate, chosen on validation among its tuning trials (the seeds "
                "above trained at it):", "", _md_table(chosen), "",
@@ -144,7 +145,7 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
                _md_table(expected_best(tuning).pivot(index="trials", columns="condition",
                                                      values="expected_best_val_accuracy").reset_index()), ""]
     if trials is not None:
-        trials.to_csv(out / "search_trials.csv", index=False)
+        write_csv(trials, out / "search_trials.csv")
         md += ["## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
                "comparison above uses each variant's best feasible trial.", "", _md_table(trials)]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
@@ -196,13 +197,13 @@ def _write_tables(out: Path, verdicts) -> None:
     def tagged(v, frame):
         return frame.assign(dataset=v.group.dataset, model=v.group.model) if len(frame) else frame
 
-    stacked(tagged(v, v.table) for v in verdicts).to_csv(out / "summary.csv", index=False)
-    stacked(tagged(v, v.pairs) for v in verdicts).to_csv(out / "comparisons.csv", index=False)
-    stacked(tagged(v, v.speed) for v in verdicts if v.speed is not None).to_csv(out / "speed.csv", index=False)
-    stacked(tagged(v, v.speed_pairs) for v in verdicts if v.speed_pairs is not None).to_csv(out / "speed_pairs.csv",
-                                                                                             index=False)
-    stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None).to_csv(out / "decisions.csv", index=False)
-    stacked(tagged(v, v.per_class) for v in verdicts).to_csv(out / "per_class.csv", index=False)
+    # every table a person may open in a spreadsheet: its user-given names cannot run as formulas (core.outputs)
+    write_csv(stacked(tagged(v, v.table) for v in verdicts), out / "summary.csv")
+    write_csv(stacked(tagged(v, v.pairs) for v in verdicts), out / "comparisons.csv")
+    write_csv(stacked(tagged(v, v.speed) for v in verdicts if v.speed is not None), out / "speed.csv")
+    write_csv(stacked(tagged(v, v.speed_pairs) for v in verdicts if v.speed_pairs is not None), out / "speed_pairs.csv")
+    write_csv(stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None), out / "decisions.csv")
+    write_csv(stacked(tagged(v, v.per_class) for v in verdicts), out / "per_class.csv")
     verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
                 **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
                 "metric": v.metric, "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference,

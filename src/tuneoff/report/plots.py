@@ -6,12 +6,14 @@ import base64
 import io
 
 import matplotlib
+import matplotlib.text
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
 from tuneoff.analysis.groups import run_ece
 from tuneoff.analysis.sentences import LABELS
 from tuneoff.analysis.significance import expected_calibration_error
+from tuneoff.core.outputs import plot_text
 
 matplotlib.use("Agg")  # no display: render to PNG in memory
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,6 +24,10 @@ from tuneoff.analysis.verdict import COSTS  # noqa: E402
 
 
 def _png(fig) -> str:
+    # every text of the figure (titles, labels, legends, tick labels set from names) without control characters: a
+    # label name holding them made matplotlib warn of missing glyphs, with source paths (core.outputs)
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_text(plot_text(text.get_text()))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -47,10 +53,10 @@ def short_names(names: list[str]) -> dict[str, str]:
     """Each condition name without the words every name shares (``lora_r8 max_train_samples=300 data=bbc_news`` ->
     ``lora_r8`` when all share the rest), the first word (the variant) always kept; the full names where that would
     make two alike."""
-    words = [n.split(" ") for n in names]
+    words = [plot_text(n).split(" ") for n in names]
     shared = set.intersection(*(set(w[1:]) for w in words)) if words else set()
     short = {n: " ".join([w[0]] + [x for x in w[1:] if x not in shared]) for n, w in zip(names, words)}
-    return short if len(set(short.values())) == len(names) else {n: n for n in names}
+    return short if len(set(short.values())) == len(names) else {n: plot_text(n) for n in names}
 
 
 def _legend_outside(ax, *args, **kw) -> None:

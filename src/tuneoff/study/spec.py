@@ -44,6 +44,7 @@ from tuneoff.config import (
 from tuneoff.core import hub
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import safe_name
+from tuneoff.core.outputs import CONTROL
 from tuneoff.data.builtins import hub_repo as data_repo
 from tuneoff.methods import get_method
 from tuneoff.models.assets import hub_repo as model_repo
@@ -72,6 +73,23 @@ class StudySpec(BaseModel):
     decide: Decide = Decide()
     differences: dict[str, str] = Field(default_factory=dict, description="Where a study reproducing a published recipe "
                                         "departs from it: config key -> why (studies/recipes/reports.yaml; tests check it).")
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        if CONTROL.search(name):
+            raise ValueError(f"{name!r} holds control characters (escape sequences, carriage returns): a study's name "
+                             "is shown in terminals, tables and reports; remove them")
+        return name
+
+    @field_validator("variants")
+    @classmethod
+    def _printable_variants(cls, variants: dict) -> dict:
+        bad = [name for name in variants if CONTROL.search(name)]
+        if bad:
+            raise ValueError(f"variant name {bad[0]!r} holds control characters (escape sequences, carriage returns): "
+                             "it is shown in terminals, tables and reports; remove them")
+        return variants
 
     @field_validator("seeds")
     @classmethod

@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
-from tuneoff.core.files import (
-    atomic_write_text,
-    spreadsheet_safe,
-    write_json,
-)
+from tuneoff.core.files import atomic_write_text, write_json
+from tuneoff.core.outputs import spreadsheet_safe
 from tuneoff.core.provenance import versions
 from tuneoff.results.rundir import FORMAT_VERSION, RunDirectory
 from tuneoff.training.evaluate import predictions_frame

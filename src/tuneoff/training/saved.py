@@ -15,13 +15,8 @@ import torch
 
 from tuneoff.config import build_config, read_yaml
 from tuneoff.core.errors import TuneoffError
-from tuneoff.core.files import (
-    atomic_open,
-    read_json,
-    safe_name,
-    spreadsheet_safe,
-    write_json,
-)
+from tuneoff.core.files import atomic_open, read_json, safe_name, write_json
+from tuneoff.core.outputs import spreadsheet_safe
 from tuneoff.data.batches import collator, encode
 from tuneoff.data.corpus import SPLITS, load_corpus
 from tuneoff.data.files import is_table_path, iter_table, labeled_file, require_columns
