@@ -155,3 +155,45 @@ def test_a_gpu_study_packs_by_the_planned_peak_of_its_largest_run(tiny_bert, toy
     with pytest.raises(RuntimeError, match="stop"):
         api.run_study(spec, results=tmp_path / "r", parallel="auto")
     assert asked["gpu_peak_mb"] == peak and asked["parallel"] == "auto"
+
+
+def test_the_api_refuses_arguments_that_would_start_work_nobody_asked_for(tmp_path):
+    """Runaway work from the API: run_study(None) started the built-in default study, {"name": "x"} trained the
+    default LoRA on a whole corpus, overrides=42 was ignored. Each is refused before anything loads, saying what to
+    give; "default" names the built-in study."""
+    import tuneoff
+
+    for study, message in ((None, 'or "default" for the built-in default study'),
+                           (42, "got 42"),
+                           ({"name": "x"}, "the study names no method")):
+        with pytest.raises(tuneoff.TuneoffError, match=message):
+            tuneoff.run_study(study, results=tmp_path / "r")
+    with pytest.raises(tuneoff.TuneoffError, match="overrides: give a dict"):
+        tuneoff.run_study("default", results=tmp_path / "r", overrides=42)
+    assert not (tmp_path / "r").exists()
+    assert tuneoff.plan_study("default").iloc[0].conditions == 5
+
+
+@pytest.mark.slow
+def test_run_study_from_a_script_without_a_main_guard_is_refused_before_any_worker_starts(tiny_bert, toy_csv, tmp_path):
+    """Runaway work: run_study called from a plain script as the docs once showed it (no `if __name__ ==
+    "__main__":`), with runs packed in spawned workers, made every worker run the script, so the study, again. It is
+    refused before anything runs, saying what to write; the same script with the guard runs its study once."""
+    import subprocess
+    import sys
+
+    from conftest import write_study
+
+    spec = write_study(tmp_path, tiny_bert, toy_csv, "guarded", seeds=[1], train={"epochs": 1})
+    call = f"tuneoff.run_study({str(spec)!r}, results={str(tmp_path / 'r')!r}, parallel=2)"
+    bare = tmp_path / "bare.py"
+    bare.write_text(f"import tuneoff\n{call}\n")
+    result = subprocess.run([sys.executable, str(bare)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and 'if __name__ == "__main__":' in result.stderr and not (tmp_path / "r").exists()
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(f"import tuneoff\n\nif __name__ == \"__main__\":\n    study = {call}\n    print(len(study.summary))\n")
+    result = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import sqlite3
+
+    assert sqlite3.connect(tmp_path / "r" / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == 2

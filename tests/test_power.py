@@ -70,11 +70,11 @@ def test_a_study_says_what_it_can_decide_before_it_trains():
     import tuneoff
     from tuneoff.cli.app import app
 
-    plan = tuneoff.plan_study()
+    plan = tuneoff.plan_study("default")
     row = plan.iloc[0]
     assert len(plan) == 1 and (row.conditions, row.seeds, row.examples, row.available) == (5, 3, 400, 1277)
     assert 0.03 < row.resolvable < 0.09 and row.chance < 0.1 and row.margin == 0.01
-    wider = tuneoff.plan_study(None, ["base.data.max_eval_samples=1277"]).iloc[0]
+    wider = tuneoff.plan_study("default", ["base.data.max_eval_samples=1277"]).iloc[0]
     assert wider.resolvable < row.resolvable and wider.chance >= row.chance
     out = " ".join(CliRunner().invoke(app, ["run", "--dry-run"]).output.split())
     assert "5 conditions x 3 seeds on 400 test examples resolve about" in out

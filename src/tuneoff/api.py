@@ -7,7 +7,7 @@ run = tuneoff.train(model="minilm", data="rotten_tomatoes", method="lora", metho
 run.test_accuracy, run.resources["train_seconds"]
 run.predict(["a triumph", "a mess"])              # a DataFrame: label and each class's probability
 
-study = tuneoff.run_study()                      # the built-in default study (or a YAML path, or a dict)
+study = tuneoff.run_study("default")             # the built-in default study (or a YAML path, or a dict)
 study                                            # in Jupyter: the verdict and the summary table
 study.summary, study.decisions, study.trials     # pandas DataFrames
 tuneoff.load_study("results/default", margin=0.02)   # the stored results read again under other settings
@@ -55,6 +55,9 @@ from tuneoff.training.launcher import is_main_process
 
 def _overrides(overrides: dict | list[str] | None, dotted: dict) -> list[str]:
     """``key=value`` strings from a dict or list of overrides and ``section__key=value`` keyword arguments."""
+    if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
+        raise TuneoffError(f"overrides: give a dict ({{'train.epochs': 2}}) or a list of 'key=value' strings, not "
+                           f"{type(overrides).__name__} ({overrides!r}).")
     items = list(overrides.items()) if isinstance(overrides, dict) else []
     out = [str(o) for o in overrides] if isinstance(overrides, (list, tuple)) else []
     items += [(k.replace("__", "."), v) for k, v in dotted.items()]
@@ -251,14 +254,15 @@ def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def run_study(study: str | Path | dict | None = None, *, results: str | Path = "results", resume: bool = False,
+def run_study(study: str | Path | dict | StudySpec, *, results: str | Path = "results", resume: bool = False,
               yes: bool = False, overrides: dict | list | None = None, executor: str = "local", progress: bool = False,
               parallel: int | str | None = None, threads: int | None = None, **executor_options) -> StudyResult:
-    """Run a study (a YAML path, a mapping, or None for the built-in default), store every run, build its report
+    """Run a study (a YAML path, a mapping, or "default" for the built-in one), store every run, build its report
     and return the analysed results. ``parallel``: runs at once on this machine (``auto``, the default unless
     ``TUNEOFF_PARALLEL`` says otherwise, packs as many as the cores, memory or GPU hold); ``threads`` per run.
     ``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``processes_per_run``,
     ``isolate`` (each run in a new process: exact CPU peaks; as the command line's options)."""
+    _not_from_a_worker_or_an_unguarded_script()
     spec = study_spec(study, _overrides(overrides, {}))
     parallel = parallel or os.environ.get("TUNEOFF_PARALLEL", "auto")
     runs = expand(spec)
@@ -267,6 +271,34 @@ def run_study(study: str | Path | dict | None = None, *, results: str | Path = "
                            **executor_options)
     execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
     return load_study(Path(results) / safe_name(spec.name))
+
+
+GUARD = ("run_study starts worker processes with multiprocessing's spawn, which imports the calling script again in "
+         "each worker: a script without `if __name__ == \"__main__\":` around its calls would run the study again in "
+         "every worker, each starting more. Put the script's calls under `if __name__ == \"__main__\":`.")
+
+
+def _not_from_a_worker_or_an_unguarded_script() -> None:
+    """Refuse, before any worker starts, a call from a script whose top level is not guarded (the workers would each
+    run it again), and, as a net, any call made while a spawned worker imports its parent's script."""
+    import ast
+    import multiprocessing
+    import sys
+
+    main = sys.modules.get("__main__")
+    if multiprocessing.parent_process() is not None and getattr(main, "__name__", "") == "__mp_main__":
+        raise TuneoffError(f"run_study was called while a worker process imported its parent's script. {GUARD}")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or "pytest" in Path(sys.argv[0]).name:
+        return  # a notebook, the REPL, `python -m`, a test runner: nothing re-imported that calls it
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return
+    guarded = any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+                  for node in tree.body)
+    if not guarded:
+        raise TuneoffError(f"{path}: {GUARD}")
 
 
 def _gpu_peak(runs) -> float | None:
@@ -286,14 +318,21 @@ def _gpu_peak(runs) -> float | None:
 
 
 def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str] = ()) -> StudySpec:
+    """The study a call names: a StudySpec, a mapping, a YAML path, or "default" for the built-in one. Nothing is a
+    mistake, not a request for the default study (which trains for minutes)."""
     if isinstance(study, StudySpec):
         return study
     if isinstance(study, dict):
         return spec_from_dict(stored_frames(study, ""), overrides)
+    if study is None or not isinstance(study, (str, Path)):
+        raise TuneoffError(f"Give a study: a YAML file's path, a mapping, or \"default\" for the built-in default study "
+                           f"(got {study!r}).")
+    if str(study) == "default" and not Path(study).exists():
+        return load_spec(None, overrides)
     return load_spec(study, overrides)
 
 
-def plan_study(study: str | Path | dict | StudySpec | None = None, overrides: list[str] = ()) -> pd.DataFrame:
+def plan_study(study: str | Path | dict | StudySpec, overrides: list[str] = ()) -> pd.DataFrame:
     """What a study can decide before it trains (``study.design``): per group of conditions, its test examples and
     seeds, the difference it resolves (80% chance), the chance that a method as good as the best is shown within the
     margin, and the seeds or test examples that would make that chance 80%. Nothing is trained or downloaded."""

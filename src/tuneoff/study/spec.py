@@ -110,6 +110,10 @@ class StudySpec(BaseModel):
                              "of their own, or the final runs repeat the trial their rate was chosen on. Give tune.seed a "
                              f"value outside seeds (e.g. tune: {{seed: {min(set(range(len(self.seeds) + 1)) - set(self.seeds))}}}) "
                              "or drop it from seeds")
+        if not self.variants and not self.grid and "method" not in (self.base or {}) and self.search is None:
+            raise ValueError("the study names no method: give variants (one per method, e.g. variants: {lora: {method: "
+                             "{name: lora}}}) or base.method; without them it would train the default LoRA on the whole "
+                             "default corpus")
         if self.until_decided is not None and self.search is not None:
             raise ValueError("until_decided: decide mode adds seeds to a grid's conditions; a search: study has trials, "
                              "not conditions. Drop one of the two")
