@@ -172,3 +172,37 @@ def test_what_a_user_typed_reaches_the_terminal_as_text_not_as_escape_sequences(
     handler = logs.terminal()
     record = logging.LogRecord("tuneoff.x", logging.INFO, __file__, 1, "study \x1b[2Jname", None, None)
     assert handler.format(record) == "study \\x1b[2Jname"
+
+
+def test_a_model_directory_is_checked_before_it_trains_in_silence(tiny_bert, toy_csv, tmp_path):
+    """Silent wrong results and unbounded memory from a model directory: without tokenizer files transformers builds a
+    tokenizer of special tokens only (every word [UNK], the model trains on nothing and scores the majority class);
+    a tokenizer that does not cover the text does the same; a config.json saying num_labels 1,000,000,000 built a
+    label map past 6.6 GB. Each exits 2 first, saying what to fix."""
+    import json
+    import shutil
+
+    from transformers import BertTokenizer
+
+    from conftest import VOCAB
+
+    def copy(name):
+        target = tmp_path / name
+        shutil.copytree(tiny_bert, target)
+        return target
+
+    bare = copy("bare")
+    for f in bare.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    alien = copy("alien")  # a vocabulary of other words: the toy text's words all become [UNK]
+    BertTokenizer(vocab={w: i for i, w in enumerate([*VOCAB[:5], *(f"w{i}" for i in range(len(VOCAB) - 5))])}
+                  ).save_pretrained(alien)
+    huge = copy("huge")
+    config = json.loads((huge / "config.json").read_text())
+    (huge / "config.json").write_text(json.dumps({**config, "num_labels": 1_000_000_000}))
+    for model, message in ((bare, "has no tokenizer vocabulary"), (huge, "num_labels 1000000000"),
+                           (alien, "of the training text's tokens to '[UNK]'")):
+        result = invoke("train", *tiny_overrides(str(model), toy_csv, tmp_path / "runs"), f"model.name={model}")
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and not list((tmp_path / "runs").glob("*/model")), result.output

@@ -48,6 +48,17 @@ def encode(df: pd.DataFrame, tokenizer, max_length: int, label_ids: list[int] | 
     return Encoded(features, [len(f["input_ids"]) for f in features])
 
 
+def unknown_share(encoded: Encoded, tokenizer, sample: int = 2000) -> float:
+    """The share of the tokens of the first ``sample`` examples that the tokenizer maps to its unknown token (special
+    tokens left out): near 1 when the tokenizer does not cover the text."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) - {unk}
+    if unk is None:
+        return 0.0
+    ids = [t for f in encoded.features[:sample] for t in f["input_ids"].tolist() if t not in special]
+    return sum(t == unk for t in ids) / len(ids) if ids else 0.0
+
+
 def collator(tokenizer, on_gpu: bool, bucket: int | None = None):
     from transformers import DataCollatorWithPadding
 

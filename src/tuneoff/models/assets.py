@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as metadata
+import json
 import os
 import shutil
 import tempfile
@@ -100,6 +101,37 @@ def hub_repo(name: str) -> str | None:
     return name
 
 
+# Files a tokenizer reads its vocabulary from; a directory with none of them gets, from transformers, a tokenizer
+# that knows only the special tokens (every word [UNK]: the model never sees the text).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model", "bpe.codes")
+MAX_CONFIG_LABELS = 100_000  # a config.json asking for more is refused before transformers builds its label maps
+
+
+def check_model_dir(path: Path) -> None:
+    """A local model directory checked before anything loads it: a vocabulary for its tokenizer, and a ``config.json``
+    whose label count is bounded (transformers builds ``id2label`` from ``num_labels`` as it reads the file: a config
+    saying 1,000,000,000 grew past 6.6 GB before any check could run; the head's labels come from the data anyway)."""
+    if not any((path / f).is_file() for f in VOCABULARY_FILES):
+        raise TuneoffError(f"Model directory {path} has no tokenizer vocabulary (none of {', '.join(VOCABULARY_FILES)}): "
+                           "transformers would build a tokenizer that knows only its special tokens, and every word of "
+                           "the text would become [UNK]. Copy the model's tokenizer files into it (save_pretrained of "
+                           "its tokenizer writes them).")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TuneoffError(f"Model directory {path}: config.json cannot be read as JSON ({exc}).") from None
+    if not isinstance(config, dict):
+        raise TuneoffError(f"Model directory {path}: config.json is not a JSON object.")
+    labels = config.get("num_labels")
+    maps = max(len(config.get("id2label") or {}), len(config.get("label2id") or {}))
+    if (labels is not None and (not isinstance(labels, int) or isinstance(labels, bool) or not 0 < labels <= MAX_CONFIG_LABELS)
+            or maps > MAX_CONFIG_LABELS):
+        raise TuneoffError(f"Model directory {path}: config.json says num_labels {labels!r} (id2label {maps:,} entries): "
+                           f"more than {MAX_CONFIG_LABELS:,} or not a count. tuneoff sets the head's labels from the "
+                           "data; remove num_labels / id2label / label2id from config.json or set them to the real ones.")
+
+
 def resolve_model(name: str) -> str:
     """Short name -> local path or hub id; a local dir or hub id passes through (failing at once when the hub cannot
     be reached and the cache does not hold it)."""
@@ -112,6 +144,7 @@ def resolve_model(name: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise TuneoffError(f"Model directory {path} has no config.json: it is not a Hugging Face model directory.")
+        check_model_dir(path)
         return str(path.resolve())
     if name.count("/") > 1 or name.startswith((".", "/", "~")):
         raise TuneoffError(

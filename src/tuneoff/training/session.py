@@ -22,7 +22,7 @@ import torch
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.data.augment import wordnet
-from tuneoff.data.batches import collator, encode
+from tuneoff.data.batches import collator, encode, unknown_share
 from tuneoff.data.corpus import load_corpus
 from tuneoff.data.inspection import (
     model_max_length,
@@ -211,8 +211,19 @@ def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
     if key not in _ENCODED:
         while len(_ENCODED) >= 2:
             _ENCODED.pop(next(iter(_ENCODED)))
-        _ENCODED[key] = {s: encode(df, tokenizer, max_length, corpus.label_ids(s)) for s, df in corpus.splits.items()}
+        encoded = {s: encode(df, tokenizer, max_length, corpus.label_ids(s)) for s, df in corpus.splits.items()}
+        share = unknown_share(encoded["train"], tokenizer)
+        if share > UNKNOWN_LIMIT:
+            # silent otherwise: a model directory without its vocabulary trains on [UNK]s and reports the majority class
+            raise TuneoffError(f"The tokenizer of {tokenizer.name_or_path} maps {share:.0%} of the training text's tokens "
+                               f"to {tokenizer.unk_token!r}: it does not cover this text, and the model would never see "
+                               "it. Use the model's own tokenizer files (vocab.txt or tokenizer.json beside its "
+                               "config.json), or a model made for this language.")
+        _ENCODED[key] = encoded
     return _ENCODED[key]
+
+
+UNKNOWN_LIMIT = 0.5  # more than half of the text's tokens unknown: the tokenizer does not cover the text
 
 
 def compiles(tc) -> bool:
