@@ -319,13 +319,16 @@ def test_ray_stops_its_runs_in_flight_without_force():
 @pytest.mark.slow
 def test_a_worker_signalled_alone_stops_its_run_and_the_study_goes_on(tiny_bert, toy_csv, tmp_path):
     """SIGTERM to one worker only (someone's `kill`, not the driver's stop): its run saves a checkpoint and is left
-    pending; the driver goes on, and the worker's later runs train to the end (the request was served)."""
+    pending; the driver goes on, and the worker's later runs train to the end (the request was served). The study then
+    exits 143, as stopped, naming the run and --resume (it once exited 0 and wrote a verdict from the other seeds, as
+    if complete)."""
     path = write_study(tmp_path, tiny_bert, toy_csv, "one", variants=VARIANTS, train={"epochs": 3}, seeds=[1, 2, 3])
     env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache"), "TUNEOFF_CRASH_AT": "step:3",
            "TUNEOFF_CRASH_SIGNAL": "SIGTERM", "TUNEOFF_CRASH_ONCE": str(tmp_path / "once")}
     args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    assert "were stopped by a signal their worker alone got" in done.stderr and "--resume" in done.stderr
     rows = _finished(tmp_path / "r", "one")
     assert sorted(r["status"] for r in rows.values()) == ["done"] * 5 + ["pending"]
     (stopped,) = [r for r in rows.values() if r["status"] == "pending"]

@@ -289,8 +289,9 @@ def _not_from_a_worker_or_an_unguarded_script() -> None:
     if multiprocessing.parent_process() is not None and getattr(main, "__name__", "") == "__mp_main__":
         raise TuneoffError(f"run_study was called while a worker process imported its parent's script. {GUARD}")
     path = getattr(main, "__file__", None)
-    if not path or not str(path).endswith(".py") or "pytest" in Path(sys.argv[0]).name:
-        return  # a notebook, the REPL, `python -m`, a test runner: nothing re-imported that calls it
+    spec = getattr(main, "__spec__", None)
+    if not path or not str(path).endswith(".py") or (spec is not None and spec.name.split(".")[0] in ("tuneoff", "pytest")):
+        return  # a notebook, the REPL, tuneoff's own command line, a test runner: nothing re-imported calls it
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):

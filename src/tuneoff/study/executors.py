@@ -284,7 +284,7 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
     eta_model = Eta(methods, executor.slots) if methods is not None else None
     jobs = iter(jobs)
     exhausted = stopping = False
-    kept = 0
+    kept, alone = 0, []
     while True:
         if not stopping and stop.requested():
             stopping = exhausted = True
@@ -303,6 +303,8 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
             break
         job, outcome = executor.next_done()
         kept += outcome.status == "stopped"
+        if outcome.status == "stopped" and not stopping:
+            alone.append(outcome)  # its worker alone got a signal: the study goes on, and says so when it ends
         finished += 1
         durations.append(outcome.seconds)
         wall = time.perf_counter() - started
@@ -323,6 +325,13 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
         where = f" on {outcome.host}" if executor.name != "local" else ""
         log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome, job.trial)}{eta}")
         on_outcome(job, outcome)
+    if alone and not stopping:
+        # A run is missing from what the study reports: exit as stopped (128 + the signal), never as a finished study.
+        signal_name = next((w for o in alone for w in (o.error or "").split() if w.startswith("SIG")), "SIGTERM")
+        raise Stopped(f"{len(alone)} run(s) were stopped by a signal their worker alone got "
+                      f"({', '.join(o.run_id for o in alone)}); the study ran the others. They are pending at their "
+                      "checkpoints: run the same command with --resume to finish them; until then the study is "
+                      "incomplete.", signal_name)
     if stopping:
         raise Stopped(f"Stopped by {stop.requested()}: {finished - kept} run(s) ended before it, {kept} saved where "
                       f"they stopped and {total - finished} not started. Run the same command with --resume to continue: "
