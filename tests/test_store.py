@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -110,3 +111,47 @@ def test_run_ids_match_literally_and_by_study(tmp_path):
     assert [r["study"] for r in store.run("one/head-s1")] == ["one"]
     assert [r["run_id"] for r in store.run("lora_r8")] == ["lora_r8-s1"], "`_` is a literal, not a wildcard"
     store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+def test_a_results_directory_another_user_cannot_write_is_read_and_reported_elsewhere(tiny_bert, toy_csv):
+    """Reading needs no write: a results directory this user cannot write (another's, a read-only mount) was called
+    "cannot be read as an SQLite database" with advice to rebuild it, which then failed with a traceback. It is listed
+    and reported (to --out), and commands that must write say read-only and exit 2."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import write_study
+    from typer.testing import CliRunner
+
+    from tuneoff.cli.app import app
+
+    root = Path(tempfile.mkdtemp(prefix="tuneoff-ro-"))
+    try:
+        model, data = shutil.copytree(tiny_bert, root / "model"), shutil.copy(toy_csv, root / "toy.csv")
+        spec = write_study(root, str(model), str(data), "ro", seeds=[1], train={"epochs": 1})
+        assert CliRunner().invoke(app, ["run", str(spec), "--results", str(root / "r")]).exit_code == 0
+        out = root / "out"
+        out.mkdir()
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o777 if path == out else (0o755 if path.is_dir() else 0o644))
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tuneoff"]
+        env = {**os.environ, "HOME": str(out)}
+
+        def run(*args):
+            done = subprocess.run([*as_nobody, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+            return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+        code, text = run("runs", "list", "--results", root / "r")
+        assert code == 0 and "lora-s1" in text, text
+        code, text = run("report", root / "r" / "ro")
+        assert code == 2 and "is read-only for this user" in text and "--out" in text and "Traceback" not in text, text
+        code, text = run("report", root / "r" / "ro", "--out", out / "report")
+        assert code == 0 and (out / "report" / "report.html").is_file(), text
+        code, text = run("runs", "rebuild", "--results", root / "r")
+        assert code == 2 and "read-only" in text and "Traceback" not in text, text
+        code, text = run("run", spec, "--results", root / "r", "--resume")
+        assert code == 2 and "read-only" in text and "Traceback" not in text, text
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -344,14 +344,15 @@ def plan_study(study: str | Path | dict | StudySpec, overrides: list[str] = ()) 
     return pd.DataFrame([asdict(p) for p in plan(study_spec(study, list(overrides)))])
 
 
-def load_study(directory: str | Path, **analysis) -> StudyResult:
-    """A study's stored results (``results/<study>``) analysed again, its report rebuilt; ``analysis`` overrides the
-    study's analysis settings (``margin``, ``alpha``, ``prefer``, ``max_peak_memory_mb``, ...). Nothing is trained."""
+def load_study(directory: str | Path, out: str | Path | None = None, **analysis) -> StudyResult:
+    """A study's stored results (``results/<study>``) analysed again, its report rebuilt (in ``out``, default
+    ``<directory>/report``: a read-only results directory is reported elsewhere); ``analysis`` overrides the study's
+    analysis settings (``margin``, ``alpha``, ``prefer``, ``max_peak_memory_mb``, ...). Nothing is trained."""
     directory = Path(directory)
     if not (directory / "study.yaml").is_file():
         raise TuneoffError(f"{directory} is not a study results directory (no study.yaml). Give results/<study>.")
     name = load_spec(directory / "study.yaml").name
-    report, verdicts, trials = build_report(name, directory.parent, analysis or None)
+    report, verdicts, trials = build_report(name, directory.parent, analysis or None, out)
     return StudyResult(name, directory, report, verdicts, trials)
 
 

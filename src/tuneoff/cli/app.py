@@ -325,6 +325,7 @@ def report(
     max_train_seconds: Optional[float] = typer.Option(None, help="Recommend only methods that trained in at most this many seconds."),
     max_trainable_params: Optional[int] = typer.Option(None, help="Recommend only methods that train at most this many parameters."),
     export: Optional[Path] = typer.Option(None, help="Also write <study>.md/.csv/.json (headed with commands, date, devices, versions) into this folder, e.g. studies/results."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report here instead of <study dir>/report (a results directory you cannot write is read and reported elsewhere)."),
 ) -> None:
     """(Re)build a study's report from stored results; nothing is trained, no model or dataset is loaded."""
     _quiet_libraries()
@@ -332,14 +333,14 @@ def report(
 
     flags = {"metric": metric, "margin": margin, "prefer": prefer, "cost_margin": cost_margin, "max_peak_memory_mb": max_peak_memory_mb,
              "max_train_seconds": max_train_seconds, "max_trainable_params": max_trainable_params}
-    result = api.load_study(study_dir, **{k: v for k, v in flags.items() if v is not None})
+    result = api.load_study(study_dir, out, **{k: v for k, v in flags.items() if v is not None})
     for line in verdict_lines(result.report.parent):
         say(line)
     console().print(f"report: [bold]{escape(str(result.report))}[/]")
     if export is not None:
         from tuneoff.report.build import export as export_report
 
-        console().print(f"exported: [bold]{escape(str(export_report(result.name, study_dir.parent, export)))}[/]")
+        console().print(f"exported: [bold]{escape(str(export_report(result.name, study_dir.parent, export, result.report.parent)))}[/]")
 
 
 app.add_typer(runs_app, name="runs")

@@ -96,9 +96,18 @@ def hub_repo(name: str) -> str | None:
     if name in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name]
         return None if spec.offline else spec.resolve()
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or _exists(Path(name).expanduser()):
         return None
     return name
+
+
+def _exists(path: Path) -> bool:
+    """Whether a local model path exists; one this user may not look into is said so, not a traceback."""
+    try:
+        return path.exists()
+    except PermissionError:
+        raise TuneoffError(f"Model path {path}: permission denied (this user cannot read it). Give a directory you can "
+                           "read, or run as its owner.") from None
 
 
 # Files a tokenizer reads its vocabulary from; a directory with none of them gets, from transformers, a tokenizer
@@ -141,7 +150,7 @@ def resolve_model(name: str) -> str:
             hub.require({source: "model"}, f"Model {name!r} ({source})")
         return source
     path = Path(name).expanduser()
-    if path.exists():
+    if _exists(path):
         if not (path / "config.json").is_file():
             raise TuneoffError(f"Model directory {path} has no config.json: it is not a Hugging Face model directory.")
         check_model_dir(path)

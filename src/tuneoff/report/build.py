@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict
@@ -59,12 +60,12 @@ def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettin
                                                     AnalysisSettings)) from None
 
 
-def build(study: str, results: str | Path, overrides: dict | None = None) -> Path:
+def build(study: str, results: str | Path, overrides: dict | None = None, out: str | Path | None = None) -> Path:
     """Write ``report.html``, ``summary.md``, ``verdict.json`` and CSV tables into ``<results>/<study>/report/``."""
-    return build_report(study, results, overrides)[0]
+    return build_report(study, results, overrides, out)[0]
 
 
-def build_report(study: str, results: str | Path, overrides: dict | None = None):
+def build_report(study: str, results: str | Path, overrides: dict | None = None, out: str | Path | None = None):
     """``build``, returning the report's path with the verdicts and the tuning trials it was written from."""
     results = Path(results)
     if not (results / DB_NAME).is_file():
@@ -101,8 +102,15 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None)
         for v in verdicts:
             v.card.evidence += (f"; decide mode, its last look at {100 * settings.alpha:.2g}% (alpha spent over the looks "
                                 "so every call holds at 5%)")
-    out = results / safe_name(study) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out is not None else results / safe_name(study) / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(out)
+    except OSError:
+        raise TuneoffError(f"The report's folder {out} is read-only for this user: the results can still be read and "
+                           "reported elsewhere, with --out <a writable folder> (tuneoff report <study dir> --out DIR; "
+                           "load_study(..., out=DIR) in Python).") from None
     _write_tables(out, verdicts)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
@@ -310,13 +318,13 @@ def _spec_lines(spec_file: Path) -> list[str]:
 EXPORT_FORMAT = 3  # 2: tuneoff 0.2 (tuned learning rates, convergence, calibrated intervals); 3: the held-apart pick, MCB, the verdict card
 
 
-def export(study: str, results: str | Path, dest: str | Path) -> Path:
+def export(study: str, results: str | Path, dest: str | Path, report: str | Path | None = None) -> Path:
     """Copy a built report's summary into ``dest`` as evidence a README can cite: ``<study>.md`` headed with the
     commands that ran it, the date, devices and library versions of its runs, plus ``<study>.csv`` (the summary
     table) and ``<study>.json`` (the verdicts)."""
 
     results, dest = Path(results), Path(dest)
-    report = results / safe_name(study) / "report"
+    report = Path(report) if report is not None else results / safe_name(study) / "report"
     if not (report / "summary.md").is_file():
         raise TuneoffError(f"No built report in {report}: run `tuneoff report {results / safe_name(study)}` first.")
     store = Store(results)

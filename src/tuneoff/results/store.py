@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 
@@ -118,11 +120,26 @@ def _rebuild_hint(path: Path) -> str:
             f"again into a new store (the damaged file is kept as {path.name}.damaged-<time>).")
 
 
+def writable(root: Path) -> bool:
+    """Whether this process may write the store in ``root`` (its directory, and the file where it exists)."""
+    path = root / DB_NAME
+    return os.access(root, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.path = self.root / DB_NAME
+        # A results directory this user cannot write (another's, a read-only mount) is read without writing: SQLite's
+        # WAL mode would otherwise need its -shm file and fail as "attempt to write a readonly database".
+        self.read_only = self.path.is_file() and not writable(self.root)
         try:
+            if self.read_only:
+                self.db = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro&immutable=1", uri=True,
+                                          isolation_level=None)
+                self.db.row_factory = sqlite3.Row
+                self._check_readable()
+                return
             self.root.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
@@ -135,6 +152,18 @@ class Store:
                                + _rebuild_hint(self.path)) from exc
         except OSError as exc:
             raise TuneoffError(f"Cannot open the results store in {self.root}: {exc}. Choose another --results dir.") from exc
+
+    def _check_readable(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise TuneoffError(f"The results store {self.path} is read-only here and at schema {version}; this tuneoff "
+                               f"reads schema {SCHEMA_VERSION} and would migrate it. Copy the results directory somewhere "
+                               "writable (cp -r) and read the copy.")
+
+    def _refuse_writes(self) -> None:
+        raise TuneoffError(f"The results store {self.path} is read-only for this user ({self.root} cannot be written): "
+                           "it can be read and reported (tuneoff report <study dir> --out <writable dir>), not changed. "
+                           "Run as its owner, or copy the results directory somewhere writable.")
 
     def _close_quietly(self) -> None:
         try:
@@ -162,6 +191,8 @@ class Store:
 
     @contextmanager
     def transaction(self):
+        if self.read_only:
+            self._refuse_writes()
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db

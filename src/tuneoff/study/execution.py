@@ -21,7 +21,7 @@ import yaml
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, open_own, read_json, safe_name
-from tuneoff.results.store import DB_NAME, Store
+from tuneoff.results.store import DB_NAME, Store, writable
 from tuneoff.study import protocol, rounds
 from tuneoff.study.executors import Job, LocalExecutor, drive
 from tuneoff.study.search import run_search
@@ -269,6 +269,10 @@ def hold_study(directory: Path, name: str):
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle = open_own(directory / ".lock", "a+")
+    except PermissionError:
+        raise TuneoffError(f"The study directory {directory} is read-only for this user: a study writes its runs, lock "
+                           "and log there. Run it as the directory's owner, or give another --results; reading and "
+                           "reporting need no write (tuneoff report <study dir> --out DIR).") from None
     except (OSError, ValueError) as exc:
         raise TuneoffError(f"Cannot create the study directory {directory}: {exc}. Choose another --results.") from exc
     try:
@@ -294,6 +298,9 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
     indexed again when they are next trained, not here. Returns the store's path and the number of runs indexed."""
     results = Path(results)
     path = results / DB_NAME
+    if results.is_dir() and not writable(results):
+        raise TuneoffError(f"{results} is read-only for this user: `tuneoff runs rebuild` writes a new store there. Run it "
+                           "as the directory's owner, or copy the results somewhere writable and rebuild the copy.")
     if path.exists():
         aside = path.with_name(f"{DB_NAME}.damaged-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
         os.replace(path, aside)
