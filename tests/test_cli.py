@@ -206,3 +206,65 @@ def test_a_model_directory_is_checked_before_it_trains_in_silence(tiny_bert, toy
         result = invoke("train", *tiny_overrides(str(model), toy_csv, tmp_path / "runs"), f"model.name={model}")
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()) and not list((tmp_path / "runs").glob("*/model")), result.output
+
+
+def test_unhelpful_messages_say_what_happened_and_what_to_do(tmp_path, capsys):
+    """A YAML merge key was refused as "not valid UTF-8 YAML" (it is valid: merged, and its own keys still may not
+    repeat); the refusal of tune: with search: advised exactly what was written; a second Ctrl-C ended with no word."""
+    import signal as signals
+
+    from tuneoff.cli.terminal import user_errors
+    from tuneoff.config import read_yaml
+
+    merged = tmp_path / "m.yaml"
+    merged.write_text("defaults: &d {epochs: 2, lr: 0.001}\ntrain:\n  <<: *d\n  lr: 0.002\n")
+    assert read_yaml(merged)["train"] == {"epochs": 2, "lr": 0.002}
+    twice = tmp_path / "t.yaml"
+    twice.write_text("train:\n  lr: 1\n  lr: 2\n")
+    with pytest.raises(Exception, match="is not valid YAML: the key 'lr' appears twice"):
+        read_yaml(twice)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: s\ntune: {lr: true}\nsearch: {trials: 2, space: {method.r: {choices: [4, 8]}}}\n"
+                    "base: {method: {name: lora}}\n")
+    text = " ".join(invoke("run", spec, "--dry-run").output.split())
+    assert "drop tune: and put the learning rate in the search" in text and "or drop search:" in text
+
+    @user_errors
+    def interrupted():
+        raise KeyboardInterrupt
+
+    import typer
+
+    with pytest.raises(typer.Exit) as stopped:
+        interrupted()
+    assert stopped.value.exit_code == 128 + signals.SIGINT
+    assert "Interrupted at once (a second Ctrl-C)" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.slow
+def test_predict_stopped_by_a_signal_leaves_no_temporary_file(tiny_bert, toy_csv, tmp_path):
+    """An interrupted predict left its .tmp file behind (SIGTERM killed it where it stood): it now stops as an
+    exception, removes what it was writing, and exits 143 saying so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import toy_frame
+
+    assert invoke("train", *tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs"), "train.epochs=1").exit_code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    big = tmp_path / "big.csv"
+    toy_frame(200_000, seed=5)[["text"]].to_csv(big, index=False)
+    out = tmp_path / "pred.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "tuneoff", "predict", str(run_dir), str(big), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".pred.csv.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else "slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "predict stopped by SIGTERM" in " ".join(err.split())
+    assert not list(tmp_path.glob(".pred.csv.*")) and not out.exists()

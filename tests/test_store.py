@@ -155,3 +155,19 @@ def test_a_results_directory_another_user_cannot_write_is_read_and_reported_else
         assert code == 2 and "read-only" in text and "Traceback" not in text, text
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_study_whose_runs_all_failed_says_so_not_run_it_first(tmp_path):
+    """`tuneoff report` on a study whose every run failed said "Run it first": it names the failures and the last
+    error, and how to continue."""
+    from tuneoff.analysis.groups import load_conditions
+
+    store = Store(tmp_path)
+    store.add_study("s", "name: s\n", "h", tmp_path / "s")
+    for run_id in ("a-s1", "b-s1"):
+        store.plan_run("s", run_id, run_id[0], {}, 1, "{}")
+        store.mark_failed("s", run_id, "Traceback ...\nRuntimeError: CUDA out of memory")
+    with pytest.raises(TuneoffError, match=r"no comparison run finished; 2 of its 2 runs failed \(the last: b-s1: "
+                                           r"RuntimeError: CUDA out of memory\)"):
+        load_conditions(store, "s")
+    store.close()

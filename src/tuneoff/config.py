@@ -245,7 +245,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
-        for key_node, _ in node.value:
+        # a merge key (`<<: *defaults`) brings keys the mapping may override: only the mapping's own keys must differ
+        for key_node, _ in [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -325,7 +326,8 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TuneoffError(f"Config file {path} is not valid UTF-8 YAML: {exc}") from exc
+        what = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid YAML"
+        raise TuneoffError(f"Config file {path} is {what}: {exc}") from exc
     check_tree(data, f"Config file {path}")
     if data is None:
         return {}

@@ -155,6 +155,14 @@ def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
 def load_conditions(store: Store, study: str) -> list[Condition]:
     rows = store.runs(study, "done", phase="final")  # a study's tuning trials choose a learning rate; they are not compared
     if not rows:
+        every = store.runs(study)
+        failed = [r for r in every if r["status"] == "failed"]
+        if failed:
+            last = (failed[-1]["error"] or "").strip().splitlines()[-1:] or ["no error recorded"]
+            raise TuneoffError(f"Study {study!r}: no comparison run finished; {len(failed)} of its {len(every)} runs "
+                               f"failed (the last: {failed[-1]['run_id']}: {last[0][:300]}). Fix what they report "
+                               f"(tuneoff runs list --study {study}; each run's train.log), then tuneoff run <study "
+                               "file> --resume.")
         raise TuneoffError(f"Study {study!r} has no finished runs yet: nothing to analyse. Run it first (tuneoff run).")
     conditions: dict[str, Condition] = {}
     for row in rows:

@@ -36,6 +36,7 @@ from tuneoff.methods import all_methods
 from tuneoff.models.assets import BUILTIN_MODELS
 from tuneoff.study.spec import dry_run as plan_runs
 from tuneoff.study.spec import expand, load_spec, metric_note
+from tuneoff.training import stop
 from tuneoff.training.launcher import (
     announce_rank,
     end_processes,
@@ -146,8 +147,9 @@ def predict(
     _quiet_libraries()
     from tuneoff.training.saved import predict_file
 
-    n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format, raw=raw,
-                     undo_class_weights=undo_class_weights)
+    with stop.interrupting("predict"):
+        n = predict_file(run_dir, file, out, text_column, text_pair_column, id_column, format, raw=raw,
+                         undo_class_weights=undo_class_weights)
     console().print(f"{n} predictions written to [bold]{escape(str(out))}[/]")
 
 

@@ -67,6 +67,11 @@ def user_errors(fn):
         except TuneoffError as exc:
             console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, without the checkpoint a first one would have saved
+            console(stderr=True).print("[yellow]Interrupted at once (a second Ctrl-C): runs in flight did not save a "
+                                       "checkpoint at this step; `--resume` continues each from its last checkpoint.[/]",
+                                       highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

@@ -121,8 +121,10 @@ class StudySpec(BaseModel):
             raise ValueError(f"until_decided.max_seeds ({self.until_decided.max_seeds}) is below the {len(self.seeds)} "
                              "seeds the study starts with: raise it or give fewer seeds")
         if self.search is not None and self.tune is not None and self.tune.lr:
-            raise ValueError("tune: and search: both choose hyper-parameters; use tune: {lr: true} for the learning rate "
-                             "(search: is for other fields), or set tune: {lr: false}")
+            raise ValueError("tune: and search: both choose hyper-parameters, so a study has one of them: drop tune: "
+                             "and put the learning rate in the search (search.space: {train.lr: {low: 1.0e-5, high: "
+                             "1.0e-3, log: true}}), or drop search: and let tune: {lr: true} tune the rate of each "
+                             "variant of a grid")
         for name, body in self.variants.items():
             if "lr_range" in body:
                 try:

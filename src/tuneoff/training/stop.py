@@ -71,6 +71,27 @@ def on_signals():
             _state["requested"] = None
 
 
+@contextlib.contextmanager
+def interrupting(what: str):
+    """For work with nothing to save midway (``tuneoff predict``): SIGTERM or SIGINT ends it at once, as an exception,
+    so that the files it was writing are cleaned away (``atomic_open``) and it exits 128 + the signal with a message,
+    instead of dying where it stood and leaving a half-written temporary file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop_now(signum, frame=None):
+        raise Stopped(f"{what} stopped by {signal.Signals(signum).name}; nothing was written (its temporary file is "
+                      "removed). Run it again.", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop_now) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def agreed(accelerator, world: int, device, synced: bool) -> bool:
     """Whether the run stops after this optimizer step. Several processes must stop at the same step (their
     collectives would hang otherwise): they agree at the steps where they synchronise anyway (``synced``), each
