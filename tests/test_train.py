@@ -38,6 +38,11 @@ def test_every_method_learns_a_separable_task(method, lr, encoder, request, toy_
 
 
 def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
+    import torch
+
+    from tuneoff.core.provenance import VERSION
+    from tuneoff.training.session import precision_words
+
     result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"method.r": 4})
     d = result.run_dir
     assert {p.name for p in d.iterdir()} == {"config.yaml", "run.json", "metrics.json", "history.jsonl",
@@ -46,7 +51,8 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
     steps = json.loads((d / "run.json").read_text())["total_steps"]
     assert log[0].endswith(f"run {d.name}: lora on {tiny_bert} / toy.csv, {steps} optimizer steps at lr 0.0005, "
                            f"{json.loads((d / 'run.json').read_text())['device']}, "
-                           f"{yaml.safe_load((d / 'config.yaml').read_text())['train']['mixed_precision']} precision; tuneoff 0.2.0")
+                           f"{precision_words(yaml.safe_load((d / 'config.yaml').read_text())['train']['mixed_precision'], torch.device('cpu'))}; "
+                           f"tuneoff {VERSION}")
     assert sum(" step " in line and "validation loss" in line for line in log) == 6, "one record per evaluation"
     assert [p.name for p in tmp_path.iterdir()] == [d.name], "no temporary directory left behind"
     cfg = yaml.safe_load((d / "config.yaml").read_text())
@@ -173,3 +179,17 @@ def test_trained_only_save_is_small_and_reloads_to_the_same_predictions(method, 
         probs = torch.softmax(model(**tok(list(preds.text), padding=True, return_tensors="pt")).logits, -1).numpy()
     np.testing.assert_allclose(probs, preds[["prob_neg", "prob_pos"]].values, atol=1e-5)
     pd.testing.assert_frame_equal(preds, pd.read_csv(full.run_dir / "predictions.csv"))  # the same run, saved smaller
+
+
+def test_the_precision_a_run_trains_in_is_said_plainly(monkeypatch):
+    """Accelerate's "no" read as "no precision" to a new user: it is fp32, and on a CPU without native bf16 the line
+    says why it is slower than the README's bf16 figures."""
+    import torch
+
+    from tuneoff.training import session
+
+    monkeypatch.setattr(session, "cpu_has_native_bf16", lambda: False)
+    assert session.precision_words("no", torch.device("cpu")) == "fp32 (this CPU has no native bf16)"
+    assert session.precision_words("bf16", torch.device("cpu")) == "bf16 mixed precision"
+    monkeypatch.setattr(session, "cpu_has_native_bf16", lambda: True)
+    assert session.precision_words("no", torch.device("cpu")) == "fp32"

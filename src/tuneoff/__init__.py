@@ -24,3 +24,8 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'tuneoff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The API beside the module's own names: tab completion in a notebook shows what ``__getattr__`` provides."""
+    return sorted({*globals(), *__all__})

@@ -45,7 +45,7 @@ from tuneoff.training.resources import (
     device_name,
     dir_size,
 )
-from tuneoff.training.session import Session, prepare
+from tuneoff.training.session import Session, precision_words, prepare
 from tuneoff.training.tracking import Trackers
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resu
 
 
 def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluate) -> RunResult:
-    log.info("run %s: %s on %s / %s, %d optimizer steps at lr %g, %s, %s precision; tuneoff %s", run.run_id,
+    log.info("run %s: %s on %s / %s, %d optimizer steps at lr %g, %s, %s; tuneoff %s", run.run_id,
              s.method.name, s.cfg.model.name, s.corpus.name, s.total_steps, s.lr, device_name(s.device),
-             s.accelerator.mixed_precision, versions()["tuneoff"])
+             precision_words(s.accelerator.mixed_precision, s.device), versions()["tuneoff"])
     for note in s.corpus.notes:
         log.debug("data: %s", note)  # in train.log; on the terminal with -v
     p = start(s, run, resume, progress)
