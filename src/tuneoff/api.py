@@ -166,7 +166,7 @@ def load_run(path: str | Path) -> Run:
 def train(config: str | Path | dict | RunConfig | None = None, *, model: str | None = None,
           data: str | pd.DataFrame | None = None,
           method: str | None = None, overrides: dict | list | None = None, results: str | Path = "results",
-          progress: bool = True, resume: bool = False, **dotted) -> Run:
+          progress: bool = True, resume: bool = False, threads: int | None = None, **dotted) -> Run:
     """Fine-tune one model with one method; the run is written to its directory and indexed in ``results``.
 
     ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name
@@ -175,6 +175,7 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
     from tuneoff.training.retry import train_with_oom_retry
 
     cfg = _run_config(config, model, data, method, _overrides(overrides, dotted))
+    _set_threads(threads)
     result = train_with_oom_retry(cfg, progress=progress, resume=resume)
     run = load_run(result.run_dir)
     if is_main_process():  # one record per run, however many processes trained it
@@ -185,6 +186,29 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
         finally:
             store.close()
     return run
+
+
+def _set_threads(threads: int | None) -> None:
+    """Threads for a run in this process: as given; by default torch's own choice (the cores), and when other work
+    holds some of them (``study.packing.free_cores``) the run says so and what to pass: two threads beside a busy core
+    ran 6x slower than one (the same default in every process keeps a resumed run's arithmetic its first run's)."""
+    import logging
+
+    import torch
+
+    from tuneoff.study.packing import free_cores
+
+    if threads is not None:
+        if threads < 1:
+            raise TuneoffError(f"threads={threads}: give 1 or more.")
+        torch.set_num_threads(threads)
+        return
+    total, free, load = free_cores()
+    if free < min(total, torch.get_num_threads()):
+        logging.getLogger("tuneoff.api").warning(
+            f"other work is using about {total - free} of the {total} core(s) this process may use (load {load:.1f}) "
+            f"and this run will use {torch.get_num_threads()} thread(s), which may fight over a busy core: if it is "
+            f"slow, stop it (Ctrl-C saves a checkpoint) and run it again with --threads {free} --resume")
 
 
 def _run_config(config, model, data, method, overrides: list[str]) -> RunConfig:

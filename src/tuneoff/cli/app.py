@@ -87,6 +87,7 @@ def train(
     num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (one per GPU; CPU processes without one), started with `accelerate launch`."),
     accelerate_config: Optional[Path] = typer.Option(None, help="An `accelerate config` file (e.g. FSDP) for --num-processes."),
     results: Path = typer.Option("results", "--results", "-r", envvar="TUNEOFF_RESULTS", help="Results store that indexes the run (`tuneoff runs list`)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the run (default: the cores other work leaves free; on a machine another job is using, fewer threads than cores run faster)."),
 ) -> None:
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
 
@@ -99,7 +100,7 @@ def train(
 
     logs.terminal(verbosity(), progress_lines=not progress)  # --no-progress: one line per evaluation instead of a bar
     try:
-        run = api.train(cfg, results=results, progress=progress, resume=resume)
+        run = api.train(cfg, results=results, progress=progress, resume=resume, threads=threads)
     finally:
         end_processes()
     if is_main_process():
@@ -271,7 +272,7 @@ def run_study(
     max_retries: int = typer.Option(3, help="Ray: retries of a run whose worker died (it resumes from its checkpoint)."),
     processes_per_run: int = typer.Option(1, help="Train each run data-parallel on this many processes (one per GPU; CPU processes without GPUs)."),
     parallel: str = typer.Option("auto", envvar="TUNEOFF_PARALLEL", help="Local executor: runs at once, each in its own process with the cores split between them (auto: as many as the cores, memory or GPU hold; 1: one after another here)."),
-    threads: Optional[int] = typer.Option(None, help="Local executor: threads per run (default: the cores split between the runs at once)."),
+    threads: Optional[int] = typer.Option(None, help="Local executor: threads per run (default: the cores other work leaves free, split between the runs at once; on a machine another job is using, one thread per run is often fastest)."),
     isolate_runs: bool = typer.Option(False, "--isolate-runs", help="Local executor: each run in a new worker process, so its CPU peak memory is its own (a reused worker's peak counts what its earlier runs left resident); costs the library imports again for every run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
     until_decided: bool = typer.Option(False, "--until-decided", help="Decide mode: after its seeds, add seeds where they can settle an open comparison until the recommendation is decided (the study's until_decided: section, else max_seeds 10, no time budget)."),

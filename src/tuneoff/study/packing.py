@@ -46,6 +46,27 @@ def cpu_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def free_cores() -> tuple[int, int, float]:
+    """(cores this process may use, of them the ones other work leaves free, the 1-minute load average). On a shared
+    machine two OpenMP threads beside a busy core fight for it: a run crawled at 9-12 samples/s with 2 threads where
+    1 thread gave 67 (measured from outside, FIELD_NOTES): count what the load says is taken."""
+    cores = len(cpu_cores())
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not Unix
+        return cores, cores, 0.0
+    return cores, max(1, cores - int(round(load))), load
+
+
+def thread_note(cores: int, free: int, load: float, chosen: str) -> str | None:
+    """What a command says when other work holds some of the cores (None when none is taken)."""
+    if free >= cores:
+        return None
+    return (f"other work is using about {cores - free} of the {cores} core(s) this process may use (load {load:.1f}): "
+            f"{chosen}, so that threads do not fight over a busy core; --threads (and --parallel for a study) choose "
+            "otherwise")
+
+
 def available_gb() -> float:
     try:
         with open("/proc/meminfo") as fh:
@@ -62,6 +83,9 @@ def choose(parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_pe
     four beyond (the cores split between runs), no more runs than memory holds at ``GB_PER_CPU_RUN`` each or than there
     are jobs; on a GPU, as many runs as the planned peak fits in 80% of its free memory (at most 8)."""
     cores = cpu_cores()
+    total, free, load = free_cores()
+    if parallel == "auto" and threads is None and gpu_peak_mb is None and free < total:
+        cores = cores[:free]  # auto: only the cores other work leaves free (a fixed --parallel/--threads is obeyed)
     if parallel != "auto":
         n = int(parallel)
         if n < 1:
@@ -75,6 +99,9 @@ def choose(parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_pe
         return min(n, jobs), threads or max(1, len(cores) // min(n, jobs))
     per_run = threads or (1 if len(cores) <= 4 else 2 if len(cores) <= 16 else 4)
     n = max(1, min(len(cores) // per_run, int(available_gb() // GB_PER_CPU_RUN), jobs))
+    note = thread_note(total, free, load, f"{n} run(s) at once, {per_run} thread(s) each") if threads is None else None
+    if note:
+        log.warning(note)
     return n, per_run
 
 
