@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
-
 from record import write_result
+from scipy import optimize, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -44,7 +44,12 @@ from scipy.special import expit, logit
 
 from tuneoff.analysis.groups import Group
 from tuneoff.analysis.settings import AnalysisSettings
-from tuneoff.analysis.verdict import BASELINE, GroupVerdict, comparisons, decide, table_of
+from tuneoff.analysis.verdict import (
+    GroupVerdict,
+    comparisons,
+    decide,
+    table_of,
+)
 
 A, B = 4.0, 1.0
 TRIALS, LR_SD = 4, 0.005
@@ -184,7 +189,6 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
     """The cell's rates over ``reps`` studies, each with its Monte Carlo standard error."""
     rng = np.random.default_rng(seed)
     truth = truths(cell, rng)
-    top = truth.max()
     settings = AnalysisSettings(margin=cell.margin)
     equal = not cell.gaps and not cell.fail
     diffs, false_below, covered, wrong_rec, decided, picked_best, default_below = [], [], [], [], [], [], []

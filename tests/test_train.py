@@ -38,8 +38,6 @@ def test_every_method_learns_a_separable_task(method, lr, encoder, request, toy_
 
 
 def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
-    import torch
-
     from tuneoff.core.provenance import VERSION
     from tuneoff.training.session import precision_words
 
@@ -184,8 +182,6 @@ def test_trained_only_save_is_small_and_reloads_to_the_same_predictions(method, 
 def test_the_precision_a_run_trains_in_is_said_plainly(monkeypatch):
     """Accelerate's "no" read as "no precision" to a new user: it is fp32, and on a CPU without native bf16 the line
     says why it is slower than the README's bf16 figures."""
-    import torch
-
     from tuneoff.training import session
 
     monkeypatch.setattr(session, "cpu_has_native_bf16", lambda: False)

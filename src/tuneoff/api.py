@@ -22,11 +22,15 @@ study's ``base.data.name``), a pandas DataFrame may stand in for it (stored once
 
 from __future__ import annotations
 
+import ast
 import base64
 import html
 import json
+import logging
+import multiprocessing
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +50,11 @@ from tuneoff.report.build import build_report
 from tuneoff.report.plots import plot_lengths
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
-from tuneoff.study.packing import make_executor
+from tuneoff.study.packing import free_cores, make_executor
 from tuneoff.study.spec import StudySpec, expand, load_spec, spec_from_dict
 from tuneoff.training.launcher import is_main_process
+
+log = logging.getLogger(__name__)
 
 # --- overrides -------------------------------------------------------------------------------------------------
 
@@ -192,11 +198,7 @@ def _set_threads(threads: int | None) -> None:
     """Threads for a run in this process: as given; by default torch's own choice (the cores), and when other work
     holds some of them (``study.packing.free_cores``) the run says so and what to pass: two threads beside a busy core
     ran 6x slower than one (the same default in every process keeps a resumed run's arithmetic its first run's)."""
-    import logging
-
     import torch
-
-    from tuneoff.study.packing import free_cores
 
     if threads is not None:
         if threads < 1:
@@ -205,7 +207,7 @@ def _set_threads(threads: int | None) -> None:
         return
     total, free, load = free_cores()
     if free < min(total, torch.get_num_threads()):
-        logging.getLogger("tuneoff.api").warning(
+        log.warning(
             f"other work is using about {total - free} of the {total} core(s) this process may use (load {load:.1f}) "
             f"and this run will use {torch.get_num_threads()} thread(s), which may fight over a busy core: if it is "
             f"slow, stop it (Ctrl-C saves a checkpoint) and run it again with --threads {free} --resume")
@@ -305,10 +307,6 @@ GUARD = ("run_study starts worker processes with multiprocessing's spawn, which 
 def _not_from_a_worker_or_an_unguarded_script() -> None:
     """Refuse, before any worker starts, a call from a script whose top level is not guarded (the workers would each
     run it again), and, as a net, any call made while a spawned worker imports its parent's script."""
-    import ast
-    import multiprocessing
-    import sys
-
     main = sys.modules.get("__main__")
     if multiprocessing.parent_process() is not None and getattr(main, "__name__", "") == "__mp_main__":
         raise TuneoffError(f"run_study was called while a worker process imported its parent's script. {GUARD}")
@@ -361,8 +359,6 @@ def plan_study(study: str | Path | dict | StudySpec, overrides: list[str] = ()) 
     """What a study can decide before it trains (``study.design``): per group of conditions, its test examples and
     seeds, the difference it resolves (80% chance), the chance that a method as good as the best is shown within the
     margin, and the seeds or test examples that would make that chance 80%. Nothing is trained or downloaded."""
-    from dataclasses import asdict
-
     from tuneoff.study.design import plan
 
     return pd.DataFrame([asdict(p) for p in plan(study_spec(study, list(overrides)))])

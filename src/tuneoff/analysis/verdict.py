@@ -44,7 +44,14 @@ from tuneoff.analysis import power, sentences
 from tuneoff.analysis.card import Card, card
 from tuneoff.analysis.groups import Condition, Group, condition_row, groups, per_class
 from tuneoff.analysis.settings import AnalysisSettings, Decide
-from tuneoff.analysis.significance import SEED_PRIOR, Comparisons, compare, holm, mcnemar_exact, pareto_front
+from tuneoff.analysis.significance import (
+    SEED_PRIOR,
+    Comparisons,
+    compare,
+    holm,
+    mcnemar_exact,
+    pareto_front,
+)
 from tuneoff.analysis.speed import common_steps, speed_pairs, speed_table
 
 COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",

@@ -48,7 +48,13 @@ from tuneoff.core.outputs import CONTROL
 from tuneoff.data.builtins import hub_repo as data_repo
 from tuneoff.methods import get_method
 from tuneoff.models.assets import hub_repo as model_repo
-from tuneoff.study.protocol import PlannedRun, TuneSpec, UntilDecided, check_lr_range, conditions
+from tuneoff.study.protocol import (
+    PlannedRun,
+    TuneSpec,
+    UntilDecided,
+    check_lr_range,
+    conditions,
+)
 from tuneoff.study.search import Dimension, SearchSpec
 
 DEFAULT_STUDY = Path(__file__).parent.parent / "studies" / "default.yaml"

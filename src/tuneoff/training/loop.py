@@ -36,6 +36,7 @@ from tuneoff.data.batches import micro_batches as micro_batches_of
 from tuneoff.results.rundir import MODEL_DIR, RunDirectory, new_run_id
 from tuneoff.training import checkpoint, convergence, guards, serving, stop
 from tuneoff.training.evaluate import compute_metrics, predict_logits
+from tuneoff.training.heartbeat import Heartbeat
 from tuneoff.training.launcher import on_main_process, open_run_directory
 from tuneoff.training.loss import training_loss
 from tuneoff.training.record import resources_of, write_run
@@ -136,8 +137,9 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
         state, best = restored.state, restored.best
         for note in restored.skipped if s.main else []:
             log.warning("checkpoint %s does not read back: resuming from %s", note, restored.path.name)
-    bar = tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step",
-               disable=not (progress and s.main), dynamic_ncols=True)
+    bar = (tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step", dynamic_ncols=True)
+           if progress and s.main else Heartbeat(run.run_id, s.total_steps, state.step) if s.main else
+           tqdm(disable=True))
 
     return Progress(state, best, Throughput(s.device, state.samples, state.tokens, state.train_seconds),
                     MemoryMeter(s.device).start(), bar, torch.full((), state.running_loss, device=s.device),
