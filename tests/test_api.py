@@ -197,3 +197,23 @@ def test_run_study_from_a_script_without_a_main_guard_is_refused_before_any_work
     import sqlite3
 
     assert sqlite3.connect(tmp_path / "r" / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+
+
+def test_a_collapsed_run_is_not_reported_as_a_success(tmp_path, caplog):
+    """A head run scored 54.6% against a 54.1% majority class, predicting one class for everything, and nothing was
+    said; `print(run)` showed a 2,000-character dictionary. Its warnings say what it recorded, and its repr is a line."""
+    from tuneoff.api import Run
+
+    metrics = {"test": {"accuracy": 0.546, "macro_f1": 0.36, "per_class": {
+        "neg": {"precision": 0.546, "recall": 1.0, "f1-score": 0.7, "support": 541},
+        "pos": {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 450}}}}
+    info = {"method": "head", "model": "minilm", "dataset": "mine", "label_counts": {"test": {"neg": 541, "pos": 450}},
+            "convergence": {"converged": False, "status": "too few evaluations", "reason": "only 1 evaluation(s)"}}
+    run = Run(tmp_path / "r1", metrics, {"trainable_params": 770}, info, {})
+    assert run.warnings() == ["it predicts one class (neg) for every test example: it learned nothing a classifier needs",
+                              "it did not converge (too few evaluations: only 1 evaluation(s))"]
+    assert repr(run) == (f"Run({str(tmp_path / 'r1')!r}: head on minilm / mine, test accuracy 0.5460, macro-F1 0.3600, "
+                         "770 trainable)")
+    metrics["test"]["per_class"]["pos"]["recall"] = 0.02
+    info["convergence"] = {"converged": True}
+    assert run.warnings() == ["its test accuracy 54.6% is no better than always answering the most common class (54.6%)"]

@@ -89,6 +89,31 @@ class Run:
     def test_accuracy(self) -> float:
         return self.metrics["test"]["accuracy"]
 
+    def __repr__(self) -> str:
+        test = self.metrics.get("test", {})
+        return (f"Run({str(self.path)!r}: {self.info.get('method', '?')} on {self.info.get('model', '?')} / "
+                f"{self.info.get('dataset', '?')}, test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
+                f"{test.get('macro_f1', float('nan')):.4f}, {self.resources.get('trainable_params', 0):,} trainable)")
+
+    def warnings(self) -> list[str]:
+        """What a person should know before using this run, from what it recorded: it predicts one class for every
+        test example, it scores no better than always answering the most common class, it did not converge."""
+        test, out = self.metrics.get("test", {}), []
+        per_class = test.get("per_class") or {}
+        found = [name for name, v in per_class.items() if v.get("recall", 0) > 0]
+        counts = (self.info.get("label_counts") or {}).get("test") or {}
+        majority = max(counts.values()) / sum(counts.values()) if counts else None
+        if len(per_class) > 1 and len(found) <= 1:
+            out.append(f"it predicts one class ({found[0] if found else 'none'}) for every test example: it learned "
+                       "nothing a classifier needs")
+        elif majority is not None and test.get("accuracy", 1.0) <= majority + 0.01:
+            out.append(f"its test accuracy {test['accuracy']:.1%} is no better than always answering the most common "
+                       f"class ({majority:.1%})")
+        convergence = self.info.get("convergence") or {}
+        if convergence and not convergence.get("converged"):
+            out.append(f"it did not converge ({convergence.get('status')}: {convergence.get('reason')})")
+        return out
+
     @property
     def label_names(self) -> list[str]:
         return list(self.info.get("label_names") or [])
@@ -184,6 +209,9 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
     _set_threads(threads)
     result = train_with_oom_retry(cfg, progress=progress, resume=resume)
     run = load_run(result.run_dir)
+    for warning in run.warnings() if is_main_process() else []:  # a collapsed run is not a success, said aloud
+        log.warning(f"warning: run {run.path.name}: {warning}; a longer budget (train.epochs), another learning rate "
+                    "(tuneoff run tunes it) or another method may help")
     if is_main_process():  # one record per run, however many processes trained it
         store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
         try:
