@@ -189,3 +189,26 @@ def test_the_precision_a_run_trains_in_is_said_plainly(monkeypatch):
     assert session.precision_words("bf16", torch.device("cpu")) == "bf16 mixed precision"
     monkeypatch.setattr(session, "cpu_has_native_bf16", lambda: True)
     assert session.precision_words("no", torch.device("cpu")) == "fp32"
+
+
+def test_every_run_carries_a_model_card_the_hub_reads(tiny_bert, toy_csv, tmp_path):
+    """peft wrote its empty template ("Model Card for Model ID") with base_model set to the local path the base came
+    from; other methods had no card. Every run's model/README.md is now a card huggingface_hub parses back: library,
+    pipeline tag, the base model by hub id where known (never a path of this machine), test metrics, how it trained."""
+    from huggingface_hub import ModelCard
+
+    from tuneoff.models.card import base_model_id
+
+    for method in ("lora", "partial"):
+        extra = {"method.r": 4} if method == "lora" else {"method.k": 1}
+        result = run(tiny_bert, toy_csv, tmp_path / method, method, **extra)
+        path = result.run_dir / "model" / "README.md"
+        card = ModelCard.load(path)
+        assert card.data.library_name == ("peft" if method == "lora" else "transformers")
+        assert card.data.pipeline_tag == "text-classification" and "tuneoff" in card.data.tags
+        accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+        assert accuracy.metric_value == round(result.metrics["test"]["accuracy"], 4)
+        text = path.read_text()
+        assert "Model Card for Model ID" not in text and str(tmp_path) not in text and "/tmp" not in text
+        assert card.data.base_model is None, "a local tiny model with no hub id: named by no path"
+    assert base_model_id("minilm", "/anywhere") == "sentence-transformers/all-MiniLM-L6-v2"

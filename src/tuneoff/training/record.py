@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import socket
 
+from statsmodels.stats.proportion import proportion_confint
+
 from tuneoff.core.files import atomic_write_text, write_json
 from tuneoff.core.outputs import spreadsheet_safe
 from tuneoff.core.provenance import versions
-from tuneoff.results.rundir import FORMAT_VERSION, RunDirectory
+from tuneoff.data.builtins import hub_repo as data_repo
+from tuneoff.models.card import write_model_card
+from tuneoff.results.rundir import FORMAT_VERSION, MODEL_DIR, RunDirectory
 from tuneoff.training.evaluate import predictions_frame
 from tuneoff.training.resources import (
     combine_processes,
@@ -59,3 +63,24 @@ def write_run(s: Session, run: RunDirectory, p, metrics: dict, resources: dict, 
         "class_weights": None if s.class_weights is None else dict(zip(corpus.label_names, s.class_weights)),
         "batch_order_digest": state.order_digest, "host": socket.gethostname(), "convergence": converged,
     })
+    card(s, run, metrics)
+
+
+def card(s: Session, run: RunDirectory, metrics: dict) -> None:
+    """The model card beside the saved model (``models.card``), in place of peft's empty template."""
+    test, n = metrics["test"], len(s.corpus.splits["test"])
+    interval = proportion_confint(round(test["accuracy"] * n), n, alpha=0.05, method="wilson") if n else (0.0, 1.0)
+    method = s.cfg.method.model_dump(exclude_defaults=True)
+    budget = f"at most {s.tc.max_steps} steps" if s.tc.max_steps else f"at most {s.tc.epochs} epoch(s)"
+    training = {"method": ", ".join(f"{k}={v}" for k, v in method.items()), "learning rate": f"{s.lr:.3g}",
+                "budget": f"{budget}, early stopping after {s.tc.patience} evaluations without gain" if s.tc.patience
+                else budget, "optimizer steps": _best_step(metrics), "batch": f"{s.tc.batch_size} x {s.tc.grad_accum}",
+                "seed": s.tc.seed, "precision": s.accelerator.mixed_precision, "tuneoff": versions()["tuneoff"]}
+    write_model_card(run.path / MODEL_DIR, model=s.cfg.model.name, source=s.source, method=s.method.name,
+                     dataset=s.corpus.name, dataset_hub=data_repo(s.cfg.data), labels=s.corpus.label_names,
+                     sizes={k: len(df) for k, df in s.corpus.splits.items()}, metrics=metrics, interval=interval,
+                     training=training, run_id=run.run_id)
+
+
+def _best_step(metrics: dict) -> str:
+    return f"best at step {metrics.get('best_step')}" + (" (stopped early)" if metrics.get("stopped_early") else "")
