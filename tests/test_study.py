@@ -133,6 +133,14 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
 
     shown = load_study(results / "tiny")._repr_html_()
     assert all(_html.escape(line.split(": ", 1)[-1]) in shown for line in plain[1:])
+    # ... and in the model card of each run of the recommended condition, beside the alternatives (the Hub reads it)
+    from huggingface_hub import ModelCard
+
+    recommended = json.loads((report / "verdict.json").read_text())["groups"][0]["recommended"]
+    for run_dir in (results / "tiny" / "runs").glob(f"{recommended}-s*"):
+        card_text = (run_dir / "model" / "README.md").read_text()
+        assert card_text.count("## Chosen by a tuneoff study") == 1 and f"- {card[0]}" in card_text
+        assert ModelCard.load(run_dir / "model" / "README.md").data.pipeline_tag == "text-classification"
 
     # Rebuilding the report trains nothing and gives the same tables.
     before = (report / "summary.csv").read_text()

@@ -178,7 +178,8 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
         name = condition_name(row["variant"], params)
         predictions, history, info = _read_run(row, Path(row["run_dir"]))
         cond = conditions.setdefault(name, Condition(name, row["variant"], params, config["method"]["name"]))
-        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "metrics": metrics, "resources": resources,
+        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "run_dir": row["run_dir"], "metrics": metrics,
+                          "resources": resources,
                           "predictions": predictions, "history": history, "device": row["device"], "config": config,
                           "info": info})
     if not conditions:

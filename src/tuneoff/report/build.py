@@ -112,6 +112,8 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
                            "reported elsewhere, with --out <a writable folder> (tuneoff report <study dir> --out DIR; "
                            "load_study(..., out=DIR) in Python).") from None
     _write_tables(out, verdicts)
+    for v in verdicts:
+        recommended_card(v, study)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
     analysed_by = f"tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}"
@@ -185,6 +187,29 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
            f"{len(failed)} failed · device: {device} · analysed {stamp} by {analysed_by}")
     atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
     return out / "report.html", verdicts, tuning
+
+
+CHOSEN = "## Chosen by a tuneoff study"
+
+
+def recommended_card(v, study: str) -> None:
+    """The model card of each run of the recommended condition gains the study's verdict card and the alternatives'
+    costs beside it (a section replaced at each rebuild); a run directory this user cannot write is left as it is."""
+    rec = next((c for c in v.group.conditions if c.name == v.recommended), None)
+    if rec is None:
+        return
+    table = v.table[v.table.method != "baseline"][["condition", v.metric, f"{v.metric}_ci_low", f"{v.metric}_ci_high",
+                                                   "trainable_params", "trained_mb", "peak_memory_mb", "train_seconds"]]
+    section = [CHOSEN, "", f"Study `{markdown_text(study)}`, {markdown_text(v.group.title)}:", "",
+               *(f"- {markdown_text(line)}" for line in v.card.lines()), "", "The conditions it compared:", "",
+               _md_table(table), ""]
+    for run in rec.runs:
+        path = Path(run.get("run_dir") or "") / "model" / "README.md"
+        try:
+            text = path.read_text(encoding="utf-8")
+            atomic_write_text(path, text.split(f"\n{CHOSEN}")[0].rstrip("\n") + "\n\n" + "\n".join(section))
+        except OSError:
+            continue
 
 
 def _md_table(frame: pd.DataFrame) -> str:
