@@ -156,6 +156,28 @@ def predict(
 
 @app.command()
 @user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train` or a study."),
+    format: str = typer.Option("onnx", "--format", help="onnx: the model for ONNX Runtime (adapters merged first)."),
+    int8: bool = typer.Option(False, "--int8", help="Also a dynamically quantized int8 copy (smaller, faster; its agreement with the run is recorded)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default: <run dir>/onnx)."),
+) -> None:
+    """Export a finished run for serving, verified against the run's own test predictions (export.json beside it)."""
+    if format != "onnx":
+        raise TuneoffError(f"--format {format!r}: onnx is the format tuneoff exports (the run directory itself is the "
+                           "Hugging Face format: from_pretrained and pipeline() load it).")
+    _quiet_libraries()
+    from tuneoff.training.export import export_onnx, summary
+
+    with stop.interrupting("export"):
+        record = export_onnx(run_dir, out, int8)
+    for line in summary(record):
+        say(line)
+    console().print(f"exported to [bold]{escape(str(out or run_dir / 'onnx'))}[/] (export.json says how it was checked)")
+
+
+@app.command()
+@user_errors
 def inspect(
     data: str = typer.Argument(..., help="Built-in dataset name, CSV/JSONL/Parquet file, or hub id."),
     overrides: Optional[list[str]] = typer.Argument(None, help="data.* overrides, e.g. data.text_column=review."),
