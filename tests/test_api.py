@@ -217,3 +217,30 @@ def test_a_collapsed_run_is_not_reported_as_a_success(tmp_path, caplog):
     metrics["test"]["per_class"]["pos"]["recall"] = 0.02
     info["convergence"] = {"converged": True}
     assert run.warnings() == ["its test accuracy 54.6% is no better than always answering the most common class (54.6%)"]
+
+
+def test_a_hugging_face_dataset_or_dataset_dict_is_data(tiny_bert, tmp_path, monkeypatch):
+    """Data the way notebooks hold it: a datasets.Dataset trains like a DataFrame (its ClassLabel ints read as their
+    names), and a DatasetDict gives its splits (validation and test as files of their own: 40 test rows, not a split
+    held out of train)."""
+    import datasets
+
+    import tuneoff
+
+    monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def dataset(n, seed):
+        frame = toy_frame(n, seed=seed)
+        return datasets.Dataset.from_pandas(frame.assign(label=(frame.label == "pos").astype(int))[["text", "label"]],
+                                            features=features, preserve_index=False)
+
+    common = dict(model=tiny_bert, method="lora", method__r=4, train__epochs=2, train__lr=2e-2, data__max_length=16,
+                  output_dir=str(tmp_path / "runs"), results=tmp_path / "r", progress=False)
+    run = tuneoff.train(data=dataset(240, 1), **common)
+    assert run.label_names == ["neg", "pos"]
+    splits = datasets.DatasetDict({"train": dataset(200, 2), "validation": dataset(40, 3), "test": dataset(40, 4)})
+    run = tuneoff.train(data=splits, **common)
+    assert run.info["sizes"]["test"] == 40 and run.info["sizes"]["validation"] == 40 and run.info["sizes"]["train"] == 200
+    with pytest.raises(tuneoff.TuneoffError, match="has no train split"):
+        tuneoff.train(data=datasets.DatasetDict({"test": dataset(40, 4)}), **common)

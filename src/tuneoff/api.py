@@ -42,7 +42,7 @@ from tuneoff.config import RunConfig, build_config, load_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, read_json, safe_name
 from tuneoff.data.corpus import load_corpus
-from tuneoff.data.frames import stored_frames
+from tuneoff.data.frames import dataset_dict_files, is_dataset_dict, stored_frames
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
 from tuneoff.models.loading import load_tokenizer
@@ -242,6 +242,10 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _run_config(config, model, data, method, overrides: list[str]) -> RunConfig:
+    if is_dataset_dict(data):  # its splits: train as the data, validation and test as files of their own
+        files = dataset_dict_files(data)
+        data = files.pop("name")
+        overrides = [*(f"data.{k}={v}" for k, v in files.items()), *overrides]
     names = {"model": model, "data": stored_frames(data), "method": method}
     if isinstance(config, RunConfig):
         config = config.model_dump(mode="json")

@@ -1,5 +1,5 @@
-"""A pandas DataFrame given as data in the Python API (``tuneoff.train(data=frame)``), kept as a file a run config
-can name.
+"""A pandas DataFrame, a ``datasets.Dataset`` or a ``DatasetDict`` given as data in the Python API
+(``tuneoff.train(data=frame)``), kept as a file a run config can name (a DatasetDict as one per split).
 
 A run's ``config.yaml`` must say what it trained on, so that ``--resume``, ``tuneoff evaluate`` and a reader of the
 results find the same rows again: a DataFrame held in a notebook's memory cannot be named. It is written once, as
@@ -37,13 +37,62 @@ def frame_file(frame: pd.DataFrame, role: str = "data") -> str:
     return str(path)
 
 
+def _is_dataset(value) -> bool:
+    """A ``datasets.Dataset`` (checked by its type's module: importing ``datasets`` to ask would slow every call)."""
+    return type(value).__module__.startswith("datasets") and hasattr(value, "to_pandas") and hasattr(value, "features")
+
+
+def is_dataset_dict(value) -> bool:
+    """A ``datasets.DatasetDict``: splits by name, each a Dataset."""
+    return type(value).__module__.startswith("datasets") and isinstance(value, dict) and all(
+        _is_dataset(v) for v in value.values())
+
+
+def dataset_frame(dataset) -> pd.DataFrame:
+    """A Dataset's rows as a frame, its ClassLabel columns as their names (``neg``, not 0): the labels a report shows."""
+    frame = dataset.to_pandas()
+    for column, feature in dataset.features.items():
+        if type(feature).__name__ == "ClassLabel" and column in frame:
+            frame[column] = [feature.int2str(int(v)) if v is not None and int(v) >= 0 else None for v in frame[column]]
+    return frame
+
+
+SPLIT_NAMES = {"train": ("train",), "validation_file": ("validation", "valid", "dev", "val"), "test_file": ("test",)}
+
+
+def dataset_dict_files(splits, role: str = "data") -> dict:
+    """A DatasetDict's splits as the data section a config names: ``name`` (train), ``validation_file``,
+    ``test_file`` (those it has; without a test split tuneoff holds one out of train, never validation)."""
+    out = {}
+    for key, names in SPLIT_NAMES.items():
+        found = next((n for n in names if n in splits), None)
+        if found is not None:
+            out["name" if key == "train" else key] = frame_file(dataset_frame(splits[found]), f"{role}[{found!r}]")
+    if "name" not in out:
+        raise TuneoffError(f"{role}: the DatasetDict has no train split (splits: {', '.join(splits) or 'none'}); name "
+                           "the training split 'train'.")
+    unknown = sorted(set(splits) - {n for names in SPLIT_NAMES.values() for n in names})
+    if unknown:
+        raise TuneoffError(f"{role}: the DatasetDict's split(s) {unknown} are not train, validation or test; rename them "
+                           "or pass the splits you mean.")
+    return out
+
+
 def stored_frames(value, role: str = "data"):
-    """``value`` with every DataFrame in it (at any depth of a config mapping or list) replaced by its file's path;
+    """``value`` with every DataFrame or ``datasets.Dataset`` in it (at any depth of a config mapping or list)
+    replaced by its file's path, and a data section whose ``name`` is a ``DatasetDict`` given its splits' files;
     ``role`` is where ``value`` sits, for errors (a mapping's keys extend it: ``data.test_file``)."""
     if isinstance(value, pd.DataFrame):
         return frame_file(value, role)
-    if isinstance(value, dict):
+    if _is_dataset(value):
+        return frame_file(dataset_frame(value), role)
+    if isinstance(value, dict) and is_dataset_dict(value.get("name")):
+        value = {**value, **dataset_dict_files(value["name"], f"{role}.name")}
+    if isinstance(value, dict) and not is_dataset_dict(value):
         return {k: stored_frames(v, f"{role}.{k}" if role else str(k)) for k, v in value.items()}
+    if is_dataset_dict(value):
+        raise TuneoffError(f"{role}: a DatasetDict stands for a whole data section; give it as data (tuneoff.train("
+                           "data=splits)) or as a study's base.data.name.")
     if isinstance(value, (list, tuple)):
         return type(value)(stored_frames(v, role) for v in value)
     return value
