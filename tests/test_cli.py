@@ -268,3 +268,15 @@ def test_predict_stopped_by_a_signal_leaves_no_temporary_file(tiny_bert, toy_csv
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "predict stopped by SIGTERM" in " ".join(err.split())
     assert not list(tmp_path.glob(".pred.csv.*")) and not out.exists()
+
+
+def test_predict_takes_texts_on_the_command_line(tiny_bert, toy_csv, tmp_path):
+    """`tuneoff predict RUN --text "..."`: no file needed to try a model; the label and each class's probability are
+    printed beside each text. A file needs --out, and one of the two must be given."""
+    assert invoke("train", *tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs"), "train.epochs=1").exit_code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    result = invoke("predict", run_dir, "--text", "good great fine", "--text", "bad awful")
+    assert result.exit_code == 0, result.output
+    assert "good great fine" in result.output and "bad awful" in result.output and "neg" in result.output
+    assert invoke("predict", run_dir).exit_code == 2
+    assert "--out" in invoke("predict", run_dir, toy_csv).output

@@ -21,6 +21,7 @@ from tuneoff.cli.terminal import (
     plan_markdown,
     plan_table,
     plan_title,
+    predictions_table,
     say,
     set_verbosity,
     user_errors,
@@ -133,8 +134,9 @@ def evaluate(
 @user_errors
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
-    file: Path = typer.Argument(..., help="CSV/JSONL/Parquet file with a text column (labels not needed)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write predictions (CSV)."),
+    file: Optional[Path] = typer.Argument(None, help="CSV/JSONL/Parquet file with a text column (labels not needed)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the file's predictions (CSV)."),
+    text: Optional[list[str]] = typer.Option(None, "--text", "-t", help="A text to classify, instead of a file (repeat for more): the label and each class's probability are printed beside it."),
     text_column: Optional[str] = typer.Option(None, help="Column holding the text (default: the run's data.text_column, as it trained)."),
     text_pair_column: Optional[str] = typer.Option(None, help="Column holding the second text (pair tasks; default: the run's data.text_pair_column)."),
     id_column: Optional[str] = typer.Option(None, help="Column to copy as the row id (default: row number)."),
@@ -142,10 +144,22 @@ def predict(
     raw: bool = typer.Option(False, "--raw", help="Write cells as they are; by default a cell a spreadsheet would run as a formula (=, +, -, @) is written with a leading apostrophe."),
     undo_class_weights: bool = typer.Option(False, "--undo-class-weights", help="A run trained with train.class_weight: divide the weights out of its probabilities (the data's own posterior, calibrated; the rare-class recall the weights bought is given back)."),
 ) -> None:
-    """Predict labels for an unlabeled file: id, predicted label and each class's probability."""
+    """Predict labels for an unlabeled file (id, predicted label and each class's probability, with the text beside
+    them), or for texts given with --text (printed)."""
     if format not in ("full", "submission"):
         raise TuneoffError(f"--format {format!r}: choose full or submission.")
+    if (file is None) == (not text):
+        raise TuneoffError("Give a file to predict (tuneoff predict RUN file.csv --out predictions.csv) or texts with "
+                           "--text (tuneoff predict RUN --text \"a triumph\" --text \"a mess\"), one of the two.")
+    if file is not None and out is None:
+        raise TuneoffError("--out: say where to write the file's predictions (e.g. --out predictions.csv).")
     _quiet_libraries()
+    if text:
+        from tuneoff import api
+
+        frame = api.load_run(run_dir).predict(list(text), undo_class_weights=undo_class_weights)
+        console().print(predictions_table(frame.assign(text=list(text))))
+        return
     from tuneoff.training.saved import predict_file
 
     with stop.interrupting("predict"):

@@ -96,6 +96,18 @@ def next_steps(run_dir: Path) -> str:
             "--out predictions.csv  |  compare methods on your data: tuneoff run (a study; tuneoff run --dry-run first)")
 
 
+def predictions_table(frame) -> Table:
+    """Texts with their predicted label and each class's probability (``tuneoff predict RUN --text ...``)."""
+    probs = [c for c in frame.columns if c.startswith("prob_")]
+    table = Table(show_header=True, title="predictions", title_justify="left")
+    for column in ("label", *probs, "text"):
+        table.add_column(column[len("prob_"):] if column.startswith("prob_") else column,
+                         overflow="fold", justify="right" if column.startswith("prob_") else "left")
+    for values in frame.to_dict("records"):  # records, not tuples: a label name need not be a Python identifier
+        table.add_row(str(values["label"]), *(f"{values[c]:.3f}" for c in probs), str(values["text"]))
+    return table
+
+
 def verdict_lines(report_dir: Path) -> list[str]:
     """The recommendation of each group, as the report wrote it (verdict.json), for the terminal."""
 
