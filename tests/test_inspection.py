@@ -64,6 +64,8 @@ def test_inspect_command_writes_json_and_plots(fixture_files, tiny_bert, tmp_pat
                                       "--model", tiny_bert, "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "recommended max_length" in result.output and "leakage" in result.output
+    # how the splits were made is printed, not only in the JSON (here: validation held out of train)
+    assert "data: validation = 10% of train, stratified" in " ".join(result.output.split())
     data = json.loads((out / "inspect.json").read_text())
     assert data["splits"]["test"]["rows"] == 2
     assert (out / "histogram.png").read_bytes()[:4] == b"\x89PNG" and (out / "boxplot.png").stat().st_size > 1000

@@ -156,6 +156,8 @@ def inspect_tables(c, report: dict, model: str) -> None:
     """`tuneoff inspect`: per-split numbers, labels, truncation and time per max_length, warnings."""
     from tuneoff.data.inspection import summary_rows
 
+    for note in report.get("notes") or []:  # how the splits were made (a held-out test split, validation from train)
+        c.print(f"data: {escape(str(note))}", highlight=False)
     table = Table(title=f"{report['dataset']} — tokens counted with {model}'s tokenizer", collapse_padding=True)
     rows = summary_rows(report)
     for col in rows.columns:
