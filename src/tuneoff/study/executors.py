@@ -288,8 +288,10 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
     while True:
         if not stopping and stop.requested():
             stopping = exhausted = True
-            log.warning(f"{stop.requested()}: stopping; no run starts, and the {executor.pending} in flight save a "
-                        "checkpoint where they are")
+            # no count here: a run trained in this process has already stopped (and left the executor) by the time
+            # the request is read; the end of drive() says how many ended, were saved and never started
+            log.warning(f"{stop.requested()}: stopping; no run starts, and any run in flight saves a checkpoint where "
+                        "it is")
             executor.stop()
         while not exhausted and executor.pending < executor.slots:
             job = next(jobs, None)
