@@ -159,9 +159,12 @@ def test_a_one_seed_condition_is_given_the_largest_measured_seed_spread_not_a_ne
     d = cmp.difference("a", "one")
     assert d["seed"] == pytest.approx(compare({"a": a}).seeds.tau2 / 3 + 0.083 ** 2)
     assert cmp.seeds_of("one").assumed and not cmp.seeds_of("a").assumed
-    test = d["test"]
-    by_hand = (test + d["seed"]) ** 2 / (test ** 2 / (n - 1) + (compare({"a": a}).seeds.tau2 / 3) ** 2 / 2)
-    assert d["df"] == pytest.approx(by_hand), "the assumed part adds variance, no degrees of freedom"
+    test, own = d["test"], compare({"a": a}).seeds
+    # a's part is a difference of mean squares, (MS_seed - MS_res) / n, charged the noise of each (Satterthwaite)
+    term = (1 / 3 / n) ** 2 * (own.ms_seed ** 2 / 2 + own.ms_res ** 2 / own.df_res)
+    by_hand = (test + d["seed"]) ** 2 / (test ** 2 / (n - 1) + term)
+    assert own.variance_of(1 / 3) == pytest.approx(term)
+    assert d["df"] == pytest.approx(max(by_hand, 2)), "the assumed part adds variance, no degrees of freedom"
 
 
 def test_the_prior_only_ever_raises_a_seed_variance():
