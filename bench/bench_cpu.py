@@ -45,8 +45,8 @@ LR = {"lora": 1e-3, "partial": 1e-4, "head": 3e-2}
 def data_and_model(args):
     from tuneoff.config import DataConfig
     from tuneoff.data.corpus import load_corpus
-    from tuneoff.models.loading import load_classifier, load_tokenizer
     from tuneoff.models.assets import resolve_model
+    from tuneoff.models.loading import load_classifier, load_tokenizer
 
     corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=args.examples or args.steps * args.batch_size,
                                     max_eval_samples=args.eval_samples))

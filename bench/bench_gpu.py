@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
 from record import write_result
 
 HERE = Path(__file__).resolve().parent
@@ -107,8 +106,8 @@ def main() -> None:
     from transformers import BertConfig, BertModel
 
     from tuneoff.config import build_config
-    from tuneoff.training.planner import plan_run
     from tuneoff.core.provenance import versions
+    from tuneoff.training.planner import plan_run
 
     peak = matmul_peak_tflops() if device == "cuda" else None
     model_dir = tempfile.mkdtemp(prefix="bert-base-random-")

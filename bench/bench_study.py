@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
-
 from record import write_result
 
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TWO_VARIANTS, toy_frame, write_study
 
 REPO = Path(__file__).resolve().parents[1]

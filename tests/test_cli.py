@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -182,9 +182,8 @@ def test_a_model_directory_is_checked_before_it_trains_in_silence(tiny_bert, toy
     import json
     import shutil
 
-    from transformers import BertTokenizer
-
     from conftest import VOCAB
+    from transformers import BertTokenizer
 
     def copy(name):
         target = tmp_path / name

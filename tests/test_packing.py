@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_study
+
 from tuneoff.core import logs
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import yaml
+from conftest import write_study
 from typer.testing import CliRunner
 
-from conftest import write_study
 from tuneoff.cli.app import app
 from tuneoff.core import logs
 from tuneoff.results.store import Store

@@ -4,13 +4,12 @@ the reports' studies, and the offline pair task: exact values asserted where the
 from __future__ import annotations
 
 import hashlib
-
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from tuneoff.cli.app import app

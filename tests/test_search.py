@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import crashing_env
 
 from tuneoff.core.errors import TuneoffError
 from tuneoff.results.store import Store
@@ -17,7 +18,6 @@ from tuneoff.study.execution import execute
 from tuneoff.study.executors import Job, run_job
 from tuneoff.study.search import JOURNAL, _storage
 from tuneoff.study.spec import expand, load_spec
-from conftest import crashing_env
 
 
 def search_study(tmp_path, model, data, name="s", **search):

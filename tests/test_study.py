@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html as _html
-
 import json
 import os
 import re
@@ -157,7 +156,10 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
     assert "- runs: 4 compared" in header and "Picked: " in (tmp_path / "cite" / "tiny.md").read_text()
     assert all(f"- {line}" in (tmp_path / "cite" / "tiny.md").read_text() for line in card)
-    from tuneoff.core.provenance import tuneoff_commit, tuneoff_version  # the code that analysed it: re-exported later, it may read differently
+    from tuneoff.core.provenance import (  # the code that analysed it: re-exported later, it may read differently
+        tuneoff_commit,
+        tuneoff_version,
+    )
     assert f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}." in (tmp_path / "cite" / "tiny.md").read_text()
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
