@@ -157,9 +157,11 @@ class StudySpec(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def digest(self) -> str:
-        """What identifies the study's runs: how verdicts are read from them (analysis, decide) is left out, so a
-        changed margin re-reads the results instead of refusing them as another study's."""
-        runs = self.model_dump(mode="json", exclude={"analysis", "decide", "differences", "description"})
+        """What identifies the study's runs: how verdicts are read from them (analysis, decide) and whether it adds
+        seeds until decided (until_decided) are left out, so a changed margin re-reads the results instead of refusing
+        them as another study's, and a finished study can go on in decide mode."""
+        # until_decided adds seeds to the same runs: a finished fixed study continues in decide mode with --resume
+        runs = self.model_dump(mode="json", exclude={"analysis", "decide", "differences", "description", "until_decided"})
         return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
 
 
