@@ -279,3 +279,21 @@ def test_predict_takes_texts_on_the_command_line(tiny_bert, toy_csv, tmp_path):
     assert "good great fine" in result.output and "bad awful" in result.output and "neg" in result.output
     assert invoke("predict", run_dir).exit_code == 2
     assert "--out" in invoke("predict", run_dir, toy_csv).output
+
+
+def test_every_missing_column_is_said_at_once_with_a_guess_before_the_model_loads(tmp_path):
+    """A file with columns `tweet` and `author` was refused for `text`, then, 16 s later with torch and the tokenizer
+    loaded, for `label`. Both are said in one message, with the obvious guess, and torch is never imported."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "tweets.csv"
+    pd.DataFrame({"tweet": [f"a tweet long enough to be the text, number {i}" for i in range(60)],
+                  "author": ["alice", "bob", "carol"] * 20}).to_csv(data, index=False)
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
+            f"r = CliRunner().invoke(app, ['train', 'data.name={data}'])\nprint(r.output)\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    text = " ".join(done.stdout.split())
+    assert "no column 'text' (data.text_column); no column 'label' (data.label_column)" in text, done.stdout + done.stderr
+    assert "It looks like data.text_column=tweet data.label_column=author" in text and "TORCH False" in text

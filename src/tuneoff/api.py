@@ -42,6 +42,7 @@ from tuneoff.config import RunConfig, build_config, load_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, read_json, safe_name
 from tuneoff.data.corpus import load_corpus
+from tuneoff.data.files import check_local_columns
 from tuneoff.data.frames import dataset_dict_files, is_dataset_dict, stored_frames
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
@@ -206,6 +207,7 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
     from tuneoff.training.retry import train_with_oom_retry
 
     cfg = _run_config(config, model, data, method, _overrides(overrides, dotted))
+    check_local_columns(cfg.data)  # every missing column in one message, before torch and the model load
     _set_threads(threads)
     result = train_with_oom_retry(cfg, progress=progress, resume=resume)
     run = load_run(result.run_dir)

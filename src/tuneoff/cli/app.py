@@ -93,6 +93,9 @@ def train(
     """Fine-tune one model with one method; write a run directory (model, metrics, predictions, resources)."""
 
     cfg = load_config(config, overrides or [], names={"model": model, "data": data, "method": method})
+    from tuneoff.data.files import check_local_columns  # pandas, not torch: a wrong column is said at once
+
+    check_local_columns(cfg.data)
     if num_processes > 1 and not launched():
         raise typer.Exit(relaunch(num_processes, sys.argv[1:], str(accelerate_config) if accelerate_config else None))
     announce_rank()  # relaunched: `kill` / Ctrl-C to the command that launched this process reaches it as SIGTERM

@@ -129,13 +129,45 @@ def _jsonl_chunks(path: Path, chunk_rows: int | None):
 
 
 def require_columns(df: pd.DataFrame, where: str, columns: dict[str, str | None]) -> None:
-    """``columns`` maps config field (``data.text_column``) to the column it names."""
-    for setting, column in columns.items():
-        if column is not None and column not in df.columns:
-            raise TuneoffError(
-                f"{where}: no column {column!r} ({setting}). Columns in the file: {', '.join(map(repr, df.columns))}. "
-                f"Set {setting}=<one of them>."
-            )
+    """``columns`` maps config field (``data.text_column``) to the column it names. Every missing one is reported in
+    one message (a file with columns `tweet` and `author` was refused for text, then, after the model had loaded, for
+    the label), with the columns that look like the text and the label where the file makes that clear."""
+    missing = {setting: column for setting, column in columns.items() if column is not None and column not in df.columns}
+    if not missing:
+        return
+    said = "; ".join(f"no column {column!r} ({setting})" for setting, column in missing.items())
+    guess = _guess_columns(df, list(missing))
+    overrides = " ".join(f"{k}={v}" for k, v in guess.items())
+    section = ", ".join(f"{k.split('.')[1]}: {v}" for k, v in guess.items())
+    hint = (f" It looks like {overrides}: pass them (or data: {{{section}}} in a config)." if guess
+            else f" Set {' and '.join(f'{k}=<one of them>' for k in missing)}.")
+    raise TuneoffError(f"{where}: {said}. Columns in the file: {', '.join(map(repr, df.columns))}.{hint}")
+
+
+def _guess_columns(df: pd.DataFrame, settings: list[str]) -> dict[str, str]:
+    """The text column (the one whose values are longest on average, at least 20 characters) and the label column
+    (among the rest, the one with the fewest distinct values, 2 to 50 and under a tenth of the rows' count), for the
+    settings asked; nothing where the file does not make it clear."""
+    sample = df.head(2000)
+    lengths = {c: sample[c].astype(str).str.len().mean() for c in sample.columns
+               if not pd.api.types.is_numeric_dtype(sample[c])}
+    text = max(lengths, key=lengths.get, default=None)
+    text = text if text is not None and lengths[text] >= 20 else None
+    counts = {c: sample[c].nunique() for c in sample.columns if c != text}
+    labels = [c for c, k in sorted(counts.items(), key=lambda kv: kv[1]) if 2 <= k <= 50 and k <= max(2, len(sample) // 10)]
+    guess = {"data.text_column": text, "data.label_column": labels[0] if labels else None}
+    return {k: v for k, v in guess.items() if k in settings and v is not None}
+
+
+def check_local_columns(cfg: DataConfig) -> None:
+    """The columns a config names, checked in the first rows of each local file before anything heavy loads."""
+    for path in (cfg.name, cfg.validation_file, cfg.test_file):
+        if path is None or not is_table_path(str(path)) or not Path(path).is_file():
+            continue
+        first = next(iter_table(path, 2000), None)
+        if first is not None and not first.empty:
+            require_columns(first, str(path), {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column,
+                                               "data.text_pair_column": cfg.text_pair_column})
 
 
 def text_column(df: pd.DataFrame, column: str, where: str, shown: str | None = None) -> pd.Series:

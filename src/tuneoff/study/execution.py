@@ -21,6 +21,7 @@ import yaml
 from tuneoff.config import RunConfig
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, open_own, read_json, safe_name
+from tuneoff.data.files import check_local_columns
 from tuneoff.results.store import DB_NAME, Store, writable
 from tuneoff.study import protocol, rounds
 from tuneoff.study.executors import Job, LocalExecutor, drive
@@ -45,6 +46,8 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
     closes it)."""
     runs = expand(spec)
     require_hub(spec.name, runs)
+    for data in {r.config.data.model_dump_json(): r.config.data for r in runs}.values():
+        check_local_columns(data)  # a wrong column name is said before any run starts, every one of them at once
     conds = protocol.conditions(spec, runs)
     total = sum(len(c.trials) + len(c.runs) for c in conds)
     if spec.search is not None:  # trials are registered as the search asks for them
