@@ -68,8 +68,8 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     result = invoke("predict", run_dir, unlabeled, "--out", tmp_path / "p.csv", "--text-column", "review", "--id-column", "key")
     assert result.exit_code == 0, result.output
     preds = pd.read_csv(tmp_path / "p.csv")
-    assert list(preds.columns) == ["id", "pred_label", "prob_neg", "prob_pos"]
-    assert list(preds.id) == ["a7", "b9"]
+    assert list(preds.columns) == ["id", "text", "pred_label", "prob_neg", "prob_pos"]
+    assert list(preds.id) == ["a7", "b9"] and list(preds.text) == ["good nice film", "awful dull plot"]
 
     bad = invoke("predict", run_dir, unlabeled, "--out", tmp_path / "q.csv")
     assert bad.exit_code == 2 and "no column 'text'" in bad.output and not (tmp_path / "q.csv").exists()

@@ -90,12 +90,14 @@ def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int,
 
 
 def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64,
-                shift: np.ndarray | None = None) -> pd.DataFrame:
+                shift: np.ndarray | None = None, keep_text: bool = False) -> pd.DataFrame:
     """Predictions for a frame of texts (``id``, ``text``, optional ``text_pair``): id, predicted label and each
-    class's probability (``shift``, subtracted from the logits: ``class_weight_shift``)."""
+    class's probability (``shift``, subtracted from the logits: ``class_weight_shift``); with ``keep_text`` the
+    text beside them, so a file of predictions reads without joining it back to its input."""
     label_names = model_labels(model)
     logits = _score(model, tokenizer, df, max_length, batch_size, shift=shift)
-    return predictions_frame(df, logits, label_names).drop(columns=["text", "text_pair"], errors="ignore")
+    frame = predictions_frame(df, logits, label_names)
+    return frame if keep_text else frame.drop(columns=["text", "text_pair"], errors="ignore")
 
 
 def _device() -> str:
@@ -203,7 +205,7 @@ def predict_file(run_dir, file, out, text_column: str | None, pair_column: str |
             df["text"] = clean_text(table, text_column, str(file)).values
             if pair_column:
                 df["text_pair"] = clean_text(table, pair_column, str(file)).values
-            frame = score_frame(model, tokenizer, df, max_length, 64, shift=shift)
+            frame = score_frame(model, tokenizer, df, max_length, 64, shift=shift, keep_text=fmt == "full")
             if fmt == "submission":
                 frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
             (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
