@@ -142,9 +142,10 @@ class TrainConfig(Section):
     save: Literal["full", "trained_only"] = Field(
         "full", description="full: the whole model. trained_only (head, partial, BitFit): only the trained tensors, over "
         "links to the base model's weights (still loads with from_pretrained); adapters are always adapter-sized.")
-    report_to: list[Literal["mlflow", "tensorboard"]] = Field(
-        default_factory=list, description="Also send params, metrics per evaluation, final metrics and the model to MLflow "
-        "and/or TensorBoard (pip install 'tuneoff[tracking]').")
+    report_to: list[Literal["mlflow", "tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Also send params, metrics per evaluation, final metrics and the model to MLflow, "
+        "TensorBoard and/or Weights & Biases (pip install 'tuneoff[tracking]'; W&B follows WANDB_MODE, WANDB_PROJECT "
+        "and `wandb login`; WANDB_MODE=offline writes <output_dir>/wandb).")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db.")
     experiment: str | None = Field(None, description="MLflow experiment; a study sets its name (default: tuneoff).")
     max_skipped_steps: int = Field(50, ge=1, description="fp16: stop after this many optimizer steps in a row that the "
