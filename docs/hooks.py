@@ -1,6 +1,8 @@
-"""MkDocs hook: the configuration and methods references are generated from the code at build time, so they cannot
-drift from it. A page asks for one with a marker line: ``<!-- generated: configuration -->`` or
-``<!-- generated: methods -->``."""
+"""The configuration and methods references, generated from the code. The pages in the repository hold them between
+``<!-- generated: configuration -->`` (or ``methods``) and ``<!-- end generated -->``, so they read on GitHub and in
+an editor as well as in the built site; the MkDocs hook regenerates the block at build time (the site cannot drift
+from the code) and a test compares the committed block with the code (the repository cannot either).
+``python docs/hooks.py`` rewrites the committed blocks after a change to the config models or the methods."""
 
 from __future__ import annotations
 
@@ -75,11 +77,29 @@ def methods() -> str:
     return "\n".join(parts)
 
 
-GENERATORS = {"<!-- generated: configuration -->": configuration, "<!-- generated: methods -->": methods}
+GENERATORS = {"configuration": configuration, "methods": methods}
+END = "<!-- end generated -->"
+
+
+def fill(markdown: str) -> str:
+    """The page with each generated block replaced by what the code generates now."""
+    for name, generate in GENERATORS.items():
+        begin = f"<!-- generated: {name} -->"
+        if begin in markdown:
+            head, rest = markdown.split(begin, 1)
+            tail = rest.split(END, 1)[1] if END in rest else "\n"
+            markdown = f"{head}{begin}\n{generate().rstrip()}\n{END}{tail}"
+    return markdown
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
-    for marker, generate in GENERATORS.items():
-        if marker in markdown:
-            markdown = markdown.replace(marker, generate())
-    return markdown
+    return fill(markdown)
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    for page in ("configuration.md", "methods.md"):
+        path = Path(__file__).parent / page
+        path.write_text(fill(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"wrote {path}")

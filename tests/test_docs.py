@@ -62,3 +62,14 @@ def test_the_readme_is_a_front_page_whose_links_resolve():
     assert local, "the README links into the docs"
     assert [link for link in local if not (REPO / link).exists()] == []
     assert "docs/" in " ".join(local)
+
+
+@pytest.mark.parametrize("page", ["configuration.md", "methods.md"])
+def test_the_committed_references_match_the_code(page):
+    """The references are committed (readable on GitHub and in an editor, not only in the built site) and must be
+    what the code generates now: after a change to the config models or a method, run ``python docs/hooks.py``."""
+    import hooks
+
+    text = (REPO / "docs" / page).read_text(encoding="utf-8")
+    assert "<!-- end generated -->" in text and len(text.splitlines()) > 100
+    assert hooks.fill(text) == text, f"docs/{page} is stale: run `python docs/hooks.py` and commit it"

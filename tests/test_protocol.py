@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tuneoff.cli.app import app
 from tuneoff.core import logs
+from tuneoff.core.errors import TuneoffError
 from tuneoff.results.store import Store
 from tuneoff.study.execution import execute
 from tuneoff.study.protocol import MedianStop, TrialPruned, best_trial, conditions, trial_lrs
@@ -247,3 +248,26 @@ def test_a_condition_says_how_many_of_its_runs_did_not_converge_and_why():
                     "1 of 5 runs under-confident: mean confidence 0.52 against validation accuracy 1.00 "
                     "(training stopped early in its descent)")
     assert _convergence_text([plateau, plateau]) == "" and _convergence_text([None]) == ""
+
+
+def test_a_relative_path_beside_the_study_file_but_not_here_is_explained(tmp_path, monkeypatch):
+    """Relative paths are read from the working directory; one that exists only beside the study file names both
+    ways out before anything loads."""
+
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "reviews.csv").write_text("text,label\na,pos\nb,neg\n")
+    study = folder / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "base": {"data": {"name": "reviews.csv"}},
+                                     "variants": {"head": {"method": {"name": "head"}}}, "seeds": [1]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(TuneoffError) as exc:
+        load_spec(study)
+    text = str(exc.value)
+    assert "base.data.name='reviews.csv'" in text and "beside the study file" in text
+    assert str(folder.resolve()) in text and str((folder / "reviews.csv").resolve()) in text
+    monkeypatch.chdir(folder)
+    assert load_spec(study).name == "s"  # from the study's folder the same file is found

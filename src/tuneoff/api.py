@@ -42,7 +42,7 @@ from tuneoff.config import RunConfig, build_config, load_config
 from tuneoff.core.errors import TuneoffError
 from tuneoff.core.files import atomic_write_text, read_json, safe_name
 from tuneoff.data.corpus import load_corpus
-from tuneoff.data.files import check_local_columns
+from tuneoff.data.files import check_local_columns, text_column
 from tuneoff.data.frames import dataset_dict_files, is_dataset_dict, stored_frames
 from tuneoff.data.inspection import inspect_corpus, model_max_length
 from tuneoff.models.assets import resolve_model
@@ -163,7 +163,6 @@ class Run:
 def _texts_frame(texts, text_pairs=None) -> pd.DataFrame:
     """The texts ``predict`` was given, checked as a data file's are (``data.files.text_column``: the one place that
     decides what counts as text): a list of strings, none empty, None or a number."""
-    from tuneoff.data.files import text_column
 
     def listed(values, what: str) -> list:
         if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):

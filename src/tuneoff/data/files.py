@@ -31,7 +31,8 @@ def _checked(path: str | Path) -> tuple[Path, str]:
     if fmt is None:
         raise TuneoffError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}.")
     if not path.is_file():
-        raise TuneoffError(f"{path}: file not found.")
+        where = "" if path.is_absolute() else f" (a relative path is read from the working directory, {Path.cwd()})"
+        raise TuneoffError(f"{path}: file not found{where}.")
     return path, fmt
 
 

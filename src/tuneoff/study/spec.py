@@ -166,7 +166,37 @@ class StudySpec(BaseModel):
 
 
 def load_spec(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
-    return spec_from_dict(read_yaml(path or DEFAULT_STUDY), overrides, str(path or "built-in default study"))
+    tree = read_yaml(path or DEFAULT_STUDY)
+    spec = spec_from_dict(tree, overrides, str(path or "built-in default study"))
+    if path is not None:
+        check_relative_paths(tree, Path(path))
+    return spec
+
+
+# Keys whose values may be local paths: the data files and a local model directory.
+PATH_KEYS = ("data.name", "data.validation_file", "data.test_file", "model.name")
+
+
+def check_relative_paths(tree, study_file: Path, key: str = "") -> None:
+    """Relative paths in a study are read from the working directory, as on the command line (``tuneoff train``), not
+    from the study file's folder. A path that is missing there but present beside the study file is the one mistake
+    this makes likely: say so before anything loads, with the two ways out."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            check_relative_paths(value, study_file, f"{key}.{name}" if key else str(name))
+        return
+    if isinstance(tree, list):
+        for value in tree:
+            check_relative_paths(value, study_file, key)
+        return
+    if not isinstance(tree, str) or not key.endswith(PATH_KEYS) or Path(tree).is_absolute() or Path(tree).exists():
+        return
+    beside = study_file.parent / tree
+    if study_file.parent.resolve() != Path.cwd().resolve() and beside.exists():
+        raise TuneoffError(f"{study_file}: {key}={tree!r} is not in the working directory ({Path.cwd()}) but is beside "
+                           f"the study file. Relative paths in a study are read from where tuneoff runs, as on the "
+                           f"command line: run from {study_file.parent.resolve()}, or write the path as "
+                           f"{beside.resolve()}.")
 
 
 def spec_from_dict(tree: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "the study mapping") -> StudySpec:
