@@ -297,3 +297,38 @@ def test_every_missing_column_is_said_at_once_with_a_guess_before_the_model_load
     text = " ".join(done.stdout.split())
     assert "no column 'text' (data.text_column); no column 'label' (data.label_column)" in text, done.stdout + done.stderr
     assert "It looks like data.text_column=tweet data.label_column=author" in text and "TORCH False" in text
+
+
+@pytest.mark.parametrize("command", ["methods", "datasets", "models"])
+def test_listings_are_whole_at_80_columns(command):
+    """At 80 columns nothing is cut: no header or number ends in an ellipsis, no line is wider than the terminal (a
+    table too wide becomes one block per row); at 250 columns the same listing is a table."""
+    narrow = runner.invoke(app, [command], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "…" not in narrow.output and max(len(line.rstrip()) for line in narrow.output.splitlines()) <= 80
+    wide = runner.invoke(app, [command], env={"COLUMNS": "250"}).output
+    assert "┃" in wide and "…" not in wide
+    for name in ("rotten_tomatoes", "lora_plus", "minilm"):
+        assert (name in narrow.output) == (name in wide)
+
+
+def test_the_plan_table_keeps_every_number_whole_at_80_columns(monkeypatch):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tuneoff.cli.terminal import plan_table
+
+    plans = [SimpleNamespace(name=name, trainable_params=n, weights_mb=86.6, gradients_mb=86.6, optimizer_mb=173.3,
+                             activations_mb=549.3, workspace_mb=0.0, total_mb=809.2, gflops_per_step=137.7)
+             for name, n in (("partial_top2", 3_697_538), ("lora_plus_r8", 74_498), ("full", 22_713_986))]
+    for width, table in ((80, False), (200, True)):
+        monkeypatch.setenv("COLUMNS", str(width))  # the terminal's width, as the CLI reads it
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))
+        console.print(plan_table(plans, "plan: one training step"))
+        text = console.export_text()
+        assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= width
+        assert ("┃" in text) == table
+        flat = " ".join(text.split())
+        for cell in ("22,713,986", "3,697,538", "lora_plus_r8", "809.2", "137.7"):
+            assert cell in flat, (width, cell)

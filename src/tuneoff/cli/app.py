@@ -10,11 +10,11 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from tuneoff.cli.runs import RESULTS, runs_app
 from tuneoff.cli.terminal import (
     console,
+    fitted,
     inspect_tables,
     metrics_table,
     next_steps,
@@ -259,26 +259,20 @@ def methods() -> None:
     """List fine-tuning methods and their parameters."""
 
     for name, method in all_methods().items():
-        table = Table(title=f"{name} — {method.summary} (default lr {method.default_lr:g})", title_justify="left")
-        table.add_column("parameter")
-        table.add_column("default")
-        table.add_column("meaning")
-        for field, info in method.Params.model_fields.items():
-            if field != "name":
-                table.add_row(f"method.{field}", repr(info.default), info.description or "")
-        console().print(table)
+        rows = [[f"method.{field}", repr(info.default), info.description or ""]
+                for field, info in method.Params.model_fields.items() if field != "name"]
+        console().print(fitted(f"{name} — {method.summary} (default lr {method.default_lr:g})",
+                               ["parameter", "default", "meaning"], rows, wrap=("meaning",)))
 
 
 @app.command()
 def datasets() -> None:
     """List built-in datasets: where each comes from, licence, classes and size."""
 
-    table = Table(title="built-in datasets (offline ones need no network)")
-    for col in ("name", "offline", "what", "source", "licence", "classes", "size"):
-        table.add_column(col, overflow="fold")
-    for name, spec in BUILTIN_DATASETS.items():
-        table.add_row(name, "yes" if spec.offline else "hub", spec.description, spec.source, spec.licence, spec.classes, spec.size)
-    console().print(table)
+    columns = ["name", "offline", "what", "source", "licence", "classes", "size"]
+    rows = [[name, "yes" if spec.offline else "hub", spec.description, spec.source, spec.licence, spec.classes, spec.size]
+            for name, spec in BUILTIN_DATASETS.items()]
+    console().print(fitted("built-in datasets (offline ones need no network)", columns, rows, wrap=tuple(columns[2:])))
     console().print("Also: any CSV/JSONL/Parquet path (data.text_column, data.label_column, data.text_pair_column) or hub id.")
 
 
@@ -286,12 +280,8 @@ def datasets() -> None:
 def models() -> None:
     """List built-in model short names."""
 
-    table = Table(title="built-in models")
-    for col in ("name", "offline", "what"):
-        table.add_column(col)
-    for name, spec in BUILTIN_MODELS.items():
-        table.add_row(name, "yes" if spec.offline else "hub", spec.description)
-    console().print(table)
+    rows = [[name, "yes" if spec.offline else "hub", spec.description] for name, spec in BUILTIN_MODELS.items()]
+    console().print(fitted("built-in models", ["name", "offline", "what"], rows, wrap=("what",)))
     console().print("Also: any Hugging Face hub id or local model directory.")
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
-from tuneoff.cli.terminal import console, run_summary, say, user_errors, verbosity
+from tuneoff.cli.terminal import console, fitted, run_summary, say, user_errors, verbosity
 from tuneoff.core import logs
 from tuneoff.core.errors import TuneoffError
 from tuneoff.results.store import DB_NAME, Store, loads
@@ -30,22 +29,26 @@ runs_app = typer.Typer(help="Query the results store.", no_args_is_help=True)
 @user_errors
 def runs_list(results: Path = RESULTS, study: Optional[str] = typer.Option(None, help="Only this study."),
               status: Optional[str] = typer.Option(None, help="done, failed, pruned, running or pending.")) -> None:
-    """List runs: study, run id, status, test accuracy, trainable params, train time."""
-    table = Table(title="runs", expand=False)
-    for col, kw in (("study", {"overflow": "fold"}), ("run", {"overflow": "fold"}), ("status", {}),
-                    ("acc.", {"justify": "right"}), ("trainable", {"justify": "right"}), ("train s", {"justify": "right"})):
-        table.add_column(col, **kw)
+    """List runs: study, run id, status, accuracy (validation for a tuning trial, test for a final run), trainable
+    params, train time."""
     store = open_store(results)
+    rows = []
     for row in store.runs(study, status):
         m, r = loads(row, "metrics", {}) or {}, loads(row, "resources", {}) or {}
-        accuracy = (m.get("test") or {}).get("accuracy")
+        # a tuning trial is judged on validation, so that is all it shows: a test number beside it would invite
+        # choosing on test
+        trial = row["phase"] == "tune" if "phase" in row.keys() else False
+        accuracy = (m.get("validation") if trial else m.get("test") or {}) or {}
+        accuracy = accuracy.get("accuracy")
         # a pending run with a note was stopped on request (its checkpoint kept: the next --resume continues it)
         state = "pending (stopped)" if row["status"] == "pending" and row["error"] else row["status"]
-        table.add_row(row["study"], row["run_id"], state, f"{accuracy:.4f}" if accuracy is not None else "",
-                      f"{r['trainable_params']:,}" if "trainable_params" in r else "",
-                      f"{r['train_seconds']:.0f}" if "train_seconds" in r else "")
+        rows.append([row["run_id"], row["study"], state,
+                     f"{accuracy:.4f} {'val' if trial else 'test'}" if accuracy is not None else "",
+                     f"{r['trainable_params']:,}" if "trainable_params" in r else "",
+                     f"{r['train_seconds']:.0f}" if "train_seconds" in r else ""])
     store.close()
-    console().print(table)
+    console().print(fitted("runs", ["run", "study", "status", "accuracy", "trainable", "train s"], rows,
+                           numeric=("accuracy", "trainable", "train s")))
 
 
 @runs_app.command("show")

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from tuneoff.core.errors import Stopped, TuneoffError
 from tuneoff.core.outputs import terminal_text
@@ -74,6 +76,43 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _longest_word(text: str) -> int:
+    return max((len(word) for word in text.split()), default=0)
+
+
+def fitted(title: str, columns: list[str], rows: list[list[str]], *, wrap: tuple[str, ...] = (),
+           numeric: tuple[str, ...] = (), caption: str | None = None, width: int | None = None) -> RenderableType:
+    """A table when it fits the terminal without cutting a word or a number; else one block per row (its first cell,
+    then ``column: value`` for the others, wrapped at word boundaries). Rich squeezes a table that is too wide by
+    cutting headers and numbers with an ellipsis ("3,697…"), which at 80 columns made ``plan`` and ``datasets``
+    unreadable. ``wrap`` names the columns whose text may fold onto several lines (given at least 16 characters);
+    every other column keeps its longest cell whole. ``numeric`` columns are right-aligned."""
+    width = width or console().width
+    need = 1 + 3 * len(columns)
+    for i, column in enumerate(columns):
+        cells = [str(row[i]) for row in rows]
+        if column in wrap:
+            need += max(16, _longest_word(column), *(_longest_word(c) for c in cells))
+        else:
+            need += max(_longest_word(column), *(len(c) for c in cells))
+    if need <= width:
+        table = Table(title=title, caption=caption)
+        for i, column in enumerate(columns):
+            longest = max((len(str(row[i])) for row in rows), default=0)
+            table.add_column(column, justify="right" if column in numeric else "left",
+                             **({"overflow": "fold"} if column in wrap else {"min_width": max(longest, 1)}))
+        for row in rows:
+            table.add_row(*map(str, row))
+        return table
+    blocks: list[RenderableType] = [Text(title, style="bold")]
+    for row in rows:
+        fields = [f"{column}: {value}" for column, value in zip(columns[1:], row[1:]) if str(value) != ""]
+        blocks += [Text(str(row[0]), style="bold"), Padding(Text("; ".join(fields)), (0, 0, 0, 2))]
+    if caption:
+        blocks.append(Text(caption, style="dim"))
+    return Group(*blocks)
 
 
 def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> Table:
@@ -158,13 +197,11 @@ def inspect_tables(c, report: dict, model: str) -> None:
 
     for note in report.get("notes") or []:  # how the splits were made (a held-out test split, validation from train)
         c.print(f"data: {escape(str(note))}", highlight=False)
-    table = Table(title=f"{report['dataset']} — tokens counted with {model}'s tokenizer", collapse_padding=True)
-    rows = summary_rows(report)
-    for col in rows.columns:
-        table.add_column(col)
-    for r in rows.itertuples(index=False):
-        table.add_row(*[f"{v:g}" if isinstance(v, float) else str(v) for v in r])
-    c.print(table)
+    # splits as columns, statistics as rows: three or four splits fit 80 columns where twelve statistics did not
+    rows = summary_rows(report).set_index("split").T
+    cells = [[stat, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)] for stat, values in rows.iterrows()]
+    c.print(fitted(f"{report['dataset']} — tokens counted with {model}'s tokenizer", ["", *rows.columns], cells,
+                   numeric=tuple(rows.columns)))
     labels = Table(title="labels (count / share)")
     labels.add_column("label")
     for split in report["splits"]:
@@ -173,14 +210,11 @@ def inspect_tables(c, report: dict, model: str) -> None:
         labels.add_row(name, *[f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
                                for s in report["splits"].values()])
     c.print(labels)
-    trunc = Table(title="each max_length: training examples truncated, and training time relative to the recommended")
-    trunc.add_column("")
     lengths = [n for n in report["splits"]["train"]["truncated_share"] if int(n) in report["relative_time"]]
-    for n in lengths:
-        trunc.add_column(str(n))
-    trunc.add_row("truncated", *[f"{report['splits']['train']['truncated_share'][n]:.1%}" for n in lengths])
-    trunc.add_row("time", *[f"{report['relative_time'][int(n)]:.2f}x" for n in lengths])
-    c.print(trunc)
+    c.print(fitted("each max_length: training examples truncated, and training time relative to the recommended",
+                   ["max_length", "truncated", "time"],
+                   [[str(n), f"{report['splits']['train']['truncated_share'][n]:.1%}",
+                     f"{report['relative_time'][int(n)]:.2f}x"] for n in lengths], numeric=("truncated", "time")))
     for split, s in report["splits"].items():
         if s["imbalanced"]:
             c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest)"
@@ -209,13 +243,9 @@ def plan_title(batch_size: int | None, seq_len: int | None, precision: str, devi
             f"{precision}, on {device}")
 
 
-def plan_table(plans, title: str) -> Table:
-    table = Table(title=title, caption=PEAK_RULE)
-    for col in PLAN_COLUMNS:
-        table.add_column(col, justify="right" if col != "run" else "left")
-    for p in plans:
-        table.add_row(*_plan_cells(p))
-    return table
+def plan_table(plans, title: str) -> RenderableType:
+    return fitted(title, list(PLAN_COLUMNS), [_plan_cells(p) for p in plans], numeric=PLAN_COLUMNS[1:],
+                  caption=PEAK_RULE)
 
 
 def plan_markdown(plans, title: str) -> str:

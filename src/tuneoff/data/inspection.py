@@ -94,10 +94,10 @@ def model_max_length(model_config, tokenizer) -> int:
 def summary_rows(report: dict) -> pd.DataFrame:
     rows = []
     for split, s in report["splits"].items():
-        rows.append({"split": split, "rows": s["rows"], "classes": len(s["labels"]), "imbal.": s["imbalanced"],
-                     "tok min": s["tokens"]["min"], "med": s["tokens"]["median"], "p95": s["tokens"]["p95"],
-                     "p99": s["tokens"]["p99"], "max": s["tokens"]["max"], "chars med": s["chars"]["median"],
-                     "dup": s["duplicates"], "empty": s["near_empty"]})
+        rows.append({"split": split, "rows": s["rows"], "classes": len(s["labels"]), "imbalanced": s["imbalanced"],
+                     "tokens: min": s["tokens"]["min"], "median": s["tokens"]["median"], "p95": s["tokens"]["p95"],
+                     "p99": s["tokens"]["p99"], "max": s["tokens"]["max"], "characters: median": s["chars"]["median"],
+                     "duplicates": s["duplicates"], "near-empty": s["near_empty"]})
     return pd.DataFrame(rows)
 
 
