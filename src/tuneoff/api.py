@@ -210,9 +210,10 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
     _set_threads(threads)
     result = train_with_oom_retry(cfg, progress=progress, resume=resume)
     run = load_run(result.run_dir)
-    for warning in run.warnings() if is_main_process() else []:  # a collapsed run is not a success, said aloud
-        log.warning(f"warning: run {run.path.name}: {warning}; a longer budget (train.epochs), another learning rate "
-                    "(tuneoff run tunes it) or another method may help")
+    warnings = run.warnings() if is_main_process() else []
+    if warnings:  # a collapsed run is not a success, said aloud (once, however many things are wrong)
+        log.warning(f"warning: run {run.path.name}: {'; '.join(warnings)}. A longer budget (train.epochs), another "
+                    "learning rate (tuneoff run tunes it) or another method may help")
     if is_main_process():  # one record per run, however many processes trained it
         store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
         try:

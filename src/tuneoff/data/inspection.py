@@ -95,8 +95,9 @@ def summary_rows(report: dict) -> pd.DataFrame:
     rows = []
     for split, s in report["splits"].items():
         rows.append({"split": split, "rows": s["rows"], "classes": len(s["labels"]), "imbalanced": s["imbalanced"],
-                     "tokens: min": s["tokens"]["min"], "median": s["tokens"]["median"], "p95": s["tokens"]["p95"],
-                     "p99": s["tokens"]["p99"], "max": s["tokens"]["max"], "characters: median": s["chars"]["median"],
+                     "tokens min": s["tokens"]["min"], "tokens median": s["tokens"]["median"],
+                     "tokens p95": s["tokens"]["p95"], "tokens p99": s["tokens"]["p99"], "tokens max": s["tokens"]["max"],
+                     "characters median": s["chars"]["median"],
                      "duplicates": s["duplicates"], "near-empty": s["near_empty"]})
     return pd.DataFrame(rows)
 
