@@ -76,6 +76,6 @@ def test_a_study_says_what_it_can_decide_before_it_trains():
     assert 0.03 < row.resolvable < 0.09 and row.chance < 0.1 and row.margin == 0.01
     wider = tuneoff.plan_study("default", ["base.data.max_eval_samples=1277"]).iloc[0]
     assert wider.resolvable < row.resolvable and wider.chance >= row.chance
-    out = " ".join(CliRunner().invoke(app, ["run", "--dry-run"]).output.split())
+    out = " ".join(CliRunner().invoke(app, ["run", "--dry-run", "--no-time"]).output.split())
     assert "5 conditions x 3 seeds on 400 test examples resolve about" in out
     assert "warning: 400 test examples and 3 seeds resolve about" in out and "expect 'cannot decide'" in out

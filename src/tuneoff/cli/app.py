@@ -222,8 +222,10 @@ def plan(
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast, as on a GPU)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda: where the runs will train (default: this machine's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table as Markdown (headed with the command, date, device and versions)."),
+    time_it: bool = typer.Option(True, "--time/--no-time", help="A study: also predict its time by probing each condition here for a few steps (--no-time skips it)."),
 ) -> None:
-    """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step."""
+    """Predict each method's peak memory (weights / gradients / optimizer / activations) and FLOPs per step; for a
+    study, also what it can decide and how long it will take."""
     _quiet_libraries()
     from tuneoff.training.planner import plan_configs, plan_device
 
@@ -247,8 +249,14 @@ def plan(
     if tree is None or "variants" in tree or "base" in tree:  # a study: what it can decide, too
         from tuneoff.study.design import plan_lines
 
-        for line in plan_lines(load_spec(config, overrides or [])):
+        spec = load_spec(config, overrides or [])
+        for line in plan_lines(spec):
             say(line)
+        if time_it:
+            from tuneoff.study.timing import predict_lines
+
+            for line in predict_lines(spec, say=say):
+                say(line)
     if out is not None:
         atomic_write_text(out, plan_markdown(plans, table.title))
         console().print(f"written to [bold]{escape(str(out))}[/]")
@@ -303,7 +311,8 @@ def run_study(
     parallel: str = typer.Option("auto", envvar="TUNEOFF_PARALLEL", help="Local executor: runs at once, each in its own process with the cores split between them (auto: as many as the cores, memory or GPU hold; 1: one after another here)."),
     threads: Optional[int] = typer.Option(None, help="Local executor: threads per run (default: the cores other work leaves free, split between the runs at once; on a machine another job is using, one thread per run is often fastest)."),
     isolate_runs: bool = typer.Option(False, "--isolate-runs", help="Local executor: each run in a new worker process, so its CPU peak memory is its own (a reused worker's peak counts what its earlier runs left resident); costs the library imports again for every run."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub); train nothing, download nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the runs and their recipes (and what they need from the hub), what the study can decide and how long it will take; download nothing."),
+    time_it: bool = typer.Option(True, "--time/--no-time", help="With --dry-run: predict the study's time by probing each condition here for a few steps (seconds to a minute or two; --no-time skips it)."),
     until_decided: bool = typer.Option(False, "--until-decided", help="Decide mode: after its seeds, add seeds where they can settle an open comparison until the recommendation is decided (the study's until_decided: section, else max_seeds 10, no time budget)."),
 ) -> None:
     """Run a study: every variant x grid point x seed (or a search), stored in the results database, then the report."""
@@ -316,7 +325,8 @@ def run_study(
     if dry_run:
         rows = plan_runs(spec)
         tune = [r for r in rows if r["phase"] == "tune"]
-        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing trained, nothing downloaded)"
+        say(f"study {spec.name}: {len(rows)} runs (dry run: nothing downloaded; "
+            + ("each condition probed for a few steps to time it, nothing kept)" if time_it else "nothing trained)")
             + (f": phase 1 tunes the learning rate ({len(tune)} trials), phase 2 trains {len(rows) - len(tune)} runs "
                "at the rates it chose" if tune else ""))
         note = metric_note(spec, expand(spec))
@@ -330,6 +340,15 @@ def run_study(
 
         for line in plan_lines(spec):
             say(line)
+        if time_it and executor == "local" and processes_per_run == 1:
+            _quiet_libraries()
+            from tuneoff.study.timing import predict_lines
+
+            for line in predict_lines(spec, parallel, threads, say=say):
+                say(line)
+        elif time_it:
+            say("time: predicted for the local executor with one process per run only (here: --executor "
+                f"{executor}, --processes-per-run {processes_per_run})")
         return
     _quiet_libraries()
     from tuneoff import api
