@@ -24,7 +24,7 @@ NEGATIVE = ["bad", "awful", "poor", "sad", "boring", "dull"]
 FILLER = ["the", "a", "movie", "was", "is", "film", "and", "plot", "it", "very", "this", "story"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER
 
-# Tiny BERT: hidden H=32, L=2 layers, intermediate I=64, vocab V=len(VOCAB)=35, positions P=64, 2 labels.
+# Tiny BERT: hidden H=32, L=2 layers, intermediate I=64, vocab V=len(VOCAB)=29, positions P=64, 2 labels.
 # A wide initialiser makes the random encoder's features depend visibly on the words, as a pretrained one's do,
 # so that even a linear probe can learn the toy task.
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,

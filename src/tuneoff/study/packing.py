@@ -2,7 +2,7 @@
 
 A run on a 2-core CPU does not use both cores well (small matrix products, Python between them): two runs with one
 thread each, each pinned to its own core, finish about 1.5x sooner than the same two runs one after another with two
-threads each (FIELD_NOTES, measured from outside). So on a CPU the local executor runs ``parallel`` runs at once with
+threads each (measured on this project's 2-core machines, not yet a committed benchmark). So on a CPU the local executor runs ``parallel`` runs at once with
 the cores split between them (``threads`` each, set explicitly, every worker pinned to its own cores so neighbours
 never oversubscribe them). On a GPU, several runs share the device when the planner says they fit in its memory.
 
@@ -49,7 +49,7 @@ def cpu_cores() -> list[int]:
 def free_cores() -> tuple[int, int, float]:
     """(cores this process may use, of them the ones other work leaves free, the 1-minute load average). On a shared
     machine two OpenMP threads beside a busy core fight for it: a run crawled at 9-12 samples/s with 2 threads where
-    1 thread gave 67 (measured from outside, FIELD_NOTES): count what the load says is taken."""
+    1 thread gave 67 (a new user's trial, issue #43): count what the load says is taken."""
     cores = len(cpu_cores())
     try:
         load = os.getloadavg()[0]
