@@ -30,14 +30,30 @@ def one(method: str, compile_mode: str, examples: int, epochs: int) -> dict:
     from tuneoff.training.loop import train
 
     out = tempfile.mkdtemp(prefix="bench-compile-")
-    cfg = build_config({}, [f"output_dir={out}", "model.name=minilm", "data.name=rotten_tomatoes",
-                            f"data.max_train_samples={examples}", "data.max_eval_samples=200", f"train.epochs={epochs}",
-                            f"train.compile={compile_mode}", "train.feature_cache=off", "train.checkpoints=false"],
-                       names={"method": method})
+    cfg = build_config(
+        {},
+        [
+            f"output_dir={out}",
+            "model.name=minilm",
+            "data.name=rotten_tomatoes",
+            f"data.max_train_samples={examples}",
+            "data.max_eval_samples=200",
+            f"train.epochs={epochs}",
+            f"train.compile={compile_mode}",
+            "train.feature_cache=off",
+            "train.checkpoints=false",
+        ],
+        names={"method": method},
+    )
     t0 = time.perf_counter()
     result = train(cfg, progress=False)
-    return {"method": method, "compile": compile_mode, "wall_seconds": time.perf_counter() - t0,
-            "loop_samples_per_s": result.resources["train_samples_per_s"], "test_accuracy": result.metrics["test"]["accuracy"]}
+    return {
+        "method": method,
+        "compile": compile_mode,
+        "wall_seconds": time.perf_counter() - t0,
+        "loop_samples_per_s": result.resources["train_samples_per_s"],
+        "test_accuracy": result.metrics["test"]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -61,8 +77,12 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved: eager and compiled alternate, each in a fresh process
         for method in args.methods.split(","):
             for mode in ("off", "on"):
-                proc = subprocess.run([sys.executable, __file__, "--one", method, mode, str(args.examples), str(args.epochs)],
-                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--one", method, mode, str(args.examples), str(args.epochs)],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+                )
                 line = [entry for entry in proc.stdout.splitlines() if entry.startswith("RESULT ")]
                 if proc.returncode or not line:
                     sys.exit(f"{method} compile={mode} failed:\n{proc.stderr[-3000:]}")
@@ -80,17 +100,30 @@ def main() -> None:
     stamp = datetime.now(timezone.utc)
     command = "python " + " ".join(sys.argv)
     device = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, bf16 native: {torch.cpu._is_avx512_bf16_supported()}"
-    meta = {"command": command, "date": stamp.isoformat(timespec="seconds"), "device": device, "load": os.getloadavg(),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}}
+    meta = {
+        "command": command,
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": device,
+        "load": os.getloadavg(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
     stem = HERE / "results" / f"compile-{stamp:%Y%m%d}"
-    lines = [f"# train.compile on this machine ({stamp:%Y-%m-%d})", "", f"`{command}` on {device}; torch {torch.__version__}, "
-             f"transformers {transformers.__version__}, peft {peft.__version__}; load {meta['load'][0]:.1f} at the end. "
-             f"MiniLM, Rotten Tomatoes, {args.examples} examples x {args.epochs} epoch(s), batch 16, feature cache off; "
-             f"eager and compiled interleaved, each in a fresh process, median of {args.repeats}.", "",
-             "| method | eager s (whole run) | compiled s | eager loop samples/s | compiled loop samples/s | compiled / eager (loop) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {e['method']} | {e['off_wall']:.1f} | {e['on_wall']:.1f} | {e['off_loop']:.1f} | {e['on_loop']:.1f} | "
-              f"{e['loop_ratio']:.2f}x |" for e in summary]
+    lines = [
+        f"# train.compile on this machine ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}` on {device}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, peft {peft.__version__}; load {meta['load'][0]:.1f} at the end. "
+        f"MiniLM, Rotten Tomatoes, {args.examples} examples x {args.epochs} epoch(s), batch 16, feature cache off; "
+        f"eager and compiled interleaved, each in a fresh process, median of {args.repeats}.",
+        "",
+        "| method | eager s (whole run) | compiled s | eager loop samples/s | compiled loop samples/s | compiled / eager (loop) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {e['method']} | {e['off_wall']:.1f} | {e['on_wall']:.1f} | {e['off_loop']:.1f} | {e['on_loop']:.1f} | "
+        f"{e['loop_ratio']:.2f}x |"
+        for e in summary
+    ]
     write_result(stem, {"meta": meta, "runs": rows, "summary": summary}, lines)
 
 

@@ -37,8 +37,11 @@ from record import write_result
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = ("tuneoff", "trainer_report", "trainer_tuned", "trainer_tuned_bf16")
-METHODS = {"lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}, "partial": {"name": "partial", "k": 2},
-           "head": {"name": "head"}}
+METHODS = {
+    "lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
+    "partial": {"name": "partial", "k": 2},
+    "head": {"name": "head"},
+}
 LR = {"lora": 1e-3, "partial": 1e-4, "head": 3e-2}
 
 
@@ -48,8 +51,13 @@ def data_and_model(args):
     from tuneoff.models.assets import resolve_model
     from tuneoff.models.loading import load_classifier, load_tokenizer
 
-    corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=args.examples or args.steps * args.batch_size,
-                                    max_eval_samples=args.eval_samples))
+    corpus = load_corpus(
+        DataConfig(
+            name="rotten_tomatoes",
+            max_train_samples=args.examples or args.steps * args.batch_size,
+            max_eval_samples=args.eval_samples,
+        )
+    )
     source = resolve_model(args.model)
     return corpus, source, load_tokenizer(source), lambda: load_classifier(source, corpus.label_names)
 
@@ -71,11 +79,23 @@ def one(contender: str, method: str, args) -> dict:
         from tuneoff.training.loop import train
 
         length = [f"train.epochs={args.epochs}"] if args.examples else [f"train.max_steps={args.steps}"]
-        cfg = build_config({"method": METHODS[method]}, [
-            f"model.name={args.model}", "data.name=rotten_tomatoes", f"data.max_train_samples={args.examples or args.steps * args.batch_size}",
-            f"data.max_eval_samples={args.eval_samples}", "data.max_length=128", f"train.batch_size={args.batch_size}",
-            *length, f"train.lr={LR[method]}", f"train.seed={args.seed}", "train.checkpoints=false",
-            f"train.feature_cache={args.feature_cache}", f"output_dir={args.workdir}/runs"])
+        cfg = build_config(
+            {"method": METHODS[method]},
+            [
+                f"model.name={args.model}",
+                "data.name=rotten_tomatoes",
+                f"data.max_train_samples={args.examples or args.steps * args.batch_size}",
+                f"data.max_eval_samples={args.eval_samples}",
+                "data.max_length=128",
+                f"train.batch_size={args.batch_size}",
+                *length,
+                f"train.lr={LR[method]}",
+                f"train.seed={args.seed}",
+                "train.checkpoints=false",
+                f"train.feature_cache={args.feature_cache}",
+                f"output_dir={args.workdir}/runs",
+            ],
+        )
         result = train(cfg, progress=False)
         seconds = result.resources["train_seconds"]
         accuracy = result.metrics["validation"]["accuracy"]
@@ -100,11 +120,21 @@ def one(contender: str, method: str, args) -> dict:
         features = [{**{k: enc[k][i] for k in enc}, "labels": label_ids[i]} for i in range(len(train_df))]
         length = {"num_train_epochs": args.epochs} if args.examples else {"max_steps": args.steps}
         targs = TrainingArguments(
-            output_dir=f"{args.workdir}/trainer", per_device_train_batch_size=args.batch_size, **length,
-            learning_rate=LR[method], warmup_steps=0.06,  # a float is a ratio in transformers 5
-            weight_decay=0.01, lr_scheduler_type="linear", seed=args.seed,
-            logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
-            dataloader_num_workers=0, disable_tqdm=True,
+            output_dir=f"{args.workdir}/trainer",
+            per_device_train_batch_size=args.batch_size,
+            **length,
+            learning_rate=LR[method],
+            warmup_steps=0.06,  # a float is a ratio in transformers 5
+            weight_decay=0.01,
+            lr_scheduler_type="linear",
+            seed=args.seed,
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
             **({"train_sampling_strategy": "group_by_length"} if contender.startswith("trainer_tuned") else {}),
             bf16=contender == "trainer_tuned_bf16",
         )
@@ -118,10 +148,17 @@ def one(contender: str, method: str, args) -> dict:
         logits = predict_logits(model, val, 64, collator(tokenizer, False), torch.device("cpu"))
         accuracy = compute_metrics(corpus.label_ids("validation"), logits, corpus.label_names)["accuracy"]
     samples = len(train_df) * args.epochs if args.examples else args.steps * args.batch_size
-    return {"contender": contender, "method": method, "precision": precision, "seconds": seconds, "samples_per_s": samples / seconds,
-            "job_seconds": time.perf_counter() - job_start,
-            "tokens_per_s": real_tokens / seconds * samples / len(train_df), "accuracy": accuracy,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "contender": contender,
+        "method": method,
+        "precision": precision,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+        "job_seconds": time.perf_counter() - job_start,
+        "tokens_per_s": real_tokens / seconds * samples / len(train_df),
+        "accuracy": accuracy,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def ratio(medians: dict, other: str, key: str = "job_seconds") -> float | None:
@@ -134,8 +171,13 @@ def ratio(medians: dict, other: str, key: str = "job_seconds") -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=160)
-    parser.add_argument("--examples", type=int, default=0, help="train on this many examples for --epochs epochs "
-                        "(instead of --steps): the setting where tuneoff's frozen-feature cache pays off")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=0,
+        help="train on this many examples for --epochs epochs "
+        "(instead of --steps): the setting where tuneoff's frozen-feature cache pays off",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--model", default="minilm", help="minilm or mpnet")
     parser.add_argument("--feature-cache", default="auto", help="tuneoff's train.feature_cache (auto or off)")
@@ -163,47 +205,78 @@ def main() -> None:
                 # A fresh feature cache per job: each tuneoff job pays for computing its frozen features (a study's later
                 # runs would find them computed).
                 cache = tempfile.mkdtemp(prefix="tuneoff-bench-features-")
-                proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", contender, method],
-                                      capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
-                                                                           "TUNEOFF_FEATURE_CACHE": cache})
+                proc = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], "--one", contender, method],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "TUNEOFF_FEATURE_CACHE": cache},
+                )
                 shutil.rmtree(cache, ignore_errors=True)
                 line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
                 if proc.returncode or not line:
                     sys.exit(f"{contender}/{method} failed:\n{proc.stderr[-3000:]}")
                 row = {**json.loads(line[0][7:]), "repeat": repeat}
                 rows.append(row)
-                print(f"{method:8s} {contender:15s} repeat {repeat}: {row['job_seconds']:.1f} s job, {row['samples_per_s']:.1f} samples/s, "
-                      f"acc {row['accuracy']:.3f}, peak {row['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{method:8s} {contender:15s} repeat {repeat}: {row['job_seconds']:.1f} s job, {row['samples_per_s']:.1f} samples/s, "
+                    f"acc {row['accuracy']:.3f}, peak {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     summary = []
     for method in args.methods.split(","):
-        med = {c: {k: statistics.median(r[k] for r in rows if r["method"] == method and r["contender"] == c)
-                   for k in ("samples_per_s", "tokens_per_s", "accuracy", "peak_rss_mb", "job_seconds")} for c in contenders}
+        med = {
+            c: {
+                k: statistics.median(r[k] for r in rows if r["method"] == method and r["contender"] == c)
+                for k in ("samples_per_s", "tokens_per_s", "accuracy", "peak_rss_mb", "job_seconds")
+            }
+            for c in contenders
+        }
         for c in contenders:
             precision = next(r["precision"] for r in rows if r["method"] == method and r["contender"] == c)
-            summary.append({"method": method, "contender": c, "precision": precision, **med[c],
-                            # against every other contender that ran (trainer_tuned_bf16 included)
-                            "speedup_vs": {o: ratio(med, o) for o in contenders if o != "tuneoff"} if c == "tuneoff" else {}})
+            summary.append(
+                {
+                    "method": method,
+                    "contender": c,
+                    "precision": precision,
+                    **med[c],
+                    # against every other contender that ran (trainer_tuned_bf16 included)
+                    "speedup_vs": {o: ratio(med, o) for o in contenders if o != "tuneoff"} if c == "tuneoff" else {},
+                }
+            )
     import peft
     import torch
     import transformers
 
-    out = {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "device": f"cpu {platform.machine()}, {args.threads} threads", "versions": {
-               "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-           "settings": vars(args), "summary": summary, "runs": rows}
+    out = {
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": f"cpu {platform.machine()}, {args.threads} threads",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "settings": vars(args),
+        "summary": summary,
+        "runs": rows,
+    }
     stem = HERE / "results" / f"cpu-{datetime.now(timezone.utc):%Y%m%d}{'-' + args.tag if args.tag else ''}"
-    lines = [f"# CPU benchmark ({out['date']})", "", f"`{command}` — {out['device']}, torch {torch.__version__}, "
-             f"transformers {transformers.__version__}, peft {peft.__version__}; median of {args.repeats}, interleaved; "
-             f"{args.model}, Rotten Tomatoes, " + (f"{args.examples} examples x {args.epochs} epochs" if args.examples else
-             f"{args.steps} steps") + f" x batch {args.batch_size}, seed {args.seed}, load {os.getloadavg()[0]:.1f} at the end. "
-             "Job = the whole process (model loading, tuneoff's frozen-feature cache, training, evaluation); samples/s = the "
-             "training loop alone.", "",
-             "| method | contender | precision | job s | samples/s | tokens/s | val accuracy | peak RSS MB | tuneoff speed-up (job) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# CPU benchmark ({out['date']})",
+        "",
+        f"`{command}` — {out['device']}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, peft {peft.__version__}; median of {args.repeats}, interleaved; "
+        f"{args.model}, Rotten Tomatoes, "
+        + (f"{args.examples} examples x {args.epochs} epochs" if args.examples else f"{args.steps} steps")
+        + f" x batch {args.batch_size}, seed {args.seed}, load {os.getloadavg()[0]:.1f} at the end. "
+        "Job = the whole process (model loading, tuneoff's frozen-feature cache, training, evaluation); samples/s = the "
+        "training loop alone.",
+        "",
+        "| method | contender | precision | job s | samples/s | tokens/s | val accuracy | peak RSS MB | tuneoff speed-up (job) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         speed = ", ".join(f"{value:.2f}x vs {name}" for name, value in s["speedup_vs"].items() if value)
-        lines.append(f"| {s['method']} | {s['contender']} | {s['precision']} | {s['job_seconds']:.1f} | {s['samples_per_s']:.1f} | "
-                     f"{s['tokens_per_s']:.0f} | {s['accuracy']:.3f} | {s['peak_rss_mb']:.0f} | {speed} |")
+        lines.append(
+            f"| {s['method']} | {s['contender']} | {s['precision']} | {s['job_seconds']:.1f} | {s['samples_per_s']:.1f} | "
+            f"{s['tokens_per_s']:.0f} | {s['accuracy']:.3f} | {s['peak_rss_mb']:.0f} | {speed} |"
+        )
     write_result(stem, out, lines)
 
 

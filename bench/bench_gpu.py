@@ -26,9 +26,14 @@ import torch
 from record import write_result
 
 HERE = Path(__file__).resolve().parent
-METHODS = {"full": {"name": "full"}, "partial_top2": {"name": "partial", "k": 2}, "head": {"name": "head"},
-           "lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}, "lora_fa": {"name": "lora_fa", "r": 8, "alpha": 16},
-           "lora_lean": {"name": "lora_lean", "r": 8, "alpha": 16, "top_layers": 2}}
+METHODS = {
+    "full": {"name": "full"},
+    "partial_top2": {"name": "partial", "k": 2},
+    "head": {"name": "head"},
+    "lora": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
+    "lora_fa": {"name": "lora_fa", "r": 8, "alpha": 16},
+    "lora_lean": {"name": "lora_lean", "r": 8, "alpha": 16, "top_layers": 2},
+}
 
 
 def matmul_peak_tflops() -> float:
@@ -97,7 +102,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--max-batch", type=int, default=1024)
-    parser.add_argument("--smoke", action="store_true", help="CPU, a 2-layer 64-wide BERT, batches 8 and 16: checks the script")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU, a 2-layer 64-wide BERT, batches 8 and 16: checks the script"
+    )
     parser.add_argument("--out", default=None, help="results stem (default bench/results/gpu-<date>)")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
@@ -111,7 +118,11 @@ def main() -> None:
 
     peak = matmul_peak_tflops() if device == "cuda" else None
     model_dir = tempfile.mkdtemp(prefix="bert-base-random-")
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if args.smoke else BertConfig()
+    config = (
+        BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        if args.smoke
+        else BertConfig()
+    )
     BertModel(config).save_pretrained(model_dir)
     from transformers import BertTokenizer
 
@@ -132,11 +143,23 @@ def main() -> None:
                 if device == "cuda":
                     torch.cuda.empty_cache()
             tflops = flops / sec / 1e12
-            row = {"method": name, "batch": batch, "samples_per_s": batch / sec, "max_allocated_mb": mem,
-                   "tflops": tflops, "mfu": tflops / peak if peak else None}
+            row = {
+                "method": name,
+                "batch": batch,
+                "samples_per_s": batch / sec,
+                "max_allocated_mb": mem,
+                "tflops": tflops,
+                "mfu": tflops / peak if peak else None,
+            }
             if batch == 8:
-                plan = plan_run(build_config({"method": params}, [f"model.name={model_dir}"]), name, 8, args.seq, "bf16",
-                                device=device)
+                plan = plan_run(
+                    build_config({"method": params}, [f"model.name={model_dir}"]),
+                    name,
+                    8,
+                    args.seq,
+                    "bf16",
+                    device=device,
+                )
                 row["planned_mb"] = plan.total_mb
                 row["plan_error"] = plan.total_mb / mem - 1 if mem else None
                 rows.append(row)
@@ -149,24 +172,39 @@ def main() -> None:
     import sys
 
     errors = [r["plan_error"] for r in rows if r.get("plan_error") is not None]
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
-           "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:]), "versions": versions(),
-           "bf16_matmul_peak_tflops": peak, "seq": args.seq,
-           "rows": rows, "plan_within_10pct": all(abs(e) <= 0.10 for e in errors) if errors else None}
+    out = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
+        "command": "python bench/bench_gpu.py " + " ".join(sys.argv[1:]),
+        "versions": versions(),
+        "bf16_matmul_peak_tflops": peak,
+        "seq": args.seq,
+        "rows": rows,
+        "plan_within_10pct": all(abs(e) <= 0.10 for e in errors) if errors else None,
+    }
     stem = Path(args.out) if args.out else HERE / "results" / f"gpu-{datetime.now(timezone.utc):%Y%m%d}"
+
     def num(value, fmt):
         return format(value, fmt) if value is not None else "n/a"
 
-    lines = [f"# GPU benchmark — {out['device']} ({out['date']})", "", f"`{out['command']}`; bf16 matmul peak "
-             f"{num(peak, '.0f')} TFLOP/s; {'tiny BERT (smoke)' if args.smoke else 'BERT-base'}, sequence {args.seq}; "
-             f"planner within 10% of max_memory_allocated: {out['plan_within_10pct']}.", "",
-             f"versions: {json.dumps(out['versions'])}", "",
-             "| method | batch | samples/s | max allocated MB | planned MB | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU benchmark — {out['device']} ({out['date']})",
+        "",
+        f"`{out['command']}`; bf16 matmul peak "
+        f"{num(peak, '.0f')} TFLOP/s; {'tiny BERT (smoke)' if args.smoke else 'BERT-base'}, sequence {args.seq}; "
+        f"planner within 10% of max_memory_allocated: {out['plan_within_10pct']}.",
+        "",
+        f"versions: {json.dumps(out['versions'])}",
+        "",
+        "| method | batch | samples/s | max allocated MB | planned MB | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['batch']}{' (best)' if r.get('best') else ''} | {r['samples_per_s']:.0f} | "
-                     f"{num(r['max_allocated_mb'], '.0f')} | {num(r.get('planned_mb'), '.0f')} | {r['tflops']:.2f} | "
-                     f"{num(r['mfu'], '.1%')} |")
+        lines.append(
+            f"| {r['method']} | {r['batch']}{' (best)' if r.get('best') else ''} | {r['samples_per_s']:.0f} | "
+            f"{num(r['max_allocated_mb'], '.0f')} | {num(r.get('planned_mb'), '.0f')} | {r['tflops']:.2f} | "
+            f"{num(r['mfu'], '.1%')} |"
+        )
     write_result(stem, out, lines)
 
 

@@ -35,25 +35,44 @@ def side(isolate: bool, study: str | None, name: str) -> dict:
     run's peak (MB)."""
     from tuneoff.results.store import Store
 
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TUNEOFF_CACHE": tempfile.mkdtemp(prefix="bench-cache-"),
-           "TUNEOFF_PARALLEL": os.environ.get("TUNEOFF_PARALLEL", "auto")}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "TUNEOFF_CACHE": tempfile.mkdtemp(prefix="bench-cache-"),
+        "TUNEOFF_PARALLEL": os.environ.get("TUNEOFF_PARALLEL", "auto"),
+    }
     results = tempfile.mkdtemp(prefix="bench-isolate-")
-    command = [sys.executable, "-m", "tuneoff", "run", *([study] if study else []), "--results", results, "--yes",
-               *(["--isolate-runs"] if isolate else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "tuneoff",
+        "run",
+        *([study] if study else []),
+        "--results",
+        results,
+        "--yes",
+        *(["--isolate-runs"] if isolate else []),
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode:
         sys.exit(done.stderr[-3000:])
     store = Store(results)
-    resources = {r["run_id"]: json.loads(r["resources"]) for r in store.runs(name)
-                 if r["status"] == "done" and r["resources"]}
+    resources = {
+        r["run_id"]: json.loads(r["resources"]) for r in store.runs(name) if r["status"] == "done" and r["resources"]
+    }
     peaks = {k: v["peak_rss_mb"] for k, v in resources.items()}
     reused = sum(bool(v.get("runs_before_in_process")) for v in resources.values())
     store.close()
     packing = next((line for line in done.stderr.splitlines() if line.startswith("local:")), "")
-    return {"seconds": seconds, "packing": packing, "peaks": peaks, "runs_in_a_reused_worker": reused,
-            "load_at_end": os.getloadavg()[0]}
+    return {
+        "seconds": seconds,
+        "packing": packing,
+        "peaks": peaks,
+        "runs_in_a_reused_worker": reused,
+        "load_at_end": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
@@ -73,27 +92,42 @@ def main() -> None:
     over = [shared["peaks"][k] - isolated["peaks"][k] for k in both] or [float("nan")]  # none finished on both: nan
     stamp = datetime.now(timezone.utc)
     command = "python bench/bench_isolate.py" + (f" {args.study}" if args.study else "")
-    device = (f"{platform.machine()} CPU, {os.cpu_count()} cores, bf16 native: "
-              f"{torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()}")
-    out = {"command": command, "date": stamp.isoformat(timespec="seconds"), "device": device,
-           "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-           "shared_workers": shared, "isolated_runs": isolated, "runs_compared": len(both),
-           "peak_overstatement_mb": dict(zip(both, over))}
+    device = (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, bf16 native: "
+        f"{torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()}"
+    )
+    out = {
+        "command": command,
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": device,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "shared_workers": shared,
+        "isolated_runs": isolated,
+        "runs_compared": len(both),
+        "peak_overstatement_mb": dict(zip(both, over)),
+    }
     worst = max(zip(over, both)) if both else (float("nan"), "")
-    lines = [f"# `--isolate-runs`: its cost in wall time and the peak memory it corrects ({stamp:%Y-%m-%d})", "",
-             f"`{command}` on {device}; torch {torch.__version__}, transformers {transformers.__version__}, peft "
-             f"{peft.__version__}; {'study ' + name if args.study else 'the built-in default study'} from an empty results directory and feature cache on each "
-             f"side ({shared['packing'].removeprefix('local: ')}); load {shared['load_at_end']:.1f} / "
-             f"{isolated['load_at_end']:.1f} at the end of each side.", "",
-             "| workers | wall seconds | ratio |", "|---|---|---|",
-             f"| one per packed slot, living as long as the study (default) | {shared['seconds']:.0f} | 1.00 |",
-             f"| a new process per run (`--isolate-runs`) | {isolated['seconds']:.0f} | "
-             f"{isolated['seconds'] / shared['seconds']:.2f} |", "",
-             f"Peak memory per run, reused worker minus own process, over the {len(both)} runs both sides finished: "
-             f"median {statistics.median(over):+.0f} MB, largest {worst[0]:+.0f} MB ({worst[1]}), smallest "
-             f"{min(over):+.0f} MB. A positive difference is what a reused worker's earlier runs left resident, counted "
-             f"in the later run's peak ({shared['runs_in_a_reused_worker']} of the shared side's runs ran in a worker "
-             "that had trained others before).", ""]
+    lines = [
+        f"# `--isolate-runs`: its cost in wall time and the peak memory it corrects ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}` on {device}; torch {torch.__version__}, transformers {transformers.__version__}, peft "
+        f"{peft.__version__}; {'study ' + name if args.study else 'the built-in default study'} from an empty results directory and feature cache on each "
+        f"side ({shared['packing'].removeprefix('local: ')}); load {shared['load_at_end']:.1f} / "
+        f"{isolated['load_at_end']:.1f} at the end of each side.",
+        "",
+        "| workers | wall seconds | ratio |",
+        "|---|---|---|",
+        f"| one per packed slot, living as long as the study (default) | {shared['seconds']:.0f} | 1.00 |",
+        f"| a new process per run (`--isolate-runs`) | {isolated['seconds']:.0f} | "
+        f"{isolated['seconds'] / shared['seconds']:.2f} |",
+        "",
+        f"Peak memory per run, reused worker minus own process, over the {len(both)} runs both sides finished: "
+        f"median {statistics.median(over):+.0f} MB, largest {worst[0]:+.0f} MB ({worst[1]}), smallest "
+        f"{min(over):+.0f} MB. A positive difference is what a reused worker's earlier runs left resident, counted "
+        f"in the later run's peak ({shared['runs_in_a_reused_worker']} of the shared side's runs ran in a worker "
+        "that had trained others before).",
+        "",
+    ]
     write_result(args.out / f"isolate-{name.replace('/', '_')}-{stamp:%Y%m%d}", out, lines)
 
 

@@ -66,8 +66,16 @@ def true_mean(rng, sigma: float, shift: float = 0.0, draws: int = 400_000) -> fl
     return float(np.mean(p))
 
 
-def simulate(n: int, seeds: int, seed_sd: float, reps: int, conditions: int = 4, shift: float = 0.0,
-             rng: np.random.Generator | None = None, slope: float | None = None) -> dict:
+def simulate(
+    n: int,
+    seeds: int,
+    seed_sd: float,
+    reps: int,
+    conditions: int = 4,
+    shift: float = 0.0,
+    rng: np.random.Generator | None = None,
+    slope: float | None = None,
+) -> dict:
     """False-positive rate (condition 0 vs 1, p < 0.05) and the 95% interval's coverage of the true difference."""
     rng = rng or np.random.default_rng(0)
     slope = slope or _slope(rng)
@@ -88,8 +96,16 @@ def simulate(n: int, seeds: int, seed_sd: float, reps: int, conditions: int = 4,
         d = compare(mats, prior=PRIOR).difference("c0", "c1")
         rejected += d["p_value"] < 0.05
         covered += d["ci_low"] <= truth <= d["ci_high"]
-    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "shift": shift, "true_diff": truth, "reps": reps,
-            "false_positive_rate": rejected / reps if not shift else None, "coverage": covered / reps}
+    return {
+        "n": n,
+        "seeds": seeds,
+        "seed_sd": seed_sd,
+        "shift": shift,
+        "true_diff": truth,
+        "reps": reps,
+        "false_positive_rate": rejected / reps if not shift else None,
+        "coverage": covered / reps,
+    }
 
 
 class GroupPooled(Comparisons):
@@ -105,8 +121,9 @@ def _draw(rng, u, sigma: float, seeds: int) -> np.ndarray:
     return (rng.random((len(u), seeds)) < expit(logit(p)[:, None] + shifts[None, :])).astype(np.float32)
 
 
-def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope: float, stable_sd: float = 0.01,
-                     erratic_sd: float = 0.08) -> dict:
+def simulate_erratic(
+    n: int, seeds: int, conditions: int, reps: int, rng, slope: float, stable_sd: float = 0.01, erratic_sd: float = 0.08
+) -> dict:
     """Coverage of the true difference, stable vs stable (c0 - c1) and stable vs erratic (c0 - last), per-condition
     seed variance against the group-pooled one."""
     sds = [stable_sd] * (conditions - 1) + [erratic_sd]
@@ -122,8 +139,15 @@ def simulate_erratic(n: int, seeds: int, conditions: int, reps: int, rng, slope:
             for key, other in (("stable", 1), ("erratic", last)):
                 d = stats.difference("c0", f"c{other}")
                 hits[key + suffix] += d["ci_low"] <= truth[0] - truth[other] <= d["ci_high"]
-    return {"n": n, "seeds": seeds, "conditions": conditions, "reps": reps, "stable_sd": stable_sd,
-            "erratic_sd": erratic_sd, **{f"coverage_{k}": v / reps for k, v in hits.items()}}
+    return {
+        "n": n,
+        "seeds": seeds,
+        "conditions": conditions,
+        "reps": reps,
+        "stable_sd": stable_sd,
+        "erratic_sd": erratic_sd,
+        **{f"coverage_{k}": v / reps for k, v in hits.items()},
+    }
 
 
 def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: int, rng, slope: float) -> dict:
@@ -138,18 +162,27 @@ def simulate_correlated(n: int, seeds: int, seed_sd: float, rho: float, reps: in
     for _ in range(reps):
         p = np.clip((rng.beta(A, B, n) + rng.beta(A, B, n)) / 2, 1e-4, 1 - 1e-4)
         za = rng.normal(0, 1, seeds)
-        zb = rho * za + np.sqrt(1 - rho ** 2) * rng.normal(0, 1, seeds)
+        zb = rho * za + np.sqrt(1 - rho**2) * rng.normal(0, 1, seeds)
         ra = rng.random((n, seeds))
         rb = np.where(rng.random((n, seeds)) < rho, ra, rng.random((n, seeds)))
-        mats = {name: (r < expit(logit(p)[:, None] + sigma * z[None, :])).astype(np.float32)
-                for name, r, z in (("a", ra, za), ("b", rb, zb))}
+        mats = {
+            name: (r < expit(logit(p)[:, None] + sigma * z[None, :])).astype(np.float32)
+            for name, r, z in (("a", ra, za), ("b", rb, zb))
+        }
         for suffix, stats in (("", compare(mats, prior=PRIOR)), ("_unmoderated", compare(mats))):
             d = stats.difference("a", "b")
             hits["fp" + suffix] += d["p_value"] < 0.05
             hits["covered" + suffix] += d["ci_low"] <= 0 <= d["ci_high"]
             widths[suffix].append((d["ci_high"] - d["ci_low"]) / 2)
-    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "rho": rho, "reps": reps,
-            **{k: v / reps for k, v in hits.items()}, **{f"half_width{k}": float(np.median(v)) for k, v in widths.items()}}
+    return {
+        "n": n,
+        "seeds": seeds,
+        "seed_sd": seed_sd,
+        "rho": rho,
+        "reps": reps,
+        **{k: v / reps for k, v in hits.items()},
+        **{f"half_width{k}": float(np.median(v)) for k, v in widths.items()},
+    }
 
 
 def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int, classes: int | None = None) -> np.ndarray:
@@ -162,8 +195,7 @@ def _class_predictions(rng, truth: np.ndarray, sigma: float, seeds: int, classes
     return np.where(right, truth[:, None], wrong)
 
 
-def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: float,
-                      shares=(0.6, 0.3, 0.1)) -> dict:
+def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: float, shares=(0.6, 0.3, 0.1)) -> dict:
     """Null studies on macro-F1 (``analysis.metric: macro_f1``): two conditions from the same process on an
     imbalanced 3-class task (class shares ``shares``), each seed's macro-F1 linearised per example
     (``significance.macro_f1_values``). The true difference is 0: false-positive rate and coverage of 0."""
@@ -177,8 +209,15 @@ def simulate_macro_f1(n: int, seeds: int, seed_sd: float, reps: int, rng, slope:
         d = compare(mats, prior=F1_PRIOR).difference("a", "b")
         rejected += d["p_value"] < 0.05
         covered += d["ci_low"] <= 0 <= d["ci_high"]
-    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
-            "false_positive_rate": rejected / reps, "coverage": covered / reps}
+    return {
+        "n": n,
+        "seeds": seeds,
+        "seed_sd": seed_sd,
+        "reps": reps,
+        "shares": list(shares),
+        "false_positive_rate": rejected / reps,
+        "coverage": covered / reps,
+    }
 
 
 def _rare_class_truth(sigma: float, shares, rng, draws: int = 200_000) -> tuple[float, float]:
@@ -206,33 +245,51 @@ def simulate_single(n: int, seeds: int, seed_sd: float, reps: int, rng, slope: f
     for _ in range(reps):
         truth = rng.choice(len(shares), n, p=shares)
         pred = _class_predictions(rng, truth, sigma, seeds, classes=len(shares))
-        mats = {"accuracy": (pred == truth[:, None]).astype(np.float32),
-                "rare_f1": np.stack([class_f1_values(truth, pred[:, s], len(shares))[:, rare] for s in range(seeds)], axis=1)}
+        mats = {
+            "accuracy": (pred == truth[:, None]).astype(np.float32),
+            "rare_f1": np.stack(
+                [class_f1_values(truth, pred[:, s], len(shares))[:, rare] for s in range(seeds)], axis=1
+            ),
+        }
         for key, target in (("accuracy", truth_acc), ("rare_f1", truth_f1)):
             low, high = compare({key: mats[key]}, prior=PRIOR if key == "accuracy" else F1_PRIOR).interval(key)
             hits[key] += low <= target <= high
             widths[key].append((high - low) / 2)
-    return {"n": n, "seeds": seeds, "seed_sd": seed_sd, "reps": reps, "shares": list(shares),
-            "true_accuracy": truth_acc, "true_rare_f1": truth_f1,
-            **{f"coverage_{k}": v / reps for k, v in hits.items()},
-            **{f"half_width_{k}": float(np.median(v)) for k, v in widths.items()}}
+    return {
+        "n": n,
+        "seeds": seeds,
+        "seed_sd": seed_sd,
+        "reps": reps,
+        "shares": list(shares),
+        "true_accuracy": truth_acc,
+        "true_rare_f1": truth_f1,
+        **{f"coverage_{k}": v / reps for k, v in hits.items()},
+        **{f"half_width_{k}": float(np.median(v)) for k, v in widths.items()},
+    }
 
 
 def _single_lines(single: list[dict], reps: int) -> list[str]:
-    lines = ["## One condition's own intervals (the accuracy column, the per-class F1 table)", "",
-             f"{reps} simulated studies per row: one condition on a 3-class task (60 / 30 / 10% of the test examples, a "
-             "wrong prediction another class at random), the seeds moving its logit so that accuracy's seed sd is "
-             "`seed sd`. Coverage (target 0.95) of the population value by the condition's 95% interval "
-             "(`Comparisons.interval`: over seeds and test examples, seed variance moderated by the prior), for its "
-             "accuracy and for the rarest class's F1 (linearised per example, `significance.class_f1_values`, as the "
-             "report's per-class table); with one seed the seed sd is assumed "
-             f"({100 * ASSUMED_SEED_SD:g} points).", "",
-             "| test examples | seeds | seed sd (points) | accuracy: coverage | median half-width (points) | "
-             "rarest class F1: coverage | median half-width (points) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## One condition's own intervals (the accuracy column, the per-class F1 table)",
+        "",
+        f"{reps} simulated studies per row: one condition on a 3-class task (60 / 30 / 10% of the test examples, a "
+        "wrong prediction another class at random), the seeds moving its logit so that accuracy's seed sd is "
+        "`seed sd`. Coverage (target 0.95) of the population value by the condition's 95% interval "
+        "(`Comparisons.interval`: over seeds and test examples, seed variance moderated by the prior), for its "
+        "accuracy and for the rarest class's F1 (linearised per example, `significance.class_f1_values`, as the "
+        "report's per-class table); with one seed the seed sd is assumed "
+        f"({100 * ASSUMED_SEED_SD:g} points).",
+        "",
+        "| test examples | seeds | seed sd (points) | accuracy: coverage | median half-width (points) | "
+        "rarest class F1: coverage | median half-width (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in single:
-        lines.append(f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['coverage_accuracy']:.3f} | "
-                     f"{100 * r['half_width_accuracy']:.1f} | {r['coverage_rare_f1']:.3f} | "
-                     f"{100 * r['half_width_rare_f1']:.1f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['coverage_accuracy']:.3f} | "
+            f"{100 * r['half_width_accuracy']:.1f} | {r['coverage_rare_f1']:.3f} | "
+            f"{100 * r['half_width_rare_f1']:.1f} |"
+        )
     return lines
 
 
@@ -241,8 +298,11 @@ def _single_table(ns, reps: int, rng, slope: float) -> list[dict]:
     for n, s, sd in itertools.product(ns, (1, 2, 3, 5), (0.0, 0.03)):
         single.append(simulate_single(n, s, sd, reps, rng, slope))
         r = single[-1]
-        print(f"single n={n:5d} seeds={s} sd={sd:.2f}: coverage accuracy {r['coverage_accuracy']:.3f}, rarest "
-              f"class F1 {r['coverage_rare_f1']:.3f}", flush=True)
+        print(
+            f"single n={n:5d} seeds={s} sd={sd:.2f}: coverage accuracy {r['coverage_accuracy']:.3f}, rarest "
+            f"class F1 {r['coverage_rare_f1']:.3f}",
+            flush=True,
+        )
     return single
 
 
@@ -253,8 +313,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--only-single", action="store_true", help="only the table of one condition's own intervals")
     args = parser.parse_args()
-    ns, seed_counts, sds = ((400, 5000), (1, 2, 5), (0.0, 0.03, 0.05)) if args.quick else (
-        (400, 1000, 5000), (1, 2, 3, 5), (0.0, 0.01, 0.03, 0.05))
+    ns, seed_counts, sds = (
+        ((400, 5000), (1, 2, 5), (0.0, 0.03, 0.05))
+        if args.quick
+        else ((400, 1000, 5000), (1, 2, 3, 5), (0.0, 0.01, 0.03, 0.05))
+    )
     rng = np.random.default_rng(20261129)
     slope = _slope(rng)
     if args.only_single:
@@ -265,28 +328,40 @@ def main() -> None:
         null = simulate(n, s, sd, args.reps, rng=rng, slope=slope)
         gap = simulate(n, s, sd, args.reps, shift=0.06, rng=rng, slope=slope)  # about 3 accuracy points
         rows.append({**null, "coverage_with_gap": gap["coverage"], "gap": gap["true_diff"]})
-        print(f"n={n:5d} seeds={s} sd={sd:.2f}: false positives {null['false_positive_rate']:.3f}, coverage "
-              f"{null['coverage']:.3f}, with a {100 * gap['true_diff']:.1f}-point gap {gap['coverage']:.3f}", flush=True)
+        print(
+            f"n={n:5d} seeds={s} sd={sd:.2f}: false positives {null['false_positive_rate']:.3f}, coverage "
+            f"{null['coverage']:.3f}, with a {100 * gap['true_diff']:.1f}-point gap {gap['coverage']:.3f}",
+            flush=True,
+        )
     erratic = []
     for n, s, k in itertools.product(ns[:1] + ns[-1:], (2, 3, 5), (4, 14)):
         erratic.append(simulate_erratic(n, s, k, args.reps // 2, rng, slope))
         e = erratic[-1]
-        print(f"n={n:5d} seeds={s} conditions={k}, one erratic: coverage stable {e['coverage_stable']:.3f} "
-              f"(pooled {e['coverage_stable_pooled']:.3f}), erratic {e['coverage_erratic']:.3f} "
-              f"(pooled {e['coverage_erratic_pooled']:.3f})", flush=True)
+        print(
+            f"n={n:5d} seeds={s} conditions={k}, one erratic: coverage stable {e['coverage_stable']:.3f} "
+            f"(pooled {e['coverage_stable_pooled']:.3f}), erratic {e['coverage_erratic']:.3f} "
+            f"(pooled {e['coverage_erratic_pooled']:.3f})",
+            flush=True,
+        )
     correlated = []
     for s, sd, rho in itertools.product((2, 3, 5), (0.01, 0.03), (0.0, 0.9, 0.99)):
         correlated.append(simulate_correlated(1000, s, sd, rho, args.reps // 2, rng, slope))
         c = correlated[-1]
-        print(f"correlated seeds={s} sd={sd:.2f} rho={rho}: false positives {c['fp']:.3f} (unmoderated "
-              f"{c['fp_unmoderated']:.3f}), half-width {100 * c['half_width']:.2f} (unmoderated "
-              f"{100 * c['half_width_unmoderated']:.2f}) points", flush=True)
+        print(
+            f"correlated seeds={s} sd={sd:.2f} rho={rho}: false positives {c['fp']:.3f} (unmoderated "
+            f"{c['fp_unmoderated']:.3f}), half-width {100 * c['half_width']:.2f} (unmoderated "
+            f"{100 * c['half_width_unmoderated']:.2f}) points",
+            flush=True,
+        )
     macro = []
     for n, s, sd in itertools.product(ns[:1] + ns[-1:], (2, 3, 5), (0.0, 0.03)):
         macro.append(simulate_macro_f1(n, s, sd, args.reps // 2, rng, slope))
         m = macro[-1]
-        print(f"macro-F1 n={n:5d} seeds={s} sd={sd:.2f}: false positives {m['false_positive_rate']:.3f}, coverage "
-              f"{m['coverage']:.3f}", flush=True)
+        print(
+            f"macro-F1 n={n:5d} seeds={s} sd={sd:.2f}: false positives {m['false_positive_rate']:.3f}, coverage "
+            f"{m['coverage']:.3f}",
+            flush=True,
+        )
     single = _single_table(ns, args.reps // 2, rng, slope)
     minutes = (time.time() - t0) / 60
     mc = float(np.sqrt(0.05 * 0.95 / args.reps))
@@ -296,52 +371,92 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = f"calibration-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
     meta = {**_meta(command, stamp, minutes), "reps": args.reps, "monte_carlo_sd_at_5pct": mc}
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "erratic": erratic, "correlated": correlated,
-                                                 "macro_f1": macro, "single": single},
-                                                 indent=2) + "\n")
-    lines = [f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})", "",
-             f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
-             f"{args.reps} simulated studies per row (Monte Carlo sd of a 5% rate: {100 * mc:.1f} points; of a 95% "
-             f"coverage: the same). Each study: 4 conditions, the same population accuracy (0.8), seeds moving a "
-             "condition's logit so that its accuracy's seed-to-seed sd is `seed sd`; condition 0 vs 1 tested with "
-             "`tuneoff.analysis.significance` (t / Welch-Satterthwaite, seed variance per condition). With one "
-             f"seed per condition the seed variance cannot be measured and is assumed ({100 * ASSUMED_SEED_SD:g} points). "
-             "`coverage with gap`: the 95% interval's coverage when condition 1 is truly lower (by the `gap` column).", "",
-             "| test examples | seeds | seed sd (points) | false-positive rate | coverage (null) | gap (points) | coverage with gap |",
-             "|---|---|---|---|---|---|---|"]
+    (out / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "rows": rows,
+                "erratic": erratic,
+                "correlated": correlated,
+                "macro_f1": macro,
+                "single": single,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    lines = [
+        f"# Calibration of the verdict's statistics ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}; "
+        f"{args.reps} simulated studies per row (Monte Carlo sd of a 5% rate: {100 * mc:.1f} points; of a 95% "
+        f"coverage: the same). Each study: 4 conditions, the same population accuracy (0.8), seeds moving a "
+        "condition's logit so that its accuracy's seed-to-seed sd is `seed sd`; condition 0 vs 1 tested with "
+        "`tuneoff.analysis.significance` (t / Welch-Satterthwaite, seed variance per condition). With one "
+        f"seed per condition the seed variance cannot be measured and is assumed ({100 * ASSUMED_SEED_SD:g} points). "
+        "`coverage with gap`: the 95% interval's coverage when condition 1 is truly lower (by the `gap` column).",
+        "",
+        "| test examples | seeds | seed sd (points) | false-positive rate | coverage (null) | gap (points) | coverage with gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['false_positive_rate']:.3f} | "
-                     f"{r['coverage']:.3f} | {100 * r['gap']:.1f} | {r['coverage_with_gap']:.3f} |")
-    lines += ["", "## One erratic condition in the group", "",
-              f"{args.reps // 2} simulated studies per row: every condition's seeds move its accuracy by 1 point (sd) except "
-              "the last one's, by 8. Coverage of the true difference by the 95% interval (target 0.95), with the seed "
-              "variance estimated per condition (tuneoff) and pooled over the group (the first version).", "",
-              "| test examples | seeds | conditions | stable vs stable | (group-pooled) | stable vs erratic | (group-pooled) |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['n']:,} | {r['seeds']} | {100 * r['seed_sd']:g} | {r['false_positive_rate']:.3f} | "
+            f"{r['coverage']:.3f} | {100 * r['gap']:.1f} | {r['coverage_with_gap']:.3f} |"
+        )
+    lines += [
+        "",
+        "## One erratic condition in the group",
+        "",
+        f"{args.reps // 2} simulated studies per row: every condition's seeds move its accuracy by 1 point (sd) except "
+        "the last one's, by 8. Coverage of the true difference by the 95% interval (target 0.95), with the seed "
+        "variance estimated per condition (tuneoff) and pooled over the group (the first version).",
+        "",
+        "| test examples | seeds | conditions | stable vs stable | (group-pooled) | stable vs erratic | (group-pooled) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in erratic:
-        lines.append(f"| {e['n']:,} | {e['seeds']} | {e['conditions']} | {e['coverage_stable']:.3f} | "
-                     f"{e['coverage_stable_pooled']:.3f} | {e['coverage_erratic']:.3f} | {e['coverage_erratic_pooled']:.3f} |")
-    lines += ["", "## Two conditions trained with the same seeds, as alike as LoRA and DoRA", "",
-              f"{args.reps // 2} simulated null studies per row, 1,000 test examples: two conditions with the same example "
-              "chances, their seed shifts correlated by `rho` and each prediction the same random draw as the other's "
-              "with chance `rho` (a seed flips the same examples in both). The seed variances moderated by the prior "
-              "(tuneoff) and without it (each condition's own estimate): false-positive rate, coverage and the median "
-              "half-width of the 95% interval.", "",
-              "| seeds | seed sd (points) | rho | false-positive rate | (unmoderated) | coverage | (unmoderated) | "
-              "median half-width (points) | (unmoderated) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {e['n']:,} | {e['seeds']} | {e['conditions']} | {e['coverage_stable']:.3f} | "
+            f"{e['coverage_stable_pooled']:.3f} | {e['coverage_erratic']:.3f} | {e['coverage_erratic_pooled']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Two conditions trained with the same seeds, as alike as LoRA and DoRA",
+        "",
+        f"{args.reps // 2} simulated null studies per row, 1,000 test examples: two conditions with the same example "
+        "chances, their seed shifts correlated by `rho` and each prediction the same random draw as the other's "
+        "with chance `rho` (a seed flips the same examples in both). The seed variances moderated by the prior "
+        "(tuneoff) and without it (each condition's own estimate): false-positive rate, coverage and the median "
+        "half-width of the 95% interval.",
+        "",
+        "| seeds | seed sd (points) | rho | false-positive rate | (unmoderated) | coverage | (unmoderated) | "
+        "median half-width (points) | (unmoderated) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in correlated:
-        lines.append(f"| {c['seeds']} | {100 * c['seed_sd']:g} | {c['rho']:g} | {c['fp']:.3f} | {c['fp_unmoderated']:.3f} | "
-                     f"{c['covered']:.3f} | {c['covered_unmoderated']:.3f} | {100 * c['half_width']:.2f} | "
-                     f"{100 * c['half_width_unmoderated']:.2f} |")
-    lines += ["", "## Macro-F1 (analysis.metric: macro_f1)", "",
-              f"{args.reps // 2} simulated null studies per row: two conditions from the same process on a 3-class task "
-              "whose classes are 60 / 30 / 10% of the test examples (a wrong prediction another class at random), each "
-              "seed's macro-F1 linearised per example (`significance.macro_f1_values`), the seeds moving the logit so "
-              "that accuracy's seed sd is `seed sd`. Target: at most 5% false positives, 95% coverage of the true 0.", "",
-              "| test examples | seeds | seed sd (points of accuracy) | false-positive rate | coverage |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['seeds']} | {100 * c['seed_sd']:g} | {c['rho']:g} | {c['fp']:.3f} | {c['fp_unmoderated']:.3f} | "
+            f"{c['covered']:.3f} | {c['covered_unmoderated']:.3f} | {100 * c['half_width']:.2f} | "
+            f"{100 * c['half_width_unmoderated']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Macro-F1 (analysis.metric: macro_f1)",
+        "",
+        f"{args.reps // 2} simulated null studies per row: two conditions from the same process on a 3-class task "
+        "whose classes are 60 / 30 / 10% of the test examples (a wrong prediction another class at random), each "
+        "seed's macro-F1 linearised per example (`significance.macro_f1_values`), the seeds moving the logit so "
+        "that accuracy's seed sd is `seed sd`. Target: at most 5% false positives, 95% coverage of the true 0.",
+        "",
+        "| test examples | seeds | seed sd (points of accuracy) | false-positive rate | coverage |",
+        "|---|---|---|---|---|",
+    ]
     for m in macro:
-        lines.append(f"| {m['n']:,} | {m['seeds']} | {100 * m['seed_sd']:g} | {m['false_positive_rate']:.3f} | "
-                     f"{m['coverage']:.3f} |")
+        lines.append(
+            f"| {m['n']:,} | {m['seeds']} | {100 * m['seed_sd']:g} | {m['false_positive_rate']:.3f} | "
+            f"{m['coverage']:.3f} |"
+        )
     lines += ["", *_single_lines(single, args.reps // 2)]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
@@ -349,10 +464,16 @@ def main() -> None:
 
 def _meta(command: str, stamp: datetime, minutes: float) -> dict:
     """What a results file says of the run that wrote it."""
-    return {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
-            "machine": f"{platform.machine()} {platform.processor()}", "python": platform.python_version(),
-            "numpy": np.__version__, "assumed_seed_sd": ASSUMED_SEED_SD,
-            "seed_prior": {"accuracy": vars(PRIOR), "macro_f1": vars(F1_PRIOR)}}
+    return {
+        "command": command,
+        "date": stamp.isoformat(timespec="seconds"),
+        "minutes": round(minutes, 1),
+        "machine": f"{platform.machine()} {platform.processor()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "assumed_seed_sd": ASSUMED_SEED_SD,
+        "seed_prior": {"accuracy": vars(PRIOR), "macro_f1": vars(F1_PRIOR)},
+    }
 
 
 def _write_single(args, ns, rng, slope) -> None:
@@ -365,10 +486,14 @@ def _write_single(args, ns, rng, slope) -> None:
     name = f"calibration-single-{stamp:%Y%m%d}{'-quick' if args.quick else ''}"
     meta = {**_meta(command, stamp, minutes), "reps": args.reps // 2}
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "single": single}, indent=2) + "\n")
-    head = [f"# Calibration of one condition's intervals ({stamp:%Y-%m-%d})", "",
-            f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}. "
-            "The other tables (differences, erratic and correlated seeds, macro-F1) are in the calibration file of the "
-            "same date or before; the full run (without `--only-single`) writes this table after them.", ""]
+    head = [
+        f"# Calibration of one condition's intervals ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}`; {minutes:.1f} minutes on {meta['machine']}, Python {meta['python']}, numpy {np.__version__}. "
+        "The other tables (differences, erratic and correlated seeds, macro-F1) are in the calibration file of the "
+        "same date or before; the full run (without `--only-single`) writes this table after them.",
+        "",
+    ]
     (out / f"{name}.md").write_text("\n".join(head + _single_lines(single, args.reps // 2)) + "\n")
     print(f"written to {out / name}.md/.json ({minutes:.1f} min)")
 

@@ -25,11 +25,17 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="main-job-"))
-    env = {**os.environ, "COLUMNS": "100", "TUNEOFF_CACHE": str(work / "cache"), "TUNEOFF_RESULTS": str(work / "results")}
+    env = {
+        **os.environ,
+        "COLUMNS": "100",
+        "TUNEOFF_CACHE": str(work / "cache"),
+        "TUNEOFF_RESULTS": str(work / "results"),
+    }
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "train", "--no-progress"], cwd=work, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - t0
     if done.returncode:
         sys.exit(done.stderr[-3000:])
@@ -38,20 +44,39 @@ def main() -> None:
     resources = json.loads((run_dir / "resources.json").read_text())
     stamp = datetime.now(timezone.utc)
     printed = done.stdout.replace(str(work), "<work>").rstrip()
-    meta = {"command": "tuneoff train", "recorded_by": "python bench/main_job.py", "date": stamp.isoformat(timespec="seconds"),
-            "device": info["device"], "precision": info["mixed_precision"], "versions": info["versions"],
-            "load_before": load_before, "wall_seconds": seconds, "sizes": info["sizes"], "seconds": resources.get("seconds"),
-            "test": json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"], "stdout": printed}
+    meta = {
+        "command": "tuneoff train",
+        "recorded_by": "python bench/main_job.py",
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": info["device"],
+        "precision": info["mixed_precision"],
+        "versions": info["versions"],
+        "load_before": load_before,
+        "wall_seconds": seconds,
+        "sizes": info["sizes"],
+        "seconds": resources.get("seconds"),
+        "test": json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"],
+        "stdout": printed,
+    }
     stem = HERE / "results" / f"main-job-{stamp:%Y%m%d}"
     v = info["versions"]
-    lines = [f"# The main job: `tuneoff train` ({stamp:%Y-%m-%d})", "",
-             f"Recorded by `python bench/main_job.py` on {info['device']} ({platform.machine()}), {info['mixed_precision']} "
-             f"precision; tuneoff {v['tuneoff']} ({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers "
-             f"{v['transformers']}, peft {v['peft']}; load {load_before:.1f} before it started.", "",
-             f"Wall time of the whole process: **{seconds:.0f} s** ({info['sizes']['train']:,} training, "
-             f"{info['sizes']['validation']:,} validation and {info['sizes']['test']:,} test examples). Seconds per phase "
-             "(resources.json): " + ", ".join(f"{k} {val:.1f}" for k, val in (resources.get("seconds") or {}).items()) + ".",
-             "", "What it printed (standard output):", "", "```", printed, "```"]
+    lines = [
+        f"# The main job: `tuneoff train` ({stamp:%Y-%m-%d})",
+        "",
+        f"Recorded by `python bench/main_job.py` on {info['device']} ({platform.machine()}), {info['mixed_precision']} "
+        f"precision; tuneoff {v['tuneoff']} ({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers "
+        f"{v['transformers']}, peft {v['peft']}; load {load_before:.1f} before it started.",
+        "",
+        f"Wall time of the whole process: **{seconds:.0f} s** ({info['sizes']['train']:,} training, "
+        f"{info['sizes']['validation']:,} validation and {info['sizes']['test']:,} test examples). Seconds per phase "
+        "(resources.json): " + ", ".join(f"{k} {val:.1f}" for k, val in (resources.get("seconds") or {}).items()) + ".",
+        "",
+        "What it printed (standard output):",
+        "",
+        "```",
+        printed,
+        "```",
+    ]
     write_result(stem, meta, lines)
 
 

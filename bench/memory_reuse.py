@@ -67,29 +67,41 @@ def main() -> None:
     stamp = datetime.now(timezone.utc)
     lora_fresh, full, lora_after = fresh["runs"][0], reused["runs"][0], reused["runs"][1]
     base, left = reused["after_imports"], full["after"]
-    meta = {"recorded_by": "python bench/memory_reuse.py", "date": stamp.isoformat(timespec="seconds"),
-            "device": lora_fresh["device"], "versions": lora_fresh["versions"], "load_before": load_before,
-            "fresh": fresh, "reused": reused}
+    meta = {
+        "recorded_by": "python bench/memory_reuse.py",
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": lora_fresh["device"],
+        "versions": lora_fresh["versions"],
+        "load_before": load_before,
+        "fresh": fresh,
+        "reused": reused,
+    }
     stem = HERE / "results" / f"memory-reuse-{stamp:%Y%m%d}"
     v = lora_fresh["versions"]
     anon = left["Anonymous"] - base["Anonymous"]
     files = (left["Shared_Clean"] + left["Private_Clean"]) - (base["Shared_Clean"] + base["Private_Clean"])
     extra = lora_after["peak_rss_mb"] - lora_fresh["peak_rss_mb"]
-    lines = [f"# What a reused process carries into a run's CPU peak ({stamp:%Y-%m-%d})", "",
-             f"Recorded by `python bench/memory_reuse.py` on {lora_fresh['device']} ({platform.machine()}); tuneoff "
-             f"{v['tuneoff']} ({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers "
-             f"{v['transformers']}, peft {v['peft']}; load {load_before:.1f} before it started. MiniLM, 400 Reuters R8 "
-             "stories, 64 tokens, one epoch, one thread.", "",
-             "| | MB |", "|---|---|",
-             f"| LoRA's peak, in a fresh process | {lora_fresh['peak_rss_mb']:,.0f} |",
-             f"| full fine-tuning's peak, in a fresh process | {full['peak_rss_mb']:,.0f} |",
-             f"| the same LoRA run's peak, after full fine-tuning in the same process | {lora_after['peak_rss_mb']:,.0f} |",
-             f"| resident after full fine-tuning (gc + malloc_trim), anonymous, above a process that only imported the "
-             f"libraries | {anon:,.0f} |",
-             f"| the same, file-backed (library pages) | {files:,.0f} |", "",
-             f"The reused process's LoRA peak is {extra:+,.0f} MB ({100 * extra / lora_fresh['peak_rss_mb']:+.1f}%) from "
-             "the fresh one: a packed study's CPU peaks are upper bounds that depend on what the worker ran before; "
-             "compare conditions seed by seed, or plan them (`tuneoff plan`)."]
+    lines = [
+        f"# What a reused process carries into a run's CPU peak ({stamp:%Y-%m-%d})",
+        "",
+        f"Recorded by `python bench/memory_reuse.py` on {lora_fresh['device']} ({platform.machine()}); tuneoff "
+        f"{v['tuneoff']} ({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers "
+        f"{v['transformers']}, peft {v['peft']}; load {load_before:.1f} before it started. MiniLM, 400 Reuters R8 "
+        "stories, 64 tokens, one epoch, one thread.",
+        "",
+        "| | MB |",
+        "|---|---|",
+        f"| LoRA's peak, in a fresh process | {lora_fresh['peak_rss_mb']:,.0f} |",
+        f"| full fine-tuning's peak, in a fresh process | {full['peak_rss_mb']:,.0f} |",
+        f"| the same LoRA run's peak, after full fine-tuning in the same process | {lora_after['peak_rss_mb']:,.0f} |",
+        f"| resident after full fine-tuning (gc + malloc_trim), anonymous, above a process that only imported the "
+        f"libraries | {anon:,.0f} |",
+        f"| the same, file-backed (library pages) | {files:,.0f} |",
+        "",
+        f"The reused process's LoRA peak is {extra:+,.0f} MB ({100 * extra / lora_fresh['peak_rss_mb']:+.1f}%) from "
+        "the fresh one: a packed study's CPU peaks are upper bounds that depend on what the worker ran before; "
+        "compare conditions seed by seed, or plan them (`tuneoff plan`).",
+    ]
     write_result(stem, meta, lines)
 
 

@@ -28,7 +28,7 @@ def embed(model, tokenizer, texts: list[str], batch: int = 64):
 
     out = []
     for k in range(0, len(texts), batch):
-        enc = tokenizer(texts[k:k + batch], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        enc = tokenizer(texts[k : k + batch], padding=True, truncation=True, max_length=64, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1)
@@ -68,28 +68,54 @@ def main() -> None:
         right = (test_score >= threshold) == (test_label == positive)
         acc, n = float(right.mean()), len(right)
         half = 1.96 * (acc * (1 - acc) / n) ** 0.5  # Wald interval over the test pairs (not all independent)
-        rows.append({"task": task, "positive": positive, "validation_pairs": len(val_label), "test_pairs": n,
-                     "threshold": threshold, "test_accuracy": acc, "ci_low": acc - half, "ci_high": acc + half,
-                     "test_auc": float(roc_auc_score(test_label == positive, test_score)),
-                     "majority": float(max((test_label == positive).mean(), (test_label != positive).mean()))})
+        rows.append(
+            {
+                "task": task,
+                "positive": positive,
+                "validation_pairs": len(val_label),
+                "test_pairs": n,
+                "threshold": threshold,
+                "test_accuracy": acc,
+                "ci_low": acc - half,
+                "ci_high": acc + half,
+                "test_auc": float(roc_auc_score(test_label == positive, test_score)),
+                "majority": float(max((test_label == positive).mean(), (test_label != positive).mean())),
+            }
+        )
         print(rows[-1])
     stamp = datetime.now(timezone.utc)
-    meta = {"recorded_by": "python bench/pair_probe.py", "date": stamp.isoformat(timespec="seconds"),
-            "device": f"cpu ({platform.machine()}, 1 thread)", "versions": versions(), "load_before": load_before,
-            "rows": rows}
+    meta = {
+        "recorded_by": "python bench/pair_probe.py",
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": f"cpu ({platform.machine()}, 1 thread)",
+        "versions": versions(),
+        "load_before": load_before,
+        "rows": rows,
+    }
     stem = HERE / "results" / f"pair-probe-{stamp:%Y%m%d}"
     v = meta["versions"]
-    lines = [f"# How far frozen MiniLM embeddings separate the offline pair tasks ({stamp:%Y-%m-%d})", "",
-             f"Recorded by `python bench/pair_probe.py` on {meta['device']}; tuneoff {v['tuneoff']} "
-             f"({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers {v['transformers']}; load "
-             f"{load_before:.1f} before it started. Nothing trained: cosine of the two texts' mean-pooled "
-             "all-MiniLM-L6-v2 embeddings, thresholded where validation accuracy is highest.", "",
-             "| task | test pairs | accuracy (95% CI) | AUC | majority class |", "|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['test_pairs']:,} | {100 * r['test_accuracy']:.1f}% ({100 * r['ci_low']:.1f}–"
-              f"{100 * r['ci_high']:.1f}) | {r['test_auc']:.3f} | {100 * r['majority']:.1f}% |" for r in rows]
-    lines += ["", "A task a frozen encoder separates this far carries signal: a fine-tuned cross-encoder near chance on it "
-              "is short of training (steps, data), not facing noise. The pairs of one document share it, so the "
-              "interval is somewhat too narrow."]
+    lines = [
+        f"# How far frozen MiniLM embeddings separate the offline pair tasks ({stamp:%Y-%m-%d})",
+        "",
+        f"Recorded by `python bench/pair_probe.py` on {meta['device']}; tuneoff {v['tuneoff']} "
+        f"({v.get('tuneoff_commit') or 'no commit'}), torch {v['torch']}, transformers {v['transformers']}; load "
+        f"{load_before:.1f} before it started. Nothing trained: cosine of the two texts' mean-pooled "
+        "all-MiniLM-L6-v2 embeddings, thresholded where validation accuracy is highest.",
+        "",
+        "| task | test pairs | accuracy (95% CI) | AUC | majority class |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['task']} | {r['test_pairs']:,} | {100 * r['test_accuracy']:.1f}% ({100 * r['ci_low']:.1f}–"
+        f"{100 * r['ci_high']:.1f}) | {r['test_auc']:.3f} | {100 * r['majority']:.1f}% |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "A task a frozen encoder separates this far carries signal: a fine-tuned cross-encoder near chance on it "
+        "is short of training (steps, data), not facing noise. The pairs of one document share it, so the "
+        "interval is somewhat too narrow.",
+    ]
     write_result(stem, meta, lines)
 
 

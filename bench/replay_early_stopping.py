@@ -39,11 +39,16 @@ def replay(run_dir: Path) -> dict | None:
         state.history.append(entry)
         observe(state, entry[key], entry["val_loss"], metric)
     last = state.history[-1]
-    return {"run": run_dir.name, "stopped_at_epoch": last.get("epoch"), "stale": state.stale,
-            "patience": train.get("patience"), "would_go_on": state.stale < (train.get("patience") or 0),
-            "val_accuracy": [round(e["val_accuracy"], 3) for e in state.history],
-            "val_loss": [round(e["val_loss"], 3) for e in state.history],
-            "test_accuracy": (metrics.get("test") or {}).get("accuracy")}
+    return {
+        "run": run_dir.name,
+        "stopped_at_epoch": last.get("epoch"),
+        "stale": state.stale,
+        "patience": train.get("patience"),
+        "would_go_on": state.stale < (train.get("patience") or 0),
+        "val_accuracy": [round(e["val_accuracy"], 3) for e in state.history],
+        "val_loss": [round(e["val_loss"], 3) for e in state.history],
+        "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+    }
 
 
 def main() -> None:
@@ -52,18 +57,28 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     stamp = datetime.now(timezone.utc)
-    lines = [f"# Early stopping replayed ({stamp:%Y-%m-%d})", "",
-             f"`python {' '.join(sys.argv)}`: every run that stopped early, its evaluation history replayed under "
-             "`tuneoff.training.convergence.observe` (a falling validation loss counts as progress until the metric "
-             "first improves). A run listed would have gone on under it.", ""]
+    lines = [
+        f"# Early stopping replayed ({stamp:%Y-%m-%d})",
+        "",
+        f"`python {' '.join(sys.argv)}`: every run that stopped early, its evaluation history replayed under "
+        "`tuneoff.training.convergence.observe` (a falling validation loss counts as progress until the metric "
+        "first improves). A run listed would have gone on under it.",
+        "",
+    ]
     for study in args.studies:
         runs = [r for d in sorted((study / "runs").iterdir()) if (d / "metrics.json").is_file() and (r := replay(d))]
         go_on = [r for r in runs if r["would_go_on"]]
         lines += [f"## {study.name}: {len(go_on)} of {len(runs)} early-stopped runs would have gone on", ""]
         if go_on:
-            lines += ["| run | stopped at epoch | test accuracy | validation accuracy | validation loss |", "|---|---|---|---|---|"]
-            lines += [f"| {r['run']} | {r['stopped_at_epoch']} | {r['test_accuracy']:.3f} | {r['val_accuracy']} | "
-                      f"{r['val_loss']} |" for r in go_on]
+            lines += [
+                "| run | stopped at epoch | test accuracy | validation accuracy | validation loss |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['run']} | {r['stopped_at_epoch']} | {r['test_accuracy']:.3f} | {r['val_accuracy']} | "
+                f"{r['val_loss']} |"
+                for r in go_on
+            ]
             lines.append("")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,15 @@ def seed_variances(files: list[str], column: str) -> pd.DataFrame:
                 continue
             values = np.array([float(x) for x in cell.split(" / ")])
             if len(values) > 1:
-                rows.append({"study": Path(f).stem, "condition": r.condition, "method": r.method, "seeds": len(values),
-                             "var": float(values.var(ddof=1))})
+                rows.append(
+                    {
+                        "study": Path(f).stem,
+                        "condition": r.condition,
+                        "method": r.method,
+                        "seeds": len(values),
+                        "var": float(values.var(ddof=1)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -66,10 +73,15 @@ def fit(frame: pd.DataFrame) -> dict:
     start = [np.log(np.median(var)), np.log(4.0)]
     best = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-8, "maxiter": 4000})
     s0sq, d0 = np.exp(best.x)
-    return {"s0": float(np.sqrt(s0sq)), "d0": float(d0), "conditions": int(len(frame)),
-            "largest_sd": float(np.sqrt(frame["var"].max())),
-            "largest": frame.loc[frame["var"].idxmax(), ["study", "condition"]].tolist(),
-            "median_sd": float(np.sqrt(frame["var"].median())), "rms_sd": float(np.sqrt(frame["var"].mean()))}
+    return {
+        "s0": float(np.sqrt(s0sq)),
+        "d0": float(d0),
+        "conditions": int(len(frame)),
+        "largest_sd": float(np.sqrt(frame["var"].max())),
+        "largest": frame.loc[frame["var"].idxmax(), ["study", "condition"]].tolist(),
+        "median_sd": float(np.sqrt(frame["var"].median())),
+        "rms_sd": float(np.sqrt(frame["var"].mean())),
+    }
 
 
 def main() -> None:
@@ -80,25 +92,51 @@ def main() -> None:
     stamp = datetime.now(timezone.utc)
     command = " ".join(["python", *sys.argv])
     fits = {metric: fit(seed_variances(files, f"{metric}_per_seed")) for metric in ("accuracy", "macro_f1")}
-    per_method = seed_variances(files, "accuracy_per_seed").groupby("method")["var"].agg(
-        conditions="count", rms_sd=lambda v: float(np.sqrt(v.mean())), largest_sd=lambda v: float(np.sqrt(v.max())))
-    lines = [f"# The seed-variance prior ({stamp:%Y-%m-%d})", "",
-             f"`{command}` on {platform.machine()}, Python {platform.python_version()}, scipy {__import__('scipy').__version__}; "
-             f"read from the {len(files)} committed results `studies/results/*.csv` (each condition's per-seed test "
-             "scores). Smyth's (2004) model s^2 / s0^2 ~ F(S - 1, d0), fitted by maximum likelihood; sds in points.", "",
-             "| metric | conditions | s0 (prior sd) | d0 (prior degrees of freedom) | median sd | rms sd | largest sd (where) |",
-             "|---|---|---|---|---|---|---|"]
+    per_method = (
+        seed_variances(files, "accuracy_per_seed")
+        .groupby("method")["var"]
+        .agg(
+            conditions="count", rms_sd=lambda v: float(np.sqrt(v.mean())), largest_sd=lambda v: float(np.sqrt(v.max()))
+        )
+    )
+    lines = [
+        f"# The seed-variance prior ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}` on {platform.machine()}, Python {platform.python_version()}, scipy {__import__('scipy').__version__}; "
+        f"read from the {len(files)} committed results `studies/results/*.csv` (each condition's per-seed test "
+        "scores). Smyth's (2004) model s^2 / s0^2 ~ F(S - 1, d0), fitted by maximum likelihood; sds in points.",
+        "",
+        "| metric | conditions | s0 (prior sd) | d0 (prior degrees of freedom) | median sd | rms sd | largest sd (where) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for metric, f in fits.items():
-        lines.append(f"| {metric} | {f['conditions']} | {100 * f['s0']:.2f} | {f['d0']:.2f} | {100 * f['median_sd']:.2f} | "
-                     f"{100 * f['rms_sd']:.2f} | {100 * f['largest_sd']:.2f} ({f['largest'][0]}: {f['largest'][1]}) |")
-    lines += ["", "Per method (accuracy; most methods appear in one or two studies, so the verdict uses one prior for all):", "",
-              "| method | conditions | rms sd | largest sd |", "|---|---|---|---|"]
+        lines.append(
+            f"| {metric} | {f['conditions']} | {100 * f['s0']:.2f} | {f['d0']:.2f} | {100 * f['median_sd']:.2f} | "
+            f"{100 * f['rms_sd']:.2f} | {100 * f['largest_sd']:.2f} ({f['largest'][0]}: {f['largest'][1]}) |"
+        )
+    lines += [
+        "",
+        "Per method (accuracy; most methods appear in one or two studies, so the verdict uses one prior for all):",
+        "",
+        "| method | conditions | rms sd | largest sd |",
+        "|---|---|---|---|",
+    ]
     for method, r in per_method.iterrows():
         lines.append(f"| {method} | {int(r.conditions)} | {100 * r.rms_sd:.2f} | {100 * r.largest_sd:.2f} |")
-    write_result(Path(args.out) / f"seed-prior-{stamp:%Y%m%d}",
-                 {"meta": {"command": command, "date": stamp.isoformat(timespec="seconds"),
-                           "machine": platform.machine(), "python": platform.python_version()},
-                  "fits": fits, "per_method": per_method.reset_index().to_dict("records")}, lines)
+    write_result(
+        Path(args.out) / f"seed-prior-{stamp:%Y%m%d}",
+        {
+            "meta": {
+                "command": command,
+                "date": stamp.isoformat(timespec="seconds"),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+            },
+            "fits": fits,
+            "per_method": per_method.reset_index().to_dict("records"),
+        },
+        lines,
+    )
 
 
 if __name__ == "__main__":

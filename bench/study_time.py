@@ -67,47 +67,92 @@ def main() -> None:
     probe_seconds = time.perf_counter() - t0
     predicted = {p.phase: p for p in study_time(conds, probes, slots)}
 
-    command = [sys.executable, "-m", "tuneoff", "run", args.study, "--results", args.results, "--yes",
-               "--parallel", str(slots), "--threads", str(per_run), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "tuneoff",
+        "run",
+        args.study,
+        "--results",
+        args.results,
+        "--yes",
+        "--parallel",
+        str(slots),
+        "--threads",
+        str(per_run),
+        *extra,
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode:
         sys.exit(done.stderr[-3000:])
     db = sqlite3.connect(Path(args.results) / "tuneoff.sqlite")
-    rows = db.execute("SELECT phase, seed, started, finished FROM runs WHERE study=? AND status IN ('done', 'pruned')",
-                      (spec.name,)).fetchall()
-    measured = {"tuning": _span([(s, f) for p, _, s, f in rows if p == "tune" and s and f]),
-                "final": _span([(s, f) for p, seed, s, f in rows if p == "final" and seed in spec.seeds and s and f])}
+    rows = db.execute(
+        "SELECT phase, seed, started, finished FROM runs WHERE study=? AND status IN ('done', 'pruned')", (spec.name,)
+    ).fetchall()
+    measured = {
+        "tuning": _span([(s, f) for p, _, s, f in rows if p == "tune" and s and f]),
+        "final": _span([(s, f) for p, seed, s, f in rows if p == "final" and seed in spec.seeds and s and f]),
+    }
     later = [(s, f) for p, seed, s, f in rows if p == "final" and seed not in spec.seeds and s and f]
 
     stamp = datetime.now(timezone.utc)
     v = versions()
-    table = ["| phase | runs | predicted (about) | predicted (at most) | measured | measured / predicted |",
-             "|---|---|---|---|---|---|"]
+    table = [
+        "| phase | runs | predicted (about) | predicted (at most) | measured | measured / predicted |",
+        "|---|---|---|---|---|---|",
+    ]
     for phase, p in predicted.items():
         m = measured.get(phase)
-        table.append(f"| {phase} | {p.runs} | {p.minutes:.1f} min | {p.at_most:.1f} min | "
-                     f"{'-' if m is None else f'{m / 60:.1f} min'} | {'-' if m is None else f'{m / 60 / p.minutes:.2f}'} |")
-    per_condition = ["| condition | threads | s a step | s an evaluation | steps an epoch | load s | finish s |",
-                     "|---|---|---|---|---|---|---|"]
-    per_condition += [f"| {k} | {p.threads} | {p.step:.3f} | {p.evaluation:.2f} | {p.steps_per_epoch} | {p.load:.1f} | "
-                      f"{p.finish:.1f} |" for k, p in probes.items()]
-    lines = [f"# Predicted against measured study time: {spec.name} ({stamp:%Y-%m-%d})", "",
-             f"`python bench/study_time.py {args.study} --results <dir> {' '.join(extra)}` on {_cpu()}, "
-             f"{os.cpu_count()} cores (load {load_before:.1f} before it started); tuneoff "
-             f"{v.get('tuneoff')}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}. "
-             f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps "
-             f"({probe_seconds:.0f} s in all); a run predicted at {PLATEAU_SHARE:.0%} of its step cap (the committed "
-             "studies' median), bounded by its cap.", "", *table, "",
-             f"The whole command took {wall / 60:.1f} min"
-             + (f", of which decide mode's later rounds ({len(later)} runs) {_span(later) / 60:.1f} min" if later else "")
-             + ".", "", "Each condition's probe:", "", *per_condition]
-    meta = {"command": " ".join(["python bench/study_time.py", args.study, *extra]), "date": stamp.isoformat(timespec="seconds"),
-            "device": _cpu(), "load_before": load_before, "slots": slots, "threads": per_run, "versions": v, "probe_seconds": probe_seconds,
-            "probes": {k: vars(p) for k, p in probes.items()},
-            "predicted": {k: vars(p) for k, p in predicted.items()}, "measured_seconds": measured,
-            "later_rounds": {"runs": len(later), "seconds": _span(later)}, "wall_seconds": wall}
+        table.append(
+            f"| {phase} | {p.runs} | {p.minutes:.1f} min | {p.at_most:.1f} min | "
+            f"{'-' if m is None else f'{m / 60:.1f} min'} | {'-' if m is None else f'{m / 60 / p.minutes:.2f}'} |"
+        )
+    per_condition = [
+        "| condition | threads | s a step | s an evaluation | steps an epoch | load s | finish s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    per_condition += [
+        f"| {k} | {p.threads} | {p.step:.3f} | {p.evaluation:.2f} | {p.steps_per_epoch} | {p.load:.1f} | "
+        f"{p.finish:.1f} |"
+        for k, p in probes.items()
+    ]
+    lines = [
+        f"# Predicted against measured study time: {spec.name} ({stamp:%Y-%m-%d})",
+        "",
+        f"`python bench/study_time.py {args.study} --results <dir> {' '.join(extra)}` on {_cpu()}, "
+        f"{os.cpu_count()} cores (load {load_before:.1f} before it started); tuneoff "
+        f"{v.get('tuneoff')}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}. "
+        f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps "
+        f"({probe_seconds:.0f} s in all); a run predicted at {PLATEAU_SHARE:.0%} of its step cap (the committed "
+        "studies' median), bounded by its cap.",
+        "",
+        *table,
+        "",
+        f"The whole command took {wall / 60:.1f} min"
+        + (f", of which decide mode's later rounds ({len(later)} runs) {_span(later) / 60:.1f} min" if later else "")
+        + ".",
+        "",
+        "Each condition's probe:",
+        "",
+        *per_condition,
+    ]
+    meta = {
+        "command": " ".join(["python bench/study_time.py", args.study, *extra]),
+        "date": stamp.isoformat(timespec="seconds"),
+        "device": _cpu(),
+        "load_before": load_before,
+        "slots": slots,
+        "threads": per_run,
+        "versions": v,
+        "probe_seconds": probe_seconds,
+        "probes": {k: vars(p) for k, p in probes.items()},
+        "predicted": {k: vars(p) for k, p in predicted.items()},
+        "measured_seconds": measured,
+        "later_rounds": {"runs": len(later), "seconds": _span(later)},
+        "wall_seconds": wall,
+    }
     write_result(HERE / "results" / f"study-time-{spec.name}-{stamp:%Y%m%d}", meta, lines)
 
 

@@ -62,16 +62,16 @@ class Cell:
     name: str
     conditions: int = 4
     seeds: int = 3
-    n: int = 1000                 # test examples
+    n: int = 1000  # test examples
     n_val: int = 500
-    seed_sd: float = 0.01         # accuracy points (fraction) of seed-to-seed sd
-    gaps: tuple = ()              # per condition, how far below condition 0 (fraction of accuracy); () = all equal
-    costs: tuple = ()             # per condition, relative cost (condition 0 = 1); () = decreasing
-    fail: float = 0.0             # the last condition's seeds fail with this chance ...
-    drop: float = 0.09            # ... losing this much accuracy
-    difficulty: bool = False      # seed effects move only the harder half of the examples
-    shared: float = 0.0           # correlation of one seed's shifts across conditions
-    held_apart: bool = True       # pick on tuning trials (True) or on the final runs (False)
+    seed_sd: float = 0.01  # accuracy points (fraction) of seed-to-seed sd
+    gaps: tuple = ()  # per condition, how far below condition 0 (fraction of accuracy); () = all equal
+    costs: tuple = ()  # per condition, relative cost (condition 0 = 1); () = decreasing
+    fail: float = 0.0  # the last condition's seeds fail with this chance ...
+    drop: float = 0.09  # ... losing this much accuracy
+    difficulty: bool = False  # seed effects move only the harder half of the examples
+    shared: float = 0.0  # correlation of one seed's shifts across conditions
+    held_apart: bool = True  # pick on tuning trials (True) or on the final runs (False)
     margin: float = 0.01
     extra: dict = field(default_factory=dict)
 
@@ -97,7 +97,7 @@ def _seed_shifts(cell: Cell, rng, count: int, common: np.ndarray, last: bool) ->
         fails = rng.random(count) < cell.fail
         return rng.normal(0, little, count) - fails * (cell.drop / SLOPE)
     own = rng.normal(0, sigma, count)
-    return np.sqrt(1 - cell.shared ** 2) * own + cell.shared * sigma * common if cell.shared else own
+    return np.sqrt(1 - cell.shared**2) * own + cell.shared * sigma * common if cell.shared else own
 
 
 def _correct(rng, u: np.ndarray, mu: float, shifts: np.ndarray, difficulty: bool) -> np.ndarray:
@@ -154,28 +154,50 @@ def decide_on(cell: Cell, data: Drawn, seeds: list[int], settings: AnalysisSetti
     costs = cell.costs or tuple(1.0 / (1 + c) for c in range(cell.conditions))
     scores, readings = {}, []
     for c in range(cell.conditions):
-        test, val, s = data.test[c][:, :seeds[c]], data.val[c][:seeds[c]], seeds[c]
+        test, val, s = data.test[c][:, : seeds[c]], data.val[c][: seeds[c]], seeds[c]
         name = f"c{c}"
         scores[name] = test
         acc = float(test.mean())
-        readings.append({
-            "condition": name, "method": "full" if c == 0 else "lora", "seeds": s, "accuracy": acc, "macro_f1": acc,
-            "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in test.mean(axis=0)), "macro_f1_per_seed": "",
-            "val_accuracy": float(val.mean()), "val_macro_f1": float(val.mean()),
-            "plateau_accuracy": float(val.mean()), "plateau_macro_f1": float(val.mean()),
-            "sel_accuracy": data.trial[c] if cell.held_apart else np.nan,
-            "sel_macro_f1": data.trial[c] if cell.held_apart else np.nan, "pick_seed": 0,
-            "lr": 1e-4, "collapsed_runs": 0, "converged_runs": s, "convergence_known": s, "not_converged": "",
-            "budget_gain": np.nan, "stopped_by": "", "trainable_params": int(1e6 * costs[c]),
-            "trainable_pct": 100.0 if c == 0 else 1.0, "trained_mb": 100 * costs[c], "peak_memory_mb": 1000 * costs[c],
-            "train_seconds": 100 * costs[c]})
+        readings.append(
+            {
+                "condition": name,
+                "method": "full" if c == 0 else "lora",
+                "seeds": s,
+                "accuracy": acc,
+                "macro_f1": acc,
+                "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in test.mean(axis=0)),
+                "macro_f1_per_seed": "",
+                "val_accuracy": float(val.mean()),
+                "val_macro_f1": float(val.mean()),
+                "plateau_accuracy": float(val.mean()),
+                "plateau_macro_f1": float(val.mean()),
+                "sel_accuracy": data.trial[c] if cell.held_apart else np.nan,
+                "sel_macro_f1": data.trial[c] if cell.held_apart else np.nan,
+                "pick_seed": 0,
+                "lr": 1e-4,
+                "collapsed_runs": 0,
+                "converged_runs": s,
+                "convergence_known": s,
+                "not_converged": "",
+                "budget_gain": np.nan,
+                "stopped_by": "",
+                "trainable_params": int(1e6 * costs[c]),
+                "trainable_pct": 100.0 if c == 0 else 1.0,
+                "trained_mb": 100 * costs[c],
+                "peak_memory_mb": 1000 * costs[c],
+                "train_seconds": 100 * costs[c],
+            }
+        )
     truth = np.array(["pos" if i < 0.4 * cell.n else "neg" for i in range(cell.n)])
     baseline = (truth == "neg").astype(np.float32)[:, None]
     cmp = comparisons(scores, baseline, "accuracy", settings)
     table, against = table_of(readings, {"accuracy": cmp}, settings, "neg")
-    group = Group("sim", "sim", ["neg", "pos"], [str(i) for i in range(cell.n)], pd.Series(truth), "neg", "training split")
-    v = GroupVerdict(group, table, pd.DataFrame(), comparisons=cmp, against_baseline=against, metric="accuracy",
-                     alpha=settings.alpha)
+    group = Group(
+        "sim", "sim", ["neg", "pos"], [str(i) for i in range(cell.n)], pd.Series(truth), "neg", "training split"
+    )
+    v = GroupVerdict(
+        group, table, pd.DataFrame(), comparisons=cmp, against_baseline=against, metric="accuracy", alpha=settings.alpha
+    )
     decide([v], settings)
     return v
 
@@ -195,7 +217,11 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
     own_cover, pair_cover, flags, pair_hits = [], [], [], []
     for _ in range(reps):
         v = one_study(cell, rng, settings)
-        d = v.decisions[v.decisions.against == "pick"] if v.decisions is not None and len(v.decisions) else pd.DataFrame()
+        d = (
+            v.decisions[v.decisions.against == "pick"]
+            if v.decisions is not None and len(v.decisions)
+            else pd.DataFrame()
+        )
         names = list(v.with_best.condition) if v.with_best is not None else []
         idx = {n: int(n[1:]) for n in names}
         if equal and len(d):
@@ -220,7 +246,7 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
             gaps = cell.gaps or (0.0,) * cell.conditions
             below = gaps[int(rec[1:])] - min(gaps) >= cell.margin - 1e-12
             decided.append(v.decided)
-            wrong_rec.append(bool(v.decided and below))      # a finding that is wrong
+            wrong_rec.append(bool(v.decided and below))  # a finding that is wrong
             default_below.append(bool(not v.decided and below))
             picked_best.append(int(v.best[1:]) == int(np.argmin(gaps)))
         if cell.fail:
@@ -229,7 +255,9 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
             # covered, or said plainly (its seeds disagree) and never counted as decided
             flagged = bool(t.loc[last, "seeds_disagree"]) and not (v.decided and v.recommended == last)
             flags.append(flagged)
-            own_cover.append(bool(t.loc[last, "accuracy_ci_low"] <= truth[-1] <= t.loc[last, "accuracy_ci_high"]) or flagged)
+            own_cover.append(
+                bool(t.loc[last, "accuracy_ci_low"] <= truth[-1] <= t.loc[last, "accuracy_ci_high"]) or flagged
+            )
             row = d[d.condition == last]
             if len(row) and v.best is not None:
                 gap = truth[-1] - truth[int(v.best[1:])]
@@ -243,18 +271,32 @@ def measure(cell: Cell, reps: int, seed: int = 0) -> dict:
 
     def mean(values):
         values = np.asarray(values, dtype=float)
-        return (float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))) if len(values) > 1 else (None, None)
+        return (
+            (float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values))))
+            if len(values) > 1
+            else (None, None)
+        )
 
-    return {"cell": cell.name, "conditions": cell.conditions, "seeds": cell.seeds, "n": cell.n,
-            "seed_sd": cell.seed_sd, "pick": "held-apart" if cell.held_apart else "final runs", "reps": reps,
-            "mean_other_minus_pick": mean(diffs), "familywise_false_below": rate(false_below) if equal else (None, None),
-            "mcb_coverage": rate(covered), "pick_coverage": rate(pair_hits),
-            "wrong_recommendation": rate(wrong_rec), "decided": rate(decided),
-            "default_below_margin": rate(default_below),
-            "picked_true_best": rate(picked_best) if cell.gaps else (None, None),
-            "failing_own_coverage": rate(own_cover) if cell.fail else (None, None),
-            "failing_flagged": rate(flags) if cell.fail else (None, None),
-            "failing_pair_coverage": rate(pair_cover) if cell.fail else (None, None)}
+    return {
+        "cell": cell.name,
+        "conditions": cell.conditions,
+        "seeds": cell.seeds,
+        "n": cell.n,
+        "seed_sd": cell.seed_sd,
+        "pick": "held-apart" if cell.held_apart else "final runs",
+        "reps": reps,
+        "mean_other_minus_pick": mean(diffs),
+        "familywise_false_below": rate(false_below) if equal else (None, None),
+        "mcb_coverage": rate(covered),
+        "pick_coverage": rate(pair_hits),
+        "wrong_recommendation": rate(wrong_rec),
+        "decided": rate(decided),
+        "default_below_margin": rate(default_below),
+        "picked_true_best": rate(picked_best) if cell.gaps else (None, None),
+        "failing_own_coverage": rate(own_cover) if cell.fail else (None, None),
+        "failing_flagged": rate(flags) if cell.fail else (None, None),
+        "failing_pair_coverage": rate(pair_cover) if cell.fail else (None, None),
+    }
 
 
 def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
@@ -274,7 +316,11 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
 
     def read(v):
         below = v.recommended is not None and gaps[int(v.recommended[1:])] - min(gaps) >= cell.margin - 1e-12
-        d = v.decisions[v.decisions.against == "pick"] if v.decisions is not None and len(v.decisions) else pd.DataFrame()
+        d = (
+            v.decisions[v.decisions.against == "pick"]
+            if v.decisions is not None and len(v.decisions)
+            else pd.DataFrame()
+        )
         false = equal and len(d) and bool(d.significant.any() or (d.call == "worse").any())
         return bool(v.decided), bool(v.decided and below), bool(false)
 
@@ -295,8 +341,10 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
         seq["runs"].append(sum(seeds))
         seq["looks"].append(looks)
         for s in fixed_range:
-            for key, value in zip(("decided", "wrong", "false"), read(decide_on(cell, data, [s] * k,
-                                                                               AnalysisSettings(margin=cell.margin)))):
+            for key, value in zip(
+                ("decided", "wrong", "false"),
+                read(decide_on(cell, data, [s] * k, AnalysisSettings(margin=cell.margin))),
+            ):
                 fixed[s][key].append(value)
 
     def rate(values):
@@ -306,25 +354,45 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
     chance = rate(seq["decided"])[0]
     matched = next((s for s in fixed_range if rate(fixed[s]["decided"])[0] >= chance), None)
     runs = float(np.mean(seq["runs"]))
-    return {"cell": cell.name, "conditions": k, "first_seeds": first, "max_seeds": max_seeds, "n": cell.n,
-            "margin": cell.margin, "reps": reps, "decide_mode": {
-                "decided": rate(seq["decided"]), "wrong_recommendation": rate(seq["wrong"]),
-                "false_call": rate(seq["false"]) if equal else None, "runs": (runs, float(np.std(seq["runs"]) / np.sqrt(reps))),
-                "looks": float(np.mean(seq["looks"]))},
-            "fixed": {s: {"decided": rate(f["decided"]), "wrong_recommendation": rate(f["wrong"]),
-                          "false_call": rate(f["false"]) if equal else None, "runs": k * s} for s, f in fixed.items()},
-            "matched_fixed_seeds": matched, "runs_ratio": runs / (k * matched) if matched else None}
+    return {
+        "cell": cell.name,
+        "conditions": k,
+        "first_seeds": first,
+        "max_seeds": max_seeds,
+        "n": cell.n,
+        "margin": cell.margin,
+        "reps": reps,
+        "decide_mode": {
+            "decided": rate(seq["decided"]),
+            "wrong_recommendation": rate(seq["wrong"]),
+            "false_call": rate(seq["false"]) if equal else None,
+            "runs": (runs, float(np.std(seq["runs"]) / np.sqrt(reps))),
+            "looks": float(np.mean(seq["looks"])),
+        },
+        "fixed": {
+            s: {
+                "decided": rate(f["decided"]),
+                "wrong_recommendation": rate(f["wrong"]),
+                "false_call": rate(f["false"]) if equal else None,
+                "runs": k * s,
+            }
+            for s, f in fixed.items()
+        },
+        "matched_fixed_seeds": matched,
+        "runs_ratio": runs / (k * matched) if matched else None,
+    }
 
 
 def sequential_cells() -> list[Cell]:
     """Studies where racing and stopping can save runs, and the null ones where the looks could cost errors."""
     mixed = (0.0, 0.0, 0.03, 0.15)  # the best (dearest), a cheaper one as good, one 3 points worse, a head far below
     like_default = (0.0, 0.0, 0.005, 0.05, 0.15, 0.15)  # full, partial, LoRA close; LoRA+ behind; two heads far below
-    return [Cell("best, one as good, one worse, one far worse", 4, 3, n=2000, seed_sd=0.01, gaps=mixed, margin=0.02),
-            Cell("six: three close, one behind, two far below", 6, 3, n=2000, seed_sd=0.01, gaps=like_default,
-                 margin=0.02),
-            Cell("equal conditions", 4, 3, n=2000, seed_sd=0.01, margin=0.02),
-            Cell("3 cheaper at the margin", 4, 3, n=2000, seed_sd=0.01, gaps=(0.0, 0.02, 0.02, 0.02), margin=0.02)]
+    return [
+        Cell("best, one as good, one worse, one far worse", 4, 3, n=2000, seed_sd=0.01, gaps=mixed, margin=0.02),
+        Cell("six: three close, one behind, two far below", 6, 3, n=2000, seed_sd=0.01, gaps=like_default, margin=0.02),
+        Cell("equal conditions", 4, 3, n=2000, seed_sd=0.01, margin=0.02),
+        Cell("3 cheaper at the margin", 4, 3, n=2000, seed_sd=0.01, gaps=(0.0, 0.02, 0.02, 0.02), margin=0.02),
+    ]
 
 
 def cells() -> list[Cell]:
@@ -376,35 +444,62 @@ def main_decide(args) -> None:
     with multiprocessing.Pool(args.workers) as pool:
         rows = pool.map(_run_sequential, jobs)
     minutes = (time.time() - t0) / 60
-    lines = [f"# Decide mode against fixed designs, simulated ({stamp:%Y-%m-%d})", "",
-             f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
-             f"{platform.python_version()}; {args.reps} simulated studies per row, each drawn with {args.max_seeds} seeds "
-             "a condition and decided by `tuneoff.analysis.verdict.decide`: in decide mode (`tuneoff.study.rounds`: "
-             "3 seeds, then a look after each round of one more seed for the conditions `who_gets_a_seed` chooses, at "
-             "the level `look_alpha` spends) and in every fixed design of 3 to "
-             f"{args.max_seeds} seeds a condition, on the same draws. `matched` is the fewest fixed seeds whose chance of "
-             "deciding is at least decide mode's; `runs ratio` is decide mode's mean final runs over that design's. "
-             "Rates with their Monte Carlo standard errors (±). 2,000 test examples, 1 point of seed sd, a 2-point margin.", "",
-             "| study | decide mode: decided | wrong recommendation | false call | runs | looks | fixed (seeds: decided, "
-             "runs) | matched | runs ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Decide mode against fixed designs, simulated ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
+        f"{platform.python_version()}; {args.reps} simulated studies per row, each drawn with {args.max_seeds} seeds "
+        "a condition and decided by `tuneoff.analysis.verdict.decide`: in decide mode (`tuneoff.study.rounds`: "
+        "3 seeds, then a look after each round of one more seed for the conditions `who_gets_a_seed` chooses, at "
+        "the level `look_alpha` spends) and in every fixed design of 3 to "
+        f"{args.max_seeds} seeds a condition, on the same draws. `matched` is the fewest fixed seeds whose chance of "
+        "deciding is at least decide mode's; `runs ratio` is decide mode's mean final runs over that design's. "
+        "Rates with their Monte Carlo standard errors (±). 2,000 test examples, 1 point of seed sd, a 2-point margin.",
+        "",
+        "| study | decide mode: decided | wrong recommendation | false call | runs | looks | fixed (seeds: decided, "
+        "runs) | matched | runs ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = r["decide_mode"]
         fixed = "; ".join(f"{s}: {f['decided'][0]:.2f}, {f['runs']}" for s, f in r["fixed"].items())
         false = fmt(d["false_call"]) if d["false_call"] else ""
         ratio = "" if r["runs_ratio"] is None else f"{r['runs_ratio']:.2f}"
-        lines.append(f"| {r['cell']} | {fmt(d['decided'])} | {fmt(d['wrong_recommendation'])} | {false} | "
-                     f"{d['runs'][0]:.1f} ± {d['runs'][1]:.1f} | {d['looks']:.1f} | {fixed} | {r['matched_fixed_seeds']} | "
-                     f"{ratio} |")
-    lines += ["", "Fixed designs' error rates on the same draws (wrong recommendation; false call where every condition "
-              "is equal):", ""]
+        lines.append(
+            f"| {r['cell']} | {fmt(d['decided'])} | {fmt(d['wrong_recommendation'])} | {false} | "
+            f"{d['runs'][0]:.1f} ± {d['runs'][1]:.1f} | {d['looks']:.1f} | {fixed} | {r['matched_fixed_seeds']} | "
+            f"{ratio} |"
+        )
+    lines += [
+        "",
+        "Fixed designs' error rates on the same draws (wrong recommendation; false call where every condition "
+        "is equal):",
+        "",
+    ]
     for r in rows:
-        lines.append(f"- {r['cell']}: " + "; ".join(
-            f"{s} seeds {fmt(f['wrong_recommendation'])}" + (f", false {fmt(f['false_call'])}" if f["false_call"] else "")
-            for s, f in r["fixed"].items()))
-    write_result(Path(args.out) / f"decide-simulation-{stamp:%Y%m%d}",
-                 {"meta": {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
-                           "machine": platform.machine(), "python": platform.python_version(), "reps": args.reps},
-                  "rows": rows}, lines)
+        lines.append(
+            f"- {r['cell']}: "
+            + "; ".join(
+                f"{s} seeds {fmt(f['wrong_recommendation'])}"
+                + (f", false {fmt(f['false_call'])}" if f["false_call"] else "")
+                for s, f in r["fixed"].items()
+            )
+        )
+    write_result(
+        Path(args.out) / f"decide-simulation-{stamp:%Y%m%d}",
+        {
+            "meta": {
+                "command": command,
+                "date": stamp.isoformat(timespec="seconds"),
+                "minutes": round(minutes, 1),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "reps": args.reps,
+            },
+            "rows": rows,
+        },
+        lines,
+    )
 
 
 def main() -> None:
@@ -423,57 +518,92 @@ def main() -> None:
     with multiprocessing.Pool(args.workers) as pool:
         rows = pool.map(_run, jobs)
     minutes = (time.time() - t0) / 60
-    lines = [f"# The verdict, simulated ({stamp:%Y-%m-%d})", "",
-             f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
-             f"{platform.python_version()}, numpy {np.__version__}; {args.reps} simulated studies per row, each decided by "
-             "`tuneoff.analysis.verdict.decide` (margin 1 point, alpha 0.05). Every figure is a mean or a rate with its "
-             "Monte Carlo standard error (±). The model is in the script's docstring.", "",
-             "## Equal conditions: is the comparison with the pick unbiased, and are false calls rare?", "",
-             "`other − pick`: the mean test difference of every other condition against the pick (points; 0 when "
-             "unbiased). `false below`: the share of studies with any condition called below the best (target at most "
-             "0.05). `MCB coverage`: all of a study's intervals of the distance from the best cover the truth at once "
-             "(target at least 0.95); `coverage against the pick`: the share of 95% intervals of (other − pick) that cover the "
-             "true difference (about 0.95 when the pick shares no luck with them).", "",
-             "| pick on | conditions | seeds | seed sd (points) | other − pick (points) | false below | MCB coverage | "
-             "coverage against the pick |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# The verdict, simulated ({stamp:%Y-%m-%d})",
+        "",
+        f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
+        f"{platform.python_version()}, numpy {np.__version__}; {args.reps} simulated studies per row, each decided by "
+        "`tuneoff.analysis.verdict.decide` (margin 1 point, alpha 0.05). Every figure is a mean or a rate with its "
+        "Monte Carlo standard error (±). The model is in the script's docstring.",
+        "",
+        "## Equal conditions: is the comparison with the pick unbiased, and are false calls rare?",
+        "",
+        "`other − pick`: the mean test difference of every other condition against the pick (points; 0 when "
+        "unbiased). `false below`: the share of studies with any condition called below the best (target at most "
+        "0.05). `MCB coverage`: all of a study's intervals of the distance from the best cover the truth at once "
+        "(target at least 0.95); `coverage against the pick`: the share of 95% intervals of (other − pick) that cover the "
+        "true difference (about 0.95 when the pick shares no luck with them).",
+        "",
+        "| pick on | conditions | seeds | seed sd (points) | other − pick (points) | false below | MCB coverage | "
+        "coverage against the pick |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["cell"].startswith("equal"):
-            lines.append(f"| {r['pick']} | {r['conditions']} | {r['seeds']} | {100 * r['seed_sd']:g} | "
-                         f"{fmt_points(r['mean_other_minus_pick'])} | {fmt(r['familywise_false_below'])} | "
-                         f"{fmt(r['mcb_coverage'])} | {fmt(r['pick_coverage'])} |")
-    lines += ["", "## The recommendation", "",
-              "`wrong recommendation`: the verdict calls its recommendation a finding (`decided`) and it is truly worse "
-              "than the best by the margin or more (target at most 0.05); `default below the margin`: the recommendation "
-              "is a default for lack of evidence (the pick) and is a condition at the margin; "
-              "`picked the best`: the pick is the truly best condition. The best condition is the most expensive; "
-              "cheaper candidates sit exactly at the margin below it.", "",
-              "| study | seeds | wrong recommendation | decided | default below the margin | picked the best | MCB coverage |",
-              "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['pick']} | {r['conditions']} | {r['seeds']} | {100 * r['seed_sd']:g} | "
+                f"{fmt_points(r['mean_other_minus_pick'])} | {fmt(r['familywise_false_below'])} | "
+                f"{fmt(r['mcb_coverage'])} | {fmt(r['pick_coverage'])} |"
+            )
+    lines += [
+        "",
+        "## The recommendation",
+        "",
+        "`wrong recommendation`: the verdict calls its recommendation a finding (`decided`) and it is truly worse "
+        "than the best by the margin or more (target at most 0.05); `default below the margin`: the recommendation "
+        "is a default for lack of evidence (the pick) and is a condition at the margin; "
+        "`picked the best`: the pick is the truly best condition. The best condition is the most expensive; "
+        "cheaper candidates sit exactly at the margin below it.",
+        "",
+        "| study | seeds | wrong recommendation | decided | default below the margin | picked the best | MCB coverage |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "margin" in r["cell"] or "better" in r["cell"]:
-            lines.append(f"| {r['cell']} | {r['seeds']} | {fmt(r['wrong_recommendation'])} | {fmt(r['decided'])} | "
-                         f"{fmt(r['default_below_margin'])} | {fmt(r['picked_true_best'])} | {fmt(r['mcb_coverage'])} |")
-    lines += ["", "## Seeds that do not behave", "",
-              "Failing seeds: the last of 4 conditions loses 9 points in a seed with chance 0.15 and otherwise scatters "
-              "0.5 points (its total seed sd is about 3 points), 2,000 test examples; `own coverage` is its accuracy "
-              "interval's coverage of its population accuracy, `against the pick` its difference's, each counted as "
-              "met where the verdict flags the condition (its seeds disagree) and never decides it (target at least "
-              "0.90); `flagged`: the share of studies where it does. Difficulty-dependent and shared seeds: equal "
-              "conditions, 3 points of seed sd.",
-              "", "| study | seeds | own coverage (or flagged) | against the pick (or flagged) | flagged | "
-              "other − pick (points) | false below | MCB coverage |", "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['cell']} | {r['seeds']} | {fmt(r['wrong_recommendation'])} | {fmt(r['decided'])} | "
+                f"{fmt(r['default_below_margin'])} | {fmt(r['picked_true_best'])} | {fmt(r['mcb_coverage'])} |"
+            )
+    lines += [
+        "",
+        "## Seeds that do not behave",
+        "",
+        "Failing seeds: the last of 4 conditions loses 9 points in a seed with chance 0.15 and otherwise scatters "
+        "0.5 points (its total seed sd is about 3 points), 2,000 test examples; `own coverage` is its accuracy "
+        "interval's coverage of its population accuracy, `against the pick` its difference's, each counted as "
+        "met where the verdict flags the condition (its seeds disagree) and never decides it (target at least "
+        "0.90); `flagged`: the share of studies where it does. Difficulty-dependent and shared seeds: equal "
+        "conditions, 3 points of seed sd.",
+        "",
+        "| study | seeds | own coverage (or flagged) | against the pick (or flagged) | flagged | "
+        "other − pick (points) | false below | MCB coverage |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["cell"].startswith(("failing", "difficulty", "shared")):
-            lines.append(f"| {r['cell']} | {r['seeds']} | {fmt(r['failing_own_coverage'])} | "
-                         f"{fmt(r['failing_pair_coverage'])} | {fmt(r['failing_flagged'])} | "
-                         f"{fmt_points(r['mean_other_minus_pick'])} | "
-                         f"{fmt(r['familywise_false_below'])} | {fmt(r['mcb_coverage'])} |")
+            lines.append(
+                f"| {r['cell']} | {r['seeds']} | {fmt(r['failing_own_coverage'])} | "
+                f"{fmt(r['failing_pair_coverage'])} | {fmt(r['failing_flagged'])} | "
+                f"{fmt_points(r['mean_other_minus_pick'])} | "
+                f"{fmt(r['familywise_false_below'])} | {fmt(r['mcb_coverage'])} |"
+            )
     from record import write_result
 
-    write_result(Path(args.out) / f"verdict-simulation-{stamp:%Y%m%d}",
-                 {"meta": {"command": command, "date": stamp.isoformat(timespec="seconds"), "minutes": round(minutes, 1),
-                           "machine": platform.machine(), "python": platform.python_version(), "reps": args.reps},
-                  "rows": rows}, lines)
+    write_result(
+        Path(args.out) / f"verdict-simulation-{stamp:%Y%m%d}",
+        {
+            "meta": {
+                "command": command,
+                "date": stamp.isoformat(timespec="seconds"),
+                "minutes": round(minutes, 1),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "reps": args.reps,
+            },
+            "rows": rows,
+        },
+        lines,
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ def _condition(rows, name="m", seeds=1, pair=False):
     preds = pd.DataFrame(rows, columns=cols)
     if pair:
         preds.insert(2, "text_pair", ["" for _ in rows])
-    runs = [{"seed": s + 1, "predictions": preds.copy(), "metrics": {}, "resources": {}, "history": []} for s in range(seeds)]
+    runs = [
+        {"seed": s + 1, "predictions": preds.copy(), "metrics": {}, "resources": {}, "history": []}
+        for s in range(seeds)
+    ]
     return Condition(name, name, {}, name, runs)
 
 
@@ -129,10 +132,14 @@ def test_overlap_and_disagreements_by_hand():
 
 def _trial_row(variant, cell, trial, lr, accuracy, status="done"):
     suffix = "".join(f"-{v}" for v in cell.values())
-    return {"run_id": f"{variant}{suffix}-tune{trial}", "variant": variant, "status": status,
-            "params": json.dumps({**cell, "train.lr": lr, "trial": trial}),
-            "metrics": json.dumps({"validation": {"accuracy": accuracy}, "best_step": 10}),
-            "config_yaml": yaml.safe_dump({"train": {"lr": lr}})}
+    return {
+        "run_id": f"{variant}{suffix}-tune{trial}",
+        "variant": variant,
+        "status": status,
+        "params": json.dumps({**cell, "train.lr": lr, "trial": trial}),
+        "metrics": json.dumps({"validation": {"accuracy": accuracy}, "best_step": 10}),
+        "config_yaml": yaml.safe_dump({"train": {"lr": lr}}),
+    }
 
 
 def test_tuning_is_drawn_one_plot_per_grid_cell_in_a_palette_png():
@@ -147,8 +154,12 @@ def test_tuning_is_drawn_one_plot_per_grid_cell_in_a_palette_png():
     from tuneoff.analysis.tuning import expected_best, tuning_trials
     from tuneoff.report.sections import tuning_html
 
-    rows = [_trial_row(v, {"data.max_train_samples": n}, k, lr, acc)
-            for n in (100, 300) for v in ("head", "lora") for k, (lr, acc) in enumerate([(1e-3, 0.6), (1e-2, 0.7)])]
+    rows = [
+        _trial_row(v, {"data.max_train_samples": n}, k, lr, acc)
+        for n in (100, 300)
+        for v in ("head", "lora")
+        for k, (lr, acc) in enumerate([(1e-3, 0.6), (1e-2, 0.7)])
+    ]
     trials = tuning_trials(rows)
     assert list(dict.fromkeys(trials.cell)) == ["data.max_train_samples=100", "data.max_train_samples=300"]
     assert trials[trials.chosen].lr.tolist() == [1e-2] * 4, "each condition's best trial on validation"
@@ -178,9 +189,16 @@ def test_plots_name_conditions_by_what_differs_within_their_group():
 def test_by_class_lines_conditions_up_per_class_with_test_support():
     from tuneoff.analysis.groups import by_class
 
-    classes = pd.DataFrame({"condition": ["lora"] * 2 + ["full"] * 2, "class": ["ship", "grain"] * 2,
-                            "precision": [1.0, 0.0, 1.0, 0.9], "recall": [0.5, 0.0, 1.0, 0.9],
-                            "f1": [2 / 3, 0.0, 1.0, 0.9], "support": [36.0, 10.0, 36.0, 10.0]})
+    classes = pd.DataFrame(
+        {
+            "condition": ["lora"] * 2 + ["full"] * 2,
+            "class": ["ship", "grain"] * 2,
+            "precision": [1.0, 0.0, 1.0, 0.9],
+            "recall": [0.5, 0.0, 1.0, 0.9],
+            "f1": [2 / 3, 0.0, 1.0, 0.9],
+            "support": [36.0, 10.0, 36.0, 10.0],
+        }
+    )
     table = by_class(classes)
     assert list(table.columns) == ["class", "lora", "full", "test_examples"], "label and group order, not sorted"
     assert table["class"].tolist() == ["ship", "grain"]

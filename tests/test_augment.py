@@ -20,13 +20,17 @@ except TuneoffError:
     HAVE_WORDNET = False
 needs_wordnet = pytest.mark.skipif(not HAVE_WORDNET, reason="no WordNet (apt-get install wordnet-base)")
 
-TEXTS = pd.DataFrame({
-    "id": ["a", "b", "c"],
-    "text": ["The movie was a great triumph. The actors shine. I loved the ending!",
-             "Stocks fell sharply today. Investors worried about rates.",
-             "Short text"],
-    "label": ["pos", "neg", "pos"],
-})
+TEXTS = pd.DataFrame(
+    {
+        "id": ["a", "b", "c"],
+        "text": [
+            "The movie was a great triumph. The actors shine. I loved the ending!",
+            "Stocks fell sharply today. Investors worried about rates.",
+            "Short text",
+        ],
+        "label": ["pos", "neg", "pos"],
+    }
+)
 
 
 def test_sentence_shuffle_only_reorders_sentences():
@@ -95,9 +99,20 @@ def test_copies_without_an_augmentation_is_a_config_error():
 def test_training_with_augmentation_records_it_and_never_touches_eval_data(tiny_bert, toy_csv, tmp_path):
     from tuneoff.training.loop import train
 
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{
-        "data.augment.copies": 1, "data.augment.synonym_fraction": 0.3, "data.augment.sentence_shuffle_p": 0.5,
-        "train.epochs": 2}))
+    cfg = build_config(
+        {},
+        tiny_overrides(
+            tiny_bert,
+            toy_csv,
+            tmp_path,
+            **{
+                "data.augment.copies": 1,
+                "data.augment.synonym_fraction": 0.3,
+                "data.augment.sentence_shuffle_p": 0.5,
+                "train.epochs": 2,
+            },
+        ),
+    )
     result = train(cfg, progress=False)
     info = json.loads((result.run_dir / "run.json").read_text())
     train_rows = info["sizes"]["train"]

@@ -16,8 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     out = tmp_path / "gpu"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--smoke", "--seq", "16", "--steps", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_gpu.py"),
+            "--smoke",
+            "--seq",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
     methods = {r["method"] for r in result["rows"]}
@@ -32,11 +46,18 @@ def test_study_benchmark_trainer_script_runs_each_kind_of_run(tiny_bert, toy_csv
     """bench_study.py's Trainer side, one run per kind (plain, with its own optimizer, with early stopping), on a tiny
     BERT: its first real use lost a 12-minute tuneoff side to a renamed TrainingArguments keyword."""
     for method, extra in (("lora", {}), ("lora_plus", {"loraplus_lr_ratio": 4}), ("full", {})):
-        config = {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                  "method": {"name": method, **extra},
-                  "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_every": 4, "patience": 2, "seed": 1}}
-        proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_study.py"), "--one", f"r-{method}",
-                               json.dumps(config)], capture_output=True, text=True, timeout=600)
+        config = {
+            "model": {"name": tiny_bert},
+            "data": {"name": toy_csv, "max_length": 16},
+            "method": {"name": method, **extra},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "eval_every": 4, "patience": 2, "seed": 1},
+        }
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "bench_study.py"), "--one", f"r-{method}", json.dumps(config)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         (line,) = [entry for entry in proc.stdout.splitlines() if entry.startswith("RESULT ")]
         assert 0.0 <= json.loads(line[7:])["test_accuracy"] <= 1.0
@@ -52,14 +73,27 @@ def test_early_stopping_replay_finds_a_run_stopped_while_its_loss_fell(tmp_path)
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"stopped_early": True, "test": {"accuracy": 0.5}}))
         (d / "config.yaml").write_text(yaml.safe_dump({"train": {"patience": 3}}))
-        (d / "history.jsonl").write_text("".join(json.dumps({"step": 25 * i, "epoch": i / 4, "val_accuracy": a,
-                                                             "val_loss": l}) + "\n"
-                                                 for i, (a, l) in enumerate(zip(accuracies, losses), 1)))
+        (d / "history.jsonl").write_text(
+            "".join(
+                json.dumps({"step": 25 * i, "epoch": i / 4, "val_accuracy": a, "val_loss": l}) + "\n"
+                for i, (a, l) in enumerate(zip(accuracies, losses), 1)
+            )
+        )
 
     run("stuck", [0.538, 0.534, 0.534, 0.534], [1.95, 1.41, 1.19, 1.02])
     run("plateau", [0.7, 0.9, 0.89, 0.88, 0.9], [0.9, 0.5, 0.45, 0.4, 0.38])
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "replay_early_stopping.py"), str(tmp_path / "study"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "replay_early_stopping.py"),
+            str(tmp_path / "study"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = next((tmp_path / "out").glob("early-stopping-replay-*.md")).read_text()
     assert "## study: 1 of 2 early-stopped runs would have gone on" in text and "| stuck |" in text
@@ -73,9 +107,13 @@ def test_isolate_benchmark_runs_a_given_study_on_both_sides(tiny_bert, toy_csv, 
     from conftest import write_study
 
     study = write_study(tmp_path, tiny_bert, toy_csv, "isolate_smoke", seeds=(1,), train={"epochs": 1})
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_isolate.py"), str(study), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TUNEOFF_PARALLEL": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_isolate.py"), str(study), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TUNEOFF_PARALLEL": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = (tmp_path / "out").glob("isolate-isolate_smoke-*.json")
     data = json.loads(result.read_text())

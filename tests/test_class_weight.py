@@ -42,7 +42,9 @@ def test_the_prior_shift_divides_the_weights_out_of_the_probabilities():
     rng = np.random.default_rng(0)
     logits, weights = rng.normal(size=(5, 3)) * 3, [0.5, 1.0, 7.0]
     divided = softmax(logits, axis=-1) / np.array(weights)
-    np.testing.assert_allclose(softmax(logits - prior_shift(weights), axis=-1), divided / divided.sum(-1, keepdims=True))
+    np.testing.assert_allclose(
+        softmax(logits - prior_shift(weights), axis=-1), divided / divided.sum(-1, keepdims=True)
+    )
     assert prior_shift([1.0, 1.0]).tolist() == [0.0, 0.0]  # unweighted: nothing moves
 
 
@@ -85,21 +87,25 @@ def test_the_weights_reach_the_loss(tiny_bert, noise_csv, tmp_path, weights, sha
     # exactly the weighted probabilities / w renormalised; the CLI's evaluate and predict do the same.
     weighted, undone = run.predict(texts), run.predict(texts, undo_class_weights=True)
     expected = weighted[["prob_a", "prob_b"]].to_numpy() / [1.0, 9.0]
-    np.testing.assert_allclose(undone[["prob_a", "prob_b"]].to_numpy(), expected / expected.sum(axis=1, keepdims=True),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        undone[["prob_a", "prob_b"]].to_numpy(), expected / expected.sum(axis=1, keepdims=True), atol=1e-5
+    )
     assert (undone["label"] == "a").mean() >= 0.9 and 0.1 < undone["prob_b"].mean() < 0.4
     metrics = run.evaluate(undo_class_weights=True)
     assert metrics["class_weights_undone"] and metrics["accuracy"] > run.evaluate()["accuracy"] + 0.3  # a, not b
     table = tmp_path / "texts.csv"
     pd.DataFrame({"text": texts}).to_csv(table, index=False)
-    done = CliRunner().invoke(app, ["predict", str(result.run_dir), str(table), "--out", str(tmp_path / "p.csv"),
-                                    "--undo-class-weights"])
+    done = CliRunner().invoke(
+        app, ["predict", str(result.run_dir), str(table), "--out", str(tmp_path / "p.csv"), "--undo-class-weights"]
+    )
     assert done.exit_code == 0, done.output
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["prob_b"], undone["prob_b"], atol=1e-4)
 
 
 def test_a_run_naming_an_unknown_label_fails_before_anything_is_written(tiny_bert, toy_csv, tmp_path):
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path / "out", **{"train.class_weight": '{"grain": 2}'}))
+    cfg = build_config(
+        {}, tiny_overrides(tiny_bert, toy_csv, tmp_path / "out", **{"train.class_weight": '{"grain": 2}'})
+    )
     with pytest.raises(TuneoffError, match="grain"):
         train(cfg, progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -122,7 +128,7 @@ def test_the_report_says_a_weighted_models_calibration_is_that_of_the_weighted_q
     assert "Trained with class weights" not in group_html(without)
     (with_weights,) = analyse([plain, weighted])
     html = group_html(with_weights)
-    calibration = html[html.index("<h3>Calibration</h3>"):]
+    calibration = html[html.index("<h3>Calibration</h3>") :]
     assert "Trained with class weights (train.class_weight): lora_weighted;" in calibration
     assert "--undo-class-weights" in calibration and "lora;" not in calibration
     assert weighted_note([plain]) == ""

@@ -54,7 +54,9 @@ def test_bad_input_exits_2_without_traceback_or_output(tiny_bert, toy_csv, tmp_p
 
 def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     out = tmp_path / "runs"
-    result = invoke("train", "--method", "lora", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.lr": 2e-2}), "--no-progress")
+    result = invoke(
+        "train", "--method", "lora", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.lr": 2e-2}), "--no-progress"
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = list(out.iterdir())
     assert "accuracy" in result.output and str(run_dir.name) in result.output.replace("\n", "")
@@ -65,7 +67,9 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
 
     unlabeled = tmp_path / "unlabeled.csv"
     pd.DataFrame({"review": ["good nice film", "awful dull plot"], "key": ["a7", "b9"]}).to_csv(unlabeled, index=False)
-    result = invoke("predict", run_dir, unlabeled, "--out", tmp_path / "p.csv", "--text-column", "review", "--id-column", "key")
+    result = invoke(
+        "predict", run_dir, unlabeled, "--out", tmp_path / "p.csv", "--text-column", "review", "--id-column", "key"
+    )
     assert result.exit_code == 0, result.output
     preds = pd.read_csv(tmp_path / "p.csv")
     assert list(preds.columns) == ["id", "text", "pred_label", "prob_neg", "prob_pos"]
@@ -75,8 +79,12 @@ def test_train_evaluate_predict_end_to_end(tiny_bert, toy_csv, tmp_path):
     assert bad.exit_code == 2 and "no column 'text'" in bad.output and not (tmp_path / "q.csv").exists()
 
     other = tmp_path / "other.csv"
-    pd.DataFrame({"text": ["good", "bad", "x", "nice", "dull", "fine", "sad", "y"],
-                  "label": ["pos", "neg", "meh", "pos", "neg", "pos", "neg", "pos"]}).to_csv(other, index=False)
+    pd.DataFrame(
+        {
+            "text": ["good", "bad", "x", "nice", "dull", "fine", "sad", "y"],
+            "label": ["pos", "neg", "meh", "pos", "neg", "pos", "neg", "pos"],
+        }
+    ).to_csv(other, index=False)
     bad = invoke("evaluate", run_dir, "--data", other)
     text = " ".join(bad.output.split())
     assert bad.exit_code == 2 and "'meh'" in text and "other.csv" in text and "model's labels ['neg', 'pos']" in text
@@ -108,9 +116,11 @@ def test_error_text_is_printed_as_is_not_as_markup(tmp_path):
 @pytest.mark.parametrize("command", [["--help"], ["methods"], ["datasets"], ["models"], ["train", "train.lr=-1"]])
 def test_listing_commands_and_config_errors_never_import_torch(command):
     """They answer in well under a second: no torch, transformers, pandas or scikit-learn behind them."""
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
-            f"r = CliRunner().invoke(app, {command!r})\nprint('EXIT', r.exit_code)\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
+        f"r = CliRunner().invoke(app, {command!r})\nprint('EXIT', r.exit_code)\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'pandas', 'sklearn') if m in sys.modules))"
+    )
     import subprocess
     import sys
 
@@ -121,7 +131,9 @@ def test_listing_commands_and_config_errors_never_import_torch(command):
 
 def test_single_runs_are_in_the_store_and_log_their_evaluations(tiny_bert, toy_csv, tmp_path):
     out = tmp_path / "runs"
-    result = invoke("train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 2, "train.eval_every": 3}))
+    result = invoke(
+        "train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 2, "train.eval_every": 3})
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     # One line per evaluation, through logging (stderr): steps 3, 6 and the epoch ends.
@@ -130,7 +142,9 @@ def test_single_runs_are_in_the_store_and_log_their_evaluations(tiny_bert, toy_c
     assert f"{run_dir.name} step 3/" in lines[0] and "samples/s" in lines[0]
     results = Path(os.environ["TUNEOFF_RESULTS"])  # conftest: a temporary results store for the whole test session
     listed = invoke("runs", "list")
-    assert listed.exit_code == 0 and run_dir.name in listed.output.replace("\n", "") and "(single runs)" in listed.output
+    assert (
+        listed.exit_code == 0 and run_dir.name in listed.output.replace("\n", "") and "(single runs)" in listed.output
+    )
     shown = invoke("runs", "show", run_dir.name)
     assert shown.exit_code == 0, shown.output
     text = " ".join(shown.output.split())
@@ -145,8 +159,10 @@ def test_a_tuning_seed_among_the_final_seeds_exits_2_naming_both_keys(tmp_path):
     """The winning trial would be trained again as a final run (and the pick made on the tuning phase would share its
     luck): refused before anything loads, naming tune.seed and seeds, with the override that mends it."""
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: s\nbase: {model: {name: minilm}, data: {name: rotten_tomatoes}}\n"
-                    "tune: {lr: true, seed: 2}\nvariants: {head: {method: {name: head}}}\nseeds: [1, 2, 3]\n")
+    spec.write_text(
+        "name: s\nbase: {model: {name: minilm}, data: {name: rotten_tomatoes}}\n"
+        "tune: {lr: true, seed: 2}\nvariants: {head: {method: {name: head}}}\nseeds: [1, 2, 3]\n"
+    )
     result = invoke("run", spec, "--dry-run", "--results", tmp_path / "r")
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "tune.seed (2) is also in seeds [1, 2, 3]" in text and "Traceback" not in text
@@ -195,16 +211,22 @@ def test_a_model_directory_is_checked_before_it_trains_in_silence(tiny_bert, toy
         if f.name not in ("config.json", "model.safetensors"):
             f.unlink()
     alien = copy("alien")  # a vocabulary of other words: the toy text's words all become [UNK]
-    BertTokenizer(vocab={w: i for i, w in enumerate([*VOCAB[:5], *(f"w{i}" for i in range(len(VOCAB) - 5))])}
-                  ).save_pretrained(alien)
+    BertTokenizer(
+        vocab={w: i for i, w in enumerate([*VOCAB[:5], *(f"w{i}" for i in range(len(VOCAB) - 5))])}
+    ).save_pretrained(alien)
     huge = copy("huge")
     config = json.loads((huge / "config.json").read_text())
     (huge / "config.json").write_text(json.dumps({**config, "num_labels": 1_000_000_000}))
-    for model, message in ((bare, "has no tokenizer vocabulary"), (huge, "num_labels 1000000000"),
-                           (alien, "of the training text's tokens to '[UNK]'")):
+    for model, message in (
+        (bare, "has no tokenizer vocabulary"),
+        (huge, "num_labels 1000000000"),
+        (alien, "of the training text's tokens to '[UNK]'"),
+    ):
         result = invoke("train", *tiny_overrides(str(model), toy_csv, tmp_path / "runs"), f"model.name={model}")
         assert result.exit_code == 2, result.output
-        assert message in " ".join(result.output.split()) and not list((tmp_path / "runs").glob("*/model")), result.output
+        assert message in " ".join(result.output.split()) and not list((tmp_path / "runs").glob("*/model")), (
+            result.output
+        )
 
 
 def test_unhelpful_messages_say_what_happened_and_what_to_do(tmp_path, capsys):
@@ -223,8 +245,10 @@ def test_unhelpful_messages_say_what_happened_and_what_to_do(tmp_path, capsys):
     with pytest.raises(Exception, match="is not valid YAML: the key 'lr' appears twice"):
         read_yaml(twice)
     spec = tmp_path / "s.yaml"
-    spec.write_text("name: s\ntune: {lr: true}\nsearch: {trials: 2, space: {method.r: {choices: [4, 8]}}}\n"
-                    "base: {method: {name: lora}}\n")
+    spec.write_text(
+        "name: s\ntune: {lr: true}\nsearch: {trials: 2, space: {method.r: {choices: [4, 8]}}}\n"
+        "base: {method: {name: lora}}\n"
+    )
     text = " ".join(invoke("run", spec, "--dry-run").output.split())
     assert "drop tune: and put the learning rate in the search" in text and "or drop search:" in text
 
@@ -256,11 +280,17 @@ def test_predict_stopped_by_a_signal_leaves_no_temporary_file(tiny_bert, toy_csv
     big = tmp_path / "big.csv"
     toy_frame(200_000, seed=5)[["text"]].to_csv(big, index=False)
     out = tmp_path / "pred.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "tuneoff", "predict", str(run_dir), str(big), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneoff", "predict", str(run_dir), str(big), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".pred.csv.*.tmp")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:] if proc.poll() else "slow"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            proc.stderr.read()[-2000:] if proc.poll() else "slow"
+        )
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -288,14 +318,22 @@ def test_every_missing_column_is_said_at_once_with_a_guess_before_the_model_load
     import sys
 
     data = tmp_path / "tweets.csv"
-    pd.DataFrame({"tweet": [f"a tweet long enough to be the text, number {i}" for i in range(60)],
-                  "author": ["alice", "bob", "carol"] * 20}).to_csv(data, index=False)
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
-            f"r = CliRunner().invoke(app, ['train', 'data.name={data}'])\nprint(r.output)\n"
-            "print('TORCH', 'torch' in sys.modules)")
+    pd.DataFrame(
+        {
+            "tweet": [f"a tweet long enough to be the text, number {i}" for i in range(60)],
+            "author": ["alice", "bob", "carol"] * 20,
+        }
+    ).to_csv(data, index=False)
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom tuneoff.cli import app\n"
+        f"r = CliRunner().invoke(app, ['train', 'data.name={data}'])\nprint(r.output)\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     text = " ".join(done.stdout.split())
-    assert "no column 'text' (data.text_column); no column 'label' (data.label_column)" in text, done.stdout + done.stderr
+    assert "no column 'text' (data.text_column); no column 'label' (data.label_column)" in text, (
+        done.stdout + done.stderr
+    )
     assert "It looks like data.text_column=tweet data.label_column=author" in text and "TORCH False" in text
 
 
@@ -319,9 +357,20 @@ def test_the_plan_table_keeps_every_number_whole_at_80_columns(monkeypatch):
 
     from tuneoff.cli.terminal import plan_table
 
-    plans = [SimpleNamespace(name=name, trainable_params=n, weights_mb=86.6, gradients_mb=86.6, optimizer_mb=173.3,
-                             activations_mb=549.3, workspace_mb=0.0, total_mb=809.2, gflops_per_step=137.7)
-             for name, n in (("partial_top2", 3_697_538), ("lora_plus_r8", 74_498), ("full", 22_713_986))]
+    plans = [
+        SimpleNamespace(
+            name=name,
+            trainable_params=n,
+            weights_mb=86.6,
+            gradients_mb=86.6,
+            optimizer_mb=173.3,
+            activations_mb=549.3,
+            workspace_mb=0.0,
+            total_mb=809.2,
+            gflops_per_step=137.7,
+        )
+        for name, n in (("partial_top2", 3_697_538), ("lora_plus_r8", 74_498), ("full", 22_713_986))
+    ]
     for width, table in ((80, False), (200, True)):
         monkeypatch.setenv("COLUMNS", str(width))  # the terminal's width, as the CLI reads it
         console = Console(width=width, record=True, file=open(os.devnull, "w"))

@@ -9,7 +9,9 @@ from tuneoff.core.errors import TuneoffError
 
 
 def test_defaults_and_overrides_with_yaml_values():
-    cfg = build_config({}, ["method.r=4", "train.lr=1e-4", "method.target_modules=[query,key]", "data.max_train_samples=null"])
+    cfg = build_config(
+        {}, ["method.r=4", "train.lr=1e-4", "method.target_modules=[query,key]", "data.max_train_samples=null"]
+    )
     assert cfg.method.name == "lora" and cfg.method.r == 4 and cfg.method.target_modules == ["query", "key"]
     assert cfg.train.lr == 1e-4 and cfg.data.max_train_samples is None
 

@@ -38,7 +38,11 @@ def test_splits_tuneoff_makes_share_no_text(name):
 
     corpus = load_corpus(DataConfig(name=name))
     keys = {split: set(text_keys(df)) for split, df in corpus.splits.items()}
-    assert not keys["train"] & keys["test"] and not keys["train"] & keys["validation"] and not keys["validation"] & keys["test"]
+    assert (
+        not keys["train"] & keys["test"]
+        and not keys["train"] & keys["validation"]
+        and not keys["validation"] & keys["test"]
+    )
     assert any("whose text is also in train moved to train" in note for note in corpus.notes), corpus.notes
 
 
@@ -59,10 +63,14 @@ def test_split_keeps_copies_together_and_every_row(tmp_path):
     # Without copies the split is the plain stratified one: 10% test, then 10% of the rest for validation.
     pd.DataFrame(rows[:200]).to_csv(tmp_path / "unique.csv", index=False)
     plain = load_corpus(DataConfig(name=str(tmp_path / "unique.csv")))
-    assert (len(plain.splits["test"]), len(plain.splits["validation"])) == (20, 18) and not any("moved" in n for n in plain.notes)
+    assert (len(plain.splits["test"]), len(plain.splits["validation"])) == (20, 18) and not any(
+        "moved" in n for n in plain.notes
+    )
 
 
-@pytest.mark.parametrize("name, train, test, classes", [("reuters_r8", 5485, 2189, 8), ("20newsgroups", 11293, 7528, 20)])
+@pytest.mark.parametrize(
+    "name, train, test, classes", [("reuters_r8", 5485, 2189, 8), ("20newsgroups", 11293, 7528, 20)]
+)
 def test_orange_datasets_keep_their_official_test_split(name, train, test, classes):
     corpus = load_corpus(DataConfig(name=name))
     assert len(corpus.splits["test"]) == test
@@ -83,8 +91,15 @@ def test_max_samples_are_stratified_caps():
 
 
 def test_validation_and_test_caps_override_the_shared_one():
-    corpus = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=100, max_eval_samples=50,
-                                    max_validation_samples=30, max_test_samples=1000))
+    corpus = load_corpus(
+        DataConfig(
+            name="rotten_tomatoes",
+            max_train_samples=100,
+            max_eval_samples=50,
+            max_validation_samples=30,
+            max_test_samples=1000,
+        )
+    )
     sizes = {split: len(df) for split, df in corpus.splits.items()}
     assert sizes["validation"] == 30 and sizes["test"] == 1000
     same = load_corpus(DataConfig(name="rotten_tomatoes", max_train_samples=100, max_validation_samples=30))
@@ -112,12 +127,24 @@ BAD = [
     ("notobj.jsonl", '{"text": "good", "label": 1}\n[1, 2]\n', {}, r"line 2 is not a JSON object"),
     ("headonly.csv", "text,label\n", {}, r"header but no rows"),
     # a row error names the file's own columns, not the names tuneoff gives them inside
-    ("renamed.csv", "Review Text,Sentiment\ngood,pos\n,neg\n", {"text_column": "Review Text", "label_column": "Sentiment"},
-     r"column 'Review Text' is empty or missing in 1 row\(s\): 2"),
-    ("renamed_label.csv", "Review Text,Sentiment\ngood,pos\nbad,\n", {"text_column": "Review Text", "label_column": "Sentiment"},
-     r"label column 'Sentiment' is missing in 1 row\(s\): 2"),
-    ("renamed_pair.jsonl", '{"q": "a", "p": "b", "y": 1}\n{"q": "a", "p": 3, "y": 0}\n',
-     {"text_column": "q", "text_pair_column": "p", "label_column": "y"}, r"column 'p' holds int values, not text, in 1 row"),
+    (
+        "renamed.csv",
+        "Review Text,Sentiment\ngood,pos\n,neg\n",
+        {"text_column": "Review Text", "label_column": "Sentiment"},
+        r"column 'Review Text' is empty or missing in 1 row\(s\): 2",
+    ),
+    (
+        "renamed_label.csv",
+        "Review Text,Sentiment\ngood,pos\nbad,\n",
+        {"text_column": "Review Text", "label_column": "Sentiment"},
+        r"label column 'Sentiment' is missing in 1 row\(s\): 2",
+    ),
+    (
+        "renamed_pair.jsonl",
+        '{"q": "a", "p": "b", "y": 1}\n{"q": "a", "p": 3, "y": 0}\n',
+        {"text_column": "q", "text_pair_column": "p", "label_column": "y"},
+        r"column 'p' holds int values, not text, in 1 row",
+    ),
 ]
 
 
@@ -145,20 +172,31 @@ def test_local_files_with_pairs_and_mixed_label_types(tmp_path):
     rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "y": (i % 3) * 1.0 if i % 2 else str(i % 3)} for i in range(30)]
     path = tmp_path / "nli.jsonl"
     pd.DataFrame(rows).to_json(path, orient="records", lines=True)
-    corpus = load_corpus(DataConfig(name=str(path), text_column="premise", text_pair_column="hypothesis", label_column="y"))
+    corpus = load_corpus(
+        DataConfig(name=str(path), text_column="premise", text_pair_column="hypothesis", label_column="y")
+    )
     assert corpus.label_names == ["0", "1", "2"]  # 1.0 and "1" are the same label
     assert corpus.has_pairs and set(corpus.splits["test"].columns) == {"id", "text", "text_pair", "label"}
 
 
 def test_hub_loader_maps_classlabels_and_drops_snli_minus_one(monkeypatch):
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])})
+    features = datasets.Features(
+        {
+            "premise": datasets.Value("string"),
+            "hypothesis": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+        }
+    )
+
     def split(n, unlabeled=0):
         # SNLI marks examples without annotator agreement with -1; they must be dropped.
         labels = [-1] * unlabeled + [i % 3 for i in range(n - unlabeled)]
-        return datasets.Dataset.from_dict({"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)],
-                                           "label": labels}, features=features)
+        return datasets.Dataset.from_dict(
+            {"premise": [f"p{i}" for i in range(n)], "hypothesis": [f"h{i}" for i in range(n)], "label": labels},
+            features=features,
+        )
+
     dsd = datasets.DatasetDict(train=split(30), validation=split(9), test=split(9, unlabeled=1))
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config=None: calls.append(hub_id) or dsd)
@@ -185,7 +223,9 @@ def test_length_grouped_order_is_a_permutation_and_deterministic(tiny_bert):
     batches = list(train_loader(enc, micro_batches(order, 8), collator(tok, on_gpu=False)))
     padded = sum(b["input_ids"].numel() for b in batches)
     random_order = train_order(enc, 8, False, seed=3, epoch=0)
-    padded_random = sum(b["input_ids"].numel() for b in train_loader(enc, micro_batches(random_order, 8), collator(tok, on_gpu=False)))
+    padded_random = sum(
+        b["input_ids"].numel() for b in train_loader(enc, micro_batches(random_order, 8), collator(tok, on_gpu=False))
+    )
     assert padded < padded_random, "grouping by length pads less"
     real = sum(enc.lengths)
     assert all(b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max()) for b in batches), "dynamic padding"

@@ -30,17 +30,35 @@ CPU_ONLY = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def run_tuneoff(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress", *args], capture_output=True, text=True,
-                          timeout=600, env={**crashing_env(), **CPU_ONLY, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tuneoff", "train", "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**crashing_env(), **CPU_ONLY, **(env or {})},
+    )
 
 
 def overrides(model, files, out, name, batch, **extra):
-    base = {"model.name": model, "data.name": files / "train.csv", "data.validation_file": files / "dev.csv",
-            "data.test_file": files / "test.csv", "data.max_length": 16, "output_dir": out, "name": name,
-            "method.name": "lora", "method.dropout": 0.0, "train.epochs": 3, "train.batch_size": batch,
-            "train.lr": 2e-2, "train.seed": 0, "train.eval_every": 6,
-            # fp32: bf16 autocast (auto on CPUs with native bf16) rounds batches of 8 and 16 differently
-            "train.mixed_precision": "no", **extra}
+    base = {
+        "model.name": model,
+        "data.name": files / "train.csv",
+        "data.validation_file": files / "dev.csv",
+        "data.test_file": files / "test.csv",
+        "data.max_length": 16,
+        "output_dir": out,
+        "name": name,
+        "method.name": "lora",
+        "method.dropout": 0.0,
+        "train.epochs": 3,
+        "train.batch_size": batch,
+        "train.lr": 2e-2,
+        "train.seed": 0,
+        "train.eval_every": 6,
+        # fp32: bf16 autocast (auto on CPUs with native bf16) rounds batches of 8 and 16 differently
+        "train.mixed_precision": "no",
+        **extra,
+    }
     return [f"{k}={v}" for k, v in base.items()]
 
 
@@ -63,7 +81,9 @@ def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tm
     assert (resources["processes"], resources["per_device_batch_size"], resources["effective_batch_size"]) == (2, 8, 16)
     assert resources["train_samples"] == 3 * 96, "samples summed over both processes"
     run = json.loads((b / "run.json").read_text())
-    assert run["batch_order_digest"] == json.loads((a / "run.json").read_text())["batch_order_digest"], "same global batches"
+    assert run["batch_order_digest"] == json.loads((a / "run.json").read_text())["batch_order_digest"], (
+        "same global batches"
+    )
     log = (b / "train.log").read_text()
     assert " rank 0 INFO " in log and " rank 1 INFO " in log, "both processes' records are in the run's log"
 
@@ -88,8 +108,13 @@ def test_two_processes_match_one_and_write_once(no_dropout_bert, split_files, tm
 @pytest.mark.slow
 def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_files, tmp_path):
     """Dropout on: each process restores its own RNG stream from the checkpoint."""
-    args = ["--num-processes", "2", *overrides(tiny_bert, split_files, tmp_path / "ref", "r", 8, **{"method.dropout": 0.1,
-            "train.checkpoint_every": 4})]
+    args = [
+        "--num-processes",
+        "2",
+        *overrides(
+            tiny_bert, split_files, tmp_path / "ref", "r", 8, **{"method.dropout": 0.1, "train.checkpoint_every": 4}
+        ),
+    ]
     ref = run_tuneoff(args)
     assert ref.returncode == 0, ref.stderr[-3000:]
     crash_args = [a.replace(str(tmp_path / "ref"), str(tmp_path / "crash")) for a in args]
@@ -106,15 +131,29 @@ def test_two_process_run_killed_resumes_to_the_same_weights(tiny_bert, split_fil
     assert w_ref.keys() == w_res.keys()
     for k in w_ref:
         np.testing.assert_allclose(w_res[k].numpy(), w_ref[k].numpy(), atol=1e-6, err_msg=k)
-    assert (json.loads((res_dir / "run.json").read_text())["batch_order_digest"]
-            == json.loads((ref_dir / "run.json").read_text())["batch_order_digest"])
+    assert (
+        json.loads((res_dir / "run.json").read_text())["batch_order_digest"]
+        == json.loads((ref_dir / "run.json").read_text())["batch_order_digest"]
+    )
 
 
 def test_readings_of_processes_combine_into_one_run():
     from tuneoff.training.resources import combine_processes
 
-    a = {"train_seconds": 10.0, "train_samples": 80, "train_tokens": 800, "peak_rss_mb": 900.0, "cuda_max_allocated_mb": None}
-    b = {"train_seconds": 12.0, "train_samples": 72, "train_tokens": 700, "peak_rss_mb": 950.0, "cuda_max_allocated_mb": None}
+    a = {
+        "train_seconds": 10.0,
+        "train_samples": 80,
+        "train_tokens": 800,
+        "peak_rss_mb": 900.0,
+        "cuda_max_allocated_mb": None,
+    }
+    b = {
+        "train_seconds": 12.0,
+        "train_samples": 72,
+        "train_tokens": 700,
+        "peak_rss_mb": 950.0,
+        "cuda_max_allocated_mb": None,
+    }
     out = combine_processes([a, b])
     assert (out["train_samples"], out["train_tokens"], out["train_seconds"]) == (152, 1500, 12.0)
     assert out["train_samples_per_s"] == pytest.approx(152 / 12) and out["train_tokens_per_s"] == pytest.approx(125)
@@ -127,11 +166,20 @@ def test_fsdp_config_on_cpu_is_refused_not_silently_unsharded(tiny_bert, split_f
     """On CPU Accelerate fails deep inside on an FSDP 1 config and silently drops an FSDP 2 config (every process
     would hold the whole model)."""
     config = tmp_path / "fsdp.yaml"
-    config.write_text(f"compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: {version}\n"
-                      "  fsdp_state_dict_type: FULL_STATE_DICT\nmixed_precision: 'no'\nnum_machines: 1\n"
-                      "num_processes: 2\nuse_cpu: true\nmain_process_port: 0\n")
-    done = run_tuneoff(["--num-processes", "2", "--accelerate-config", str(config),
-                        *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8)])
+    config.write_text(
+        f"compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: {version}\n"
+        "  fsdp_state_dict_type: FULL_STATE_DICT\nmixed_precision: 'no'\nnum_machines: 1\n"
+        "num_processes: 2\nuse_cpu: true\nmain_process_port: 0\n"
+    )
+    done = run_tuneoff(
+        [
+            "--num-processes",
+            "2",
+            "--accelerate-config",
+            str(config),
+            *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8),
+        ]
+    )
     assert done.returncode != 0
     assert "asks for FSDP" in done.stdout + done.stderr and "would not shard the model" in done.stdout + done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
@@ -156,7 +204,8 @@ def test_a_decision_on_process_0_stops_every_process(tmp_path):
         "except KeyError as exc:\n"
         "    print(f'rank {acc.process_index}: calls {calls}, raised {exc}', flush=True)\n"
         "from tuneoff.training.launcher import end_processes\n"
-        "end_processes()\n")
+        "end_processes()\n"
+    )
     from tuneoff.training.launcher import launch_command
 
     cmd = launch_command(2, [])[:-2] + [str(script)]  # the script instead of `-m tuneoff`
@@ -173,8 +222,14 @@ def test_cli_study_with_two_processes_per_run(tiny_bert, toy_csv, tmp_path):
     from conftest import write_study
 
     path = write_study(tmp_path, tiny_bert, toy_csv, "procs", train={"epochs": 2}, seeds=[1])
-    done = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY})
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "run", str(path), "--results", "res", "--processes-per-run", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **CPU_ONLY},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert sum(line.startswith("[") and "test accuracy" in line for line in done.stderr.splitlines()) == 2
     from tuneoff.results.store import Store
@@ -198,8 +253,14 @@ def _stop_when_saved(args: list[str], out: Path, cwd: Path | None = None) -> tup
 
     log = (cwd or out.parent) / f"{out.name}.log"
     with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "tuneoff", *args], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
-                                env={**os.environ, **CPU_ONLY}, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuneoff", *args],
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **CPU_ONLY},
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 300
             while not list(out.rglob("checkpoints/step-*")):
@@ -218,8 +279,13 @@ def test_kill_to_a_command_on_two_processes_stops_them_where_they_are(tiny_bert,
     """`kill <pid>` of `tuneoff train --num-processes 2` (torchrun starts its processes in sessions of their own and
     would SIGKILL them 30 s after a signal of its own): both processes get the request, save a checkpoint at the
     step where they stop, the command exits 143, and --resume finishes the run."""
-    args = ["train", "--no-progress", "--num-processes", "2",
-            *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8, **{"train.epochs": 40})]
+    args = [
+        "train",
+        "--no-progress",
+        "--num-processes",
+        "2",
+        *overrides(tiny_bert, split_files, tmp_path / "out", "r", 8, **{"train.epochs": 40}),
+    ]
     code, text = _stop_when_saved(args, tmp_path / "out")
     assert code == 143, text[-3000:]
     step = int(text.split("stopped by SIGTERM at step ")[1].split()[0])
@@ -239,8 +305,15 @@ def test_kill_to_a_study_stops_its_runs_on_two_processes_and_resume_finishes(tin
     retried as a dead run), recorded pending (stopped); --resume finishes the study."""
     from conftest import write_study
 
-    path = write_study(tmp_path, tiny_bert, toy_csv, "procs", train={"epochs": 30}, seeds=[1],
-                       variants={"lora": {"method": {"name": "lora"}}})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "procs",
+        train={"epochs": 30},
+        seeds=[1],
+        variants={"lora": {"method": {"name": "lora"}}},
+    )
     args = ["run", str(path), "--results", "res", "--processes-per-run", "2"]
     code, text = _stop_when_saved(args, tmp_path / "res", cwd=tmp_path)
     assert code == 143 and "Stopped by SIGTERM: 0 run(s) ended before it, 1 saved where" in text, text[-3000:]
@@ -251,8 +324,14 @@ def test_kill_to_a_study_stops_its_runs_on_two_processes_and_resume_finishes(tin
     [row] = store.runs("procs")
     store.close()
     assert row["status"] == "pending" and "stopped by SIGTERM at step" in row["error"], dict(row)
-    resumed = subprocess.run([sys.executable, "-m", "tuneoff", *args, "--resume"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=600, env={**os.environ, **CPU_ONLY})
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuneoff", *args, "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **CPU_ONLY},
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(1 stopped earlier continue from their checkpoints)" in resumed.stderr
     store = Store(tmp_path / "res")
@@ -267,12 +346,19 @@ def test_a_run_s_processes_die_with_the_worker_that_started_them(tmp_path):
     import signal
     import time
 
-    worker = subprocess.Popen([sys.executable, "-c",
-                               "import subprocess, sys, time\n"
-                               "from tuneoff.training.launcher import tied_to_this_process\n"
-                               "child = subprocess.Popen(tied_to_this_process(['sleep', '120']))\n"
-                               "print(child.pid, flush=True)\n"
-                               "time.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from tuneoff.training.launcher import tied_to_this_process\n"
+            "child = subprocess.Popen(tied_to_this_process(['sleep', '120']))\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(worker.stdout.readline())
 
     def alive() -> bool:  # a killed child not yet reaped is a zombie: dead
@@ -301,11 +387,16 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tiny_bert, split_fi
     ref = run_tuneoff(args)
     assert ref.returncode == 0, ref.stderr[-3000:]
     stop_args = [a.replace(str(tmp_path / "ref"), str(tmp_path / "stop")) for a in args]
-    stopped = run_tuneoff(stop_args, {"TUNEOFF_CRASH_AT": "step:3", "TUNEOFF_CRASH_SIGNAL": "SIGTERM",
-                                      "TUNEOFF_CRASH_ONCE": str(tmp_path / "once")})
+    stopped = run_tuneoff(
+        stop_args,
+        {"TUNEOFF_CRASH_AT": "step:3", "TUNEOFF_CRASH_SIGNAL": "SIGTERM", "TUNEOFF_CRASH_ONCE": str(tmp_path / "once")},
+    )
     assert stopped.returncode != 0 and (tmp_path / "once").exists()
     text = " ".join((stopped.stdout + stopped.stderr).split())
-    assert "stopped by SIGTERM at step 6 of 18" in text and "stopped by a signal to another of its processes at step 6" in text
+    assert (
+        "stopped by SIGTERM at step 6 of 18" in text
+        and "stopped by a signal to another of its processes at step 6" in text
+    )
     [unfinished] = (tmp_path / "stop").iterdir()
     assert sorted(p.name for p in (unfinished / "checkpoints").iterdir()) == ["step-0000006"]
     resumed = run_tuneoff([*stop_args, "--resume"])

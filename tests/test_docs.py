@@ -18,9 +18,14 @@ sys.path.insert(0, str(REPO / "docs"))
 
 def test_the_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "run_study" in api and "StudyResult" in api, "the API reference is rendered from the docstrings"
@@ -34,8 +39,13 @@ def test_the_configuration_reference_lists_every_key_with_its_default():
     from tuneoff.study.protocol import TuneSpec
 
     page = hooks.configuration()
-    for prefix, model in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig), ("tune", TuneSpec),
-                          ("analysis", AnalysisSettings)):
+    for prefix, model in (
+        ("model", ModelConfig),
+        ("data", DataConfig),
+        ("train", TrainConfig),
+        ("tune", TuneSpec),
+        ("analysis", AnalysisSettings),
+    ):
         for key in model.model_fields:
             assert f"`{prefix}.{key}`" in page, f"{prefix}.{key} missing"
     assert "| `train.lr` | `None` |" in page and "| `data.augment.copies` | `0` |" in page

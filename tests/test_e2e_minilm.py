@@ -15,10 +15,18 @@ pytestmark = pytest.mark.slow
 def test_minilm_lora_learns_rotten_tomatoes_and_reloads_through_pipeline(tmp_path):
     from transformers import pipeline
 
-    cfg = build_config({}, [
-        "data.max_train_samples=2000", "data.max_eval_samples=300",
-        "train.epochs=2", "train.lr=1e-3", "train.batch_size=32", f"output_dir={tmp_path}",
-    ], names={"model": "minilm", "data": "rotten_tomatoes", "method": "lora"})
+    cfg = build_config(
+        {},
+        [
+            "data.max_train_samples=2000",
+            "data.max_eval_samples=300",
+            "train.epochs=2",
+            "train.lr=1e-3",
+            "train.batch_size=32",
+            f"output_dir={tmp_path}",
+        ],
+        names={"model": "minilm", "data": "rotten_tomatoes", "method": "lora"},
+    )
     result = train(cfg, progress=False)
     test = result.metrics["test"]
     assert test["accuracy"] > 0.62, test  # chance (majority class) is 0.58

@@ -14,11 +14,21 @@ from tuneoff.cli.app import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("method, extra", [("lora", ["method.r=4"]), ("full", []), ("head", []),
-                                           ("partial", ["method.k=1"])])
+@pytest.mark.parametrize(
+    "method, extra", [("lora", ["method.r=4"]), ("full", []), ("head", []), ("partial", ["method.k=1"])]
+)
 def test_a_run_exports_to_onnx_and_agrees_with_its_own_predictions(method, extra, tiny_bert, toy_csv, tmp_path):
-    trained = runner.invoke(app, ["train", *tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs"), "train.epochs=2",
-                                  f"method.name={method}", *extra, "--no-progress"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            *tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs"),
+            "train.epochs=2",
+            f"method.name={method}",
+            *extra,
+            "--no-progress",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     run_dir = next((tmp_path / "runs").iterdir())
     result = runner.invoke(app, ["export", str(run_dir), "--format", "onnx", "--int8"])
@@ -27,7 +37,9 @@ def test_a_run_exports_to_onnx_and_agrees_with_its_own_predictions(method, extra
     fp32, int8 = record["files"]["fp32"], record["files"]["int8"]
     assert fp32["label_agreement"] == 1.0 and fp32["max_probability_difference"] < 1e-3
     assert int8["label_agreement"] >= 0.9 and int8["bytes"] > 0 and fp32["latency_ms_p50"] > 0
-    assert {"model.onnx", "model.int8.onnx", "config.json", "export.json"} <= {p.name for p in (run_dir / "onnx").iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "config.json", "export.json"} <= {
+        p.name for p in (run_dir / "onnx").iterdir()
+    }
     assert "labels agree with the run on 100.00%" in " ".join(result.output.split())
 
 

@@ -21,21 +21,24 @@ from tuneoff.training.loop import train
 from tuneoff.training.resources import param_counts
 
 
-@pytest.mark.parametrize("method, params, expected", [
-    # BitFit: every bias (embedding LayerNorm; per layer q,k,v,o, two LayerNorms, FFN in and out; the pooler) + head.
-    ("bitfit", {}, H + L * (4 * H + H + I + H + H) + H + CLASSIFIER),
-    # (IA)^3 on key, value and both output.dense (feed-forward: scaled on their input, H and I): 3H + I per layer.
-    ("ia3", {}, L * (3 * H + I) + CLASSIFIER),
-    ("prompt_tuning", {"num_virtual_tokens": 8}, 8 * H + CLASSIFIER),
-    # VeRA r=16 on q,v: per module the vectors b (H) and d (r); the random matrices are frozen and shared.
-    ("vera", {"r": 16}, L * 2 * (H + 16) + CLASSIFIER),
-    # LoHa r=4: two low-rank pairs per module, 2 x (H x r + r x H).
-    ("loha", {"r": 4}, L * 2 * 2 * (H * 4 + 4 * H) + CLASSIFIER),
-    # LoKr: 32 = 4 x 8, so W = w1 (4 x 4) kron w2 (8 x 8): 16 + 64 per module.
-    ("lokr", {"r": 4}, L * 2 * (16 + 64) + CLASSIFIER),
-    # AdaLoRA init_r=8: A (r x H), B (H x r) and the singular values E (r) per module.
-    ("adalora", {"init_r": 8, "target_r": 4}, L * 2 * (8 * H + H * 8 + 8) + CLASSIFIER),
-])
+@pytest.mark.parametrize(
+    "method, params, expected",
+    [
+        # BitFit: every bias (embedding LayerNorm; per layer q,k,v,o, two LayerNorms, FFN in and out; the pooler) + head.
+        ("bitfit", {}, H + L * (4 * H + H + I + H + H) + H + CLASSIFIER),
+        # (IA)^3 on key, value and both output.dense (feed-forward: scaled on their input, H and I): 3H + I per layer.
+        ("ia3", {}, L * (3 * H + I) + CLASSIFIER),
+        ("prompt_tuning", {"num_virtual_tokens": 8}, 8 * H + CLASSIFIER),
+        # VeRA r=16 on q,v: per module the vectors b (H) and d (r); the random matrices are frozen and shared.
+        ("vera", {"r": 16}, L * 2 * (H + 16) + CLASSIFIER),
+        # LoHa r=4: two low-rank pairs per module, 2 x (H x r + r x H).
+        ("loha", {"r": 4}, L * 2 * 2 * (H * 4 + 4 * H) + CLASSIFIER),
+        # LoKr: 32 = 4 x 8, so W = w1 (4 x 4) kron w2 (8 x 8): 16 + 64 per module.
+        ("lokr", {"r": 4}, L * 2 * (16 + 64) + CLASSIFIER),
+        # AdaLoRA init_r=8: A (r x H), B (H x r) and the singular values E (r) per module.
+        ("adalora", {"init_r": 8, "target_r": 4}, L * 2 * (8 * H + H * 8 + 8) + CLASSIFIER),
+    ],
+)
 def test_exact_trainable_parameters_of_the_family(tiny_bert, method, params, expected):
     model, *_ = prepared(tiny_bert, method, **params)
     assert param_counts(model)["trainable_params"] == expected
@@ -45,14 +48,35 @@ def test_pooler_and_hand_counts_agree():
     assert POOLER == H * H + H  # BitFit trains the pooler's bias only
 
 
-@pytest.mark.parametrize("method, encoder", [("bitfit", "tiny_bert"), ("ia3", "tiny_bert"), ("prompt_tuning", "tiny_bert"),
-                                             ("vera", "tiny_bert"), ("loha", "tiny_bert"), ("lokr", "tiny_bert"),
-                                             ("adalora", "tiny_bert"), ("ia3", "tiny_distilbert"), ("loha", "tiny_distilbert")])
+@pytest.mark.parametrize(
+    "method, encoder",
+    [
+        ("bitfit", "tiny_bert"),
+        ("ia3", "tiny_bert"),
+        ("prompt_tuning", "tiny_bert"),
+        ("vera", "tiny_bert"),
+        ("loha", "tiny_bert"),
+        ("lokr", "tiny_bert"),
+        ("adalora", "tiny_bert"),
+        ("ia3", "tiny_distilbert"),
+        ("loha", "tiny_distilbert"),
+    ],
+)
 def test_saved_runs_reload_to_the_same_predictions(method, encoder, request, toy_csv, tmp_path):
     from tuneoff.training.saved import predict_file
 
-    result = train(build_config({}, tiny_overrides(request.getfixturevalue(encoder), toy_csv, tmp_path,
-                                                   **{"method.name": method, "train.epochs": 2, "train.lr": 1e-2})), progress=False)
+    result = train(
+        build_config(
+            {},
+            tiny_overrides(
+                request.getfixturevalue(encoder),
+                toy_csv,
+                tmp_path,
+                **{"method.name": method, "train.epochs": 2, "train.lr": 1e-2},
+            ),
+        ),
+        progress=False,
+    )
     preds = pd.read_csv(result.run_dir / "predictions.csv")
     texts = tmp_path / "texts.csv"
     preds[["id", "text"]].to_csv(texts, index=False)
@@ -73,8 +97,15 @@ def test_adalora_allocates_its_rank_budget(tiny_bert, toy_csv, tmp_path):
     """update_and_allocate runs after every optimizer step: by the end, ranks beyond the budget are masked."""
     from tuneoff.training.session import prepare
 
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"method.name": "adalora", "method.init_r": 8,
-                                                                            "method.target_r": 2, "train.lr": 1e-2}))
+    cfg = build_config(
+        {},
+        tiny_overrides(
+            tiny_bert,
+            toy_csv,
+            tmp_path,
+            **{"method.name": "adalora", "method.init_r": 8, "method.target_r": 2, "train.lr": 1e-2},
+        ),
+    )
     s = prepare(cfg)
     assert s.model.peft_config["default"].total_step == s.total_steps  # begin() set the real schedule
     result = train(cfg, progress=False)
@@ -94,16 +125,21 @@ def test_adalora_regularizer_matches_peft(tiny_bert):
     torch.testing.assert_close(with_labels - plain, ours, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method, message", [
-    ("prefix_tuning", "Prefix tuning could not be applied to this bert model"),
-    ("qlora", "method qlora needs the bitsandbytes package"),
-])
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("prefix_tuning", "Prefix tuning could not be applied to this bert model"),
+        ("qlora", "method qlora needs the bitsandbytes package"),
+    ],
+)
 def test_methods_that_cannot_run_here_say_why(method, message, tiny_bert, toy_csv, tmp_path):
     import importlib.util
 
     if method == "qlora" and importlib.util.find_spec("bitsandbytes") is not None:
         message = "bitsandbytes' 4-bit kernels need a CUDA GPU"
-    result = CliRunner().invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"method.name": method})])
+    result = CliRunner().invoke(
+        app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"method.name": method})]
+    )
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
 
 
@@ -111,10 +147,16 @@ def test_methods_that_cannot_run_here_say_why(method, message, tiny_bert, toy_cs
 def test_the_family_on_the_shipped_minilm(tmp_path):
     """Every new method trains, saves, reloads and is reported, on the real (2-layer) MiniLM and Rotten Tomatoes."""
     methods = ["bitfit", "ia3", "prompt_tuning", "vera", "loha", "lokr", "adalora"]
-    spec = {"name": "family", "base": {"model": {"name": "minilm", "num_hidden_layers": 2},
-                                       "data": {"name": "rotten_tomatoes", "max_train_samples": 96, "max_eval_samples": 48, "max_length": 32},
-                                       "train": {"epochs": 1, "batch_size": 16}},
-            "variants": {m: {"method": {"name": m}} for m in methods}, "seeds": [1]}
+    spec = {
+        "name": "family",
+        "base": {
+            "model": {"name": "minilm", "num_hidden_layers": 2},
+            "data": {"name": "rotten_tomatoes", "max_train_samples": 96, "max_eval_samples": 48, "max_length": 32},
+            "train": {"epochs": 1, "batch_size": 16},
+        },
+        "variants": {m: {"method": {"name": m}} for m in methods},
+        "seeds": [1],
+    }
     path = tmp_path / "family.yaml"
     path.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path / "r")], env={"COLUMNS": "200"})

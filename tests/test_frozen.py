@@ -17,9 +17,11 @@ from tuneoff.config import build_config
 from tuneoff.training import frozen
 from tuneoff.training.loop import train
 
-CASES = {"head": {"method.name": "head", "train.lr": 5e-2},
-         "partial": {"method.name": "partial", "method.k": 1, "train.lr": 5e-3},
-         "lora_top": {"method.name": "lora", "method.r": 4, "method.layers_to_transform": "[1]", "train.lr": 2e-2}}
+CASES = {
+    "head": {"method.name": "head", "train.lr": 5e-2},
+    "partial": {"method.name": "partial", "method.k": 1, "train.lr": 5e-3},
+    "lora_top": {"method.name": "lora", "method.r": 4, "method.layers_to_transform": "[1]", "train.lr": 2e-2},
+}
 
 
 @pytest.fixture
@@ -30,8 +32,15 @@ def cache(tmp_path, monkeypatch):
 
 
 def run(tiny_bert, toy_csv, out, **extra):
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 3, "train.eval_every": 4,
-                                                                   "train.mixed_precision": "no", **extra}))
+    cfg = build_config(
+        {},
+        tiny_overrides(
+            tiny_bert,
+            toy_csv,
+            out,
+            **{"train.epochs": 3, "train.eval_every": 4, "train.mixed_precision": "no", **extra},
+        ),
+    )
     return train(cfg, progress=False)
 
 
@@ -44,7 +53,9 @@ def _count_layer0_calls(monkeypatch):
 
     def load(*args, **kwargs):
         model, arch = real(*args, **kwargs)
-        model.get_submodule(arch.layers_path)[0].register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        model.get_submodule(arch.layers_path)[0].register_forward_hook(
+            lambda *a: calls.__setitem__("n", calls["n"] + 1)
+        )
         return model, arch
 
     monkeypatch.setattr(model_module, "load_classifier", load)
@@ -65,7 +76,10 @@ def test_a_cached_run_predicts_what_an_uncached_run_predicts(case, cache, tiny_b
     calls["n"] = 0
     plain = run(tiny_bert, toy_csv, tmp_path / "b", **CASES[case], **{"train.feature_cache": "off"})
     assert calls["n"] > 3 * 13, "the uncached run computes layer 0 every step"
-    assert cached.resources["feature_cache"] == "used; built by this run" and plain.resources["feature_cache"] == "train.feature_cache=off"
+    assert (
+        cached.resources["feature_cache"] == "used; built by this run"
+        and plain.resources["feature_cache"] == "train.feature_cache=off"
+    )
     assert cached.resources["frozen_below_layer"] == {"head": 2, "partial": 1, "lora_top": 1}[case]
     assert len(frozen.COMPUTED) == 1
     a = pd.read_csv(cached.run_dir / "predictions.csv")
@@ -84,19 +98,27 @@ def test_every_layer_trains_means_nothing_is_cached(cache, tiny_bert, toy_csv, t
     assert not frozen.COMPUTED
 
 
-def test_the_cache_is_computed_once_for_many_runs_and_invalidated_by_what_it_depends_on(cache, tiny_bert, toy_csv, tmp_path):
+def test_the_cache_is_computed_once_for_many_runs_and_invalidated_by_what_it_depends_on(
+    cache, tiny_bert, toy_csv, tmp_path
+):
     for seed in (1, 2, 3):  # seeds and learning rates share the frozen features
         run(tiny_bert, toy_csv, tmp_path / f"s{seed}", **CASES["partial"], **{"train.seed": seed, "train.epochs": 1})
     run(tiny_bert, toy_csv, tmp_path / "lr", **{**CASES["partial"], "train.lr": 1e-3, "train.epochs": 1})
     assert len(frozen.COMPUTED) == 1 and len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
     partial = {**CASES["partial"], "train.epochs": 1}
-    changes = [{**partial, "data.max_length": 12}, {**CASES["head"], "train.epochs": 1},  # another boundary
-               {**partial, "train.feature_cache_dtype": "float32"}, {**partial, "data.max_eval_samples": 10},
-               {**partial, "model.num_hidden_layers": 1, "method.k": 1}]
+    changes = [
+        {**partial, "data.max_length": 12},
+        {**CASES["head"], "train.epochs": 1},  # another boundary
+        {**partial, "train.feature_cache_dtype": "float32"},
+        {**partial, "data.max_eval_samples": 10},
+        {**partial, "model.num_hidden_layers": 1, "method.k": 1},
+    ]
     for n, change in enumerate(changes, start=2):
         run(tiny_bert, toy_csv, tmp_path / f"c{n}", **change)
         assert len(frozen.COMPUTED) == n - (change.get("model.num_hidden_layers") == 1), change
-    assert not [p for p in cache.iterdir() if p.name.startswith(".") and p.suffix != ".lock"], "no half-written cache left"
+    assert not [p for p in cache.iterdir() if p.name.startswith(".") and p.suffix != ".lock"], (
+        "no half-written cache left"
+    )
 
 
 @pytest.mark.slow
@@ -105,8 +127,11 @@ def test_a_resumed_cached_run_equals_an_uninterrupted_one(tiny_bert, toy_csv, tm
     import test_reliability
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(test_reliability, "RESUMABLE", {**test_reliability.RESUMABLE, "method.layers_to_transform": "[1]",
-                                                        "train.feature_cache_dtype": "float32"})
+    monkeypatch.setattr(
+        test_reliability,
+        "RESUMABLE",
+        {**test_reliability.RESUMABLE, "method.layers_to_transform": "[1]", "train.feature_cache_dtype": "float32"},
+    )
     ref = tmp_path / "ref"
     assert cli_train(tiny_bert, toy_csv, ref).returncode == 0
     out = tmp_path / "killed"
@@ -115,7 +140,10 @@ def test_a_resumed_cached_run_equals_an_uninterrupted_one(tiny_bert, toy_csv, tm
     assert resumed.returncode == 0, resumed.stderr
     got, want = finished_run(out), finished_run(ref)
     assert json.loads((got / "resources.json").read_text())["feature_cache"] == "used"
-    a, b = load_file(got / "model" / "adapter_model.safetensors"), load_file(want / "model" / "adapter_model.safetensors")
+    a, b = (
+        load_file(got / "model" / "adapter_model.safetensors"),
+        load_file(want / "model" / "adapter_model.safetensors"),
+    )
     for key in b:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
@@ -166,7 +194,12 @@ def test_a_damaged_cache_entry_is_rebuilt_never_used(damage, cache, tiny_bert, t
     healthy = run(tiny_bert, toy_csv, tmp_path / "a", **case)
     entry = _entry(cache)
     # Another entry of the same shape: the states after layer 1 (head) instead of layer 0 (partial top-1).
-    run(tiny_bert, toy_csv, tmp_path / "other", **{**CASES["head"], "train.epochs": 1, "train.feature_cache_dtype": "float32"})
+    run(
+        tiny_bert,
+        toy_csv,
+        tmp_path / "other",
+        **{**CASES["head"], "train.epochs": 1, "train.feature_cache_dtype": "float32"},
+    )
     other = next(p for p in cache.iterdir() if p != entry and not p.name.startswith("."))
     assert (other / "train.states").stat().st_size == (entry / "train.states").stat().st_size
     _damage_cases()[damage](entry, other)

@@ -77,13 +77,20 @@ def test_disk_full_in_a_checkpoint_then_free_space_and_resume(tiny_bert, toy_csv
     def fills_up(tensors, path, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 4:  # two checkpoints (trainable + best each) fit, the third does not
-            raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(tensors, path, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", fills_up)
     real_json = rundir.write_json
-    monkeypatch.setattr(rundir, "write_json", lambda p, d: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
-                        if Path(p).name == "failed.json" else real_json(p, d))
+    monkeypatch.setattr(
+        rundir,
+        "write_json",
+        lambda p, d: (
+            (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+            if Path(p).name == "failed.json"
+            else real_json(p, d)
+        ),
+    )
     assert_clean_exit_2(cli(*train_args(tiny_bert, toy_csv, tmp_path)), "No space left on the device", "--resume")
     monkeypatch.undo()
     resumed = cli(*train_args(tiny_bert, toy_csv, tmp_path), "--resume")
@@ -95,14 +102,24 @@ def test_a_real_full_file_system(tiny_bert, toy_csv, tmp_path):
     """The issue's repro, on a real file system that fills up: a 256 kB tmpfs as output_dir, full fine-tuning."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs needs root (and a kernel that allows it here)")
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        }
         full = {k: v for k, v in RESUMABLE.items() if not k.startswith("method.")}
         args = ["train", "--no-progress", "--method", "full", *tiny_overrides(tiny_bert, toy_csv, mnt, **full)]
-        done = subprocess.run([sys.executable, "-m", "tuneoff", *args], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "tuneoff", *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "No space left" in done.stderr
     finally:
@@ -128,18 +145,26 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_one_before(damage, re
         data = (newest / "trainable.safetensors").read_bytes()
         (newest / "trainable.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "pickle in optimizer.pt":
+
         class Evil:
             def __reduce__(self):
                 return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
         (newest / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Evil()}))
     else:
         (newest / "rng.pt").write_bytes(b"\x00not a tensor file")
     resumed = cli_train(tiny_bert, toy_csv, tmp_path, resume=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "step-0000008" in resumed.stdout + resumed.stderr and "resuming from step-0000006" in resumed.stdout + resumed.stderr
+    assert (
+        "step-0000008" in resumed.stdout + resumed.stderr
+        and "resuming from step-0000006" in resumed.stdout + resumed.stderr
+    )
     assert not (tmp_path / "pwned").exists(), "no code from the checkpoint ran"
     run = finished_run(tmp_path)
-    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
+    got, want = (
+        load_file(run / "model" / "adapter_model.safetensors"),
+        load_file(reference / "model" / "adapter_model.safetensors"),
+    )
     for key in want:  # resuming from an older checkpoint still ends where the uninterrupted run ended
         torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
 
@@ -166,8 +191,12 @@ def test_a_corrupt_saved_model_is_refused_cleanly(tiny_bert, toy_csv, tmp_path):
 def test_checkpoint_position_translates_between_equal_effective_batches(tmp_path):
     state = checkpoint.LoopState(batch=6)  # 6 micro-batches of 40 = 3 optimizer steps at accumulation 2
     saved = {"batch_size": 40, "grad_accum": 2, "processes": 1}
-    assert checkpoint.translate_position(state, saved, {"batch_size": 20, "grad_accum": 4, "processes": 1}, tmp_path) == 12
-    assert checkpoint.translate_position(state, saved, {"batch_size": 40, "grad_accum": 1, "processes": 2}, tmp_path) == 3
+    assert (
+        checkpoint.translate_position(state, saved, {"batch_size": 20, "grad_accum": 4, "processes": 1}, tmp_path) == 12
+    )
+    assert (
+        checkpoint.translate_position(state, saved, {"batch_size": 40, "grad_accum": 1, "processes": 2}, tmp_path) == 3
+    )
     assert checkpoint.translate_position(state, saved, saved, tmp_path) == 6
     with pytest.raises(TuneoffError, match="effective 80.*effective 40"):
         checkpoint.translate_position(state, saved, {"batch_size": 20, "grad_accum": 2, "processes": 1}, tmp_path)
@@ -177,11 +206,13 @@ def test_resume_at_half_the_batch_and_twice_the_accumulation(reference, tiny_ber
     killed = cli_train(tiny_bert, toy_csv, tmp_path, crash_at="step:5")
     assert killed.returncode == -signal.SIGKILL
     (work,) = list(tmp_path.iterdir())
-    run_id = work.name[1:-len(".tmp")]
+    run_id = work.name[1 : -len(".tmp")]
     other = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.batch_size": 20}))
     with pytest.raises(TuneoffError, match="effective 40.*effective 20"):
         train(other, progress=False, run_id=run_id, resume=True)
-    half = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.batch_size": 20, "train.grad_accum": 2}))
+    half = build_config(
+        {}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{**RESUMABLE, "train.batch_size": 20, "train.grad_accum": 2})
+    )
     result = train(half, progress=False, run_id=run_id, resume=True)
     assert result.resources["resumed_from_step"] == "step-0000004"
     steps = json.loads((reference / "resources.json").read_text())["optimizer_steps"]
@@ -230,15 +261,30 @@ def test_oom_retry_releases_the_failed_attempt_and_resumes_its_run(tiny_bert, to
 
 
 def _study(tmp_path, tiny_bert, toy_csv, name, epochs=2, seeds=(1,)):
-    return write_study(tmp_path, tiny_bert, toy_csv, name, seeds=seeds, train={"epochs": epochs, "eval_every": None},
-                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}})
+    return write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        name,
+        seeds=seeds,
+        train={"epochs": epochs, "eval_every": None},
+        variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}},
+    )
 
 
 def _run(path, results):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(results)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(results)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -251,7 +297,7 @@ def test_one_study_one_process_and_two_studies_side_by_side(tiny_bert, toy_csv, 
     while not (results / "alpha" / ".lock").exists() and time.time() < deadline:
         time.sleep(0.05)
     second = _run(a, results)  # the same study again: refused while the first holds it
-    other = _run(b, results)   # another study in the same results root: runs alongside
+    other = _run(b, results)  # another study in the same results root: runs alongside
     out2, err2 = second.communicate(timeout=300)
     assert second.returncode == 2, err2
     assert "is being run by another process" in " ".join(err2.split()) and f"pid {first.pid}" in err2
@@ -297,8 +343,15 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
     assert time.perf_counter() - t0 < 20
 
 
-@pytest.mark.parametrize("override, field", [("train.lr=.inf", "train.lr"), ("train.lr=.nan", "train.lr"),
-                                             ("method.alpha=.inf", "method"), ("train.warmup_ratio=.nan", "train.warmup_ratio")])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("method.alpha=.inf", "method"),
+        ("train.warmup_ratio=.nan", "train.warmup_ratio"),
+    ],
+)
 def test_non_finite_numbers_are_refused(override, field):
     assert_clean_exit_2(cli("train", override), field, "finite")
 
@@ -373,13 +426,18 @@ def test_fp16_loop_survives_skips_and_ignores_the_overflowed_gradients(tiny_bert
     from accelerate import Accelerator
 
     real_clip = Accelerator.clip_grad_norm_
-    monkeypatch.setattr(Accelerator, "clip_grad_norm_",
-                        lambda self, *a, **k: real_clip(self, *a, **k) * (float("inf") if step["n"] < 3 else 1.0))
+    monkeypatch.setattr(
+        Accelerator,
+        "clip_grad_norm_",
+        lambda self, *a, **k: real_clip(self, *a, **k) * (float("inf") if step["n"] < 3 else 1.0),
+    )
     cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1}))
     result = train_module.train(cfg, progress=False)
     assert result.resources["fp16_skipped_steps"] == 3
     monkeypatch.setattr(guards, "step_was_skipped", lambda optimizer: True)
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1, "train.max_skipped_steps": 4}))
+    cfg = build_config(
+        {}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 1, "train.max_skipped_steps": 4})
+    )
     with pytest.raises(TuneoffError, match="skipped 4 optimizer steps in a row"):
         train_module.train(cfg, progress=False)
 
@@ -428,8 +486,9 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
 def test_a_store_that_is_not_a_database_is_a_clean_error_with_the_rebuild(tmp_path):
     (tmp_path / "tuneoff.sqlite").write_text("not a database " * 200)
     for args in (["runs", "list"], ["runs", "show", "x-s1"]):
-        assert_clean_exit_2(cli(*args, "--results", str(tmp_path)), "cannot be read as an SQLite database",
-                            "tuneoff runs rebuild")
+        assert_clean_exit_2(
+            cli(*args, "--results", str(tmp_path)), "cannot be read as an SQLite database", "tuneoff runs rebuild"
+        )
 
 
 def test_study_runs_survive_a_damaged_store_and_are_rebuilt(tiny_bert, toy_csv, tmp_path):
@@ -437,7 +496,10 @@ def test_study_runs_survive_a_damaged_store_and_are_rebuilt(tiny_bert, toy_csv, 
 
     results = tmp_path / "r"
     for name in ("one", "two"):
-        assert cli("run", str(_study(tmp_path, tiny_bert, toy_csv, name, epochs=1)), "--results", str(results)).exit_code == 0
+        assert (
+            cli("run", str(_study(tmp_path, tiny_bert, toy_csv, name, epochs=1)), "--results", str(results)).exit_code
+            == 0
+        )
     store = Store(results)
     store.db.execute("UPDATE runs SET metrics='{broken' WHERE study='one' AND run_id='head-s1'")
     store.close()
@@ -460,13 +522,18 @@ def test_study_runs_survive_a_damaged_store_and_are_rebuilt(tiny_bert, toy_csv, 
     assert json.loads(rows[("one", "head-s1")]["metrics"])["test"]["accuracy"] >= 0, "re-read from the run directory"
 
 
-@pytest.mark.parametrize("uri, message", [("http://127.0.0.1:1", "does not answer"),
-                                          ("sqlite:///{tmp}/afile/mlflow.db", "not a directory")])
+@pytest.mark.parametrize(
+    "uri, message", [("http://127.0.0.1:1", "does not answer"), ("sqlite:///{tmp}/afile/mlflow.db", "not a directory")]
+)
 def test_an_unreachable_tracking_destination_fails_before_training(uri, message, tiny_bert, toy_csv, tmp_path):
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "out"
     started = time.monotonic()
-    result = cli(*train_args(tiny_bert, toy_csv, out), "train.report_to=[mlflow]", f"train.tracking_uri={uri.format(tmp=tmp_path)}")
+    result = cli(
+        *train_args(tiny_bert, toy_csv, out),
+        "train.report_to=[mlflow]",
+        f"train.tracking_uri={uri.format(tmp=tmp_path)}",
+    )
     assert_clean_exit_2(result, message, "nothing was trained")
     assert time.monotonic() - started < 60 and not (out.exists() and any(out.iterdir())), "no run directory, no retries"
 
@@ -474,19 +541,33 @@ def test_an_unreachable_tracking_destination_fails_before_training(uri, message,
 def test_outputs_are_safe_to_open(tiny_bert, tmp_path):
     """Formula-looking cells are escaped in predictions.csv and predict's output (--raw keeps them), and user-given
     names are escaped in the Markdown summary; tuneoff reads its own files back unescaped."""
-    rows = [{"text": f"=cmd|' /C calc'!A0 good {i}" if i % 2 else f"@SUM(1) bad {i}", "label": "<b>pos</b>" if i % 2 else "-neg"}
-            for i in range(60)]
+    rows = [
+        {
+            "text": f"=cmd|' /C calc'!A0 good {i}" if i % 2 else f"@SUM(1) bad {i}",
+            "label": "<b>pos</b>" if i % 2 else "-neg",
+        }
+        for i in range(60)
+    ]
     data = tmp_path / "evil.csv"
     pd.DataFrame(rows).to_csv(data, index=False)
-    spec = write_study(tmp_path, tiny_bert, str(data), "<script>alert(1)</script>", seeds=[1], train={"epochs": 1},
-                       variants={"head": {"method": {"name": "head"}}})
+    spec = write_study(
+        tmp_path,
+        tiny_bert,
+        str(data),
+        "<script>alert(1)</script>",
+        seeds=[1],
+        train={"epochs": 1},
+        variants={"head": {"method": {"name": "head"}}},
+    )
     results = tmp_path / "r"
     assert cli("run", str(spec), "--results", str(results)).exit_code == 0
     study_dir = next(p for p in results.iterdir() if p.is_dir())
     (run_dir,) = list((study_dir / "runs").iterdir())
     cells = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
-    assert all(not c.startswith(("=", "+", "@")) and not (c.startswith("-") and not c[1:].replace(".", "").isdigit())
-               for c in cells.to_numpy().ravel()), "no cell starts a formula"
+    assert all(
+        not c.startswith(("=", "+", "@")) and not (c.startswith("-") and not c[1:].replace(".", "").isdigit())
+        for c in cells.to_numpy().ravel()
+    ), "no cell starts a formula"
     assert (cells["true_label"].str.startswith("'-neg") | (cells["true_label"] == "<b>pos</b>")).all()
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "<script>" not in summary and "&lt;script&gt;" in summary and "<b>pos</b>" not in summary
@@ -496,7 +577,9 @@ def test_outputs_are_safe_to_open(tiny_bert, tmp_path):
     assert cli("predict", str(run_dir), str(unlabeled), "--out", str(out), "--id-column", "text").exit_code == 0
     ids = pd.read_csv(out, dtype=str)["id"].tolist()
     assert ids == ["'=1+1 good", "'+44 20 bad", "-12"], "numbers stay, formulas are defused"
-    assert cli("predict", str(run_dir), str(unlabeled), "--out", str(out), "--id-column", "text", "--raw").exit_code == 0
+    assert (
+        cli("predict", str(run_dir), str(unlabeled), "--out", str(out), "--id-column", "text", "--raw").exit_code == 0
+    )
     assert pd.read_csv(out, dtype=str)["id"].tolist()[0] == "=1+1 good"
 
 
@@ -515,10 +598,13 @@ def test_evaluating_two_files_of_one_name_keeps_both_results(tiny_bert, toy_csv,
     assert recorded == [str(tmp_path / "a" / "train.csv"), str(tmp_path / "b" / "train.csv")]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("text,label\n", "has a header but no rows"),
-    ("text,text,label\na,b,pos\nc,d,neg\ne,f,pos\ng,h,neg\n", "repeats the column name(s) ['text']"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("text,label\n", "has a header but no rows"),
+        ("text,text,label\na,b,pos\nc,d,neg\ne,f,pos\ng,h,neg\n", "repeats the column name(s) ['text']"),
+    ],
+)
 def test_bad_files_for_predict_and_evaluate(content, message, tiny_bert, toy_csv, tmp_path):
     out = tmp_path / "runs"
     assert cli(*train_args(tiny_bert, toy_csv, out)).exit_code == 0
@@ -542,9 +628,13 @@ def test_predict_reads_the_column_the_run_trained_on(tiny_bert, toy_csv, tmp_pat
     assert cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "p.csv")).exit_code == 0, "no option needed"
     assert len(pd.read_csv(tmp_path / "p.csv")) == 2
     pd.DataFrame({"text": ["good great"]}).to_csv(unlabeled, index=False)
-    assert_clean_exit_2(cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv")),
-                        "no column 'review' (--text-column)")
-    assert cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv"), "--text-column", "text").exit_code == 0
+    assert_clean_exit_2(
+        cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv")), "no column 'review' (--text-column)"
+    )
+    assert (
+        cli("predict", str(run), str(unlabeled), "--out", str(tmp_path / "q.csv"), "--text-column", "text").exit_code
+        == 0
+    )
 
 
 def test_evaluating_on_the_training_file_scores_its_own_split(tiny_bert, toy_csv, tmp_path, monkeypatch):
@@ -563,7 +653,9 @@ def test_evaluating_on_the_training_file_scores_its_own_split(tiny_bert, toy_csv
     other = tmp_path / "copy.csv"
     other.write_text(Path(toy_csv).read_text())
     assert cli("evaluate", str(run), "--data", str(other)).exit_code == 0
-    assert json.loads(next(run.glob("eval-copy-*-all-rows.json")).read_text())["rows_scored"] == 240, "another file: every row"
+    assert json.loads(next(run.glob("eval-copy-*-all-rows.json")).read_text())["rows_scored"] == 240, (
+        "another file: every row"
+    )
 
 
 def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, monkeypatch):
@@ -588,7 +680,9 @@ def test_predict_streams_a_large_file_in_chunks(tiny_bert, toy_csv, tmp_path, mo
             raise OSError(28, "No space left on device")
         return real(*a, **k)
 
-    monkeypatch.setattr(saved, "score_frame", lambda *a, **k: sizes.append(len(a[2])) or fails_on_the_second_chunk(*a, **k))
+    monkeypatch.setattr(
+        saved, "score_frame", lambda *a, **k: sizes.append(len(a[2])) or fails_on_the_second_chunk(*a, **k)
+    )
     with pytest.raises(OSError):
         saved.predict_file(run, big, tmp_path / "p.csv", "text", None, None, chunk_rows=1000, progress=False)
     assert (tmp_path / "p.csv").read_bytes() == before, "a failed predict leaves the earlier output as it was"
@@ -607,7 +701,9 @@ def test_yaml_that_repeats_a_key_is_refused_with_its_lines(tmp_path):
 def test_small_input_mistakes_say_what_they_are(tiny_bert, toy_csv, tmp_path):
     assert_clean_exit_2(cli("train", "--data", str(tmp_path)), "is a directory")
     lists = tmp_path / "lists.jsonl"
-    lists.write_text("\n".join(json.dumps({"text": ["a", "b"] if i == 3 else f"text {i}", "label": i % 2}) for i in range(20)))
+    lists.write_text(
+        "\n".join(json.dumps({"text": ["a", "b"] if i == 3 else f"text {i}", "label": i % 2}) for i in range(20))
+    )
     assert_clean_exit_2(cli(*train_args(tiny_bert, str(lists), tmp_path / "o")), "holds list values, not text", "4")
     from tuneoff.core.files import safe_name
 
@@ -615,8 +711,10 @@ def test_small_input_mistakes_say_what_they_are(tiny_bert, toy_csv, tmp_path):
 
 
 def test_spaced_labels_are_merged_and_said(tiny_bert, tmp_path):
-    rows = [{"text": f"good {i}" if i % 2 else f"bad {i}", "label": ("pos " if i % 4 == 1 else "pos") if i % 2 else "neg"}
-            for i in range(80)]
+    rows = [
+        {"text": f"good {i}" if i % 2 else f"bad {i}", "label": ("pos " if i % 4 == 1 else "pos") if i % 2 else "neg"}
+        for i in range(80)
+    ]
     data = tmp_path / "spaced.csv"
     pd.DataFrame(rows).to_csv(data, index=False)
     out = tmp_path / "o"
@@ -632,9 +730,20 @@ def test_an_oversized_adapter_is_warned_about(tiny_bert, toy_csv, tmp_path):
 
 
 def test_resume_with_a_changed_config_names_the_differences(tiny_bert, toy_csv, tmp_path):
-    killed = subprocess.run([sys.executable, "-m", "tuneoff", "train", "--no-progress",
-                             *tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE)],
-                            env=crashing_env("step:5"), capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuneoff",
+            "train",
+            "--no-progress",
+            *tiny_overrides(tiny_bert, toy_csv, tmp_path, **RESUMABLE),
+        ],
+        env=crashing_env("step:5"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL
     changed = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.lr=0.05", "--resume")
     assert_clean_exit_2(changed, "found no interrupted run of this exact config", "train.lr: 0.01 -> 0.05")
@@ -646,4 +755,6 @@ def test_the_effective_batch_is_what_the_steps_used(tiny_bert, toy_csv, tmp_path
     result = cli(*train_args(tiny_bert, toy_csv, tmp_path), "train.grad_accum=1000", "train.epochs=1")
     assert result.exit_code == 0 and "train.grad_accum=1000 but an epoch has only" in result.output
     resources = json.loads((finished_run(tmp_path) / "resources.json").read_text())
-    assert resources["effective_batch_size"] == resources["per_device_batch_size"] * -(-194 // resources["per_device_batch_size"])
+    assert resources["effective_batch_size"] == resources["per_device_batch_size"] * -(
+        -194 // resources["per_device_batch_size"]
+    )

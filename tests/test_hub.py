@@ -44,13 +44,22 @@ def test_a_hub_model_fails_at_once_with_one_message(no_network):
 
 
 def test_a_hub_study_fails_before_any_run(no_network, tmp_path):
-    spec = {"name": "hubby", "base": {"model": {"name": "roberta-base"}, "data": {"name": "ag_news"}},
-            "variants": {"lora": {"method": {"name": "lora"}}, "full": {"method": {"name": "full"}}}, "seeds": [1, 2]}
+    spec = {
+        "name": "hubby",
+        "base": {"model": {"name": "roberta-base"}, "data": {"name": "ag_news"}},
+        "variants": {"lora": {"method": {"name": "lora"}}, "full": {"method": {"name": "full"}}},
+        "seeds": [1, 2],
+    }
     path = tmp_path / "hubby.yaml"
     path.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "r")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "Study 'hubby' needs" in text and "'roberta-base'" in text and "'fancyzhx/ag_news'" in text
+    assert (
+        result.exit_code == 2
+        and "Study 'hubby' needs" in text
+        and "'roberta-base'" in text
+        and "'fancyzhx/ag_news'" in text
+    )
     assert not (tmp_path / "r" / "tuneoff.sqlite").exists()
 
 

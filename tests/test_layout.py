@@ -116,7 +116,7 @@ def test_function_local_imports_are_never_pointless():
 
 def test_readme_layout_names_every_package():
     readme = (SRC.parent / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
+    layout = readme[readme.index("## Layout") :]
     packages = sorted(p.parent.name for p in (SRC / "tuneoff").glob("*/__init__.py"))
     assert len(packages) >= 10
     assert [p for p in packages if f"`{p}/`" not in layout] == []

@@ -47,8 +47,10 @@ def test_the_values_spread_like_a_bootstrap_over_examples():
     truth = rng.choice(3, n, p=[0.7, 0.25, 0.05])
     pred = np.where(rng.random(n) < 0.8, truth, rng.integers(0, 3, n))
     se = macro_f1_values(truth, pred, 3).std(ddof=1) / np.sqrt(n)
-    draws = [f1_score(truth[i], pred[i], labels=[0, 1, 2], average="macro", zero_division=0)
-             for i in (rng.integers(0, n, n) for _ in range(1500))]
+    draws = [
+        f1_score(truth[i], pred[i], labels=[0, 1, 2], average="macro", zero_division=0)
+        for i in (rng.integers(0, n, n) for _ in range(1500))
+    ]
     assert se == pytest.approx(np.std(draws), rel=0.1)
 
 
@@ -87,16 +89,38 @@ def _run(seed, truth, pred, val_accuracy, val_macro_f1):
     logits = np.full((n, 3), -4.0)
     logits[np.arange(n), [LABELS.index(p) for p in pred]] = 4.0
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    frame = pd.DataFrame({"id": [f"x{i}" for i in range(n)], "text": [f"t{i}" for i in range(n)], "true_label": truth,
-                          "pred_label": pred, **{f"prob_{name}": probs[:, i] for i, name in enumerate(LABELS)}})
-    res = {"trainable_params": 1000, "trainable_pct": 1.0, "checkpoint_bytes": 4_000_000, "trained_bytes": 4000,
-           "peak_rss_mb": 1000.0, "train_seconds": 100.0, "train_samples_per_s": 10.0}
-    return {"run_id": f"r{seed}", "seed": seed, "predictions": frame, "history": [],
-            "metrics": {"test": compute_metrics([LABELS.index(t) for t in truth], logits, LABELS),
-                        "validation": {"accuracy": val_accuracy, "macro_f1": val_macro_f1}},
-            "resources": res, "device": "cpu", "config": {"model": {"name": "m"}, "data": {"name": "d"},
-                                                          "method": {"name": "x"}},
-            "info": {"dataset": "d", "label_counts": {"train": {"common": 700, "other": 250, "rare": 50}}}}
+    frame = pd.DataFrame(
+        {
+            "id": [f"x{i}" for i in range(n)],
+            "text": [f"t{i}" for i in range(n)],
+            "true_label": truth,
+            "pred_label": pred,
+            **{f"prob_{name}": probs[:, i] for i, name in enumerate(LABELS)},
+        }
+    )
+    res = {
+        "trainable_params": 1000,
+        "trainable_pct": 1.0,
+        "checkpoint_bytes": 4_000_000,
+        "trained_bytes": 4000,
+        "peak_rss_mb": 1000.0,
+        "train_seconds": 100.0,
+        "train_samples_per_s": 10.0,
+    }
+    return {
+        "run_id": f"r{seed}",
+        "seed": seed,
+        "predictions": frame,
+        "history": [],
+        "metrics": {
+            "test": compute_metrics([LABELS.index(t) for t in truth], logits, LABELS),
+            "validation": {"accuracy": val_accuracy, "macro_f1": val_macro_f1},
+        },
+        "resources": res,
+        "device": "cpu",
+        "config": {"model": {"name": "m"}, "data": {"name": "d"}, "method": {"name": "x"}},
+        "info": {"dataset": "d", "label_counts": {"train": {"common": 700, "other": 250, "rare": 50}}},
+    }
 
 
 def _two_methods():
@@ -110,10 +134,12 @@ def _two_methods():
         for seed in (1, 2, 3):
             pred = truth.copy()
             pred[950:] = "common"
-            pred[950:950 + rare_hit + seed] = "rare"  # each seed a little different
-            pred[:common_miss + seed] = "other"
+            pred[950 : 950 + rare_hit + seed] = "rare"  # each seed a little different
+            pred[: common_miss + seed] = "other"
             acc = float(np.mean(pred == truth))
-            runs.append(_run(seed, truth, pred, acc, f1_score(truth, pred, labels=LABELS, average="macro", zero_division=0)))
+            runs.append(
+                _run(seed, truth, pred, acc, f1_score(truth, pred, labels=LABELS, average="macro", zero_division=0))
+            )
         conds.append(Condition(name, name, {}, "x", runs))
     return conds
 
@@ -132,13 +158,25 @@ def test_a_verdict_on_macro_f1_picks_the_method_that_finds_the_rare_class():
     gap = table.loc[pair.a, "macro_f1"] - table.loc[pair.b, "macro_f1"]
     assert pair["diff"] == pytest.approx(gap, abs=1e-6)
     decision = by_f1.decisions.set_index(["condition", "against"]).loc[("ignores", "pick")]
-    assert decision["diff"] == pytest.approx(table.loc["ignores", "macro_f1"] - table.loc["finds", "macro_f1"], abs=1e-6)
+    assert decision["diff"] == pytest.approx(
+        table.loc["ignores", "macro_f1"] - table.loc["finds", "macro_f1"], abs=1e-6
+    )
     assert decision.significant and decision.ci_high < -0.1
     # F1 per class with its interval: on the rare class (1 to 3 of its 50 examples found by "ignores", 41 to 43 by
     # "finds") the intervals hold each estimate and lie far apart
     classes = by_f1.per_class.set_index(["condition", "class"])
     ignores, finds = classes.loc[("ignores", "rare")], classes.loc[("finds", "rare")]
-    assert 0 <= ignores.f1_ci_low < ignores.f1 < ignores.f1_ci_high < 0.3 < finds.f1_ci_low < finds.f1 < finds.f1_ci_high <= 1
+    assert (
+        0
+        <= ignores.f1_ci_low
+        < ignores.f1
+        < ignores.f1_ci_high
+        < 0.3
+        < finds.f1_ci_low
+        < finds.f1
+        < finds.f1_ci_high
+        <= 1
+    )
     assert "macro-F1 points" in " ".join(by_f1.lines) and "macro-F1" not in " ".join(by_accuracy.lines)
     # the majority class (predicts "common" for all) has macro-F1 (2 x 0.7 / 1.7) / 3 and is beaten by both
     base = by_f1.table[by_f1.table.method == "baseline"].iloc[0]
@@ -148,8 +186,14 @@ def test_a_verdict_on_macro_f1_picks_the_method_that_finds_the_rare_class():
 
 def _trial(k, lr, accuracy, macro_f1, metric):
     config = f"train:\n  lr: {lr}\n  metric_for_best: {metric}\n"
-    return {"run_id": f"lora-tune{k}", "variant": "lora", "status": "done", "params": f'{{"trial": {k}, "train.lr": {lr}}}',
-            "metrics": f'{{"validation": {{"accuracy": {accuracy}, "macro_f1": {macro_f1}}}}}', "config_yaml": config}
+    return {
+        "run_id": f"lora-tune{k}",
+        "variant": "lora",
+        "status": "done",
+        "params": f'{{"trial": {k}, "train.lr": {lr}}}',
+        "metrics": f'{{"validation": {{"accuracy": {accuracy}, "macro_f1": {macro_f1}}}}}',
+        "config_yaml": config,
+    }
 
 
 @pytest.mark.parametrize("metric, chosen_lr", [("accuracy", 0.001), ("macro_f1", 0.003)])
@@ -163,8 +207,13 @@ def test_the_report_marks_the_trial_the_tuning_chose(metric, chosen_lr):
 
 
 def test_a_study_deciding_on_macro_f1_while_training_stops_on_accuracy_is_told():
-    tree = {"name": "s", "base": {"model": {"name": "tiny_bert"}, "data": {"name": "toy"}}, "variants": {"head": {"method": {"name": "head"}}},
-            "seeds": [1, 2], "analysis": {"metric": "macro_f1"}}
+    tree = {
+        "name": "s",
+        "base": {"model": {"name": "tiny_bert"}, "data": {"name": "toy"}},
+        "variants": {"head": {"method": {"name": "head"}}},
+        "seeds": [1, 2],
+        "analysis": {"metric": "macro_f1"},
+    }
     spec = spec_from_dict(tree)
     note = metric_note(spec, expand(spec))
     assert "analysis.metric is macro_f1 but 2 of 2 runs" in note and "metric_for_best: macro_f1" in note

@@ -13,10 +13,10 @@ from tuneoff.training.resources import param_counts
 
 # Hand count for the tiny BERT of conftest (H=32, L=2, I=64, V=29 words, P=64, 2 token types, C=2 labels):
 H, L, I, V, P, C = 32, 2, 64, 29, 64, 2
-EMBEDDINGS = V * H + P * H + 2 * H + 2 * H                                     # word, position, type, LayerNorm
-LAYER = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H          # q,k,v,o + LN + FFN + LN
+EMBEDDINGS = V * H + P * H + 2 * H + 2 * H  # word, position, type, LayerNorm
+LAYER = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H  # q,k,v,o + LN + FFN + LN
 POOLER = H * H + H
-CLASSIFIER = H * C + C                                                          # 66
+CLASSIFIER = H * C + C  # 66
 TOTAL = EMBEDDINGS + L * LAYER + POOLER + CLASSIFIER
 
 
@@ -30,8 +30,12 @@ def prepared(model_dir, method, **params):
 
 def test_hand_count_matches_the_model(tiny_bert):
     model, *_ = prepared(tiny_bert, "full")
-    assert param_counts(model) == {"trainable_params": TOTAL, "total_params": TOTAL, "trainable_pct": 100.0,
-                                   "trained_bytes": 4 * TOTAL}
+    assert param_counts(model) == {
+        "trainable_params": TOTAL,
+        "total_params": TOTAL,
+        "trainable_pct": 100.0,
+        "trained_bytes": 4 * TOTAL,
+    }
     assert TOTAL == 21314
 
 
@@ -84,9 +88,13 @@ def _tiny(family: str):
     common = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
     return {
         "bert": lambda: BertForSequenceClassification(BertConfig(**common)),
-        "distilbert": lambda: DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=32, n_layers=3, n_heads=2, hidden_dim=64)),
+        "distilbert": lambda: DistilBertForSequenceClassification(
+            DistilBertConfig(vocab_size=50, dim=32, n_layers=3, n_heads=2, hidden_dim=64)
+        ),
         "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**common)),
-        "deberta-v2": lambda: DebertaV2ForSequenceClassification(DebertaV2Config(**common, relative_attention=True, pos_att_type=["p2c", "c2p"], pooler_hidden_size=32)),
+        "deberta-v2": lambda: DebertaV2ForSequenceClassification(
+            DebertaV2Config(**common, relative_attention=True, pos_att_type=["p2c", "c2p"], pooler_hidden_size=32)
+        ),
         "mpnet": lambda: MPNetForSequenceClassification(MPNetConfig(**common)),
     }[family]()
 
@@ -95,10 +103,19 @@ def _tiny(family: str):
 # (embeddings; encoder-level tensors every layer reads).
 FAMILIES = {
     "bert": (["bert.pooler.dense.weight", "classifier.weight"], ["bert.embeddings.word_embeddings.weight"]),
-    "distilbert": (["pre_classifier.weight", "classifier.weight"], ["distilbert.embeddings.position_embeddings.weight"]),
-    "roberta": (["classifier.dense.weight", "classifier.out_proj.weight"], ["roberta.embeddings.word_embeddings.weight"]),
+    "distilbert": (
+        ["pre_classifier.weight", "classifier.weight"],
+        ["distilbert.embeddings.position_embeddings.weight"],
+    ),
+    "roberta": (
+        ["classifier.dense.weight", "classifier.out_proj.weight"],
+        ["roberta.embeddings.word_embeddings.weight"],
+    ),
     "deberta-v2": (["pooler.dense.weight", "classifier.weight"], ["deberta.encoder.rel_embeddings.weight"]),
-    "mpnet": (["classifier.dense.weight", "classifier.out_proj.weight"], ["mpnet.encoder.relative_attention_bias.weight"]),
+    "mpnet": (
+        ["classifier.dense.weight", "classifier.out_proj.weight"],
+        ["mpnet.encoder.relative_attention_bias.weight"],
+    ),
 }
 
 
@@ -116,8 +133,11 @@ def test_partial_trains_everything_above_the_frozen_layers(family):
     layers = [n for n in grads if n.startswith(arch.layers_path + ".")]
     assert layers and all(grads[n] == n.startswith(f"{arch.layers_path}.2.") for n in layers)
     # Everything trainable is the top layer or lies outside the embeddings and the encoder.
-    outside = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(
-        (arch.layers_path.rsplit(".", 1)[0] + ".", f"{model.base_model_prefix}.embeddings.")))
+    outside = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if not n.startswith((arch.layers_path.rsplit(".", 1)[0] + ".", f"{model.base_model_prefix}.embeddings."))
+    )
     top = sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"{arch.layers_path}.2."))
     assert param_counts(model)["trainable_params"] == top + outside
 
@@ -186,8 +206,10 @@ def test_lorafa_does_not_decay_biases_and_steps_like_peft_on_lora(tiny_bert):
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert decay[name] == (0.0 if p.ndim < 2 else 0.1), name
-    batch = {"input_ids": torch.randint(5, model.config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0)),
-             "labels": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "input_ids": torch.randint(5, model.config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0)),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
     for m, opt in ((model, ours), (twin, theirs)):
         m.eval()  # no dropout: the same gradients in both
         m(**batch).loss.backward()
@@ -224,8 +246,24 @@ def test_budget_exceeded_fails_fast(tiny_bert):
 
 
 def test_registry_lists_every_method():
-    assert set(all_methods()) == {"full", "partial", "head", "lora", "lora_plus", "lora_fa", "lora_lean", "bitfit", "ia3",
-                                  "prompt_tuning", "prefix_tuning", "adalora", "vera", "loha", "lokr", "qlora"}
+    assert set(all_methods()) == {
+        "full",
+        "partial",
+        "head",
+        "lora",
+        "lora_plus",
+        "lora_fa",
+        "lora_lean",
+        "bitfit",
+        "ia3",
+        "prompt_tuning",
+        "prefix_tuning",
+        "adalora",
+        "vera",
+        "loha",
+        "lokr",
+        "qlora",
+    }
     with pytest.raises(ValueError, match="unknown method 'qloraa'"):
         get_method("qloraa")
 

@@ -22,8 +22,10 @@ from tuneoff.study.executors import LocalExecutor
 from tuneoff.study.packing import PackedExecutor, choose, cpu_cores, make_executor
 from tuneoff.study.spec import load_spec
 
-VARIANTS = {"partial": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
-            "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+VARIANTS = {
+    "partial": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+    "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}},
+}
 
 
 def test_choosing_how_many_runs_at_once():
@@ -89,8 +91,15 @@ def _packed_equal_sequential(tiny_bert, toy_csv, tmp_path, monkeypatch):
     built = [json.loads(r["resources"])["feature_cache"] for k, r in two.items() if k.startswith("partial")]
     assert sorted(built) == ["used", "used; built by this run"], "the shared cache is built once, the other run waits"
     resources = json.loads(two["lora-s1"]["resources"])
-    assert resources["peak_rss_mb"] > 0 and set(resources["seconds"]) >= {"load", "train", "evaluations", "save",
-                                                                          "latency", "test_evaluation", "total"}
+    assert resources["peak_rss_mb"] > 0 and set(resources["seconds"]) >= {
+        "load",
+        "train",
+        "evaluations",
+        "save",
+        "latency",
+        "test_evaluation",
+        "total",
+    }
     # Four runs on at most two reused workers: some run was measured after another in its process, and says so.
     before = [json.loads(r["resources"])["runs_before_in_process"] for r in two.values()]
     assert min(before) == 0 and max(before) >= 1, before
@@ -101,7 +110,9 @@ def _packed_equal_sequential(tiny_bert, toy_csv, tmp_path, monkeypatch):
     three = _finished(tmp_path / "three", "packed")
     assert [json.loads(r["resources"])["runs_before_in_process"] for r in three.values()] == [0, 0, 0, 0]
     for run_id, row in one.items():
-        assert json.loads(row["metrics"])["test"]["accuracy"] == json.loads(three[run_id]["metrics"])["test"]["accuracy"]
+        assert (
+            json.loads(row["metrics"])["test"]["accuracy"] == json.loads(three[run_id]["metrics"])["test"]["accuracy"]
+        )
 
 
 @pytest.mark.slow
@@ -172,7 +183,6 @@ def test_workers_die_with_a_killed_driver(tiny_bert, toy_csv, tmp_path):
             pass
 
 
-
 def test_isolate_runs_from_the_command_line(tiny_bert, toy_csv, tmp_path, monkeypatch):
     """`--isolate-runs` with one run at a time still gives each run a new process; Ray refuses it by name."""
     from typer.testing import CliRunner
@@ -182,12 +192,15 @@ def test_isolate_runs_from_the_command_line(tiny_bert, toy_csv, tmp_path, monkey
     monkeypatch.setenv("TUNEOFF_CACHE", str(tmp_path / "cache"))
     path = write_study(tmp_path, tiny_bert, toy_csv, "alone", variants={"lora": VARIANTS["lora"]}, train={"epochs": 1})
     runner = CliRunner()
-    result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "r"), "--parallel", "1", "--isolate-runs"])
+    result = runner.invoke(
+        app, ["run", str(path), "--results", str(tmp_path / "r"), "--parallel", "1", "--isolate-runs"]
+    )
     assert result.exit_code == 0, result.output
     rows = _finished(tmp_path / "r", "alone")
     assert [json.loads(r["resources"])["runs_before_in_process"] for r in rows.values()] == [0, 0]
-    refused = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "ray"), "--executor", "ray",
-                                  "--isolate-runs"])
+    refused = runner.invoke(
+        app, ["run", str(path), "--results", str(tmp_path / "ray"), "--executor", "ray", "--isolate-runs"]
+    )
     assert refused.exit_code == 2 and "--isolate-runs is for the local executor" in refused.output
 
 
@@ -224,8 +237,9 @@ def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_re
     path = write_study(tmp_path, tiny_bert, toy_csv, "stopped", variants=VARIANTS, train={"epochs": 30}, seeds=[1, 2])
     env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     runs = tmp_path / "r" / "stopped" / "runs"
     try:
         deadline = time.monotonic() + 300
@@ -241,9 +255,16 @@ def test_a_packed_study_stopped_by_sigterm_keeps_its_runs_where_they_were_and_re
     assert "Stopped by SIGTERM" in stderr and "--resume" in stderr
     rows = _finished(tmp_path / "r", "stopped")
     stopped = {k: r for k, r in rows.items() if r["error"] and "stopped by SIGTERM at step" in r["error"]}
-    assert len(stopped) == 2 and {r["status"] for r in rows.values()} == {"pending"}, {k: r["status"] for k, r in rows.items()}
-    listed = subprocess.run([sys.executable, "-m", "tuneoff", "runs", "list", "--results", str(tmp_path / "r")], env={
-        **env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120).stdout
+    assert len(stopped) == 2 and {r["status"] for r in rows.values()} == {"pending"}, {
+        k: r["status"] for k, r in rows.items()
+    }
+    listed = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "runs", "list", "--results", str(tmp_path / "r")],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert listed.count("pending (stopped)") == 2, listed
     for run_id, row in stopped.items():
         step = int(row["error"].split("at step ")[1].split()[0])
@@ -294,9 +315,15 @@ def test_a_stop_request_starts_no_run_and_names_what_ended_stopped_and_never_sta
             self.told += 1
 
     executor, seen = Fake(), []
-    jobs = [SimpleNamespace(run_id=f"r{i}", trial=False, config=SimpleNamespace(method=SimpleNamespace(name="lora"))) for i in range(5)]
-    with pytest.raises(Stopped, match=r"Stopped by SIGTERM: 1 run\(s\) ended before it, 1 saved where they stopped and "
-                                      r"3 not started") as stopped:
+    jobs = [
+        SimpleNamespace(run_id=f"r{i}", trial=False, config=SimpleNamespace(method=SimpleNamespace(name="lora")))
+        for i in range(5)
+    ]
+    with pytest.raises(
+        Stopped,
+        match=r"Stopped by SIGTERM: 1 run\(s\) ended before it, 1 saved where they stopped and "
+        r"3 not started",
+    ) as stopped:
         drive(executor, iter(jobs), len(jobs), lambda job, outcome: seen.append((job.run_id, outcome.status)))
     assert stopped.value.signal_name == "SIGTERM" and executor.told == 1
     assert executor.submitted == ["r0", "r1"], "r0's slot is not filled once the request came"
@@ -323,8 +350,14 @@ def test_a_worker_signalled_alone_stops_its_run_and_the_study_goes_on(tiny_bert,
     exits 143, as stopped, naming the run and --resume (it once exited 0 and wrote a verdict from the other seeds, as
     if complete)."""
     path = write_study(tmp_path, tiny_bert, toy_csv, "one", variants=VARIANTS, train={"epochs": 3}, seeds=[1, 2, 3])
-    env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache"), "TUNEOFF_CRASH_AT": "step:3",
-           "TUNEOFF_CRASH_SIGNAL": "SIGTERM", "TUNEOFF_CRASH_ONCE": str(tmp_path / "once")}
+    env = {
+        **os.environ,
+        "TUNEOFF_PARALLEL": "2",
+        "TUNEOFF_CACHE": str(tmp_path / "cache"),
+        "TUNEOFF_CRASH_AT": "step:3",
+        "TUNEOFF_CRASH_SIGNAL": "SIGTERM",
+        "TUNEOFF_CRASH_ONCE": str(tmp_path / "once"),
+    }
     args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
@@ -333,9 +366,16 @@ def test_a_worker_signalled_alone_stops_its_run_and_the_study_goes_on(tiny_bert,
     assert sorted(r["status"] for r in rows.values()) == ["done"] * 5 + ["pending"]
     (stopped,) = [r for r in rows.values() if r["status"] == "pending"]
     assert "stopped by SIGTERM at step 3" in stopped["error"]
-    resumed = subprocess.run(args + ["--resume"], env={k: v for k, v in env.items() if not k.startswith("TUNEOFF_CRASH")},
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0 and "(1 stopped earlier continue from their checkpoints)" in resumed.stderr, resumed.stderr[-3000:]
+    resumed = subprocess.run(
+        args + ["--resume"],
+        env={k: v for k, v in env.items() if not k.startswith("TUNEOFF_CRASH")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0 and "(1 stopped earlier continue from their checkpoints)" in resumed.stderr, (
+        resumed.stderr[-3000:]
+    )
     assert {r["status"] for r in _finished(tmp_path / "r", "one").values()} == {"done"}
 
 

@@ -15,7 +15,9 @@ FORWARD = 2 * B * S * (4 * H * H + 2 * H * I) * L + 2 * 2 * B * S * S * H * L + 
 
 
 def plan(model, method, **params):
-    cfg = build_config({}, [f"model.name={model}", *[f"method.{k}={v}" for k, v in params.items()]], names={"method": method})
+    cfg = build_config(
+        {}, [f"model.name={model}", *[f"method.{k}={v}" for k, v in params.items()]], names={"method": method}
+    )
     return plan_run(cfg, method, batch_size=B, seq_len=S, precision="fp32")
 
 
@@ -61,7 +63,11 @@ CLASSIFIER_BYTES = (H * C + C) * 4
 
 
 def test_lean_lora_keeps_less_than_lora_and_no_more_than_partial(tiny_bert):
-    lora, lean, partial = plan(tiny_bert, "lora"), plan(tiny_bert, "lora_lean", top_layers=1), plan(tiny_bert, "partial", k=1)
+    lora, lean, partial = (
+        plan(tiny_bert, "lora"),
+        plan(tiny_bert, "lora_lean", top_layers=1),
+        plan(tiny_bert, "partial", k=1),
+    )
     assert lean.activations_mb < lora.activations_mb
     assert lean.total_mb <= partial.total_mb
     assert lean.trainable_params == 1 * 2 * (H * 8) + H * C + C  # B only, one layer, q and v
@@ -69,8 +75,14 @@ def test_lean_lora_keeps_less_than_lora_and_no_more_than_partial(tiny_bert):
 
 def plan_on(model, method, device, **train):
     overrides = [f"model.name={model}", *[f"train.{k}={v}" for k, v in train.items()]]
-    return plan_run(build_config({}, overrides, names={"method": method}), method, batch_size=B, seq_len=S,
-                    precision="fp32", device=device)
+    return plan_run(
+        build_config({}, overrides, names={"method": method}),
+        method,
+        batch_size=B,
+        seq_len=S,
+        precision="fp32",
+        device=device,
+    )
 
 
 def test_the_peak_overlaps_activations_and_gradients_unless_gradients_accumulate(tiny_bert):
@@ -92,7 +104,11 @@ def test_planning_for_cuda_counts_what_cuda_kernels_keep(tiny_bert):
     attention_matrix = B * heads * S * S * 4
     assert cpu.activations_mb * 2**20 - cuda.activations_mb * 2**20 >= L * attention_matrix
     assert cuda.workspace_mb == 64 and cuda.total_mb == cuda.weights_mb + cuda.optimizer_mb + cuda.activations_mb + 64
-    assert (cuda.weights_mb, cuda.gradients_mb, cuda.optimizer_mb) == (cpu.weights_mb, cpu.gradients_mb, cpu.optimizer_mb)
+    assert (cuda.weights_mb, cuda.gradients_mb, cuda.optimizer_mb) == (
+        cpu.weights_mb,
+        cpu.gradients_mb,
+        cpu.optimizer_mb,
+    )
     assert F.dropout is dropout, "the planner puts torch's dropout back"
 
 
@@ -106,7 +122,9 @@ def test_the_fused_attention_stand_in_has_sdpa_gradients():
     mask = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
     mask[..., -1] = float("-inf")
     g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
-    expected = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v), g)
+    expected = torch.autograd.grad(
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v), g
+    )
     got = torch.autograd.grad(_FusedAttention.apply(q, k, v, mask, None), (q, k, v), g)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
@@ -119,8 +137,23 @@ def test_plan_command_writes_the_table_for_the_device_asked(tiny_bert, tmp_path)
 
     (tmp_path / "run.yaml").write_text(f"model: {{name: {tiny_bert}}}\nmethod: {{name: lora}}\n")
     out = tmp_path / "plan.md"
-    done = CliRunner().invoke(app, ["plan", str(tmp_path / "run.yaml"), "--seq-len", "16", "--batch-size", "4",
-                                    "--precision", "bf16", "--device", "cuda", "--out", str(out)])
+    done = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            str(tmp_path / "run.yaml"),
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--precision",
+            "bf16",
+            "--device",
+            "cuda",
+            "--out",
+            str(out),
+        ],
+    )
     assert done.exit_code == 0, done.output
     text = out.read_text()
     assert "bf16, on cuda" in text and "the larger of activations and gradients" in text
@@ -134,11 +167,18 @@ def test_a_run_is_planned_as_it_trained(tiny_bert):
     """The report sets each condition's plan beside what its runs measured: a GPU bf16 run is planned as one."""
     from tuneoff.training.planner import plan_as_trained
 
-    overrides = [f"model.name={tiny_bert}", f"train.batch_size={B}", f"data.max_length={S}", "train.device=cuda",
-                 "train.mixed_precision=bf16"]
+    overrides = [
+        f"model.name={tiny_bert}",
+        f"train.batch_size={B}",
+        f"data.max_length={S}",
+        "train.device=cuda",
+        "train.mixed_precision=bf16",
+    ]
     gpu = plan_as_trained(build_config({}, overrides, names={"method": "lora"}), "lora")
     same = plan_run(build_config({}, overrides, names={"method": "lora"}), "lora", B, S, "bf16", device="cuda")
     assert gpu == same and gpu.workspace_mb == 64
-    cpu = plan_as_trained(build_config({}, overrides[:3] + ["train.device=cpu", "train.mixed_precision=no"],
-                                       names={"method": "lora"}), "lora")
+    cpu = plan_as_trained(
+        build_config({}, overrides[:3] + ["train.device=cpu", "train.mixed_precision=no"], names={"method": "lora"}),
+        "lora",
+    )
     assert cpu == plan_run(build_config({}, overrides[:3], names={"method": "lora"}), "lora", B, S, "fp32")

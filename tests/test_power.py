@@ -53,7 +53,9 @@ def test_the_levers_by_hand():
     assert power.chance(noise, seeds, 4000, 0.02, 0.05) >= 0.8 > power.chance(noise, seeds - 1, 4000, 0.02, 0.05)
     examples = power.examples_for(noise, 10, 0.02, 0.05)
     assert power.chance(noise, 10, examples, 0.02, 0.05) >= 0.8 > power.chance(noise, 10, examples - 1, 0.02, 0.05)
-    assert power.seeds_for(noise, 100, 0.01, 0.05) is None, "100 test examples cannot resolve a point, whatever the seeds"
+    assert power.seeds_for(noise, 100, 0.01, 0.05) is None, (
+        "100 test examples cannot resolve a point, whatever the seeds"
+    )
     assert power.examples_for(power.Noise(0.16, 0.01, 0.01), 2, 0.01, 0.05) is None, "10-point seed sd: seeds limit it"
     # the resolvable difference is the margin decided 80% of the time between equal conditions
     margin = power.resolvable(noise, 5, 1000, 0.05)

@@ -22,15 +22,24 @@ from tuneoff.study.protocol import MedianStop, TrialPruned, best_trial, conditio
 from tuneoff.study.spec import dry_run, expand, load_spec
 from tuneoff.training.convergence import assess
 
-TUNED = {"head": {"method": {"name": "head"}, "lr_range": [1e-2, 1e-1]},
-         "lora": {"method": {"name": "lora", "r": 4}, "lr_range": [5e-3, 5e-2]},
-         "pinned": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+TUNED = {
+    "head": {"method": {"name": "head"}, "lr_range": [1e-2, 1e-1]},
+    "lora": {"method": {"name": "lora", "r": 4}, "lr_range": [5e-3, 5e-2]},
+    "pinned": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}},
+}
 
 
 def tuned_study(tmp_path, model, data, name="fair", trials=3, pruning=False, seeds=(1, 2)):
-    return write_study(tmp_path, model, data, name, variants=TUNED, seeds=seeds,
-                       train={"epochs": 8, "eval_every": 13, "patience": 3},
-                       tune={"lr": True, "trials": trials, "pruning": pruning, "seed": 0})
+    return write_study(
+        tmp_path,
+        model,
+        data,
+        name,
+        variants=TUNED,
+        seeds=seeds,
+        train={"epochs": 8, "eval_every": 13, "patience": 3},
+        tune={"lr": True, "trials": trials, "pruning": pruning, "seed": 0},
+    )
 
 
 def test_trial_rates_are_stratified_log_uniform_draws_shared_by_one_prior_and_reproducible():
@@ -74,8 +83,9 @@ def test_conditions_pin_a_given_learning_rate_and_tune_the_rest(tiny_bert, toy_c
 
 
 def test_dry_run_on_the_command_line_shows_both_phases(tiny_bert, toy_csv, tmp_path):
-    result = CliRunner().invoke(app, ["run", str(tuned_study(tmp_path, tiny_bert, toy_csv)), "--dry-run"],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["run", str(tuned_study(tmp_path, tiny_bert, toy_csv)), "--dry-run"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "phase 1 tunes the learning rate (6 trials), phase 2 trains 6 runs at the rates it chose" in result.output
     assert "head-tune0 [tune]" in result.output and "head-s1 [final]" in result.output
@@ -103,15 +113,22 @@ def test_a_tuned_study_end_to_end(tiny_bert, toy_csv, tmp_path):
     assert yaml.safe_load(finals["pinned-s1"]["config_yaml"])["train"]["lr"] == 2e-2
     # The first phase says what comes after it, and its time left counts those runs: read during the trials, the
     # estimate is the study's, not the phase's.
-    assert any(line.endswith("9 to run on local; then 6 comparison runs at the learning rates the trials choose")
-               for line in lines), lines
-    assert any(line.startswith("[1/9]") and "min (then about" in line and "for the 6 runs after them)" in line
-               for line in lines), lines
+    assert any(
+        line.endswith("9 to run on local; then 6 comparison runs at the learning rates the trials choose")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("[1/9]") and "min (then about" in line and "for the 6 runs after them)" in line
+        for line in lines
+    ), lines
     assert any(line.startswith("[9/9]") and line.endswith("for the 6 runs after these") for line in lines), lines
     assert not any(line.startswith("[6/6]") and "then about" in line for line in lines), lines
     info = json.loads(finals["lora-s1"]["run_info"])
-    assert info["convergence"]["status"] in ("plateau", "still improving", "too few evaluations", "collapsed",
-                                             "under-confident") and "reason" in info["convergence"]
+    assert (
+        info["convergence"]["status"]
+        in ("plateau", "still improving", "too few evaluations", "collapsed", "under-confident")
+        and "reason" in info["convergence"]
+    )
 
     from tuneoff.report.build import build
 
@@ -133,7 +150,8 @@ def test_the_median_rule_stops_a_trial_below_the_finished_ones(tmp_path):
     for name, values in {"t0": [0.6, 0.8, 0.9], "t1": [0.55, 0.7, 0.85], "t2": [0.5, 0.75, 0.8]}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "history.jsonl").write_text(
-            "".join(json.dumps({"step": 10 * (i + 1), "val_accuracy": v}) + "\n" for i, v in enumerate(values)))
+            "".join(json.dumps({"step": 10 * (i + 1), "val_accuracy": v}) + "\n" for i, v in enumerate(values))
+        )
     rule = MedianStop(str(tmp_path), ["t0", "t1", "t2", "missing"], "accuracy", 2, after_epochs=1.0)
     rule(10, {"accuracy": 0.5, "epoch": 0.5})  # before its first epoch ends a trial is never judged
     with pytest.raises(TrialPruned) as info:
@@ -160,7 +178,9 @@ def test_a_pruned_trial_is_recorded_with_what_it_reached(tiny_bert, toy_csv, tmp
 
 
 H = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.7, 0.8, 0.85, 0.9])]
-FLAT = [{"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.8, 0.85, 0.85, 0.849])]
+FLAT = [
+    {"step": 10 * (i + 1), "val_accuracy": v, "val_loss": 1 - v} for i, v in enumerate([0.6, 0.8, 0.85, 0.85, 0.849])
+]
 CONFIDENT = np.log(np.tile([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.2, 0.8]], (100, 1)))  # 400 validation examples
 LABELS = [0, 1, 0, 1] * 100
 
@@ -178,16 +198,28 @@ def test_convergence_by_hand():
     assert under["status"] == "under-confident" and not under["converged"] and "0.52" in under["reason"]
     assert assess(H, "loss", None, False, CONFIDENT, LABELS)["status"] == "still improving"
     one_example = [{**h, "val_accuracy": 0.8 + (0.0025 if i == 4 else 0)} for i, h in enumerate(FLAT)]
-    assert assess(one_example, "accuracy", None, False, CONFIDENT, LABELS)["status"] == "plateau", \
+    assert assess(one_example, "accuracy", None, False, CONFIDENT, LABELS)["status"] == "plateau", (
         "one more example right in 400 is not progress"
+    )
 
 
 def test_a_class_weighted_run_is_judged_with_its_weights_divided_out():
     """A weighted loss lowers the common class's confidence by design: class 0 (weight 0.4) at an unweighted 0.96
     reads 0.65 (0.96 x 0.4 against 0.02 x 5 twice). Divided out, the run is confident; a run timid under its weights
     (0.52 on its right class, weights 2 and 1: 0.35 or 0.68 once divided out) is still called under-confident."""
-    weighted = np.log(np.tile(np.array([[0.96 * 0.4, 0.02 * 5, 0.02 * 5], [0.02 * 0.4, 0.96 * 5, 0.02 * 5],
-                                        [0.96 * 0.4, 0.02 * 5, 0.02 * 5], [0.96 * 0.4, 0.02 * 5, 0.02 * 5]]), (100, 1)))
+    weighted = np.log(
+        np.tile(
+            np.array(
+                [
+                    [0.96 * 0.4, 0.02 * 5, 0.02 * 5],
+                    [0.02 * 0.4, 0.96 * 5, 0.02 * 5],
+                    [0.96 * 0.4, 0.02 * 5, 0.02 * 5],
+                    [0.96 * 0.4, 0.02 * 5, 0.02 * 5],
+                ]
+            ),
+            (100, 1),
+        )
+    )
     labels = [0, 1, 0, 0] * 100
     assert assess(FLAT, "accuracy", None, False, weighted, labels)["status"] == "under-confident"
     assert assess(FLAT, "accuracy", None, False, weighted, labels, [0.4, 5.0, 5.0])["status"] == "plateau"
@@ -204,9 +236,16 @@ def test_early_stopping_waits_for_min_epochs(tiny_bert, toy_csv, tmp_path):
     from tuneoff.config import build_config
     from tuneoff.training.loop import train
 
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path, **{"train.epochs": 8, "train.patience": 1,
-                                                                           "train.min_epochs": 3, "train.lr": 1e-6}),
-                       names={"method": "lora"})
+    cfg = build_config(
+        {},
+        tiny_overrides(
+            tiny_bert,
+            toy_csv,
+            tmp_path,
+            **{"train.epochs": 8, "train.patience": 1, "train.min_epochs": 3, "train.lr": 1e-6},
+        ),
+        names={"method": "lora"},
+    )
     result = train(cfg, progress=False)
     history = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
     assert result.metrics["stopped_early"] and 3.0 <= history[-1]["epoch"] < 8.0
@@ -221,8 +260,19 @@ def test_a_falling_validation_loss_is_progress_for_early_stopping():
     from tuneoff.training.convergence import observe
 
     state, kept, stale = LoopState(), [], []
-    for step, (acc, loss) in enumerate([(0.538, 1.95), (0.534, 1.41), (0.534, 1.19), (0.534, 1.02), (0.534, 1.019),
-                                        (0.9, 0.5), (0.89, 0.45), (0.88, 0.4)], start=1):
+    for step, (acc, loss) in enumerate(
+        [
+            (0.538, 1.95),
+            (0.534, 1.41),
+            (0.534, 1.19),
+            (0.534, 1.02),
+            (0.534, 1.019),
+            (0.9, 0.5),
+            (0.89, 0.45),
+            (0.88, 0.4),
+        ],
+        start=1,
+    ):
         state.step = 25 * step
         state.history.append({"step": state.step, "val_accuracy": acc, "val_loss": loss})
         kept.append(observe(state, acc, loss, "accuracy"))
@@ -243,10 +293,12 @@ def test_a_condition_says_how_many_of_its_runs_did_not_converge_and_why():
     plateau = assess(FLAT, "accuracy", None, False, CONFIDENT, LABELS)
     few = assess(H[:2], "accuracy", None, False, CONFIDENT, LABELS)
     text = _convergence_text([still, dict(still), under, plateau, few, None])
-    assert text == ("2 of 5 runs still improving: its last 2 evaluations beat the earlier best by 0.100 accuracy; "
-                    "1 of 5 runs too few evaluations: " + few["reason"] + "; "
-                    "1 of 5 runs under-confident: mean confidence 0.52 against validation accuracy 1.00 "
-                    "(training stopped early in its descent)")
+    assert text == (
+        "2 of 5 runs still improving: its last 2 evaluations beat the earlier best by 0.100 accuracy; "
+        "1 of 5 runs too few evaluations: " + few["reason"] + "; "
+        "1 of 5 runs under-confident: mean confidence 0.52 against validation accuracy 1.00 "
+        "(training stopped early in its descent)"
+    )
     assert _convergence_text([plateau, plateau]) == "" and _convergence_text([None]) == ""
 
 
@@ -254,13 +306,20 @@ def test_a_relative_path_beside_the_study_file_but_not_here_is_explained(tmp_pat
     """Relative paths are read from the working directory; one that exists only beside the study file names both
     ways out before anything loads."""
 
-
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "reviews.csv").write_text("text,label\na,pos\nb,neg\n")
     study = folder / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "s", "base": {"data": {"name": "reviews.csv"}},
-                                     "variants": {"head": {"method": {"name": "head"}}}, "seeds": [1]}))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "base": {"data": {"name": "reviews.csv"}},
+                "variants": {"head": {"method": {"name": "head"}}},
+                "seeds": [1],
+            }
+        )
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

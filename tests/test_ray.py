@@ -34,14 +34,22 @@ def cluster(marker):
     # MonkeyPatch restores the environment even when ray.init fails: leaked crash settings would disarm every later
     # crash test.
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"TUNEOFF_CRASH_AT": "step:7", "TUNEOFF_CRASH_ONCE": str(marker),
-                           "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        for key, value in {
+            "TUNEOFF_CRASH_AT": "step:7",
+            "TUNEOFF_CRASH_ONCE": str(marker),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }.items():
             mp.setenv(key, value)
         marker.touch()  # armed only by the test that removes it
         try:
             # "local": a fresh cluster even where another one (RAY_ADDRESS, /tmp/ray) is running on the machine.
-            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
-                     log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                object_store_memory=80 * 1024 * 1024,
+                log_to_driver=False,
+            )
             yield
         finally:
             ray.shutdown()
@@ -93,8 +101,13 @@ def test_study_killed_locally_resumes_on_ray(cluster, marker, tiny_bert, toy_csv
     marker.touch()
     path = study_file(tmp_path, tiny_bert, toy_csv, "moved")
     env = {k: v for k, v in os.environ.items() if k != "TUNEOFF_CRASH_ONCE"}
-    killed = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     execute(load_spec(path), tmp_path / "res", resume=True, executor=RayExecutor())
     rows = finished(tmp_path / "res", "moved")
@@ -106,10 +119,24 @@ def test_study_killed_locally_resumes_on_ray(cluster, marker, tiny_bert, toy_csv
 def test_search_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     marker.touch()
     path = tmp_path / "search.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "rs", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                               "method": {"name": "lora"}, "train": {"epochs": 1, "batch_size": 16}},
-        "search": {"trials": 3, "space": {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}}, "pruning": False}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "rs",
+                "base": {
+                    "model": {"name": tiny_bert},
+                    "data": {"name": toy_csv, "max_length": 16},
+                    "method": {"name": "lora"},
+                    "train": {"epochs": 1, "batch_size": 16},
+                },
+                "search": {
+                    "trials": 3,
+                    "space": {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}},
+                    "pruning": False,
+                },
+            }
+        )
+    )
     execute(load_spec(path), tmp_path / "res", executor=RayExecutor())
     rows = finished(tmp_path / "res", "rs")
     assert sorted(rows) == ["base-trial000", "base-trial001", "base-trial002"]
@@ -142,25 +169,31 @@ GPU_NODE = {"CPU": 16, "GPU": 4}
 CPU_NODE = {"CPU": 8}
 
 
-@pytest.mark.parametrize("nodes, asked, expected", [
-    ([GPU_NODE, GPU_NODE], (1, None, 1), (1, 1, 8)),        # one GPU per run by default where there are GPUs
-    ([GPU_NODE, GPU_NODE], (2, None, 4), (2, 4, 2)),        # a run on 4 GPUs: one per node at a time
-    ([GPU_NODE], (1, 0.5, 1), (1, 0.5, 8)),                 # two runs share a GPU
-    ([CPU_NODE, CPU_NODE], (1, None, 2), (2, 0, 8)),        # CPU processes: a CPU each
-    ([CPU_NODE, {"CPU": 2, "GPU": 1}], (1, None, 1), (1, 1, 1)),  # GPUs exist: runs go where they are
-])
+@pytest.mark.parametrize(
+    "nodes, asked, expected",
+    [
+        ([GPU_NODE, GPU_NODE], (1, None, 1), (1, 1, 8)),  # one GPU per run by default where there are GPUs
+        ([GPU_NODE, GPU_NODE], (2, None, 4), (2, 4, 2)),  # a run on 4 GPUs: one per node at a time
+        ([GPU_NODE], (1, 0.5, 1), (1, 0.5, 8)),  # two runs share a GPU
+        ([CPU_NODE, CPU_NODE], (1, None, 2), (2, 0, 8)),  # CPU processes: a CPU each
+        ([CPU_NODE, {"CPU": 2, "GPU": 1}], (1, None, 1), (1, 1, 1)),  # GPUs exist: runs go where they are
+    ],
+)
 def test_what_each_run_asks_for(nodes, asked, expected):
     from tuneoff.study.executors import task_resources
 
     assert task_resources(nodes, *asked) == expected
 
 
-@pytest.mark.parametrize("nodes, asked, message", [
-    ([{"CPU": 16, "GPU": 1}] * 4, (1, None, 4), "largest node has 16 CPUs and 1 GPUs"),  # 4 GPUs in all, 1 per node
-    ([GPU_NODE], (1, 2, 1), "one process per GPU"),
-    ([GPU_NODE], (1, 1, 2), "one process per GPU"),
-    ([CPU_NODE], (1, None, 16), "no run could ever be placed"),
-])
+@pytest.mark.parametrize(
+    "nodes, asked, message",
+    [
+        ([{"CPU": 16, "GPU": 1}] * 4, (1, None, 4), "largest node has 16 CPUs and 1 GPUs"),  # 4 GPUs in all, 1 per node
+        ([GPU_NODE], (1, 2, 1), "one process per GPU"),
+        ([GPU_NODE], (1, 1, 2), "one process per GPU"),
+        ([CPU_NODE], (1, None, 16), "no run could ever be placed"),
+    ],
+)
 def test_runs_no_node_can_hold_are_refused(nodes, asked, message):
     from tuneoff.study.executors import task_resources
 
@@ -187,12 +220,15 @@ class _RayStandIn:
         return type("Task", (), {"options": lambda self, **_: self})()
 
 
-@pytest.mark.parametrize("ray_address, given, expected", [
-    (None, None, "local"),                        # a cluster of our own, never a stale one /tmp/ray recorded
-    ("ray://head:10001", None, None),             # `ray job submit` sets RAY_ADDRESS: ray.init reads it
-    (None, "auto", "auto"),                       # --address wins
-    ("ray://head:10001", "ray://other:10001", "ray://other:10001"),
-])
+@pytest.mark.parametrize(
+    "ray_address, given, expected",
+    [
+        (None, None, "local"),  # a cluster of our own, never a stale one /tmp/ray recorded
+        ("ray://head:10001", None, None),  # `ray job submit` sets RAY_ADDRESS: ray.init reads it
+        (None, "auto", "auto"),  # --address wins
+        ("ray://head:10001", "ray://other:10001", "ray://other:10001"),
+    ],
+)
 def test_which_cluster_ray_executor_joins(monkeypatch, ray_address, given, expected):
     stand_in = _RayStandIn()
     monkeypatch.setitem(sys.modules, "ray", stand_in)
@@ -221,8 +257,13 @@ def test_cli_runs_a_study_on_ray(cluster, marker, tiny_bert, toy_csv, tmp_path):
     since workers may run elsewhere), then the report."""
     marker.touch()
     path = study_file(tmp_path, tiny_bert, toy_csv, "cli")
-    proc = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--executor", "ray", "--results", "res"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "run", str(path), "--executor", "ray", "--results", "res"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr  # progress is logged to stderr; stdout holds the results
     assert "on ray" in log and sum(line.startswith("[") and "test accuracy" in line for line in log.splitlines()) == 4

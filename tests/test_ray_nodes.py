@@ -26,9 +26,14 @@ def nodes():
     from ray.cluster_utils import Cluster
 
     # Fast detection of a dead node (the defaults take tens of seconds).
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 2}})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 2},
+        },
+    )
     first = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster, first
@@ -39,12 +44,20 @@ def nodes():
 @pytest.mark.slow
 def test_a_preempted_node_s_run_resumes_on_another_node(nodes, tiny_bert, toy_csv, tmp_path):
     cluster, first = nodes
-    path = write_study(tmp_path, tiny_bert, toy_csv, "nodes", train={"epochs": 40, "checkpoint_every": 3}, seeds=[1],
-                       variants={"lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "nodes",
+        train={"epochs": 40, "checkpoint_every": 3},
+        seeds=[1],
+        variants={"lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}},
+    )
     capture = logs.captured()
     lines = capture.__enter__()
-    driver = threading.Thread(target=execute, args=(load_spec(path), tmp_path / "res"),
-                              kwargs={"executor": RayExecutor(max_retries=2)})
+    driver = threading.Thread(
+        target=execute, args=(load_spec(path), tmp_path / "res"), kwargs={"executor": RayExecutor(max_retries=2)}
+    )
     driver.start()
 
     runs = tmp_path / "res" / "nodes" / "runs"

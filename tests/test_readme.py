@@ -26,7 +26,9 @@ def test_every_cited_result_file_is_tracked():
         pytest.skip("not a git checkout")
     cited = cited_result_files()
     assert cited, "the README cites its results"
-    tracked = set(subprocess.run(["git", "ls-files", *cited], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+    tracked = set(
+        subprocess.run(["git", "ls-files", *cited], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    )
     assert not set(cited) - tracked, f"cited but not committed: {sorted(set(cited) - tracked)}"
     ignored = subprocess.run(["git", "check-ignore", *cited], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert not ignored, f"ignored by .gitignore: {ignored}"

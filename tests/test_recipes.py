@@ -20,15 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("encoder, keys", [
-    ("tiny_bert", {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.5}),
-    ("tiny_distilbert", {"dropout": 0.3, "attention_dropout": 0.2, "seq_classif_dropout": 0.5}),
-])
+@pytest.mark.parametrize(
+    "encoder, keys",
+    [
+        ("tiny_bert", {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2, "classifier_dropout": 0.5}),
+        ("tiny_distilbert", {"dropout": 0.3, "attention_dropout": 0.2, "seq_classif_dropout": 0.5}),
+    ],
+)
 def test_dropout_keys_reach_each_architecture(encoder, keys, request):
     from tuneoff.models.loading import load_classifier
 
-    model, _ = load_classifier(request.getfixturevalue(encoder), ["neg", "pos"],
-                               dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.5})
+    model, _ = load_classifier(
+        request.getfixturevalue(encoder), ["neg", "pos"], dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.5}
+    )
     for key, value in keys.items():
         assert getattr(model.config, key) == value, key
     head_dropout = model.dropout if hasattr(model, "dropout") else None
@@ -42,8 +46,15 @@ def test_a_classifier_dropout_without_a_config_key_is_set_on_the_head_alone(tmp_
 
     from tuneoff.models.loading import load_classifier
 
-    config = MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                         max_position_embeddings=64, hidden_dropout_prob=0.1)
+    config = MPNetConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
+    )
     MPNetForSequenceClassification(config).save_pretrained(tmp_path / "mpnet")
     model, _ = load_classifier(str(tmp_path / "mpnet"), ["neg", "pos"], dropout={"classifier": 0.5})
     assert model.classifier.dropout.p == 0.5
@@ -69,8 +80,11 @@ def test_sgd_and_step_decay_reach_the_optimizer(tiny_bert):
 
     from tuneoff.training.schedule import make_scheduler
 
-    cfg = build_config({}, ["train.optimizer=sgd", "train.momentum=0.8", "train.scheduler=step", "train.step_size=4",
-                            "train.gamma=0.5"], names={"method": "lora"})
+    cfg = build_config(
+        {},
+        ["train.optimizer=sgd", "train.momentum=0.8", "train.scheduler=step", "train.step_size=4", "train.gamma=0.5"],
+        names={"method": "lora"},
+    )
     model, method, params, _ = prepared(tiny_bert, "lora")
     opt = method.optimizer(model, params, 0.1, 0.01, False, kind=cfg.train.optimizer, momentum=cfg.train.momentum)
     assert type(opt) is torch.optim.SGD and all(g["momentum"] == 0.8 for g in opt.param_groups)
@@ -107,13 +121,18 @@ def test_linked_grid_values_keep_alpha_over_r_fixed():
 def test_training_subsets_are_nested_and_stratified():
     from tuneoff.data.corpus import load_corpus
 
-    sets = {n: set(load_corpus(DataConfig(name="bbc_news", max_train_samples=n)).splits["train"]["id"]) for n in (100, 300, 1000)}
+    sets = {
+        n: set(load_corpus(DataConfig(name="bbc_news", max_train_samples=n)).splits["train"]["id"])
+        for n in (100, 300, 1000)
+    }
     assert sets[100] < sets[300] < sets[1000]
     full = load_corpus(DataConfig(name="bbc_news")).splits["train"]
     small = load_corpus(DataConfig(name="bbc_news", max_train_samples=100)).splits["train"]
     shares = full["label"].value_counts(normalize=True)
     assert (small["label"].value_counts(normalize=True) - shares).abs().max() < 0.03
-    other_seed = set(load_corpus(DataConfig(name="bbc_news", max_train_samples=100, split_seed=1)).splits["train"]["id"])
+    other_seed = set(
+        load_corpus(DataConfig(name="bbc_news", max_train_samples=100, split_seed=1)).splits["train"]["id"]
+    )
     assert other_seed != sets[100]
 
 
@@ -128,7 +147,9 @@ def test_report5_budget_counts_999172_on_a_roberta_base_shaped_model():
 
     with torch.device("meta"):  # shapes only: no 500 MB of random weights
         model = RobertaForSequenceClassification(RobertaConfig(num_labels=4))
-    cfg = build_config({}, ["method.r=11", "method.alpha=7", "method.max_trainable_params=999999"], names={"method": "lora"})
+    cfg = build_config(
+        {}, ["method.r=11", "method.alpha=7", "method.max_trainable_params=999999"], names={"method": "lora"}
+    )
     model = get_method("lora").prepare(model, cfg.method, describe(model))
     counts = param_counts(model)
     assert counts["trainable_params"] == 999_172
@@ -160,7 +181,9 @@ def test_reuters_pairs_keep_the_official_test_stories_apart_and_are_large_enough
     assert sizes["test"] > 5000 and sizes["train"] > 13000 and sizes["validation"] > 1000 and not corpus.notes
     stories = {s: {i.split("-same")[0].split("-other")[0] for i in df["id"]} for s, df in corpus.splits.items()}
     assert all(story.startswith("r52-test-") for story in stories["test"])
-    assert not (stories["train"] & stories["validation"]) and not ((stories["train"] | stories["validation"]) & stories["test"])
+    assert not (stories["train"] & stories["validation"]) and not (
+        (stories["train"] | stories["validation"]) & stories["test"]
+    )
     for df in corpus.splits.values():
         assert abs((df["label"] == "same_story").mean() - 0.5) < 0.01
         assert (df["text"].str.split().str.len() == 24).all() and (df["text_pair"].str.split().str.len() == 24).all()
@@ -169,8 +192,11 @@ def test_reuters_pairs_keep_the_official_test_stories_apart_and_are_large_enough
     assert len(texts["test"] & texts["train"]) < 0.01 * len(texts["test"])  # only passages repeated across stories
 
 
-@pytest.mark.parametrize("study", sorted((REPO / "studies").glob("*.yaml")) + sorted((REPO / "studies/offline").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "study",
+    sorted((REPO / "studies").glob("*.yaml")) + sorted((REPO / "studies/offline").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_every_study_dry_runs_offline(study):
     result = runner.invoke(app, ["run", str(study), "--dry-run", "--no-time"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -181,12 +207,29 @@ def test_submission_format_has_integer_labels(tiny_bert, toy_csv, tmp_path):
     from conftest import tiny_overrides
 
     out = tmp_path / "runs"
-    assert runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 1})]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.epochs": 1})]
+        ).exit_code
+        == 0
+    )
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"id": [17, 18, 19], "text": ["good film", "awful plot", "nice"]}).to_csv(texts, index=False)
-    done = runner.invoke(app, ["predict", str(run_dir), str(texts), "--id-column", "id", "--format", "submission",
-                               "--out", str(tmp_path / "sub.csv")])
+    done = runner.invoke(
+        app,
+        [
+            "predict",
+            str(run_dir),
+            str(texts),
+            "--id-column",
+            "id",
+            "--format",
+            "submission",
+            "--out",
+            str(tmp_path / "sub.csv"),
+        ],
+    )
     assert done.exit_code == 0, done.output
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert list(sub.columns) == ["id", "label"] and list(sub["id"]) == [17, 18, 19]
@@ -224,6 +267,7 @@ def test_each_hub_study_names_every_difference_from_its_reports_recipe(report):
                     unnamed.add(f"{key} ({run.variant}: {got!r}, the report {want!r})")
     named = {d.split(" ")[0] for d in unnamed if d.split(" ")[0] in spec.differences}
     assert sorted(d for d in unnamed if d.split(" ")[0] not in named) == []
-    assert sorted(k for k in entry.get("unknown", []) if k not in spec.differences) == [], \
+    assert sorted(k for k in entry.get("unknown", []) if k not in spec.differences) == [], (
         "fields the report's recipe is not known for are the study's choice: say so"
+    )
     assert all(reason.strip() for reason in spec.differences.values())

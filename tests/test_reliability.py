@@ -25,13 +25,22 @@ from tuneoff.training.retry import train_with_oom_retry
 
 REPO = Path(__file__).resolve().parents[1]
 # LoRA with dropout (so the RNG state matters), checkpoints every 2 steps, evaluation every 4; 15 steps in all.
-RESUMABLE = {"train.epochs": 3, "train.checkpoint_every": 2, "train.eval_every": 4, "train.lr": 1e-2,
-             "method.dropout": 0.2, "train.batch_size": 40}
+RESUMABLE = {
+    "train.epochs": 3,
+    "train.checkpoint_every": 2,
+    "train.eval_every": 4,
+    "train.lr": 1e-2,
+    "method.dropout": 0.2,
+    "train.batch_size": 40,
+}
 
 
 def cli_train(model, data, out, crash_at=None, resume=False, **env_extra):
-    env = crashing_env(crash_at, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
-                       **env_extra)
+    env = crashing_env(
+        crash_at,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+        **env_extra,
+    )
     args = [sys.executable, "-m", "tuneoff", "train", "--no-progress", *tiny_overrides(model, data, out, **RESUMABLE)]
     return subprocess.run(args + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 
@@ -50,14 +59,18 @@ def reference(tiny_bert, toy_csv, tmp_path_factory):
 
 
 def assert_same_run(run: Path, reference: Path) -> None:
-    got, want = load_file(run / "model" / "adapter_model.safetensors"), load_file(reference / "model" / "adapter_model.safetensors")
+    got, want = (
+        load_file(run / "model" / "adapter_model.safetensors"),
+        load_file(reference / "model" / "adapter_model.safetensors"),
+    )
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
     info, ref_info = json.loads((run / "run.json").read_text()), json.loads((reference / "run.json").read_text())
     assert info["batch_order_digest"] == ref_info["batch_order_digest"], "same batches in the same order"
     assert [json.loads(h)["val_accuracy"] for h in (run / "history.jsonl").read_text().splitlines()] == [
-        json.loads(h)["val_accuracy"] for h in (reference / "history.jsonl").read_text().splitlines()]
+        json.loads(h)["val_accuracy"] for h in (reference / "history.jsonl").read_text().splitlines()
+    ]
 
 
 # final:15 is a kill during the final evaluation, after model/ was saved once (the resume saves it again).
@@ -80,12 +93,15 @@ def test_sigkill_then_resume_equals_uninterrupted(crash_at, reference, tiny_bert
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_run_at_its_step_with_a_checkpoint_and_resume_equals_uninterrupted(
-        signal_name, reference, tiny_bert, toy_csv, tmp_path):
+    signal_name, reference, tiny_bert, toy_csv, tmp_path
+):
     """SIGTERM (a scheduler's time limit, `kill`) or Ctrl-C at step 5, between the checkpoints every 2 steps: the run
     saves one at step 5 (not back at 4), says so and exits 128 + the signal; --resume then equals an uninterrupted run."""
     stopped = cli_train(tiny_bert, toy_csv, tmp_path, crash_at="step:5", TUNEOFF_CRASH_SIGNAL=signal_name)
     assert stopped.returncode == 128 + getattr(signal, signal_name), stopped.stderr
-    assert f"stopped by {signal_name} at step 5 of 15" in " ".join(stopped.stderr.split()) and "--resume" in stopped.stderr
+    assert (
+        f"stopped by {signal_name} at step 5 of 15" in " ".join(stopped.stderr.split()) and "--resume" in stopped.stderr
+    )
     (work,) = list(tmp_path.iterdir())
     assert sorted(p.name for p in (work / "checkpoints").iterdir())[-1] == "step-0000005"
     assert not (work / "failed.json").exists(), "stopped on request is not a failure"
@@ -153,7 +169,9 @@ def test_checkpoints_keep_the_last_k_and_ignore_torn_ones(tmp_path):
     assert not (ck / ".tmp-step-0000008").exists()
 
 
-def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoint(tiny_bert, toy_csv, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_step_and_fixes_and_keeps_last_good_checkpoint(
+    tiny_bert, toy_csv, tmp_path, monkeypatch
+):
     import tuneoff.training.loss as loss_module
 
     real = loss_module.F.cross_entropy
@@ -226,8 +244,18 @@ def test_model_dir_missing_files(tmp_path, toy_csv):
 
     with pytest.raises(TuneoffError, match="has no config.json"):
         resolve_model(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
-                                                      "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 30}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "intermediate_size": 64,
+                "vocab_size": 30,
+            }
+        )
+    )
     with pytest.raises(TuneoffError, match="Could not load the model"):
         load_classifier(resolve_model(str(tmp_path)), ["a", "b"])
 
@@ -248,7 +276,9 @@ def test_checkpoint_optimizer_state_is_never_unpickled(tmp_path):
 
 
 def test_names_cannot_escape_the_output_dir(tiny_bert, toy_csv, tmp_path):
-    cfg = build_config({}, tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs", **{"train.epochs": 1, "name": "../../evil"}))
+    cfg = build_config(
+        {}, tiny_overrides(tiny_bert, toy_csv, tmp_path / "runs", **{"train.epochs": 1, "name": "../../evil"})
+    )
     result = train(cfg, progress=False)
     assert result.run_dir.parent == tmp_path / "runs" and ".." not in result.run_dir.name
     weights = {p.suffix for p in (result.run_dir / "model").iterdir()}

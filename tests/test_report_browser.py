@@ -22,15 +22,41 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_report_renders_with_plots_in_headless_chromium(tiny_bert, toy_csv, tmp_path):
     import matplotlib.image
 
-    path = write_study(tmp_path, tiny_bert, toy_csv, "browser", seeds=[42], train={"epochs": 2, "eval_every": 4},
-                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}, "grid": {"method.r": [2, 4]}}})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "browser",
+        seeds=[42],
+        train={"epochs": 2, "eval_every": 4},
+        variants={
+            "head": {"method": {"name": "head"}},
+            "lora": {"method": {"name": "lora"}, "grid": {"method.r": [2, 4]}},
+        },
+    )
     execute(load_spec(path), tmp_path / "r")
     report = build("browser", tmp_path / "r")
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", f"--screenshot={shot}",
-                    report.as_uri()], check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     pixels = matplotlib.image.imread(shot)[..., :3]
     colourful = np.abs(pixels - pixels.mean(axis=2, keepdims=True)).sum(axis=2) > 0.15
     assert colourful.mean() > 0.02, "the screenshot shows coloured plots, not just text"
@@ -42,23 +68,48 @@ def test_report_sections_and_nothing_wider_than_the_page(tiny_bert, toy_csv, tmp
     the verdict, the baseline and the mistakes sections are there."""
     import re
 
-    path = write_study(tmp_path, tiny_bert, toy_csv, "widths", train={"epochs": 2, "eval_every": None},
-                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}}})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "widths",
+        train={"epochs": 2, "eval_every": None},
+        variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora"}}},
+    )
     execute(load_spec(path), tmp_path / "r")
     report = build("widths", tmp_path / "r")
-    probe = ("<script>const w = document.documentElement.clientWidth;"
-             "const wide = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 1"
-             " && !(e.parentElement && e.parentElement.closest('.scroll'))).map(e => e.tagName);"
-             "document.body.setAttribute('data-wide', wide.join(','));"
-             "document.body.setAttribute('data-sections', [...document.querySelectorAll('h2,h3,h4')].map(h => h.textContent).join('|'));"
-             "</script></body>")
+    probe = (
+        "<script>const w = document.documentElement.clientWidth;"
+        "const wide = [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 1"
+        " && !(e.parentElement && e.parentElement.closest('.scroll'))).map(e => e.tagName);"
+        "document.body.setAttribute('data-wide', wide.join(','));"
+        "document.body.setAttribute('data-sections', [...document.querySelectorAll('h2,h3,h4')].map(h => h.textContent).join('|'));"
+        "</script></body>"
+    )
     page = tmp_path / "probe.html"
     page.write_text(report.read_text().replace("</body>", probe))
     for width in (1200, 800):
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                              f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},2000", "--dump-dom",
-                              page.as_uri()], check=True, timeout=120, capture_output=True, text=True).stdout
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--window-size={width},2000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            check=True,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        ).stdout
         wide = re.search(r'data-wide="([^"]*)"', dom).group(1)
         assert wide == "", f"wider than a {width}px page: {wide}"
     sections = re.search(r'data-sections="([^"]*)"', dom).group(1).split("|")

@@ -64,12 +64,44 @@ def test_seeds_go_where_they_can_settle_an_open_comparison():
 
     def conds(k_open):
         scatter = [-40, 0, 40]  # the open one's seeds scatter: seeds, not the test set, hold it open
-        return [condition("full", "full", [fake_run(s, moved(5, s), truth, val=0.9, resources={
-                    "trainable_pct": 100.0, "train_seconds": 300.0}) for s in range(k_open)]),
-                condition("lora", "lora", [fake_run(s, moved(scatter[s % 3], 10 + s), truth, val=0.85, resources={
-                    "trainable_pct": 0.3, "train_seconds": 100.0}) for s in range(k_open)]),
-                condition("head", "head", [fake_run(s, rights(n, 1300, 20 + s), truth, val=0.6, resources={
-                    "trainable_pct": 0.01, "train_seconds": 10.0}) for s in range(k_open)])]
+        return [
+            condition(
+                "full",
+                "full",
+                [
+                    fake_run(s, moved(5, s), truth, val=0.9, resources={"trainable_pct": 100.0, "train_seconds": 300.0})
+                    for s in range(k_open)
+                ],
+            ),
+            condition(
+                "lora",
+                "lora",
+                [
+                    fake_run(
+                        s,
+                        moved(scatter[s % 3], 10 + s),
+                        truth,
+                        val=0.85,
+                        resources={"trainable_pct": 0.3, "train_seconds": 100.0},
+                    )
+                    for s in range(k_open)
+                ],
+            ),
+            condition(
+                "head",
+                "head",
+                [
+                    fake_run(
+                        s,
+                        rights(n, 1300, 20 + s),
+                        truth,
+                        val=0.6,
+                        resources={"trainable_pct": 0.01, "train_seconds": 10.0},
+                    )
+                    for s in range(k_open)
+                ],
+            ),
+        ]
 
     verdicts = analyse(conds(3))
     v = verdicts[0]
@@ -78,27 +110,53 @@ def test_seeds_go_where_they_can_settle_an_open_comparison():
     chosen, notes = rounds.who_gets_a_seed(verdicts, 30, 0.01)
     assert chosen == {"full", "lora"} and not notes
     chosen, notes = rounds.who_gets_a_seed(verdicts, 10, 0.01)  # 10 seeds would settle it one time in nine: futile
-    assert chosen == set() and notes == ["lora against full: more seeds would hardly settle it; it would need more "
-                                         "than max_seeds (10) seeds"]
+    assert chosen == set() and notes == [
+        "lora against full: more seeds would hardly settle it; it would need more than max_seeds (10) seeds"
+    ]
     chosen, notes = rounds.who_gets_a_seed(verdicts, 3, 0.01)
     assert chosen == set() and notes == ["lora against full: open at max_seeds (3)"]
     # two methods whose errors fall on different examples, on 100 of them: the test set holds the comparison open
     m = 100
     few = truth_of(m)
-    small = analyse([condition(name, name, [fake_run(s, rights(m, 85, 10 * i + s), few, val=0.9 - i / 100, resources={
-        "trainable_pct": pct, "train_seconds": sec}) for s in range(3)])
-        for i, (name, pct, sec) in enumerate((("full", 100.0, 300.0), ("lora", 0.3, 100.0)))])
+    small = analyse(
+        [
+            condition(
+                name,
+                name,
+                [
+                    fake_run(
+                        s,
+                        rights(m, 85, 10 * i + s),
+                        few,
+                        val=0.9 - i / 100,
+                        resources={"trainable_pct": pct, "train_seconds": sec},
+                    )
+                    for s in range(3)
+                ],
+            )
+            for i, (name, pct, sec) in enumerate((("full", 100.0, 300.0), ("lora", 0.3, 100.0)))
+        ]
+    )
     chosen, notes = rounds.who_gets_a_seed(small, 30, 0.01)
-    assert chosen == set() and notes == ["lora against full: more seeds would hardly settle it; its 100 test examples "
-                                         "limit it (more test examples would settle it)"], notes
+    assert chosen == set() and notes == [
+        "lora against full: more seeds would hardly settle it; its 100 test examples "
+        "limit it (more test examples would settle it)"
+    ], notes
 
 
 def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, toy_csv, tmp_path):
     """The tiny study, one seed each, until_decided with max_seeds 3: after its first look each open condition gets a
     second seed, then a third, each round one seed shared by all (common random numbers); the log says why it stopped;
     the report reads at the last look's level; --resume adds nothing; a rebuilt store indexes the rounds' runs."""
-    spec = write_study(tmp_path, tiny_bert, toy_csv, seeds=[1], until_decided={"max_seeds": 3},
-                       analysis={"margin": 0.25}, train={"epochs": 3})
+    spec = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        seeds=[1],
+        until_decided={"max_seeds": 3},
+        analysis={"margin": 0.25},
+        train={"epochs": 3},
+    )
     results = tmp_path / "results"
     result = runner.invoke(app, ["run", str(spec), "--results", str(results)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -106,7 +164,9 @@ def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, to
     assert "decide mode:" in text
     import sqlite3
 
-    rows = sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT run_id, seed FROM runs ORDER BY run_id").fetchall()
+    rows = (
+        sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT run_id, seed FROM runs ORDER BY run_id").fetchall()
+    )
     seeds = {run_id.rsplit("-s", 1)[0]: set() for run_id, _ in rows}
     for run_id, seed in rows:
         seeds[run_id.rsplit("-s", 1)[0]].add(seed)
@@ -122,8 +182,10 @@ def test_a_study_until_decided_adds_seeds_where_they_can_settle_it(tiny_bert, to
     rebuilt = runner.invoke(app, ["runs", "rebuild", "--results", str(results)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT count(*) FROM runs").fetchone()[0] == len(rows)
-    np.testing.assert_equal(sorted(r[0] for r in rows), sorted(r[0] for r in sqlite3.connect(
-        results / "tuneoff.sqlite").execute("SELECT run_id FROM runs").fetchall()))
+    np.testing.assert_equal(
+        sorted(r[0] for r in rows),
+        sorted(r[0] for r in sqlite3.connect(results / "tuneoff.sqlite").execute("SELECT run_id FROM runs").fetchall()),
+    )
 
 
 @pytest.mark.slow
@@ -138,12 +200,21 @@ def test_a_round_stopped_by_sigterm_is_finished_first_on_resume(tiny_bert, toy_c
 
     from tuneoff.results.store import Store
 
-    path = write_study(tmp_path, tiny_bert, toy_csv, "rounds", seeds=[1], until_decided={"max_seeds": 2},
-                       analysis={"margin": 0.25}, train={"epochs": 30})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "rounds",
+        seeds=[1],
+        until_decided={"max_seeds": 2},
+        analysis={"margin": 0.25},
+        train={"epochs": 30},
+    )
     env = {**os.environ, "TUNEOFF_PARALLEL": "2", "TUNEOFF_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "r")]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     runs = tmp_path / "r" / "rounds" / "runs"
     try:
         deadline = time.monotonic() + 600
@@ -162,5 +233,7 @@ def test_a_round_stopped_by_sigterm_is_finished_first_on_resume(tiny_bert, toy_c
     store = Store(tmp_path / "r")
     rows = {r["run_id"]: r for r in store.runs("rounds")}
     store.close()
-    assert {r["seed"] for r in rows.values()} == {1, 2} and {r["status"] for r in rows.values()} == {"done"}, rows.keys()
+    assert {r["seed"] for r in rows.values()} == {1, 2} and {r["status"] for r in rows.values()} == {"done"}, (
+        rows.keys()
+    )
     assert any(json.loads(r["resources"]).get("resumed_from_step") for k, r in rows.items() if k.endswith("-s2"))

@@ -21,24 +21,33 @@ from tuneoff.study.spec import expand, load_spec
 
 
 def search_study(tmp_path, model, data, name="s", **search):
-    spec = {"name": name,
-            "base": {"model": {"name": model}, "data": {"name": data, "max_length": 16},
-                     "method": {"name": "lora", "r": 4}, "train": {"epochs": 1, "batch_size": 16, "lr": 2e-2, "eval_every": 4}},
-            "search": {"trials": 4, "space": {"method.r": {"choices": [2, 16]}}, "pruning": False, **search}}
+    spec = {
+        "name": name,
+        "base": {
+            "model": {"name": model},
+            "data": {"name": data, "max_length": 16},
+            "method": {"name": "lora", "r": 4},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 2e-2, "eval_every": 4},
+        },
+        "search": {"trials": 4, "space": {"method.r": {"choices": [2, 16]}}, "pruning": False, **search},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-@pytest.mark.parametrize("search, message", [
-    ({"metric": "test.accuracy"}, "leaks"),
-    ({"metric": "accuracy"}, "validation.<metric>"),
-    ({"space": {"train.lr": {"low": 1e-2, "high": 1e-4}}}, "low. < .high"),
-    ({"space": {"train.lr": {"low": 0, "high": 1e-2, "log": True}}}, "low. > 0"),
-    ({"constraints": {"peak_rss_mb": 10}}, "resources.<field>"),
-    ({"space": {}}, "nothing to search"),
-    ({"space": {"train.lr": {"choices": [1e-3], "low": 1e-4}}}, "either a non-empty"),
-])
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({"metric": "test.accuracy"}, "leaks"),
+        ({"metric": "accuracy"}, "validation.<metric>"),
+        ({"space": {"train.lr": {"low": 1e-2, "high": 1e-4}}}, "low. < .high"),
+        ({"space": {"train.lr": {"low": 0, "high": 1e-2, "log": True}}}, "low. > 0"),
+        ({"constraints": {"peak_rss_mb": 10}}, "resources.<field>"),
+        ({"space": {}}, "nothing to search"),
+        ({"space": {"train.lr": {"choices": [1e-3], "low": 1e-4}}}, "either a non-empty"),
+    ],
+)
 def test_bad_search_sections(tmp_path, search, message):
     with pytest.raises(TuneoffError, match=message):
         load_spec(search_study(tmp_path, "m", "d", **search))
@@ -105,8 +114,14 @@ def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path, proce
     trial = study.ask()
     spec = load_spec(search_study(tmp_path, tiny_bert, toy_csv, name="p"))
     config = expand(spec)[0].config.model_copy(update={"output_dir": str(tmp_path / "runs")})
-    ref = {"results": str(tmp_path), "study": "p:base", "trial_id": trial._trial_id, "metric": "accuracy",
-           "pruning": True, "warmup": 0}
+    ref = {
+        "results": str(tmp_path),
+        "study": "p:base",
+        "trial_id": trial._trial_id,
+        "metric": "accuracy",
+        "pruning": True,
+        "warmup": 0,
+    }
     from functools import partial
 
     from tuneoff.study.search import pruning_callback
@@ -118,12 +133,19 @@ def test_a_trial_behind_the_median_is_pruned(tiny_bert, toy_csv, tmp_path, proce
 
 
 def test_search_killed_mid_trial_resumes_that_trial(tiny_bert, toy_csv, tmp_path):
-    path = search_study(tmp_path, tiny_bert, toy_csv, trials=2, space={"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}})
+    path = search_study(
+        tmp_path, tiny_bert, toy_csv, trials=2, space={"train.lr": {"low": 1e-3, "high": 5e-2, "log": True}}
+    )
     spec = yaml.safe_load(path.read_text())
     spec["base"]["train"]["checkpoint_every"] = 3
     path.write_text(yaml.safe_dump(spec))
-    killed = subprocess.run([sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
-                            env=crashing_env("step:5"), capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-m", "tuneoff", "run", str(path), "--results", str(tmp_path / "res")],
+        env=crashing_env("step:5"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     first_lr = optuna.load_study(study_name="s:base", storage=_storage(tmp_path / "res")).trials[0].params["train.lr"]
     execute(load_spec(path), tmp_path / "res", resume=True)
@@ -139,23 +161,50 @@ def test_search_killed_mid_trial_resumes_that_trial(tiny_bert, toy_csv, tmp_path
 def test_variants_search_their_own_fields(tiny_bert, toy_csv, tmp_path):
     """LoRA searches its rank, partial its number of layers; the shared space (lr) applies to both."""
     path = tmp_path / "v.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "v", "base": {"model": {"name": tiny_bert}, "data": {"name": toy_csv, "max_length": 16},
-                              "train": {"epochs": 1, "batch_size": 32}},
-        "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2, 4]}}},
-                     "partial": {"method": {"name": "partial"}, "space": {"method.k": {"low": 1, "high": 2}}}},
-        "search": {"trials": 2, "pruning": False, "space": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "v",
+                "base": {
+                    "model": {"name": tiny_bert},
+                    "data": {"name": toy_csv, "max_length": 16},
+                    "train": {"epochs": 1, "batch_size": 32},
+                },
+                "variants": {
+                    "lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2, 4]}}},
+                    "partial": {"method": {"name": "partial"}, "space": {"method.k": {"low": 1, "high": 2}}},
+                },
+                "search": {
+                    "trials": 2,
+                    "pruning": False,
+                    "space": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+                },
+            }
+        )
+    )
     execute(load_spec(path), tmp_path / "res")
     store = Store(tmp_path / "res")
     params = {r["run_id"]: json.loads(r["params"]) for r in store.runs("v", "done")}
     store.close()
     assert sorted(params) == ["lora-trial000", "lora-trial001", "partial-trial000", "partial-trial001"]
-    assert all(set(p) == {"trial", "train.lr", "method.r"} and p["method.r"] in (2, 4) for k, p in params.items() if k.startswith("lora"))
-    assert all(set(p) == {"trial", "train.lr", "method.k"} and p["method.k"] in (1, 2) for k, p in params.items() if k.startswith("partial"))
+    assert all(
+        set(p) == {"trial", "train.lr", "method.r"} and p["method.r"] in (2, 4)
+        for k, p in params.items()
+        if k.startswith("lora")
+    )
+    assert all(
+        set(p) == {"trial", "train.lr", "method.k"} and p["method.k"] in (1, 2)
+        for k, p in params.items()
+        if k.startswith("partial")
+    )
 
 
 def test_a_variant_space_without_a_search_is_an_error(tmp_path):
     path = tmp_path / "x.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2]}}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "x", "variants": {"lora": {"method": {"name": "lora"}, "space": {"method.r": {"choices": [2]}}}}}
+        )
+    )
     with pytest.raises(TuneoffError, match="needs a search: section"):
         load_spec(path)

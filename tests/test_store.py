@@ -79,8 +79,14 @@ def test_records_carry_tuneoffs_version_and_commit(tmp_path):
     store = Store(tmp_path)
     store.add_study("s", "name: s\n", "h", tmp_path / "s")
     store.plan_run("s", "a-s1", "a", {}, 1, "")
-    outcome = SimpleNamespace(status="done", run_id="a-s1", run_dir=str(tmp_path), metrics={"test": {}}, resources={},
-                              run_info={"versions": {"tuneoff": "9.9.9", "tuneoff_commit": "abc"}, "device": "cpu"})
+    outcome = SimpleNamespace(
+        status="done",
+        run_id="a-s1",
+        run_dir=str(tmp_path),
+        metrics={"test": {}},
+        resources={},
+        run_info={"versions": {"tuneoff": "9.9.9", "tuneoff_commit": "abc"}, "device": "cpu"},
+    )
     store.record("s", outcome)
     [row] = store.runs("s")
     assert row["tuneoff_version"] == "9.9.9" and row["tuneoff_commit"]
@@ -113,7 +119,9 @@ def test_run_ids_match_literally_and_by_study(tmp_path):
     store.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user"
+)
 def test_a_results_directory_another_user_cannot_write_is_read_and_reported_elsewhere(tiny_bert, toy_csv):
     """Reading needs no write: a results directory this user cannot write (another's, a read-only mount) was called
     "cannot be read as an SQLite database" with advice to rebuild it, which then failed with a traceback. It is listed
@@ -167,7 +175,10 @@ def test_a_study_whose_runs_all_failed_says_so_not_run_it_first(tmp_path):
     for run_id in ("a-s1", "b-s1"):
         store.plan_run("s", run_id, run_id[0], {}, 1, "{}")
         store.mark_failed("s", run_id, "Traceback ...\nRuntimeError: CUDA out of memory")
-    with pytest.raises(TuneoffError, match=r"no comparison run finished; 2 of its 2 runs failed \(the last: b-s1: "
-                                           r"RuntimeError: CUDA out of memory\)"):
+    with pytest.raises(
+        TuneoffError,
+        match=r"no comparison run finished; 2 of its 2 runs failed \(the last: b-s1: "
+        r"RuntimeError: CUDA out of memory\)",
+    ):
         load_conditions(store, "s")
     store.close()

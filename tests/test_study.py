@@ -28,8 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")) + [REPO / "src/tuneoff/studies/default.yaml"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "studies").glob("*.yaml")) + [REPO / "src/tuneoff/studies/default.yaml"],
+    ids=lambda p: p.name,
+)
 def test_every_example_study_validates(path):
     runs = expand(load_spec(path))
     assert runs and len({r.run_id for r in runs}) == len(runs)
@@ -40,16 +43,27 @@ def test_expansion_variants_grid_seeds():
     runs = expand(spec)
     assert len(runs) == (1 + 5 + 1) * 2 * 3  # full, five ranks, LoRA+; two datasets; three seeds
     r16 = [r for r in runs if r.run_id == "lora-imdb-r16-alpha32-s2"][0]
-    assert (r16.config.method.name, r16.config.method.r, r16.config.method.alpha, r16.config.train.seed,
-            r16.config.train.lr, r16.config.data.name) == ("lora", 16, 32, 2, 5e-4, "imdb")
+    assert (
+        r16.config.method.name,
+        r16.config.method.r,
+        r16.config.method.alpha,
+        r16.config.train.seed,
+        r16.config.train.lr,
+        r16.config.data.name,
+    ) == ("lora", 16, 32, 2, 5e-4, "imdb")
     plus = [r for r in runs if r.variant == "lora_plus_ratio2"][0]
     assert plus.config.method.loraplus_lr_ratio == 2
     snli = expand(load_spec(REPO / "studies/lora_vs_partial_snli.yaml"))
     assert {(r.variant, r.config.model.name, r.config.train.lr) for r in snli} == {
-        ("lora_r8_qv_bert", "bert-base", 1e-4), ("partial_top2_bert", "bert-base", 3e-5),
-        ("lora_r8_qv_distilbert", "distilbert", 1e-4), ("partial_top2_distilbert", "distilbert", 5e-5)}
+        ("lora_r8_qv_bert", "bert-base", 1e-4),
+        ("partial_top2_bert", "bert-base", 3e-5),
+        ("lora_r8_qv_distilbert", "distilbert", 1e-4),
+        ("partial_top2_distilbert", "distilbert", 5e-5),
+    }
     assert all(r.config.model.classifier_dropout == 0.5 and r.config.train.epochs == 3 for r in snli)
-    assert all(r.config.method.name == "partial" and not hasattr(r.config.method, "r") for r in snli if "partial" in r.variant)
+    assert all(
+        r.config.method.name == "partial" and not hasattr(r.config.method, "r") for r in snli if "partial" in r.variant
+    )
     default = expand(load_spec(None, ["seeds=[7]"]))
     assert {r.config.method.name for r in default} == {"head", "partial", "lora", "lora_plus", "full"}
     assert {r.seed for r in default} == {7}
@@ -61,28 +75,48 @@ def test_a_variant_merges_into_the_base_key_by_key_mappings_included():
     from tuneoff.study.spec import spec_from_dict
 
     base = {"model": {"name": "minilm"}, "data": {"name": "bbc_news"}, "train": {"class_weight": {"sport": 2}}}
-    spec = spec_from_dict({"name": "m", "base": base, "seeds": [1], "variants": {
-        "more": {"method": {"name": "lora"}, "train": {"class_weight": {"tech": 3}}},
-        "balanced": {"method": {"name": "lora"}, "train": {"class_weight": "balanced"}}}}, (), "test")
+    spec = spec_from_dict(
+        {
+            "name": "m",
+            "base": base,
+            "seeds": [1],
+            "variants": {
+                "more": {"method": {"name": "lora"}, "train": {"class_weight": {"tech": 3}}},
+                "balanced": {"method": {"name": "lora"}, "train": {"class_weight": "balanced"}},
+            },
+        },
+        (),
+        "test",
+    )
     weights = {r.variant: r.config.train.class_weight for r in expand(spec)}
     assert weights == {"more": {"sport": 2.0, "tech": 3.0}, "balanced": "balanced"}
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"name": "x", "grids": {}}, "grids: unknown key; did you mean 'grid'"),
-    ({"name": "x", "tune": {"lr_range": [1e-5, 1e-3]}}, r"tune.lr_range: unknown key; this section takes lr, .*trials"),
-    ({"name": "x", "grid": {"method.r": []}}, "grid.method.r: must be a non-empty list"),
-    ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
-    ({"name": "x", "seeds": []}, "seeds"),
-    ({"name": "x", "seeds": [1, 2, 1]}, r"seeds: \[1\] appear more than once"),
-    # a documented guarantee (docs/guarantees.md: inf and NaN refused everywhere): no rate is infinite, true is no number
-    ({"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [1e-4, float("inf")]}}},
-     r"variants.a.lr_range: give \[low, high\], two finite numbers"),
-    ({"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [True, 2]}}},
-     r"variants.a.lr_range: give \[low, high\], two finite numbers .*got \[True, 2\]"),
-    # the trial that won would be replayed as a final run (its condition's seeds then include the one it was chosen on)
-    ({"name": "x", "seeds": [0, 1], "tune": {"lr": True, "seed": 0}}, r"tune.seed \(0\) is also in seeds \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"name": "x", "grids": {}}, "grids: unknown key; did you mean 'grid'"),
+        (
+            {"name": "x", "tune": {"lr_range": [1e-5, 1e-3]}},
+            r"tune.lr_range: unknown key; this section takes lr, .*trials",
+        ),
+        ({"name": "x", "grid": {"method.r": []}}, "grid.method.r: must be a non-empty list"),
+        ({"name": "x", "variants": {"a": {"method": {"name": "lora", "rank": 4}}}}, "variant 'a'"),
+        ({"name": "x", "seeds": []}, "seeds"),
+        ({"name": "x", "seeds": [1, 2, 1]}, r"seeds: \[1\] appear more than once"),
+        # a documented guarantee (docs/guarantees.md: inf and NaN refused everywhere): no rate is infinite, true is no number
+        (
+            {"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [1e-4, float("inf")]}}},
+            r"variants.a.lr_range: give \[low, high\], two finite numbers",
+        ),
+        (
+            {"name": "x", "variants": {"a": {"method": {"name": "lora"}, "lr_range": [True, 2]}}},
+            r"variants.a.lr_range: give \[low, high\], two finite numbers .*got \[True, 2\]",
+        ),
+        # the trial that won would be replayed as a final run (its condition's seeds then include the one it was chosen on)
+        ({"name": "x", "seeds": [0, 1], "tune": {"lr": True, "seed": 0}}, r"tune.seed \(0\) is also in seeds \[0, 1\]"),
+    ],
+)
 def test_bad_study_files(tmp_path, body, message):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(body))
@@ -93,8 +127,14 @@ def test_bad_study_files(tmp_path, body, message):
 def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_path):
     # 8 epochs: at write_study's 4, a CPU without native bf16 left neither condition significantly above the
     # majority class on 24 test examples (no best, so no verdict line to check)
-    spec_path = write_study(tmp_path, tiny_bert, toy_csv, description="A toy:\n  sized for a test, not evidence.",
-                            differences={"train.epochs": "8, where the recipe ran 3"}, train={"epochs": 8})
+    spec_path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        description="A toy:\n  sized for a test, not evidence.",
+        differences={"train.epochs": "8, where the recipe ran 3"},
+        train={"epochs": 8},
+    )
     results = tmp_path / "results"
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(results)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -103,7 +143,9 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert [r[:2] for r in rows] == [(f"{v}-s{s}", "done") for v in ("lora", "partial_top1") for s in (1, 2)]
     assert all('"peft"' in r[2] and r[3].startswith("cpu") and Path(r[4]).is_dir() for r in rows)
     report = results / "tiny" / "report"
-    assert {"report.html", "summary.md", "summary.csv", "comparisons.csv", "per_class.csv"} <= {p.name for p in report.iterdir()}
+    assert {"report.html", "summary.md", "summary.csv", "comparisons.csv", "per_class.csv"} <= {
+        p.name for p in report.iterdir()
+    }
     html = (report / "report.html").read_text()
     # quality, curves, cost, Pareto, confusion, reliability, errors, error gaps, data x2; nothing fetched from the web
     assert html.count("data:image/png;base64,") == 10
@@ -127,7 +169,9 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert html.index("The answer") < html.index("How to read this report")
     assert all(_html.escape(line.split(": ", 1)[-1]) in html for line in plain[1:])
     summary_md = (report / "summary.md").read_text()
-    assert all(f"- {line}" in summary_md for line in card) and summary_md.index("## The answer") < summary_md.index("How to read")
+    assert all(f"- {line}" in summary_md for line in card) and summary_md.index("## The answer") < summary_md.index(
+        "How to read"
+    )
     from tuneoff.api import load_study
 
     shown = load_study(results / "tiny")._repr_html_()
@@ -153,6 +197,7 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
     assert "- study: A toy: sized for a test, not evidence." in header
     assert "\n  - `train.epochs`: 8, where the recipe ran 3" in header and f"--export {tmp_path / 'cite'}`" in header
     from tuneoff.training.session import cpu_has_native_bf16  # auto: bf16 where the CPU has it natively, else fp32
+
     assert f"; mixed precision: {'bf16' if cpu_has_native_bf16() else 'no'}\n" in header
     assert "- runs: 4 compared" in header and "Picked: " in (tmp_path / "cite" / "tiny.md").read_text()
     assert all(f"- {line}" in (tmp_path / "cite" / "tiny.md").read_text() for line in card)
@@ -160,13 +205,19 @@ def test_tiny_study_end_to_end_then_report_and_queries(tiny_bert, toy_csv, tmp_p
         tuneoff_commit,
         tuneoff_version,
     )
-    assert f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}." in (tmp_path / "cite" / "tiny.md").read_text()
+
+    assert (
+        f" by tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}."
+        in (tmp_path / "cite" / "tiny.md").read_text()
+    )
     assert (tmp_path / "cite" / "tiny.csv").read_text() == before
     out = runner.invoke(app, ["runs", "list", "--results", str(results)], env={"COLUMNS": "200"}).output
     assert "lora-s1" in out and "done" in out
     out = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results), "--json"]).output
     assert '"seed": 2' in out and '"trainable_params"' in out
-    readable = runner.invoke(app, ["runs", "show", "partial_top1-s2", "--results", str(results)], env={"COLUMNS": "80"}).output
+    readable = runner.invoke(
+        app, ["runs", "show", "partial_top1-s2", "--results", str(results)], env={"COLUMNS": "80"}
+    ).output
     assert "partial_top1-s2" in readable and "trainable" in readable and max(map(len, readable.splitlines())) <= 80
 
     # Running it again without --resume refuses and loses nothing; a changed spec under the same name refuses too.
@@ -182,8 +233,14 @@ def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_
     it) at the same config; tuning trials, unknown runs and a running study are refused."""
     from tuneoff.study.execution import hold_study
 
-    spec_path = write_study(tmp_path, tiny_bert, toy_csv, variants={"h": {"method": {"name": "head"}}}, seeds=[1, 2],
-                            tune={"lr": True, "trials": 2, "pruning": False})
+    spec_path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        variants={"h": {"method": {"name": "head"}}},
+        seeds=[1, 2],
+        tune={"lr": True, "trials": 2, "pruning": False},
+    )
     results = tmp_path / "results"
     assert runner.invoke(app, ["run", str(spec_path), "--results", str(results)]).exit_code == 0
     runs = results / "tiny" / "runs"
@@ -199,8 +256,10 @@ def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_
     # Read before it is trained again, the study says it is not finished, in the report and in an exported result.
     partial = runner.invoke(app, ["report", str(results / "tiny"), "--export", str(tmp_path / "cite")])
     assert partial.exit_code == 0, partial.output
-    assert ("**Not finished**: 1 planned run(s) of this study have not finished (0 running or interrupted, 1 still to "
-            "run). The verdict reads only the finished runs") in (results / "tiny" / "report" / "summary.md").read_text()
+    assert (
+        "**Not finished**: 1 planned run(s) of this study have not finished (0 running or interrupted, 1 still to "
+        "run). The verdict reads only the finished runs"
+    ) in (results / "tiny" / "report" / "summary.md").read_text()
     assert "<h2>Not finished</h2>" in (results / "tiny" / "report" / "report.html").read_text()
     assert "; **incomplete**: 1 planned run(s) not finished\n" in (tmp_path / "cite" / "tiny.md").read_text()
     started = {r: (runs / r / "run.json").stat().st_mtime for r in ("h-s1", "h-tune0", "h-tune1")}
@@ -212,8 +271,12 @@ def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_
     assert (runs / "h-s2" / "config.yaml").read_text() == config, "the same config, its tuned learning rate included"
     assert json.loads((runs / "h-s2" / "metrics.json").read_text())["test"]["accuracy"] == before["test"]["accuracy"]
     assert {r: (runs / r / "run.json").stat().st_mtime for r in started} == started, "nothing else trained again"
-    for ref, message in (("tiny/h-tune0", "is a tuning trial"), ("tiny/h-s9", "has no run 'h-s9'"),
-                         ("other/h-s1", "No study 'other'"), ("h-s1", "name the run as <study>/<run id>")):
+    for ref, message in (
+        ("tiny/h-tune0", "is a tuning trial"),
+        ("tiny/h-s9", "has no run 'h-s9'"),
+        ("other/h-s1", "No study 'other'"),
+        ("h-s1", "name the run as <study>/<run id>"),
+    ):
         result = runner.invoke(app, ["runs", "rerun", ref, "--results", str(results)])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), (ref, result.output)
     lock = hold_study(results / "tiny", "tiny")
@@ -228,7 +291,9 @@ def test_a_disturbed_run_is_trained_again_and_its_directory_kept(tiny_bert, toy_
 def test_max_runs_needs_yes(tiny_bert, toy_csv, tmp_path):
     spec_path = write_study(tmp_path, tiny_bert, toy_csv, max_runs=3)
     result = runner.invoke(app, ["run", str(spec_path), "--results", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "would launch 4 runs (tuning trials included), more than max_runs=3" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "would launch 4 runs (tuning trials included), more than max_runs=3" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -254,19 +319,30 @@ def test_killed_study_resumes_without_redoing_finished_runs(tiny_bert, toy_csv, 
     # processes): in this process the runs would train at whatever thread count earlier tests left behind, and over
     # 25 epochs another thread count's float sums flip predictions (3 of 24 after test_packing's threads=1).
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    subprocess.run([sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(tmp_path / "ref")],
-                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(tmp_path / "ref")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
 
     results = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(results)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneoff", "run", str(spec_path), "--results", str(results)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db_path = results / "tuneoff.sqlite"
     deadline = time.time() + 120
     done = []
     while time.time() < deadline and proc.poll() is None:
         if db_path.exists():
             try:
-                done = sqlite3.connect(db_path).execute("SELECT run_id, finished FROM runs WHERE status='done'").fetchall()
+                done = (
+                    sqlite3.connect(db_path).execute("SELECT run_id, finished FROM runs WHERE status='done'").fetchall()
+                )
             except sqlite3.OperationalError:
                 done = []
             if done:
@@ -300,11 +376,16 @@ def test_two_datasets_get_a_section_each_and_the_report_needs_no_model(tiny_bert
     frame = pd.read_csv(toy_csv)
     frame["label"] = [("pos", "neg", "mixed")[i % 3] for i in range(len(frame))]
     frame.to_csv(three, index=False)
-    spec = {"name": "two", "base": {"model": {"name": str(model)}, "data": {"max_length": 16},
-                                   "train": {"epochs": 2, "batch_size": 16}},
-            "variants": {"full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
-                         "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}},
-            "grid": {"data.name": [toy_csv, str(three)]}, "seeds": [1]}
+    spec = {
+        "name": "two",
+        "base": {"model": {"name": str(model)}, "data": {"max_length": 16}, "train": {"epochs": 2, "batch_size": 16}},
+        "variants": {
+            "full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
+            "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}},
+        },
+        "grid": {"data.name": [toy_csv, str(three)]},
+        "seeds": [1],
+    }
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(spec))
     results = tmp_path / "results"
@@ -338,10 +419,20 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
     """How many labelled examples a user has is their situation, not a method choice: a grid over
     data.max_train_samples gets one verdict per size (never "use full with the most data"), smallest first, and the
     report lines them up (a matrix per test set and a plot of accuracy against training examples)."""
-    variants = {"full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
-                "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
-    path = write_study(tmp_path, tiny_bert, toy_csv, name="sizes", variants=variants, seeds=(1, 2),
-                       train={"epochs": 2}, grid={"data.max_train_samples": [96, 48]})
+    variants = {
+        "full": {"method": {"name": "full"}, "train": {"lr": 5e-3}},
+        "lora": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}},
+    }
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        name="sizes",
+        variants=variants,
+        seeds=(1, 2),
+        train={"epochs": 2},
+        grid={"data.max_train_samples": [96, 48]},
+    )
     result = runner.invoke(app, ["run", str(path), "--results", str(tmp_path / "r")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "(48 training examples, " in result.output and "(96 training examples, " in result.output
@@ -355,12 +446,12 @@ def test_a_study_over_training_sizes_gets_a_verdict_per_size_and_their_curves(ti
             assert name is None or f"max_train_samples={size}" in name
     md = (report / "summary.md").read_text()
     start = md.index("## Accuracy by training-set size")
-    overview = md[md.index("\n\n", md.index("**", start)):md.index("\n## ", start)]  # the matrices, after the note
+    overview = md[md.index("\n\n", md.index("**", start)) : md.index("\n## ", start)]  # the matrices, after the note
     assert "| 48 examples" in overview and "| 96 examples" in overview
     assert overview.count("**") == 2 * sum(v["recommended"] is not None for v in verdicts)
     assert md.count(" training examples · ") == 2
     html = (report / "report.html").read_text()
-    section = html[html.index("Accuracy by training-set size"):html.index("Verdict</h3>")]
+    section = html[html.index("Accuracy by training-set size") : html.index("Verdict</h3>")]
     assert "data:image/png" in section and "**" not in section  # the plot; bold rendered, not shown as asterisks
     assert "<h3>Sweeps</h3>" not in html  # within a size nothing varies: no one-point sweep plot
     # The same runs read on macro-F1: every section says so, and the matrix holds each condition's test macro-F1.
@@ -398,7 +489,9 @@ def test_cli_prints_a_recommendation_with_ratios_against_full(tiny_bert, toy_csv
     strict = json.loads((tmp_path / "r" / "ratios" / "report" / "verdict.json").read_text())["groups"][0]
     assert strict["recommended"] == strict["best_on_validation"]
     assert "at least 99% lower" in (tmp_path / "r" / "ratios" / "report" / "report.html").read_text()  # the margin used
-    resumed = runner.invoke(app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"])
+    resumed = runner.invoke(
+        app, ["run", str(spec_path), "analysis.margin=0.2", "--results", str(tmp_path / "r"), "--resume"]
+    )
     assert resumed.exit_code == 0, resumed.output
 
 
@@ -447,8 +540,10 @@ def test_names_and_labels_cannot_inject_into_terminals_markdown_or_spreadsheets(
     frame["label"] = frame["label"].map({"pos": "=1+1", "neg": "[a](javascript:alert(1))"})
     data = tmp_path / "toy.csv"
     frame.to_csv(data, index=False)
-    variants = {"=HYPERLINK(\"http://x\")": {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
-                "[x](javascript:alert(1))": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}}}
+    variants = {
+        '=HYPERLINK("http://x")': {"method": {"name": "partial", "k": 1}, "train": {"lr": 5e-3}},
+        "[x](javascript:alert(1))": {"method": {"name": "lora", "r": 4}, "train": {"lr": 2e-2}},
+    }
     for name, body in ((f"a{esc}", {}), ("b", {"variants": {f"v{esc}": {"method": {"name": "head"}}}})):
         spec = write_study(tmp_path, tiny_bert, str(data), name, **body)
         out = runner.invoke(app, ["run", str(spec), "--dry-run"])

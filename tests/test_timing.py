@@ -29,8 +29,11 @@ def test_a_run_costs_load_steps_evaluations_and_finish():
 
 def test_a_probe_measures_a_tiny_model_and_the_phases_add_up(tiny_bert, toy_csv, tmp_path):
     variants = {"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}}  # rates tuned
-    spec = load_spec(write_study(tmp_path, tiny_bert, toy_csv, "timed", seeds=[1, 2], variants=variants,
-                                 tune={"lr": True, "trials": 2}))
+    spec = load_spec(
+        write_study(
+            tmp_path, tiny_bert, toy_csv, "timed", seeds=[1, 2], variants=variants, tune={"lr": True, "trials": 2}
+        )
+    )
     from tuneoff.study.protocol import conditions
     from tuneoff.study.spec import expand
 
@@ -52,8 +55,9 @@ def test_a_probe_measures_a_tiny_model_and_the_phases_add_up(tiny_bert, toy_csv,
 
 def test_the_dry_run_says_how_long_the_study_will_take(tiny_bert, toy_csv, tmp_path):
     spec = write_study(tmp_path, tiny_bert, toy_csv, "timed", seeds=[1, 2])
-    out = CliRunner().invoke(app, ["run", str(spec), "--dry-run", "--parallel", "1", "--threads", "1"],
-                             env={"COLUMNS": "200"})
+    out = CliRunner().invoke(
+        app, ["run", str(spec), "--dry-run", "--parallel", "1", "--threads", "1"], env={"COLUMNS": "200"}
+    )
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     assert f"(2/2): {PROBE_STEPS} training steps" in text and "nothing kept" in text

@@ -20,8 +20,19 @@ def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path, 
     out = tmp_path / "runs"
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # MLflow's artifacts must not land in the user's working directory
-    result = runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{
-        "train.epochs": 2, "train.eval_every": 5, "train.report_to": "[mlflow,tensorboard]"})])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--no-progress",
+            *tiny_overrides(
+                tiny_bert,
+                toy_csv,
+                out,
+                **{"train.epochs": 2, "train.eval_every": 5, "train.report_to": "[mlflow,tensorboard]"},
+            ),
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name not in ("tensorboard", "mlartifacts")]
 
@@ -48,9 +59,15 @@ def test_a_run_reported_to_mlflow_and_tensorboard(tiny_bert, toy_csv, tmp_path, 
 def test_a_study_is_one_experiment(tiny_bert, toy_csv, tmp_path):
     mlflow = pytest.importorskip("mlflow")
 
-    path = write_study(tmp_path, tiny_bert, toy_csv, "tracked", seeds=[1],
-                       train={"epochs": 1, "eval_every": None, "report_to": ["mlflow"]},
-                       variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}})
+    path = write_study(
+        tmp_path,
+        tiny_bert,
+        toy_csv,
+        "tracked",
+        seeds=[1],
+        train={"epochs": 1, "eval_every": None, "report_to": ["mlflow"]},
+        variants={"head": {"method": {"name": "head"}}, "lora": {"method": {"name": "lora", "r": 4}}},
+    )
     results = tmp_path / "results"
     assert runner.invoke(app, ["run", str(path), "--results", str(results)]).exit_code == 0
     mlflow.set_tracking_uri(f"sqlite:///{(results / 'tracked' / 'runs').resolve() / 'mlflow.db'}")
@@ -72,8 +89,8 @@ def wandb_records(path) -> list:
         if left < 7:  # a block's tail too short for a header is padding
             pos += left
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        buf += data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: the record is whole
             record = pb.Record()
@@ -91,8 +108,16 @@ def test_a_run_reported_to_wandb_offline(tiny_bert, toy_csv, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     out = tmp_path / "runs"
-    result = runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{
-        "train.epochs": 2, "train.eval_every": 5, "train.report_to": "[wandb]"})])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--no-progress",
+            *tiny_overrides(
+                tiny_bert, toy_csv, out, **{"train.epochs": 2, "train.eval_every": 5, "train.report_to": "[wandb]"}
+            ),
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name != "wandb"]
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # under the output directory, not the working one
@@ -101,12 +126,19 @@ def test_a_run_reported_to_wandb_offline(tiny_bert, toy_csv, tmp_path, monkeypat
     assert run.display_name == run_dir.name and run.project == "tuneoff"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["method"]["name"] == "lora" and config["train"]["epochs"] == 2
-    history = [{item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json) for item in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     steps = [h["_step"] for h in history if "validation/accuracy" in h]
     assert steps[:2] == [5, 10] and len(steps) >= 3  # every evaluation, at its optimizer step
-    summary = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-               for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+    summary = {
+        item.key or "/".join(item.nested_key): json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for item in r.summary.update
+    }
     assert 0 <= summary["test/accuracy"] <= 1 and summary["resources/trainable_params"] > 0
 
 
@@ -116,8 +148,9 @@ def test_wandb_online_without_a_key_fails_before_training(tiny_bert, toy_csv, tm
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     out = tmp_path / "runs"
-    result = runner.invoke(app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{
-        "train.report_to": "[wandb]"})])
+    result = runner.invoke(
+        app, ["train", "--no-progress", *tiny_overrides(tiny_bert, toy_csv, out, **{"train.report_to": "[wandb]"})]
+    )
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "wandb login" in text and "WANDB_MODE=offline" in text and "nothing was trained" in text

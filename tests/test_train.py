@@ -18,8 +18,14 @@ from tuneoff.config import build_config
 from tuneoff.training.loop import train
 
 # Learning rates that suit a 32-wide random encoder (real models use the methods' defaults).
-LEARNS = [("full", 1e-3, "tiny_bert"), ("partial", 5e-3, "tiny_bert"), ("lora", 2e-2, "tiny_bert"),
-          ("lora_plus", 5e-3, "tiny_bert"), ("lora_fa", 2e-2, "tiny_bert"), ("head", 1e-2, "tiny_bert_pretrained")]
+LEARNS = [
+    ("full", 1e-3, "tiny_bert"),
+    ("partial", 5e-3, "tiny_bert"),
+    ("lora", 2e-2, "tiny_bert"),
+    ("lora_plus", 5e-3, "tiny_bert"),
+    ("lora_fa", 2e-2, "tiny_bert"),
+    ("head", 1e-2, "tiny_bert_pretrained"),
+]
 
 
 def run(model_dir, data, out, method, **extra):
@@ -43,14 +49,24 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
 
     result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"method.r": 4})
     d = result.run_dir
-    assert {p.name for p in d.iterdir()} == {"config.yaml", "run.json", "metrics.json", "history.jsonl",
-                                             "predictions.csv", "resources.json", "train.log", "model"}
+    assert {p.name for p in d.iterdir()} == {
+        "config.yaml",
+        "run.json",
+        "metrics.json",
+        "history.jsonl",
+        "predictions.csv",
+        "resources.json",
+        "train.log",
+        "model",
+    }
     log = (d / "train.log").read_text().splitlines()
     steps = json.loads((d / "run.json").read_text())["total_steps"]
-    assert log[0].endswith(f"run {d.name}: lora on {tiny_bert} / toy.csv, {steps} optimizer steps at lr 0.0005, "
-                           f"{json.loads((d / 'run.json').read_text())['device']}, "
-                           f"{precision_words(yaml.safe_load((d / 'config.yaml').read_text())['train']['mixed_precision'], torch.device('cpu'))}; "
-                           f"tuneoff {VERSION}")
+    assert log[0].endswith(
+        f"run {d.name}: lora on {tiny_bert} / toy.csv, {steps} optimizer steps at lr 0.0005, "
+        f"{json.loads((d / 'run.json').read_text())['device']}, "
+        f"{precision_words(yaml.safe_load((d / 'config.yaml').read_text())['train']['mixed_precision'], torch.device('cpu'))}; "
+        f"tuneoff {VERSION}"
+    )
     assert sum(" step " in line and "validation loss" in line for line in log) == 6, "one record per evaluation"
     assert [p.name for p in tmp_path.iterdir()] == [d.name], "no temporary directory left behind"
     cfg = yaml.safe_load((d / "config.yaml").read_text())
@@ -76,8 +92,16 @@ def test_run_directory_is_complete(tiny_bert, toy_csv, tmp_path):
     assert res["checkpoint_bytes"] < 200_000, "the adapter dir links the base weights instead of copying them"
 
 
-@pytest.mark.parametrize("method, encoder", [("lora", "tiny_bert"), ("full", "tiny_bert"), ("partial", "tiny_bert"),
-                                             ("lora", "tiny_distilbert"), ("lora_fa", "tiny_distilbert")])
+@pytest.mark.parametrize(
+    "method, encoder",
+    [
+        ("lora", "tiny_bert"),
+        ("full", "tiny_bert"),
+        ("partial", "tiny_bert"),
+        ("lora", "tiny_distilbert"),
+        ("lora_fa", "tiny_distilbert"),
+    ],
+)
 def test_saved_model_reloads_with_identical_predictions(method, encoder, request, toy_csv, tmp_path, caplog):
     import logging
     import stat
@@ -89,7 +113,9 @@ def test_saved_model_reloads_with_identical_predictions(method, encoder, request
     model_dir = str(result.run_dir / "model")
     umask = os.umask(0)
     os.umask(umask)
-    for path in Path(model_dir).iterdir():  # weights are shared like any file: the umask decides, not a temp file's 0600
+    for path in Path(
+        model_dir
+    ).iterdir():  # weights are shared like any file: the umask decides, not a temp file's 0600
         if not path.is_symlink():
             assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
 
@@ -118,8 +144,19 @@ def test_same_seed_same_results(tiny_bert, toy_csv, tmp_path):
 
 def test_early_stopping_and_best_checkpoint(tiny_bert, toy_csv, tmp_path):
     # lr 0 never improves after the first evaluation: patience 2 stops after 3 evaluations, best is the first.
-    result = run(tiny_bert, toy_csv, tmp_path, "lora", **{"train.lr": 1e-12, "train.patience": 2, "train.min_epochs": 0,
-                                                           "train.metric_for_best": "loss", "train.eval_every": 3})
+    result = run(
+        tiny_bert,
+        toy_csv,
+        tmp_path,
+        "lora",
+        **{
+            "train.lr": 1e-12,
+            "train.patience": 2,
+            "train.min_epochs": 0,
+            "train.metric_for_best": "loss",
+            "train.eval_every": 3,
+        },
+    )
     assert result.metrics["stopped_early"]
     assert result.resources["optimizer_steps"] == 9 and result.metrics["best_step"] <= 3
 
@@ -131,7 +168,9 @@ def test_max_steps_and_grad_accum(tiny_bert, toy_csv, tmp_path):
     assert result.resources["effective_batch_size"] == 32
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile (inductor) needs a C compiler")
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile (inductor) needs a C compiler"
+)
 def test_compiled_training_matches_eager(no_dropout_bert, toy_csv, tmp_path):
     """train.compile=true compiles the training forward only (same parameters); in fp32 on the CPU it must train to
     the same weights as eager mode, up to float reassociation by the fused kernels."""

@@ -20,8 +20,21 @@ from tuneoff.training.evaluate import compute_metrics
 LABELS = ["neg", "pos"]
 
 
-def fake_run(seed, right, truth, val=0.8, conf=0.9, pred=None, dataset="d", model="m", ids=None, texts=None,
-             resources=None, history=None, train_counts=None):
+def fake_run(
+    seed,
+    right,
+    truth,
+    val=0.8,
+    conf=0.9,
+    pred=None,
+    dataset="d",
+    model="m",
+    ids=None,
+    texts=None,
+    resources=None,
+    history=None,
+    train_counts=None,
+):
     """A stored run whose test predictions are right exactly where ``right`` is 1."""
     n = len(truth)
     ids = ids or [f"x{i}" for i in range(n)]
@@ -29,17 +42,40 @@ def fake_run(seed, right, truth, val=0.8, conf=0.9, pred=None, dataset="d", mode
     if pred is None:
         pred = [t if r else other[t] for t, r in zip(truth, right)]
     p_pos = np.array([conf if p == "pos" else 1 - conf for p in pred])
-    frame = pd.DataFrame({"id": ids, "text": texts or [f"text {i}" for i in range(n)], "true_label": truth,
-                          "pred_label": pred, "prob_neg": 1 - p_pos, "prob_pos": p_pos})
+    frame = pd.DataFrame(
+        {
+            "id": ids,
+            "text": texts or [f"text {i}" for i in range(n)],
+            "true_label": truth,
+            "pred_label": pred,
+            "prob_neg": 1 - p_pos,
+            "prob_pos": p_pos,
+        }
+    )
     logits = np.log(np.stack([1 - p_pos, p_pos], axis=1))
     test = compute_metrics([LABELS.index(t) for t in truth], logits, LABELS)
-    res = {"trainable_params": 1000, "trainable_pct": 1.0, "checkpoint_bytes": 4_000_000, "trained_bytes": 4000,
-           "peak_rss_mb": 1000.0, "train_seconds": 100.0, "train_samples_per_s": 10.0, **(resources or {})}
+    res = {
+        "trainable_params": 1000,
+        "trainable_pct": 1.0,
+        "checkpoint_bytes": 4_000_000,
+        "trained_bytes": 4000,
+        "peak_rss_mb": 1000.0,
+        "train_seconds": 100.0,
+        "train_samples_per_s": 10.0,
+        **(resources or {}),
+    }
     counts = train_counts or {"neg": 600, "pos": 400}
-    return {"run_id": f"r{seed}", "seed": seed, "predictions": frame, "history": history or [],
-            "metrics": {"test": test, "validation": {"accuracy": val, "macro_f1": val}}, "resources": res,
-            "device": "cpu", "config": {"model": {"name": model}, "data": {"name": dataset}, "method": {"name": "x"}},
-            "info": {"dataset": dataset, "label_counts": {"train": counts}}}
+    return {
+        "run_id": f"r{seed}",
+        "seed": seed,
+        "predictions": frame,
+        "history": history or [],
+        "metrics": {"test": test, "validation": {"accuracy": val, "macro_f1": val}},
+        "resources": res,
+        "device": "cpu",
+        "config": {"model": {"name": model}, "data": {"name": dataset}, "method": {"name": "x"}},
+        "info": {"dataset": dataset, "label_counts": {"train": counts}},
+    }
 
 
 def truth_of(n, pos_share=0.4):
@@ -70,7 +106,9 @@ def test_one_seed_assumes_the_seed_variance_instead_of_ignoring_it():
     # taken as a known bound, sd sqrt(0.0004 + 0.083^2) = 0.0840, a normal quantile (no degrees of freedom to lose).
     res = compare({"a": rights(400, 320, 0)[:, None]})
     lo, hi = res.interval("a")
-    assert res.seeds.assumed and hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.8 * 0.2 / 399 / 1 + 0.083 ** 2 / 1), abs=2e-3)
+    assert res.seeds.assumed and hi - lo == pytest.approx(
+        2 * 1.96 * np.sqrt(0.8 * 0.2 / 399 / 1 + 0.083**2 / 1), abs=2e-3
+    )
 
 
 def test_four_seeds_ci_carries_the_seed_spread_with_a_t_quantile():
@@ -157,12 +195,12 @@ def test_a_one_seed_condition_is_given_the_largest_measured_seed_spread_not_a_ne
     single = _seeds_at(n, [0.74], 50)
     cmp = compare({"a": a, "one": single, "b": _seeds_at(n, [0.75, 0.751, 0.752], 60)})
     d = cmp.difference("a", "one")
-    assert d["seed"] == pytest.approx(compare({"a": a}).seeds.tau2 / 3 + 0.083 ** 2)
+    assert d["seed"] == pytest.approx(compare({"a": a}).seeds.tau2 / 3 + 0.083**2)
     assert cmp.seeds_of("one").assumed and not cmp.seeds_of("a").assumed
     test, own = d["test"], compare({"a": a}).seeds
     # a's part is a difference of mean squares, (MS_seed - MS_res) / n, charged the noise of each (Satterthwaite)
-    term = (1 / 3 / n) ** 2 * (own.ms_seed ** 2 / 2 + own.ms_res ** 2 / own.df_res)
-    by_hand = (test + d["seed"]) ** 2 / (test ** 2 / (n - 1) + term)
+    term = (1 / 3 / n) ** 2 * (own.ms_seed**2 / 2 + own.ms_res**2 / own.df_res)
+    by_hand = (test + d["seed"]) ** 2 / (test**2 / (n - 1) + term)
     assert own.variance_of(1 / 3) == pytest.approx(term)
     assert d["df"] == pytest.approx(max(by_hand, 2)), "the assumed part adds variance, no degrees of freedom"
 
@@ -178,7 +216,7 @@ def test_the_prior_only_ever_raises_a_seed_variance():
     close = _seeds_at(n, [0.80, 0.80], 70)
     raw = seed_variance({"c": close}).tau2
     moderated = seed_variance({"c": close}, prior=prior)
-    assert moderated.tau2 == pytest.approx((1 * raw + prior.df * prior.sd ** 2) / (1 + prior.df))
+    assert moderated.tau2 == pytest.approx((1 * raw + prior.df * prior.sd**2) / (1 + prior.df))
     assert moderated.df == pytest.approx(1 + prior.df) and moderated.tau2 > 2e-4
     wide = _seeds_at(n, [0.70, 0.80, 0.75], 80)
     own = seed_variance({"c": wide})
@@ -191,12 +229,12 @@ def test_two_conditions_whose_seeds_flip_the_same_examples_keep_the_seed_degrees
     of its seed mean square and its df fell to 0.82 (an interval of +-11 points for seed accuracies within 2 points).
     Each seed part is a scaled chi-square on its own S - 1 degrees of freedom, so the sum's are never fewer than 2."""
     n, rng = 1000, np.random.default_rng(3)
-    hard = rng.random(n) < 0.35                        # examples a seed may get wrong
+    hard = rng.random(n) < 0.35  # examples a seed may get wrong
     a = np.ones((n, 3))
-    for s, wrong in enumerate((215, 211, 196)):          # seed accuracies 0.785 / 0.789 / 0.804
+    for s, wrong in enumerate((215, 211, 196)):  # seed accuracies 0.785 / 0.789 / 0.804
         a[rng.choice(np.flatnonzero(hard), wrong, replace=False), s] = 0
     b = a.copy()
-    for s in range(3):                                 # the other method, same seed: 4 to 6 examples differ
+    for s in range(3):  # the other method, same seed: 4 to 6 examples differ
         b[rng.choice(n, 5, replace=False), s] = 1
     cmp = compare({"a": a, "b": b})
     d = cmp.difference("a", "b")
@@ -233,7 +271,9 @@ def test_calibration_of_one_condition_s_intervals():
     rng = np.random.default_rng(17)
     accuracy, rare_f1 = _rare_class_truth(0.0, (0.6, 0.3, 0.1), rng)
     assert accuracy == pytest.approx(0.8, abs=0.003)
-    assert rare_f1 == pytest.approx(2 * 0.1 * accuracy / (2 * 0.1 * accuracy + 0.9 * (1 - accuracy) / 2 + 0.1 * (1 - accuracy)))
+    assert rare_f1 == pytest.approx(
+        2 * 0.1 * accuracy / (2 * 0.1 * accuracy + 0.9 * (1 - accuracy) / 2 + 0.1 * (1 - accuracy))
+    )
     assert rare_f1 == pytest.approx(0.16 / 0.27, abs=0.003)
     result = simulate_single(1000, 3, 0.03, 300, rng, _slope(rng))
     assert result["coverage_accuracy"] >= 0.88 and result["coverage_rare_f1"] >= 0.88, result
@@ -323,12 +363,18 @@ def test_expected_maximum_by_hand():
     # Dodge et al. (2019): values 0.6, 0.7, 0.9. n = 1: the mean, 0.7333; n = 2: sum v_i ((i/3)^2 - ((i-1)/3)^2) =
     # 0.6 / 9 + 0.7 * 3 / 9 + 0.9 * 5 / 9 = 0.8; growing to the maximum.
     e = expected_max([0.9, 0.6, 0.7], [1, 2, 50])
-    assert e[0] == pytest.approx(0.7333, abs=1e-4) and e[1] == pytest.approx(0.8) and e[2] == pytest.approx(0.9, abs=1e-6)
+    assert (
+        e[0] == pytest.approx(0.7333, abs=1e-4) and e[1] == pytest.approx(0.8) and e[2] == pytest.approx(0.9, abs=1e-6)
+    )
 
 
 def test_time_to_target_by_hand():
-    h = [{"step": 10, "val_accuracy": 0.50, "seconds": 5.0}, {"step": 20, "val_accuracy": 0.77, "seconds": 10.0},
-         {"step": 30, "val_accuracy": 0.80, "seconds": 15.0}, {"step": 40, "val_accuracy": 0.79, "seconds": 20.0}]
+    h = [
+        {"step": 10, "val_accuracy": 0.50, "seconds": 5.0},
+        {"step": 20, "val_accuracy": 0.77, "seconds": 10.0},
+        {"step": 30, "val_accuracy": 0.80, "seconds": 15.0},
+        {"step": 40, "val_accuracy": 0.79, "seconds": 20.0},
+    ]
     # best 0.80: 95% = 0.76 first reached at step 20; 99% = 0.792 at step 30.
     assert time_to_target(h) == {"steps_to_95": 20, "seconds_to_95": 10.0, "steps_to_99": 30, "seconds_to_99": 15.0}
 
@@ -361,7 +407,9 @@ def test_holm_runs_over_the_comparisons_with_the_pick_and_over_those_with_the_ba
     assert row.p_value == pytest.approx(0.022, abs=1e-3) and row.significant and alone.family == 2
     assert row.p_adjusted == row.p_value and row.adjustment == "Holm"
     copies = {f"c{k}": [_flip(b, 850 + k)] for k in range(3)}
-    many = analyse(_study({"a": [a], "b": [b], **copies}, n, {"a": 0.9, "b": 0.8, **{k: 0.7 for k in copies}}), EXACT)[0]
+    many = analyse(_study({"a": [a], "b": [b], **copies}, n, {"a": 0.9, "b": 0.8, **{k: 0.7 for k in copies}}), EXACT)[
+        0
+    ]
     row = many.decisions.set_index(["condition", "against"]).loc[("b", "pick")]
     assert row.p_value < 0.05 < row.p_adjusted and not row.significant and many.family == 5
     assert "exploratory" not in " ".join(many.lines)
@@ -394,11 +442,19 @@ def test_a_cheaper_method_ahead_on_test_is_better_by_not_within():
     lora[np.flatnonzero(full == 0)[:100]] = 1  # 0.5 points above full on test, below on validation
     # ten seeds each: identical seeds are no proof of no seed variance (the prior allows for what earlier studies
     # measured); ten outweigh it enough to decide at a 1-point margin
-    conds = [condition("full", "full", [fake_run(s, full, truth, val=0.90, resources={"trainable_pct": 100.0})
-                                        for s in range(10)]),
-             condition("lora", "lora", [fake_run(s, lora, truth, val=0.89, resources={"trainable_pct": 0.3,
-                                                                                        "trained_bytes": 300})
-                                        for s in range(10)])]
+    conds = [
+        condition(
+            "full", "full", [fake_run(s, full, truth, val=0.90, resources={"trainable_pct": 100.0}) for s in range(10)]
+        ),
+        condition(
+            "lora",
+            "lora",
+            [
+                fake_run(s, lora, truth, val=0.89, resources={"trainable_pct": 0.3, "trained_bytes": 300})
+                for s in range(10)
+            ],
+        ),
+    ]
     v = analyse(conds)[0]
     rec = next(line for line in v.lines if line.startswith("**Use"))
     assert rec.startswith("**Use lora**: within the 1-point margin of the best, whichever it is") and v.decided
@@ -408,10 +464,12 @@ def test_a_cheaper_method_ahead_on_test_is_better_by_not_within():
 def test_the_test_set_contradicting_the_validation_pick_is_said():
     n = 2000
     truth = truth_of(n)
-    worse_on_test = rights(n, 1500, 1)   # best on validation, 75% on test
+    worse_on_test = rights(n, 1500, 1)  # best on validation, 75% on test
     better_on_test = rights(n, 1640, 2)  # 82% on test
-    conds = [condition("a", "full", [fake_run(s, worse_on_test, truth, val=0.90) for s in (1, 2)]),
-             condition("b", "lora", [fake_run(s, better_on_test, truth, val=0.85) for s in (1, 2)])]
+    conds = [
+        condition("a", "full", [fake_run(s, worse_on_test, truth, val=0.90) for s in (1, 2)]),
+        condition("b", "lora", [fake_run(s, better_on_test, truth, val=0.85) for s in (1, 2)]),
+    ]
     v = analyse(conds)[0]
     assert v.best == "a"
     line = next(line for line in v.lines if "contradicts the pick" in line)
@@ -423,16 +481,46 @@ def test_the_best_by_default_is_not_read_as_a_finding():
     and the verdict says what one seed cannot know."""
     n = 400
     truth = truth_of(n)
-    conds = [condition("full", "full", [fake_run(1, rights(n, 330, 1), truth, val=0.84, resources={
-                 "trainable_pct": 100.0, "train_seconds": 300.0})]),
-             condition("lora", "lora", [fake_run(1, rights(n, 326, 2), truth, val=0.83, resources={
-                 "trainable_pct": 0.3, "train_seconds": 100.0, "trained_bytes": 300})])]
+    conds = [
+        condition(
+            "full",
+            "full",
+            [
+                fake_run(
+                    1, rights(n, 330, 1), truth, val=0.84, resources={"trainable_pct": 100.0, "train_seconds": 300.0}
+                )
+            ],
+        ),
+        condition(
+            "lora",
+            "lora",
+            [
+                fake_run(
+                    1,
+                    rights(n, 326, 2),
+                    truth,
+                    val=0.83,
+                    resources={"trainable_pct": 0.3, "train_seconds": 100.0, "trained_bytes": 300},
+                )
+            ],
+        ),
+    ]
     v = analyse(conds)[0]
     rec = next(line for line in v.lines if line.startswith("**Use"))
-    assert rec.startswith("**Use full by default**: the pick, but this study could not decide whether cheaper lora is "
-                          "within the margin of the best") and not v.decided
-    assert any(line.startswith("With one seed the seed-to-seed variation cannot be measured (full, lora): it is taken "
-                               "as 8.3 accuracy points, the largest any committed study measured") for line in v.lines)
+    assert (
+        rec.startswith(
+            "**Use full by default**: the pick, but this study could not decide whether cheaper lora is "
+            "within the margin of the best"
+        )
+        and not v.decided
+    )
+    assert any(
+        line.startswith(
+            "With one seed the seed-to-seed variation cannot be measured (full, lora): it is taken "
+            "as 8.3 accuracy points, the largest any committed study measured"
+        )
+        for line in v.lines
+    )
 
 
 def test_a_budget_limited_condition_without_a_history_to_judge_is_not_called_worse():
@@ -452,13 +540,17 @@ def test_a_budget_limited_condition_without_a_history_to_judge_is_not_called_wor
     assert table.loc["lora", "vs_best"] == "budget-limited" and table.loc["lora", "budget_limited"]
     assert not any(line.startswith("Worse than") for line in v.lines)
     line = next(line for line in v.lines if line.startswith("**Budget-limited**"))
-    assert "lora (2 of 2 runs still improving: still improving when its budget ended)" in line and "train.epochs" in line
+    assert (
+        "lora (2 of 2 runs still improving: still improving when its budget ended)" in line and "train.epochs" in line
+    )
     assert v.budget_limited == ["lora"]
 
 
 def _climbing(start, per_eval, evals=8, every=25):
-    return [{"step": every * (i + 1), "val_accuracy": start + per_eval * i, "val_macro_f1": start + per_eval * i}
-            for i in range(evals)]
+    return [
+        {"step": every * (i + 1), "val_accuracy": start + per_eval * i, "val_macro_f1": start + per_eval * i}
+        for i in range(evals)
+    ]
 
 
 def test_budget_limited_is_protected_only_where_a_longer_budget_could_close_the_gap():
@@ -470,8 +562,12 @@ def test_budget_limited_is_protected_only_where_a_longer_budget_could_close_the_
     truth = truth_of(n)
     still = {"converged": False, "status": "still improving", "reason": "still improving when its budget ended"}
     done = {"converged": True, "status": "plateau", "reason": "early stopping"}
-    capped = {"model": {"name": "m"}, "data": {"name": "d"}, "method": {"name": "x"},
-              "train": {"max_steps": 200, "patience": 2}}
+    capped = {
+        "model": {"name": "m"},
+        "data": {"name": "d"},
+        "method": {"name": "x"},
+        "train": {"max_steps": 200, "patience": 2},
+    }
     best = [fake_run(s, rights(n, 1800, s), truth, val=0.9) for s in (1, 2, 3)]
     slow = [fake_run(s, rights(n, 1440, 10 + s), truth, val=0.72, history=_climbing(0.685, 0.005)) for s in (1, 2, 3)]
     steep = [fake_run(s, rights(n, 1440, 20 + s), truth, val=0.72, history=_climbing(0.37, 0.05)) for s in (1, 2, 3)]
@@ -479,7 +575,9 @@ def test_budget_limited_is_protected_only_where_a_longer_budget_could_close_the_
         r["info"]["convergence"] = done
     for r in slow + steep:
         r["info"]["convergence"], r["config"] = still, capped
-    v = analyse([condition("full", "full", best), condition("slow", "head", slow), condition("steep", "head", steep)])[0]
+    v = analyse([condition("full", "full", best), condition("slow", "head", slow), condition("steep", "head", steep)])[
+        0
+    ]
     table = v.table.set_index("condition")
     assert table.loc["slow", "budget_gain"] == pytest.approx(0.005 * 8) and table.loc["steep", "budget_gain"] > 0.3
     assert table.loc["slow", "vs_best"] == "worse" and table.loc["steep", "vs_best"] == "budget-limited"
@@ -500,9 +598,16 @@ def test_advice_never_asks_for_test_examples_the_data_does_not_have():
     def line(data):
         conds = []
         for i, (name, k, pct) in enumerate((("full", 124, 100.0), ("lora", 122, 0.3))):
-            runs = [fake_run(s, rights(n, k, 10 * i + s), truth, val=0.84 - i / 100,
-                             resources={"trainable_pct": pct, "train_seconds": 300.0 if i == 0 else 100.0})
-                    for s in (1, 2, 3)]
+            runs = [
+                fake_run(
+                    s,
+                    rights(n, k, 10 * i + s),
+                    truth,
+                    val=0.84 - i / 100,
+                    resources={"trainable_pct": pct, "train_seconds": 300.0 if i == 0 else 100.0},
+                )
+                for s in (1, 2, 3)
+            ]
             for r in runs:
                 r["config"]["data"] = data
             conds.append(condition(name, name, runs))
@@ -544,8 +649,10 @@ def test_winner_is_chosen_on_validation_and_conflicting_seeds_are_said():
     a1, a2 = b1.copy(), b1.copy()
     a1[5400:5500] = 1
     a2[:100] = 0
-    conds = [condition("a", "lora", [fake_run(1, a1, truth, val=0.70), fake_run(2, a2, truth, val=0.70)]),
-             condition("b", "full", [fake_run(1, b1, truth, val=0.75), fake_run(2, b1, truth, val=0.75)])]
+    conds = [
+        condition("a", "lora", [fake_run(1, a1, truth, val=0.70), fake_run(2, a2, truth, val=0.70)]),
+        condition("b", "full", [fake_run(1, b1, truth, val=0.75), fake_run(2, b1, truth, val=0.75)]),
+    ]
     v = analyse(conds)[0]
     assert v.best == "b"  # on test a's mean equals b's, on validation b leads
     pair = v.pairs.iloc[0]
@@ -559,18 +666,56 @@ def test_recommendation_with_cost_ratios_against_full():
     full = rights(n, 18_000, 1)
     lora = full.copy()
     lora[np.flatnonzero(full)[:40]] = 0  # 0.2 points below full
-    conds = [condition("full", "full", [fake_run(s, full, truth, val=0.90, resources={
-                 "trainable_params": 22_700_000, "trainable_pct": 100.0, "trained_bytes": 90_800_000,
-                 "peak_rss_mb": 2000.0, "train_seconds": 100.0}) for s in range(10)]),
-             condition("lora r8", "lora", [fake_run(s, lora, truth, val=0.89, resources={
-                 "trainable_params": 74_498, "trainable_pct": 0.33, "trained_bytes": 297_992,
-                 "peak_rss_mb": 1600.0, "train_seconds": 120.0}) for s in range(10)])]
+    conds = [
+        condition(
+            "full",
+            "full",
+            [
+                fake_run(
+                    s,
+                    full,
+                    truth,
+                    val=0.90,
+                    resources={
+                        "trainable_params": 22_700_000,
+                        "trainable_pct": 100.0,
+                        "trained_bytes": 90_800_000,
+                        "peak_rss_mb": 2000.0,
+                        "train_seconds": 100.0,
+                    },
+                )
+                for s in range(10)
+            ],
+        ),
+        condition(
+            "lora r8",
+            "lora",
+            [
+                fake_run(
+                    s,
+                    lora,
+                    truth,
+                    val=0.89,
+                    resources={
+                        "trainable_params": 74_498,
+                        "trainable_pct": 0.33,
+                        "trained_bytes": 297_992,
+                        "peak_rss_mb": 1600.0,
+                        "train_seconds": 120.0,
+                    },
+                )
+                for s in range(10)
+            ],
+        ),
+    ]
     v = analyse(conds)[0]
     assert v.best == "full" and v.reference == "full" and v.recommended == "lora r8"
     rec = next(line for line in v.lines if line.startswith("**Use"))
     assert rec.startswith("**Use lora r8**: within the 1-point margin of the best, whichever it is")
-    assert "0.33% of the parameters trained, 1/305 the trained weights to keep, 0.80x the peak memory, " \
-           "1.20x the training time of full" in rec
+    assert (
+        "0.33% of the parameters trained, 1/305 the trained weights to keep, 0.80x the peak memory, "
+        "1.20x the training time of full" in rec
+    )
     assert v.table.set_index("condition").loc["lora r8", "vs_best"] == "as good"
 
 
@@ -584,16 +729,28 @@ def test_cheaper_means_cheaper_by_the_cost_margin():
     res = {"trainable_pct": 100.0, "trained_bytes": 90_800_000, "peak_rss_mb": 2000.0}
 
     def verdict(seconds_b, **settings):
-        conds = [condition("full_a", "full", [fake_run(s, full, truth, val=0.90, resources={**res, "train_seconds": 100.0})
-                                              for s in range(10)]),
-                 condition("full_b", "full", [fake_run(s, full, truth, val=0.89, resources={
-                     **res, "train_seconds": seconds_b}) for s in range(10)])]
+        conds = [
+            condition(
+                "full_a",
+                "full",
+                [fake_run(s, full, truth, val=0.90, resources={**res, "train_seconds": 100.0}) for s in range(10)],
+            ),
+            condition(
+                "full_b",
+                "full",
+                [fake_run(s, full, truth, val=0.89, resources={**res, "train_seconds": seconds_b}) for s in range(10)],
+            ),
+        ]
         return analyse(conds, AnalysisSettings(**settings))[0]
 
     near = verdict(96.0)
     assert near.recommended == "full_a" and near.table.set_index("condition").loc["full_b", "vs_best"] == "as good"
-    assert any(line.startswith("**Use full_a**: within the margin of the best, and no method that qualified is cheaper "
-                               "by 10% or more") for line in near.lines)
+    assert any(
+        line.startswith(
+            "**Use full_a**: within the margin of the best, and no method that qualified is cheaper by 10% or more"
+        )
+        for line in near.lines
+    )
     assert verdict(70.0).recommended == "full_b"
     assert verdict(96.0, cost_margin=0.0).recommended == "full_b"
     with pytest.raises(ValueError):
@@ -605,25 +762,44 @@ def test_cpu_peaks_measured_after_other_runs_in_one_process_are_called_upper_bou
     truth = truth_of(n)
 
     def verdict(before_per_seed, cuda=None):
-        conds = [condition(name, name, [fake_run(s, rights(n, k, s), truth, val=k / n, resources={
-                     "runs_before_in_process": before_per_seed[s - 1], "cuda_max_allocated_mb": cuda})
-                     for s in (1, 2)]) for name, k in (("full", 1800), ("lora", 1700))]
+        conds = [
+            condition(
+                name,
+                name,
+                [
+                    fake_run(
+                        s,
+                        rights(n, k, s),
+                        truth,
+                        val=k / n,
+                        resources={"runs_before_in_process": before_per_seed[s - 1], "cuda_max_allocated_mb": cuda},
+                    )
+                    for s in (1, 2)
+                ],
+            )
+            for name, k in (("full", 1800), ("lora", 1700))
+        ]
         return " ".join(analyse(conds)[0].lines)
 
-    assert "Peak memory: 2 of 4 runs were measured on the CPU in a worker process that had trained other runs " \
-           "before" in verdict([0, 1]) and "--isolate-runs" in verdict([0, 1])
-    assert "Peak memory" not in verdict([0, 0])              # each run measured alone (or in a fresh worker)
+    assert (
+        "Peak memory: 2 of 4 runs were measured on the CPU in a worker process that had trained other runs before"
+        in verdict([0, 1])
+        and "--isolate-runs" in verdict([0, 1])
+    )
+    assert "Peak memory" not in verdict([0, 0])  # each run measured alone (or in a fresh worker)
     assert "Peak memory" not in verdict([0, 1], cuda=900.0)  # GPU peaks are reset per run: nothing carried
 
 
 def test_a_four_point_gap_on_400_examples_is_not_a_tie():
     n = 400
     truth = truth_of(n)
-    best = rights(n, 340, 1)                      # 85%
+    best = rights(n, 340, 1)  # 85%
     cheap = best.copy()
-    cheap[np.flatnonzero(best)[:16]] = 0          # 81%: 4 points worse
-    conds = [condition("full", "full", [fake_run(1, best, truth, val=0.85, resources={"train_seconds": 300.0})]),
-             condition("head", "head", [fake_run(1, cheap, truth, val=0.80, resources={"train_seconds": 10.0})])]
+    cheap[np.flatnonzero(best)[:16]] = 0  # 81%: 4 points worse
+    conds = [
+        condition("full", "full", [fake_run(1, best, truth, val=0.85, resources={"train_seconds": 300.0})]),
+        condition("head", "head", [fake_run(1, cheap, truth, val=0.80, resources={"train_seconds": 10.0})]),
+    ]
     v = analyse(conds)[0]
     assert v.recommended == "full"
     call = v.table.set_index("condition").loc["head", "vs_best"]
@@ -637,8 +813,10 @@ def test_collapsed_runs_and_the_baseline():
     truth = truth_of(n)  # 60% neg: the training majority (600 neg / 400 pos) predicts neg
     only_neg = ["neg"] * n
     right = [1 if t == "neg" else 0 for t in truth]
-    conds = [condition("head", "head", [fake_run(1, right, truth, val=0.6, pred=only_neg)]),
-             condition("lora", "lora", [fake_run(1, right, truth, val=0.61, pred=only_neg)])]
+    conds = [
+        condition("head", "head", [fake_run(1, right, truth, val=0.6, pred=only_neg)]),
+        condition("lora", "lora", [fake_run(1, right, truth, val=0.61, pred=only_neg)]),
+    ]
     v = analyse(conds)[0]
     assert v.recommended is None and v.best is None
     assert v.lines[0].startswith("**No method could be shown above the majority-class baseline**")
@@ -655,14 +833,24 @@ def test_collapsed_runs_and_the_baseline():
 def test_constraints_pick_the_best_that_fits():
     n = 2000
     truth = truth_of(n)
-    conds = [condition("full", "full", [fake_run(s, rights(n, 1800, 1), truth, val=0.9, resources={"peak_rss_mb": 3000.0})
-                                        for s in (1, 2, 3)]),
-             condition("lora", "lora", [fake_run(s, rights(n, 1500, 2), truth, val=0.75, resources={"peak_rss_mb": 1000.0})
-                                        for s in (1, 2, 3)])]
+    conds = [
+        condition(
+            "full",
+            "full",
+            [fake_run(s, rights(n, 1800, 1), truth, val=0.9, resources={"peak_rss_mb": 3000.0}) for s in (1, 2, 3)],
+        ),
+        condition(
+            "lora",
+            "lora",
+            [fake_run(s, rights(n, 1500, 2), truth, val=0.75, resources={"peak_rss_mb": 1000.0}) for s in (1, 2, 3)],
+        ),
+    ]
     v = analyse(conds, AnalysisSettings(decide=Decide(max_peak_memory_mb=2000)))[0]
     assert v.best == "lora" and v.recommended == "lora"
-    assert any("Over the constraints (max_peak_memory_mb ≤ 2000): full; the best without them would be full." in line
-               for line in v.lines)
+    assert any(
+        "Over the constraints (max_peak_memory_mb ≤ 2000): full; the best without them would be full." in line
+        for line in v.lines
+    )
 
 
 def test_groups_never_pair_across_datasets_or_different_test_files():
@@ -670,9 +858,11 @@ def test_groups_never_pair_across_datasets_or_different_test_files():
     truth = truth_of(n)
     r = rights(n, 80, 1)
     same_ids_other_text = [f"another text {i}" for i in range(n)]
-    conds = [condition("a", "lora", [fake_run(1, r, truth, dataset="rt")]),
-             condition("b", "lora", [fake_run(1, r, truth, dataset="bbc", texts=same_ids_other_text)]),
-             condition("c", "full", [fake_run(1, r, truth, dataset="rt")])]
+    conds = [
+        condition("a", "lora", [fake_run(1, r, truth, dataset="rt")]),
+        condition("b", "lora", [fake_run(1, r, truth, dataset="bbc", texts=same_ids_other_text)]),
+        condition("c", "full", [fake_run(1, r, truth, dataset="rt")]),
+    ]
     gs = groups(conds)
     assert sorted([c.name for c in g.conditions] for g in gs) == [["a", "c"], ["b"]]
     # Same dataset name, same ids, different texts (two local test.csv files): not the same examples.
@@ -703,8 +893,17 @@ def _verdict_of(curves: dict):
     """One group whose conditions (validation accuracy falling in the order given) have the given curves per seed."""
     n = 400
     truth = truth_of(n)
-    conds = [condition(name, name, [fake_run(s, rights(n, 340, 10 * i + s), truth, val=0.9 - 0.01 * i, history=h)
-                                    for s, h in enumerate(hs, 1)]) for i, (name, hs) in enumerate(curves.items())]
+    conds = [
+        condition(
+            name,
+            name,
+            [
+                fake_run(s, rights(n, 340, 10 * i + s), truth, val=0.9 - 0.01 * i, history=h)
+                for s, h in enumerate(hs, 1)
+            ],
+        )
+        for i, (name, hs) in enumerate(curves.items())
+    ]
     return analyse(conds)[0]
 
 
@@ -716,18 +915,25 @@ def test_speed_is_compared_over_seeds_and_never_below_the_evaluation_interval():
     """The best on validation (a) reaches its plateau at step 20 in every seed; b at 100/120/100: b is slower (Welch
     over seeds, Holm). c's 40/40/40 is one 20-step evaluation behind: never called, even though identical seeds make
     its p-value tiny."""
-    speed = _speed_of({"a": [_curve(20, 0.8)] * 3,
-                       "b": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
-                       "c": [_curve(40, 0.8)] * 3})
+    speed = _speed_of(
+        {
+            "a": [_curve(20, 0.8)] * 3,
+            "b": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
+            "c": [_curve(40, 0.8)] * 3,
+        }
+    )
     own = speed[speed.target == "own plateau"].set_index("condition")
     assert own.loc["b", "steps_per_seed"] == "100 / 120 / 100" and own.loc["b", "call"] == "slower"
     assert own.loc["b", "diff_vs_best"] == pytest.approx(320 / 3 - 20) and own.loc["b", "ci_low"] > 0
     assert own.loc["c", "call"] == "cannot tell" and own.loc["c", "p_value"] < 0.05
     assert speed.attrs["resolution_steps"] == 20
+
     # An extra evaluation at an epoch's end (step 94, 6 before 100) does not make the resolution 6 steps.
     def with_epoch_end(h):
-        return sorted(h + [{"step": 94, "val_accuracy": next(e["val_accuracy"] for e in h if e["step"] == 100)}],
-                      key=lambda e: e["step"])
+        return sorted(
+            h + [{"step": 94, "val_accuracy": next(e["val_accuracy"] for e in h if e["step"] == 100)}],
+            key=lambda e: e["step"],
+        )
 
     speed = _speed_of({"a": [with_epoch_end(_curve(20, 0.8))] * 3, "c": [with_epoch_end(_curve(40, 0.8))] * 3})
     assert speed.attrs["resolution_steps"] == 20
@@ -737,8 +943,12 @@ def test_speed_is_compared_over_seeds_and_never_below_the_evaluation_interval():
 def test_speed_to_a_common_bar_does_not_credit_a_lower_plateau():
     """d plateaus at 0.6 from step 20: it reaches its own plateau first, but the common bar (95% of the weakest
     eligible plateau) only the others reach; a seed that never does is shown as 'never' and not tested."""
-    speed = _speed_of({"a": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
-                       "d": [_curve(20, 0.6), _curve(20, 0.6), _curve(20, 0.7)]})
+    speed = _speed_of(
+        {
+            "a": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
+            "d": [_curve(20, 0.6), _curve(20, 0.6), _curve(20, 0.7)],
+        }
+    )
     own = speed[speed.target == "own plateau"].set_index("condition")
     assert own.loc["d", "diff_vs_best"] < 0
     bar = speed[speed.target != "own plateau"].set_index("condition")
@@ -749,9 +959,14 @@ def test_speed_to_a_common_bar_does_not_credit_a_lower_plateau():
 def test_speed_pairs_give_every_pair_its_interval_at_the_common_bar():
     """b (100/120/100) and c (200/220/200) are both slower than the best a (20); whether c is slower than b, a question
     the table against the best cannot answer, gets its own Welch interval here: 100 steps, five evaluations."""
-    pairs = _verdict_of({"a": [_curve(20, 0.8)] * 3, "b": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
-                         "c": [_curve(200, 0.8), _curve(220, 0.8, last=240), _curve(200, 0.8)],
-                         "d": [_curve(20, 0.8)] * 2}).speed_pairs.set_index(["a", "b"])
+    pairs = _verdict_of(
+        {
+            "a": [_curve(20, 0.8)] * 3,
+            "b": [_curve(100, 0.8), _curve(120, 0.8), _curve(100, 0.8)],
+            "c": [_curve(200, 0.8), _curve(220, 0.8, last=240), _curve(200, 0.8)],
+            "d": [_curve(20, 0.8)] * 2,
+        }
+    ).speed_pairs.set_index(["a", "b"])
     assert len(pairs) == 6
     bc = pairs.loc[("b", "c")]
     assert bc.steps_b == "200 / 220 / 200" and bc.steps_diff == pytest.approx(-100)
@@ -764,8 +979,13 @@ def test_speed_pairs_give_every_pair_its_interval_at_the_common_bar():
 def test_speed_pairs_leave_out_a_pair_with_a_seed_that_never_reached_the_bar():
     """b's third seed stays at 0.5, under the common bar (95% of b's mean plateau, 0.665): its pairs are left out, not
     compared on the seeds that got there; a and c, both there in every seed, keep theirs."""
-    pairs = _verdict_of({"a": [_curve(20, 0.8)] * 3, "b": [_curve(100, 0.8), _curve(100, 0.8), _curve(1000, 0.8)],
-                         "c": [_curve(60, 0.8)] * 3}).speed_pairs
+    pairs = _verdict_of(
+        {
+            "a": [_curve(20, 0.8)] * 3,
+            "b": [_curve(100, 0.8), _curve(100, 0.8), _curve(1000, 0.8)],
+            "c": [_curve(60, 0.8)] * 3,
+        }
+    ).speed_pairs
     assert pairs.target.iloc[0] == "validation accuracy 0.665"
     assert list(zip(pairs.a, pairs.b)) == [("a", "c")]
 
@@ -782,7 +1002,7 @@ def test_a_condition_not_shown_above_the_baseline_is_flagged_in_words_that_say_s
     assert v.family == 2
     base = v.decisions[v.decisions.against == "baseline"].set_index("condition")
     pa, pb = base.p_value["a"], base.p_value["b"]
-    assert pa < 0.025 < 0.05 < pb                  # Holm by hand: the smaller p times 2, the larger kept
+    assert pa < 0.025 < 0.05 < pb  # Holm by hand: the smaller p times 2, the larger kept
     assert base.p_adjusted["a"] == pytest.approx(2 * pa) and base.p_adjusted["b"] == pytest.approx(pb)
     assert v.table.set_index("condition").eligible.to_dict() == {"a": True, "b": False, "majority class (neg)": False}
     line = " ".join(v.lines)
@@ -801,17 +1021,25 @@ def test_when_nothing_is_decided_the_default_is_the_cheapest_that_scored_within_
     part_res = {"trainable_pct": 16.0, "trained_bytes": 14_000_000, "train_seconds": 100.0, "peak_rss_mb": 1200.0}
 
     def verdict(partial_right, **settings):
-        conds = [condition("full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res)
-                                            for s in (1, 2)]),
-                 condition("partial_top2", "partial", [fake_run(s, rights(n, partial_right, 10 + s), truth, val=0.94,
-                                                                resources=part_res) for s in (1, 2)])]
+        conds = [
+            condition(
+                "full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res) for s in (1, 2)]
+            ),
+            condition(
+                "partial_top2",
+                "partial",
+                [fake_run(s, rights(n, partial_right, 10 + s), truth, val=0.94, resources=part_res) for s in (1, 2)],
+            ),
+        ]
         return analyse(conds, AnalysisSettings(**settings))[0]
 
     v = verdict(537)
     assert v.best == "full" and v.recommended == "partial_top2" and not v.decided
     rec = next(line for line in v.lines if line.startswith("**Use"))
-    assert rec.startswith("**Use partial_top2 by default**: the study could not decide, and partial_top2 is the "
-                          "cheapest condition that scored within the margin of the pick full on test (+0.9 points")
+    assert rec.startswith(
+        "**Use partial_top2 by default**: the study could not decide, and partial_top2 is the "
+        "cheapest condition that scored within the margin of the pick full on test (+0.9 points"
+    )
     assert "within the 5-point tolerance, analysis.tolerance" in rec
     assert verdict(537, tolerance=0.0).recommended == "full"
     assert verdict(515).recommended == "full", "3 points behind on test: not within the margin"
@@ -824,19 +1052,31 @@ def test_the_verdict_card_says_the_answer_its_status_cost_worst_case_and_what_wo
     truth = truth_of(n)
     full_res = {"trainable_pct": 100.0, "trained_bytes": 90_800_000, "train_seconds": 400.0, "peak_rss_mb": 2000.0}
     part_res = {"trainable_pct": 16.0, "trained_bytes": 14_000_000, "train_seconds": 100.0, "peak_rss_mb": 1200.0}
-    conds = [condition("full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res)
-                                        for s in (1, 2)]),
-             condition("partial_top2", "partial", [fake_run(s, rights(n, 537, 10 + s), truth, val=0.94,
-                                                            resources=part_res) for s in (1, 2)])]
+    conds = [
+        condition(
+            "full", "full", [fake_run(s, rights(n, 532, s), truth, val=0.945, resources=full_res) for s in (1, 2)]
+        ),
+        condition(
+            "partial_top2",
+            "partial",
+            [fake_run(s, rights(n, 537, 10 + s), truth, val=0.94, resources=part_res) for s in (1, 2)],
+        ),
+    ]
     v = analyse(conds)[0]
     card = v.card
     low = v.with_best.set_index("condition").loc["partial_top2", "best_low"]
     lines = card.lines()
-    assert lines[0].startswith("**Use partial_top2** (by default): the study could not decide; the cheapest that scored")
+    assert lines[0].startswith(
+        "**Use partial_top2** (by default): the study could not decide; the cheapest that scored"
+    )
     assert lines[1] == "Cost: 1/6 the trained weights, 0.60x the peak memory, 1/4 the training time of full"
-    assert lines[2] == (f"Worst case: it may lose up to {abs(100 * low):.1f} points of accuracy against the best (95%, "
-                        "simultaneous over the candidates)")
-    assert lines[3].startswith("What would change it: open: partial_top2; for partial_top2, between truly equal methods")
+    assert lines[2] == (
+        f"Worst case: it may lose up to {abs(100 * low):.1f} points of accuracy against the best (95%, "
+        "simultaneous over the candidates)"
+    )
+    assert lines[3].startswith(
+        "What would change it: open: partial_top2; for partial_top2, between truly equal methods"
+    )
     assert "the cheapest on overall cost" in lines[4] and "within the 1-point margin" in lines[4]
     assert lines[5] == "Evidence: 2 conditions, 4 runs, 573 test examples; 17 minutes of training (summed over runs)"
     assert card.as_dict()["recommended"] == v.recommended == "partial_top2" and card.status == "by default"

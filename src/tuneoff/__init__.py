@@ -10,8 +10,18 @@ from tuneoff.core.provenance import VERSION
 
 __version__ = VERSION
 
-__all__ = ["Run", "Stopped", "StudyResult", "TuneoffError", "inspect", "load_run", "load_study", "plan_study", "run_study",
-           "train"]
+__all__ = [
+    "Run",
+    "Stopped",
+    "StudyResult",
+    "TuneoffError",
+    "inspect",
+    "load_run",
+    "load_study",
+    "plan_study",
+    "run_study",
+    "train",
+]
 
 
 def __getattr__(name: str):

@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 def _overrides(overrides: dict | list[str] | None, dotted: dict) -> list[str]:
     """``key=value`` strings from a dict or list of overrides and ``section__key=value`` keyword arguments."""
     if overrides is not None and not isinstance(overrides, (dict, list, tuple)):
-        raise TuneoffError(f"overrides: give a dict ({{'train.epochs': 2}}) or a list of 'key=value' strings, not "
-                           f"{type(overrides).__name__} ({overrides!r}).")
+        raise TuneoffError(
+            f"overrides: give a dict ({{'train.epochs': 2}}) or a list of 'key=value' strings, not "
+            f"{type(overrides).__name__} ({overrides!r})."
+        )
     items = list(overrides.items()) if isinstance(overrides, dict) else []
     out = [str(o) for o in overrides] if isinstance(overrides, (list, tuple)) else []
     items += [(k.replace("__", "."), v) for k, v in dotted.items()]
@@ -92,9 +94,11 @@ class Run:
 
     def __repr__(self) -> str:
         test = self.metrics.get("test", {})
-        return (f"Run({str(self.path)!r}: {self.info.get('method', '?')} on {self.info.get('model', '?')} / "
-                f"{self.info.get('dataset', '?')}, test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
-                f"{test.get('macro_f1', float('nan')):.4f}, {self.resources.get('trainable_params', 0):,} trainable)")
+        return (
+            f"Run({str(self.path)!r}: {self.info.get('method', '?')} on {self.info.get('model', '?')} / "
+            f"{self.info.get('dataset', '?')}, test accuracy {test.get('accuracy', float('nan')):.4f}, macro-F1 "
+            f"{test.get('macro_f1', float('nan')):.4f}, {self.resources.get('trainable_params', 0):,} trainable)"
+        )
 
     def warnings(self) -> list[str]:
         """What a person should know before using this run, from what it recorded: it predicts one class for every
@@ -105,11 +109,15 @@ class Run:
         counts = (self.info.get("label_counts") or {}).get("test") or {}
         majority = max(counts.values()) / sum(counts.values()) if counts else None
         if len(per_class) > 1 and len(found) <= 1:
-            out.append(f"it predicts one class ({found[0] if found else 'none'}) for every test example: it learned "
-                       "nothing a classifier needs")
+            out.append(
+                f"it predicts one class ({found[0] if found else 'none'}) for every test example: it learned "
+                "nothing a classifier needs"
+            )
         elif majority is not None and test.get("accuracy", 1.0) <= majority + 0.01:
-            out.append(f"its test accuracy {test['accuracy']:.1%} is no better than always answering the most common "
-                       f"class ({majority:.1%})")
+            out.append(
+                f"its test accuracy {test['accuracy']:.1%} is no better than always answering the most common "
+                f"class ({majority:.1%})"
+            )
         convergence = self.info.get("convergence") or {}
         if convergence and not convergence.get("converged"):
             out.append(f"it did not converge ({convergence.get('status')}: {convergence.get('reason')})")
@@ -140,24 +148,43 @@ class Run:
             self._model = load_saved_model(self.path, _device())
         model, tokenizer = self._model
         shift = class_weight_shift(self.path, model_labels(model)) if undo_class_weights else None
-        out = score_frame(model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift)
+        out = score_frame(
+            model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift
+        )
         return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
 
-    def evaluate(self, data: str | pd.DataFrame | None = None, split: str = "test", overrides: dict | list | None = None,
-                 undo_class_weights: bool = False, **dotted) -> dict:
+    def evaluate(
+        self,
+        data: str | pd.DataFrame | None = None,
+        split: str = "test",
+        overrides: dict | list | None = None,
+        undo_class_weights: bool = False,
+        **dotted,
+    ) -> dict:
         """Metrics of the saved model on a split of its own or another dataset, or on every row of a labeled file
         (``undo_class_weights``: as ``predict``'s)."""
         from tuneoff.training.saved import evaluate_run
 
-        metrics, _ = evaluate_run(self.path, stored_frames(data), split, _overrides(overrides, dotted), undo_class_weights)
+        metrics, _ = evaluate_run(
+            self.path, stored_frames(data), split, _overrides(overrides, dotted), undo_class_weights
+        )
         return metrics
 
     def _repr_html_(self) -> str:
         test, r = self.metrics["test"], self.resources
-        rows = [("method", self.config.get("method", {}).get("name")), ("test accuracy", f"{test['accuracy']:.4f}"),
-                ("macro-F1", f"{test['macro_f1']:.4f}"), ("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
-                ("train time", f"{r['train_seconds']:.1f} s"), ("directory", str(self.path))]
-        return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+        rows = [
+            ("method", self.config.get("method", {}).get("name")),
+            ("test accuracy", f"{test['accuracy']:.4f}"),
+            ("macro-F1", f"{test['macro_f1']:.4f}"),
+            ("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
+            ("train time", f"{r['train_seconds']:.1f} s"),
+            ("directory", str(self.path)),
+        ]
+        return (
+            "<table>"
+            + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+            + "</table>"
+        )
 
 
 def _texts_frame(texts, text_pairs=None) -> pd.DataFrame:
@@ -166,8 +193,10 @@ def _texts_frame(texts, text_pairs=None) -> pd.DataFrame:
 
     def listed(values, what: str) -> list:
         if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
-            raise TuneoffError(f"predict takes {what} as a list of strings (got {type(values).__name__}): "
-                               "run.predict([\"a triumph\", \"a mess\"]).")
+            raise TuneoffError(
+                f"predict takes {what} as a list of strings (got {type(values).__name__}): "
+                'run.predict(["a triumph", "a mess"]).'
+            )
         values = list(values)
         if not values:
             raise TuneoffError(f"predict got no {what}: give at least one string.")
@@ -180,8 +209,12 @@ def _texts_frame(texts, text_pairs=None) -> pd.DataFrame:
         pairs = listed(text_pairs, "text_pairs")
         if len(pairs) != len(texts):
             raise TuneoffError(f"predict got {len(texts)} texts and {len(pairs)} text_pairs: give one pair per text.")
-        frame["text_pair"] = text_column(frame.assign(text_pair=pd.Series(pairs, dtype=object)), "text_pair",
-                                         "run.predict's text_pairs", "text_pairs")
+        frame["text_pair"] = text_column(
+            frame.assign(text_pair=pd.Series(pairs, dtype=object)),
+            "text_pair",
+            "run.predict's text_pairs",
+            "text_pairs",
+        )
     return frame
 
 
@@ -190,14 +223,28 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not (path / "run.json").is_file():
         raise TuneoffError(f"{path} is not a finished tuneoff run (no run.json).")
-    return Run(path, read_json(path / "metrics.json"), read_json(path / "resources.json"), read_json(path / "run.json"),
-               yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {})
+    return Run(
+        path,
+        read_json(path / "metrics.json"),
+        read_json(path / "resources.json"),
+        read_json(path / "run.json"),
+        yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {},
+    )
 
 
-def train(config: str | Path | dict | RunConfig | None = None, *, model: str | None = None,
-          data: str | pd.DataFrame | None = None,
-          method: str | None = None, overrides: dict | list | None = None, results: str | Path = "results",
-          progress: bool = True, resume: bool = False, threads: int | None = None, **dotted) -> Run:
+def train(
+    config: str | Path | dict | RunConfig | None = None,
+    *,
+    model: str | None = None,
+    data: str | pd.DataFrame | None = None,
+    method: str | None = None,
+    overrides: dict | list | None = None,
+    results: str | Path = "results",
+    progress: bool = True,
+    resume: bool = False,
+    threads: int | None = None,
+    **dotted,
+) -> Run:
     """Fine-tune one model with one method; the run is written to its directory and indexed in ``results``.
 
     ``config`` is a YAML path, a mapping or a RunConfig; ``model``/``data``/``method`` choose those sections by name
@@ -212,13 +259,16 @@ def train(config: str | Path | dict | RunConfig | None = None, *, model: str | N
     run = load_run(result.run_dir)
     warnings = run.warnings() if is_main_process() else []
     if warnings:  # a collapsed run is not a success, said aloud (once, however many things are wrong)
-        log.warning(f"warning: run {run.path.name}: {'; '.join(warnings)}. A longer budget (train.epochs), another "
-                    "learning rate (tuneoff run tunes it) or another method may help")
+        log.warning(
+            f"warning: run {run.path.name}: {'; '.join(warnings)}. A longer budget (train.epochs), another "
+            "learning rate (tuneoff run tunes it) or another method may help"
+        )
     if is_main_process():  # one record per run, however many processes trained it
         store = Store(results)  # indexed with the studies' runs: `tuneoff runs list` finds it
         try:
-            store.record_single(run.path.resolve(), (run.path / "config.yaml").read_text(), run.metrics, run.resources,
-                                run.info)
+            store.record_single(
+                run.path.resolve(), (run.path / "config.yaml").read_text(), run.metrics, run.resources, run.info
+            )
         finally:
             store.close()
     return run
@@ -240,7 +290,8 @@ def _set_threads(threads: int | None) -> None:
         log.warning(
             f"other work is using about {total - free} of the {total} core(s) this process may use (load {load:.1f}) "
             f"and this run will use {torch.get_num_threads()} thread(s), which may fight over a busy core: if it is "
-            f"slow, stop it (Ctrl-C saves a checkpoint) and run it again with --threads {free} --resume")
+            f"slow, stop it (Ctrl-C saves a checkpoint) and run it again with --threads {free} --resume"
+        )
 
 
 def _run_config(config, model, data, method, overrides: list[str]) -> RunConfig:
@@ -290,9 +341,13 @@ class StudyResult:
 
     def verdict_text(self) -> str:
         """Each group's verdict card, then its whole verdict."""
-        return "\n".join(f"== {v.group.title}\n" + "\n".join("  " + line.replace("**", "") for line in v.card.lines())
-                         + "\n  --\n" + "\n".join("  " + line.replace("**", "") for line in v.lines)
-                         for v in self.verdicts)
+        return "\n".join(
+            f"== {v.group.title}\n"
+            + "\n".join("  " + line.replace("**", "") for line in v.card.lines())
+            + "\n  --\n"
+            + "\n".join("  " + line.replace("**", "") for line in v.lines)
+            for v in self.verdicts
+        )
 
     def __str__(self) -> str:
         return self.verdict_text()
@@ -302,8 +357,12 @@ class StudyResult:
 
         parts = [f"<h3>Study {html.escape(self.name)}</h3>"]
         for v in self.verdicts:
-            parts.append(card_html(v) + "<details><summary>the whole verdict</summary>"
-                         + "".join(f"<p>{md_inline(line)}</p>" for line in v.lines) + "</details>")
+            parts.append(
+                card_html(v)
+                + "<details><summary>the whole verdict</summary>"
+                + "".join(f"<p>{md_inline(line)}</p>" for line in v.lines)
+                + "</details>"
+            )
             parts.append(table_html(v.table[[c for c in SHOWN if c in v.table.columns]]))
         parts.append(f"<p>Full report: <code>{html.escape(str(self.report))}</code></p>")
         return "".join(parts)
@@ -314,9 +373,19 @@ def _stacked(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def run_study(study: str | Path | dict | StudySpec, *, results: str | Path = "results", resume: bool = False,
-              yes: bool = False, overrides: dict | list | None = None, executor: str = "local", progress: bool = False,
-              parallel: int | str | None = None, threads: int | None = None, **executor_options) -> StudyResult:
+def run_study(
+    study: str | Path | dict | StudySpec,
+    *,
+    results: str | Path = "results",
+    resume: bool = False,
+    yes: bool = False,
+    overrides: dict | list | None = None,
+    executor: str = "local",
+    progress: bool = False,
+    parallel: int | str | None = None,
+    threads: int | None = None,
+    **executor_options,
+) -> StudyResult:
     """Run a study (a YAML path, a mapping, or "default" for the built-in one), store every run, build its report
     and return the analysed results. ``parallel``: runs at once on this machine (``auto``, the default unless
     ``TUNEOFF_PARALLEL`` says otherwise, packs as many as the cores, memory or GPU hold); ``threads`` per run.
@@ -326,16 +395,24 @@ def run_study(study: str | Path | dict | StudySpec, *, results: str | Path = "re
     spec = study_spec(study, _overrides(overrides, {}))
     parallel = parallel or os.environ.get("TUNEOFF_PARALLEL", "auto")
     runs = expand(spec)
-    runner = make_executor(executor, progress=progress, parallel=parallel, threads=threads, jobs=len(runs),
-                           gpu_peak_mb=_gpu_peak(runs) if executor == "local" and parallel == "auto" else None,
-                           **executor_options)
+    runner = make_executor(
+        executor,
+        progress=progress,
+        parallel=parallel,
+        threads=threads,
+        jobs=len(runs),
+        gpu_peak_mb=_gpu_peak(runs) if executor == "local" and parallel == "auto" else None,
+        **executor_options,
+    )
     execute(spec, results, resume=resume, yes=yes, progress=progress, executor=runner)
     return load_study(Path(results) / safe_name(spec.name))
 
 
-GUARD = ("run_study starts worker processes with multiprocessing's spawn, which imports the calling script again in "
-         "each worker: a script without `if __name__ == \"__main__\":` around its calls would run the study again in "
-         "every worker, each starting more. Put the script's calls under `if __name__ == \"__main__\":`.")
+GUARD = (
+    "run_study starts worker processes with multiprocessing's spawn, which imports the calling script again in "
+    'each worker: a script without `if __name__ == "__main__":` around its calls would run the study again in '
+    'every worker, each starting more. Put the script\'s calls under `if __name__ == "__main__":`.'
+)
 
 
 def _not_from_a_worker_or_an_unguarded_script() -> None:
@@ -346,14 +423,20 @@ def _not_from_a_worker_or_an_unguarded_script() -> None:
         raise TuneoffError(f"run_study was called while a worker process imported its parent's script. {GUARD}")
     path = getattr(main, "__file__", None)
     spec = getattr(main, "__spec__", None)
-    if not path or not str(path).endswith(".py") or (spec is not None and spec.name.split(".")[0] in ("tuneoff", "pytest")):
+    if (
+        not path
+        or not str(path).endswith(".py")
+        or (spec is not None and spec.name.split(".")[0] in ("tuneoff", "pytest"))
+    ):
         return  # a notebook, the REPL, tuneoff's own command line, a test runner: nothing re-imported calls it
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
         return
-    guarded = any(isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
-                  for node in tree.body)
+    guarded = any(
+        isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+        for node in tree.body
+    )
     if not guarded:
         raise TuneoffError(f"{path}: {GUARD}")
 
@@ -382,8 +465,10 @@ def study_spec(study: str | Path | dict | StudySpec | None, overrides: list[str]
     if isinstance(study, dict):
         return spec_from_dict(stored_frames(study, ""), overrides)
     if study is None or not isinstance(study, (str, Path)):
-        raise TuneoffError(f"Give a study: a YAML file's path, a mapping, or \"default\" for the built-in default study "
-                           f"(got {study!r}).")
+        raise TuneoffError(
+            f'Give a study: a YAML file\'s path, a mapping, or "default" for the built-in default study '
+            f"(got {study!r})."
+        )
     if str(study) == "default" and not Path(study).exists():
         return load_spec(None, overrides)
     return load_spec(study, overrides)
@@ -413,8 +498,13 @@ def load_study(directory: str | Path, out: str | Path | None = None, **analysis)
 # --- data -----------------------------------------------------------------------------------------------------
 
 
-def inspect(data: str | pd.DataFrame, model: str = "minilm", overrides: dict | list | None = None, out: str | Path | None = None,
-            **dotted) -> tuple[dict, Path]:
+def inspect(
+    data: str | pd.DataFrame,
+    model: str = "minilm",
+    overrides: dict | list | None = None,
+    out: str | Path | None = None,
+    **dotted,
+) -> tuple[dict, Path]:
     """Know a dataset before training: per-split counts, labels, token lengths, duplicates, leakage and the
     ``max_length`` to use; writes ``inspect.json`` and two plots into ``out`` (default ``inspect/<dataset>``)."""
     from transformers import AutoConfig
@@ -434,7 +524,9 @@ def inspect(data: str | pd.DataFrame, model: str = "minilm", overrides: dict | l
     histogram, boxplot = plot_lengths(report)
     (out_dir / "histogram.png").write_bytes(base64.b64decode(histogram))
     (out_dir / "boxplot.png").write_bytes(base64.b64decode(boxplot))
-    atomic_write_text(out_dir / "inspect.json", json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2))
+    atomic_write_text(
+        out_dir / "inspect.json", json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=2)
+    )
     return report, out_dir
 
 

@@ -43,8 +43,13 @@ def with_the_best(cmp, names: list[str], alpha: float) -> pd.DataFrame:
     one-sided comparisons)."""
     k = len(names)
     if k < 2:
-        return pd.DataFrame([{"condition": n, "best_low": 0.0, "best_high": 0.0, "in_best_set": True, "p_not_best": 1.0}
-                             for n in names], columns=COLUMNS)
+        return pd.DataFrame(
+            [
+                {"condition": n, "best_low": 0.0, "best_high": 0.0, "in_best_set": True, "p_not_best": 1.0}
+                for n in names
+            ],
+            columns=COLUMNS,
+        )
     level = alpha / (k - 1)
     diff, reach, p_one = {}, {}, {}
     for a, b in combinations(names, 2):
@@ -58,7 +63,8 @@ def with_the_best(cmp, names: list[str], alpha: float) -> pd.DataFrame:
     upper = {i: max(0.0, min(diff[(i, j)] + reach[(i, j)] for j in names if j != i)) for i in names}
     # Every interval of zero width (identical scores, no variance) leaves no condition above 0: then the top ones tie.
     best_set = [i for i in names if upper[i] > 0] or [
-        i for i in names if all(diff[(i, j)] >= 0 for j in names if j != i)]
+        i for i in names if all(diff[(i, j)] >= 0 for j in names if j != i)
+    ]
     rows = []
     for i in names:
         rivals = [j for j in best_set if j != i]

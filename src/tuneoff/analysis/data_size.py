@@ -32,17 +32,27 @@ def size_table(verdicts) -> pd.DataFrame:
         labels = {c.name: curve_label(c) for c in g.conditions}
         for r in v.table.itertuples():
             baseline = r.method == "baseline"
-            rows.append({"dataset": g.dataset, "model": g.model, "train_examples": g.train_examples,
-                         "line": "majority class" if baseline else labels[r.condition], "metric": v.metric,
-                         "score": getattr(r, v.metric), "ci_low": getattr(r, f"{v.metric}_ci_low"),
-                         "ci_high": getattr(r, f"{v.metric}_ci_high"),
-                         "budget_limited": bool(r.budget_limited), "recommended": r.condition == v.recommended})
+            rows.append(
+                {
+                    "dataset": g.dataset,
+                    "model": g.model,
+                    "train_examples": g.train_examples,
+                    "line": "majority class" if baseline else labels[r.condition],
+                    "metric": v.metric,
+                    "score": getattr(r, v.metric),
+                    "ci_low": getattr(r, f"{v.metric}_ci_low"),
+                    "ci_high": getattr(r, f"{v.metric}_ci_high"),
+                    "budget_limited": bool(r.budget_limited),
+                    "recommended": r.condition == v.recommended,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def size_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """The table as a reader scans it: a row per line, a column per size, each cell "score (interval)" in
     percent, **bold** where that size's verdict recommends it, † where its runs were budget-limited."""
+
     def cell(r) -> str:
         text = f"{100 * r.score:.1f} ({100 * r.ci_low:.1f}–{100 * r.ci_high:.1f})"
         return (f"**{text}**" if r.recommended else text) + (" †" if r.budget_limited else "")

@@ -53,7 +53,7 @@ class Condition:
 
     @property
     def label_names(self) -> list[str]:
-        return [c[len("prob_"):] for c in self.runs[0]["predictions"].columns if c.startswith("prob_")]
+        return [c[len("prob_") :] for c in self.runs[0]["predictions"].columns if c.startswith("prob_")]
 
     def correct(self, ids: list[str] | None = None) -> np.ndarray:
         """(n, seeds) 0/1 matrix: test example right in each run, rows in the order of ``ids``."""
@@ -63,8 +63,10 @@ class Condition:
         """(n, seeds) per-example values whose column means are each run's test ``metric``: 0/1 correctness for
         accuracy, the linearised macro-F1 (``significance.macro_f1_values``) for macro_f1; rows in ``ids``' order."""
         ids = list(self.runs[0]["predictions"]["id"]) if ids is None else ids
-        return np.stack([example_scores(r["predictions"].set_index("id").loc[ids], self.label_names, metric)
-                         for r in self.runs], axis=1)
+        return np.stack(
+            [example_scores(r["predictions"].set_index("id").loc[ids], self.label_names, metric) for r in self.runs],
+            axis=1,
+        )
 
     def seed_values(self, split: str, metric: str) -> np.ndarray:
         return np.array([r["metrics"][split][metric] for r in self.runs], dtype=float)
@@ -87,13 +89,13 @@ class Group:
     dataset: str
     model: str
     label_names: list[str]
-    ids: list[str]                   # the test examples, in a fixed order
-    truth: pd.Series                 # id -> true label
-    majority: str                    # the training split's most common class (the baseline predicts it)
-    majority_source: str             # "training split" or "test split" (older runs without label counts)
+    ids: list[str]  # the test examples, in a fixed order
+    truth: pd.Series  # id -> true label
+    majority: str  # the training split's most common class (the baseline predicts it)
+    majority_source: str  # "training split" or "test split" (older runs without label counts)
     conditions: list[Condition] = field(default_factory=list)
     train_examples: int | None = None  # the training examples its conditions had (before augmentation)
-    by_size: bool = False            # one of several groups that differ only in train_examples
+    by_size: bool = False  # one of several groups that differ only in train_examples
 
     @property
     def title(self) -> str:
@@ -125,6 +127,7 @@ def example_scores(predictions: pd.DataFrame, labels: list[str], metric: str) ->
 
 def condition_name(variant: str, params: dict) -> str:
     """``lora r=8 lr=0.001``; a dataset or model grid reads ``data=toy`` / ``model=minilm`` (no paths)."""
+
     def show(k, v):  # a searched learning rate 0.0002288113668475521 reads as 0.0002288
         if k.endswith(".name"):
             return f"{k.rsplit('.', 2)[-2]}={_short_name(str(v))}"
@@ -140,12 +143,19 @@ def _short_name(name: str) -> str:
 
 def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
     try:
-        predictions = from_spreadsheet(pd.read_csv(run_dir / "predictions.csv", dtype={
-            "id": str, "true_label": str, "pred_label": str, "text": str, "text_pair": str}, keep_default_na=False))
+        predictions = from_spreadsheet(
+            pd.read_csv(
+                run_dir / "predictions.csv",
+                dtype={"id": str, "true_label": str, "pred_label": str, "text": str, "text_pair": str},
+                keep_default_na=False,
+            )
+        )
         history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError) as exc:
-        raise TuneoffError(f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "
-                           "`tuneoff run <study> --resume` after removing its row, or delete the study.") from exc
+        raise TuneoffError(
+            f"Run {row['run_id']}: its directory {run_dir} is incomplete ({exc}). Re-run it with "
+            "`tuneoff run <study> --resume` after removing its row, or delete the study."
+        ) from exc
     info = loads(row, "run_info", {}) or {}
     if not info and (run_dir / "run.json").is_file():
         info = json.loads((run_dir / "run.json").read_text())
@@ -153,16 +163,20 @@ def _read_run(row, run_dir: Path) -> tuple[pd.DataFrame, list[dict], dict]:
 
 
 def load_conditions(store: Store, study: str) -> list[Condition]:
-    rows = store.runs(study, "done", phase="final")  # a study's tuning trials choose a learning rate; they are not compared
+    rows = store.runs(
+        study, "done", phase="final"
+    )  # a study's tuning trials choose a learning rate; they are not compared
     if not rows:
         every = store.runs(study)
         failed = [r for r in every if r["status"] == "failed"]
         if failed:
             last = (failed[-1]["error"] or "").strip().splitlines()[-1:] or ["no error recorded"]
-            raise TuneoffError(f"Study {study!r}: no comparison run finished; {len(failed)} of its {len(every)} runs "
-                               f"failed (the last: {failed[-1]['run_id']}: {last[0][:300]}). Fix what they report "
-                               f"(tuneoff runs list --study {study}; each run's train.log), then tuneoff run <study "
-                               "file> --resume.")
+            raise TuneoffError(
+                f"Study {study!r}: no comparison run finished; {len(failed)} of its {len(every)} runs "
+                f"failed (the last: {failed[-1]['run_id']}: {last[0][:300]}). Fix what they report "
+                f"(tuneoff runs list --study {study}; each run's train.log), then tuneoff run <study "
+                "file> --resume."
+            )
         raise TuneoffError(f"Study {study!r} has no finished runs yet: nothing to analyse. Run it first (tuneoff run).")
     conditions: dict[str, Condition] = {}
     for row in rows:
@@ -172,19 +186,35 @@ def load_conditions(store: Store, study: str) -> list[Condition]:
         except yaml.YAMLError:
             config = None
         if params is None or not metrics or not resources or not isinstance(config, dict):
-            log.warning("run %s/%s: its stored record is damaged; it is left out of the analysis (`tuneoff runs "
-                        "rebuild` re-reads it from its run directory)", study, row["run_id"])
+            log.warning(
+                "run %s/%s: its stored record is damaged; it is left out of the analysis (`tuneoff runs "
+                "rebuild` re-reads it from its run directory)",
+                study,
+                row["run_id"],
+            )
             continue
         name = condition_name(row["variant"], params)
         predictions, history, info = _read_run(row, Path(row["run_dir"]))
         cond = conditions.setdefault(name, Condition(name, row["variant"], params, config["method"]["name"]))
-        cond.runs.append({"run_id": row["run_id"], "seed": row["seed"], "run_dir": row["run_dir"], "metrics": metrics,
-                          "resources": resources,
-                          "predictions": predictions, "history": history, "device": row["device"], "config": config,
-                          "info": info})
+        cond.runs.append(
+            {
+                "run_id": row["run_id"],
+                "seed": row["seed"],
+                "run_dir": row["run_dir"],
+                "metrics": metrics,
+                "resources": resources,
+                "predictions": predictions,
+                "history": history,
+                "device": row["device"],
+                "config": config,
+                "info": info,
+            }
+        )
     if not conditions:
-        raise TuneoffError(f"Study {study!r}: every stored record is damaged. Rebuild the store from the run directories: "
-                           f"tuneoff runs rebuild --results {store.root}.")
+        raise TuneoffError(
+            f"Study {study!r}: every stored record is damaged. Rebuild the store from the run directories: "
+            f"tuneoff runs rebuild --results {store.root}."
+        )
     _attach_trials(list(conditions.values()), store.runs(study, "done", phase="tune"))
     return list(conditions.values())
 
@@ -213,8 +243,13 @@ def _attach_trials(conditions: list[Condition], trial_rows) -> None:
             history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         except (OSError, ValueError):
             history = []  # a trial's directory cleaned away: its recorded validation is the pick's score
-        cond.trial = {"run_id": row["run_id"], "seed": row["seed"], "history": history, "config": config,
-                      "validation": (loads(row, "metrics", {}) or {}).get("validation") or {}}
+        cond.trial = {
+            "run_id": row["run_id"],
+            "seed": row["seed"],
+            "history": history,
+            "config": config,
+            "validation": (loads(row, "metrics", {}) or {}).get("validation") or {},
+        }
 
 
 def _fingerprint(predictions: pd.DataFrame) -> str:
@@ -234,7 +269,7 @@ def groups(conditions: list[Condition]) -> list[Group]:
         by_key: dict[tuple, list[dict]] = {}
         for run in cond.runs:
             p = run["predictions"]
-            labels = tuple(c[len("prob_"):] for c in p.columns if c.startswith("prob_"))
+            labels = tuple(c[len("prob_") :] for c in p.columns if c.startswith("prob_"))
             dataset = run["info"].get("dataset") or _short_name(str(run["config"]["data"]["name"]))
             key = (dataset, _model_label(run["config"]), labels, _fingerprint(p), train_size(run))
             by_key.setdefault(key, []).append(run)
@@ -242,10 +277,21 @@ def groups(conditions: list[Condition]) -> list[Group]:
             if key not in found:
                 first = runs[0]["predictions"]
                 counts = (runs[0]["info"].get("label_counts") or {}).get("train")
-                majority, source = ((max(counts, key=lambda k: (counts[k], k)), "training split") if counts else
-                                    (Counter(first["true_label"]).most_common(1)[0][0], "test split"))
-                found[key] = Group(key[0], key[1], list(key[2]), sorted(first["id"]), first.set_index("id")["true_label"],
-                                   majority, source, train_examples=key[4])
+                majority, source = (
+                    (max(counts, key=lambda k: (counts[k], k)), "training split")
+                    if counts
+                    else (Counter(first["true_label"]).most_common(1)[0][0], "test split")
+                )
+                found[key] = Group(
+                    key[0],
+                    key[1],
+                    list(key[2]),
+                    sorted(first["id"]),
+                    first.set_index("id")["true_label"],
+                    majority,
+                    source,
+                    train_examples=key[4],
+                )
             name = cond.name if len(by_key) == 1 else f"{cond.name} [{key[0]}]"
             found[key].conditions.append(Condition(name, cond.variant, cond.params, cond.method, runs, cond.trial))
     sizes = Counter(key[:4] for key in found)
@@ -332,7 +378,11 @@ def budget_reach(run: dict) -> tuple[float, str]:
     train = run["config"].get("train") or {}
     evals = [e for e in run.get("history") or [] if e.get("val_accuracy") is not None]
     last = evals[-1].get("step") if evals else None
-    cap = "train.max_steps" if train.get("max_steps") and last is not None and last >= train["max_steps"] else "train.epochs"
+    cap = (
+        "train.max_steps"
+        if train.get("max_steps") and last is not None and last >= train["max_steps"]
+        else "train.epochs"
+    )
     window = max(2, int(train.get("patience") or 2))
     if len(evals) <= window:
         return float("inf"), cap
@@ -351,30 +401,42 @@ def condition_row(c: Condition) -> dict:
     still = [r for r, conv in zip(c.runs, convs) if conv and not conv.get("converged")]
     reach = [budget_reach(r) for r in still]
     trial = c.trial or {}
-    std = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))  # one seed: no spread to report, not 0
+    std = lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan")  # one seed: no spread to report, not 0
     return {
-        "condition": c.name, "method": c.method, "seeds": len(c.runs),
-        "accuracy": float(acc.mean()), "accuracy_std": std(acc),
+        "condition": c.name,
+        "method": c.method,
+        "seeds": len(c.runs),
+        "accuracy": float(acc.mean()),
+        "accuracy_std": std(acc),
         "accuracy_per_seed": " / ".join(f"{a:.3f}" for a in acc),
         "macro_f1_per_seed": " / ".join(f"{f:.3f}" for f in f1),
         "val_accuracy": float(c.seed_values("validation", "accuracy").mean()),
         "val_macro_f1": float(c.seed_values("validation", "macro_f1").mean()),
-        **{f"plateau_{m}": _mean(plateau(r["history"], m, _by(r["config"]), r["metrics"].get("validation"))
-                                 for r in c.runs) for m in ("accuracy", "macro_f1")},
-        **{f"sel_{m}": (plateau(trial["history"], m, _by(trial["config"]), trial["validation"]) if trial else np.nan)
-           for m in ("accuracy", "macro_f1")},
+        **{
+            f"plateau_{m}": _mean(
+                plateau(r["history"], m, _by(r["config"]), r["metrics"].get("validation")) for r in c.runs
+            )
+            for m in ("accuracy", "macro_f1")
+        },
+        **{
+            f"sel_{m}": (plateau(trial["history"], m, _by(trial["config"]), trial["validation"]) if trial else np.nan)
+            for m in ("accuracy", "macro_f1")
+        },
         "pick_seed": trial.get("seed"),
         "budget_gain": max((g for g, _ in reach), default=np.nan),
         "stopped_by": ", ".join(sorted({cap for _, cap in reach})),
-        "macro_f1": float(f1.mean()), "macro_f1_std": std(f1),
-        "ece": float(np.mean(eces)), "ece_std": std(np.array(eces)),
+        "macro_f1": float(f1.mean()),
+        "macro_f1_std": std(f1),
+        "ece": float(np.mean(eces)),
+        "ece_std": std(np.array(eces)),
         "collapsed_runs": c.collapsed_runs(),
         "lr": _mean((r["config"].get("train") or {}).get("lr") for r in c.runs),
         "converged_runs": sum(bool(conv.get("converged")) for conv in convs if conv),
         "convergence_known": sum(bool(conv) for conv in convs),
         "not_converged": _convergence_text(convs),
         "train_examples": train_size(c.runs[0]),
-        "trainable_params": res[0]["trainable_params"], "trainable_pct": res[0]["trainable_pct"],
+        "trainable_params": res[0]["trainable_params"],
+        "trainable_pct": res[0]["trainable_pct"],
         "trained_mb": _mean(trained_mb(r) for r in res),
         "checkpoint_mb": _mean(r["checkpoint_bytes"] / 1e6 for r in res),
         "peak_memory_mb": _mean(peak_memory(r) for r in res),
@@ -386,23 +448,41 @@ def condition_row(c: Condition) -> dict:
     }
 
 
-def per_class(conditions: list[Condition], confidence: float = 0.95, assumed_sd: float = 0.083,
-              prior: SeedPrior | None = None) -> pd.DataFrame:
+def per_class(
+    conditions: list[Condition], confidence: float = 0.95, assumed_sd: float = 0.083, prior: SeedPrior | None = None
+) -> pd.DataFrame:
     """Precision, recall and F1 per class and condition (mean over seeds), F1 with its interval over seeds and test
     examples (``significance.class_f1_values``: a rare class's F1 rests on few examples, and the interval says how few)."""
     rows = []
     for c in conditions:
         ids, labels = list(c.runs[0]["predictions"]["id"]), c.label_names
-        stacked = np.stack([class_f1_values(*label_ids(r["predictions"].set_index("id").loc[ids], labels), len(labels))
-                            for r in c.runs], axis=1)  # (n, seeds, classes)
+        stacked = np.stack(
+            [
+                class_f1_values(*label_ids(r["predictions"].set_index("id").loc[ids], labels), len(labels))
+                for r in c.runs
+            ],
+            axis=1,
+        )  # (n, seeds, classes)
         for k, name in enumerate(c.label_names):
             vals = [r["metrics"]["test"]["per_class"][name] for r in c.runs]
-            low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd, prior=prior).interval(c.name, confidence)
-            rows.append({"condition": c.name, "class": name, "precision": np.mean([v["precision"] for v in vals]),
-                         "recall": np.mean([v["recall"] for v in vals]), "f1": np.mean([v["f1-score"] for v in vals]),
-                         "f1_ci_low": low, "f1_ci_high": high, "support": vals[0]["support"]})
-    return pd.DataFrame(rows, columns=["condition", "class", "precision", "recall", "f1", "f1_ci_low", "f1_ci_high",
-                                       "support"])
+            low, high = compare({c.name: stacked[:, :, k]}, assumed_sd=assumed_sd, prior=prior).interval(
+                c.name, confidence
+            )
+            rows.append(
+                {
+                    "condition": c.name,
+                    "class": name,
+                    "precision": np.mean([v["precision"] for v in vals]),
+                    "recall": np.mean([v["recall"] for v in vals]),
+                    "f1": np.mean([v["f1-score"] for v in vals]),
+                    "f1_ci_low": low,
+                    "f1_ci_high": high,
+                    "support": vals[0]["support"],
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["condition", "class", "precision", "recall", "f1", "f1_ci_low", "f1_ci_high", "support"]
+    )
 
 
 def by_class(classes: pd.DataFrame, value: str = "f1") -> pd.DataFrame:
@@ -432,6 +512,11 @@ def _convergence_text(convs: list[dict | None]) -> str:
             head, sep, detail = conv["reason"].partition(": ")
             # The reason opens with its status in other words ("grossly under-confident: mean confidence ..."):
             # keep the detail only; a reason without that opening stays whole.
-            by_status.setdefault(conv["status"], []).append(detail if sep and conv["status"] in head else conv["reason"])
-    return "; ".join(f"{len(details)} of {len(known)} run{'s' if len(known) > 1 else ''} {status}: "
-                     + "; ".join(dict.fromkeys(details)) for status, details in sorted(by_status.items()))
+            by_status.setdefault(conv["status"], []).append(
+                detail if sep and conv["status"] in head else conv["reason"]
+            )
+    return "; ".join(
+        f"{len(details)} of {len(known)} run{'s' if len(known) > 1 else ''} {status}: "
+        + "; ".join(dict.fromkeys(details))
+        for status, details in sorted(by_status.items())
+    )

@@ -19,8 +19,8 @@ from statsmodels.stats.multitest import multipletests
 from tuneoff.analysis.groups import Condition
 
 WORD = re.compile(r"[a-z][a-z']{2,}")
-MIN_COUNT = 5          # a word must occur in at least this many misclassified examples to be tested
-FDR = 0.10             # Benjamini-Hochberg false discovery rate for "over-represented in errors"
+MIN_COUNT = 5  # a word must occur in at least this many misclassified examples to be tested
+FDR = 0.10  # Benjamini-Hochberg false discovery rate for "over-represented in errors"
 
 
 def _text(p: pd.DataFrame) -> pd.Series:
@@ -30,11 +30,15 @@ def _text(p: pd.DataFrame) -> pd.Series:
 def error_shares(c: Condition) -> dict:
     """Share of errors by true class (where they come from) and by predicted class (where they go), over every
     misclassification of every seed."""
-    wrong = pd.concat([r["predictions"][r["predictions"]["true_label"] != r["predictions"]["pred_label"]] for r in c.runs])
+    wrong = pd.concat(
+        [r["predictions"][r["predictions"]["true_label"] != r["predictions"]["pred_label"]] for r in c.runs]
+    )
     n = max(len(wrong), 1)
-    return {"errors_per_seed": len(wrong) / len(c.runs),
-            "from_share": {l: float((wrong["true_label"] == l).sum() / n) for l in c.label_names},
-            "to_share": {l: float((wrong["pred_label"] == l).sum() / n) for l in c.label_names}}
+    return {
+        "errors_per_seed": len(wrong) / len(c.runs),
+        "from_share": {l: float((wrong["true_label"] == l).sum() / n) for l in c.label_names},
+        "to_share": {l: float((wrong["pred_label"] == l).sum() / n) for l in c.label_names},
+    }
 
 
 def probability_gaps(c: Condition) -> np.ndarray:
@@ -125,10 +129,15 @@ def disagreements(conditions: list[Condition], k: int = 10) -> pd.DataFrame:
         return pd.DataFrame()
     order = (split.mean(axis=1) - 0.5).abs().sort_values(kind="stable").index[:k]
     p = conditions[0].runs[0]["predictions"].set_index("id")
-    return pd.DataFrame({"id": order, "text": _text(p.loc[order]).str.slice(0, 200).values,
-                         "true_label": p.loc[order, "true_label"].values,
-                         "right": [", ".join(c for c in right.columns if right.loc[i, c]) for i in order],
-                         "wrong": [", ".join(c for c in right.columns if not right.loc[i, c]) for i in order]})
+    return pd.DataFrame(
+        {
+            "id": order,
+            "text": _text(p.loc[order]).str.slice(0, 200).values,
+            "true_label": p.loc[order, "true_label"].values,
+            "right": [", ".join(c for c in right.columns if right.loc[i, c]) for i in order],
+            "wrong": [", ".join(c for c in right.columns if not right.loc[i, c]) for i in order],
+        }
+    )
 
 
 def error_overlap(conditions: list[Condition]) -> pd.DataFrame:
@@ -137,6 +146,14 @@ def error_overlap(conditions: list[Condition]) -> pd.DataFrame:
     rows = []
     for (a, ea), (b, eb) in combinations(sets.items(), 2):
         inter, union = len(ea & eb), len(ea | eb)
-        rows.append({"a": a, "b": b, "errors_a": len(ea), "errors_b": len(eb), "shared": inter,
-                     "jaccard": inter / union if union else 1.0})
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "errors_a": len(ea),
+                "errors_b": len(eb),
+                "shared": inter,
+                "jaccard": inter / union if union else 1.0,
+            }
+        )
     return pd.DataFrame(rows, columns=["a", "b", "errors_a", "errors_b", "shared", "jaccard"])

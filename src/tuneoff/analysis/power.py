@@ -21,7 +21,7 @@ from scipy import stats
 
 from tuneoff.analysis.significance import SEED_PRIOR
 
-TARGET = 0.8          # the chance of deciding a plan aims for
+TARGET = 0.8  # the chance of deciding a plan aims for
 MAX_SEEDS = 64
 MAX_EXAMPLES = 10_000_000
 
@@ -45,16 +45,19 @@ class Noise:
         """The seed variance the verdict will use with ``seeds`` seeds: the measured one, raised toward the prior's
         with its weight (as ``significance.seed_variance``; the expectation of the measured part)."""
         d = seeds - 1
-        return max(tau2, (d * tau2 + self.prior_df * self.prior_sd ** 2) / (d + self.prior_df)) if self.prior_sd else tau2
+        return max(tau2, (d * tau2 + self.prior_df * self.prior_sd**2) / (d + self.prior_df)) if self.prior_sd else tau2
 
     def se(self, seeds: int, examples: int) -> float:
-        return float(np.sqrt(self.test(seeds, examples) + (self._seed(self.seed_a, seeds) +
-                                                           self._seed(self.seed_b, seeds)) / seeds))
+        return float(
+            np.sqrt(
+                self.test(seeds, examples) + (self._seed(self.seed_a, seeds) + self._seed(self.seed_b, seeds)) / seeds
+            )
+        )
 
     def df(self, seeds: int, examples: int) -> float:
         test = self.test(seeds, examples)
         parts = [self._seed(self.seed_a, seeds) / seeds, self._seed(self.seed_b, seeds) / seeds]
-        denominator = test ** 2 / max(examples - 1, 1) + sum(p ** 2 / (seeds - 1 + self.prior_df) for p in parts)
+        denominator = test**2 / max(examples - 1, 1) + sum(p**2 / (seeds - 1 + self.prior_df) for p in parts)
         return float((test + sum(parts)) ** 2 / denominator) if denominator > 0 else float("inf")
 
 
@@ -103,15 +106,17 @@ def _fewest(decides, low: int, high: int) -> int | None:
     return low
 
 
-def seeds_for(noise: Noise, examples: int, margin: float, level: float, target: float = TARGET,
-              true_diff: float = 0.0) -> int | None:
+def seeds_for(
+    noise: Noise, examples: int, margin: float, level: float, target: float = TARGET, true_diff: float = 0.0
+) -> int | None:
     """The fewest seeds per condition that decide with chance ``target`` (test examples as given); None when no
     number up to ``MAX_SEEDS`` does (the test part alone is too wide)."""
     return _fewest(lambda seeds: chance(noise, seeds, examples, margin, level, true_diff) >= target, 2, MAX_SEEDS)
 
 
-def examples_for(noise: Noise, seeds: int, margin: float, level: float, target: float = TARGET,
-                 true_diff: float = 0.0) -> int | None:
+def examples_for(
+    noise: Noise, seeds: int, margin: float, level: float, target: float = TARGET, true_diff: float = 0.0
+) -> int | None:
     """The fewest test examples that decide with chance ``target`` (seeds as given); None when none do (the seed
     part alone is too wide: more seeds, not more examples)."""
     return _fewest(lambda n: chance(noise, seeds, n, margin, level, true_diff) >= target, 2, MAX_EXAMPLES)

@@ -86,18 +86,18 @@ class SeedVariance:
     """The systematic seed variance of one condition (or a pool of them) and what it rests on: the mean squares of
     the crossed seed x example ANOVA (for Satterthwaite) and the prior's share, when moderated."""
 
-    tau2: float                 # the variance the intervals use: moderated by the prior when there is one
-    df: float                   # its nominal degrees of freedom: S - 1 (+ the prior's); inf when assumed (a known bound)
-    raw: float = 0.0            # the conditions' own ANOVA estimate, clipped at 0 (what their seeds alone say)
-    seeds: int = 1              # the fewest seeds of the pooled conditions
-    assumed: bool = False       # one seed: nothing measured, ``assumed_sd`` taken
-    ms_seed: float = 0.0        # the pooled seed mean square, on ``df_seed`` df
-    ms_res: float = 0.0         # the pooled seed x example mean square, on ``df_res`` df
+    tau2: float  # the variance the intervals use: moderated by the prior when there is one
+    df: float  # its nominal degrees of freedom: S - 1 (+ the prior's); inf when assumed (a known bound)
+    raw: float = 0.0  # the conditions' own ANOVA estimate, clipped at 0 (what their seeds alone say)
+    seeds: int = 1  # the fewest seeds of the pooled conditions
+    assumed: bool = False  # one seed: nothing measured, ``assumed_sd`` taken
+    ms_seed: float = 0.0  # the pooled seed mean square, on ``df_seed`` df
+    ms_res: float = 0.0  # the pooled seed x example mean square, on ``df_res`` df
     df_seed: float = 0.0
     df_res: float = 0.0
     n: int = 1
-    weight: float = 1.0         # the data's share of a moderated estimate, d / (d + d0) (1: not moderated)
-    prior_term: float = 0.0     # the prior's share, d0 s0^2 / (d + d0), on ``prior_df`` degrees of freedom
+    weight: float = 1.0  # the data's share of a moderated estimate, d / (d + d0) (1: not moderated)
+    prior_term: float = 0.0  # the prior's share, d0 s0^2 / (d + d0), on ``prior_df`` degrees of freedom
     prior_df: float = 0.0
 
     @property
@@ -112,14 +112,16 @@ class SeedVariance:
         a prior's part is a scaled chi-square on its own d0."""
         if self.assumed or not self.df_seed:
             return 0.0
-        data = (factor * self.weight / self.n) ** 2 * (self.ms_seed ** 2 / self.df_seed
-                                                        + (self.ms_res ** 2 / self.df_res if self.df_res else 0.0))
+        data = (factor * self.weight / self.n) ** 2 * (
+            self.ms_seed**2 / self.df_seed + (self.ms_res**2 / self.df_res if self.df_res else 0.0)
+        )
         prior = (factor * self.prior_term) ** 2 / self.prior_df if self.prior_df else 0.0
         return data + prior
 
 
-def seed_variance(mats: dict[str, np.ndarray], assumed_sd: float = ASSUMED_SEED_SD,
-                  prior: SeedPrior | None = None) -> SeedVariance:
+def seed_variance(
+    mats: dict[str, np.ndarray], assumed_sd: float = ASSUMED_SEED_SD, prior: SeedPrior | None = None
+) -> SeedVariance:
     """The ANOVA estimate of the systematic seed variance, pooled over every condition with at least two seeds, and
     moderated by ``prior`` (when given).
 
@@ -137,21 +139,29 @@ def seed_variance(mats: dict[str, np.ndarray], assumed_sd: float = ASSUMED_SEED_
         seed_means, example_means, grand = m.mean(axis=0), m.mean(axis=1), m.mean()
         ss_seed += n * float(np.sum((seed_means - grand) ** 2))
         resid = m - seed_means[None, :] - example_means[:, None] + grand
-        ss_res += float(np.sum(resid ** 2))
+        ss_res += float(np.sum(resid**2))
         dof += s - 1
         dof_res += (s - 1) * (n - 1)
     if dof == 0:
-        return SeedVariance(assumed_sd ** 2, float("inf"), assumed_sd ** 2, 1, assumed=True)
+        return SeedVariance(assumed_sd**2, float("inf"), assumed_sd**2, 1, assumed=True)
     ms_seed, ms_res = ss_seed / dof, ss_res / dof_res
     raw = max((ms_seed - ms_res) / n_examples, 0.0)
     parts = dict(ms_seed=ms_seed, ms_res=ms_res, df_seed=dof, df_res=dof_res, n=n_examples)
-    moderated = (dof * raw + prior.df * prior.sd ** 2) / (dof + prior.df) if prior is not None else 0.0
+    moderated = (dof * raw + prior.df * prior.sd**2) / (dof + prior.df) if prior is not None else 0.0
     if raw >= moderated:
         # The prior only ever raises an estimate: pulled down toward the population's, a method whose seeds truly
         # scatter more (3 points against the prior's 1.8) gets intervals too narrow (bench/results/verdict-simulation).
         return SeedVariance(raw, dof, raw, fewest, **parts)
-    return SeedVariance(moderated, dof + prior.df, raw, fewest, **parts, weight=dof / (dof + prior.df),
-                        prior_term=prior.df * prior.sd ** 2 / (dof + prior.df), prior_df=prior.df)
+    return SeedVariance(
+        moderated,
+        dof + prior.df,
+        raw,
+        fewest,
+        **parts,
+        weight=dof / (dof + prior.df),
+        prior_term=prior.df * prior.sd**2 / (dof + prior.df),
+        prior_df=prior.df,
+    )
 
 
 def seeds_disagree(per_seed: np.ndarray, prior: SeedPrior | None) -> bool:
@@ -170,9 +180,9 @@ def seeds_disagree(per_seed: np.ndarray, prior: SeedPrior | None) -> bool:
 class Comparisons:
     """Means, intervals and paired differences of a group's conditions (every matrix scored on the same examples)."""
 
-    mats: dict[str, np.ndarray]       # condition -> (n, seeds) 0/1 correctness; a baseline has one "seed" and no spread
-    seeds: SeedVariance               # pooled over the whole group: what the verdict reports of seed-to-seed spread
-    fixed: frozenset = frozenset()    # conditions without seed variance (the majority-class baseline)
+    mats: dict[str, np.ndarray]  # condition -> (n, seeds) 0/1 correctness; a baseline has one "seed" and no spread
+    seeds: SeedVariance  # pooled over the whole group: what the verdict reports of seed-to-seed spread
+    fixed: frozenset = frozenset()  # conditions without seed variance (the majority-class baseline)
     assumed_sd: float = ASSUMED_SEED_SD
     prior: SeedPrior | None = None
     _own: dict = field(default_factory=dict, repr=False, compare=False)  # name -> its SeedVariance
@@ -208,8 +218,8 @@ class Comparisons:
         total = test + seed
         if total <= 0:
             return {"test": 0.0, "seed": 0.0, "se": 0.0, "df": float("inf")}
-        denominator = (test ** 2 / (n - 1) if n > 1 else 0.0) + sum(seeds.variance_of(f) for f, seeds in parts)
-        df = total ** 2 / denominator if denominator > 0 else float("inf")
+        denominator = (test**2 / (n - 1) if n > 1 else 0.0) + sum(seeds.variance_of(f) for f, seeds in parts)
+        df = total**2 / denominator if denominator > 0 else float("inf")
         # Never below the fewest seed degrees of freedom of a measured part (S - 1): a part that is a difference of
         # mean squares can drive Satterthwaite's df below 1 when it is small beside its noise (LoRA against DoRA at
         # r=8, trained with the same seeds: 0.82, an interval of +-11 points for seeds within 2 points).
@@ -236,7 +246,13 @@ class Comparisons:
             return {"diff": diff, "ci_low": diff, "ci_high": diff, "p_value": p, **spread}
         half = _quantile(confidence, spread["df"]) * spread["se"]
         p = float(2 * stats.t.sf(abs(diff) / spread["se"], spread["df"]))
-        return {"diff": diff, "ci_low": max(-1.0, diff - half), "ci_high": min(1.0, diff + half), "p_value": p, **spread}
+        return {
+            "diff": diff,
+            "ci_low": max(-1.0, diff - half),
+            "ci_high": min(1.0, diff + half),
+            "p_value": p,
+            **spread,
+        }
 
 
 def macro_f1_values(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -279,8 +295,9 @@ def _quantile(confidence: float, df: float) -> float:
     return float(stats.norm.ppf(q) if not np.isfinite(df) else stats.t.ppf(q, df))
 
 
-def compare(mats: dict[str, np.ndarray], fixed=(), assumed_sd: float = ASSUMED_SEED_SD,
-            prior: SeedPrior | None = None) -> Comparisons:
+def compare(
+    mats: dict[str, np.ndarray], fixed=(), assumed_sd: float = ASSUMED_SEED_SD, prior: SeedPrior | None = None
+) -> Comparisons:
     """Comparisons of a group: ``mats[name]`` is (n, S) 0/1 correctness, rows the same examples in the same order;
     names in ``fixed`` (a deterministic baseline) carry no seed variance and do not enter the pooled estimate;
     ``prior`` moderates each condition's seed variance (the verdict passes ``SEED_PRIOR[metric]``)."""
@@ -318,7 +335,9 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"table": table, "a_only": a_only, "b_only": b_only, "p_value": p, "favours": favours}
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[float, pd.DataFrame]:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15
+) -> tuple[float, pd.DataFrame]:
     """ECE (Guo et al., 2017, "On Calibration of Modern Neural Networks"): sum_b |B|/n |acc(B) - conf(B)| over
     equal-width confidence bins; returns it with the per-bin table for a reliability diagram."""
     confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
@@ -328,10 +347,21 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
-            rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "count": int(mask.sum()),
-                         "confidence": float(confidence[mask].mean()), "accuracy": float(correct[mask].mean())})
+            rows.append(
+                {
+                    "bin_low": edges[b],
+                    "bin_high": edges[b + 1],
+                    "count": int(mask.sum()),
+                    "confidence": float(confidence[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                }
+            )
     table = pd.DataFrame(rows, columns=["bin_low", "bin_high", "count", "confidence", "accuracy"])
-    ece = float((table["count"] * (table["accuracy"] - table["confidence"]).abs()).sum() / len(confidence)) if rows else 0.0
+    ece = (
+        float((table["count"] * (table["accuracy"] - table["confidence"]).abs()).sum() / len(confidence))
+        if rows
+        else 0.0
+    )
     return ece, table
 
 
@@ -343,7 +373,7 @@ def expected_max(values, budgets=None) -> np.ndarray:
     big_n = len(v)
     budgets = np.arange(1, big_n + 1) if budgets is None else np.asarray(budgets)
     ranks = np.arange(1, big_n + 1) / big_n
-    return np.array([float(np.sum(v * (ranks ** n - (ranks - 1 / big_n) ** n))) for n in budgets])
+    return np.array([float(np.sum(v * (ranks**n - (ranks - 1 / big_n) ** n))) for n in budgets])
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:

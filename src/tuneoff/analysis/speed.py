@@ -68,8 +68,12 @@ def _welch(values: np.ndarray, reference: np.ndarray, alpha: float) -> dict:
         test = stats.ttest_ind(values, reference, equal_var=False)
     diff = float(values.mean() - reference.mean())
     ci = test.confidence_interval(1 - alpha) if np.isfinite(test.statistic) else None
-    return {"diff": diff, "ci_low": float(ci.low) if ci else diff, "ci_high": float(ci.high) if ci else diff,
-            "p_value": float(test.pvalue) if np.isfinite(test.pvalue) else 1.0}
+    return {
+        "diff": diff,
+        "ci_low": float(ci.low) if ci else diff,
+        "ci_high": float(ci.high) if ci else diff,
+        "p_value": float(test.pvalue) if np.isfinite(test.pvalue) else 1.0,
+    }
 
 
 def _per_seed(values: np.ndarray) -> str:
@@ -85,13 +89,21 @@ def speed_table(common, best: str | None, alpha: float = ALPHA) -> pd.DataFrame:
     histories, bar_steps, bar, resolution = common
     rows = []
     for target in ("own plateau", "common bar"):
-        steps = bar_steps if target == "common bar" else {
-            name: np.array([steps_to(h, OWN * max(e["val_accuracy"] for e in h)) for h in hs])
-            for name, hs in histories.items()}
+        steps = (
+            bar_steps
+            if target == "common bar"
+            else {
+                name: np.array([steps_to(h, OWN * max(e["val_accuracy"] for e in h)) for h in hs])
+                for name, hs in histories.items()
+            }
+        )
         for name, values in steps.items():
-            row = {"condition": name, "target": target if target == "own plateau" else f"validation accuracy {bar:.3f}",
-                   "steps_per_seed": _per_seed(values),
-                   "mean_steps": float(np.nanmean(values)) if not np.all(np.isnan(values)) else np.nan}
+            row = {
+                "condition": name,
+                "target": target if target == "own plateau" else f"validation accuracy {bar:.3f}",
+                "steps_per_seed": _per_seed(values),
+                "mean_steps": float(np.nanmean(values)) if not np.all(np.isnan(values)) else np.nan,
+            }
             reference = steps.get(best)
             if name != best and reference is not None and _comparable(values, reference):
                 test = _welch(values, reference, alpha)
@@ -101,7 +113,9 @@ def speed_table(common, best: str | None, alpha: float = ALPHA) -> pd.DataFrame:
     if "p_value" in table:
         tested = table.p_value.notna()
         table.loc[tested, "p_holm"] = holm(table.loc[tested, "p_value"].tolist(), alpha)
-        table["call"] = [_call(r.p_holm, r.diff_vs_best, alpha, resolution, ("faster", "slower")) for r in table.itertuples()]
+        table["call"] = [
+            _call(r.p_holm, r.diff_vs_best, alpha, resolution, ("faster", "slower")) for r in table.itertuples()
+        ]
     table.attrs["resolution_steps"] = resolution
     return table
 
@@ -114,15 +128,26 @@ def speed_pairs(common, alpha: float = ALPHA) -> pd.DataFrame:
     if common is None:
         return pd.DataFrame()
     _, steps, bar, resolution = common
-    rows = [{"a": a, "b": b, "target": f"validation accuracy {bar:.3f}", "steps_a": _per_seed(steps[a]),
-             "steps_b": _per_seed(steps[b]), **_welch(steps[a], steps[b], alpha)}
-            for a, b in combinations(steps, 2) if _comparable(steps[a], steps[b])]
+    rows = [
+        {
+            "a": a,
+            "b": b,
+            "target": f"validation accuracy {bar:.3f}",
+            "steps_a": _per_seed(steps[a]),
+            "steps_b": _per_seed(steps[b]),
+            **_welch(steps[a], steps[b], alpha),
+        }
+        for a, b in combinations(steps, 2)
+        if _comparable(steps[a], steps[b])
+    ]
     table = pd.DataFrame(rows)
     if len(table):
         table = table.rename(columns={"diff": "steps_diff"})
         table["p_holm"] = holm(table.p_value.tolist(), alpha)
-        table["call"] = [_call(r.p_holm, r.steps_diff, alpha, resolution, (f"{r.a} faster", f"{r.b} faster"))
-                         for r in table.itertuples()]
+        table["call"] = [
+            _call(r.p_holm, r.steps_diff, alpha, resolution, (f"{r.a} faster", f"{r.b} faster"))
+            for r in table.itertuples()
+        ]
     table.attrs["resolution_steps"] = resolution
     return table
 

@@ -14,8 +14,19 @@ from tuneoff.analysis.significance import expected_max
 from tuneoff.config import validation_score
 from tuneoff.results.store import loads
 
-COLUMNS = ["condition", "variant", "cell", "trial", "lr", "status", "val_accuracy", "val_score", "test_accuracy", "steps",
-           "chosen"]
+COLUMNS = [
+    "condition",
+    "variant",
+    "cell",
+    "trial",
+    "lr",
+    "status",
+    "val_accuracy",
+    "val_score",
+    "test_accuracy",
+    "steps",
+    "chosen",
+]
 TRIAL_KEYS = ("train.lr", "trial")  # what a trial's params add to its grid cell's values
 
 
@@ -33,11 +44,21 @@ def tuning_trials(rows) -> pd.DataFrame:
         # The grid cell (e.g. "data.name=bbc_news, data.max_train_samples=100"): the situation whose methods a
         # reader compares, so the report draws one tuning plot per cell; "" for a study without a grid.
         cell = ", ".join(f"{k}={v}" for k, v in params.items() if k not in TRIAL_KEYS)
-        out.append({"condition": row["run_id"].rsplit("-tune", 1)[0], "variant": row["variant"], "cell": cell,
-                    "trial": params.get("trial"), "lr": (config.get("train") or {}).get("lr"), "status": row["status"],
-                    "val_accuracy": validation.get("accuracy"), "val_score": validation_score(validation, metric),
-                    "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
-                    "steps": metrics.get("pruned_at_step") or metrics.get("best_step"), "chosen": False})
+        out.append(
+            {
+                "condition": row["run_id"].rsplit("-tune", 1)[0],
+                "variant": row["variant"],
+                "cell": cell,
+                "trial": params.get("trial"),
+                "lr": (config.get("train") or {}).get("lr"),
+                "status": row["status"],
+                "val_accuracy": validation.get("accuracy"),
+                "val_score": validation_score(validation, metric),
+                "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+                "steps": metrics.get("pruned_at_step") or metrics.get("best_step"),
+                "chosen": False,
+            }
+        )
     frame = pd.DataFrame(out, columns=COLUMNS)
     done = frame[(frame.status == "done") & frame.val_score.notna()].astype({"val_score": float})
     if len(done):
@@ -52,6 +73,12 @@ def expected_best(frame: pd.DataFrame) -> pd.DataFrame:
     for condition, group in frame[frame.val_accuracy.notna()].groupby("condition", sort=False):
         values = group.val_accuracy.to_numpy(dtype=float)
         for k, value in zip(range(1, len(values) + 1), expected_max(values)):
-            rows.append({"condition": condition, "trials": k, "expected_best_val_accuracy": value,
-                         "spread": float(np.std(values))})
+            rows.append(
+                {
+                    "condition": condition,
+                    "trials": k,
+                    "expected_best_val_accuracy": value,
+                    "spread": float(np.std(values)),
+                }
+            )
     return pd.DataFrame(rows, columns=["condition", "trials", "expected_best_val_accuracy", "spread"])

@@ -54,8 +54,12 @@ from tuneoff.analysis.significance import (
 )
 from tuneoff.analysis.speed import common_steps, speed_pairs, speed_table
 
-COSTS = {"trainable_params": "trainable parameters", "trained_mb": "trained weights to keep (MB)",
-         "peak_memory_mb": "peak memory (MB)", "train_seconds": "train time (s)"}
+COSTS = {
+    "trainable_params": "trainable parameters",
+    "trained_mb": "trained weights to keep (MB)",
+    "peak_memory_mb": "peak memory (MB)",
+    "train_seconds": "train time (s)",
+}
 RATIO_COSTS = ("trained_mb", "peak_memory_mb", "train_seconds")
 BASELINE = "baseline"
 DECISION_KEYS = ("diff", "ci_low", "ci_high", "df", "p_value", "test", "seed")
@@ -67,26 +71,26 @@ HELD_APART, FINAL = "held-apart", "final"  # where the pick's validation scores 
 @dataclass
 class GroupVerdict:
     group: Group
-    table: pd.DataFrame                  # one row per condition (+ the baseline row)
-    pairs: pd.DataFrame                  # every pair of conditions (exploratory): difference, CI, p (raw, Holm), McNemar
-    decisions: pd.DataFrame = None       # each condition against the pick (and the best: MCB) and against the baseline
-    best: str | None = None              # the pick
+    table: pd.DataFrame  # one row per condition (+ the baseline row)
+    pairs: pd.DataFrame  # every pair of conditions (exploratory): difference, CI, p (raw, Holm), McNemar
+    decisions: pd.DataFrame = None  # each condition against the pick (and the best: MCB) and against the baseline
+    best: str | None = None  # the pick
     reference: str | None = None
     recommended: str | None = None
-    decided: bool = False                # the recommendation is a finding, not a default for lack of evidence
+    decided: bool = False  # the recommendation is a finding, not a default for lack of evidence
     lines: list[str] = field(default_factory=list)
-    family: int = 0                      # comparisons with the baseline, Holm's family over the whole study
-    comparisons: Comparisons = None      # the group's, in the decision metric
+    family: int = 0  # comparisons with the baseline, Holm's family over the whole study
+    comparisons: Comparisons = None  # the group's, in the decision metric
     against_baseline: dict = field(default_factory=dict)  # condition -> its difference from the majority class
     budget_limited: list[str] = field(default_factory=list)
-    pick_source: str = FINAL             # HELD_APART: the pick rests on the tuning phase's trials; FINAL: on the final runs
-    with_best: pd.DataFrame = None       # best.with_the_best over the candidates: distance from the best, simultaneous
-    card: Card = None                    # the one-screen answer (analysis.card), the same in every front end
-    speed: pd.DataFrame = None           # steps to a target accuracy per condition, against the best (analysis.speed)
-    speed_pairs: pd.DataFrame = None     # steps to the common bar, every pair (exploratory)
-    per_class: pd.DataFrame = None       # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
-    metric: str = "accuracy"             # what the decision ranks and compares (analysis.metric)
-    alpha: float = 0.05                  # the error rate of every call (a decide-mode look's share of analysis.alpha)
+    pick_source: str = FINAL  # HELD_APART: the pick rests on the tuning phase's trials; FINAL: on the final runs
+    with_best: pd.DataFrame = None  # best.with_the_best over the candidates: distance from the best, simultaneous
+    card: Card = None  # the one-screen answer (analysis.card), the same in every front end
+    speed: pd.DataFrame = None  # steps to a target accuracy per condition, against the best (analysis.speed)
+    speed_pairs: pd.DataFrame = None  # steps to the common bar, every pair (exploratory)
+    per_class: pd.DataFrame = None  # precision, recall, F1 per class and condition, mean over seeds (groups.per_class)
+    metric: str = "accuracy"  # what the decision ranks and compares (analysis.metric)
+    alpha: float = 0.05  # the error rate of every call (a decide-mode look's share of analysis.alpha)
 
     @property
     def level(self) -> str:
@@ -101,14 +105,29 @@ def _pair_rows(group: Group, cmp: Comparisons, mats: dict, alpha: float) -> list
     for a, b in combinations(group.conditions, 2):
         d = cmp.difference(a.name, b.name, 1 - alpha)
         seeds_b = [r["seed"] for r in b.runs]
-        tests = [(r["seed"], mcnemar_exact(mats[a.name][:, i], mats[b.name][:, seeds_b.index(r["seed"])]))
-                 for i, r in enumerate(a.runs) if r["seed"] in seeds_b]
-        rows.append({"a": a.name, "b": b.name, "n": len(group.ids), "diff": d["diff"], "ci_low": d["ci_low"],
-                     "ci_high": d["ci_high"], "df": d["df"], "p_value": d["p_value"],
-                     "mcnemar": "; ".join(f"seed {s}: {_favour(t, a.name, b.name)} (p={t['p_value']:.3g})" for s, t in tests),
-                     "mcnemar_favours_a": sum(t["favours"] == "a" and t["p_value"] < alpha for _, t in tests),
-                     "mcnemar_favours_b": sum(t["favours"] == "b" and t["p_value"] < alpha for _, t in tests),
-                     "paired_seeds": len(tests)})
+        tests = [
+            (r["seed"], mcnemar_exact(mats[a.name][:, i], mats[b.name][:, seeds_b.index(r["seed"])]))
+            for i, r in enumerate(a.runs)
+            if r["seed"] in seeds_b
+        ]
+        rows.append(
+            {
+                "a": a.name,
+                "b": b.name,
+                "n": len(group.ids),
+                "diff": d["diff"],
+                "ci_low": d["ci_low"],
+                "ci_high": d["ci_high"],
+                "df": d["df"],
+                "p_value": d["p_value"],
+                "mcnemar": "; ".join(
+                    f"seed {s}: {_favour(t, a.name, b.name)} (p={t['p_value']:.3g})" for s, t in tests
+                ),
+                "mcnemar_favours_a": sum(t["favours"] == "a" and t["p_value"] < alpha for _, t in tests),
+                "mcnemar_favours_b": sum(t["favours"] == "b" and t["p_value"] < alpha for _, t in tests),
+                "paired_seeds": len(tests),
+            }
+        )
     return rows
 
 
@@ -116,14 +135,18 @@ def _favour(test: dict, a: str, b: str) -> str:
     return {"a": f"favours {a}", "b": f"favours {b}", None: "even"}[test["favours"]]
 
 
-def comparisons(scores: dict[str, np.ndarray], baseline: np.ndarray, metric: str, settings: AnalysisSettings) -> Comparisons:
+def comparisons(
+    scores: dict[str, np.ndarray], baseline: np.ndarray, metric: str, settings: AnalysisSettings
+) -> Comparisons:
     """A group's comparisons in ``metric``: each condition's (n, seeds) per-example values and the baseline's."""
-    return compare({**scores, BASELINE: baseline}, fixed={BASELINE}, assumed_sd=settings.assumed_seed_sd,
-                   prior=SEED_PRIOR[metric])
+    return compare(
+        {**scores, BASELINE: baseline}, fixed={BASELINE}, assumed_sd=settings.assumed_seed_sd, prior=SEED_PRIOR[metric]
+    )
 
 
-def table_of(readings: list[dict], by_metric: dict[str, Comparisons], settings: AnalysisSettings,
-             majority: str) -> tuple[pd.DataFrame, dict]:
+def table_of(
+    readings: list[dict], by_metric: dict[str, Comparisons], settings: AnalysisSettings, majority: str
+) -> tuple[pd.DataFrame, dict]:
     """The group's table: each condition's readings (``groups.condition_row``) with its intervals in each metric and
     its difference from the majority-class baseline, then the baseline's row."""
     confidence = 1 - settings.alpha
@@ -133,16 +156,27 @@ def table_of(readings: list[dict], by_metric: dict[str, Comparisons], settings: 
         name = row["condition"]
         for m, stats in by_metric.items():
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = stats.interval(name, confidence)
-        row["ci_covers"] = "seeds and test examples" + (" (seed variance assumed)" if cmp.seeds_of(name).assumed else "")
+        row["ci_covers"] = "seeds and test examples" + (
+            " (seed variance assumed)" if cmp.seeds_of(name).assumed else ""
+        )
         vs = cmp.difference(name, BASELINE, confidence)
         row["vs_baseline"], row["p_vs_baseline"] = vs["diff"], vs["p_value"]
         against_baseline[name] = vs
         row["seeds_disagree"] = cmp.disagree(name)
         row["budget_limited"] = bool(row["convergence_known"]) and row["converged_runs"] < row["convergence_known"]
         row["fits"] = _fits(row, settings.decide)
-    baseline = {"condition": f"majority class ({majority})", "method": BASELINE, "seeds": 0,
-                "ci_covers": "test examples", "eligible": False, "fits": False, "beats_baseline": False,
-                "collapsed_runs": 0, "budget_limited": False, "seeds_disagree": False}
+    baseline = {
+        "condition": f"majority class ({majority})",
+        "method": BASELINE,
+        "seeds": 0,
+        "ci_covers": "test examples",
+        "eligible": False,
+        "fits": False,
+        "beats_baseline": False,
+        "collapsed_runs": 0,
+        "budget_limited": False,
+        "seeds_disagree": False,
+    }
     for m, stats in by_metric.items():
         baseline[m] = stats.estimate(BASELINE)
         baseline[f"{m}_ci_low"], baseline[f"{m}_ci_high"] = stats.interval(BASELINE, confidence)
@@ -155,14 +189,26 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
     verdicts = []
     for group in groups(conditions):
         # Both metrics get their intervals; the decision (ranking, differences, eligibility) uses analysis.metric's.
-        by_metric = {m: comparisons({c.name: c.scores(group.ids, m) for c in group.conditions},
-                                    group.baseline_scores(m), m, settings) for m in METRICS}
+        by_metric = {
+            m: comparisons(
+                {c.name: c.scores(group.ids, m) for c in group.conditions}, group.baseline_scores(m), m, settings
+            )
+            for m in METRICS
+        }
         table, against = table_of([condition_row(c) for c in group.conditions], by_metric, settings, group.majority)
         cmp = by_metric[settings.metric]
         correct = {k: m for k, m in by_metric["accuracy"].mats.items() if k != BASELINE}
-        verdicts.append(GroupVerdict(group, table, pd.DataFrame(_pair_rows(group, cmp, correct, settings.alpha)),
-                                     comparisons=cmp, against_baseline=against, metric=settings.metric,
-                                     alpha=settings.alpha))
+        verdicts.append(
+            GroupVerdict(
+                group,
+                table,
+                pd.DataFrame(_pair_rows(group, cmp, correct, settings.alpha)),
+                comparisons=cmp,
+                against_baseline=against,
+                metric=settings.metric,
+                alpha=settings.alpha,
+            )
+        )
     _adjust_pairs(verdicts, settings.alpha)
     decide(verdicts, settings)
     for v in verdicts:
@@ -170,7 +216,9 @@ def analyse(conditions: list[Condition], settings: AnalysisSettings | None = Non
         common = common_steps(v.group.conditions, eligible)  # each run's evaluation history, read once
         v.speed = speed_table(common, v.best, settings.alpha)
         v.speed_pairs = speed_pairs(common, settings.alpha)
-        v.per_class = per_class(v.group.conditions, 1 - settings.alpha, settings.assumed_seed_sd, SEED_PRIOR["macro_f1"])
+        v.per_class = per_class(
+            v.group.conditions, 1 - settings.alpha, settings.assumed_seed_sd, SEED_PRIOR["macro_f1"]
+        )
     return verdicts
 
 
@@ -188,7 +236,7 @@ def _adjust_pairs(verdicts: list[GroupVerdict], alpha: float) -> None:
     adjusted = holm([p for v in verdicts for p in v.pairs.get("p_value", [])], alpha)
     for v in verdicts:
         if len(v.pairs):
-            v.pairs["p_holm"], adjusted = adjusted[:len(v.pairs)], adjusted[len(v.pairs):]
+            v.pairs["p_holm"], adjusted = adjusted[: len(v.pairs)], adjusted[len(v.pairs) :]
             v.pairs["significant"] = v.pairs["p_holm"] < alpha
 
 
@@ -200,23 +248,34 @@ def _baseline_family(verdicts: list[GroupVerdict], settings: AnalysisSettings) -
     rows: dict[int, list] = {}
     for (v, name, d), p in zip(entries, adjusted):
         v.family = len(entries)
-        rows.setdefault(id(v), []).append({"condition": name, "against": "baseline", **{k: d[k] for k in DECISION_KEYS},
-                                           "p_adjusted": p, "adjustment": "Holm", "significant": p < settings.alpha})
+        rows.setdefault(id(v), []).append(
+            {
+                "condition": name,
+                "against": "baseline",
+                **{k: d[k] for k in DECISION_KEYS},
+                "p_adjusted": p,
+                "adjustment": "Holm",
+                "significant": p < settings.alpha,
+            }
+        )
     for v in verdicts:
         t = v.table
         base = pd.DataFrame(rows.get(id(v), []))
         v.decisions = base
         beats = dict(zip(base.condition, base.significant & (base["diff"] > 0))) if len(base) else {}
         t["beats_baseline"] = [bool(beats.get(name, False)) for name in t.condition]
-        t["eligible"] = [m != BASELINE and bool(beats.get(name, False)) and int(c or 0) == 0
-                         for m, name, c in zip(t.method, t.condition, t.collapsed_runs)]
+        t["eligible"] = [
+            m != BASELINE and bool(beats.get(name, False)) and int(c or 0) == 0
+            for m, name, c in zip(t.method, t.condition, t.collapsed_runs)
+        ]
 
 
 def _rank(frame: pd.DataFrame, metric: str, source: str) -> pd.DataFrame:
     """The pick's order on the decision metric (held-apart or final plateaus), the other metric breaking ties."""
     prefix = "sel" if source == HELD_APART else "plateau"
-    return frame.sort_values([f"{prefix}_{m}" for m in sorted(METRICS, key=lambda m: m != metric)], ascending=False,
-                             kind="stable")
+    return frame.sort_values(
+        [f"{prefix}_{m}" for m in sorted(METRICS, key=lambda m: m != metric)], ascending=False, kind="stable"
+    )
 
 
 def _source(pool: pd.DataFrame, metric: str) -> str:
@@ -235,14 +294,21 @@ def _choose_best(pool: pd.DataFrame, metric: str, source: str) -> str | None:
 
 
 def _fits(row: dict, decide: Decide) -> bool:
-    limits = (("peak_memory_mb", decide.max_peak_memory_mb), ("train_seconds", decide.max_train_seconds),
-              ("trainable_params", decide.max_trainable_params))
+    limits = (
+        ("peak_memory_mb", decide.max_peak_memory_mb),
+        ("train_seconds", decide.max_train_seconds),
+        ("trainable_params", decide.max_trainable_params),
+    )
     return all(limit is None or pd.isna(row.get(key)) or row[key] <= limit for key, limit in limits)
 
 
 def _overall_cost(row: pd.Series, ref: pd.Series) -> float:
     """Geometric mean of the cost ratios against the reference (costs a run did not measure left out)."""
-    logs = [np.log(row[k] / ref[k]) for k in RATIO_COSTS if pd.notna(row.get(k)) and pd.notna(ref.get(k)) and row[k] > 0 and ref[k] > 0]
+    logs = [
+        np.log(row[k] / ref[k])
+        for k in RATIO_COSTS
+        if pd.notna(row.get(k)) and pd.notna(ref.get(k)) and row[k] > 0 and ref[k] > 0
+    ]
     return float(np.exp(np.mean(logs))) if logs else 1.0
 
 
@@ -273,11 +339,22 @@ def _against_pick(v: GroupVerdict, fitting: pd.DataFrame, settings: AnalysisSett
         elif call == "worse" and row.budget_limited and -high < row.get("budget_gain", np.inf):
             call = "budget-limited"
         calls[name] = (call, d)
-        rows.append({"condition": name, "against": "pick", **{k: d[k] for k in DECISION_KEYS},
-                     "p_adjusted": adjusted[name], "adjustment": "Holm", "significant": adjusted[name] < alpha,
-                     "best_low": m.best_low, "pick_high": high, "call": call})
-        v.table.loc[v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high",
-                                                 "best_low"]] = (call, d["diff"], d["ci_low"], d["ci_high"], m.best_low)
+        rows.append(
+            {
+                "condition": name,
+                "against": "pick",
+                **{k: d[k] for k in DECISION_KEYS},
+                "p_adjusted": adjusted[name],
+                "adjustment": "Holm",
+                "significant": adjusted[name] < alpha,
+                "best_low": m.best_low,
+                "pick_high": high,
+                "call": call,
+            }
+        )
+        v.table.loc[
+            v.table.condition == name, ["vs_best", "diff_vs_best", "diff_ci_low", "diff_ci_high", "best_low"]
+        ] = (call, d["diff"], d["ci_low"], d["ci_high"], m.best_low)
     v.decisions = pd.concat([pd.DataFrame(rows), v.decisions], ignore_index=True) if rows else v.decisions
     return calls
 
@@ -289,9 +366,16 @@ def _default(v: GroupVerdict, t: pd.DataFrame, calls: dict, cost, below: float, 
     if not settings.tolerance:
         return None
     worst = v.with_best.set_index("condition").best_low
-    fit = [n for n, (call, d) in calls.items() if call in ("undecided", "as good") and not t.loc[n].budget_limited
-           and not t.loc[n].seeds_disagree and d["diff"] >= -settings.margin and worst[n] >= -settings.tolerance
-           and cost(t.loc[n]) < below]
+    fit = [
+        n
+        for n, (call, d) in calls.items()
+        if call in ("undecided", "as good")
+        and not t.loc[n].budget_limited
+        and not t.loc[n].seeds_disagree
+        and d["diff"] >= -settings.margin
+        and worst[n] >= -settings.tolerance
+        and cost(t.loc[n]) < below
+    ]
     return t.loc[min(fit, key=lambda n: cost(t.loc[n]))] if fit else None
 
 
@@ -315,8 +399,10 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     v.pick_source = _source(fitting if len(fitting) else ok, metric)
     overall = _rank(ok, metric, _source(ok, metric)).iloc[0]
     if fitting.empty:
-        v.lines = [f"**No method fits the constraints** ({sentences.constraint_text(settings.decide)}); the best "
-                   f"without them is {overall.condition}."]
+        v.lines = [
+            f"**No method fits the constraints** ({sentences.constraint_text(settings.decide)}); the best "
+            f"without them is {overall.condition}."
+        ]
         return
     v.best = _choose_best(fitting, metric, v.pick_source)
     best = t.loc[v.best]
@@ -329,7 +415,9 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     if len(others):
         lines.append(sentences.runner_up_line(v, best, others.iloc[0]))
     lines += sentences.contradictions(v, best)
-    as_good = [best.condition] + [n for n, (call, _) in calls.items() if call == "as good" and not t.loc[n].budget_limited]
+    as_good = [best.condition] + [
+        n for n, (call, _) in calls.items() if call == "as good" and not t.loc[n].budget_limited
+    ]
     pool = t.loc[as_good]
     cost = lambda r: _cost(r, ref, settings.prefer)  # noqa: E731
     # Cheaper means cheaper by at least cost_margin: a few percent of training time is run-to-run noise on a shared
@@ -343,19 +431,26 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     # A finding, not a default: a cheaper method shown within the margin of the best; or the pick, shown within the
     # margin of the best itself, with every cheaper candidate shown worse by more than it.
     pick_low = mcb.lower_bound(v.with_best, best.condition)
-    v.decided = not best.seeds_disagree and (rec.condition != best.condition or (
-        (len(fitting) == 1 or pick_low > -settings.margin) and all(c == "worse" for c, _ in cheaper.values())))
+    v.decided = not best.seeds_disagree and (
+        rec.condition != best.condition
+        or ((len(fitting) == 1 or pick_low > -settings.margin) and all(c == "worse" for c, _ in cheaper.values()))
+    )
     if not v.decided and rec.condition == best.condition:
         default = _default(v, t, calls, cost, bar * cost(best), settings)
         rec = rec if default is None else default
         v.recommended = rec.condition
     lines.append(sentences.recommendation(v, rec, best, ref, calls, cheaper, settings))
-    lines += [sentences.undecided_line(v, name, best, d, settings.margin) for name, (call, d) in cheaper.items()
-              if call == "undecided"]
+    lines += [
+        sentences.undecided_line(v, name, best, d, settings.margin)
+        for name, (call, d) in cheaper.items()
+        if call == "undecided"
+    ]
     worse = [n for n, (call, _) in calls.items() if call == "worse"]
     if worse:
-        lines.append(f"Worse than the best by more than the {100 * settings.margin:g}-point margin ({v.level}, simultaneous): "
-                     f"{', '.join(worse)}.")
+        lines.append(
+            f"Worse than the best by more than the {100 * settings.margin:g}-point margin ({v.level}, simultaneous): "
+            f"{', '.join(worse)}."
+        )
     erratic = runs[runs.seeds_disagree.astype(bool)]
     if len(erratic):
         lines.append(sentences.disagree_line(erratic, metric))
@@ -366,8 +461,10 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         lines.append("Not recommended: " + sentences.flag_text(flagged))
     excluded = ok[~ok.fits.astype(bool)]
     if len(excluded):
-        lines.append(f"Over the constraints ({sentences.constraint_text(settings.decide)}): "
-                     f"{', '.join(excluded.condition)}"
-                     + (f"; the best without them would be {overall.condition}." if overall.condition != best.condition else "."))
+        lines.append(
+            f"Over the constraints ({sentences.constraint_text(settings.decide)}): "
+            f"{', '.join(excluded.condition)}"
+            + (f"; the best without them would be {overall.condition}." if overall.condition != best.condition else ".")
+        )
     lines += sentences.seed_caveats(v, runs) + sentences.memory_caveat(v.group.conditions)
     v.lines = lines

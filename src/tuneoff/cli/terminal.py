@@ -70,9 +70,12 @@ def user_errors(fn):
             console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # a second Ctrl-C: at once, without the checkpoint a first one would have saved
-            console(stderr=True).print("[yellow]Interrupted at once (a second Ctrl-C): runs in flight did not save a "
-                                       "checkpoint at this step; `--resume` continues each from its last checkpoint.[/]",
-                                       highlight=False, soft_wrap=True)
+            console(stderr=True).print(
+                "[yellow]Interrupted at once (a second Ctrl-C): runs in flight did not save a "
+                "checkpoint at this step; `--resume` continues each from its last checkpoint.[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(130) from None
 
     return wrapper
@@ -82,8 +85,16 @@ def _longest_word(text: str) -> int:
     return max((len(word) for word in text.split()), default=0)
 
 
-def fitted(title: str, columns: list[str], rows: list[list[str]], *, wrap: tuple[str, ...] = (),
-           numeric: tuple[str, ...] = (), caption: str | None = None, width: int | None = None) -> RenderableType:
+def fitted(
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    *,
+    wrap: tuple[str, ...] = (),
+    numeric: tuple[str, ...] = (),
+    caption: str | None = None,
+    width: int | None = None,
+) -> RenderableType:
     """A table when it fits the terminal without cutting a word or a number; else one block per row (its first cell,
     then ``column: value`` for the others, wrapped at word boundaries). Rich squeezes a table that is too wide by
     cutting headers and numbers with an ellipsis ("3,697…"), which at 80 columns made ``plan`` and ``datasets``
@@ -101,8 +112,11 @@ def fitted(title: str, columns: list[str], rows: list[list[str]], *, wrap: tuple
         table = Table(title=title, caption=caption)
         for i, column in enumerate(columns):
             longest = max((len(str(row[i])) for row in rows), default=0)
-            table.add_column(column, justify="right" if column in numeric else "left",
-                             **({"overflow": "fold"} if column in wrap else {"min_width": max(longest, 1)}))
+            table.add_column(
+                column,
+                justify="right" if column in numeric else "left",
+                **({"overflow": "fold"} if column in wrap else {"min_width": max(longest, 1)}),
+            )
         for row in rows:
             table.add_row(*map(str, row))
         return table
@@ -121,8 +135,16 @@ def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> T
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for key in ("trainable_params", "trainable_pct", "train_seconds", "train_samples_per_s", "train_tokens_per_s",
-                "peak_rss_mb", "cuda_max_allocated_mb", "checkpoint_bytes"):
+    for key in (
+        "trainable_params",
+        "trainable_pct",
+        "train_seconds",
+        "train_samples_per_s",
+        "train_tokens_per_s",
+        "peak_rss_mb",
+        "cuda_max_allocated_mb",
+        "checkpoint_bytes",
+    ):
         if resources and resources.get(key) is not None:
             value = resources[key]
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
@@ -131,8 +153,10 @@ def metrics_table(title: str, metrics: dict, resources: dict | None = None) -> T
 
 def next_steps(run_dir: Path) -> str:
     """What to do with a finished run, printed after ``tuneoff train``."""
-    return (f"next: tuneoff evaluate {run_dir} --data <dataset or labeled file>  |  tuneoff predict {run_dir} <file.csv> "
-            "--out predictions.csv  |  compare methods on your data: tuneoff run (a study; tuneoff run --dry-run first)")
+    return (
+        f"next: tuneoff evaluate {run_dir} --data <dataset or labeled file>  |  tuneoff predict {run_dir} <file.csv> "
+        "--out predictions.csv  |  compare methods on your data: tuneoff run (a study; tuneoff run --dry-run first)"
+    )
 
 
 def predictions_table(frame) -> Table:
@@ -140,8 +164,11 @@ def predictions_table(frame) -> Table:
     probs = [c for c in frame.columns if c.startswith("prob_")]
     table = Table(show_header=True, title="predictions", title_justify="left")
     for column in ("label", *probs, "text"):
-        table.add_column(column[len("prob_"):] if column.startswith("prob_") else column,
-                         overflow="fold", justify="right" if column.startswith("prob_") else "left")
+        table.add_column(
+            column[len("prob_") :] if column.startswith("prob_") else column,
+            overflow="fold",
+            justify="right" if column.startswith("prob_") else "left",
+        )
     for values in frame.to_dict("records"):  # records, not tuples: a label name need not be a Python identifier
         table.add_row(str(values["label"]), *(f"{values[c]:.3f}" for c in probs), str(values["text"]))
     return table
@@ -168,27 +195,54 @@ def run_summary(row: dict) -> Table:
     table = Table(title=f"{row['run_id']} ({row['study']})", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    lines = [("status", row["status"] + (f": {row['error'].strip().splitlines()[-1]}" if row.get("error") else "")),
-             ("method", f"{cfg.get('method', {}).get('name')} {', '.join(f'{k}={v}' for k, v in (cfg.get('method') or {}).items() if k != 'name' and v is not None)}"),
-             ("model / data", f"{cfg.get('model', {}).get('name')} / {info.get('dataset') or cfg.get('data', {}).get('name')}"),
-             ("seed, lr, epochs", f"{cfg.get('train', {}).get('seed')}, {cfg.get('train', {}).get('lr')}, {cfg.get('train', {}).get('epochs')}")]
+    lines = [
+        ("status", row["status"] + (f": {row['error'].strip().splitlines()[-1]}" if row.get("error") else "")),
+        (
+            "method",
+            f"{cfg.get('method', {}).get('name')} {', '.join(f'{k}={v}' for k, v in (cfg.get('method') or {}).items() if k != 'name' and v is not None)}",
+        ),
+        (
+            "model / data",
+            f"{cfg.get('model', {}).get('name')} / {info.get('dataset') or cfg.get('data', {}).get('name')}",
+        ),
+        (
+            "seed, lr, epochs",
+            f"{cfg.get('train', {}).get('seed')}, {cfg.get('train', {}).get('lr')}, {cfg.get('train', {}).get('epochs')}",
+        ),
+    ]
     if m:
         test, val = m["test"], m.get("validation", {})
-        lines += [("test", f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} on {test.get('n', '?'):,} examples"),
-                  ("validation", f"accuracy {val.get('accuracy', float('nan')):.4f} (best at step {m.get('best_step')})")]
+        lines += [
+            (
+                "test",
+                f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} on {test.get('n', '?'):,} examples",
+            ),
+            ("validation", f"accuracy {val.get('accuracy', float('nan')):.4f} (best at step {m.get('best_step')})"),
+        ]
     if r:
         peak = r.get("cuda_max_allocated_mb") or r.get("peak_rss_mb")
-        lines += [("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
-                  ("time", f"{r['train_seconds']:.1f} s training, {r['train_samples_per_s']:.1f} samples/s"),
-                  ("memory", f"{peak:,.0f} MB peak ({'CUDA allocated' if r.get('cuda_max_allocated_mb') else 'RSS'})" if peak else "n/a"),
-                  ("saved", f"{r.get('checkpoint_bytes', 0) / 1e6:.1f} MB ({r.get('trained_bytes', 0) / 1e6:.2f} MB trained weights)")]
-    lines += [("device", str(row.get("device") or "")), ("directory", str(row.get("run_dir") or "")),
-              ("finished", str(row.get("finished") or ""))]
+        lines += [
+            ("trainable", f"{r['trainable_params']:,} ({r['trainable_pct']:.3g}%)"),
+            ("time", f"{r['train_seconds']:.1f} s training, {r['train_samples_per_s']:.1f} samples/s"),
+            (
+                "memory",
+                f"{peak:,.0f} MB peak ({'CUDA allocated' if r.get('cuda_max_allocated_mb') else 'RSS'})"
+                if peak
+                else "n/a",
+            ),
+            (
+                "saved",
+                f"{r.get('checkpoint_bytes', 0) / 1e6:.1f} MB ({r.get('trained_bytes', 0) / 1e6:.2f} MB trained weights)",
+            ),
+        ]
+    lines += [
+        ("device", str(row.get("device") or "")),
+        ("directory", str(row.get("run_dir") or "")),
+        ("finished", str(row.get("finished") or "")),
+    ]
     for key, value in lines:
         table.add_row(key, value)
     return table
-
-
 
 
 def inspect_tables(c, report: dict, model: str) -> None:
@@ -199,53 +253,113 @@ def inspect_tables(c, report: dict, model: str) -> None:
         c.print(f"data: {escape(str(note))}", highlight=False)
     # splits as columns, statistics as rows: three or four splits fit 80 columns where twelve statistics did not
     rows = summary_rows(report).set_index("split").T
-    cells = [[stat, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)] for stat, values in rows.iterrows()]
-    c.print(fitted(f"{report['dataset']} — tokens counted with {model}'s tokenizer", ["", *rows.columns], cells,
-                   numeric=tuple(rows.columns)))
+    cells = [
+        [stat, *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)] for stat, values in rows.iterrows()
+    ]
+    c.print(
+        fitted(
+            f"{report['dataset']} — tokens counted with {model}'s tokenizer",
+            ["", *rows.columns],
+            cells,
+            numeric=tuple(rows.columns),
+        )
+    )
     labels = Table(title="labels (count / share)")
     labels.add_column("label")
     for split in report["splits"]:
         labels.add_column(split)
     for name in report["label_names"]:
-        labels.add_row(name, *[f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
-                               for s in report["splits"].values()])
+        labels.add_row(
+            name,
+            *[
+                f"{s['labels'].get(name, {}).get('count', 0)} / {s['labels'].get(name, {}).get('share', 0):.1%}"
+                for s in report["splits"].values()
+            ],
+        )
     c.print(labels)
     lengths = [n for n in report["splits"]["train"]["truncated_share"] if int(n) in report["relative_time"]]
-    c.print(fitted("each max_length: training examples truncated, and training time relative to the recommended",
-                   ["max_length", "truncated", "time"],
-                   [[str(n), f"{report['splits']['train']['truncated_share'][n]:.1%}",
-                     f"{report['relative_time'][int(n)]:.2f}x"] for n in lengths], numeric=("truncated", "time")))
+    c.print(
+        fitted(
+            "each max_length: training examples truncated, and training time relative to the recommended",
+            ["max_length", "truncated", "time"],
+            [
+                [
+                    str(n),
+                    f"{report['splits']['train']['truncated_share'][n]:.1%}",
+                    f"{report['relative_time'][int(n)]:.2f}x",
+                ]
+                for n in lengths
+            ],
+            numeric=("truncated", "time"),
+        )
+    )
     for split, s in report["splits"].items():
         if s["imbalanced"]:
-            c.print(f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest)"
-                    + ("; train.class_weight=balanced weighs each class equally in the loss, and "
-                       "train.metric_for_best=macro_f1 picks checkpoints for every class." if split == "train" else "."))
+            c.print(
+                f"[yellow]warning:[/] {split} is imbalanced (largest class ≥ 3× the smallest)"
+                + (
+                    "; train.class_weight=balanced weighs each class equally in the loss, and "
+                    "train.metric_for_best=macro_f1 picks checkpoints for every class."
+                    if split == "train"
+                    else "."
+                )
+            )
     leaks = {k: v for k, v in report["leakage"].items() if v}
     if leaks:
         c.print(f"[yellow]warning:[/] texts shared across splits (leakage): {leaks}")
-    c.print(f"recommended max_length: [bold]{escape(str(report['recommended_max_length']))}[/] (truncates "
-            f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)")
+    c.print(
+        f"recommended max_length: [bold]{escape(str(report['recommended_max_length']))}[/] (truncates "
+        f"{report['recommended_truncates']:.1%} of training examples; data.max_length=auto uses it)"
+    )
 
 
-PLAN_COLUMNS = ("run", "trainable", "weights MB", "grads MB", "optimizer MB", "activations MB", "workspace MB", "peak MB",
-                "GFLOP/step")
-PEAK_RULE = ("peak = weights + optimizer + the larger of activations and gradients (both with gradient accumulation) "
-             "+ the CUDA workspace")
+PLAN_COLUMNS = (
+    "run",
+    "trainable",
+    "weights MB",
+    "grads MB",
+    "optimizer MB",
+    "activations MB",
+    "workspace MB",
+    "peak MB",
+    "GFLOP/step",
+)
+PEAK_RULE = (
+    "peak = weights + optimizer + the larger of activations and gradients (both with gradient accumulation) "
+    "+ the CUDA workspace"
+)
 
 
 def _plan_cells(p) -> list[str]:
-    return [p.name, f"{p.trainable_params:,}", *(f"{v:,.1f}" for v in (p.weights_mb, p.gradients_mb, p.optimizer_mb,
-            p.activations_mb, p.workspace_mb, p.total_mb, p.gflops_per_step))]
+    return [
+        p.name,
+        f"{p.trainable_params:,}",
+        *(
+            f"{v:,.1f}"
+            for v in (
+                p.weights_mb,
+                p.gradients_mb,
+                p.optimizer_mb,
+                p.activations_mb,
+                p.workspace_mb,
+                p.total_mb,
+                p.gflops_per_step,
+            )
+        ),
+    ]
 
 
 def plan_title(batch_size: int | None, seq_len: int | None, precision: str, device: str) -> str:
-    return (f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, "
-            f"{precision}, on {device}")
+    return (
+        f"plan: one training step, batch {batch_size or 'as configured'}, length {seq_len or 'data.max_length'}, "
+        f"{precision}, on {device}"
+    )
 
 
 def plan_table(plans, title: str) -> RenderableType:
-    return fitted(title, list(PLAN_COLUMNS), [_plan_cells(p) for p in plans], numeric=PLAN_COLUMNS[1:],
-                  caption=PEAK_RULE)
+    return fitted(
+        title, list(PLAN_COLUMNS), [_plan_cells(p) for p in plans], numeric=PLAN_COLUMNS[1:], caption=PEAK_RULE
+    )
 
 
 def plan_markdown(plans, title: str) -> str:
@@ -254,10 +368,16 @@ def plan_markdown(plans, title: str) -> str:
     from tuneoff.core.provenance import versions
 
     v = versions()
-    lines = [f"# {title}", "", f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
-             f"{platform.machine()} CPU, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
-             f"peft {v['peft']}. Counted by one real forward + backward + optimizer step on the CPU "
-             f"(saved_tensors_hooks, FlopCounterMode); {PEAK_RULE}.", "",
-             "| " + " | ".join(PLAN_COLUMNS) + " |", "|" + "---|" * len(PLAN_COLUMNS)]
+    lines = [
+        f"# {title}",
+        "",
+        f"`{shlex.join(['tuneoff', *sys.argv[1:]])}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, "
+        f"{platform.machine()} CPU, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
+        f"peft {v['peft']}. Counted by one real forward + backward + optimizer step on the CPU "
+        f"(saved_tensors_hooks, FlopCounterMode); {PEAK_RULE}.",
+        "",
+        "| " + " | ".join(PLAN_COLUMNS) + " |",
+        "|" + "---|" * len(PLAN_COLUMNS),
+    ]
     lines += ["| " + " | ".join(_plan_cells(p)) + " |" for p in plans]
     return "\n".join(lines) + "\n"

@@ -55,8 +55,10 @@ def open_own(path: Path, mode: str = "a+") -> IO[str]:
         fd = os.open(path, flags, 0o666 & ~UMASK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise TuneoffError(f"{path} is a symbolic link; tuneoff does not write through links in its own "
-                               f"directories. Remove it (rm {path}) and run the command again.") from None
+            raise TuneoffError(
+                f"{path} is a symbolic link; tuneoff does not write through links in its own "
+                f"directories. Remove it (rm {path}) and run the command again."
+            ) from None
         raise
     return os.fdopen(fd, mode, encoding="utf-8")
 

@@ -18,7 +18,9 @@ _reachable: bool | None = None
 
 
 def offline_by_choice() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def reachable(timeout: float = 3.0) -> bool:
@@ -75,4 +77,5 @@ def require(names: dict[str, str], what: str) -> None:
             f"{what} needs {', '.join(repr(m) for m in missing)} from the Hugging Face hub, but {why} and the local "
             "cache does not hold them. Connect (or download them once where you can: they are cached), or use the "
             "offline built-ins (`tuneoff models`, `tuneoff datasets`; studies/offline/ has offline versions of the "
-            "hub studies). Nothing was run.")
+            "hub studies). Nothing was run."
+        )

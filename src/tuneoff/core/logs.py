@@ -86,7 +86,9 @@ def run_log(run_path: Path, rank: int = 0):
     root = logging.getLogger(ROOT)
     try:
         handler = logging.FileHandler(Path(run_path) / RUN_LOG, mode="a", encoding="utf-8")
-    except OSError:  # an unwritable or full run directory: the run's own writes will say so; the log is not worth a crash
+    except (
+        OSError
+    ):  # an unwritable or full run directory: the run's own writes will say so; the log is not worth a crash
         yield None
         return
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"))

@@ -37,8 +37,7 @@ def markdown_text(text) -> str:
     """User-given names (labels, studies, conditions) as Markdown text: HTML-escaped (a label `<script>` is shown, not
     run, wherever the Markdown is rendered), pipes escaped (they would split a table cell), brackets escaped (a name
     ``[x](javascript:alert(1))`` must not become a live link or image), control characters shown as escapes."""
-    return (html.escape(terminal_text(text), quote=False).replace("|", "\\|").replace("[", "\\[")
-            .replace("]", "\\]"))
+    return html.escape(terminal_text(text), quote=False).replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 # Spreadsheet formula injection (OWASP "CSV Injection"): a cell that starts with = + - @ or a tab / carriage return is

@@ -42,7 +42,9 @@ def tuneoff_commit() -> str | None:
 
 def _git(args: list[str]) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=5, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -54,6 +56,12 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"tuneoff": VERSION, "tuneoff_commit": tuneoff_commit(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
+    return {
+        "tuneoff": VERSION,
+        "tuneoff_commit": tuneoff_commit(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }

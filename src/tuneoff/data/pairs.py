@@ -75,12 +75,14 @@ def _reuters_documents() -> list[Document]:
             if key in seen:
                 continue
             seen.add(key)
-            passages = [" ".join(words[k:k + PASSAGE_WORDS])
-                        for k in range(0, len(words) - PASSAGE_WORDS + 1, PASSAGE_WORDS)]
+            passages = [
+                " ".join(words[k : k + PASSAGE_WORDS]) for k in range(0, len(words) - PASSAGE_WORDS + 1, PASSAGE_WORDS)
+            ]
             doc_id = f"r52-{source}-{i}"
             if len(passages) >= 2:
-                out.append(Document(doc_id, topic, "test" if source == "test" else _hash_split(doc_id, test=False),
-                                    passages))
+                out.append(
+                    Document(doc_id, topic, "test" if source == "test" else _hash_split(doc_id, test=False), passages)
+                )
     return out
 
 
@@ -103,12 +105,24 @@ def build_pairs(documents: list[Document], per_document: int, same: str, other: 
         others = [j for j in by_split_topic[(doc.split, doc.topic)] if j != i]
         for k, (first, second) in enumerate(sorted(chosen)):
             suffix = "" if per_document == 1 else f"-{k}"
-            rows[doc.split].append({"id": f"{doc.id}-same{suffix}", "text": doc.pieces[first],
-                                    "text_pair": doc.pieces[second], "label": same})
+            rows[doc.split].append(
+                {
+                    "id": f"{doc.id}-same{suffix}",
+                    "text": doc.pieces[first],
+                    "text_pair": doc.pieces[second],
+                    "label": same,
+                }
+            )
             if others:
                 partner = documents[rng.choice(others)].pieces
-                rows[doc.split].append({"id": f"{doc.id}-other{suffix}", "text": doc.pieces[rng.randrange(n)],
-                                        "text_pair": partner[rng.randrange(len(partner))], "label": other})
+                rows[doc.split].append(
+                    {
+                        "id": f"{doc.id}-other{suffix}",
+                        "text": doc.pieces[rng.randrange(n)],
+                        "text_pair": partner[rng.randrange(len(partner))],
+                        "label": other,
+                    }
+                )
     return {split: pd.DataFrame(r) for split, r in rows.items()}
 
 

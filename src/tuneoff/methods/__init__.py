@@ -61,8 +61,14 @@ class Method:
         raise NotImplementedError
 
     def optimizer(
-        self, model: nn.Module, params: MethodParams, lr: float, weight_decay: float, fused: bool,
-        kind: str = "adamw", momentum: float = 0.9,
+        self,
+        model: nn.Module,
+        params: MethodParams,
+        lr: float,
+        weight_decay: float,
+        fused: bool,
+        kind: str = "adamw",
+        momentum: float = 0.9,
     ) -> torch.optim.Optimizer:
         """AdamW with decoupled weight decay (or SGD with momentum), none on biases and LayerNorm weights (BERT's recipe)."""
         cls, extra = optimizer_class(kind, fused, momentum)
@@ -93,8 +99,16 @@ class Method:
 
         return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
-    def save(self, model: nn.Module, tokenizer, out, base_source: str, revision: str | None, state_dict=None,
-             trained_only: bool = False) -> None:
+    def save(
+        self,
+        model: nn.Module,
+        tokenizer,
+        out,
+        base_source: str,
+        revision: str | None,
+        state_dict=None,
+        trained_only: bool = False,
+    ) -> None:
         """A directory ``AutoModelForSequenceClassification.from_pretrained`` and ``pipeline()`` load: the whole model,
         or (``train.save: trained_only``) the trained tensors over links to the base model's weights."""
 
@@ -136,8 +150,10 @@ def peft_model(model, config, arch, what: str):
     try:
         return get_peft_model(model, config)
     except (ValueError, TypeError, NotImplementedError) as exc:
-        raise TuneoffError(f"{what} could not be applied to this {arch.model_type} model: {str(exc).splitlines()[0]} "
-                           f"Check method.target_modules (this architecture's layers: {arch.layers_path}).") from exc
+        raise TuneoffError(
+            f"{what} could not be applied to this {arch.model_type} model: {str(exc).splitlines()[0]} "
+            f"Check method.target_modules (this architecture's layers: {arch.layers_path})."
+        ) from exc
 
 
 def optimizer_class(kind: str, fused: bool, momentum: float = 0.9) -> tuple[type, dict]:

@@ -37,11 +37,20 @@ class AdaLora(PeftLoadedMethod):
         from peft import AdaLoraConfig, TaskType
 
         # total_step is a placeholder until begin() knows the run's length (peft requires it at construction).
-        config = AdaLoraConfig(task_type=TaskType.SEQ_CLS, init_r=params.init_r, target_r=params.target_r,
-                               lora_alpha=params.alpha, lora_dropout=params.dropout, total_step=1000, tinit=0, tfinal=0,
-                               deltaT=params.delta_t, orth_reg_weight=params.orth_reg_weight,
-                               target_modules=params.target_modules or arch.lora_targets,
-                               modules_to_save=list(arch.head_modules))
+        config = AdaLoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            init_r=params.init_r,
+            target_r=params.target_r,
+            lora_alpha=params.alpha,
+            lora_dropout=params.dropout,
+            total_step=1000,
+            tinit=0,
+            tfinal=0,
+            deltaT=params.delta_t,
+            orth_reg_weight=params.orth_reg_weight,
+            target_modules=params.target_modules or arch.lora_targets,
+            modules_to_save=list(arch.head_modules),
+        )
         return peft_model(model, config, arch, "AdaLoRA")
 
     def begin(self, model, params, total_steps):

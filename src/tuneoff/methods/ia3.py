@@ -9,7 +9,10 @@ from pydantic import Field
 from tuneoff.methods import MethodParams, PeftMethod, peft_model, register
 
 # peft's own defaults where it has them; DistilBERT's and MPNet's, by the same rule (keys, values, FFN output).
-IA3_TARGETS = {"distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"]), "mpnet": (["k", "v", "output.dense"], ["output.dense"])}
+IA3_TARGETS = {
+    "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"]),
+    "mpnet": (["k", "v", "output.dense"], ["output.dense"]),
+}
 
 
 class IA3Params(MethodParams):
@@ -36,7 +39,10 @@ class IA3(PeftMethod):
         )
 
         targets, feedforward = IA3_TARGETS.get(arch.model_type, (TARGETS.get(arch.model_type), FF.get(arch.model_type)))
-        config = IA3Config(task_type=TaskType.SEQ_CLS, target_modules=params.target_modules or targets,
-                           feedforward_modules=params.feedforward_modules or feedforward,
-                           modules_to_save=list(arch.head_modules))
+        config = IA3Config(
+            task_type=TaskType.SEQ_CLS,
+            target_modules=params.target_modules or targets,
+            feedforward_modules=params.feedforward_modules or feedforward,
+            modules_to_save=list(arch.head_modules),
+        )
         return peft_model(model, config, arch, "(IA)^3")

@@ -37,6 +37,12 @@ class LoHa(PeftMethod):
         import peft
 
         config = getattr(peft, self.peft_config)(
-            task_type=peft.TaskType.SEQ_CLS, r=params.r, alpha=params.alpha, target_modules=params.target_modules or arch.lora_targets,
-            rank_dropout=params.rank_dropout, module_dropout=params.module_dropout, modules_to_save=list(arch.head_modules))
+            task_type=peft.TaskType.SEQ_CLS,
+            r=params.r,
+            alpha=params.alpha,
+            target_modules=params.target_modules or arch.lora_targets,
+            rank_dropout=params.rank_dropout,
+            module_dropout=params.module_dropout,
+            modules_to_save=list(arch.head_modules),
+        )
         return peft_model(model, config, arch, self.summary.split(":")[0])

@@ -21,8 +21,10 @@ class LoraFAParams(LoraParams):
     @model_validator(mode="after")
     def _no_dora(self):
         if self.use_dora:  # DoRA's magnitude vector is not in LoRA-FA's optimizer: it would fail at the first step
-            raise ValueError(f"use_dora=true does not combine with {self.name} (its optimizer trains only B); use "
-                             "method.name=lora with use_dora=true")
+            raise ValueError(
+                f"use_dora=true does not combine with {self.name} (its optimizer trains only B); use "
+                "method.name=lora with use_dora=true"
+            )
         return self
 
 
@@ -46,15 +48,24 @@ class LoraFA(Lora):
         from peft.optimizers import create_lorafa_optimizer
         from peft.optimizers.lorafa import LoraFAOptimizer
 
-        [group] = create_lorafa_optimizer(model=model, r=params.r, lora_alpha=params.alpha, lr=lr,
-                                          weight_decay=weight_decay, use_rslora=params.use_rslora).param_groups
+        [group] = create_lorafa_optimizer(
+            model=model,
+            r=params.r,
+            lora_alpha=params.alpha,
+            lr=lr,
+            weight_decay=weight_decay,
+            use_rslora=params.use_rslora,
+        ).param_groups
         group.update(betas=ADAMW_BETAS, eps=ADAMW_EPS)
         # LoRA-FA's step pairs each lora_A with the lora_B after it, so LoRA tensors stay together, in order.
         no_decay = [p.ndim < 2 and "lora" not in n for n, p in zip(group["names"], group["params"])]
         per_tensor = ("params", "names", "scaling_factors")
 
         def part(undecayed: bool, decay: float) -> dict:
-            return {**{k: v for k, v in group.items() if k not in per_tensor}, "weight_decay": decay,
-                    **{k: [x for x, nd in zip(group[k], no_decay) if nd == undecayed] for k in per_tensor}}
+            return {
+                **{k: v for k, v in group.items() if k not in per_tensor},
+                "weight_decay": decay,
+                **{k: [x for x, nd in zip(group[k], no_decay) if nd == undecayed] for k in per_tensor},
+            }
 
         return LoraFAOptimizer([part(False, weight_decay), part(True, 0.0)])

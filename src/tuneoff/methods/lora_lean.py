@@ -16,7 +16,9 @@ from tuneoff.methods.lora_fa import LoraFA, LoraFAParams
 class LoraLeanParams(LoraFAParams):
     name: str = "lora_lean"
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch (0: no mask, no input copy).")
-    top_layers: int = Field(2, ge=1, description="Adapt only the top N encoder layers (ignored if layers_to_transform is set).")
+    top_layers: int = Field(
+        2, ge=1, description="Adapt only the top N encoder layers (ignored if layers_to_transform is set)."
+    )
 
 
 @register
@@ -30,6 +32,10 @@ class LoraLean(LoraFA):
     def prepare(self, model, params, arch):
         if params.layers_to_transform is None:
             if params.top_layers > arch.num_layers:
-                raise TuneoffError(f"method.top_layers={params.top_layers} but the model has only {arch.num_layers} layers.")
-            params = params.model_copy(update={"layers_to_transform": list(range(arch.num_layers - params.top_layers, arch.num_layers))})
+                raise TuneoffError(
+                    f"method.top_layers={params.top_layers} but the model has only {arch.num_layers} layers."
+                )
+            params = params.model_copy(
+                update={"layers_to_transform": list(range(arch.num_layers - params.top_layers, arch.num_layers))}
+            )
         return super().prepare(model, params, arch)

@@ -32,8 +32,12 @@ class LoraPlus(Lora):
 
         cls, extra = optimizer_class(kind, fused, momentum)
         optimizer = create_loraplus_optimizer(
-            model=model, optimizer_cls=cls, lr=lr, loraplus_lr_ratio=params.loraplus_lr_ratio,
-            loraplus_weight_decay=weight_decay, **extra,
+            model=model,
+            optimizer_cls=cls,
+            lr=lr,
+            loraplus_lr_ratio=params.loraplus_lr_ratio,
+            loraplus_weight_decay=weight_decay,
+            **extra,
         )
         # Move every non-lora_B parameter that peft raised (biases, incl. the classifier's) back to the base lr.
         raised = lr * params.loraplus_lr_ratio

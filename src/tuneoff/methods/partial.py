@@ -27,8 +27,11 @@ def above_layer(model, arch, first: int) -> list[str]:
     encoder = arch.layers_path.rsplit(".", 1)[0]  # bert.encoder, distilbert.transformer, ...
     embeddings = f"{getattr(model, 'base_model_prefix', '')}.embeddings"
     top = tuple(f"{arch.layers_path}.{i}." for i in range(first, arch.num_layers))
-    return [n for n, _ in model.named_parameters()
-            if n.startswith(top) or not n.startswith((encoder + ".", embeddings + "."))]
+    return [
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(top) or not n.startswith((encoder + ".", embeddings + "."))
+    ]
 
 
 @register

@@ -29,8 +29,11 @@ class PrefixTuning(PeftLoadedMethod):
     def prepare(self, model, params, arch):
         from peft import PrefixTuningConfig, TaskType
 
-        config = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
-                                    modules_to_save=list(arch.head_modules))
+        config = PrefixTuningConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=params.num_virtual_tokens,
+            modules_to_save=list(arch.head_modules),
+        )
         model = peft_model(model, config, arch, "Prefix tuning")
         # peft checks this at the first forward; checked here, the run stops before anything is written.
         backbone = model.base_model.get_submodule(model.transformer_backbone_name)
@@ -38,5 +41,6 @@ class PrefixTuning(PeftLoadedMethod):
             raise TuneoffError(
                 f"Prefix tuning could not be applied to this {arch.model_type} model: peft feeds the prefixes as past key "
                 "values, and this model's forward takes none (transformers 5's encoder classifiers do not). Use "
-                "method.name=prompt_tuning (virtual tokens at the input) or a LoRA-family method.")
+                "method.name=prompt_tuning (virtual tokens at the input) or a LoRA-family method."
+            )
         return model

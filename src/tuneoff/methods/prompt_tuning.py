@@ -26,6 +26,9 @@ class PromptTuning(PeftLoadedMethod):
     def prepare(self, model, params, arch):
         from peft import PromptTuningConfig, TaskType
 
-        config = PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=params.num_virtual_tokens,
-                                    modules_to_save=list(arch.head_modules))
+        config = PromptTuningConfig(
+            task_type=TaskType.SEQ_CLS,
+            num_virtual_tokens=params.num_virtual_tokens,
+            modules_to_save=list(arch.head_modules),
+        )
         return peft_model(model, config, arch, "Prompt tuning")

@@ -30,16 +30,25 @@ class QLora(Lora):
         import torch
 
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise TuneoffError("method qlora needs the bitsandbytes package for its 4-bit base weights: "
-                               "pip install bitsandbytes (with a CUDA GPU), or use method.name=lora.")
+            raise TuneoffError(
+                "method qlora needs the bitsandbytes package for its 4-bit base weights: "
+                "pip install bitsandbytes (with a CUDA GPU), or use method.name=lora."
+            )
         if not torch.cuda.is_available():
-            raise TuneoffError("method qlora: bitsandbytes' 4-bit kernels need a CUDA GPU here (none is visible). "
-                               "Use method.name=lora on the CPU.")
+            raise TuneoffError(
+                "method qlora: bitsandbytes' 4-bit kernels need a CUDA GPU here (none is visible). "
+                "Use method.name=lora on the CPU."
+            )
         from transformers import BitsAndBytesConfig
 
-        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_use_double_quant=True,
-                                                          bnb_4bit_compute_dtype=torch.bfloat16)}
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+        }
 
     def prepare(self, model, params, arch):
         from peft import prepare_model_for_kbit_training

@@ -28,6 +28,12 @@ class Vera(PeftLoadedMethod):
     def prepare(self, model, params, arch):
         from peft import TaskType, VeraConfig
 
-        config = VeraConfig(task_type=TaskType.SEQ_CLS, r=params.r, target_modules=params.target_modules or arch.lora_targets,
-                            vera_dropout=params.dropout, d_initial=params.d_initial, modules_to_save=list(arch.head_modules))
+        config = VeraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=params.r,
+            target_modules=params.target_modules or arch.lora_targets,
+            vera_dropout=params.dropout,
+            d_initial=params.d_initial,
+            modules_to_save=list(arch.head_modules),
+        )
         return peft_model(model, config, arch, "VeRA")

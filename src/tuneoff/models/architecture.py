@@ -13,7 +13,6 @@ if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` 
     from torch import nn
 
 
-
 # --- architecture facts -------------------------------------------------------------------------------------
 # Head modules: what sits on top of the encoder and must be trained and saved with any method. peft's SEQ_CLS
 # task saves only `classifier`/`score`; DistilBERT's `pre_classifier` and DeBERTa's `pooler` are freshly
@@ -111,5 +110,7 @@ def set_head_dropout(model, arch: Architecture, rate: float) -> None:
 
 def _no_dropout(model_type: str, what: str) -> str:
     where = ", ".join(DROPOUT_KEYS[what]) + (" or a dropout layer in the head" if what == "classifier" else "")
-    return (f"model.{what}_dropout: a {model_type} model has no {what} dropout setting (looked for {where}). Leave "
-            "it unset for this model.")
+    return (
+        f"model.{what}_dropout: a {model_type} model has no {what} dropout setting (looked for {where}). Leave "
+        "it unset for this model."
+    )

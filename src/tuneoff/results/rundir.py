@@ -60,7 +60,9 @@ def _claim(root: Path, run_id: str) -> str:
             continue
         except OSError as exc:
             hint = "Free some space" if disk_full(exc) else "Choose another output_dir"
-            raise TuneoffError(f"Cannot start the run in {root}: {exc.strerror or exc}. {hint}; nothing was trained.") from exc
+            raise TuneoffError(
+                f"Cannot start the run in {root}: {exc.strerror or exc}. {hint}; nothing was trained."
+            ) from exc
     raise TuneoffError(f"{root} holds 999 runs named {run_id}*; choose another name= or output_dir=.")
 
 
@@ -97,9 +99,13 @@ def _interrupted_similar(root: Path, config_yaml: str, resume: bool) -> None:
             raise TuneoffError(
                 f"--resume found no interrupted run of this exact config in {root}. The interrupted run {tmp.name[1:-4]} "
                 f"({tmp}) has another config ({diffs}). Run again with its settings to continue it, or without --resume "
-                "to start a new run (its working directory is then left as it is).")
-        log.warning("an interrupted run of a similar config exists: %s (%s); `--resume` with its settings continues it",
-                    tmp, diffs)
+                "to start a new run (its working directory is then left as it is)."
+            )
+        log.warning(
+            "an interrupted run of a similar config exists: %s (%s); `--resume` with its settings continues it",
+            tmp,
+            diffs,
+        )
         return
 
 
@@ -116,20 +122,24 @@ class RunDirectory:
         self.path = root / f".{run_id}.tmp"
 
     @classmethod
-    def open(cls, output_dir: str | Path, run_id: str, config_yaml: str, resume: bool, find: bool = False) -> RunDirectory:
+    def open(
+        cls, output_dir: str | Path, run_id: str, config_yaml: str, resume: bool, find: bool = False
+    ) -> RunDirectory:
         """``resume``: reuse ``.<run_id>.tmp`` (its checkpoints); with ``find``, the unfinished run whose config is this one."""
         root = Path(output_dir)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TuneoffError(f"Cannot create the output directory {root}: {exc.strerror}. Choose output_dir=...") from exc
+            raise TuneoffError(
+                f"Cannot create the output directory {root}: {exc.strerror}. Choose output_dir=..."
+            ) from exc
         if not os.access(root, os.W_OK):
             raise TuneoffError(f"Output directory {root} is not writable. Choose another with output_dir=<dir>.")
         found = False
         if resume and find:
             for tmp in sorted(root.glob(".*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True):
                 if (tmp / "config.yaml").is_file() and (tmp / "config.yaml").read_text(encoding="utf-8") == config_yaml:
-                    run_id, found = tmp.name[1:-len(".tmp")], True
+                    run_id, found = tmp.name[1 : -len(".tmp")], True
                     break
         if find and not found:
             _interrupted_similar(root, config_yaml, resume)
@@ -147,8 +157,10 @@ class RunDirectory:
             atomic_write_text(run.path / "config.yaml", config_yaml)
         except OSError as exc:
             hint = "Free some space" if disk_full(exc) else "Choose another output_dir"
-            raise TuneoffError(f"Cannot start the run in {run.path}: {exc.strerror or exc}. {hint} and run again"
-                               f"{' with --resume' if resume else ''}; nothing was trained.") from exc
+            raise TuneoffError(
+                f"Cannot start the run in {run.path}: {exc.strerror or exc}. {hint} and run again"
+                f"{' with --resume' if resume else ''}; nothing was trained."
+            ) from exc
         return run
 
     def publish(self) -> Path:
@@ -168,5 +180,3 @@ class RunDirectory:
         """Interrupted: keep the working directory if it holds a checkpoint to resume from, else remove it."""
         if not (self.path / "checkpoints").is_dir():
             shutil.rmtree(self.path, ignore_errors=True)
-
-

@@ -110,14 +110,20 @@ def loads(row, key: str, default=None):
         return json.loads(value)
     except (TypeError, ValueError):
         where = f"{row['study']}/{row['run_id']}" if "run_id" in row.keys() else "a row"
-        log.warning("results store: the %s of run %s is not valid JSON; it is skipped (`tuneoff runs rebuild` "
-                    "re-reads it from the run directory)", key, where)
+        log.warning(
+            "results store: the %s of run %s is not valid JSON; it is skipped (`tuneoff runs rebuild` "
+            "re-reads it from the run directory)",
+            key,
+            where,
+        )
         return default
 
 
 def _rebuild_hint(path: Path) -> str:
-    return (f"The run directories are the source of truth: `tuneoff runs rebuild --results {path.parent}` indexes them "
-            f"again into a new store (the damaged file is kept as {path.name}.damaged-<time>).")
+    return (
+        f"The run directories are the source of truth: `tuneoff runs rebuild --results {path.parent}` indexes them "
+        f"again into a new store (the damaged file is kept as {path.name}.damaged-<time>)."
+    )
 
 
 def writable(root: Path) -> bool:
@@ -135,8 +141,9 @@ class Store:
         self.read_only = self.path.is_file() and not writable(self.root)
         try:
             if self.read_only:
-                self.db = sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro&immutable=1", uri=True,
-                                          isolation_level=None)
+                self.db = sqlite3.connect(
+                    f"file:{quote(str(self.path.resolve()))}?mode=ro&immutable=1", uri=True, isolation_level=None
+                )
                 self.db.row_factory = sqlite3.Row
                 self._check_readable()
                 return
@@ -148,22 +155,30 @@ class Store:
             self._migrate()
         except sqlite3.DatabaseError as exc:  # "file is not a database", a torn header, ...
             self._close_quietly()
-            raise TuneoffError(f"The results store {self.path} cannot be read as an SQLite database ({exc}). "
-                               + _rebuild_hint(self.path)) from exc
+            raise TuneoffError(
+                f"The results store {self.path} cannot be read as an SQLite database ({exc}). "
+                + _rebuild_hint(self.path)
+            ) from exc
         except OSError as exc:
-            raise TuneoffError(f"Cannot open the results store in {self.root}: {exc}. Choose another --results dir.") from exc
+            raise TuneoffError(
+                f"Cannot open the results store in {self.root}: {exc}. Choose another --results dir."
+            ) from exc
 
     def _check_readable(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
-            raise TuneoffError(f"The results store {self.path} is read-only here and at schema {version}; this tuneoff "
-                               f"reads schema {SCHEMA_VERSION} and would migrate it. Copy the results directory somewhere "
-                               "writable (cp -r) and read the copy.")
+            raise TuneoffError(
+                f"The results store {self.path} is read-only here and at schema {version}; this tuneoff "
+                f"reads schema {SCHEMA_VERSION} and would migrate it. Copy the results directory somewhere "
+                "writable (cp -r) and read the copy."
+            )
 
     def _refuse_writes(self) -> None:
-        raise TuneoffError(f"The results store {self.path} is read-only for this user ({self.root} cannot be written): "
-                           "it can be read and reported (tuneoff report <study dir> --out <writable dir>), not changed. "
-                           "Run as its owner, or copy the results directory somewhere writable.")
+        raise TuneoffError(
+            f"The results store {self.path} is read-only for this user ({self.root} cannot be written): "
+            "it can be read and reported (tuneoff report <study dir> --out <writable dir>), not changed. "
+            "Run as its owner, or copy the results directory somewhere writable."
+        )
 
     def _close_quietly(self) -> None:
         try:
@@ -175,13 +190,17 @@ class Store:
         """Bring the store to ``SCHEMA_VERSION``, one migration at a time, each in its own transaction."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise TuneoffError(f"The results store {self.path} was written by a newer tuneoff (schema {version}; this one "
-                               f"reads up to {SCHEMA_VERSION}). Upgrade tuneoff, or use another --results directory.")
+            raise TuneoffError(
+                f"The results store {self.path} was written by a newer tuneoff (schema {version}; this one "
+                f"reads up to {SCHEMA_VERSION}). Upgrade tuneoff, or use another --results directory."
+            )
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if version > 0 and not set(TABLES) <= tables:
             missing = ", ".join(sorted(set(TABLES) - tables))
-            raise TuneoffError(f"The results store {self.path} has lost its {missing} table(s); it is not recreated empty "
-                               "while runs sit on disk. " + _rebuild_hint(self.path))
+            raise TuneoffError(
+                f"The results store {self.path} has lost its {missing} table(s); it is not recreated empty "
+                "while runs sit on disk. " + _rebuild_hint(self.path)
+            )
         for step in range(version, SCHEMA_VERSION):
             with self.transaction() as db:
                 MIGRATIONS[step](db)
@@ -211,15 +230,19 @@ class Store:
     def add_study(self, name: str, spec_yaml: str, spec_hash: str, study_dir: Path) -> None:
         with self.transaction() as db:
             # An upsert, not INSERT OR REPLACE: replacing deletes the row, which the study's runs reference.
-            db.execute("INSERT INTO studies VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET spec_yaml=excluded.spec_yaml, "
-                       "spec_hash=excluded.spec_hash, study_dir=excluded.study_dir", (name, spec_yaml, spec_hash, str(study_dir), now()))
+            db.execute(
+                "INSERT INTO studies VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET spec_yaml=excluded.spec_yaml, "
+                "spec_hash=excluded.spec_hash, study_dir=excluded.study_dir",
+                (name, spec_yaml, spec_hash, str(study_dir), now()),
+            )
 
     def studies(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM studies ORDER BY created").fetchall()
 
     # --- runs -------------------------------------------------------------------------------------------------
-    def plan_run(self, study: str, run_id: str, variant: str, params: dict, seed: int, config_yaml: str,
-                 phase: str = "final") -> None:
+    def plan_run(
+        self, study: str, run_id: str, variant: str, params: dict, seed: int, config_yaml: str, phase: str = "final"
+    ) -> None:
         """Register a planned run; an existing row (done, failed, ...) is left as it is."""
         with self.transaction() as db:
             db.execute(
@@ -230,7 +253,10 @@ class Store:
 
     def mark_running(self, study: str, run_id: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='running', started=?, error=NULL WHERE study=? AND run_id=?", (now(), study, run_id))
+            db.execute(
+                "UPDATE runs SET status='running', started=?, error=NULL WHERE study=? AND run_id=?",
+                (now(), study, run_id),
+            )
 
     def mark_done(self, study: str, run_id: str, run_dir: Path, metrics: dict, resources: dict, run_info: dict) -> None:
         versions = run_info.get("versions") or {}
@@ -238,24 +264,45 @@ class Store:
             db.execute(
                 "UPDATE runs SET status='done', metrics=?, resources=?, versions=?, tuneoff_commit=?, tuneoff_version=?, "
                 "device=?, run_dir=?, finished=?, error=NULL, run_info=? WHERE study=? AND run_id=?",
-                (json.dumps(metrics), json.dumps(resources), json.dumps(versions),
-                 run_info.get("tuneoff_commit") or tuneoff_commit(), versions.get("tuneoff") or tuneoff_version(),
-                 run_info.get("device"), str(run_dir), now(), json.dumps(run_info, default=str), study, run_id),
+                (
+                    json.dumps(metrics),
+                    json.dumps(resources),
+                    json.dumps(versions),
+                    run_info.get("tuneoff_commit") or tuneoff_commit(),
+                    versions.get("tuneoff") or tuneoff_version(),
+                    run_info.get("device"),
+                    str(run_dir),
+                    now(),
+                    json.dumps(run_info, default=str),
+                    study,
+                    run_id,
+                ),
             )
 
     def record_single(self, run_dir: Path, config_yaml: str, metrics: dict, resources: dict, run_info: dict) -> None:
         """A run started by ``tuneoff train`` (not by a study), learned when it is published."""
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO studies VALUES (?, '', '', ?, ?)", (SINGLE_RUNS, str(self.root), now()))
-            db.execute("INSERT OR REPLACE INTO runs (study, run_id, variant, params, seed, status, config_yaml, started) "
-                       "VALUES (?, ?, ?, '{}', ?, 'pending', ?, ?)",
-                       (SINGLE_RUNS, run_dir.name, run_info.get("method", ""), int(yaml_seed(config_yaml)), config_yaml, now()))
+            db.execute(
+                "INSERT OR REPLACE INTO runs (study, run_id, variant, params, seed, status, config_yaml, started) "
+                "VALUES (?, ?, ?, '{}', ?, 'pending', ?, ?)",
+                (
+                    SINGLE_RUNS,
+                    run_dir.name,
+                    run_info.get("method", ""),
+                    int(yaml_seed(config_yaml)),
+                    config_yaml,
+                    now(),
+                ),
+            )
         self.mark_done(SINGLE_RUNS, run_dir.name, run_dir, metrics, resources, run_info)
 
     def record(self, study: str, outcome) -> None:
         """How a run of the study ended (an executor's Outcome: done, pruned, failed, or stopped on request)."""
         if outcome.status == "done":
-            self.mark_done(study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info)
+            self.mark_done(
+                study, outcome.run_id, Path(outcome.run_dir), outcome.metrics, outcome.resources, outcome.run_info
+            )
         elif outcome.status == "pruned":
             self.mark_pruned(study, outcome.run_id, outcome.error or "", outcome.metrics)
         elif outcome.status == "stopped":
@@ -266,14 +313,19 @@ class Store:
     def mark_pruned(self, study: str, run_id: str, reason: str, metrics: dict | None = None) -> None:
         """A trial stopped by the pruner; ``metrics`` holds what it reached (its validation so far), if known."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='pruned', error=?, finished=?, metrics=? WHERE study=? AND run_id=?",
-                       (reason, now(), json.dumps(metrics) if metrics else None, study, run_id))
+            db.execute(
+                "UPDATE runs SET status='pruned', error=?, finished=?, metrics=? WHERE study=? AND run_id=?",
+                (reason, now(), json.dumps(metrics) if metrics else None, study, run_id),
+            )
 
     def mark_pending(self, study: str, run_id: str) -> None:
         """To be trained again: the next ``tuneoff run --resume`` runs it; its stored results are cleared with it."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='pending', metrics=NULL, resources=NULL, run_dir=NULL, error=NULL, "
-                       "started=NULL, finished=NULL WHERE study=? AND run_id=?", (study, run_id))
+            db.execute(
+                "UPDATE runs SET status='pending', metrics=NULL, resources=NULL, run_dir=NULL, error=NULL, "
+                "started=NULL, finished=NULL WHERE study=? AND run_id=?",
+                (study, run_id),
+            )
 
     def mark_stopped(self, study: str, run_id: str, note: str) -> None:
         """Stopped on request (a signal): pending, not failed, so the next ``--resume`` continues it from the checkpoint
@@ -283,7 +335,10 @@ class Store:
 
     def mark_failed(self, study: str, run_id: str, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='failed', error=?, finished=? WHERE study=? AND run_id=?", (error, now(), study, run_id))
+            db.execute(
+                "UPDATE runs SET status='failed', error=?, finished=? WHERE study=? AND run_id=?",
+                (error, now(), study, run_id),
+            )
 
     def runs(self, study: str | None = None, status: str | None = None, phase: str | None = None) -> list[sqlite3.Row]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
@@ -302,4 +357,6 @@ class Store:
         if exact:
             return exact
         pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return self.db.execute(f"SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' {where}", [pattern, *args]).fetchall()
+        return self.db.execute(
+            f"SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' {where}", [pattern, *args]
+        ).fetchall()

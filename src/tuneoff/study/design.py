@@ -42,11 +42,11 @@ class GroupPlan:
     group: str
     conditions: int
     seeds: int
-    examples: int | None          # test examples (None: a hub dataset without a cap, unknown before it downloads)
-    available: int | None         # test examples the data has without a cap
+    examples: int | None  # test examples (None: a hub dataset without a cap, unknown before it downloads)
+    available: int | None  # test examples the data has without a cap
     margin: float
-    resolvable: float | None      # the margin decided 80% of the time between truly equal methods
-    chance: float | None          # the chance of deciding at the study's margin
+    resolvable: float | None  # the margin decided 80% of the time between truly equal methods
+    chance: float | None  # the chance of deciding at the study's margin
     seeds_for_80: int | None
     examples_for_80: int | None
 
@@ -55,9 +55,11 @@ class GroupPlan:
         head = f"{self.group}: {self.conditions} conditions x {self.seeds} seeds"
         if self.examples is None:
             return [f"{head}: test size unknown before the download (set data.max_test_samples to plan it)"]
-        out = [f"{head} on {self.examples:,} test examples resolve about {100 * self.resolvable:.1f} points "
-               f"(80% chance); at the {100 * self.margin:g}-point margin a method as good as the best is shown so "
-               f"{100 * self.chance:.0f}% of the time"]
+        out = [
+            f"{head} on {self.examples:,} test examples resolve about {100 * self.resolvable:.1f} points "
+            f"(80% chance); at the {100 * self.margin:g}-point margin a method as good as the best is shown so "
+            f"{100 * self.chance:.0f}% of the time"
+        ]
         levers = []
         if self.seeds_for_80 and self.seeds_for_80 != self.seeds:
             levers.append(f"{self.seeds_for_80} seeds per condition")
@@ -68,12 +70,16 @@ class GroupPlan:
                 out.append(f"    for 80%: {' or '.join(levers)}")
             else:
                 have = f" (the data has {self.available:,})" if self.available else ""
-                out.append(f"    for 80%, neither more seeds (up to {power.MAX_SEEDS}) nor the test examples the data "
-                           f"has{have} suffice alone")
+                out.append(
+                    f"    for 80%, neither more seeds (up to {power.MAX_SEEDS}) nor the test examples the data "
+                    f"has{have} suffice alone"
+                )
         if self.resolvable > 2 * self.margin:
-            out.append(f"    warning: {self.examples:,} test examples and {self.seeds} seeds resolve about "
-                       f"{100 * self.resolvable:.0f} points; the margin is {100 * self.margin:g}: widen it "
-                       "(analysis.margin), add test data or seeds, or expect 'cannot decide'")
+            out.append(
+                f"    warning: {self.examples:,} test examples and {self.seeds} seeds resolve about "
+                f"{100 * self.resolvable:.0f} points; the margin is {100 * self.margin:g}: widen it "
+                "(analysis.margin), add test data or seeds, or expect 'cannot decide'"
+            )
         return out
 
 
@@ -89,8 +95,13 @@ def _test_sizes(cfg: DataConfig, cache: dict) -> tuple[int | None, int | None]:
             from tuneoff.data.corpus import load_corpus
 
             try:
-                whole = len(load_corpus(cfg.model_copy(update={"max_test_samples": None, "max_eval_samples": None,
-                                                               "max_validation_samples": None})).splits["test"])
+                whole = len(
+                    load_corpus(
+                        cfg.model_copy(
+                            update={"max_test_samples": None, "max_eval_samples": None, "max_validation_samples": None}
+                        )
+                    ).splits["test"]
+                )
             except TuneoffError:
                 whole = None
             cache[key] = (min(cap, whole) if cap and whole else cap or whole, whole)
@@ -115,10 +126,20 @@ def plan(spec) -> list[GroupPlan]:
         if examples is None or k < 2:
             out.append(GroupPlan(name, k, seeds, examples, available, margin, None, None, None, None))
             continue
-        out.append(GroupPlan(name, k, seeds, examples, available, margin, power.resolvable(noise, seeds, examples, level),
-                             power.chance(noise, seeds, examples, margin, level),
-                             power.seeds_for(noise, examples, margin, level),
-                             power.examples_for(noise, seeds, margin, level)))
+        out.append(
+            GroupPlan(
+                name,
+                k,
+                seeds,
+                examples,
+                available,
+                margin,
+                power.resolvable(noise, seeds, examples, level),
+                power.chance(noise, seeds, examples, margin, level),
+                power.seeds_for(noise, examples, margin, level),
+                power.examples_for(noise, seeds, margin, level),
+            )
+        )
     return out
 
 
@@ -127,7 +148,9 @@ def plan_lines(spec) -> list[str]:
     plans = [p for p in plan(spec) if p.conditions > 1]
     if not plans:
         return []
-    head = ("what it can decide (before training; seeds scatter as a typical condition of the committed studies did, "
-            "1 point, read as the verdict moderates it, and two methods disagree per example as close methods did in the default "
-            "study):")
+    head = (
+        "what it can decide (before training; seeds scatter as a typical condition of the committed studies did, "
+        "1 point, read as the verdict moderates it, and two methods disagree per example as close methods did in the default "
+        "study):"
+    )
     return [head] + [f"  {line}" for p in plans for line in p.lines()]

@@ -56,7 +56,8 @@ def prepare(spec: StudySpec, results: str | Path, resume: bool, yes: bool):
     if total > spec.max_runs and not yes:
         raise TuneoffError(
             f"Study {spec.name!r} would launch {total} runs (tuning trials included), more than "
-            f"max_runs={spec.max_runs}. Pass --yes to run them all, or raise max_runs in the study file.")
+            f"max_runs={spec.max_runs}. Pass --yes to run them all, or raise max_runs in the study file."
+        )
     lock = hold_study(study_dir(results, spec.name), spec.name)
     try:
         store, directory = _register(spec, results, resume, first_phase(conds))
@@ -80,7 +81,8 @@ def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[Pla
             store.close()
             raise TuneoffError(
                 f"Study {spec.name!r} and the study {other['name']!r} already in {results} would share the same folder "
-                f"({directory}) and each other's runs. Rename this study, or use another --results directory.")
+                f"({directory}) and each other's runs. Rename this study, or use another --results directory."
+            )
     known = store.study(spec.name)
     if known is not None:
         if known["spec_hash"] != spec.digest():
@@ -110,8 +112,9 @@ def _log_command(directory: Path) -> None:
         log.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}  {shlex.join(argv)}\n")
 
 
-def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False,
-            progress: bool = False, executor=None) -> Path:
+def execute(
+    spec: StudySpec, results: str | Path, resume: bool = False, yes: bool = False, progress: bool = False, executor=None
+) -> Path:
     """Run every unfinished run of the study on ``executor`` (default: here, in order); a failed run is recorded and
     the study goes on. Only this process writes the results store."""
 
@@ -131,20 +134,36 @@ def execute(spec: StudySpec, results: str | Path, resume: bool = False, yes: boo
         if note:
             log.warning(note)
         tuned = [c for c in conds if c.tuned]
-        _run_phase(spec, store, directory, executor, first_phase(conds), conds,
-                   later=[r.config.method.name for c in tuned for r in c.runs])
+        _run_phase(
+            spec,
+            store,
+            directory,
+            executor,
+            first_phase(conds),
+            conds,
+            later=[r.config.method.name for c in tuned for r in c.runs],
+        )
         if tuned:
             finals = []
             for cond in tuned:
-                best = protocol.best_trial(r for r in store.runs(spec.name, phase=protocol.PHASE_TUNE)
-                                           if r["run_id"] in {trial.run_id for trial in cond.trials})
+                best = protocol.best_trial(
+                    r
+                    for r in store.runs(spec.name, phase=protocol.PHASE_TUNE)
+                    if r["run_id"] in {trial.run_id for trial in cond.trials}
+                )
                 if best is None:
-                    log.warning(f"{cond.key}: no tuning trial finished, so its seeds are not run (see the failed trials)")
+                    log.warning(
+                        f"{cond.key}: no tuning trial finished, so its seeds are not run (see the failed trials)"
+                    )
                     continue
-                log.info(f"{cond.key}: learning rate {best['lr']:g} (best of its trials on validation, {best['run_id']})")
+                log.info(
+                    f"{cond.key}: learning rate {best['lr']:g} (best of its trials on validation, {best['run_id']})"
+                )
                 finals += protocol.final_runs(cond, best["lr"])
             for run in finals:
-                store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
+                store.plan_run(
+                    spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase
+                )
             _run_phase(spec, store, directory, executor, finals, conds)
         if spec.until_decided is not None:
             _until_decided(spec, store, directory, executor, conds)
@@ -171,17 +190,26 @@ def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, con
     clock, by_key = rounds.Clock(spec.until_decided.budget), {c.key: c for c in conds}
     # a round that a stop (or a crash) interrupted is finished first: its runs resume from their checkpoints
     own = {r.run_id for r in expand(spec)}
-    left = [PlannedRun(r["run_id"], r["variant"], json.loads(r["params"]), r["seed"],
-                       RunConfig.model_validate(yaml.safe_load(r["config_yaml"])))
-            for r in store.runs(spec.name, phase=protocol.PHASE_FINAL) if r["run_id"] not in own and r["status"] != "done"]
+    left = [
+        PlannedRun(
+            r["run_id"],
+            r["variant"],
+            json.loads(r["params"]),
+            r["seed"],
+            RunConfig.model_validate(yaml.safe_load(r["config_yaml"])),
+        )
+        for r in store.runs(spec.name, phase=protocol.PHASE_FINAL)
+        if r["run_id"] not in own and r["status"] != "done"
+    ]
     if left:
         log.info(f"decide mode: finishing the interrupted round first ({', '.join(r.run_id for r in left)})")
         _run_phase(spec, store, directory, executor, left, conds)
     while True:
         verdicts, seeds, level = look(spec, store)
         most = spec.until_decided.max_seeds
-        chosen, notes = rounds.who_gets_a_seed(verdicts, most, spec.analysis.margin,
-                                               rounds.look_alpha(most, len(spec.seeds), most, spec.analysis.alpha))
+        chosen, notes = rounds.who_gets_a_seed(
+            verdicts, most, spec.analysis.margin, rounds.look_alpha(most, len(spec.seeds), most, spec.analysis.alpha)
+        )
         state = f"look with {seeds} seeds at level {level:.2g}"
         if all(v.decided for v in verdicts):
             log.info(f"decide mode: decided ({state})")
@@ -198,8 +226,10 @@ def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, con
                 if cond.name in chosen:
                     key = protocol.seedless_id(cond.runs[0]["run_id"], cond.runs[0]["seed"])
                     runs.append(_another_seed(by_key[key], cond.runs[0], seed))
-        log.info(f"decide mode: {state}; another seed ({seed}) for {', '.join(sorted(chosen))}"
-                 + "".join(f"; {n}" for n in notes))
+        log.info(
+            f"decide mode: {state}; another seed ({seed}) for {', '.join(sorted(chosen))}"
+            + "".join(f"; {n}" for n in notes)
+        )
         for run in runs:
             store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
         _run_phase(spec, store, directory, executor, runs, conds)
@@ -225,8 +255,9 @@ def _closing(executor, store: Store, lock):
         lock.close()
 
 
-def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list,
-               later: list[str] = ()) -> None:
+def _run_phase(
+    spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list, later: list[str] = ()
+) -> None:
     """Run what is not finished yet (a pruned trial is finished: it is not tried again). ``later``: the methods of the
     comparison runs planned once these trials have chosen their learning rates."""
     finished = {r["run_id"] for r in store.runs(spec.name) if r["status"] in ("done", "pruned")}
@@ -237,8 +268,10 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
     what = f"{len(runs)} runs" + (f" ({trials} tuning trials{pinned})" if trials else "")
     then = f"; then {len(later)} comparison runs at the learning rates the trials choose" if later else ""
     again = f" ({len(stopped)} stopped earlier continue from their checkpoints)" if stopped else ""
-    log.info(f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run{again} on "
-             f"{executor.name}{then}")
+    log.info(
+        f"study {spec.name}: {what}, {len(runs) - len(todo)} already done, {len(todo)} to run{again} on "
+        f"{executor.name}{then}"
+    )
     trials_of = {c.key: [t.run_id for t in c.trials] for c in conds if c.tuned}
     tune = spec.tune
 
@@ -248,15 +281,29 @@ def _run_phase(spec: StudySpec, store: Store, directory: Path, executor, runs: l
         if run.phase == protocol.PHASE_TUNE and tune is not None and tune.pruning:
             key = protocol.seedless_id(run.run_id, -1).rsplit("-tune", 1)[0]
             siblings = [r for r in trials_of.get(key, []) if r != run.run_id]
-            on_evaluate = partial(protocol.MedianStop, config.output_dir, siblings, config.train.metric_for_best,
-                                  tune.min_trials_to_prune, tune.prune_after_epochs)
+            on_evaluate = partial(
+                protocol.MedianStop,
+                config.output_dir,
+                siblings,
+                config.train.metric_for_best,
+                tune.min_trials_to_prune,
+                tune.prune_after_epochs,
+            )
         return Job(run.run_id, config, on_evaluate, trial=run.phase == protocol.PHASE_TUNE)
 
     def start(job) -> None:
         store.mark_running(spec.name, job.run_id)
 
-    drive(executor, (job(run) for run in todo), len(todo), lambda job, outcome: store.record(spec.name, outcome), start,
-          len(later), [r.config.method.name for r in todo], list(later))
+    drive(
+        executor,
+        (job(run) for run in todo),
+        len(todo),
+        lambda job, outcome: store.record(spec.name, outcome),
+        start,
+        len(later),
+        [r.config.method.name for r in todo],
+        list(later),
+    )
 
 
 def _in_study(cfg: RunConfig, name: str, directory: Path) -> RunConfig:
@@ -273,9 +320,11 @@ def hold_study(directory: Path, name: str):
         directory.mkdir(parents=True, exist_ok=True)
         handle = open_own(directory / ".lock", "a+")
     except PermissionError:
-        raise TuneoffError(f"The study directory {directory} is read-only for this user: a study writes its runs, lock "
-                           "and log there. Run it as the directory's owner, or give another --results; reading and "
-                           "reporting need no write (tuneoff report <study dir> --out DIR).") from None
+        raise TuneoffError(
+            f"The study directory {directory} is read-only for this user: a study writes its runs, lock "
+            "and log there. Run it as the directory's owner, or give another --results; reading and "
+            "reporting need no write (tuneoff report <study dir> --out DIR)."
+        ) from None
     except (OSError, ValueError) as exc:
         raise TuneoffError(f"Cannot create the study directory {directory}: {exc}. Choose another --results.") from exc
     try:
@@ -284,11 +333,15 @@ def hold_study(directory: Path, name: str):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise TuneoffError(f"Study {name!r} is being run by another process ({holder}). Wait for it to finish, or stop "
-                           "it; then `--resume` continues the study. One study is run by one process at a time.") from None
+        raise TuneoffError(
+            f"Study {name!r} is being run by another process ({holder}). Wait for it to finish, or stop "
+            "it; then `--resume` continues the study. One study is run by one process at a time."
+        ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    handle.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc).isoformat(timespec='seconds')}"
+    )
     handle.flush()
     return handle
 
@@ -302,8 +355,10 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
     results = Path(results)
     path = results / DB_NAME
     if results.is_dir() and not writable(results):
-        raise TuneoffError(f"{results} is read-only for this user: `tuneoff runs rebuild` writes a new store there. Run it "
-                           "as the directory's owner, or copy the results somewhere writable and rebuild the copy.")
+        raise TuneoffError(
+            f"{results} is read-only for this user: `tuneoff runs rebuild` writes a new store there. Run it "
+            "as the directory's owner, or copy the results somewhere writable and rebuild the copy."
+        )
     if path.exists():
         aside = path.with_name(f"{DB_NAME}.damaged-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
         os.replace(path, aside)
@@ -328,7 +383,9 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
                     log.warning(f"rebuild: {run_dir} is not a run of study {spec.name!r} as it is written now; skipped")
                     continue
                 try:
-                    info, metrics, resources = (read_json(run_dir / f) for f in ("run.json", "metrics.json", "resources.json"))
+                    info, metrics, resources = (
+                        read_json(run_dir / f) for f in ("run.json", "metrics.json", "resources.json")
+                    )
                     config = (run_dir / "config.yaml").read_text(encoding="utf-8")
                 except (OSError, ValueError) as exc:
                     log.warning(f"rebuild: {run_dir} skipped ({exc})")
@@ -344,8 +401,14 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
 def _round_run(planned: dict, run_id: str) -> PlannedRun | None:
     """A run a decide-mode round added (``<condition>-s<seed>`` past the study's own seeds), as the study plans it."""
     key, _, seed = run_id.rpartition("-s")
-    first = next((r for r in planned.values() if r.phase == protocol.PHASE_FINAL
-                  and protocol.seedless_id(r.run_id, r.seed) == key), None)
+    first = next(
+        (
+            r
+            for r in planned.values()
+            if r.phase == protocol.PHASE_FINAL and protocol.seedless_id(r.run_id, r.seed) == key
+        ),
+        None,
+    )
     if first is None or not seed.isdigit():
         return None
     return PlannedRun(run_id, first.variant, first.params, int(seed), first.config)
@@ -370,10 +433,14 @@ def rerun(results: str | Path, study: str, run_ids: list[str]) -> list[Path]:
         for run_id in run_ids:
             row = known_runs.get(run_id)
             if row is None:
-                raise TuneoffError(f"Study {study!r} has no run {run_id!r}; `tuneoff runs list --study {study}` lists them.")
+                raise TuneoffError(
+                    f"Study {study!r} has no run {run_id!r}; `tuneoff runs list --study {study}` lists them."
+                )
             if row["phase"] == protocol.PHASE_TUNE:
-                raise TuneoffError(f"{study}/{run_id} is a tuning trial: it chose the learning rate its condition's seeds "
-                                   "trained at, so it is not re-run alone; re-run the study in a new --results instead.")
+                raise TuneoffError(
+                    f"{study}/{run_id} is a tuning trial: it chose the learning rate its condition's seeds "
+                    "trained at, so it is not re-run alone; re-run the study in a new --results instead."
+                )
             rows.append(row)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         moved = []

@@ -62,8 +62,16 @@ class Outcome:
 
 
 def _read_finished(run_id: str, run_dir: Path, seconds: float = 0.0, found: bool = False) -> Outcome:
-    return Outcome(run_id, "done", str(run_dir), read_json(run_dir / "metrics.json"), read_json(run_dir / "resources.json"),
-                   read_json(run_dir / "run.json"), seconds=seconds, found_on_disk=found)
+    return Outcome(
+        run_id,
+        "done",
+        str(run_dir),
+        read_json(run_dir / "metrics.json"),
+        read_json(run_dir / "resources.json"),
+        read_json(run_dir / "run.json"),
+        seconds=seconds,
+        found_on_disk=found,
+    )
 
 
 class RunProcessesDied(RuntimeError):
@@ -87,8 +95,9 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     t0 = time.perf_counter()
     on_evaluate = job.on_evaluate() if job.on_evaluate is not None else None
     try:
-        result = train_with_oom_retry(job.config, progress=progress, run_id=job.run_id, resume=True,
-                                      on_evaluate=on_evaluate)
+        result = train_with_oom_retry(
+            job.config, progress=progress, run_id=job.run_id, resume=True, on_evaluate=on_evaluate
+        )
     except stop.RunStopped as exc:
         return Outcome(job.run_id, "stopped", error=str(exc), seconds=time.perf_counter() - t0)
     except TuneoffError as exc:
@@ -96,9 +105,16 @@ def run_job(job: Job, progress: bool = False, processes: int = 1) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a pruned trial, a bug or a library error: recorded, the study goes on
         if type(exc).__name__ == "TrialPruned":  # its checkpoint will never be resumed
             shutil.rmtree(run_dir.parent / f".{job.run_id}.tmp", ignore_errors=True)
-            return Outcome(job.run_id, "pruned", metrics=getattr(exc, "metrics", None), error=str(exc),
-                           seconds=time.perf_counter() - t0)
-        return Outcome(job.run_id, "failed", error="".join(traceback.format_exception(exc)), seconds=time.perf_counter() - t0)
+            return Outcome(
+                job.run_id,
+                "pruned",
+                metrics=getattr(exc, "metrics", None),
+                error=str(exc),
+                seconds=time.perf_counter() - t0,
+            )
+        return Outcome(
+            job.run_id, "failed", error="".join(traceback.format_exception(exc)), seconds=time.perf_counter() - t0
+        )
     return _read_finished(job.run_id, result.run_dir, time.perf_counter() - t0)
 
 
@@ -107,8 +123,9 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="tuneoff-job-") as tmp:
         job_file, outcome_file = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
         job_file.write_bytes(pickle.dumps(job))
-        code, output, _ = run_launched(launch_command(processes, [str(job_file), str(outcome_file)],
-                                                   module="tuneoff.study.worker"), capture=True)
+        code, output, _ = run_launched(
+            launch_command(processes, [str(job_file), str(outcome_file)], module="tuneoff.study.worker"), capture=True
+        )
         outcome = pickle.loads(outcome_file.read_bytes()) if outcome_file.is_file() else None
     # A process killed by a signal makes the launcher exit non-zero; the survivors then fail in their next collective
     # ("connection reset by peer") and process 0 may report that failure. Only a clean exit (or a finished run) is
@@ -119,8 +136,10 @@ def _run_in_processes(job: Job, processes: int) -> Outcome:
     tail = "\n".join(output.strip().splitlines()[-15:])
     log.warning(f"    {job.run_id}: its {processes} processes died (exit code {code})")
     log_file = Path(job.config.output_dir) / f".{job.run_id}.tmp" / RUN_LOG
-    raise RunProcessesDied(f"the {processes} processes of run {job.run_id} died without reporting (exit code "
-                           f"{code}); every process's records are in {log_file}; last output:\n{tail}")
+    raise RunProcessesDied(
+        f"the {processes} processes of run {job.run_id} died without reporting (exit code "
+        f"{code}); every process's records are in {log_file}; last output:\n{tail}"
+    )
 
 
 class LocalExecutor:
@@ -166,8 +185,14 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                 max_retries: int = 3, processes_per_run: int = 1):
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus_per_run: float = 1,
+        gpus_per_run: float | None = None,
+        max_retries: int = 3,
+        processes_per_run: int = 1,
+    ):
         if processes_per_run < 1:
             raise TuneoffError(f"--processes-per-run {processes_per_run}: must be at least 1.")
         try:
@@ -183,19 +208,24 @@ class RayExecutor:
                 own = None if os.environ.get("RAY_ADDRESS") else "local"
                 ray.init(address=address or own, log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise TuneoffError(f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
-                                   "Start one with `ray start --head`, or pass --address auto / ray://host:10001.") from exc
+                raise TuneoffError(
+                    f"Cannot connect to the Ray cluster at {address or 'a new local cluster'}: {exc}. "
+                    "Start one with `ray start --head`, or pass --address auto / ray://host:10001."
+                ) from exc
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         cpus_per_run, gpus_per_run, self.slots = task_resources(nodes, cpus_per_run, gpus_per_run, processes_per_run)
         # A dead worker is retried by Ray; so are a multi-process run's processes dying under a live worker.
-        self.task = ray.remote(_remote_run_job).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries,
-                                                        retry_exceptions=[RunProcessesDied])
+        self.task = ray.remote(_remote_run_job).options(
+            num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries, retry_exceptions=[RunProcessesDied]
+        )
         self.processes = processes_per_run
         self.max_retries = max_retries
         self.inflight: dict = {}
         total_cpus, total_gpus = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
-        log.info(f"ray: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs; each run asks for {cpus_per_run:g} CPUs "
-            f"and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to {max_retries} retries")
+        log.info(
+            f"ray: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs; each run asks for {cpus_per_run:g} CPUs "
+            f"and {gpus_per_run:g} GPUs ({processes_per_run} process(es)), {self.slots} at a time; up to {max_retries} retries"
+        )
 
     def submit(self, job: Job) -> None:
         self.inflight[self.task.remote(job, self.processes)] = job
@@ -211,7 +241,9 @@ class RayExecutor:
             return job, self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # the worker died on every attempt
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return job, Outcome(job.run_id, "failed", error=f"Ray task failed after {self.max_retries} retries: {first}")
+            return job, Outcome(
+                job.run_id, "failed", error=f"Ray task failed after {self.max_retries} retries: {first}"
+            )
 
     def stop(self) -> None:
         """Ray interrupts each run in flight (KeyboardInterrupt in its task): it resumes from its last checkpoint."""
@@ -232,18 +264,24 @@ def task_resources(nodes: list[dict], cpus: float, gpus: float | None, processes
     if gpus is None:  # one GPU per process where the cluster has GPUs, else CPU-only runs
         gpus = processes if any(n.get("GPU", 0) >= 1 for n in nodes) else 0
     if gpus > 1 and gpus != processes or processes > 1 and 0 < gpus < processes:
-        raise TuneoffError(f"--gpus-per-run {gpus:g} with --processes-per-run {processes}: a run trains with one "
-                           "process per GPU. Pass --processes-per-run N to give each run N GPUs (or no --gpus-per-run: "
-                           "one GPU per process where the cluster has GPUs).")
+        raise TuneoffError(
+            f"--gpus-per-run {gpus:g} with --processes-per-run {processes}: a run trains with one "
+            "process per GPU. Pass --processes-per-run N to give each run N GPUs (or no --gpus-per-run: "
+            "one GPU per process where the cluster has GPUs)."
+        )
     if not gpus:
         cpus = max(cpus, processes)  # a CPU process each
     fits = [n for n in nodes if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
     if not fits:
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-        raise TuneoffError(f"Each run asks for {cpus:g} CPUs and {gpus:g} GPUs on one node, but the Ray cluster's "
-                           f"largest node has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs: no run "
-                           "could ever be placed. Lower --cpus-per-run / --gpus-per-run / --processes-per-run.")
-    slots = sum(int(min(n.get("CPU", 0) // max(cpus, 1e-9), n.get("GPU", 0) // gpus if gpus else float("inf"))) for n in fits)
+        raise TuneoffError(
+            f"Each run asks for {cpus:g} CPUs and {gpus:g} GPUs on one node, but the Ray cluster's "
+            f"largest node has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs: no run "
+            "could ever be placed. Lower --cpus-per-run / --gpus-per-run / --processes-per-run."
+        )
+    slots = sum(
+        int(min(n.get("CPU", 0) // max(cpus, 1e-9), n.get("GPU", 0) // gpus if gpus else float("inf"))) for n in fits
+    )
     return cpus, gpus, max(1, slots)
 
 
@@ -274,8 +312,16 @@ class Eta:
         return sum(means.get(m, slowest) for m in methods) / self.slots / 60, unknown
 
 
-def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int = 0, methods: list[str] | None = None,
-          later_methods: list[str] | None = None) -> None:
+def drive(
+    executor,
+    jobs,
+    total: int,
+    on_outcome,
+    before_submit=None,
+    later: int = 0,
+    methods: list[str] | None = None,
+    later_methods: list[str] | None = None,
+) -> None:
     """Keep ``executor.slots`` jobs in flight, hand each outcome to ``on_outcome`` as it arrives. ``later``: runs the
     study will plan after these (the comparison runs after the tuning trials), counted in the time left, so an estimate
     read during the trials is the study's, not the phase's. ``methods`` / ``later_methods``: each job's method, in order
@@ -290,8 +336,9 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
             stopping = exhausted = True
             # no count here: a run trained in this process has already stopped (and left the executor) by the time
             # the request is read; the end of drive() says how many ended, were saved and never started
-            log.warning(f"{stop.requested()}: stopping; no run starts, and any run in flight saves a checkpoint where "
-                        "it is")
+            log.warning(
+                f"{stop.requested()}: stopping; no run starts, and any run in flight saves a checkpoint where it is"
+            )
             executor.stop()
         while not exhausted and executor.pending < executor.slots:
             job = next(jobs, None)
@@ -319,25 +366,35 @@ def drive(executor, jobs, total: int, on_outcome, before_submit=None, later: int
             (now, low), (then, low_then) = (pace * (total - finished), False), (pace * later, False)
         eta = f", ETA {'at least ' if low else ''}{now:.1f} min" if total > finished else ""
         if later:
-            after = (f"then {'at least' if low_then else 'about'} {then:.0f} min for the {later} runs after "
-                     f"{'them' if eta else 'these'}")
+            after = (
+                f"then {'at least' if low_then else 'about'} {then:.0f} min for the {later} runs after "
+                f"{'them' if eta else 'these'}"
+            )
             eta = f"{eta} ({after})" if eta else f", {after}"
         if stopping or outcome.status == "stopped":
             eta = ""
         where = f" on {outcome.host}" if executor.name != "local" else ""
-        log.info(f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome, job.trial)}{eta}")
+        log.info(
+            f"[{finished}/{total}] {job.run_id} ({job.config.method.name}){where}: {describe(outcome, job.trial)}{eta}"
+        )
         on_outcome(job, outcome)
     if alone and not stopping:
         # A run is missing from what the study reports: exit as stopped (128 + the signal), never as a finished study.
         signal_name = next((w for o in alone for w in (o.error or "").split() if w.startswith("SIG")), "SIGTERM")
-        raise Stopped(f"{len(alone)} run(s) were stopped by a signal their worker alone got "
-                      f"({', '.join(o.run_id for o in alone)}); the study ran the others. They are pending at their "
-                      "checkpoints: run the same command with --resume to finish them; until then the study is "
-                      "incomplete.", signal_name)
+        raise Stopped(
+            f"{len(alone)} run(s) were stopped by a signal their worker alone got "
+            f"({', '.join(o.run_id for o in alone)}); the study ran the others. They are pending at their "
+            "checkpoints: run the same command with --resume to finish them; until then the study is "
+            "incomplete.",
+            signal_name,
+        )
     if stopping:
-        raise Stopped(f"Stopped by {stop.requested()}: {finished - kept} run(s) ended before it, {kept} saved where "
-                      f"they stopped and {total - finished} not started. Run the same command with --resume to continue: "
-                      "finished runs are kept, stopped ones continue from their checkpoints.", stop.requested())
+        raise Stopped(
+            f"Stopped by {stop.requested()}: {finished - kept} run(s) ended before it, {kept} saved where "
+            f"they stopped and {total - finished} not started. Run the same command with --resume to continue: "
+            "finished runs are kept, stopped ones continue from their checkpoints.",
+            stop.requested(),
+        )
 
 
 def describe(outcome, trial: bool = False) -> str:

@@ -62,9 +62,11 @@ def thread_note(cores: int, free: int, load: float, chosen: str) -> str | None:
     """What a command says when other work holds some of the cores (None when none is taken)."""
     if free >= cores:
         return None
-    return (f"other work is using about {cores - free} of the {cores} core(s) this process may use (load {load:.1f}): "
-            f"{chosen}, so that threads do not fight over a busy core; --threads (and --parallel for a study) choose "
-            "otherwise")
+    return (
+        f"other work is using about {cores - free} of the {cores} core(s) this process may use (load {load:.1f}): "
+        f"{chosen}, so that threads do not fight over a busy core; --threads (and --parallel for a study) choose "
+        "otherwise"
+    )
 
 
 def available_gb() -> float:
@@ -78,7 +80,9 @@ def available_gb() -> float:
     return 8.0
 
 
-def choose(parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_peak_mb: float | None = None) -> tuple[int, int]:
+def choose(
+    parallel: int | str, threads: int | None, jobs: int = 1 << 30, gpu_peak_mb: float | None = None
+) -> tuple[int, int]:
     """(runs at once, threads per run). ``parallel="auto"``: on a CPU, one thread per run up to 4 cores, two up to 16,
     four beyond (the cores split between runs), no more runs than memory holds at ``GB_PER_CPU_RUN`` each or than there
     are jobs; on a GPU, as many runs as the planned peak fits in 80% of its free memory (at most 8)."""
@@ -117,8 +121,12 @@ def _init_worker(threads: int, level: int) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     # Quiet libraries, as the command line keeps them: no loading bars or load reports from every worker.
-    for var, value in (("TOKENIZERS_PARALLELISM", "false"), ("TRANSFORMERS_VERBOSITY", "error"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+    for var, value in (
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
         os.environ.setdefault(var, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
     import torch
@@ -153,23 +161,33 @@ class PackedExecutor:
 
     name = "local"
 
-    def __init__(self, parallel: int, threads: int, progress: bool = False, processes_per_run: int = 1,
-                 isolate: bool = False):
+    def __init__(
+        self, parallel: int, threads: int, progress: bool = False, processes_per_run: int = 1, isolate: bool = False
+    ):
         self.slots, self.threads, self.progress, self.processes = parallel, threads, progress, processes_per_run
         self.isolate, self.stopping = isolate, False
         self.inflight: dict[cf.Future, tuple[Job, set[int] | None]] = {}
         cores = cpu_cores()  # consecutive cores per run, when every run can have its own
         fits = threads * parallel <= len(cores)
-        self.free: list[set[int]] | None = [set(cores[k * threads:(k + 1) * threads]) for k in range(parallel)] if fits else None
+        self.free: list[set[int]] | None = (
+            [set(cores[k * threads : (k + 1) * threads]) for k in range(parallel)] if fits else None
+        )
         self.pool = self._pool()
-        log.info(f"local: {parallel} runs at once, {threads} thread(s) each (on {len(cores)} cores)"
-                 + (", each run in a new process" if isolate else ""))
+        log.info(
+            f"local: {parallel} runs at once, {threads} thread(s) each (on {len(cores)} cores)"
+            + (", each run in a new process" if isolate else "")
+        )
 
     def _pool(self) -> cf.ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited OpenMP or CUDA state
         fresh = {"max_tasks_per_child": 1} if self.isolate else {}  # Python >= 3.11 (checked by make_executor)
-        return cf.ProcessPoolExecutor(max_workers=self.slots, mp_context=context, initializer=_init_worker,
-                                      initargs=(self.threads, logging.getLogger("tuneoff").getEffectiveLevel()), **fresh)
+        return cf.ProcessPoolExecutor(
+            max_workers=self.slots,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.threads, logging.getLogger("tuneoff").getEffectiveLevel()),
+            **fresh,
+        )
 
     def submit(self, job: Job) -> None:
         cores = self.free.pop(0) if self.free else None
@@ -193,8 +211,12 @@ class PackedExecutor:
             return job, future.result()
         except BrokenProcessPool:  # a worker was killed (out of memory, a signal): its run resumes from its checkpoint
             if self.stopping:  # the others are stopping too: none starts again
-                return job, Outcome(job.run_id, "failed", error="its worker process died while the study stopped; "
-                                    "`--resume` continues it from its last checkpoint")
+                return job, Outcome(
+                    job.run_id,
+                    "failed",
+                    error="its worker process died while the study stopped; "
+                    "`--resume` continues it from its last checkpoint",
+                )
             self.pool.shutdown(wait=False, cancel_futures=True)
             lost = list(self.inflight.values())
             self.inflight.clear()
@@ -203,8 +225,12 @@ class PackedExecutor:
                 if held is not None:
                     self.free.append(held)
                 self.submit(other)
-            return job, Outcome(job.run_id, "failed", error="its worker process died (killed, or out of memory); "
-                                "`--resume` continues it from its last checkpoint")
+            return job, Outcome(
+                job.run_id,
+                "failed",
+                error="its worker process died (killed, or out of memory); "
+                "`--resume` continues it from its last checkpoint",
+            )
         except Exception as exc:  # noqa: BLE001 - run_job reports its own failures; this is the pool's (pickling, ...)
             return job, Outcome(job.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -220,10 +246,20 @@ class PackedExecutor:
         self.inflight.clear()
 
 
-def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-                  max_retries: int = 3, progress: bool = False, processes_per_run: int = 1, parallel: int | str = 1,
-                  threads: int | None = None, jobs: int = 1 << 30, gpu_peak_mb: float | None = None,
-                  isolate: bool = False):
+def make_executor(
+    name: str,
+    address: str | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float | None = None,
+    max_retries: int = 3,
+    progress: bool = False,
+    processes_per_run: int = 1,
+    parallel: int | str = 1,
+    threads: int | None = None,
+    jobs: int = 1 << 30,
+    gpu_peak_mb: float | None = None,
+    isolate: bool = False,
+):
     """The executor a study runs on: ``local`` (one run at a time here, or ``parallel`` at once in worker processes;
     ``auto`` chooses from the machine, see ``choose``; ``isolate``: each run in a new process) or ``ray``."""
     if name == "local":
@@ -231,8 +267,10 @@ def make_executor(name: str, address: str | None = None, cpus_per_run: float = 1
         if processes_per_run > 1:  # a run that is itself several processes takes the machine (each run new ones)
             return LocalExecutor(progress, processes_per_run)
         if isolate and sys.version_info < (3, 11):
-            raise TuneoffError("--isolate-runs needs Python 3.11 or later (a worker process per run); this is "
-                               f"{platform.python_version()}. Run without it: CPU peaks are then upper bounds.")
+            raise TuneoffError(
+                "--isolate-runs needs Python 3.11 or later (a worker process per run); this is "
+                f"{platform.python_version()}. Run without it: CPU peaks are then upper bounds."
+            )
         n, per_run = choose(parallel, threads, jobs, gpu_peak_mb)
         if n > 1 or isolate:
             return PackedExecutor(n, per_run, progress, isolate=isolate)

@@ -63,13 +63,22 @@ class TuneSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     lr: bool = Field(True, description="Tune each condition's learning rate on validation before its seeds run.")
-    trials: int = Field(6, ge=1, le=100, description="Learning rates tried per condition (log-uniform over the prior, "
-                        "one in each of `trials` equal parts of its log range).")
+    trials: int = Field(
+        6,
+        ge=1,
+        le=100,
+        description="Learning rates tried per condition (log-uniform over the prior, "
+        "one in each of `trials` equal parts of its log range).",
+    )
     pruning: bool = Field(True, description="Median stopping rule: stop a trial below the median of finished trials.")
     seed: int = Field(0, description="Training seed of the trials (the final runs use the study's seeds).")
     min_trials_to_prune: int = Field(2, ge=1, description="Finished trials needed before the median rule applies.")
-    prune_after_epochs: float = Field(1.0, ge=0, description="The median rule judges a trial only from this epoch on "
-                                      "(slow starters are not stopped at their first evaluations).")
+    prune_after_epochs: float = Field(
+        1.0,
+        ge=0,
+        description="The median rule judges a trial only from this epoch on "
+        "(slow starters are not stopped at their first evaluations).",
+    )
 
 
 class UntilDecided(BaseModel):
@@ -78,8 +87,11 @@ class UntilDecided(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_seeds: int = Field(10, ge=2, le=64, description="The most seeds any condition gets.")
-    budget: str | None = Field(None, description="Wall-clock budget of the rounds from the command's start: e.g. 2h, "
-                               "90m, 3600s; none: until decided or max_seeds.")
+    budget: str | None = Field(
+        None,
+        description="Wall-clock budget of the rounds from the command's start: e.g. 2h, "
+        "90m, 3600s; none: until decided or max_seeds.",
+    )
 
     @field_validator("budget")
     @classmethod
@@ -109,11 +121,11 @@ class TrialPruned(Exception):
 class Condition:
     """A variant at one grid point: its final runs (one per seed) and how its learning rate is set."""
 
-    key: str                                   # the run ids' common prefix (no seed)
+    key: str  # the run ids' common prefix (no seed)
     variant: str
     params: dict
-    runs: list                                 # PlannedRun, one per seed
-    lr_range: tuple[float, float] | None       # None: pinned (train.lr given)
+    runs: list  # PlannedRun, one per seed
+    lr_range: tuple[float, float] | None  # None: pinned (train.lr given)
     trials: list = field(default_factory=list)  # PlannedRun of the tuning phase
 
     @property
@@ -152,7 +164,9 @@ def trial_lrs(low: float, high: float, trials: int, seed: int) -> list[float]:
     """``trials`` log-uniform draws over [low, high], one in each of ``trials`` equal parts of the log range, in a
     random order (see the module's docstring); a pure function of its arguments, rounded to three significant digits
     (readable in run records, identical on every machine)."""
-    rng = np.random.default_rng(int(hashlib.sha256(f"{seed}:{low:.6g}:{high:.6g}:{trials}".encode()).hexdigest()[:12], 16))
+    rng = np.random.default_rng(
+        int(hashlib.sha256(f"{seed}:{low:.6g}:{high:.6g}:{trials}".encode()).hexdigest()[:12], 16)
+    )
     fractions = (rng.permutation(trials) + rng.uniform(0.0, 1.0, trials)) / trials
     draws = np.exp(math.log(low) + fractions * (math.log(high) - math.log(low)))
     return [float(f"{x:.3g}") for x in draws]
@@ -163,8 +177,16 @@ def trial_runs(cond: Condition, tune: TuneSpec) -> list:
     out = []
     for k, lr in enumerate(trial_lrs(*cond.lr_range, tune.trials, tune.seed)):
         train = base.train.model_copy(update={"lr": lr, "seed": tune.seed})
-        out.append(PlannedRun(f"{cond.key}-tune{k}", cond.variant, {**cond.params, "trial": k, "train.lr": lr}, tune.seed,
-                              base.model_copy(update={"train": train}), phase=PHASE_TUNE))
+        out.append(
+            PlannedRun(
+                f"{cond.key}-tune{k}",
+                cond.variant,
+                {**cond.params, "trial": k, "train.lr": lr},
+                tune.seed,
+                base.model_copy(update={"train": train}),
+                phase=PHASE_TUNE,
+            )
+        )
     return out
 
 
@@ -186,7 +208,9 @@ def final_runs(cond: Condition, lr: float) -> list:
     out = []
     for run in cond.runs:
         train = run.config.train.model_copy(update={"lr": lr})
-        out.append(PlannedRun(run.run_id, run.variant, run.params, run.seed, run.config.model_copy(update={"train": train})))
+        out.append(
+            PlannedRun(run.run_id, run.variant, run.params, run.seed, run.config.model_copy(update={"train": train}))
+        )
     return out
 
 
@@ -228,15 +252,22 @@ class MedianStop:
             return
         median = float(np.median(others))
         if (self.best > median) if lower else (self.best < median):
-            raise TrialPruned(f"pruned at step {step}: best validation {self.metric} {self.best:.4f} is below the median "
-                              f"{median:.4f} of {len(others)} finished trials at that step",
-                              {"validation": {self.metric: self.best}, "pruned_at_step": step})
+            raise TrialPruned(
+                f"pruned at step {step}: best validation {self.metric} {self.best:.4f} is below the median "
+                f"{median:.4f} of {len(others)} finished trials at that step",
+                {"validation": {self.metric: self.best}, "pruned_at_step": step},
+            )
 
 
 def check_lr_range(name: str, value) -> None:
     """[low, high], two finite numbers (a YAML ``true`` is not 1, ``.inf`` is no rate) with 0 < low < high."""
-    numbers = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    numbers = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
     if not (numbers and 0 < value[0] < value[1]):
-        raise TuneoffError(f"variants.{name}.lr_range: give [low, high], two finite numbers with 0 < low < high, e.g. "
-                           f"[1.0e-4, 5.0e-3] (got {value!r}).")
+        raise TuneoffError(
+            f"variants.{name}.lr_range: give [low, high], two finite numbers with 0 < low < high, e.g. "
+            f"[1.0e-4, 5.0e-3] (got {value!r})."
+        )

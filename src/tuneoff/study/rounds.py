@@ -40,7 +40,7 @@ def spent(t: float, alpha: float) -> float:
     """O'Brien-Fleming-type alpha spending (Lan & DeMets, 1983): the error spent by information fraction ``t``."""
     if t <= 0:
         return 0.0
-    return float(min(alpha, 2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 2) / t ** 0.5)))
+    return float(min(alpha, 2 - 2 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 2) / t**0.5)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,6 +59,7 @@ def boundaries(first: int, max_seeds: int, alpha: float) -> tuple[float, ...]:
     for t in fractions:
         share = spent(t, alpha) / 2 - done  # one-sided error to spend at this look
         if density is None:
+
             def crossing(b, t=t):
                 return stats.norm.sf(b / np.sqrt(t))
         else:
@@ -66,6 +67,7 @@ def boundaries(first: int, max_seeds: int, alpha: float) -> tuple[float, ...]:
 
             def crossing(b, delta=delta, density=density):
                 return float(np.sum(density * stats.norm.sf((b - grid) / np.sqrt(delta))) * step)
+
         bound = optimize.brentq(lambda b: crossing(b) - share, -10.0, 12.0) if share > 1e-15 else 12.0
         levels.append(float(2 * stats.norm.sf(bound / np.sqrt(t))))  # as a two-sided level on the look's z
         open_ = grid < bound

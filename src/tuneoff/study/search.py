@@ -71,7 +71,9 @@ class Dimension(BaseModel):
 class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metric: str = Field("validation.accuracy", description="validation.<metric> or resources.<field> to optimise.")
-    direction: Literal["maximize", "minimize"] | None = Field(None, description="Default: minimize losses, times and memory.")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Default: minimize losses, times and memory."
+    )
     trials: int = Field(..., ge=1, description="Trials per variant.")
     space: dict[str, Dimension] = Field(default_factory=dict, description="Dimensions for every variant.")
     constraints: dict[str, float] = Field(default_factory=dict, description="resources.<field>: upper limit.")
@@ -84,14 +86,20 @@ class SearchSpec(BaseModel):
     def _check(self) -> SearchSpec:
         section = self.metric.split(".", 1)[0]
         if section == "test":
-            raise ValueError(f"metric {self.metric!r}: choosing hyper-parameters on the test split leaks it into the "
-                             "result; use validation.<metric>")
+            raise ValueError(
+                f"metric {self.metric!r}: choosing hyper-parameters on the test split leaks it into the "
+                "result; use validation.<metric>"
+            )
         if section not in ("validation", "resources") or "." not in self.metric:
-            raise ValueError(f"metric {self.metric!r}: use validation.<metric> (accuracy, macro_f1, loss, ...) or "
-                             "resources.<field> (train_seconds, peak_rss_mb, ...)")
+            raise ValueError(
+                f"metric {self.metric!r}: use validation.<metric> (accuracy, macro_f1, loss, ...) or "
+                "resources.<field> (train_seconds, peak_rss_mb, ...)"
+            )
         for key in self.constraints:
             if not key.startswith("resources."):
-                raise ValueError(f"constraints.{key}: constraints are limits on resources.<field>, e.g. resources.peak_rss_mb")
+                raise ValueError(
+                    f"constraints.{key}: constraints are limits on resources.<field>, e.g. resources.peak_rss_mb"
+                )
         return self
 
     @property
@@ -120,11 +128,16 @@ def pruning_callback(trial_ref: dict):
     Runs wherever the trial runs (this process or a Ray worker), talking to the journal on shared storage."""
     import optuna
 
-    study = optuna.load_study(study_name=trial_ref["study"], storage=_storage(trial_ref["results"]),
-                              pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=trial_ref["warmup"]))
+    study = optuna.load_study(
+        study_name=trial_ref["study"],
+        storage=_storage(trial_ref["results"]),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=trial_ref["warmup"]),
+    )
     trial = optuna.trial.Trial(study, trial_ref["trial_id"])
     # A trial resumed from its checkpoint evaluates again at steps it already reported before it was cut off.
-    reported = set(next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_ref["trial_id"]).intermediate_values)
+    reported = set(
+        next(t for t in study.get_trials(deepcopy=False) if t._trial_id == trial_ref["trial_id"]).intermediate_values
+    )
 
     def on_evaluate(step: int, validation: dict) -> None:
         value = validation.get(trial_ref["metric"])
@@ -133,8 +146,10 @@ def pruning_callback(trial_ref: dict):
         if step not in reported:
             trial.report(float(value), step)
         if trial_ref["pruning"] and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step}: validation {trial_ref['metric']} {value:.4f} below the "
-                                     "median of earlier trials at that step")
+            raise optuna.TrialPruned(
+                f"pruned at step {step}: validation {trial_ref['metric']} {value:.4f} below the "
+                "median of earlier trials at that step"
+            )
 
     return on_evaluate
 
@@ -145,9 +160,15 @@ def check_space(spaces: dict, base_configs: dict) -> None:
     for variant, cfg in base_configs.items():
         for key, dim in spaces[variant].items():
             try:
-                build_config(cfg.model_dump(mode="json"), [f"{key}={dim.example()}"], source=f"search.space.{key} (variant {variant!r})")
+                build_config(
+                    cfg.model_dump(mode="json"),
+                    [f"{key}={dim.example()}"],
+                    source=f"search.space.{key} (variant {variant!r})",
+                )
             except TuneoffError as exc:
-                raise TuneoffError(f"{exc}\n  (search.space.{key} must name a run config field, e.g. train.lr or method.r)") from None
+                raise TuneoffError(
+                    f"{exc}\n  (search.space.{key} must name a run config field, e.g. train.lr or method.r)"
+                ) from None
 
 
 def run_search(spec, bases: dict, store, directory: Path, results: Path, executor) -> None:
@@ -157,13 +178,20 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
     try:
         import optuna
     except ImportError:
-        raise TuneoffError(f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'.") from None
+        raise TuneoffError(
+            f"Study {spec.name!r} has a search: section, which needs Optuna: pip install 'tuneoff[search]'."
+        ) from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = spec.search
     # search.space applies to every variant; a variant's own `space:` adds (or overrides) dimensions for it alone
-    spaces = {v: {**search.space, **{k: Dimension.model_validate(d) for k, d in (spec.variants.get(v, {}).get("space") or {}).items()}}
-              for v in bases}
+    spaces = {
+        v: {
+            **search.space,
+            **{k: Dimension.model_validate(d) for k, d in (spec.variants.get(v, {}).get("space") or {}).items()},
+        }
+        for v in bases
+    }
     check_space(spaces, bases)
     storage = _storage(results)
     leaf = search.metric.split(".", 1)[1]
@@ -173,21 +201,39 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
 
     studies = {}
     for index, variant in enumerate(bases):  # a seed per variant: the same seed would draw the same first trials
-        sampler = optuna.samplers.TPESampler(seed=search.seed * 1000 + index, n_startup_trials=min(10, max(2, search.trials // 3)),
-                                             constraints_func=constraints if search.constraints else None)
-        studies[variant] = optuna.create_study(study_name=f"{spec.name}:{variant}", storage=storage, sampler=sampler,
-                                               direction="maximize" if search.maximize else "minimize", load_if_exists=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed * 1000 + index,
+            n_startup_trials=min(10, max(2, search.trials // 3)),
+            constraints_func=constraints if search.constraints else None,
+        )
+        studies[variant] = optuna.create_study(
+            study_name=f"{spec.name}:{variant}",
+            storage=storage,
+            sampler=sampler,
+            direction="maximize" if search.maximize else "minimize",
+            load_if_exists=True,
+        )
 
     def trial_job(variant: str, trial) -> Job:
         params = {key: dim.suggest(trial, key) for key, dim in spaces[variant].items()}
         run_id = f"{variant}-trial{trial.number:03d}"
-        config = build_config(bases[variant].model_dump(mode="json"), [f"{k}={v}" for k, v in params.items()],
-                              source=f"search trial {run_id}")
+        config = build_config(
+            bases[variant].model_dump(mode="json"),
+            [f"{k}={v}" for k, v in params.items()],
+            source=f"search trial {run_id}",
+        )
         config = config.model_copy(update={"output_dir": str(directory / "runs")})
-        store.plan_run(spec.name, run_id, variant, {"trial": trial.number, **params}, config.train.seed, config.to_yaml())
-        ref = {"results": str(results), "study": studies[variant].study_name, "trial_id": trial._trial_id,
-               "metric": leaf if search.metric.startswith("validation.") else None, "pruning": search.pruning,
-               "warmup": search.prune_after_steps}
+        store.plan_run(
+            spec.name, run_id, variant, {"trial": trial.number, **params}, config.train.seed, config.to_yaml()
+        )
+        ref = {
+            "results": str(results),
+            "study": studies[variant].study_name,
+            "trial_id": trial._trial_id,
+            "metric": leaf if search.metric.startswith("validation.") else None,
+            "pruning": search.pruning,
+            "warmup": search.prune_after_steps,
+        }
         return Job(run_id, config, partial(pruning_callback, ref) if ref["metric"] else None, trial=True)
 
     def jobs():
@@ -221,7 +267,10 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
         study = studies[variant]
         if outcome.status == "done":
             value = lookup(search.metric, outcome.metrics, outcome.resources)
-            excess = [(lookup(k, outcome.metrics, outcome.resources) or 0.0) - limit for k, limit in search.constraints.items()]
+            excess = [
+                (lookup(k, outcome.metrics, outcome.resources) or 0.0) - limit
+                for k, limit in search.constraints.items()
+            ]
             trial.set_user_attr("constraint_excess", excess)
             if value is None:
                 log.warning(f"    {job.run_id}: {search.metric} missing from its results; trial marked failed")
@@ -229,13 +278,25 @@ def run_search(spec, bases: dict, store, directory: Path, results: Path, executo
             else:
                 study.tell(trial.number, value)
         else:
-            study.tell(trial.number, state=optuna.trial.TrialState.PRUNED if outcome.status == "pruned" else optuna.trial.TrialState.FAIL)
+            study.tell(
+                trial.number,
+                state=optuna.trial.TrialState.PRUNED if outcome.status == "pruned" else optuna.trial.TrialState.FAIL,
+            )
 
-    done_before = sum(len(s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                                                                optuna.trial.TrialState.FAIL))) for s in studies.values())
+    done_before = sum(
+        len(
+            s.get_trials(
+                deepcopy=False,
+                states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL),
+            )
+        )
+        for s in studies.values()
+    )
     total = len(studies) * search.trials - done_before
-    log.info(f"search {spec.name}: {len(studies)} variant(s) x {search.trials} trials on {search.metric} "
-        f"({'maximize' if search.maximize else 'minimize'}), {done_before} already finished")
+    log.info(
+        f"search {spec.name}: {len(studies)} variant(s) x {search.trials} trials on {search.metric} "
+        f"({'maximize' if search.maximize else 'minimize'}), {done_before} already finished"
+    )
 
     class Limited:  # the executor, with at most `parallel` trials in flight
         def __init__(self, inner):
@@ -256,8 +317,11 @@ def best_trial(study, search):
     """The best complete trial that meets every constraint, or None."""
     import optuna
 
-    feasible = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None and all(e <= 0 for e in t.user_attrs.get("constraint_excess", []))]
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and all(e <= 0 for e in t.user_attrs.get("constraint_excess", []))
+    ]
     if not feasible:
         return None
     return (max if search.maximize else min)(feasible, key=lambda t: t.value)
@@ -273,12 +337,20 @@ def trials_frame(rows, search: SearchSpec):
         params = json.loads(row["params"])
         metrics = json.loads(row["metrics"]) if row["metrics"] else {}
         resources = json.loads(row["resources"]) if row["resources"] else {}
-        entry = {"variant": row["variant"], "trial": params.pop("trial", None), "run_id": row["run_id"], "status": row["status"],
-                 **params, search.metric: lookup(search.metric, metrics, resources) if metrics else None}
+        entry = {
+            "variant": row["variant"],
+            "trial": params.pop("trial", None),
+            "run_id": row["run_id"],
+            "status": row["status"],
+            **params,
+            search.metric: lookup(search.metric, metrics, resources) if metrics else None,
+        }
         for key, limit in search.constraints.items():  # feasibility is unknown (None) for runs that did not finish
             value = lookup(key, metrics, resources) if metrics else None
             entry[key] = value
-            entry["feasible"] = None if not metrics else entry.get("feasible", True) and value is not None and value <= limit
+            entry["feasible"] = (
+                None if not metrics else entry.get("feasible", True) and value is not None and value <= limit
+            )
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -290,5 +362,9 @@ def best_run_ids(frame, search: SearchSpec) -> set[str]:
         done = done[done.feasible.fillna(False).astype(bool)]
     if done.empty:
         return set()
-    pick = done.groupby("variant")[search.metric].idxmax() if search.maximize else done.groupby("variant")[search.metric].idxmin()
+    pick = (
+        done.groupby("variant")[search.metric].idxmax()
+        if search.maximize
+        else done.groupby("variant")[search.metric].idxmin()
+    )
     return set(done.loc[pick.values, "run_id"])

@@ -70,22 +70,33 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     max_runs: int = Field(64, ge=1, description="Refuse larger grids unless --yes.")
     search: SearchSpec | None = Field(None, description="Optuna search per variant instead of a grid (see search.py).")
-    tune: TuneSpec | None = Field(None, description="The fair protocol: tune each condition's learning rate on "
-                                  "validation, then train its seeds at the best (see protocol.py).")
-    until_decided: UntilDecided | None = Field(None, description="Decide mode: after its seeds, the study adds seeds "
-                                               "where they can settle an open comparison, until its recommendation is "
-                                               "decided, max_seeds or the budget (see rounds.py).")
+    tune: TuneSpec | None = Field(
+        None,
+        description="The fair protocol: tune each condition's learning rate on "
+        "validation, then train its seeds at the best (see protocol.py).",
+    )
+    until_decided: UntilDecided | None = Field(
+        None,
+        description="Decide mode: after its seeds, the study adds seeds "
+        "where they can settle an open comparison, until its recommendation is "
+        "decided, max_seeds or the budget (see rounds.py).",
+    )
     analysis: AnalysisSettings = AnalysisSettings()
     decide: Decide = Decide()
-    differences: dict[str, str] = Field(default_factory=dict, description="Where a study reproducing a published recipe "
-                                        "departs from it: config key -> why (studies/recipes/reports.yaml; tests check it).")
+    differences: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where a study reproducing a published recipe "
+        "departs from it: config key -> why (studies/recipes/reports.yaml; tests check it).",
+    )
 
     @field_validator("name")
     @classmethod
     def _printable_name(cls, name: str) -> str:
         if CONTROL.search(name):
-            raise ValueError(f"{name!r} holds control characters (escape sequences, carriage returns): a study's name "
-                             "is shown in terminals, tables and reports; remove them")
+            raise ValueError(
+                f"{name!r} holds control characters (escape sequences, carriage returns): a study's name "
+                "is shown in terminals, tables and reports; remove them"
+            )
         return name
 
     @field_validator("variants")
@@ -93,8 +104,10 @@ class StudySpec(BaseModel):
     def _printable_variants(cls, variants: dict) -> dict:
         bad = [name for name in variants if CONTROL.search(name)]
         if bad:
-            raise ValueError(f"variant name {bad[0]!r} holds control characters (escape sequences, carriage returns): "
-                             "it is shown in terminals, tables and reports; remove them")
+            raise ValueError(
+                f"variant name {bad[0]!r} holds control characters (escape sequences, carriage returns): "
+                "it is shown in terminals, tables and reports; remove them"
+            )
         return variants
 
     @field_validator("seeds")
@@ -102,8 +115,10 @@ class StudySpec(BaseModel):
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
         repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
-            raise ValueError(f"{repeated} appear more than once; a repeated seed is the same run again, not another "
-                             "sample (give distinct seeds, e.g. [1, 2, 3])")
+            raise ValueError(
+                f"{repeated} appear more than once; a repeated seed is the same run again, not another "
+                "sample (give distinct seeds, e.g. [1, 2, 3])"
+            )
         return seeds
 
     @model_validator(mode="after")
@@ -112,25 +127,35 @@ class StudySpec(BaseModel):
             # The trial that won on validation would be trained again as a final run: that condition's seeds would
             # include the one its rate was chosen on (+0.8 to +1.1 points with 3 or 6 trials, measured from outside),
             # and the verdict's pick, made on the tuning phase, would share that run's luck.
-            raise ValueError(f"tune.seed ({self.tune.seed}) is also in seeds {self.seeds}: the trials must use a seed "
-                             "of their own, or the final runs repeat the trial their rate was chosen on. Give tune.seed a "
-                             f"value outside seeds (e.g. tune: {{seed: {min(set(range(len(self.seeds) + 1)) - set(self.seeds))}}}) "
-                             "or drop it from seeds")
+            raise ValueError(
+                f"tune.seed ({self.tune.seed}) is also in seeds {self.seeds}: the trials must use a seed "
+                "of their own, or the final runs repeat the trial their rate was chosen on. Give tune.seed a "
+                f"value outside seeds (e.g. tune: {{seed: {min(set(range(len(self.seeds) + 1)) - set(self.seeds))}}}) "
+                "or drop it from seeds"
+            )
         if not self.variants and not self.grid and "method" not in (self.base or {}) and self.search is None:
-            raise ValueError("the study names no method: give variants (one per method, e.g. variants: {lora: {method: "
-                             "{name: lora}}}) or base.method; without them it would train the default LoRA on the whole "
-                             "default corpus")
+            raise ValueError(
+                "the study names no method: give variants (one per method, e.g. variants: {lora: {method: "
+                "{name: lora}}}) or base.method; without them it would train the default LoRA on the whole "
+                "default corpus"
+            )
         if self.until_decided is not None and self.search is not None:
-            raise ValueError("until_decided: decide mode adds seeds to a grid's conditions; a search: study has trials, "
-                             "not conditions. Drop one of the two")
+            raise ValueError(
+                "until_decided: decide mode adds seeds to a grid's conditions; a search: study has trials, "
+                "not conditions. Drop one of the two"
+            )
         if self.until_decided is not None and self.until_decided.max_seeds < len(self.seeds):
-            raise ValueError(f"until_decided.max_seeds ({self.until_decided.max_seeds}) is below the {len(self.seeds)} "
-                             "seeds the study starts with: raise it or give fewer seeds")
+            raise ValueError(
+                f"until_decided.max_seeds ({self.until_decided.max_seeds}) is below the {len(self.seeds)} "
+                "seeds the study starts with: raise it or give fewer seeds"
+            )
         if self.search is not None and self.tune is not None and self.tune.lr:
-            raise ValueError("tune: and search: both choose hyper-parameters, so a study has one of them: drop tune: "
-                             "and put the learning rate in the search (search.space: {train.lr: {low: 1.0e-5, high: "
-                             "1.0e-3, log: true}}), or drop search: and let tune: {lr: true} tune the rate of each "
-                             "variant of a grid")
+            raise ValueError(
+                "tune: and search: both choose hyper-parameters, so a study has one of them: drop tune: "
+                "and put the learning rate in the search (search.space: {train.lr: {low: 1.0e-5, high: "
+                "1.0e-3, log: true}}), or drop search: and let tune: {lr: true} tune the rate of each "
+                "variant of a grid"
+            )
         for name, body in self.variants.items():
             if "lr_range" in body:
                 try:
@@ -138,11 +163,15 @@ class StudySpec(BaseModel):
                 except TuneoffError as exc:
                     raise ValueError(str(exc)) from None
         if self.search is not None and (self.grid or any("grid" in v for v in self.variants.values())):
-            raise ValueError("search: a study has either a grid or a search; give the grid's values to the search as "
-                             "`choices` in search.space")
+            raise ValueError(
+                "search: a study has either a grid or a search; give the grid's values to the search as "
+                "`choices` in search.space"
+            )
         for name, body in (self.variants or {"base": {}}).items():
             if self.search is not None and not self.search.space and not body.get("space"):
-                raise ValueError(f"search.space is empty and variant {name!r} has no space of its own: nothing to search")
+                raise ValueError(
+                    f"search.space is empty and variant {name!r} has no space of its own: nothing to search"
+                )
             if "space" in body:
                 if self.search is None:
                     raise ValueError(f"variants.{name}.space: a variant's search space needs a search: section")
@@ -161,7 +190,9 @@ class StudySpec(BaseModel):
         seeds until decided (until_decided) are left out, so a changed margin re-reads the results instead of refusing
         them as another study's, and a finished study can go on in decide mode."""
         # until_decided adds seeds to the same runs: a finished fixed study continues in decide mode with --resume
-        runs = self.model_dump(mode="json", exclude={"analysis", "decide", "differences", "description", "until_decided"})
+        runs = self.model_dump(
+            mode="json", exclude={"analysis", "decide", "differences", "description", "until_decided"}
+        )
         return hashlib.sha256(yaml.safe_dump(runs, sort_keys=False).encode()).hexdigest()[:16]
 
 
@@ -193,13 +224,17 @@ def check_relative_paths(tree, study_file: Path, key: str = "") -> None:
         return
     beside = study_file.parent / tree
     if study_file.parent.resolve() != Path.cwd().resolve() and beside.exists():
-        raise TuneoffError(f"{study_file}: {key}={tree!r} is not in the working directory ({Path.cwd()}) but is beside "
-                           f"the study file. Relative paths in a study are read from where tuneoff runs, as on the "
-                           f"command line: run from {study_file.parent.resolve()}, or write the path as "
-                           f"{beside.resolve()}.")
+        raise TuneoffError(
+            f"{study_file}: {key}={tree!r} is not in the working directory ({Path.cwd()}) but is beside "
+            f"the study file. Relative paths in a study are read from where tuneoff runs, as on the "
+            f"command line: run from {study_file.parent.resolve()}, or write the path as "
+            f"{beside.resolve()}."
+        )
 
 
-def spec_from_dict(tree: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "the study mapping") -> StudySpec:
+def spec_from_dict(
+    tree: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "the study mapping"
+) -> StudySpec:
     """A study from a mapping (a YAML file's content, or a dict in a notebook) with ``key=value`` overrides."""
     tree = copy.deepcopy(tree)
     check_tree(tree, source)
@@ -228,7 +263,11 @@ def _merge(base: dict, update: dict) -> dict:
     """Deep merge; a ``method`` naming another method replaces the base method instead of merging into it."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if key == "method" and isinstance(value, dict) and value.get("name") not in (None, (out.get("method") or {}).get("name")):
+        if (
+            key == "method"
+            and isinstance(value, dict)
+            and value.get("name") not in (None, (out.get("method") or {}).get("name"))
+        ):
             out["method"] = copy.deepcopy(value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
@@ -248,8 +287,10 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
         if len(fields) > 1:
             bad = [v for v in values if not isinstance(v, list) or len(v) != len(fields)]
             if bad:
-                raise TuneoffError(f"grid.{key}: each value must be a list of {len(fields)} values, one per field "
-                                   f"(e.g. [[4, 8], [8, 16]]); got {bad[0]!r}.")
+                raise TuneoffError(
+                    f"grid.{key}: each value must be a list of {len(fields)} values, one per field "
+                    f"(e.g. [[4, 8], [8, 16]]); got {bad[0]!r}."
+                )
             axes.append([dict(zip(fields, v)) for v in values])
         else:
             axes.append([{key: v} for v in values])
@@ -283,7 +324,9 @@ def expand(spec: StudySpec) -> list[PlannedRun]:
                     raise TuneoffError(f"{exc}\n  (grid point: {point or 'none'}, seed {seed})") from None
                 run_id = safe_name("-".join([variant, *(_label(k, v) for k, v in point.items()), f"s{seed}"]))
                 if run_id in seen:
-                    raise TuneoffError(f"Study {spec.name!r}: two runs would both be called {run_id!r}; rename a variant.")
+                    raise TuneoffError(
+                        f"Study {spec.name!r}: two runs would both be called {run_id!r}; rename a variant."
+                    )
                 seen.add(run_id)
                 runs.append(PlannedRun(run_id, variant, point, seed, config))
     if not runs:
@@ -303,10 +346,12 @@ def metric_note(spec: StudySpec, runs: list[PlannedRun]) -> str | None:
         return None
     count = sum(r.config.train.metric_for_best != spec.analysis.metric for r in runs)
     tuned = " (and, tuned, their learning rate)" if spec.tune is not None and spec.tune.lr else ""
-    return (f"study {spec.name!r}: analysis.metric is {spec.analysis.metric} but {count} of {len(runs)} runs choose "
-            f"their best checkpoint{tuned} on train.metric_for_best {' / '.join(other)}: the verdict would rank on one "
-            f"measure what training chose on another. Set base.train.metric_for_best: {spec.analysis.metric} unless "
-            "that is what you mean.")
+    return (
+        f"study {spec.name!r}: analysis.metric is {spec.analysis.metric} but {count} of {len(runs)} runs choose "
+        f"their best checkpoint{tuned} on train.metric_for_best {' / '.join(other)}: the verdict would rank on one "
+        f"measure what training chose on another. Set base.train.metric_for_best: {spec.analysis.metric} unless "
+        "that is what you mean."
+    )
 
 
 def dry_run(spec: StudySpec) -> list[dict]:
@@ -315,10 +360,16 @@ def dry_run(spec: StudySpec) -> list[dict]:
     rows = []
     for cond in conditions(spec, expand(spec)):
         for run in cond.trials:
-            rows.append(_recipe(run, "tune", f"{run.config.train.lr:g} (trial {run.params['trial']} of {len(cond.trials)})"))
+            rows.append(
+                _recipe(run, "tune", f"{run.config.train.lr:g} (trial {run.params['trial']} of {len(cond.trials)})")
+            )
         for run in cond.runs:
-            lr = (f"tuned: the best of the {len(cond.trials)} trials on validation (prior {cond.lr_range[0]:g} to "
-                  f"{cond.lr_range[1]:g})" if cond.tuned else None)
+            lr = (
+                f"tuned: the best of the {len(cond.trials)} trials on validation (prior {cond.lr_range[0]:g} to "
+                f"{cond.lr_range[1]:g})"
+                if cond.tuned
+                else None
+            )
             rows.append(_recipe(run, "final", lr))
     return rows
 
@@ -329,13 +380,22 @@ def _recipe(run: PlannedRun, phase: str, lr: str | None) -> dict:
     hub = [r for r in (model_repo(c.model.name), data_repo(c.data)) if r]
     stop = f", early stopping after {t.patience} evaluations without gain" if t.patience else ""
     loss = (f", label smoothing {t.label_smoothing:g}" if t.label_smoothing else "") + (
-        f", class_weight {t.class_weight}" if t.class_weight != "none" else "")
-    return {"run": run.run_id, "phase": phase, "method": f"{c.method.name} ({params or 'defaults'})", "model": c.model.name,
-            "data": c.data.name, "budget": t.max_steps and f"{t.max_steps} steps" or f"{t.epochs} epoch(s)", "stop": stop,
-            "lr": lr or t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
-            "batch": f"{t.batch_size} x {t.grad_accum}", "max_length": c.data.max_length,
-            "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}{loss}",
-            "hub": ", ".join(hub) or "-"}
+        f", class_weight {t.class_weight}" if t.class_weight != "none" else ""
+    )
+    return {
+        "run": run.run_id,
+        "phase": phase,
+        "method": f"{c.method.name} ({params or 'defaults'})",
+        "model": c.model.name,
+        "data": c.data.name,
+        "budget": t.max_steps and f"{t.max_steps} steps" or f"{t.epochs} epoch(s)",
+        "stop": stop,
+        "lr": lr or t.lr or f"{get_method(c.method.name).default_lr:g} (method default)",
+        "batch": f"{t.batch_size} x {t.grad_accum}",
+        "max_length": c.data.max_length,
+        "schedule": f"{t.optimizer} {t.scheduler}, warmup {t.warmup_steps if t.warmup_steps is not None else f'{t.warmup_ratio:.0%}'}{loss}",
+        "hub": ", ".join(hub) or "-",
+    }
 
 
 def require_hub(name: str, runs: list[PlannedRun]) -> None:
@@ -349,5 +409,3 @@ def require_hub(name: str, runs: list[PlannedRun]) -> None:
             needed[repo] = "dataset"
     if needed:
         hub.require(needed, f"Study {name!r}")
-
-

@@ -66,8 +66,9 @@ def probe(condition: str, cfg, threads: int) -> Probe:
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="tuneoff-probe-") as tmp:
-            train = cfg.train.model_copy(update={"max_steps": PROBE_STEPS, "eval_every": PROBE_STEPS, "patience": None,
-                                                 "report_to": []})
+            train = cfg.train.model_copy(
+                update={"max_steps": PROBE_STEPS, "eval_every": PROBE_STEPS, "patience": None, "report_to": []}
+            )
             probe_cfg = cfg.model_copy(update={"train": train, "output_dir": tmp})
             result = train_with_oom_retry(probe_cfg, progress=False)
             resources = result.resources
@@ -81,20 +82,24 @@ def probe(condition: str, cfg, threads: int) -> Probe:
     train_examples = sum((info.get("label_counts") or {}).get("train", {}).values()) or steps
     per_step = resources.get("effective_batch_size") or cfg.train.batch_size * cfg.train.grad_accum
     return Probe(
-        condition=condition, method=cfg.method.name, threads=threads,
-        load=float(seconds.get("load", 0.0)), cache=float(seconds.get("feature_cache", 0.0)),
+        condition=condition,
+        method=cfg.method.name,
+        threads=threads,
+        load=float(seconds.get("load", 0.0)),
+        cache=float(seconds.get("feature_cache", 0.0)),
         step=max(0.0, float(seconds.get("train", 0.0)) - float(seconds.get("evaluations", 0.0))) / steps,
         evaluation=float(seconds.get("evaluations", 0.0)) / evaluations,
         finish=sum(float(seconds.get(k, 0.0)) for k in ("save", "latency", "test_evaluation", "final_validation")),
-        steps_per_epoch=max(1, math.ceil(train_examples / per_step)))
+        steps_per_epoch=max(1, math.ceil(train_examples / per_step)),
+    )
 
 
 @dataclass
 class PhaseTime:
     phase: str
     runs: int
-    minutes: float       # the estimate: runs stop at the median plateau share
-    at_most: float       # every run to its cap
+    minutes: float  # the estimate: runs stop at the median plateau share
+    at_most: float  # every run to its cap
 
 
 def study_time(conds, probes: dict[str, Probe], slots: int) -> list[PhaseTime]:
@@ -122,17 +127,21 @@ def time_lines(conds, probes: dict[str, Probe], slots: int, threads: int) -> lis
     """The prediction, said: how it was measured, each phase, then each condition's pace."""
     phases = study_time(conds, probes, slots)
     total = sum(p.minutes for p in phases), sum(p.at_most for p in phases)
-    out = [f"time on this machine (each condition probed for {PROBE_STEPS} steps here; {slots} run(s) at once, "
-           f"{threads} thread(s) each; runs stop at their plateau after about {PLATEAU_SHARE:.0%} of their cap as in "
-           f"the committed studies): about {_minutes(total[0])}, at most {_minutes(total[1])}"]
+    out = [
+        f"time on this machine (each condition probed for {PROBE_STEPS} steps here; {slots} run(s) at once, "
+        f"{threads} thread(s) each; runs stop at their plateau after about {PLATEAU_SHARE:.0%} of their cap as in "
+        f"the committed studies): about {_minutes(total[0])}, at most {_minutes(total[1])}"
+    ]
     for p in phases:
         out.append(f"  {p.phase}: {p.runs} runs, about {_minutes(p.minutes)} (at most {_minutes(p.at_most)})")
     for cond in conds:
         p = probes[cond.key]
         run = (cond.runs or cond.trials)[0].config.train
-        out.append(f"  {cond.key}: {p.step:.2g} s a step, {p.evaluation:.2g} s an evaluation; a run about "
-                   f"{_minutes(p.run_seconds(run, PLATEAU_SHARE) / 60)}"
-                   + (f" (its feature cache built now, {p.cache:.0f} s, and replayed by every run)" if p.cache >= 1 else ""))
+        out.append(
+            f"  {cond.key}: {p.step:.2g} s a step, {p.evaluation:.2g} s an evaluation; a run about "
+            f"{_minutes(p.run_seconds(run, PLATEAU_SHARE) / 60)}"
+            + (f" (its feature cache built now, {p.cache:.0f} s, and replayed by every run)" if p.cache >= 1 else "")
+        )
     return out
 
 

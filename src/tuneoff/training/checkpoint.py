@@ -49,8 +49,8 @@ class LoopState:
     """Everything the training loop carries from step to step, apart from tensors."""
 
     epoch: int = 0
-    batch: int = 0           # micro-batches of this epoch already consumed
-    step: int = 0            # optimizer steps done
+    batch: int = 0  # micro-batches of this epoch already consumed
+    step: int = 0  # optimizer steps done
     best: float | None = None
     best_step: int = 0
     best_loss: float | None = None  # lowest validation loss so far: a run whose loss still falls is still learning
@@ -64,7 +64,7 @@ class LoopState:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     augmentation: list = field(default_factory=list)
-    order_digest: str = ""   # hash chain of the example indices consumed, to prove the batch order
+    order_digest: str = ""  # hash chain of the example indices consumed, to prove the batch order
 
 
 def crash_point(name: str, step: int) -> None:
@@ -99,8 +99,10 @@ def _fsync_file(path: Path) -> None:
 def _rng_state() -> tuple[dict, dict]:
     py = random.getstate()
     np_state = np.random.get_state()
-    plain = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    plain = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
@@ -121,9 +123,19 @@ def rng_file(rank: int) -> str:
     return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
 
 
-def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[torch.Tensor] | None, optimizer,
-         scheduler, scaler, state: LoopState, keep: int, rank: int = 0, barrier=lambda: None,
-         geometry: dict | None = None) -> Path:
+def save(
+    run_path: Path,
+    named_trainable: dict[str, torch.Tensor],
+    best: list[torch.Tensor] | None,
+    optimizer,
+    scheduler,
+    scaler,
+    state: LoopState,
+    keep: int,
+    rank: int = 0,
+    barrier=lambda: None,
+    geometry: dict | None = None,
+) -> Path:
     """Process 0 writes the checkpoint; every process adds its own RNG state (dropout masks differ per process).
     ``barrier`` is the processes' rendezvous (a no-op for one process)."""
     root = run_path / CHECKPOINTS
@@ -138,8 +150,14 @@ def save(run_path: Path, named_trainable: dict[str, torch.Tensor], best: list[to
         save_file({n: t.detach().cpu().contiguous() for n, t in named_trainable.items()}, tmp / "trainable.safetensors")
         if best is not None:
             save_file({n: t.contiguous() for n, t in zip(names, best)}, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optimizer.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            },
+            tmp / "optimizer.pt",
+        )
         crash_point("checkpoint", state.step)
     barrier()
     plain, tensors = _rng_state()
@@ -166,7 +184,9 @@ def complete(run_path: Path) -> list[Path]:
         return []
     for torn in root.glob(".tmp-*"):
         shutil.rmtree(torn, ignore_errors=True)
-    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()), reverse=True)
+    return sorted(
+        (p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").is_file()), reverse=True
+    )
 
 
 def latest(run_path: Path) -> Path | None:
@@ -180,25 +200,39 @@ class Restored:
     path: Path
     state: LoopState
     best: list | None
-    skipped: list[str]          # newer checkpoints that did not read back, and why
+    skipped: list[str]  # newer checkpoints that did not read back, and why
 
 
 def _read(path: Path, names: list[str], rank: int) -> dict:
     """Every file of one checkpoint, read and checked; nothing applied yet."""
     weights = load_file(path / "trainable.safetensors")
     if set(weights) != set(names):
-        raise ValueError(f"its weights are not this model's trainable parameters: {sorted(set(weights) ^ set(names))[:5]}")
+        raise ValueError(
+            f"its weights are not this model's trainable parameters: {sorted(set(weights) ^ set(names))[:5]}"
+        )
     stored = load_file(path / "best.safetensors") if (path / "best.safetensors").is_file() else None
     best = [stored[n] for n in names] if stored is not None else None
     opt = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     data = json.loads((path / "state.json").read_text())
     rng = path / rng_file(rank) if (path / rng_file(rank)).is_file() else path / rng_file(0)
-    return {"weights": weights, "best": best, "optimizer": opt, "data": data,
-            "rng": torch.load(rng, weights_only=True, map_location="cpu")}
+    return {
+        "weights": weights,
+        "best": best,
+        "optimizer": opt,
+        "data": data,
+        "rng": torch.load(rng, weights_only=True, map_location="cpu"),
+    }
 
 
-def load(run_path: Path, named_trainable: dict[str, torch.nn.Parameter], optimizer, scheduler, scaler,
-         rank: int = 0, geometry: dict | None = None) -> Restored | None:
+def load(
+    run_path: Path,
+    named_trainable: dict[str, torch.nn.Parameter],
+    optimizer,
+    scheduler,
+    scaler,
+    rank: int = 0,
+    geometry: dict | None = None,
+) -> Restored | None:
     """Restore weights, optimizer, scheduler, scaler and RNG states from the newest checkpoint that reads back.
 
     A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's.
@@ -226,8 +260,10 @@ def load(run_path: Path, named_trainable: dict[str, torch.nn.Parameter], optimiz
         _set_rng_state(parts["data"]["rng"], parts["rng"])
         return Restored(path, state, parts["best"], skipped)
     if skipped:
-        raise TuneoffError(f"No checkpoint of the run in {run_path} reads back: {'; '.join(skipped)}. Nothing was "
-                           "loaded from them. Start the run afresh (without --resume), or delete that directory.")
+        raise TuneoffError(
+            f"No checkpoint of the run in {run_path} reads back: {'; '.join(skipped)}. Nothing was "
+            "loaded from them. Start the run afresh (without --resume), or delete that directory."
+        )
     return None
 
 
@@ -246,7 +282,8 @@ def translate_position(state: LoopState, saved: dict | None, now: dict | None, p
             f"Checkpoint {path.name} was written at batch {saved['batch_size']} x accumulation {saved['grad_accum']} x "
             f"{saved['processes']} process(es) (effective {effective['saved']}); this run has batch {now['batch_size']} x "
             f"{now['grad_accum']} x {now['processes']} (effective {effective['now']}). Resume with train.batch_size / "
-            "train.grad_accum giving the same effective batch, or start afresh without --resume.")
+            "train.grad_accum giving the same effective batch, or start afresh without --resume."
+        )
     return state.batch // saved["grad_accum"] * now["grad_accum"]
 
 

@@ -26,9 +26,9 @@ from scipy.special import softmax
 
 from tuneoff.training.loss import prior_shift
 
-MIN_DELTA = 0.005         # an improvement of the validation metric smaller than this is a plateau, not progress
-UNDER_CONFIDENCE = 0.25   # accuracy minus mean confidence above this: grossly under-confident
-LOSS_PROGRESS = 0.005     # before the metric first improves, a validation loss 0.5% under its best is progress
+MIN_DELTA = 0.005  # an improvement of the validation metric smaller than this is a plateau, not progress
+UNDER_CONFIDENCE = 0.25  # accuracy minus mean confidence above this: grossly under-confident
+LOSS_PROGRESS = 0.005  # before the metric first improves, a validation loss 0.5% under its best is progress
 
 
 def observe(state, value: float, loss: float, metric: str) -> bool:
@@ -50,8 +50,15 @@ def observe(state, value: float, loss: float, metric: str) -> bool:
     return False
 
 
-def assess(history: list[dict], metric: str, patience: int | None, stopped_early: bool, logits: np.ndarray,
-           labels: list[int], class_weights: list[float] | None = None) -> dict:
+def assess(
+    history: list[dict],
+    metric: str,
+    patience: int | None,
+    stopped_early: bool,
+    logits: np.ndarray,
+    labels: list[int],
+    class_weights: list[float] | None = None,
+) -> dict:
     """{"converged": bool, "status": ..., "reason": ...} for a finished run (``logits`` and ``labels`` of its
     validation split, the model it ended with; ``class_weights``: the training loss's, in label order)."""
     key = {"accuracy": "val_accuracy", "macro_f1": "val_macro_f1", "loss": "val_loss"}[metric]
@@ -60,31 +67,55 @@ def assess(history: list[dict], metric: str, patience: int | None, stopped_early
     predicted = logits.argmax(-1)
     out = {"evaluations": len(values), "window": window, "stopped_early": stopped_early}
     if len(set(predicted.tolist())) <= 1 < len(set(labels)):
-        return {**out, "converged": False, "status": "collapsed",
-                "reason": "predicts one class for every validation example"}
+        return {
+            **out,
+            "converged": False,
+            "status": "collapsed",
+            "reason": "predicts one class for every validation example",
+        }
     # a weighted run's own shift of confidence divided out (the module's note)
     probs = softmax(logits if class_weights is None else logits - prior_shift(class_weights), axis=-1)
     confidence = float(probs.max(-1).mean())
     accuracy = float((predicted == np.asarray(labels)).mean())
     if accuracy - confidence > UNDER_CONFIDENCE:
         weighted = " with the class weights divided out" if class_weights is not None else ""
-        return {**out, "converged": False, "status": "under-confident",
-                "reason": f"grossly under-confident: mean confidence {confidence:.2f}{weighted} against validation "
-                          f"accuracy {accuracy:.2f} (training stopped early in its descent)"}
+        return {
+            **out,
+            "converged": False,
+            "status": "under-confident",
+            "reason": f"grossly under-confident: mean confidence {confidence:.2f}{weighted} against validation "
+            f"accuracy {accuracy:.2f} (training stopped early in its descent)",
+        }
     if stopped_early:
-        return {**out, "converged": True, "status": "plateau",
-                "reason": f"early stopping: {patience} evaluations without improvement"}
+        return {
+            **out,
+            "converged": True,
+            "status": "plateau",
+            "reason": f"early stopping: {patience} evaluations without improvement",
+        }
     if len(values) <= window:
-        return {**out, "converged": False, "status": "too few evaluations",
-                "reason": f"only {len(values)} evaluation(s): too few to see a plateau (evaluate more often with "
-                          "train.eval_every, or train longer)"}
+        return {
+            **out,
+            "converged": False,
+            "status": "too few evaluations",
+            "reason": f"only {len(values)} evaluation(s): too few to see a plateau (evaluate more often with "
+            "train.eval_every, or train longer)",
+        }
     sign = -1.0 if metric == "loss" else 1.0
     scores = sign * np.asarray(values, dtype=float)
     gain = float(scores[-window:].max() - scores[:-window].max())
     min_delta = MIN_DELTA if metric == "loss" else max(MIN_DELTA, 2 / max(len(labels), 1))  # one flip is 1/n
     if gain > min_delta:
-        return {**out, "converged": False, "status": "still improving",
-                "reason": f"still improving when its budget ended: its last {window} evaluations beat the earlier "
-                          f"best by {gain:.3f} {metric}"}
-    return {**out, "converged": True, "status": "plateau",
-            "reason": f"no gain over {min_delta:.3g} {metric} in its last {window} evaluations"}
+        return {
+            **out,
+            "converged": False,
+            "status": "still improving",
+            "reason": f"still improving when its budget ended: its last {window} evaluations beat the earlier "
+            f"best by {gain:.3f} {metric}",
+        }
+    return {
+        **out,
+        "converged": True,
+        "status": "plateau",
+        "reason": f"no gain over {min_delta:.3g} {metric} in its last {window} evaluations",
+    }

@@ -17,8 +17,17 @@ from sklearn.metrics import (
 from tuneoff.data.batches import Encoded, eval_loader
 
 
-def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, autocast=contextlib.nullcontext,
-                   rank: int = 0, world: int = 1, before_batch=None) -> np.ndarray:
+def predict_logits(
+    model,
+    encoded: Encoded,
+    batch_size: int,
+    collate,
+    device,
+    autocast=contextlib.nullcontext,
+    rank: int = 0,
+    world: int = 1,
+    before_batch=None,
+) -> np.ndarray:
     """Logits (float32, original example order) under ``inference_mode`` with length-sorted batches.
 
     With ``world`` processes each predicts its shard and every process gets all logits back (Accelerate's
@@ -32,7 +41,7 @@ def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, au
         for n, batch in enumerate(loader):
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             if before_batch is not None:  # e.g. the frozen layers' cached output for these examples
-                before_batch(indices[n * batch_size:(n + 1) * batch_size], batch)
+                before_batch(indices[n * batch_size : (n + 1) * batch_size], batch)
             with autocast():
                 chunks.append(model(**batch).logits.float().cpu())
     model.train(was_training)
@@ -48,7 +57,9 @@ def predict_logits(model, encoded: Encoded, batch_size: int, collate, device, au
             if not filled[i]:  # a shard's padding repeats an example another row already holds
                 logits[i], filled[i] = row, True
     if not filled.all():
-        raise RuntimeError(f"evaluation lost {int((~filled).sum())} of {len(encoded)} examples across {world} processes")
+        raise RuntimeError(
+            f"evaluation lost {int((~filled).sum())} of {len(encoded)} examples across {world} processes"
+        )
     return logits
 
 
@@ -88,5 +99,3 @@ def predictions_frame(df: pd.DataFrame, logits: np.ndarray, label_names: list[st
     for i, name in enumerate(label_names):
         out[f"prob_{name}"] = probs[:, i]
     return out
-
-

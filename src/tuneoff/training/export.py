@@ -62,8 +62,10 @@ def _merged(model):
         setattr(model.get_submodule(parent) if parent else model, child, replacement)
     left = [n for n, m in model.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
     if left:
-        raise TuneoffError(f"the adapter could not be merged into the weights ({left[0]} is still adapted); an unmerged "
-                           "adapter does not export to ONNX faithfully.")
+        raise TuneoffError(
+            f"the adapter could not be merged into the weights ({left[0]} is still adapted); an unmerged "
+            "adapter does not export to ONNX faithfully."
+        )
     return model
 
 
@@ -72,8 +74,9 @@ def export_onnx(run_dir: Path, out: Path | None = None, int8: bool = False, opse
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise TuneoffError("ONNX export needs onnx and onnxruntime: pip install 'tuneoff[onnx]' (or onnx onnxruntime "
-                           "onnxscript).") from exc
+        raise TuneoffError(
+            "ONNX export needs onnx and onnxruntime: pip install 'tuneoff[onnx]' (or onnx onnxruntime onnxscript)."
+        ) from exc
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "onnx"
     model, tokenizer = load_saved_model(run_dir)
@@ -85,8 +88,16 @@ def export_onnx(run_dir: Path, out: Path | None = None, int8: bool = False, opse
     path = out / "model.onnx"
     axes = {**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(_Logits(model, names), tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            _Logits(model, names),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)  # id2label beside the graph
     files = {"fp32": path}
@@ -103,28 +114,35 @@ def export_onnx(run_dir: Path, out: Path | None = None, int8: bool = False, opse
         probs = _predict(session, tokenizer, expected, names, max_length)
         agree = float(np.mean(np.array(labels)[probs.argmax(1)] == expected["pred_label"].to_numpy()))
         gap = float(np.max(np.abs(probs - expected[[f"prob_{n}" for n in labels]].to_numpy(dtype=float))))
-        record["files"][kind] = {"file": file.name, "bytes": file.stat().st_size, "label_agreement": agree,
-                                 "max_probability_difference": gap,
-                                 "latency_ms_p50": _latency(session, tokenizer, expected, names, max_length)}
+        record["files"][kind] = {
+            "file": file.name,
+            "bytes": file.stat().st_size,
+            "label_agreement": agree,
+            "max_probability_difference": gap,
+            "latency_ms_p50": _latency(session, tokenizer, expected, names, max_length),
+        }
         if kind == "fp32" and (agree < 1.0 or gap > TOLERANCE):
-            raise TuneoffError(f"{run_dir}: the exported ONNX model disagrees with the run's own predictions (labels "
-                               f"agree on {agree:.2%} of {len(expected)} test examples, probabilities differ by up to "
-                               f"{gap:.2g}, tolerance {TOLERANCE:g}); it is not kept as verified.")
+            raise TuneoffError(
+                f"{run_dir}: the exported ONNX model disagrees with the run's own predictions (labels "
+                f"agree on {agree:.2%} of {len(expected)} test examples, probabilities differ by up to "
+                f"{gap:.2g}, tolerance {TOLERANCE:g}); it is not kept as verified."
+            )
     write_json(out / "export.json", record)
     return record
 
 
 def _inputs(tokenizer, frame: pd.DataFrame, names: list[str], max_length: int) -> dict:
     pairs = list(frame["text_pair"]) if "text_pair" in frame.columns else None
-    encoded = tokenizer(list(frame["text"]), pairs, truncation=True, max_length=max_length, padding=True,
-                        return_tensors="np")
+    encoded = tokenizer(
+        list(frame["text"]), pairs, truncation=True, max_length=max_length, padding=True, return_tensors="np"
+    )
     return {n: encoded[n].astype(np.int64) for n in names}
 
 
 def _predict(session, tokenizer, frame: pd.DataFrame, names: list[str], max_length: int) -> np.ndarray:
     chunks = []
     for start in range(0, len(frame), 64):
-        logits = session.run(["logits"], _inputs(tokenizer, frame.iloc[start:start + 64], names, max_length))[0]
+        logits = session.run(["logits"], _inputs(tokenizer, frame.iloc[start : start + 64], names, max_length))[0]
         z = logits - logits.max(axis=1, keepdims=True)
         chunks.append(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True))
     return np.concatenate(chunks)
@@ -133,7 +151,7 @@ def _predict(session, tokenizer, frame: pd.DataFrame, names: list[str], max_leng
 def _latency(session, tokenizer, frame: pd.DataFrame, names: list[str], max_length: int, examples: int = 50) -> float:
     times = []
     for i in range(min(examples, len(frame))):
-        feed = _inputs(tokenizer, frame.iloc[i:i + 1], names, max_length)
+        feed = _inputs(tokenizer, frame.iloc[i : i + 1], names, max_length)
         start = time.perf_counter()
         session.run(["logits"], feed)
         times.append(1000 * (time.perf_counter() - start))
@@ -142,9 +160,12 @@ def _latency(session, tokenizer, frame: pd.DataFrame, names: list[str], max_leng
 
 def summary(record: dict) -> list[str]:
     """The export in a few lines, for the terminal."""
-    return [f"{k}: {v['file']}, {v['bytes'] / 1e6:.1f} MB, labels agree with the run on {v['label_agreement']:.2%} of "
-            f"{record['test_examples']} test examples (probabilities within {v['max_probability_difference']:.2g}), "
-            f"{v['latency_ms_p50']:.1f} ms per example" for k, v in record["files"].items()]
+    return [
+        f"{k}: {v['file']}, {v['bytes'] / 1e6:.1f} MB, labels agree with the run on {v['label_agreement']:.2%} of "
+        f"{record['test_examples']} test examples (probabilities within {v['max_probability_difference']:.2g}), "
+        f"{v['latency_ms_p50']:.1f} ms per example"
+        for k, v in record["files"].items()
+    ]
 
 
 def read_export(path: Path) -> dict:

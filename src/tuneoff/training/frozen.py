@@ -48,14 +48,21 @@ def boundary(model, arch) -> int | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     inside = {id(p) for p in base.parameters()}
     if any(p.requires_grad and id(p) not in inside for p in model.parameters()):
-        return None  # trained outside the encoder, e.g. prompt tuning's virtual tokens, which change every layer's input
+        return (
+            None  # trained outside the encoder, e.g. prompt tuning's virtual tokens, which change every layer's input
+        )
     layers = base.get_submodule(arch.layers_path)
     encoder = arch.layers_path.rsplit(".", 1)[0]
     for name, param in base.named_parameters():
-        if param.requires_grad and not name.startswith(arch.layers_path + ".") and name.startswith(
-                (encoder + ".", f"{getattr(base, 'base_model_prefix', '')}.embeddings.")):
+        if (
+            param.requires_grad
+            and not name.startswith(arch.layers_path + ".")
+            and name.startswith((encoder + ".", f"{getattr(base, 'base_model_prefix', '')}.embeddings."))
+        ):
             return None
-    lowest = next((i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())), len(layers))
+    lowest = next(
+        (i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())), len(layers)
+    )
     return lowest or None
 
 
@@ -70,7 +77,7 @@ def keep_in_eval(modules: list[torch.nn.Module]) -> None:
     """Frozen modules stay in eval mode (no dropout) whatever ``model.train()`` asks."""
     for module in modules:
         for sub in module.modules():
-            sub.train = (lambda self: (lambda mode=True: torch.nn.Module.train(self, False)))(sub)
+            sub.train = (lambda self: lambda mode=True: torch.nn.Module.train(self, False))(sub)
             torch.nn.Module.train(sub, False)
 
 
@@ -101,7 +108,7 @@ class Replay:
         self.standins = [_Standin(self, last=i == edge - 1) for i in range(edge)]
         self.current: torch.Tensor | None = None
         self.tuple_len = 0  # the frozen layers return a tensor (0) or a tuple whose first item is the hidden states
-        self.depth = 0      # on() / off() nest: an evaluation inside the training loop leaves the swap in place
+        self.depth = 0  # on() / off() nest: an evaluation inside the training loop leaves the swap in place
 
     def on(self) -> None:
         self.depth += 1
@@ -127,15 +134,25 @@ def cache_key(source: str, cfg, split_frames: dict, edge: int, dtype: str, preci
             for path in sorted(Path(source).glob(pattern)):
                 files[path.name] = file_digest(path)
     data = {s: hashlib.sha256(pd_bytes(df)).hexdigest() for s, df in split_frames.items()}
-    parts = {"source": source, "files": files, "revision": cfg.model.revision, "layers": cfg.model.num_hidden_layers,
-             "attn": cfg.model.attn_implementation, "max_length": cfg.data.max_length, "data": data, "edge": edge,
-             "dtype": dtype, "precision": precision, "version": 3}
+    parts = {
+        "source": source,
+        "files": files,
+        "revision": cfg.model.revision,
+        "layers": cfg.model.num_hidden_layers,
+        "attn": cfg.model.attn_implementation,
+        "max_length": cfg.data.max_length,
+        "data": data,
+        "edge": edge,
+        "dtype": dtype,
+        "precision": precision,
+        "version": 3,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-FULL_HASH_BYTES = 512 << 20   # files up to this size are hashed whole
+FULL_HASH_BYTES = 512 << 20  # files up to this size are hashed whole
 SAMPLE_BLOCKS, BLOCK = 256, 1 << 20
-_DIGESTS: dict = {}           # (path, size, mtime_ns, ctime_ns, inode) -> digest, per process
+_DIGESTS: dict = {}  # (path, size, mtime_ns, ctime_ns, inode) -> digest, per process
 
 
 def file_digest(path: Path) -> str:
@@ -198,8 +215,10 @@ class FeatureCache:
                 _VERIFIED.add(str(root))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CacheInvalid(f"{type(exc).__name__}: {exc}") from exc
-        self.data = {s: np.memmap(root / f"{s}.states", dtype=self.dtype, mode="r", shape=(max(int(o[-1]), 1), self.hidden))
-                     for s, o in self.offsets.items()}
+        self.data = {
+            s: np.memmap(root / f"{s}.states", dtype=self.dtype, mode="r", shape=(max(int(o[-1]), 1), self.hidden))
+            for s, o in self.offsets.items()
+        }
         self.tuple_len = int(meta.get("tuple_len") or 0)
 
     def batch(self, split: str, indices, length: int, device) -> torch.Tensor:
@@ -208,7 +227,7 @@ class FeatureCache:
         offsets, data = self.offsets[split], self.data[split]
         for row, i in enumerate(indices):
             start, end = int(offsets[i]), int(offsets[i + 1])
-            out[row, :min(end - start, length)] = data[start:start + min(end - start, length)]
+            out[row, : min(end - start, length)] = data[start : start + min(end - start, length)]
         return torch.from_numpy(out).to(device)
 
 
@@ -223,8 +242,18 @@ def _writable(directory: Path) -> str | None:
         return f"{directory} is not writable ({exc.strerror or exc})"
 
 
-def open_or_build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device,
-                  dtype: str, autocast=contextlib.nullcontext) -> tuple[FeatureCache | None, str | None]:
+def open_or_build(
+    root: Path,
+    model,
+    arch,
+    edge: int,
+    encoded: dict,
+    collate,
+    batch_size: int,
+    device,
+    dtype: str,
+    autocast=contextlib.nullcontext,
+) -> tuple[FeatureCache | None, str | None]:
     """The cache entry for this key, built if absent, rebuilt if it fails its checks; (None, why) when the cache
     directory cannot be written (the run then recomputes its frozen layers). The note says what happened.
 
@@ -251,11 +280,22 @@ def open_or_build(root: Path, model, arch, edge: int, encoded: dict, collate, ba
                 os.replace(root, aside)
                 shutil.rmtree(aside, ignore_errors=True)
         return build(root, model, arch, edge, encoded, collate, batch_size, device, dtype, autocast), (
-            f"{note}; " if note else "") + "built by this run"
+            f"{note}; " if note else ""
+        ) + "built by this run"
 
 
-def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size: int, device, dtype: str,
-          autocast=contextlib.nullcontext) -> FeatureCache:
+def build(
+    root: Path,
+    model,
+    arch,
+    edge: int,
+    encoded: dict,
+    collate,
+    batch_size: int,
+    device,
+    dtype: str,
+    autocast=contextlib.nullcontext,
+) -> FeatureCache:
     """Compute the hidden states entering layer ``edge`` for every example of every split, and write them as one
     cache entry (a temporary directory renamed into place; the digests of its states files in meta.json)."""
     from tuneoff.data.batches import eval_loader
@@ -293,18 +333,23 @@ def build(root: Path, model, arch, edge: int, encoded: dict, collate, batch_size
                     h = (out[0] if tuple_len else out).float().cpu().numpy()
                     hidden = h.shape[-1]
                     if states is None:
-                        states = np.memmap(tmp / f"{split}.states", dtype=np.dtype(dtype), mode="w+",
-                                           shape=(max(int(offsets[-1]), 1), hidden))
+                        states = np.memmap(
+                            tmp / f"{split}.states",
+                            dtype=np.dtype(dtype),
+                            mode="w+",
+                            shape=(max(int(offsets[-1]), 1), hidden),
+                        )
                     for row in range(h.shape[0]):
                         i = order[position + row]
                         n = int(offsets[i + 1] - offsets[i])
-                        states[int(offsets[i]):int(offsets[i]) + n] = h[row, :n]
+                        states[int(offsets[i]) : int(offsets[i]) + n] = h[row, :n]
                     position += h.shape[0]
             states.flush()
             del states
         digests = {split: file_digest(tmp / f"{split}.states") for split in encoded}
-        (tmp / "meta.json").write_text(json.dumps({"hidden": hidden, "dtype": dtype, "tuple_len": tuple_len, "edge": edge,
-                                                   "digests": digests}))
+        (tmp / "meta.json").write_text(
+            json.dumps({"hidden": hidden, "dtype": dtype, "tuple_len": tuple_len, "edge": edge, "digests": digests})
+        )
         try:
             os.replace(tmp, root)
         except OSError:  # another process finished the same cache first: its copy is complete and identical

@@ -32,7 +32,8 @@ class SkipGuard:
                 f"fp16: the gradient scaler skipped {self.in_a_row} optimizer steps in a row (every one overflowed; "
                 f"train.max_skipped_steps={self.limit}), up to step {step}: the run diverged. Lower train.lr (now "
                 f"{lr:g}), use train.mixed_precision=bf16 or no, or set train.max_grad_norm. The last good checkpoint "
-                "is kept in the run's working directory.")
+                "is kept in the run's working directory."
+            )
 
 
 def fp16_scaled(accelerator) -> bool:

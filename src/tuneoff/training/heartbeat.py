@@ -26,8 +26,10 @@ class Heartbeat:
             rate = done / max(now - self.started, 1e-9)
             left = (self.total - self.step) / rate / 60 if rate > 0 else float("nan")
             extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-            log.info(f"run {self.run_id}: step {self.step}/{self.total} ({self.step / max(self.total, 1):.0%}), "
-                     f"{rate * 60:.0f} steps/min{extra}, about {left:.0f} min left")
+            log.info(
+                f"run {self.run_id}: step {self.step}/{self.total} ({self.step / max(self.total, 1):.0%}), "
+                f"{rate * 60:.0f} steps/min{extra}, about {left:.0f} min left"
+            )
 
     def set_postfix(self, **values) -> None:
         self.postfix = values

@@ -41,9 +41,11 @@ def check_sharding(on_cpu: bool) -> None:
     Accelerate, and a version 2 config is silently replaced by plain data-parallel training, every process holding
     the whole model, which is not what someone who asked for sharding wants."""
     if on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        raise TuneoffError("The Accelerate config asks for FSDP, but Accelerate shards models with FSDP only on GPUs; "
-                           "on this CPU it would not shard the model. Run FSDP on a GPU machine, or drop "
-                           "--accelerate-config for data-parallel training.")
+        raise TuneoffError(
+            "The Accelerate config asks for FSDP, but Accelerate shards models with FSDP only on GPUs; "
+            "on this CPU it would not shard the model. Run FSDP on a GPU machine, or drop "
+            "--accelerate-config for data-parallel training."
+        )
 
 
 def end_processes() -> None:
@@ -78,8 +80,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(num_processes: int, args: list[str], accelerate_config: str | None = None,
-                   module: str = "tuneoff") -> list[str]:
+def launch_command(
+    num_processes: int, args: list[str], accelerate_config: str | None = None, module: str = "tuneoff"
+) -> list[str]:
     """The ``accelerate launch`` command running ``python -m <module> <args>`` on ``num_processes`` processes.
 
     ``--multi_gpu`` selects Accelerate's torchrun launcher; on a machine without CUDA the processes fall back to
@@ -89,8 +92,17 @@ def launch_command(num_processes: int, args: list[str], accelerate_config: str |
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
     else:
-        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port())]
+        cmd += [
+            "--multi_gpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+        ]
     return cmd + ["-m", module, *args]
 
 
@@ -101,8 +113,9 @@ def check_processes(num_processes: int, option: str) -> None:
     import torch
 
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
-        raise TuneoffError(f"{option} {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. "
-                           "Use one process per GPU.")
+        raise TuneoffError(
+            f"{option} {num_processes}, but only {torch.cuda.device_count()} GPUs are visible. Use one process per GPU."
+        )
 
 
 def relaunch(num_processes: int, argv: list[str], accelerate_config: str | None = None) -> int:
@@ -129,8 +142,14 @@ def run_launched(cmd: list[str], capture: bool = False) -> tuple[int, str, str |
     # on_signals: in a study's worker the request is forgotten once this run has ended (its next run trains)
     with stop.on_signals(), tempfile.TemporaryDirectory(prefix="tuneoff-ranks-") as ranks:
         pipe = subprocess.PIPE if capture else None
-        proc = subprocess.Popen(tied_to_this_process(cmd), env={**os.environ, RANKS_DIR: ranks}, stdout=pipe,
-                                stderr=subprocess.STDOUT if capture else None, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            tied_to_this_process(cmd),
+            env={**os.environ, RANKS_DIR: ranks},
+            stdout=pipe,
+            stderr=subprocess.STDOUT if capture else None,
+            text=True,
+            start_new_session=True,
+        )
         told: set[str] = set()
         try:
             while True:

@@ -73,25 +73,44 @@ class Progress:
     skips: guards.SkipGuard
     scaled: bool
     restored: object = None
-    trackers: object = None    # MLflow / TensorBoard (train.report_to)
+    trackers: object = None  # MLflow / TensorBoard (train.report_to)
     best_validation: tuple | None = None  # (logits, metrics) of the best evaluation, when this process saw it
 
 
-def train(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
-          on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
+def train(
+    cfg: RunConfig,
+    progress: bool = True,
+    run_id: str | None = None,
+    resume: bool = False,
+    on_evaluate: Callable[[int, dict], None] | None = None,
+) -> RunResult:
     """Train one run. ``on_evaluate(step, validation_metrics)`` is called after each evaluation (a search's pruner
     uses it; an exception it raises stops the run, keeping its last checkpoint)."""
     s = prepare(cfg)
-    run = open_run_directory(s.cfg, run_id or new_run_id(cfg.name, cfg.model.name, s.corpus.name, s.method.name),
-                             resume, run_id is None, s.accelerator)
+    run = open_run_directory(
+        s.cfg,
+        run_id or new_run_id(cfg.name, cfg.model.name, s.corpus.name, s.method.name),
+        resume,
+        run_id is None,
+        s.accelerator,
+    )
     with run_log(run.path, s.rank), stop.on_signals():
         return _run(s, run, resume, progress, on_evaluate)
 
 
 def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluate) -> RunResult:
-    log.info("run %s: %s on %s / %s, %d optimizer steps at lr %g, %s, %s; tuneoff %s", run.run_id,
-             s.method.name, s.cfg.model.name, s.corpus.name, s.total_steps, s.lr, device_name(s.device),
-             precision_words(s.accelerator.mixed_precision, s.device), versions()["tuneoff"])
+    log.info(
+        "run %s: %s on %s / %s, %d optimizer steps at lr %g, %s, %s; tuneoff %s",
+        run.run_id,
+        s.method.name,
+        s.cfg.model.name,
+        s.corpus.name,
+        s.total_steps,
+        s.lr,
+        device_name(s.device),
+        precision_words(s.accelerator.mixed_precision, s.device),
+        versions()["tuneoff"],
+    )
     for note in s.corpus.notes:
         log.debug("data: %s", note)  # in train.log; on the terminal with -v
     p = start(s, run, resume, progress)
@@ -114,9 +133,11 @@ def _run(s: Session, run: RunDirectory, resume: bool, progress: bool, on_evaluat
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             exc.tuneoff_run_id = run.run_id  # the retry resumes this run, from its checkpoint if it wrote one
         if s.main and disk_full(exc, run.path):  # OSError, or safetensors' own error type carrying the OS message
-            message = (f"No space left on the device while writing the run in {run.path}: {str(exc).splitlines()[0]}. "
-                       "Free some space and run again with --resume; the run was not published and its last complete "
-                       "checkpoint is kept.")
+            message = (
+                f"No space left on the device while writing the run in {run.path}: {str(exc).splitlines()[0]}. "
+                "Free some space and run again with --resume; the run was not published and its last complete "
+                "checkpoint is kept."
+            )
             run.fail(message)
             raise TuneoffError(message) from exc
         if s.main:
@@ -128,8 +149,11 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
     """A fresh loop state, or the one of the newest checkpoint that reads back."""
     state, best = checkpoint.LoopState(), None
     try:
-        restored = checkpoint.load(run.path, s.named, s.optimizer, s.scheduler, s.accelerator.scaler, s.rank,
-                                   s.geometry) if resume else None
+        restored = (
+            checkpoint.load(run.path, s.named, s.optimizer, s.scheduler, s.accelerator.scaler, s.rank, s.geometry)
+            if resume
+            else None
+        )
     except TuneoffError as exc:
         run.fail(str(exc))
         raise
@@ -137,24 +161,53 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
         state, best = restored.state, restored.best
         for note in restored.skipped if s.main else []:
             log.warning("checkpoint %s does not read back: resuming from %s", note, restored.path.name)
-    bar = (tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step", dynamic_ncols=True)
-           if progress and s.main else Heartbeat(run.run_id, s.total_steps, state.step) if s.main else
-           tqdm(disable=True))
+    bar = (
+        tqdm(total=s.total_steps, initial=state.step, desc=s.method.name, unit="step", dynamic_ncols=True)
+        if progress and s.main
+        else Heartbeat(run.run_id, s.total_steps, state.step)
+        if s.main
+        else tqdm(disable=True)
+    )
 
-    return Progress(state, best, Throughput(s.device, state.samples, state.tokens, state.train_seconds),
-                    MemoryMeter(s.device).start(), bar, torch.full((), state.running_loss, device=s.device),
-                    torch.ones((), dtype=torch.bool, device=s.device), guards.SkipGuard(s.tc.max_skipped_steps),
-                    guards.fp16_scaled(s.accelerator), restored, Trackers(s.cfg, run.run_id, s.main))
+    return Progress(
+        state,
+        best,
+        Throughput(s.device, state.samples, state.tokens, state.train_seconds),
+        MemoryMeter(s.device).start(),
+        bar,
+        torch.full((), state.running_loss, device=s.device),
+        torch.ones((), dtype=torch.bool, device=s.device),
+        guards.SkipGuard(s.tc.max_skipped_steps),
+        guards.fp16_scaled(s.accelerator),
+        restored,
+        Trackers(s.cfg, run.run_id, s.main),
+    )
 
 
 def evaluate(s: Session, split: str, net=None, autocast=None, cached: bool = True):
     """Logits and metrics of a split; the frozen layers replayed from the cache unless ``cached`` is False."""
     use = cached and s.features is not None and net is None
-    before = (lambda indices, batch: setattr(s.replay, "current", s.features.batch(
-        split, indices, batch["input_ids"].shape[1], s.device))) if use else None
+    before = (
+        (
+            lambda indices, batch: setattr(
+                s.replay, "current", s.features.batch(split, indices, batch["input_ids"].shape[1], s.device)
+            )
+        )
+        if use
+        else None
+    )
     with _replaying(s, use):
-        logits = predict_logits(net or s.eval_model, s.encoded[split], s.tc.eval_batch_size, s.collate, s.device,
-                                autocast or s.accelerator.autocast, s.rank, s.world, before_batch=before)
+        logits = predict_logits(
+            net or s.eval_model,
+            s.encoded[split],
+            s.tc.eval_batch_size,
+            s.collate,
+            s.device,
+            autocast or s.accelerator.autocast,
+            s.rank,
+            s.world,
+            before_batch=before,
+        )
     return logits, compute_metrics(s.corpus.label_ids(split), logits, s.corpus.label_names)
 
 
@@ -179,10 +232,14 @@ def loop(s: Session, run: RunDirectory, p: Progress, on_evaluate) -> None:
             # The order is a pure function of (seed, epoch): a resumed run skips what it consumed and sees the rest.
             # Grouped by the effective batch, so the order is the same however it is split into micro-batches and
             # processes (N processes at b see what one sees at N x b; an out-of-memory retry resumes exactly).
-            order = train_order(train_set, tc.batch_size * tc.grad_accum * s.world, tc.group_by_length, tc.seed, state.epoch)
+            order = train_order(
+                train_set, tc.batch_size * tc.grad_accum * s.world, tc.group_by_length, tc.seed, state.epoch
+            )
             rounds = [micro_batches_of(order, tc.batch_size, r, s.world) for r in range(s.world)]
             p.speed.resume()
-            for i, batch in enumerate(train_loader(train_set, rounds[s.rank][state.batch:], s.collate), start=state.batch):
+            for i, batch in enumerate(
+                train_loader(train_set, rounds[s.rank][state.batch :], s.collate), start=state.batch
+            ):
                 if not _micro_step(s, p, i, batch, rounds):
                     continue
                 epoch_end = _optimizer_step(s, p)
@@ -201,7 +258,9 @@ def _epoch_examples(s: Session, state):
     copies, stats = augmented_copies(s.corpus.splits["train"], augment, state.epoch)
     if len(state.augmentation) <= state.epoch:
         state.augmentation.append(stats)
-    return s.encoded["train"] + encode(copies, s.tokenizer, s.cfg.data.max_length, s.corpus.label_ids("train") * augment.copies)
+    return s.encoded["train"] + encode(
+        copies, s.tokenizer, s.cfg.data.max_length, s.corpus.label_ids("train") * augment.copies
+    )
 
 
 def _micro_step(s: Session, p: Progress, i: int, batch: dict, rounds) -> bool:
@@ -238,7 +297,9 @@ def _optimizer_step(s: Session, p: Progress) -> bool:
     if s.tc.max_grad_norm:
         p.grad_ok &= torch.isfinite(s.accelerator.clip_grad_norm_(s.trainable, s.tc.max_grad_norm))
     s.optimizer.step()
-    s.method.after_step(s.accelerator.unwrap_model(s.model), state.step + 1)  # e.g. AdaLoRA's rank budget, before zero_grad
+    s.method.after_step(
+        s.accelerator.unwrap_model(s.model), state.step + 1
+    )  # e.g. AdaLoRA's rank budget, before zero_grad
     if p.scaled:  # fp16: a skipped step (overflow) is normal; many in a row is divergence
         p.skips.observe(guards.step_was_skipped(s.optimizer), state.step + 1, s.lr)
     s.scheduler.step()
@@ -263,34 +324,54 @@ def _after_step(s: Session, run: RunDirectory, p: Progress, epoch_end: bool, on_
     if stop.agreed(s.accelerator, s.world, s.device, synced=state.step % 10 == 0 or should_eval or should_save):
         if tc.checkpoints and not should_save:
             _save(s, run, p)
-        where = (f"its checkpoint at this step is in {run.path / checkpoint.CHECKPOINTS}; the same command with --resume "
-                 "continues it from there" if tc.checkpoints else "train.checkpoints is off, so --resume starts it again")
+        where = (
+            f"its checkpoint at this step is in {run.path / checkpoint.CHECKPOINTS}; the same command with --resume "
+            "continues it from there"
+            if tc.checkpoints
+            else "train.checkpoints is off, so --resume starts it again"
+        )
         asked = stop.requested() or "a signal to another of its processes"
-        raise stop.RunStopped(f"Run {run.run_id} stopped by {asked} at step {state.step} of {s.total_steps}: {where}.",
-                              stop.requested())
+        raise stop.RunStopped(
+            f"Run {run.run_id} stopped by {asked} at step {state.step} of {s.total_steps}: {where}.", stop.requested()
+        )
 
 
 def _save(s: Session, run: RunDirectory, p: Progress) -> None:
     p.speed.pause()
     state = p.state
     state.samples, state.tokens, state.train_seconds = p.speed.samples, p.speed.tokens, p.speed.seconds
-    checkpoint.save(run.path, s.named, p.best, s.optimizer, s.scheduler, s.accelerator.scaler, state,
-                    s.tc.keep_checkpoints, s.rank, s.accelerator.wait_for_everyone, s.geometry)
+    checkpoint.save(
+        run.path,
+        s.named,
+        p.best,
+        s.optimizer,
+        s.scheduler,
+        s.accelerator.scaler,
+        state,
+        s.tc.keep_checkpoints,
+        s.rank,
+        s.accelerator.wait_for_everyone,
+        s.geometry,
+    )
     p.speed.resume()
 
 
 def _check_finite(s: Session, p: Progress) -> None:
     """Loss and gradient norm, averaged over processes so every process takes the same decision."""
     state = p.state
-    state.running_loss = float(s.accelerator.reduce(p.running_loss.clone(), "mean")) if s.world > 1 else float(p.running_loss)
+    state.running_loss = (
+        float(s.accelerator.reduce(p.running_loss.clone(), "mean")) if s.world > 1 else float(p.running_loss)
+    )
     if s.world > 1:
         p.grad_ok = s.accelerator.reduce(p.grad_ok.to(torch.int32), "sum") == s.world
     if not p.scaled and not math.isfinite(state.running_loss):
         raise guards.non_finite("loss", state.step, s.lr)
     if not p.scaled and not bool(p.grad_ok):
         raise guards.non_finite("gradient norm", state.step, s.lr)
-    p.bar.set_postfix(loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
-                      samples_s=f"{p.speed.read()['train_samples_per_s']:.1f}")
+    p.bar.set_postfix(
+        loss=f"{state.running_loss / max(state.running_n, 1):.4f}",
+        samples_s=f"{p.speed.read()['train_samples_per_s']:.1f}",
+    )
 
 
 def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate) -> None:
@@ -303,15 +384,34 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
     if not math.isfinite(val["loss"]):
         raise guards.non_finite("validation loss", state.step, s.lr)
     state.eval_seconds += time.perf_counter() - t0
-    state.history.append({"step": state.step, "epoch": round(state.step / s.steps_per_epoch, 4),
-                          "train_loss": state.running_loss / max(state.running_n, 1), "lr": s.scheduler.get_last_lr()[0],
-                          "seconds": round(p.speed.seconds, 3), "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                          "val_macro_f1": val["macro_f1"]})
+    state.history.append(
+        {
+            "step": state.step,
+            "epoch": round(state.step / s.steps_per_epoch, 4),
+            "train_loss": state.running_loss / max(state.running_n, 1),
+            "lr": s.scheduler.get_last_lr()[0],
+            "seconds": round(p.speed.seconds, 3),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_macro_f1": val["macro_f1"],
+        }
+    )
     if s.main:
         h = state.history[-1]
-        log.info("%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f macro-F1 %.4f, "
-                 "%.1f samples/s", run.run_id, state.step, s.total_steps, h["epoch"], h["train_loss"], h["val_loss"],
-                 h["val_accuracy"], h["val_macro_f1"], p.speed.read()["train_samples_per_s"], extra=PROGRESS)
+        log.info(
+            "%s step %d/%d (epoch %.2f): train loss %.4f, validation loss %.4f accuracy %.4f macro-F1 %.4f, "
+            "%.1f samples/s",
+            run.run_id,
+            state.step,
+            s.total_steps,
+            h["epoch"],
+            h["train_loss"],
+            h["val_loss"],
+            h["val_accuracy"],
+            h["val_macro_f1"],
+            p.speed.read()["train_samples_per_s"],
+            extra=PROGRESS,
+        )
     p.trackers.evaluation(state.step, val)
     p.running_loss.zero_()
     state.running_loss, state.running_n = 0.0, 0
@@ -322,8 +422,9 @@ def _evaluate_and_track(s: Session, run: RunDirectory, p: Progress, on_evaluate)
         p.best_validation = (val_logits, val)  # the final metrics: the model the run ends with is this one
     else:
         # Not before train.min_epochs: a run often sits at the majority class for its first evaluations.
-        state.stopped_early = (tc.patience is not None and state.stale >= tc.patience
-                               and state.step >= tc.min_epochs * s.steps_per_epoch)
+        state.stopped_early = (
+            tc.patience is not None and state.stale >= tc.patience and state.step >= tc.min_epochs * s.steps_per_epoch
+        )
     s.model.train()
     p.speed.resume()
 
@@ -347,8 +448,15 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     model_dir = run.path / MODEL_DIR
     state_dict = s.accelerator.get_state_dict(s.model) if s.fsdp else None  # a collective: every process takes part
     if s.main:
-        s.method.save(s.accelerator.unwrap_model(s.model), s.tokenizer, model_dir, s.source, s.cfg.model.revision, state_dict,
-                      trained_only=s.tc.save == "trained_only")
+        s.method.save(
+            s.accelerator.unwrap_model(s.model),
+            s.tokenizer,
+            model_dir,
+            s.source,
+            s.cfg.model.revision,
+            state_dict,
+            trained_only=s.tc.save == "trained_only",
+        )
         resources["checkpoint_bytes"] = dir_size(model_dir)
     lap("save")
     # Predicted with LoRA merged into the weights, as fast as the full model, in fp32 without the feature cache:
@@ -360,7 +468,9 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     deployed = s.method.for_inference(unwrapped) if not s.fsdp else unwrapped  # LoRA: merged into the weights, in place
     if measure:
         merged = trained if deployed is unwrapped else serving.latency(deployed, s.encoded["test"], s.collate, s.device)
-        resources.update(latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"], **serving.deploy_bytes(model_dir, s.counts))
+        resources.update(
+            latency_ms_p50=merged["p50"], latency_ms_p95=merged["p95"], **serving.deploy_bytes(model_dir, s.counts)
+        )
         if deployed is not unwrapped:  # what serving the adapter unmerged would cost
             resources.update(latency_unmerged_ms_p50=trained["p50"], latency_unmerged_ms_p95=trained["p95"])
     lap("latency")
@@ -369,15 +479,27 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     if p.best_validation is None:  # resumed after its best evaluation: that evaluation's logits were not kept
         p.best_validation = evaluate(s, "validation", final_model, contextlib.nullcontext, cached=False)
     val_logits, val_metrics = p.best_validation
-    converged = convergence.assess(p.state.history, s.tc.metric_for_best, s.tc.patience, p.state.stopped_early,
-                                   val_logits, s.corpus.label_ids("validation"), s.class_weights)
+    converged = convergence.assess(
+        p.state.history,
+        s.tc.metric_for_best,
+        s.tc.patience,
+        p.state.stopped_early,
+        val_logits,
+        s.corpus.label_ids("validation"),
+        s.class_weights,
+    )
     lap("final_validation")
     test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)
     lap("test_evaluation")
     resources["test_eval_seconds"] = seconds["test_evaluation"]
     resources["test_samples_per_s"] = len(s.encoded["test"]) / max(seconds["test_evaluation"], 1e-9)
-    metrics = {"best_step": p.state.best_step, "metric_for_best": s.tc.metric_for_best,
-               "stopped_early": p.state.stopped_early, "validation": val_metrics, "test": test_metrics}
+    metrics = {
+        "best_step": p.state.best_step,
+        "metric_for_best": s.tc.metric_for_best,
+        "stopped_early": p.state.stopped_early,
+        "validation": val_metrics,
+        "test": test_metrics,
+    }
     resources["seconds"] = seconds
     if not s.main:  # process 0 writes the run; the others wait until it is published
         s.accelerator.wait_for_everyone()
@@ -390,5 +512,3 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
     p.trackers.finish(metrics, resources, final / MODEL_DIR)
     s.accelerator.wait_for_everyone()
     return RunResult(final, metrics, resources)
-
-

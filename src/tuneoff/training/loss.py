@@ -22,8 +22,10 @@ def class_weights(setting, label_names: list[str], train_ids: list[int]) -> list
     if isinstance(setting, dict):
         unknown = sorted(set(setting) - set(label_names))
         if unknown:
-            raise TuneoffError(f"train.class_weight names label(s) {unknown} that the training data does not have; its "
-                               f"labels are {label_names}. Name only those (an unlisted label weighs 1).")
+            raise TuneoffError(
+                f"train.class_weight names label(s) {unknown} that the training data does not have; its "
+                f"labels are {label_names}. Name only those (an unlisted label weighs 1)."
+            )
         return [float(setting.get(name, 1.0)) for name in label_names]
     y = np.asarray(train_ids)
     present = np.unique(y)  # a model's fixed label set may hold a class the training split lacks: weight 1, never used
@@ -43,7 +45,8 @@ def prior_shift(weights) -> np.ndarray:
     return np.log(np.asarray(weights, dtype=np.float64))
 
 
-def training_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None,
-                  label_smoothing: float) -> torch.Tensor:
+def training_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None, label_smoothing: float
+) -> torch.Tensor:
     """Mean cross-entropy in fp32; with weights, torch's weighted mean (divided by the batch's summed weights)."""
     return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)

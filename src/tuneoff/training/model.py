@@ -21,10 +21,18 @@ def load_base(cfg: RunConfig, label_names: list[str]):
     source = resolve_model(cfg.model.name)
     method = get_method(cfg.method.name)
     model, arch = load_classifier(
-        source, label_names, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code,
-        num_hidden_layers=cfg.model.num_hidden_layers, attn_implementation=cfg.model.attn_implementation,
-        dropout={"hidden": cfg.model.hidden_dropout, "attention": cfg.model.attention_dropout,
-                 "classifier": cfg.model.classifier_dropout}, extra=method.model_kwargs(cfg.method),
+        source,
+        label_names,
+        revision=cfg.model.revision,
+        trust_remote_code=cfg.model.trust_remote_code,
+        num_hidden_layers=cfg.model.num_hidden_layers,
+        attn_implementation=cfg.model.attn_implementation,
+        dropout={
+            "hidden": cfg.model.hidden_dropout,
+            "attention": cfg.model.attention_dropout,
+            "classifier": cfg.model.classifier_dropout,
+        },
+        extra=method.model_kwargs(cfg.method),
     )
     return source, method, model, arch
 
@@ -43,8 +51,9 @@ def make_optimizer(cfg: RunConfig, method: Method, model, device_type: str):
     """(lr, optimizer): ``train.lr`` or the method's default, the method's optimizer of kind ``train.optimizer``."""
     tc = cfg.train
     lr = tc.lr or method.default_lr
-    optimizer = method.optimizer(model, cfg.method, lr, tc.weight_decay, fused=device_type == "cuda", kind=tc.optimizer,
-                                 momentum=tc.momentum)
+    optimizer = method.optimizer(
+        model, cfg.method, lr, tc.weight_decay, fused=device_type == "cuda", kind=tc.optimizer, momentum=tc.momentum
+    )
     return lr, optimizer
 
 
@@ -55,10 +64,17 @@ def _warn_oversized_adapters(model, method: str) -> None:
         base = getattr(module, "base_layer", None)
         if base is None or not hasattr(base, "weight"):
             continue
-        own = sum(p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer.") and p.requires_grad)
+        own = sum(
+            p.numel() for n, p in module.named_parameters() if not n.startswith("base_layer.") and p.requires_grad
+        )
         adapted = sum(p.numel() for p in base.parameters())
         if own > adapted:
-            log.warning("method %s: the adapter on %s trains %s parameters, more than the %s of the layer it adapts "
-                        "(is method.r too large?); a full fine-tune of that layer would train fewer", method, name,
-                        f"{own:,}", f"{adapted:,}")
+            log.warning(
+                "method %s: the adapter on %s trains %s parameters, more than the %s of the layer it adapts "
+                "(is method.r too large?); a full fine-tune of that layer would train fewer",
+                method,
+                name,
+                f"{own:,}",
+                f"{adapted:,}",
+            )
             return

@@ -54,12 +54,13 @@ class Plan:
     activations_mb: float
     gflops_per_step: float
     workspace_mb: float = 0.0
-    accumulates: bool = False   # train.grad_accum > 1: gradients are held while the next micro-batch's activations grow
+    accumulates: bool = False  # train.grad_accum > 1: gradients are held while the next micro-batch's activations grow
 
     @property
     def total_mb(self) -> float:
-        held = (self.activations_mb + self.gradients_mb if self.accumulates
-                else max(self.activations_mb, self.gradients_mb))
+        held = (
+            self.activations_mb + self.gradients_mb if self.accumulates else max(self.activations_mb, self.gradients_mb)
+        )
         return self.weights_mb + self.optimizer_mb + held + self.workspace_mb
 
 
@@ -139,8 +140,9 @@ def _tensor_bytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
-def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2,
-             device: str = "cpu") -> Plan:
+def plan_run(
+    cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2, device: str = "cpu"
+) -> Plan:
     """One counted training step of ``cfg`` on the CPU, as it would run on ``device`` ("cpu" or "cuda")."""
 
     torch.manual_seed(0)
@@ -152,7 +154,10 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     vocab = model.config.vocab_size
-    batch = {"input_ids": torch.randint(5, vocab, (batch_size, seq_len)), "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(5, vocab, (batch_size, seq_len)),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+    }
     labels = torch.randint(0, num_labels, (batch_size,))
     saved: dict[int, int] = {}
 
@@ -162,9 +167,11 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
             saved[ptr] = max(saved.get(ptr, 0), _tensor_bytes(t))
         return t
 
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision in ("bf16", "fp16") else contextlib.nullcontext())
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if precision in ("bf16", "fp16") else contextlib.nullcontext()
+    )
     counter = FlopCounterMode(display=False)
-    with counter, (_as_on_cuda(model) if device == "cuda" else contextlib.nullcontext()):
+    with counter, _as_on_cuda(model) if device == "cuda" else contextlib.nullcontext():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with autocast:
                 logits = model(**batch).logits
@@ -172,12 +179,19 @@ def plan_run(cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision
         loss.backward()
     gradients = sum(_tensor_bytes(p.grad) for p in trainable if p.grad is not None)
     optimizer.step()
-    optimizer_bytes = sum(_tensor_bytes(v) for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+    optimizer_bytes = sum(
+        _tensor_bytes(v) for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
+    )
     return Plan(
-        name=name, method=cfg.method.name, trainable_params=sum(p.numel() for p in trainable),
-        weights_mb=sum(_tensor_bytes(p) for p in model.parameters()) / MB, gradients_mb=gradients / MB,
-        optimizer_mb=optimizer_bytes / MB, activations_mb=sum(saved.values()) / MB,
-        gflops_per_step=counter.get_total_flops() / 1e9, workspace_mb=CUDA_WORKSPACE_MB if device == "cuda" else 0.0,
+        name=name,
+        method=cfg.method.name,
+        trainable_params=sum(p.numel() for p in trainable),
+        weights_mb=sum(_tensor_bytes(p) for p in model.parameters()) / MB,
+        gradients_mb=gradients / MB,
+        optimizer_mb=optimizer_bytes / MB,
+        activations_mb=sum(saved.values()) / MB,
+        gflops_per_step=counter.get_total_flops() / 1e9,
+        workspace_mb=CUDA_WORKSPACE_MB if device == "cuda" else 0.0,
         accumulates=cfg.train.grad_accum > 1,
     )
 
@@ -198,13 +212,27 @@ def plan_as_trained(cfg: RunConfig, name: str, num_labels: int = 2) -> Plan:
     """The plan of a run as it trained: its batch size, max_length, precision and device (a finished run's saved
     config holds the resolved values), so the report compares it with what that run measured."""
     precision = cfg.train.mixed_precision if cfg.train.mixed_precision in ("bf16", "fp16") else "fp32"
-    return plan_run(cfg, name, cfg.train.batch_size, _length(cfg), precision, num_labels,
-                    device="cuda" if cfg.train.device == "cuda" else "cpu")
+    return plan_run(
+        cfg,
+        name,
+        cfg.train.batch_size,
+        _length(cfg),
+        precision,
+        num_labels,
+        device="cuda" if cfg.train.device == "cuda" else "cpu",
+    )
 
 
-def plan_configs(configs: list[tuple[str, RunConfig]], batch_size: int | None, seq_len: int | None, precision: str,
-                 device: str = "cpu") -> list[Plan]:
+def plan_configs(
+    configs: list[tuple[str, RunConfig]],
+    batch_size: int | None,
+    seq_len: int | None,
+    precision: str,
+    device: str = "cpu",
+) -> list[Plan]:
     plans = []
     for name, cfg in configs:
-        plans.append(plan_run(cfg, name, batch_size or cfg.train.batch_size, seq_len or _length(cfg), precision, device=device))
+        plans.append(
+            plan_run(cfg, name, batch_size or cfg.train.batch_size, seq_len or _length(cfg), precision, device=device)
+        )
     return plans

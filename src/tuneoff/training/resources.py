@@ -28,8 +28,12 @@ def param_counts(model: torch.nn.Module) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     trained_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / max(total, 1),
-            "trained_bytes": trained_bytes}
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": 100.0 * trainable / max(total, 1),
+        "trained_bytes": trained_bytes,
+    }
 
 
 def _status_kb(field: str) -> int | None:
@@ -75,8 +79,12 @@ class MemoryMeter:
         return self
 
     def read(self) -> dict:
-        out = {"cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None, "peak_rss_mb": None,
-               "runs_before_in_process": self.runs_before}
+        out = {
+            "cuda_max_allocated_mb": None,
+            "cuda_max_reserved_mb": None,
+            "peak_rss_mb": None,
+            "runs_before_in_process": self.runs_before,
+        }
         if self.cuda:
             torch.cuda.synchronize(self.device)
             out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / MB
@@ -91,7 +99,9 @@ class MemoryMeter:
 class Throughput:
     """Training throughput counting real tokens only (padding excluded) and wall time."""
 
-    def __init__(self, device: torch.device | None = None, samples: int = 0, tokens: int = 0, seconds: float = 0.0) -> None:
+    def __init__(
+        self, device: torch.device | None = None, samples: int = 0, tokens: int = 0, seconds: float = 0.0
+    ) -> None:
         self.sync = device is not None and device.type == "cuda"
         self.samples = samples
         self.tokens = tokens
@@ -136,8 +146,14 @@ def combine_processes(parts: list[dict]) -> dict:
     process's time, and the largest peak memory of any one process (what each device must hold)."""
     seconds = max(p["train_seconds"] for p in parts)
     samples, tokens = sum(p["train_samples"] for p in parts), sum(p["train_tokens"] for p in parts)
-    out = {**parts[0], "train_seconds": seconds, "train_samples": samples, "train_tokens": tokens,
-           "train_samples_per_s": samples / max(seconds, 1e-9), "train_tokens_per_s": tokens / max(seconds, 1e-9)}
+    out = {
+        **parts[0],
+        "train_seconds": seconds,
+        "train_samples": samples,
+        "train_tokens": tokens,
+        "train_samples_per_s": samples / max(seconds, 1e-9),
+        "train_tokens_per_s": tokens / max(seconds, 1e-9),
+    }
     for key in ("cuda_max_allocated_mb", "cuda_max_reserved_mb", "peak_rss_mb"):
         values = [p[key] for p in parts if p.get(key) is not None]
         out[key] = max(values) if values else None

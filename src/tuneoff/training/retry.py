@@ -18,9 +18,13 @@ from tuneoff.training.loop import RunResult, train
 log = logging.getLogger(__name__)
 
 
-
-def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | None = None, resume: bool = False,
-                         on_evaluate: Callable[[int, dict], None] | None = None) -> RunResult:
+def train_with_oom_retry(
+    cfg: RunConfig,
+    progress: bool = True,
+    run_id: str | None = None,
+    resume: bool = False,
+    on_evaluate: Callable[[int, dict], None] | None = None,
+) -> RunResult:
     """On CUDA out-of-memory, retry with half the per-device batch and twice the accumulation (the effective batch is
     unchanged, so the retry resumes the same run from its last checkpoint), down to ``train.min_batch_size``.
 
@@ -39,14 +43,18 @@ def train_with_oom_retry(cfg: RunConfig, progress: bool = True, run_id: str | No
             raise TuneoffError(
                 f"Out of GPU memory at per-device batch {tc.batch_size} in a multi-process run. Start it again with "
                 f"train.batch_size={tc.batch_size // 2} train.grad_accum={tc.grad_accum * 2} (same effective batch) "
-                "and --resume, or shard the model with FSDP (--accelerate-config).")
+                "and --resume, or shard the model with FSDP (--accelerate-config)."
+            )
         if tc.batch_size // 2 < tc.min_batch_size:
             raise TuneoffError(
                 f"Out of GPU memory even at batch size {tc.batch_size}. Use a smaller model or method (see "
-                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size.")
+                "`tuneoff plan`), a shorter data.max_length, or lower train.min_batch_size."
+            )
         smaller = tc.model_copy(update={"batch_size": tc.batch_size // 2, "grad_accum": tc.grad_accum * 2})
-        log.warning(f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
-            f"{smaller.grad_accum} accumulation steps (effective batch unchanged)")
+        log.warning(
+            f"CUDA out of memory at batch {tc.batch_size}: retrying with batch {smaller.batch_size} x "
+            f"{smaller.grad_accum} accumulation steps (effective batch unchanged)"
+        )
         cfg = cfg.model_copy(update={"train": smaller})
         if failed_run is not None:
             run_id, resume = failed_run, True

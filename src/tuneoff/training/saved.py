@@ -57,8 +57,10 @@ def load_saved_model(run_dir: Path, device: str = "cpu"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, SafetensorError) as exc:  # a missing or unreadable file; safetensors' own error type
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TuneoffError(f"Cannot load the model in {model_dir}: {first}. If a file there was truncated or changed, "
-                           "re-run the training (the run's other files are intact).") from exc
+        raise TuneoffError(
+            f"Cannot load the model in {model_dir}: {first}. If a file there was truncated or changed, "
+            "re-run the training (the run's other files are intact)."
+        ) from exc
     return model.to(device).eval(), tokenizer
 
 
@@ -73,24 +75,40 @@ def class_weight_shift(run_dir, label_names: list[str]) -> np.ndarray:
     run_json = Path(run_dir) / "run.json"
     weights = (read_json(run_json) if run_json.is_file() else {}).get("class_weights")
     if not weights:
-        raise TuneoffError(f"{run_dir} trained without class weights (train.class_weight: none): there is nothing to "
-                           "undo; leave out --undo-class-weights (undo_class_weights).")
+        raise TuneoffError(
+            f"{run_dir} trained without class weights (train.class_weight: none): there is nothing to "
+            "undo; leave out --undo-class-weights (undo_class_weights)."
+        )
     missing = [name for name in label_names if name not in weights]
     if missing:
         raise TuneoffError(f"{run_json}: class_weights has no weight for {missing}; its labels are {sorted(weights)}.")
     return prior_shift([weights[name] for name in label_names])
 
 
-def _score(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int, label_ids=None,
-           shift: np.ndarray | None = None) -> np.ndarray:
+def _score(
+    model,
+    tokenizer,
+    df: pd.DataFrame,
+    max_length: int,
+    batch_size: int,
+    label_ids=None,
+    shift: np.ndarray | None = None,
+) -> np.ndarray:
     device = next(model.parameters()).device
     encoded = encode(df, tokenizer, max_length, label_ids)
     logits = predict_logits(model, encoded, batch_size, collator(tokenizer, device.type == "cuda"), device)
     return logits if shift is None else logits - shift
 
 
-def score_frame(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64,
-                shift: np.ndarray | None = None, keep_text: bool = False) -> pd.DataFrame:
+def score_frame(
+    model,
+    tokenizer,
+    df: pd.DataFrame,
+    max_length: int,
+    batch_size: int = 64,
+    shift: np.ndarray | None = None,
+    keep_text: bool = False,
+) -> pd.DataFrame:
     """Predictions for a frame of texts (``id``, ``text``, optional ``text_pair``): id, predicted label and each
     class's probability (``shift``, subtracted from the logits: ``class_weight_shift``); with ``keep_text`` the
     text beside them, so a file of predictions reads without joining it back to its input."""
@@ -104,8 +122,9 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str],
-                 undo_class_weights: bool = False) -> tuple[dict, Path]:
+def evaluate_run(
+    run_dir, data: str | None, split: str, overrides: list[str], undo_class_weights: bool = False
+) -> tuple[dict, Path]:
     """Metrics of a saved run on a split of its own or another dataset with the same labels (with
     ``undo_class_weights``, of its probabilities with the training loss's class weights divided out)."""
 
@@ -121,15 +140,16 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str],
     note = None
     if data is not None and _same_file(data, (base.get("data") or {}).get("name")):
         # Scored whole, the file the run trained on would count its training rows as evaluation: its own split is meant.
-        note = (f"{data} is the file this run trained on: scored its {split} split as the run carved it, not every row "
-                "(those include the training rows)")
+        note = (
+            f"{data} is the file this run trained on: scored its {split} split as the run carved it, not every row "
+            "(those include the training rows)"
+        )
         data = None
     cfg = build_config(base, overrides, f"{run_dir}/config.yaml + command line", names={"data": data})
     model, tokenizer = load_saved_model(run_dir, _device())
     label_names = model_labels(model)
     shift = class_weight_shift(run_dir, label_names) if undo_class_weights else None
     if data is not None and is_table_path(data):  # a file given to evaluate is the set to evaluate: all of it
-
         frame, name, split = labeled_file(data, cfg.data, label_names), Path(data).name, "all rows"
     else:
         corpus = load_corpus(cfg.data, label_names=label_names)
@@ -137,8 +157,13 @@ def evaluate_run(run_dir, data: str | None, split: str, overrides: list[str],
     index = {label: i for i, label in enumerate(label_names)}
     logits = _score(model, tokenizer, frame, cfg.data.max_length, cfg.train.eval_batch_size, shift=shift)
     metrics = compute_metrics([index[v] for v in frame["label"]], logits, label_names)
-    metrics.update(dataset=name, split=split, rows_scored=len(frame), **({"note": note} if note else {}),
-                   **({"class_weights_undone": True} if undo_class_weights else {}))
+    metrics.update(
+        dataset=name,
+        split=split,
+        rows_scored=len(frame),
+        **({"note": note} if note else {}),
+        **({"class_weights_undone": True} if undo_class_weights else {}),
+    )
     if split == "all rows":  # a file: its absolute path is recorded, and two files of one name never share a result
         metrics["data_path"] = str(Path(data).resolve())
         name = f"{Path(data).stem}-{hashlib.sha256(metrics['data_path'].encode()).hexdigest()[:8]}"
@@ -166,9 +191,19 @@ def _unclaimed(path: Path) -> Path:
     return candidate
 
 
-def predict_file(run_dir, file, out, text_column: str | None, pair_column: str | None, id_column: str | None,
-                 fmt: str = "full", raw: bool = False, chunk_rows: int = 10_000, progress: bool = True,
-                 undo_class_weights: bool = False) -> int:
+def predict_file(
+    run_dir,
+    file,
+    out,
+    text_column: str | None,
+    pair_column: str | None,
+    id_column: str | None,
+    fmt: str = "full",
+    raw: bool = False,
+    chunk_rows: int = 10_000,
+    progress: bool = True,
+    undo_class_weights: bool = False,
+) -> int:
     """Predictions for an unlabeled table, streamed in chunks of ``chunk_rows`` (memory stays bounded however large
     the file) into a temporary file renamed to ``out`` when complete. ``fmt="submission"`` writes a competition's
     ``id,label`` with integer labels: the label itself when the labels are integers (as the data gave them), else the
@@ -195,13 +230,20 @@ def predict_file(run_dir, file, out, text_column: str | None, pair_column: str |
     numeric = all(name.lstrip("-").isdigit() for name in label_names)
     index = {name: int(name) if numeric else i for i, name in enumerate(label_names)}
     written = 0
-    with atomic_open(out, newline="") as fh, \
-            tqdm(desc="predict", unit=" rows", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        atomic_open(out, newline="") as fh,
+        tqdm(desc="predict", unit=" rows", disable=not progress, dynamic_ncols=True) as bar,
+    ):
         for table in itertools.chain([first], chunks):
             require_columns(table, str(file), columns)
             start = table.attrs.get("first_row", written)
-            df = pd.DataFrame({"id": table[id_column].astype(str).values if id_column else
-                               [str(start + i + 1) for i in range(len(table))]})
+            df = pd.DataFrame(
+                {
+                    "id": table[id_column].astype(str).values
+                    if id_column
+                    else [str(start + i + 1) for i in range(len(table))]
+                }
+            )
             df["text"] = clean_text(table, text_column, str(file)).values
             if pair_column:
                 df["text_pair"] = clean_text(table, pair_column, str(file)).values

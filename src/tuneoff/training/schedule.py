@@ -11,6 +11,7 @@ from __future__ import annotations
 
 def step_decay(warmup: int, step_size: int, gamma: float):
     """lr factor at optimizer step ``s``: a linear ramp over ``warmup`` steps, then gamma ** (s // step_size)."""
+
     def factor(s: int) -> float:
         ramp = min(1.0, (s + 1) / warmup) if warmup else 1.0
         return ramp * gamma ** (s // step_size)

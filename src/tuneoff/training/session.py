@@ -51,7 +51,7 @@ class Session:
     corpus: Any
     source: str
     tokenizer: Any
-    model: Any                 # prepared by Accelerate (wrapped when several processes)
+    model: Any  # prepared by Accelerate (wrapped when several processes)
     arch: Any
     method: Any
     lr: float
@@ -61,21 +61,21 @@ class Session:
     counts: dict
     encoded: dict
     collate: Any
-    micro_batches: int         # per process and epoch
+    micro_batches: int  # per process and epoch
     steps_per_epoch: int
     total_steps: int
     epochs: int
     named: dict = field(default_factory=dict)  # trainable parameters by name (unwrapped: same with 1 or N processes)
-    forward: Any = None        # the (possibly compiled) training forward
+    forward: Any = None  # the (possibly compiled) training forward
     eval_model: Any = None
     fsdp: bool = False
-    edge: int | None = None    # frozen boundary: layers below it are frozen, in eval mode, and may be cached
-    features: Any = None       # FeatureCache when the frozen part is replayed from the cache
+    edge: int | None = None  # frozen boundary: layers below it are frozen, in eval mode, and may be cached
+    features: Any = None  # FeatureCache when the frozen part is replayed from the cache
     replay: Any = None
     cache_note: str | None = None  # the feature cache was rebuilt, or could not be used (run.json says which)
     seconds: dict = field(default_factory=dict)  # wall time per phase (resources.json "seconds")
     class_weights: list[float] | None = None  # train.class_weight resolved, in label order (run.json records it)
-    loss_weight: Any = None    # the same as a tensor on the device, for the loss
+    loss_weight: Any = None  # the same as a tensor on the device, for the loss
 
     @property
     def tc(self):
@@ -147,7 +147,9 @@ def accelerator_for(tc):
     # own settings, in one process. The process-group part (PartialState) is kept: it is the launch, not the run.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda")))
+    return Accelerator(
+        cpu=cpu, mixed_precision=mixed_precision(tc.mixed_precision, torch.device("cpu" if cpu else "cuda"))
+    )
 
 
 def prepare(cfg: RunConfig) -> Session:
@@ -163,7 +165,6 @@ def prepare(cfg: RunConfig) -> Session:
     source, method, model, arch = load_base(cfg, corpus.label_names)
     tokenizer = load_tokenizer(source, cfg.model.revision, cfg.model.trust_remote_code)
     if cfg.data.max_length == "auto":  # cover the training set's p99 in tokens; the saved config gets the number
-
         limit = min(model_max_length(model.config, tokenizer), cfg.data.max_length_cap or 1 << 30)
         auto = recommend_max_length(token_lengths(corpus.splits["train"], tokenizer), limit)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": auto})})
@@ -181,16 +182,42 @@ def prepare(cfg: RunConfig) -> Session:
     micro_batches = math.ceil(math.ceil(len(encoded["train"]) * (1 + augment.copies) / tc.batch_size) / world)
     steps_per_epoch = math.ceil(micro_batches / tc.grad_accum)
     if tc.grad_accum > micro_batches:
-        log.warning("train.grad_accum=%d but an epoch has only %d micro-batch(es) of %d: each optimizer step averages "
-                    "those %d, an effective batch of %d", tc.grad_accum, micro_batches, tc.batch_size, micro_batches,
-                    micro_batches * tc.batch_size * world)
+        log.warning(
+            "train.grad_accum=%d but an epoch has only %d micro-batch(es) of %d: each optimizer step averages "
+            "those %d, an effective batch of %d",
+            tc.grad_accum,
+            micro_batches,
+            tc.batch_size,
+            micro_batches,
+            micro_batches * tc.batch_size * world,
+        )
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     warmup = tc.warmup_steps if tc.warmup_steps is not None else math.ceil(tc.warmup_ratio * total_steps)
     scheduler = make_scheduler(tc, optimizer, warmup, total_steps, steps_per_epoch)
     method.begin(model, cfg.method, total_steps)
-    s = Session(cfg, accelerator, corpus, source, tokenizer, model, arch, method, lr, warmup, optimizer, scheduler,
-                counts, encoded, collator(tokenizer, on_gpu=device.type == "cuda", bucket=32 if compiles(tc) else None), micro_batches, steps_per_epoch,
-                total_steps, math.ceil(total_steps / steps_per_epoch), edge=edge, class_weights=weights)
+    s = Session(
+        cfg,
+        accelerator,
+        corpus,
+        source,
+        tokenizer,
+        model,
+        arch,
+        method,
+        lr,
+        warmup,
+        optimizer,
+        scheduler,
+        counts,
+        encoded,
+        collator(tokenizer, on_gpu=device.type == "cuda", bucket=32 if compiles(tc) else None),
+        micro_batches,
+        steps_per_epoch,
+        total_steps,
+        math.ceil(total_steps / steps_per_epoch),
+        edge=edge,
+        class_weights=weights,
+    )
     if weights is not None:
         s.loss_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     s.seconds["load"] = time.perf_counter() - started
@@ -214,8 +241,15 @@ _ENCODED: dict = {}  # (tokenizer, max_length, examples) -> encoded splits: a st
 def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
     """The splits tokenized once per (tokenizer, max_length, examples) in this process (the last two are kept)."""
 
-    key = (tokenizer.name_or_path, len(tokenizer), max_length, tuple(corpus.label_names),
-           hashlib.sha256(b"".join(pd_bytes(df) + df["label"].str.cat().encode() for df in corpus.splits.values())).hexdigest())
+    key = (
+        tokenizer.name_or_path,
+        len(tokenizer),
+        max_length,
+        tuple(corpus.label_names),
+        hashlib.sha256(
+            b"".join(pd_bytes(df) + df["label"].str.cat().encode() for df in corpus.splits.values())
+        ).hexdigest(),
+    )
     if key not in _ENCODED:
         while len(_ENCODED) >= 2:
             _ENCODED.pop(next(iter(_ENCODED)))
@@ -223,10 +257,12 @@ def encoded_splits(corpus, tokenizer, max_length: int) -> dict:
         share = unknown_share(encoded["train"], tokenizer)
         if share > UNKNOWN_LIMIT:
             # silent otherwise: a model directory without its vocabulary trains on [UNK]s and reports the majority class
-            raise TuneoffError(f"The tokenizer of {tokenizer.name_or_path} maps {share:.0%} of the training text's tokens "
-                               f"to {tokenizer.unk_token!r}: it does not cover this text, and the model would never see "
-                               "it. Use the model's own tokenizer files (vocab.txt or tokenizer.json beside its "
-                               "config.json), or a model made for this language.")
+            raise TuneoffError(
+                f"The tokenizer of {tokenizer.name_or_path} maps {share:.0%} of the training text's tokens "
+                f"to {tokenizer.unk_token!r}: it does not cover this text, and the model would never see "
+                "it. Use the model's own tokenizer files (vocab.txt or tokenizer.json beside its "
+                "config.json), or a model made for this language."
+            )
         _ENCODED[key] = encoded
     return _ENCODED[key]
 
@@ -272,8 +308,9 @@ def _attach_features(s: Session) -> None:
     key = frozen.cache_key(s.source, s.cfg, s.corpus.splits, s.edge, dtype, s.accelerator.mixed_precision)
     root = Path(os.environ.get("TUNEOFF_FEATURE_CACHE") or cache_dir() / "features") / key
     model = s.model.to(s.device)
-    s.features, s.cache_note = frozen.open_or_build(root, model, s.arch, s.edge, s.encoded, s.collate,
-                                                    s.tc.eval_batch_size, s.device, dtype, s.accelerator.autocast)
+    s.features, s.cache_note = frozen.open_or_build(
+        root, model, s.arch, s.edge, s.encoded, s.collate, s.tc.eval_batch_size, s.device, dtype, s.accelerator.autocast
+    )
     if s.features is not None:
         s.replay = frozen.Replay(model, s.arch, s.edge)
         s.replay.tuple_len = s.features.tuple_len

@@ -58,8 +58,9 @@ def on_signals():
         return
     if _state["depth"] == 0 and not _state["worker"]:  # a worker's request may come while it prepares a run: kept
         _state["requested"] = None
-    previous = {s: signal.signal(s, signal.SIG_IGN if s == signal.SIGINT and _state["worker"] else request)
-                for s in SIGNALS}
+    previous = {
+        s: signal.signal(s, signal.SIG_IGN if s == signal.SIGINT and _state["worker"] else request) for s in SIGNALS
+    }
     _state["depth"] += 1
     try:
         yield
@@ -81,8 +82,11 @@ def interrupting(what: str):
         return
 
     def stop_now(signum, frame=None):
-        raise Stopped(f"{what} stopped by {signal.Signals(signum).name}; nothing was written (its temporary file is "
-                      "removed). Run it again.", signal.Signals(signum).name)
+        raise Stopped(
+            f"{what} stopped by {signal.Signals(signum).name}; nothing was written (its temporary file is "
+            "removed). Run it again.",
+            signal.Signals(signum).name,
+        )
 
     previous = {s: signal.signal(s, stop_now) for s in SIGNALS}
     try:

@@ -39,7 +39,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
-    return {k: float(v) for k, v in _flat(tree, prefix).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in _flat(tree, prefix).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def mlflow_uri(tracking_uri: str | None, output_dir) -> str:
@@ -74,25 +76,32 @@ def check(cfg) -> None:
             try:
                 socket.create_connection((parsed.hostname, port), timeout=3).close()
             except OSError as exc:
-                raise TuneoffError(f"train.tracking_uri={uri}: the MLflow server does not answer ({exc.strerror or exc}). "
-                                   "Start it, fix the URI, or drop mlflow from train.report_to; nothing was trained.") from None
+                raise TuneoffError(
+                    f"train.tracking_uri={uri}: the MLflow server does not answer ({exc.strerror or exc}). "
+                    "Start it, fix the URI, or drop mlflow from train.report_to; nothing was trained."
+                ) from None
         elif parsed.scheme.startswith("sqlite") or parsed.scheme in ("", "file"):
             target = Path(uri.split("///", 1)[1] if "///" in uri else parsed.path)
             directory = target.parent if parsed.scheme.startswith("sqlite") else target
             existing = next((d for d in [directory, *directory.parents] if d.exists()), directory)
             if not existing.is_dir():
-                raise TuneoffError(f"train.tracking_uri={uri}: {existing} is not a directory, so MLflow cannot keep its "
-                                   "store under it. Choose a writable place (train.tracking_uri) or drop mlflow from "
-                                   "train.report_to; nothing was trained.")
+                raise TuneoffError(
+                    f"train.tracking_uri={uri}: {existing} is not a directory, so MLflow cannot keep its "
+                    "store under it. Choose a writable place (train.tracking_uri) or drop mlflow from "
+                    "train.report_to; nothing was trained."
+                )
             if not os.access(existing, os.W_OK):
-                raise TuneoffError(f"train.tracking_uri={uri}: {existing} is not writable, so MLflow cannot keep its store "
-                                   "there. Choose a writable place (train.tracking_uri) or drop mlflow from "
-                                   "train.report_to; nothing was trained.")
+                raise TuneoffError(
+                    f"train.tracking_uri={uri}: {existing} is not writable, so MLflow cannot keep its store "
+                    "there. Choose a writable place (train.tracking_uri) or drop mlflow from "
+                    "train.report_to; nothing was trained."
+                )
 
 
 def _wandb_offline() -> bool:
-    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled") or \
-        os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes")
+    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled") or os.environ.get(
+        "WANDB_DISABLED", ""
+    ).lower() in ("1", "true", "yes")
 
 
 def _wandb_logged_in() -> bool:
@@ -110,11 +119,15 @@ def check_wandb() -> None:
     try:
         import wandb  # noqa: F401
     except ImportError:
-        raise TuneoffError("train.report_to has wandb, which is not installed: pip install 'tuneoff[tracking]'.") from None
+        raise TuneoffError(
+            "train.report_to has wandb, which is not installed: pip install 'tuneoff[tracking]'."
+        ) from None
     if not _wandb_offline() and not _wandb_logged_in():
-        raise TuneoffError("train.report_to has wandb, but W&B has no API key here: run `wandb login` (or set "
-                           "WANDB_API_KEY), or set WANDB_MODE=offline to write the run locally under "
-                           "<output_dir>/wandb and upload it later with `wandb sync`; nothing was trained.")
+        raise TuneoffError(
+            "train.report_to has wandb, but W&B has no API key here: run `wandb login` (or set "
+            "WANDB_API_KEY), or set WANDB_MODE=offline to write the run locally under "
+            "<output_dir>/wandb and upload it later with `wandb sync`; nothing was trained."
+        )
 
 
 class MLflow:
@@ -122,7 +135,9 @@ class MLflow:
         try:
             import mlflow
         except ImportError:
-            raise TuneoffError("train.report_to has mlflow, which is not installed: pip install 'tuneoff[tracking]'.") from None
+            raise TuneoffError(
+                "train.report_to has mlflow, which is not installed: pip install 'tuneoff[tracking]'."
+            ) from None
         self.mlflow = mlflow
         use_experiment(mlflow, mlflow_uri(cfg.train.tracking_uri, cfg.output_dir), cfg.train.experiment or "tuneoff")
         self.run = mlflow.start_run(run_name=run_id)
@@ -130,8 +145,14 @@ class MLflow:
         mlflow.log_params(params)
 
     def evaluation(self, step: int, validation: dict) -> None:
-        self.mlflow.log_metrics({f"validation.{k}": v for k, v in validation.items()
-                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+        self.mlflow.log_metrics(
+            {
+                f"validation.{k}": v
+                for k, v in validation.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            step=step,
+        )
 
     def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
         self.mlflow.log_metrics({**_numbers(metrics.get("test", {}), "test."), **_numbers(resources, "resources.")})
@@ -147,7 +168,9 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise TuneoffError("train.report_to has tensorboard, which is not installed: pip install 'tuneoff[tracking]'.") from None
+            raise TuneoffError(
+                "train.report_to has tensorboard, which is not installed: pip install 'tuneoff[tracking]'."
+            ) from None
         self.writer = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard" / run_id))
         self.writer.add_text("config", "```\n" + cfg.to_yaml() + "\n```")
 
@@ -170,18 +193,32 @@ class WandB:
         try:
             import wandb
         except ImportError:
-            raise TuneoffError("train.report_to has wandb, which is not installed: pip install 'tuneoff[tracking]'.") from None
+            raise TuneoffError(
+                "train.report_to has wandb, which is not installed: pip install 'tuneoff[tracking]'."
+            ) from None
         self.wandb = wandb
         directory = Path(cfg.output_dir).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         # reinit="create_new": a notebook or a study's worker trains several runs in one process, each its own W&B run
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or cfg.train.experiment or "tuneoff",
-                              name=run_id, group=cfg.train.experiment, job_type="train", dir=str(directory),
-                              config=cfg.model_dump(mode="json"), reinit="create_new")
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or cfg.train.experiment or "tuneoff",
+            name=run_id,
+            group=cfg.train.experiment,
+            job_type="train",
+            dir=str(directory),
+            config=cfg.model_dump(mode="json"),
+            reinit="create_new",
+        )
 
     def evaluation(self, step: int, validation: dict) -> None:
-        self.run.log({f"validation/{k}": v for k, v in validation.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+        self.run.log(
+            {
+                f"validation/{k}": v
+                for k, v in validation.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            step=step,
+        )
 
     def finish(self, metrics: dict, resources: dict, model_dir: Path) -> None:
         self.run.summary.update({**_numbers(metrics.get("test", {}), "test/"), **_numbers(resources, "resources/")})
@@ -209,8 +246,12 @@ class Trackers:
             try:
                 call(tracker)
             except Exception as exc:  # noqa: BLE001 - the trackers' many error types; the run matters more
-                log.warning("%s stopped working (%s: %s); the run goes on without it", type(tracker).__name__,
-                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.warning(
+                    "%s stopped working (%s: %s); the run goes on without it",
+                    type(tracker).__name__,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
                 self.all.remove(tracker)
 
     def evaluation(self, step: int, validation: dict) -> None:
