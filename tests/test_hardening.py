@@ -543,7 +543,10 @@ def test_outputs_are_safe_to_open(tiny_bert, tmp_path):
     names are escaped in the Markdown summary; tuneoff reads its own files back unescaped."""
     rows = [
         {
-            "text": f"=cmd|' /C calc'!A0 good {i}" if i % 2 else f"@SUM(1) bad {i}",
+            # formulas, padded with words the tiny vocabulary knows (a text mostly [UNK] is refused before training)
+            "text": f"=cmd|' /C calc'!A0 good, {'good movie and the plot is great ' * 2}{i}"
+            if i % 2
+            else f"@SUM(1) bad, {'bad film and the plot was dull ' * 2}{i}",
             "label": "<b>pos</b>" if i % 2 else "-neg",
         }
         for i in range(60)
@@ -558,6 +561,7 @@ def test_outputs_are_safe_to_open(tiny_bert, tmp_path):
         seeds=[1],
         train={"epochs": 1},
         variants={"head": {"method": {"name": "head"}}},
+        data_config={"max_length": 48},  # past the formula, into the words the tokenizer knows
     )
     results = tmp_path / "r"
     assert cli("run", str(spec), "--results", str(results)).exit_code == 0

@@ -256,7 +256,10 @@ def test_model_dir_missing_files(tmp_path, toy_csv):
             }
         )
     )
-    with pytest.raises(TuneoffError, match="Could not load the model"):
+    with pytest.raises(TuneoffError, match="has no tokenizer vocabulary"):  # words would all become [UNK]
+        resolve_model(str(tmp_path))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]))
+    with pytest.raises(TuneoffError, match="Could not load the model"):  # a config and a vocabulary, no weights
         load_classifier(resolve_model(str(tmp_path)), ["a", "b"])
 
 

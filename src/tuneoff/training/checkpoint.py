@@ -29,6 +29,7 @@ import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,14 +124,23 @@ def rng_file(rank: int) -> str:
     return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
 
 
+@dataclass
+class Trainer:
+    """What a checkpoint saves and restores of a run, beside its loop state: the trainable tensors by name, the
+    optimizer, the schedule and the fp16 loss scaler (None without fp16)."""
+
+    named_trainable: dict[str, torch.Tensor]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any = None
+
+
 def save(
     run_path: Path,
-    named_trainable: dict[str, torch.Tensor],
-    best: list[torch.Tensor] | None,
-    optimizer,
-    scheduler,
-    scaler,
+    trainer: Trainer,
     state: LoopState,
+    best: list[torch.Tensor] | None,
+    *,
     keep: int,
     rank: int = 0,
     barrier=lambda: None,
@@ -146,15 +156,18 @@ def save(
         root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        names = list(named_trainable)
-        save_file({n: t.detach().cpu().contiguous() for n, t in named_trainable.items()}, tmp / "trainable.safetensors")
+        names = list(trainer.named_trainable)
+        save_file(
+            {n: t.detach().cpu().contiguous() for n, t in trainer.named_trainable.items()},
+            tmp / "trainable.safetensors",
+        )
         if best is not None:
             save_file({n: t.contiguous() for n, t in zip(names, best)}, tmp / "best.safetensors")
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
+                "optimizer": trainer.optimizer.state_dict(),
+                "scheduler": trainer.scheduler.state_dict(),
+                "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
             },
             tmp / "optimizer.pt",
         )
@@ -224,15 +237,7 @@ def _read(path: Path, names: list[str], rank: int) -> dict:
     }
 
 
-def load(
-    run_path: Path,
-    named_trainable: dict[str, torch.nn.Parameter],
-    optimizer,
-    scheduler,
-    scaler,
-    rank: int = 0,
-    geometry: dict | None = None,
-) -> Restored | None:
+def load(run_path: Path, trainer: Trainer, *, rank: int = 0, geometry: dict | None = None) -> Restored | None:
     """Restore weights, optimizer, scheduler, scaler and RNG states from the newest checkpoint that reads back.
 
     A process without its own RNG file (the run was checkpointed with fewer processes) takes process 0's.
@@ -241,7 +246,7 @@ def load(
     skipped = []
     for path in complete(run_path):
         try:
-            parts = _read(path, list(named_trainable), rank)
+            parts = _read(path, list(trainer.named_trainable), rank)
         except torch.cuda.OutOfMemoryError:  # a RuntimeError, but the machine's state, not the checkpoint's
             raise
         except UNREADABLE as exc:  # a torn or tampered file; out-of-memory and bugs are not an unreadable checkpoint
@@ -250,13 +255,13 @@ def load(
         state = LoopState(**parts["data"]["loop"])
         state.batch = translate_position(state, parts["data"].get("geometry"), geometry, path)
         with torch.no_grad():
-            for name, param in named_trainable.items():
+            for name, param in trainer.named_trainable.items():
                 param.copy_(parts["weights"][name].to(param.device))
-        optimizer.load_state_dict(parts["optimizer"]["optimizer"])
-        state_to_parameter_device(optimizer)
-        scheduler.load_state_dict(parts["optimizer"]["scheduler"])
-        if scaler is not None and parts["optimizer"]["scaler"] is not None:
-            scaler.load_state_dict(parts["optimizer"]["scaler"])
+        trainer.optimizer.load_state_dict(parts["optimizer"]["optimizer"])
+        state_to_parameter_device(trainer.optimizer)
+        trainer.scheduler.load_state_dict(parts["optimizer"]["scheduler"])
+        if trainer.scaler is not None and parts["optimizer"]["scaler"] is not None:
+            trainer.scaler.load_state_dict(parts["optimizer"]["scaler"])
         _set_rng_state(parts["data"]["rng"], parts["rng"])
         return Restored(path, state, parts["best"], skipped)
     if skipped:

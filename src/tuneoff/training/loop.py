@@ -149,11 +149,7 @@ def start(s: Session, run: RunDirectory, resume: bool, progress: bool) -> Progre
     """A fresh loop state, or the one of the newest checkpoint that reads back."""
     state, best = checkpoint.LoopState(), None
     try:
-        restored = (
-            checkpoint.load(run.path, s.named, s.optimizer, s.scheduler, s.accelerator.scaler, s.rank, s.geometry)
-            if resume
-            else None
-        )
+        restored = checkpoint.load(run.path, _trainer(s), rank=s.rank, geometry=s.geometry) if resume else None
     except TuneoffError as exc:
         run.fail(str(exc))
         raise
@@ -336,22 +332,23 @@ def _after_step(s: Session, run: RunDirectory, p: Progress, epoch_end: bool, on_
         )
 
 
+def _trainer(s: Session) -> checkpoint.Trainer:
+    return checkpoint.Trainer(s.named, s.optimizer, s.scheduler, s.accelerator.scaler)
+
+
 def _save(s: Session, run: RunDirectory, p: Progress) -> None:
     p.speed.pause()
     state = p.state
     state.samples, state.tokens, state.train_seconds = p.speed.samples, p.speed.tokens, p.speed.seconds
     checkpoint.save(
         run.path,
-        s.named,
-        p.best,
-        s.optimizer,
-        s.scheduler,
-        s.accelerator.scaler,
+        _trainer(s),
         state,
-        s.tc.keep_checkpoints,
-        s.rank,
-        s.accelerator.wait_for_everyone,
-        s.geometry,
+        p.best,
+        keep=s.tc.keep_checkpoints,
+        rank=s.rank,
+        barrier=s.accelerator.wait_for_everyone,
+        geometry=s.geometry,
     )
     p.speed.resume()
 
