@@ -200,7 +200,7 @@ def test_reuters_pairs_keep_the_official_test_stories_apart_and_are_large_enough
 def test_every_study_dry_runs_offline(study):
     result = runner.invoke(app, ["run", str(study), "--dry-run", "--no-time"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "dry run: nothing trained" in result.output
+    assert "(dry run: nothing downloaded; nothing trained)" in result.output
 
 
 def test_submission_format_has_integer_labels(tiny_bert, toy_csv, tmp_path):

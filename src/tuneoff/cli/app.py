@@ -338,8 +338,8 @@ def plan(
 
     where = plan_device(device)
     plans = plan_configs(configs, batch_size, seq_len, precision, where)
-    table = plan_table(plans, plan_title(batch_size, seq_len, precision, where))
-    console().print(table)
+    title = plan_title(batch_size, seq_len, precision, where)
+    console().print(plan_table(plans, title))
     if tree is None or "variants" in tree or "base" in tree:  # a study: what it can decide, too
         from tuneoff.study.design import plan_lines
 
@@ -352,7 +352,7 @@ def plan(
             for line in predict_lines(spec, say=say):
                 say(line)
     if out is not None:
-        atomic_write_text(out, plan_markdown(plans, table.title))
+        atomic_write_text(out, plan_markdown(plans, title))
         console().print(f"written to [bold]{escape(str(out))}[/]")
 
 
