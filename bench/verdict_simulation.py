@@ -73,6 +73,7 @@ class Cell:
     shared: float = 0.0  # correlation of one seed's shifts across conditions
     held_apart: bool = True  # pick on tuning trials (True) or on the final runs (False)
     margin: float = 0.01
+    max_seeds: int | None = None  # decide mode's cap (``--decide``); None: ``--max-seeds``
     extra: dict = field(default_factory=dict)
 
 
@@ -360,6 +361,7 @@ def sequential(cell: Cell, reps: int, max_seeds: int, seed: int = 0) -> dict:
         "first_seeds": first,
         "max_seeds": max_seeds,
         "n": cell.n,
+        "seed_sd": cell.seed_sd,
         "margin": cell.margin,
         "reps": reps,
         "decide_mode": {
@@ -387,11 +389,19 @@ def sequential_cells() -> list[Cell]:
     """Studies where racing and stopping can save runs, and the null ones where the looks could cost errors."""
     mixed = (0.0, 0.0, 0.03, 0.15)  # the best (dearest), a cheaper one as good, one 3 points worse, a head far below
     like_default = (0.0, 0.0, 0.005, 0.05, 0.15, 0.15)  # full, partial, LoRA close; LoRA+ behind; two heads far below
+    # Where the test set dominates (2,000 examples, 1 point of seed sd) more seeds settle little, so decide mode can
+    # save only what racing drops; where the seeds dominate (10,000 test examples, as a built-in corpus's test split,
+    # 2 points of seed sd, as the method zoo's less stable methods) the looks can stop early as well.
+    test_bound = {"n": 2000, "seed_sd": 0.01, "margin": 0.02}
+    seed_bound = {"n": 10000, "seed_sd": 0.02, "margin": 0.02, "max_seeds": 12}
     return [
-        Cell("best, one as good, one worse, one far worse", 4, 3, n=2000, seed_sd=0.01, gaps=mixed, margin=0.02),
-        Cell("six: three close, one behind, two far below", 6, 3, n=2000, seed_sd=0.01, gaps=like_default, margin=0.02),
-        Cell("equal conditions", 4, 3, n=2000, seed_sd=0.01, margin=0.02),
-        Cell("3 cheaper at the margin", 4, 3, n=2000, seed_sd=0.01, gaps=(0.0, 0.02, 0.02, 0.02), margin=0.02),
+        Cell("best, one as good, one worse, one far worse", 4, 3, gaps=mixed, **test_bound),
+        Cell("six: three close, one behind, two far below", 6, 3, gaps=like_default, **test_bound),
+        Cell("equal conditions", 4, 3, **test_bound),
+        Cell("3 cheaper at the margin", 4, 3, gaps=(0.0, 0.02, 0.02, 0.02), **test_bound),
+        Cell("seeds dominate: best, one as good, one worse, one far worse", 4, 3, gaps=mixed, **seed_bound),
+        Cell("seeds dominate: six, three close", 6, 3, gaps=like_default, **seed_bound),
+        Cell("seeds dominate: equal conditions", 4, 3, **seed_bound),
     ]
 
 
@@ -435,12 +445,17 @@ def _run_sequential(args):
     return sequential(cell, reps, max_seeds, seed)
 
 
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 def main_decide(args) -> None:
     """``--decide``: decide mode against fixed designs (``sequential``), its own results file."""
     from record import write_result
 
     t0, stamp, command = time.time(), datetime.now(timezone.utc), " ".join(["python", *sys.argv])
-    jobs = [(cell, args.reps, 2000 + i, args.max_seeds) for i, cell in enumerate(sequential_cells())]
+    cells = [c for c in sequential_cells() if not args.only or args.only in c.name]
+    jobs = [(cell, args.reps, 2000 + i, cell.max_seeds or args.max_seeds) for i, cell in enumerate(cells)]
     with multiprocessing.Pool(args.workers) as pool:
         rows = pool.map(_run_sequential, jobs)
     minutes = (time.time() - t0) / 60
@@ -448,13 +463,13 @@ def main_decide(args) -> None:
         f"# Decide mode against fixed designs, simulated ({stamp:%Y-%m-%d})",
         "",
         f"`{command}`; {minutes:.1f} minutes on {platform.machine()} ({args.workers} processes), Python "
-        f"{platform.python_version()}; {args.reps} simulated studies per row, each drawn with {args.max_seeds} seeds "
+        f"{platform.python_version()}; {args.reps} simulated studies per row, each drawn with its max_seeds "
         "a condition and decided by `tuneoff.analysis.verdict.decide`: in decide mode (`tuneoff.study.rounds`: "
         "3 seeds, then a look after each round of one more seed for the conditions `who_gets_a_seed` chooses, at "
-        "the level `look_alpha` spends) and in every fixed design of 3 to "
-        f"{args.max_seeds} seeds a condition, on the same draws. `matched` is the fewest fixed seeds whose chance of "
-        "deciding is at least decide mode's; `runs ratio` is decide mode's mean final runs over that design's. "
-        "Rates with their Monte Carlo standard errors (±). 2,000 test examples, 1 point of seed sd, a 2-point margin.",
+        "the level `look_alpha` spends) and in every fixed design of 3 to max_seeds seeds a condition, on the same "
+        "draws. `matched` is the fewest fixed seeds whose chance of deciding is at least decide mode's; `runs ratio` "
+        "is decide mode's mean final runs over that design's. Rates with their Monte Carlo standard errors (±). Each "
+        "study names its test examples, seed sd and max_seeds; the margin is 2 points throughout.",
         "",
         "| study | decide mode: decided | wrong recommendation | false call | runs | looks | fixed (seeds: decided, "
         "runs) | matched | runs ratio |",
@@ -466,7 +481,8 @@ def main_decide(args) -> None:
         false = fmt(d["false_call"]) if d["false_call"] else ""
         ratio = "" if r["runs_ratio"] is None else f"{r['runs_ratio']:.2f}"
         lines.append(
-            f"| {r['cell']} | {fmt(d['decided'])} | {fmt(d['wrong_recommendation'])} | {false} | "
+            f"| {r['cell']} ({r['n']:,} test, {100 * r['seed_sd']:g}-point seed sd, max_seeds {r['max_seeds']}) "
+            f"| {fmt(d['decided'])} | {fmt(d['wrong_recommendation'])} | {false} | "
             f"{d['runs'][0]:.1f} ± {d['runs'][1]:.1f} | {d['looks']:.1f} | {fixed} | {r['matched_fixed_seeds']} | "
             f"{ratio} |"
         )
@@ -486,7 +502,7 @@ def main_decide(args) -> None:
             )
         )
     write_result(
-        Path(args.out) / f"decide-simulation-{stamp:%Y%m%d}",
+        Path(args.out) / f"decide-simulation-{_slug(args.only) + '-' if args.only else ''}{stamp:%Y%m%d}",
         {
             "meta": {
                 "command": command,
@@ -509,6 +525,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--decide", action="store_true", help="decide mode against fixed designs (its own file)")
     parser.add_argument("--max-seeds", type=int, default=8, help="with --decide: decide mode's max_seeds")
+    parser.add_argument("--only", default="", help="with --decide: only the studies whose name holds this text")
     args = parser.parse_args()
     if args.decide:
         main_decide(args)

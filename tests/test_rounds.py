@@ -237,3 +237,36 @@ def test_a_round_stopped_by_sigterm_is_finished_first_on_resume(tiny_bert, toy_c
         rows.keys()
     )
     assert any(json.loads(r["resources"]).get("resumed_from_step") for k, r in rows.items() if k.endswith("-s2"))
+
+
+def test_a_contender_not_yet_shown_above_the_baseline_leaves_the_verdict_open():
+    """The pick alone above the majority class is no decision while a condition scoring higher is merely not shown
+    above it yet (its seeds scatter): decide mode's early looks test at a few in ten thousand, and there a worse
+    condition whose seeds agreed was "decided" as the only candidate (10.7% wrong recommendations in a simulated
+    study whose seeds dominate). The open condition gets the next seed."""
+    from tuneoff.analysis.verdict import analyse
+
+    n = 2000
+    truth = truth_of(n)  # 60% negative: the majority class scores 0.6
+    steady = condition(
+        "full",
+        "full",
+        [fake_run(s, rights(n, 1300 + 5 * s, s), truth, val=0.7, resources={"trainable_pct": 100.0}) for s in range(3)],
+    )
+    scattered = condition(
+        "lora",
+        "lora",
+        [
+            fake_run(s, rights(n, k, 10 + s), truth, val=0.6, resources={"trainable_pct": 0.3})
+            for s, k in enumerate((1800, 1000, 1500))
+        ],
+    )
+    v = analyse([steady, scattered])[0]
+    t = v.table.set_index("condition")
+    assert bool(t.loc["full"].eligible) and not bool(t.loc["lora"].eligible)
+    assert t.loc["lora"].accuracy > t.loc["full"].accuracy  # ahead, but not shown above the majority class
+    assert v.recommended == "full" and not v.decided
+    chosen, _ = rounds.who_gets_a_seed([v], 10, 0.01)
+    assert "lora" in chosen
+    # without the contender, the pick alone is the decision
+    assert analyse([steady])[0].decided

@@ -431,9 +431,18 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     # A finding, not a default: a cheaper method shown within the margin of the best; or the pick, shown within the
     # margin of the best itself, with every cheaper candidate shown worse by more than it.
     pick_low = mcb.lower_bound(v.with_best, best.condition)
-    v.decided = not best.seeds_disagree and (
-        rec.condition != best.condition
-        or ((len(fitting) == 1 or pick_low > -settings.margin) and all(c == "worse" for c, _ in cheaper.values()))
+    # A condition that scores within the margin of the pick (or above it) but is not yet shown above the majority class
+    # is a contender the comparisons leave out, not a loser: while one is there nothing is decided. Found in decide
+    # mode, whose early looks test at a few in ten thousand: the best conditions were not yet shown above the baseline
+    # at that level, a worse one whose seeds happened to agree was, and as the only candidate it was "decided".
+    contenders = flagged[(flagged.collapsed_runs == 0) & (flagged[metric] > best[metric] - settings.margin)]
+    v.decided = (
+        not best.seeds_disagree
+        and contenders.empty
+        and (
+            rec.condition != best.condition
+            or ((len(fitting) == 1 or pick_low > -settings.margin) and all(c == "worse" for c, _ in cheaper.values()))
+        )
     )
     if not v.decided and rec.condition == best.condition:
         default = _default(v, t, calls, cost, bar * cost(best), settings)

@@ -110,8 +110,8 @@ def who_gets_a_seed(verdicts, max_seeds: int, margin: float, last_alpha: float =
                 chosen.add(name)
             else:
                 notes.append(f"{name}: not shown above the majority class at max_seeds ({max_seeds})")
-        if v.recommended is None or v.decisions is None:
-            continue
+        if v.recommended is None or v.decisions is None or "call" not in v.decisions:
+            continue  # no candidate against the pick (one alone above the baseline): only the seeds above decide
         rows = v.decisions[(v.decisions.against == "pick") & v.decisions.call.isin(OPEN)]
         for r in rows.itertuples():
             seeds = min(cmp.n_seeds(r.condition), cmp.n_seeds(v.best))
