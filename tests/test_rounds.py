@@ -265,7 +265,9 @@ def test_a_contender_not_yet_shown_above_the_baseline_leaves_the_verdict_open():
     t = v.table.set_index("condition")
     assert bool(t.loc["full"].eligible) and not bool(t.loc["lora"].eligible)
     assert t.loc["lora"].accuracy > t.loc["full"].accuracy  # ahead, but not shown above the majority class
-    assert v.recommended == "full" and not v.decided
+    assert v.recommended == "full" and not v.decided and v.contenders == ["lora"]
+    assert any(line.startswith("**Still open**: lora (71.7%)") for line in v.lines), v.lines
+    assert v.card.status == "by default" and v.card.would_change.startswith("lora: not yet shown above")
     chosen, _ = rounds.who_gets_a_seed([v], 10, 0.01)
     assert "lora" in chosen
     # without the contender, the pick alone is the decision

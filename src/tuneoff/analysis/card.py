@@ -89,7 +89,8 @@ def card(v, settings) -> Card:
     else:
         status = "by default"
         reason = (
-            "the study could not decide; the pick on held-apart validation"
+            "the study could not decide; the pick on "
+            + ("held-apart validation" if v.pick_source == "held-apart" else "the final runs' validation")
             if v.recommended == v.best
             else "the study could not decide; the cheapest that scored within the margin of the pick on test"
         )
@@ -113,7 +114,11 @@ def card(v, settings) -> Card:
         if getattr(r, "against", "") == "pick" and r.call in ("undecided", "budget-limited", "seeds disagree")
     ]
     change = ""
-    if opened:
+    if v.contenders:  # they come first: while one may be the best, no other comparison decides the study
+        names = ", ".join(v.contenders)
+        change = f"{names}: not yet shown above the majority class, and may be the best; more seeds would settle it"
+        worst += f"; {names} left out" if worst else ""
+    elif opened:
         # the recommendation's own open comparison first (deciding it makes the default a finding), else the one
         # closest to being decided
         first = next((r for r in opened if r.condition == v.recommended), None) or max(

@@ -342,3 +342,16 @@ def pct(x: float) -> str:
 
 def pts(x: float) -> str:
     return f"{100 * x:+.1f}"
+
+
+def contenders_line(rows, best, metric: str, margin: float) -> str:
+    """Conditions that score within the margin of the pick (or above it) but are not yet shown above the majority
+    class: left out of the comparisons, they may hold the best, so the verdict is a default."""
+    names = ", ".join(f"{r.condition} ({pct(r[metric])})" for _, r in rows.iterrows())
+    one = len(rows) == 1
+    return (
+        f"**Still open**: {names} {'scores' if one else 'score'} within the {100 * margin:g}-point margin of the "
+        f"pick's {pct(best[metric])} on test or above it, but {'is' if one else 'are'} not yet shown above the "
+        f"majority-class baseline ({'its' if one else 'their'} seeds scatter, or are too few): "
+        f"{'it' if one else 'one of them'} may be the best, so nothing is decided. More seeds would settle it."
+    )

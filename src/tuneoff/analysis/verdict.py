@@ -83,6 +83,7 @@ class GroupVerdict:
     comparisons: Comparisons = None  # the group's, in the decision metric
     against_baseline: dict = field(default_factory=dict)  # condition -> its difference from the majority class
     budget_limited: list[str] = field(default_factory=list)
+    contenders: list[str] = field(default_factory=list)  # within the margin of the pick, not yet above the baseline
     pick_source: str = FINAL  # HELD_APART: the pick rests on the tuning phase's trials; FINAL: on the final runs
     with_best: pd.DataFrame = None  # best.with_the_best over the candidates: distance from the best, simultaneous
     card: Card = None  # the one-screen answer (analysis.card), the same in every front end
@@ -436,6 +437,7 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
     # mode, whose early looks test at a few in ten thousand: the best conditions were not yet shown above the baseline
     # at that level, a worse one whose seeds happened to agree was, and as the only candidate it was "decided".
     contenders = flagged[(flagged.collapsed_runs == 0) & (flagged[metric] > best[metric] - settings.margin)]
+    v.contenders = list(contenders.condition)
     v.decided = (
         not best.seeds_disagree
         and contenders.empty
@@ -449,6 +451,8 @@ def _decide(v: GroupVerdict, settings: AnalysisSettings) -> None:
         rec = rec if default is None else default
         v.recommended = rec.condition
     lines.append(sentences.recommendation(v, rec, best, ref, calls, cheaper, settings))
+    if v.contenders:
+        lines.append(sentences.contenders_line(t.loc[v.contenders], best, metric, settings.margin))
     lines += [
         sentences.undecided_line(v, name, best, d, settings.margin)
         for name, (call, d) in cheaper.items()
