@@ -7,6 +7,12 @@ Predicts first (the probes, as ``tuneoff run --dry-run`` does), then runs ``tune
 with the arguments after ``--``, then reads each phase's wall time from the results store: the tuning trials, and the
 final runs of the study's own seeds (decide mode's later rounds are reported apart; they are not in the prediction).
 Writes ``bench/results/study-time-<study>-<date>.md`` and ``.json``. Run on a quiet machine: the load is recorded.
+
+    python bench/study_time.py src/tuneoff/studies/default.yaml --results /work/bg/default --measured-from-store
+
+predicts again (the probes of this commit) and reads the measured times from a store the study already ran into,
+with the same ``--parallel`` / ``--threads``: how a change of the model fares against a run already timed. The file
+then says so (``-again`` in its name).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from tuneoff.core.provenance import versions
 from tuneoff.study.packing import choose
 from tuneoff.study.protocol import conditions
 from tuneoff.study.spec import expand, load_spec
-from tuneoff.study.timing import PLATEAU_SHARE, PROBE_STEPS, probe, study_time
+from tuneoff.study.timing import PLATEAU_SHARE, PROBE_EVERY, PROBE_STEPS, probe, study_time
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,6 +62,9 @@ def main() -> None:
     parser.add_argument("--results", required=True)
     parser.add_argument("--parallel", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--measured-from-store", action="store_true", help="do not run: read the measured times from --results"
+    )
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     spec = load_spec(args.study)
@@ -83,10 +92,11 @@ def main() -> None:
         *extra,
     ]
     t0 = time.perf_counter()
-    done = subprocess.run(command, env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True)
+    if not args.measured_from_store:
+        done = subprocess.run(command, env={**os.environ, "COLUMNS": "120"}, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(done.stderr[-3000:])
     wall = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(done.stderr[-3000:])
     db = sqlite3.connect(Path(args.results) / "tuneoff.sqlite")
     rows = db.execute(
         "SELECT phase, seed, started, finished FROM runs WHERE study=? AND status IN ('done', 'pruned')", (spec.name,)
@@ -121,17 +131,24 @@ def main() -> None:
     lines = [
         f"# Predicted against measured study time: {spec.name} ({stamp:%Y-%m-%d})",
         "",
-        f"`python bench/study_time.py {args.study} --results <dir> {' '.join(extra)}` on {_cpu()}, "
+        f"`python bench/study_time.py {args.study} --results <dir> {' '.join(extra)}"
+        f"{' --measured-from-store' if args.measured_from_store else ''}` on {_cpu()}, "
         f"{os.cpu_count()} cores (load {load_before:.1f} before it started); tuneoff "
         f"{v.get('tuneoff')}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}. "
-        f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps "
+        f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps, its pace "
+        f"read after the first {PROBE_EVERY} "
         f"({probe_seconds:.0f} s in all); a run predicted at {PLATEAU_SHARE:.0%} of its step cap (the committed "
         "studies' median), bounded by its cap.",
         "",
         *table,
         "",
-        f"The whole command took {wall / 60:.1f} min"
-        + (f", of which decide mode's later rounds ({len(later)} runs) {_span(later) / 60:.1f} min" if later else "")
+        (
+            f"Predicted again at this commit; measured: the runs already in the store, which started "
+            f"{min(r[2] for r in rows if r[2])[:16].replace('T', ' ')} UTC"
+            if args.measured_from_store
+            else f"The whole command took {wall / 60:.1f} min"
+        )
+        + (f"; decide mode's later rounds ({len(later)} runs) {_span(later) / 60:.1f} min" if later else "")
         + ".",
         "",
         "Each condition's probe:",
@@ -139,7 +156,15 @@ def main() -> None:
         *per_condition,
     ]
     meta = {
-        "command": " ".join(["python bench/study_time.py", args.study, *extra]),
+        "command": " ".join(
+            [
+                "python bench/study_time.py",
+                args.study,
+                *extra,
+                *(["--measured-from-store"] if args.measured_from_store else []),
+            ]
+        ),
+        "measured_from_store": args.measured_from_store,
         "date": stamp.isoformat(timespec="seconds"),
         "device": _cpu(),
         "load_before": load_before,
@@ -153,7 +178,8 @@ def main() -> None:
         "later_rounds": {"runs": len(later), "seconds": _span(later)},
         "wall_seconds": wall,
     }
-    write_result(HERE / "results" / f"study-time-{spec.name}-{stamp:%Y%m%d}", meta, lines)
+    again = "-again" if args.measured_from_store else ""
+    write_result(HERE / "results" / f"study-time-{spec.name}{again}-{stamp:%Y%m%d}", meta, lines)
 
 
 if __name__ == "__main__":

@@ -227,9 +227,9 @@ def test_a_class_weighted_run_is_judged_with_its_weights_divided_out():
     )
     labels = [0, 1, 0, 0] * 100
     assert assess(FLAT, "accuracy", None, False, weighted, labels)["status"] == "under-confident"
-    assert assess(FLAT, "accuracy", None, False, weighted, labels, [0.4, 5.0, 5.0])["status"] == "plateau"
+    assert assess(FLAT, "accuracy", None, False, weighted, labels, class_weights=[0.4, 5.0, 5.0])["status"] == "plateau"
     timid = np.log(np.tile([[0.52, 0.48], [0.48, 0.52]], (200, 1)))
-    under = assess(FLAT, "accuracy", None, False, timid, LABELS, [2.0, 1.0])
+    under = assess(FLAT, "accuracy", None, False, timid, LABELS, class_weights=[2.0, 1.0])
     assert under["status"] == "under-confident" and "with the class weights divided out" in under["reason"]
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tuneoff.cli.app import app
 from tuneoff.config import TrainConfig
 from tuneoff.study.spec import load_spec
-from tuneoff.study.timing import PLATEAU_SHARE, PROBE_STEPS, Probe, probe, study_time
+from tuneoff.study.timing import PLATEAU_SHARE, PROBE_EVERY, PROBE_STEPS, Probe, probe, study_time
 
 
 def test_a_run_costs_load_steps_evaluations_and_finish():
@@ -60,7 +60,8 @@ def test_the_dry_run_says_how_long_the_study_will_take(tiny_bert, toy_csv, tmp_p
     )
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
-    assert f"(2/2): {PROBE_STEPS} training steps" in text and "nothing kept" in text
+    assert f"(2/2): {PROBE_STEPS} training steps, {PROBE_STEPS // PROBE_EVERY} evaluations" in text
+    assert "nothing kept" in text
     assert "time on this machine (each condition probed" in text and "1 run(s) at once, 1 thread(s) each" in text
     assert "final: 4 runs, about" in text and "s a step" in text
     assert not (tmp_path / "results").exists() and not list(tmp_path.glob("runs*")), "a dry run writes no run"

@@ -149,7 +149,12 @@ class Run:
         model, tokenizer = self._model
         shift = class_weight_shift(self.path, model_labels(model)) if undo_class_weights else None
         out = score_frame(
-            model, tokenizer, frame, self.config.get("data", {}).get("max_length", 512), batch_size, shift
+            model,
+            tokenizer,
+            frame,
+            self.config.get("data", {}).get("max_length", 512),
+            batch_size=batch_size,
+            shift=shift,
         )
         return out.drop(columns=["id"]).rename(columns={"pred_label": "label"})
 

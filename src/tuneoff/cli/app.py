@@ -83,6 +83,7 @@ def _quiet_libraries() -> None:
 @app.command()
 @user_errors
 def train(
+    *,  # options, passed by name (typer calls with keywords)
     overrides: Optional[list[str]] = OVERRIDES,
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="YAML run config (model:, data:, method:, train:)."
@@ -178,6 +179,7 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
+    *,  # options, passed by name (typer calls with keywords)
     run_dir: Path = typer.Argument(..., help="A run directory written by `tuneoff train`."),
     file: Optional[Path] = typer.Argument(None, help="CSV/JSONL/Parquet file with a text column (labels not needed)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the file's predictions (CSV)."),
@@ -238,7 +240,7 @@ def predict(
             text_column,
             text_pair_column,
             id_column,
-            format,
+            fmt=format,
             raw=raw,
             undo_class_weights=undo_class_weights,
         )
@@ -297,6 +299,7 @@ def inspect(
 @app.command()
 @user_errors
 def plan(
+    *,  # options, passed by name (typer calls with keywords)
     config: Optional[str] = typer.Argument(
         None, help="A run config YAML or a study YAML (default: the built-in default study)."
     ),
@@ -403,6 +406,7 @@ def models() -> None:
 @app.command("run")
 @user_errors
 def run_study(
+    *,  # options, passed by name (typer calls with keywords)
     study: Optional[str] = typer.Argument(None, help="Study YAML file (default: the built-in default study)."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="Study overrides, e.g. seeds=[1,2,3] base.train.epochs=2."
@@ -533,6 +537,7 @@ def run_study(
 @app.command()
 @user_errors
 def report(
+    *,  # options, passed by name (typer calls with keywords)
     study_dir: Path = typer.Argument(..., help="A study's results directory, e.g. results/default."),
     metric: Optional[str] = typer.Option(
         None,

@@ -67,6 +67,7 @@ class Method:
         lr: float,
         weight_decay: float,
         fused: bool,
+        *,
         kind: str = "adamw",
         momentum: float = 0.9,
     ) -> torch.optim.Optimizer:
@@ -106,6 +107,7 @@ class Method:
         out,
         base_source: str,
         revision: str | None,
+        *,
         state_dict=None,
         trained_only: bool = False,
     ) -> None:
@@ -129,7 +131,7 @@ class PeftMethod(Method):
             return model.merge_and_unload()  # merged and unmerged logits differ by float rounding only (peft #1904)
         return model
 
-    def save(self, model, tokenizer, out, base_source, revision, state_dict=None, trained_only=False):
+    def save(self, model, tokenizer, out, base_source, revision, *, state_dict=None, trained_only=False):
         saving.save_adapter(model, tokenizer, out, base_source, revision, state_dict)
 
 

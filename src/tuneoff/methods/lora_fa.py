@@ -44,7 +44,7 @@ class LoraFA(Lora):
                 param.requires_grad_(False)
         return model
 
-    def optimizer(self, model, params, lr, weight_decay, fused, kind="adamw", momentum=0.9):
+    def optimizer(self, model, params, lr, weight_decay, fused, *, kind="adamw", momentum=0.9):
         from peft.optimizers import create_lorafa_optimizer
         from peft.optimizers.lorafa import LoraFAOptimizer
 

@@ -27,7 +27,7 @@ class LoraPlus(Lora):
     default_lr = 2e-4
     lr_range = (5e-5, 3e-3)
 
-    def optimizer(self, model, params, lr, weight_decay, fused, kind="adamw", momentum=0.9):
+    def optimizer(self, model, params, lr, weight_decay, fused, *, kind="adamw", momentum=0.9):
         from peft.optimizers import create_loraplus_optimizer
 
         cls, extra = optimizer_class(kind, fused, momentum)

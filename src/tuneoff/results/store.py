@@ -241,7 +241,7 @@ class Store:
 
     # --- runs -------------------------------------------------------------------------------------------------
     def plan_run(
-        self, study: str, run_id: str, variant: str, params: dict, seed: int, config_yaml: str, phase: str = "final"
+        self, study: str, run_id: str, variant: str, params: dict, seed: int, config_yaml: str, *, phase: str = "final"
     ) -> None:
         """Register a planned run; an existing row (done, failed, ...) is left as it is."""
         with self.transaction() as db:

@@ -100,7 +100,7 @@ def _register(spec: StudySpec, results: str | Path, resume: bool, runs: list[Pla
     _log_command(directory)
     store.add_study(spec.name, spec.to_yaml(), spec.digest(), directory)
     for run in runs:
-        store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
+        store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), phase=run.phase)
     return store, directory
 
 
@@ -162,7 +162,7 @@ def execute(
                 finals += protocol.final_runs(cond, best["lr"])
             for run in finals:
                 store.plan_run(
-                    spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase
+                    spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), phase=run.phase
                 )
             _run_phase(spec, store, directory, executor, finals, conds)
         if spec.until_decided is not None:
@@ -231,7 +231,9 @@ def _until_decided(spec: StudySpec, store: Store, directory: Path, executor, con
             + "".join(f"; {n}" for n in notes)
         )
         for run in runs:
-            store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), run.phase)
+            store.plan_run(
+                spec.name, run.run_id, run.variant, run.params, run.seed, run.config.to_yaml(), phase=run.phase
+            )
         _run_phase(spec, store, directory, executor, runs, conds)
         if any(r["status"] != "done" for r in store.runs(spec.name) if r["run_id"] in {p.run_id for p in runs}):
             log.warning("decide mode: a run of this round did not finish; stopping the rounds (see the failed runs)")
@@ -256,7 +258,14 @@ def _closing(executor, store: Store, lock):
 
 
 def _run_phase(
-    spec: StudySpec, store: Store, directory: Path, executor, runs: list[PlannedRun], conds: list, later: list[str] = ()
+    spec: StudySpec,
+    store: Store,
+    directory: Path,
+    executor,
+    runs: list[PlannedRun],
+    conds: list,
+    *,
+    later: list[str] = (),
 ) -> None:
     """Run what is not finished yet (a pruned trial is finished: it is not tried again). ``later``: the methods of the
     comparison runs planned once these trials have chosen their learning rates."""
@@ -299,10 +308,10 @@ def _run_phase(
         (job(run) for run in todo),
         len(todo),
         lambda job, outcome: store.record(spec.name, outcome),
-        start,
-        len(later),
-        [r.config.method.name for r in todo],
-        list(later),
+        before_submit=start,
+        later=len(later),
+        methods=[r.config.method.name for r in todo],
+        later_methods=list(later),
     )
 
 
@@ -390,7 +399,7 @@ def rebuild_store(results: str | Path) -> tuple[Path, int]:
                 except (OSError, ValueError) as exc:
                     log.warning(f"rebuild: {run_dir} skipped ({exc})")
                     continue
-                store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, config, run.phase)
+                store.plan_run(spec.name, run.run_id, run.variant, run.params, run.seed, config, phase=run.phase)
                 store.mark_done(spec.name, run.run_id, run_dir.resolve(), metrics, resources, info)
                 count += 1
     finally:

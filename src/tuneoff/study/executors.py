@@ -317,6 +317,7 @@ def drive(
     jobs,
     total: int,
     on_outcome,
+    *,
     before_submit=None,
     later: int = 0,
     methods: list[str] | None = None,

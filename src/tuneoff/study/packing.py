@@ -248,6 +248,7 @@ class PackedExecutor:
 
 def make_executor(
     name: str,
+    *,
     address: str | None = None,
     cpus_per_run: float = 1,
     gpus_per_run: float | None = None,

@@ -8,7 +8,11 @@ precision included), in a temporary directory. From the probe's ``resources.json
 - ``load``: the model, data and method set-up of one run; ``cache``: building the frozen layers' feature cache. The
   cache is keyed by content and shared by every run that needs it, so the probe's build is the study's: its runs
   replay it (the dry run pays it once, and says so);
-- ``step``: one optimizer step, evaluations taken out; ``evaluation``: one pass over the validation split;
+- ``step``: one optimizer step in the steady state: the training time between the probe's first and last evaluation
+  over the steps between them (the history's ``seconds`` leave evaluations out). The first steps are not counted:
+  they pay one-time costs (the first batches' kernels and allocations), and counted in they put a LoRA or full step
+  at 1.8 to 1.9 times its steady pace on the default study (``bench/results/study-time-default-20261208.md``);
+- ``evaluation``: one pass over the validation split;
 - ``finish``: saving, the latency probe and the test evaluation.
 
 A run then takes ``load + steps x step + evaluations x evaluation + finish``. Its steps are at most the cap (epochs x
@@ -21,6 +25,7 @@ Runs packed at once share the machine's memory bandwidth; the probe runs alone, 
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +33,8 @@ from pathlib import Path
 
 from tuneoff.core.files import read_json
 
-PROBE_STEPS = 8
+PROBE_STEPS = 12
+PROBE_EVERY = 4  # evaluations at steps 4, 8 and 12: the steps after the first evaluation give the steady pace
 # The median share of its cap a final run trained before its plateau stopped it, over the committed studies' conditions
 # with early stopping (studies/results/*.csv: train_seconds x train_samples_per_s / (epochs x train_examples)).
 PLATEAU_SHARE = 0.65
@@ -67,7 +73,7 @@ def probe(condition: str, cfg, threads: int) -> Probe:
     try:
         with tempfile.TemporaryDirectory(prefix="tuneoff-probe-") as tmp:
             train = cfg.train.model_copy(
-                update={"max_steps": PROBE_STEPS, "eval_every": PROBE_STEPS, "patience": None, "report_to": []}
+                update={"max_steps": PROBE_STEPS, "eval_every": PROBE_EVERY, "patience": None, "report_to": []}
             )
             probe_cfg = cfg.model_copy(update={"train": train, "output_dir": tmp})
             result = train_with_oom_retry(probe_cfg, progress=False)
@@ -79,6 +85,11 @@ def probe(condition: str, cfg, threads: int) -> Probe:
     seconds = resources.get("seconds") or {}
     steps = max(1, resources.get("optimizer_steps") or PROBE_STEPS)
     evaluations = max(1, sum('"val_loss"' in line for line in history))
+    marks = [json.loads(line) for line in history if '"val_loss"' in line]
+    if len(marks) >= 2 and marks[-1]["step"] > marks[0]["step"]:
+        step = (marks[-1]["seconds"] - marks[0]["seconds"]) / (marks[-1]["step"] - marks[0]["step"])
+    else:  # too few steps to leave the first ones out
+        step = max(0.0, float(seconds.get("train", 0.0)) - float(seconds.get("evaluations", 0.0))) / steps
     train_examples = sum((info.get("label_counts") or {}).get("train", {}).values()) or steps
     per_step = resources.get("effective_batch_size") or cfg.train.batch_size * cfg.train.grad_accum
     return Probe(
@@ -87,7 +98,7 @@ def probe(condition: str, cfg, threads: int) -> Probe:
         threads=threads,
         load=float(seconds.get("load", 0.0)),
         cache=float(seconds.get("feature_cache", 0.0)),
-        step=max(0.0, float(seconds.get("train", 0.0)) - float(seconds.get("evaluations", 0.0))) / steps,
+        step=max(0.0, step),
         evaluation=float(seconds.get("evaluations", 0.0)) / evaluations,
         finish=sum(float(seconds.get(k, 0.0)) for k in ("save", "latency", "test_evaluation", "final_validation")),
         steps_per_epoch=max(1, math.ceil(train_examples / per_step)),
@@ -156,6 +167,9 @@ def predict_lines(spec, parallel: int | str = "auto", threads: int | None = None
     slots, per_run = choose(parallel, threads, sum(len(c.trials) + len(c.runs) for c in conds))
     probes = {}
     for i, cond in enumerate(conds, 1):
-        say(f"probing {cond.key} ({i}/{len(conds)}): {PROBE_STEPS} training steps, one evaluation, {per_run} thread(s)")
+        say(
+            f"probing {cond.key} ({i}/{len(conds)}): {PROBE_STEPS} training steps, "
+            f"{PROBE_STEPS // PROBE_EVERY} evaluations, {per_run} thread(s)"
+        )
         probes[cond.key] = probe(cond.key, (cond.trials or cond.runs)[0].config, per_run)
     return time_lines(conds, probes, slots, per_run)

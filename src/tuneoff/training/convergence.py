@@ -57,6 +57,7 @@ def assess(
     stopped_early: bool,
     logits: np.ndarray,
     labels: list[int],
+    *,
     class_weights: list[float] | None = None,
 ) -> dict:
     """{"converged": bool, "status": ..., "reason": ...} for a finished run (``logits`` and ``labels`` of its

@@ -23,6 +23,7 @@ def predict_logits(
     batch_size: int,
     collate,
     device,
+    *,
     autocast=contextlib.nullcontext,
     rank: int = 0,
     world: int = 1,

@@ -199,9 +199,9 @@ def evaluate(s: Session, split: str, net=None, autocast=None, cached: bool = Tru
             s.tc.eval_batch_size,
             s.collate,
             s.device,
-            autocast or s.accelerator.autocast,
-            s.rank,
-            s.world,
+            autocast=autocast or s.accelerator.autocast,
+            rank=s.rank,
+            world=s.world,
             before_batch=before,
         )
     return logits, compute_metrics(s.corpus.label_ids(split), logits, s.corpus.label_names)
@@ -451,7 +451,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
             model_dir,
             s.source,
             s.cfg.model.revision,
-            state_dict,
+            state_dict=state_dict,
             trained_only=s.tc.save == "trained_only",
         )
         resources["checkpoint_bytes"] = dir_size(model_dir)
@@ -483,7 +483,7 @@ def finish(s: Session, run: RunDirectory, p: Progress) -> RunResult:
         p.state.stopped_early,
         val_logits,
         s.corpus.label_ids("validation"),
-        s.class_weights,
+        class_weights=s.class_weights,
     )
     lap("final_validation")
     test_logits, test_metrics = evaluate(s, "test", final_model, contextlib.nullcontext, cached=False)

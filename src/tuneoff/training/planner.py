@@ -92,7 +92,7 @@ class _FusedAttention(torch.autograd.Function):
             return (*torch.autograd.grad(out, (q, k, v), grad), None, None)
 
 
-def _fused_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def _fused_attention(module, query, key, value, attention_mask, *, dropout=0.0, scaling=None, **kwargs):
     mask = attention_mask[:, :, :, : key.shape[-2]] if attention_mask is not None else None
     return _FusedAttention.apply(query, key, value, mask, scaling).transpose(1, 2).contiguous(), None
 
@@ -141,7 +141,14 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 
 def plan_run(
-    cfg: RunConfig, name: str, batch_size: int, seq_len: int, precision: str, num_labels: int = 2, device: str = "cpu"
+    cfg: RunConfig,
+    name: str,
+    batch_size: int,
+    seq_len: int,
+    precision: str,
+    *,
+    num_labels: int = 2,
+    device: str = "cpu",
 ) -> Plan:
     """One counted training step of ``cfg`` on the CPU, as it would run on ``device`` ("cpu" or "cuda")."""
 
@@ -218,7 +225,7 @@ def plan_as_trained(cfg: RunConfig, name: str, num_labels: int = 2) -> Plan:
         cfg.train.batch_size,
         _length(cfg),
         precision,
-        num_labels,
+        num_labels=num_labels,
         device="cuda" if cfg.train.device == "cuda" else "cpu",
     )
 

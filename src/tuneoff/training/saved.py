@@ -91,6 +91,7 @@ def _score(
     df: pd.DataFrame,
     max_length: int,
     batch_size: int,
+    *,
     label_ids=None,
     shift: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -105,6 +106,7 @@ def score_frame(
     tokenizer,
     df: pd.DataFrame,
     max_length: int,
+    *,
     batch_size: int = 64,
     shift: np.ndarray | None = None,
     keep_text: bool = False,
@@ -198,6 +200,7 @@ def predict_file(
     text_column: str | None,
     pair_column: str | None,
     id_column: str | None,
+    *,
     fmt: str = "full",
     raw: bool = False,
     chunk_rows: int = 10_000,
@@ -247,7 +250,7 @@ def predict_file(
             df["text"] = clean_text(table, text_column, str(file)).values
             if pair_column:
                 df["text_pair"] = clean_text(table, pair_column, str(file)).values
-            frame = score_frame(model, tokenizer, df, max_length, 64, shift=shift, keep_text=fmt == "full")
+            frame = score_frame(model, tokenizer, df, max_length, batch_size=64, shift=shift, keep_text=fmt == "full")
             if fmt == "submission":
                 frame = pd.DataFrame({"id": frame["id"], "label": frame["pred_label"].map(index)})
             (frame if raw else spreadsheet_safe(frame)).to_csv(fh, index=False, header=written == 0)
