@@ -135,8 +135,8 @@ def main() -> None:
         f"{' --measured-from-store' if args.measured_from_store else ''}` on {_cpu()}, "
         f"{os.cpu_count()} cores (load {load_before:.1f} before it started); tuneoff "
         f"{v.get('tuneoff')}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}. "
-        f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps, its pace "
-        f"read after the first {PROBE_EVERY} "
+        f"{slots} run(s) at once, {per_run} thread(s) each. Each condition probed for {PROBE_STEPS} steps "
+        f"(evaluated every {PROBE_EVERY}), its pace read over the second half "
         f"({probe_seconds:.0f} s in all); a run predicted at {PLATEAU_SHARE:.0%} of its step cap (the committed "
         "studies' median), bounded by its cap.",
         "",
