@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import shlex
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -381,3 +383,13 @@ def plan_markdown(plans, title: str) -> str:
     ]
     lines += ["| " + " | ".join(_plan_cells(p)) + " |" for p in plans]
     return "\n".join(lines) + "\n"
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' own warnings and progress bars off the terminal (tuneoff says what they would)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
