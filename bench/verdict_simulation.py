@@ -445,6 +445,18 @@ def _run_sequential(args):
     return sequential(cell, reps, max_seeds, seed)
 
 
+def _meta(command: str, stamp: datetime, minutes: float, reps: int) -> dict:
+    """What a results file says of its run: the command, when, how long, where, how many studies a row."""
+    return {
+        "command": command,
+        "date": stamp.isoformat(timespec="seconds"),
+        "minutes": round(minutes, 1),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "reps": reps,
+    }
+
+
 def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
@@ -503,17 +515,7 @@ def main_decide(args) -> None:
         )
     write_result(
         Path(args.out) / f"decide-simulation-{_slug(args.only) + '-' if args.only else ''}{stamp:%Y%m%d}",
-        {
-            "meta": {
-                "command": command,
-                "date": stamp.isoformat(timespec="seconds"),
-                "minutes": round(minutes, 1),
-                "machine": platform.machine(),
-                "python": platform.python_version(),
-                "reps": args.reps,
-            },
-            "rows": rows,
-        },
+        {"meta": _meta(command, stamp, minutes, args.reps), "rows": rows},
         lines,
     )
 
@@ -608,17 +610,7 @@ def main() -> None:
 
     write_result(
         Path(args.out) / f"verdict-simulation-{stamp:%Y%m%d}",
-        {
-            "meta": {
-                "command": command,
-                "date": stamp.isoformat(timespec="seconds"),
-                "minutes": round(minutes, 1),
-                "machine": platform.machine(),
-                "python": platform.python_version(),
-                "reps": args.reps,
-            },
-            "rows": rows,
-        },
+        {"meta": _meta(command, stamp, minutes, args.reps), "rows": rows},
         lines,
     )
 

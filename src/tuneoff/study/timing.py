@@ -10,10 +10,11 @@ precision included), in a temporary directory. From the probe's ``resources.json
   replay it (the dry run pays it once, and says so);
 - ``step``: one optimizer step in the steady state: the training time of the probe's second half (from its evaluation
   at step 8 to its last, at 16; the history's ``seconds`` leave evaluations out) over its steps. The first steps are
-  not counted: they pay one-time costs (the kernels and allocations of each new batch shape), and counted in they put
-  a LoRA or full step at 1.8 to 1.9 times its steady pace on the default study
-  (``bench/results/study-time-default-20261208.md``); on report 4 (64 tokens, more distinct lengths) the pace of
-  steps 4 to 12 was still 1.2 to 1.4 times the steady one, that of steps 8 to 16 within about 5%;
+  not counted: they pay one-time costs (the kernels and allocations of each new batch shape). Counted in (the first
+  version: 8 steps, all counted), a LoRA or full step on the default study came out at about twice the second half's
+  pace (``bench/results/study-time-default-20261208.md`` against ``study-time-default-again-20261208.md``); on
+  report 4 (64 tokens, more distinct lengths) the second half is still warming up, and its predictions run high
+  (``study-time-report4_rank_sweep-again-20261208.md``);
 - ``evaluation``: one pass over the validation split;
 - ``finish``: saving, the latency probe and the test evaluation.
 
